@@ -1,0 +1,18 @@
+//! The schema of ownlist, as ordered migrations that serve SQLite and PostgreSQL alike.
+//!
+//! Migrations are written with sea-query's schema builder (never backend-specific SQL), so one
+//! set of files creates the same tables on both databases. A migration, once released, is never
+//! edited: a change to the schema is a new file appended to [`Migrator::migrations`].
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_foundation;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261121_000001_foundation::Migration)]
+    }
+}

@@ -1,0 +1,77 @@
+//! Builders for the append-only records: timeline events and consent records.
+
+use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::values::{Channel, ConsentMethod, sha256_hex};
+use crate::store::entities::{consent, event};
+
+/// What can happen to a subscriber, as written in the timeline.
+pub mod kind {
+    pub const SUBSCRIBED: &str = "subscribed";
+    pub const IMPORTED: &str = "imported";
+    pub const UPDATED: &str = "updated";
+    pub const TAG_ADDED: &str = "tag_added";
+    pub const TAG_REMOVED: &str = "tag_removed";
+    pub const UNSUBSCRIBED: &str = "unsubscribed";
+    pub const CONSENT_GRANTED: &str = "consent_granted";
+    pub const CONSENT_REVOKED: &str = "consent_revoked";
+    pub const ERASED: &str = "erased";
+}
+
+pub fn event(
+    subscriber_id: Uuid,
+    kind: &str,
+    data: Value,
+    at: DateTime<Utc>,
+) -> event::ActiveModel {
+    event::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        subscriber_id: Set(subscriber_id),
+        kind: Set(kind.to_owned()),
+        data: Set(data),
+        created_at: Set(at),
+    }
+}
+
+/// The words shown to the person when they consented, with a version, as recorded proof.
+#[derive(Debug, Clone, Default)]
+pub struct ConsentWording {
+    pub text: Option<String>,
+    pub version: Option<String>,
+}
+
+/// Where a consent came from: how, through what, and the request's fingerprint when known.
+#[derive(Debug, Clone)]
+pub struct ConsentOrigin {
+    pub method: ConsentMethod,
+    pub source: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+pub fn consent(
+    subscriber_id: Uuid,
+    channel: Channel,
+    granted: bool,
+    origin: &ConsentOrigin,
+    wording: &ConsentWording,
+    at: DateTime<Utc>,
+) -> consent::ActiveModel {
+    consent::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        subscriber_id: Set(subscriber_id),
+        channel: Set(channel.as_str().to_owned()),
+        granted: Set(granted),
+        method: Set(origin.method.as_str().to_owned()),
+        text_hash: Set(wording.text.as_deref().map(sha256_hex)),
+        consent_text: Set(wording.text.clone()),
+        text_version: Set(wording.version.clone()),
+        source: Set(origin.source.clone()),
+        ip: Set(origin.ip.clone()),
+        user_agent: Set(origin.user_agent.clone()),
+        created_at: Set(at),
+    }
+}

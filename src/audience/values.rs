@@ -1,0 +1,306 @@
+//! Validated values: an invalid address, slug or tag cannot exist past the edge of the program.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// An email address that parsed, with its case-insensitive key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailAddress {
+    address: String,
+    key: String,
+}
+
+impl EmailAddress {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let address = input.trim();
+        if address.is_empty() {
+            return Err("is empty".into());
+        }
+        if address.len() > 254 {
+            return Err("is longer than 254 characters".into());
+        }
+        let parsed = lettre::Address::from_str(address)
+            .map_err(|_| format!("'{address}' is not a valid email address"))?;
+        if !parsed.domain().contains('.') && !parsed.domain().starts_with('[') {
+            return Err(format!("'{address}' has no top-level domain"));
+        }
+        Ok(Self {
+            address: address.to_owned(),
+            key: address.to_lowercase(),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.address
+    }
+
+    /// The lower-cased address that uniqueness and suppression are keyed on.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// A phone number in E.164 form (`+14155550123`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhoneNumber(String);
+
+impl PhoneNumber {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let text = input.trim();
+        if text.is_empty() {
+            return Err("is empty".into());
+        }
+        if text.len() > 32 {
+            return Err("is longer than 32 characters".into());
+        }
+        let international = match text.strip_prefix("00") {
+            Some(rest) => format!("+{rest}"),
+            None => text.to_owned(),
+        };
+        if !international.starts_with('+') {
+            return Err(format!(
+                "'{text}' must be in international format, like +14155550123"
+            ));
+        }
+        let number = phonenumber::parse(None, &international)
+            .map_err(|_| format!("'{text}' is not a phone number"))?;
+        if !phonenumber::is_valid(&number) {
+            return Err(format!("'{text}' is not a valid phone number"));
+        }
+        Ok(Self(
+            number.format().mode(phonenumber::Mode::E164).to_string(),
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A list's slug: lower-case letters, digits and dashes.
+pub fn validate_slug(slug: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&slug.len())
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !slug.starts_with('-')
+        && !slug.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{slug}' is not a slug: use 1 to 64 lower-case letters, digits and inner dashes"
+        ))
+    }
+}
+
+/// A tag: 1 to 64 characters, no control characters, no separators used in CSV cells.
+pub fn normalize_tag(tag: &str) -> Result<String, String> {
+    let tag = tag.trim();
+    if tag.is_empty() || tag.chars().count() > 64 {
+        return Err(format!("'{tag}' is not a tag: use 1 to 64 characters"));
+    }
+    if tag.chars().any(|c| c.is_control() || c == ';' || c == ',') {
+        return Err(format!(
+            "'{tag}' is not a tag: no control characters, commas or semicolons"
+        ));
+    }
+    Ok(tag.to_owned())
+}
+
+/// A free-text field such as a name: trimmed, bounded, empty means absent.
+pub fn normalize_text(value: &str, max_chars: usize) -> Result<Option<String>, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.chars().count() > max_chars {
+        return Err(format!("is longer than {max_chars} characters"));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err("contains control characters".into());
+    }
+    Ok(Some(value.to_owned()))
+}
+
+pub fn validate_timezone(tz: &str) -> Result<String, String> {
+    chrono_tz::Tz::from_str(tz.trim())
+        .map(|z| z.name().to_owned())
+        .map_err(|_| format!("'{tz}' is not an IANA time zone such as Europe/Rome"))
+}
+
+/// A BCP 47 language tag in its common shapes: `en`, `pt-BR`, `zh-Hant-TW`.
+pub fn validate_locale(locale: &str) -> Result<String, String> {
+    let locale = locale.trim().replace('_', "-");
+    let mut parts = locale.split('-');
+    let language_ok = parts
+        .next()
+        .is_some_and(|l| (2..=3).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphabetic()));
+    let rest_ok =
+        parts.all(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if language_ok && rest_ok {
+        Ok(locale)
+    } else {
+        Err(format!("'{locale}' is not a locale such as en or pt-BR"))
+    }
+}
+
+/// Attribute maps: keys of 1 to 64 characters, at most 16 KiB of JSON in all.
+pub fn validate_attribute_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.chars().count() > 64 || key.chars().any(char::is_control) {
+        return Err(format!(
+            "'{key}' is not an attribute name: use 1 to 64 characters"
+        ));
+    }
+    Ok(())
+}
+
+pub const MAX_ATTRIBUTES_BYTES: usize = 16 * 1024;
+
+/// What remains of an address after an erasure: enough to refuse it again, not to read it.
+pub fn suppression_hash(channel: Channel, key: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(channel.as_str().as_bytes());
+    hasher.update(b":");
+    hasher.update(key.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+pub fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Declares a closed set of words stored as text, with parsing and printing.
+macro_rules! word_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s.trim() {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "'{other}' is not one of {}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+word_enum!(
+    /// A way to reach a subscriber.
+    Channel { Email = "email", Sms = "sms" }
+);
+
+word_enum!(
+    /// The subscriber as a whole.
+    SubscriberStatus { Active = "active", Unsubscribed = "unsubscribed", Bounced = "bounced", Complained = "complained" }
+);
+
+word_enum!(
+    /// Whether a channel may carry marketing to this subscriber.
+    ChannelState {
+        None = "none",
+        Pending = "pending",
+        Subscribed = "subscribed",
+        Unsubscribed = "unsubscribed",
+        Bounced = "bounced",
+        Complained = "complained",
+    }
+);
+
+word_enum!(
+    /// A subscriber's place on one list.
+    MembershipStatus { Pending = "pending", Confirmed = "confirmed", Unsubscribed = "unsubscribed" }
+);
+
+word_enum!(
+    /// How a consent was given or withdrawn.
+    ConsentMethod { Form = "form", Api = "api", Import = "import", SmsKeyword = "sms_keyword" }
+);
+
+/// Parses a stored word, treating an unknown one (a database edited by hand) as a default.
+pub fn stored<T: FromStr>(text: &str, default: T) -> T {
+    text.parse().unwrap_or(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_keys_are_case_insensitive() {
+        let a = EmailAddress::parse(" Ada@Example.COM ").unwrap();
+        assert_eq!(a.as_str(), "Ada@Example.COM");
+        assert_eq!(a.key(), "ada@example.com");
+        assert!(EmailAddress::parse("not-an-address").is_err());
+        assert!(EmailAddress::parse("a@localhost").is_err());
+    }
+
+    #[test]
+    fn phones_become_e164() {
+        assert_eq!(
+            PhoneNumber::parse("+1 (415) 555-2671").unwrap().as_str(),
+            "+14155552671"
+        );
+        assert_eq!(
+            PhoneNumber::parse("0039 06 6988 0000").unwrap().as_str(),
+            "+390669880000"
+        );
+        assert!(
+            PhoneNumber::parse("4155552671")
+                .unwrap_err()
+                .contains("international")
+        );
+        assert!(PhoneNumber::parse("+1 555").is_err());
+    }
+
+    #[test]
+    fn words_round_trip() {
+        for state in ChannelState::ALL {
+            assert_eq!(state.as_str().parse::<ChannelState>().unwrap(), *state);
+        }
+        assert!(
+            "maybe"
+                .parse::<MembershipStatus>()
+                .unwrap_err()
+                .contains("pending, confirmed, unsubscribed")
+        );
+    }
+
+    #[test]
+    fn slugs_tags_locales() {
+        assert!(validate_slug("guide-leads").is_ok());
+        assert!(validate_slug("Guide").is_err());
+        assert!(validate_slug("-x").is_err());
+        assert_eq!(normalize_tag("  vip ").unwrap(), "vip");
+        assert!(normalize_tag("a;b").is_err());
+        assert_eq!(validate_locale("pt_BR").unwrap(), "pt-BR");
+        assert!(validate_locale("english!").is_err());
+        assert_eq!(validate_timezone("Europe/Rome").unwrap(), "Europe/Rome");
+        assert!(validate_timezone("Mars/Base").is_err());
+    }
+}

@@ -1,0 +1,274 @@
+//! The `ownlist` command line: one binary, several subcommands.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::app::App;
+use crate::audience::{Actor, export, import};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{Config, redact};
+use crate::tokens;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ownlist",
+    version,
+    about = "Own your audience: landing pages, consent, drip workflows."
+)]
+struct Cli {
+    /// Configuration file (default: ./ownlist.toml when present). OWNLIST_* variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve HTTP and run the background workers (the default).
+    Serve,
+    /// Create or update the database schema, then exit.
+    Migrate,
+    /// Manage admin API tokens.
+    #[command(subcommand)]
+    Tokens(TokenCommand),
+    /// Import subscribers from a CSV file (columns: email, phone, first_name, last_name, tags, …).
+    Import {
+        file: PathBuf,
+        /// Every imported subscriber joins this list.
+        #[arg(long, value_name = "SLUG")]
+        list: Option<String>,
+    },
+    /// Export every subscriber as CSV.
+    Export {
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once; only its hash is stored.
+    Create { name: String },
+    /// List tokens by name.
+    List,
+    /// Revoke a token by name.
+    Revoke { name: String },
+}
+
+/// Exit codes: 0 success, 1 done with rejected rows, 2 bad configuration or usage, 3 failure.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("OWNLIST_"))
+        .collect();
+    let config = match Config::load(cli.config.as_deref(), &env) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ownlist: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ownlist: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(run(cli.command.unwrap_or(Command::Serve), config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ownlist: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    match command {
+        Command::Serve => serve(config, clock).await,
+        Command::Migrate => {
+            let url = redact(&config.database_url);
+            App::open(config, clock).await?;
+            println!("database at {url} is up to date");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokens(command) => manage_tokens(App::open(config, clock).await?, command).await,
+        Command::Import { file, list } => {
+            import_file(App::open(config, clock).await?, file, list).await
+        }
+        Command::Export { out } => export_file(App::open(config, clock).await?, out).await,
+    }
+}
+
+async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
+    let listen = config.listen;
+    if !config.workflows_dir.is_dir() || !config.templates_dir.is_dir() {
+        tracing::warn!(
+            workflows = %config.workflows_dir.display(),
+            templates = %config.templates_dir.display(),
+            "the workflows or templates directory does not exist yet"
+        );
+    }
+    let app = App::open(config, clock).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("OWNLIST_LISTEN: cannot listen on {listen}"))?;
+    let base = app
+        .config
+        .base_url
+        .as_str()
+        .trim_end_matches('/')
+        .to_owned();
+    println!("ownlist is serving on {base}/");
+    println!("  database:  {}", redact(&app.config.database_url));
+    println!("  admin API: {base}/api/v1  (OpenAPI document: {base}/api/v1/openapi.json)");
+    if app.config.admin_token.is_none() && !tokens::any_exist(&app.db).await? {
+        println!(
+            "  no admin token yet: run `ownlist tokens create admin` and send it as 'Authorization: Bearer TOKEN'"
+        );
+    }
+    app.serve(listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+async fn manage_tokens(app: App, command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Create { name } => {
+            let token = tokens::create(&app.db, app.clock.now(), &name).await?;
+            println!("{token}");
+            eprintln!(
+                "Token '{}' created. It is shown only now: store it somewhere safe.",
+                name.trim()
+            );
+        }
+        TokenCommand::List => {
+            for (name, created) in tokens::list(&app.db).await? {
+                println!("{name}\t{}", created.to_rfc3339());
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            tokens::revoke(&app.db, &name).await?;
+            eprintln!("Token '{name}' revoked.");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn import_file(app: App, file: PathBuf, list: Option<String>) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let handle = tokio::fs::File::open(&file)
+        .await
+        .with_context(|| format!("cannot open {}", file.display()))?;
+    let reader = tokio::io::BufReader::with_capacity(256 * 1024, handle);
+    let options = import::ImportOptions {
+        list,
+        actor: Actor::Cli,
+    };
+    let report = import::import_csv(&app.db, app.clock.as_ref(), reader, options)
+        .await
+        .with_context(|| format!("{}", file.display()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let rows = report.imported + report.updated + report.skipped;
+    for error in &report.errors {
+        let column = error
+            .column
+            .as_deref()
+            .map(|c| format!(" {c}:"))
+            .unwrap_or_default();
+        eprintln!(
+            "{}:{}:{column} {}",
+            file.display(),
+            error.row,
+            error.message
+        );
+    }
+    if report.errors_total > report.errors.len() as u64 {
+        eprintln!(
+            "… and {} more rejected rows",
+            report.errors_total - report.errors.len() as u64
+        );
+    }
+    if !report.lists_created.is_empty() {
+        eprintln!("created lists: {}", report.lists_created.join(", "));
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let rate = rows as f64 / seconds.max(1e-9);
+    eprintln!(
+        "imported {}, updated {}, skipped {} ({} suppressed) in {seconds:.1} s ({rate:.0} rows/s)",
+        report.imported, report.updated, report.skipped, report.suppressed
+    );
+    Ok(if report.errors_total > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn export_file(app: App, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let mut writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &out {
+        Some(path) => Box::new(tokio::io::BufWriter::new(
+            tokio::fs::File::create(path)
+                .await
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(tokio::io::BufWriter::new(tokio::io::stdout())),
+    };
+    let mut stream = std::pin::pin!(export::subscribers_csv(app.db.clone()));
+    while let Some(chunk) = stream.next().await {
+        writer
+            .write_all(&chunk?)
+            .await
+            .context("writing the export")?;
+    }
+    writer.flush().await.context("writing the export")?;
+    Ok(ExitCode::SUCCESS)
+}

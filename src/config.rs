@@ -1,0 +1,422 @@
+//! Configuration: an optional `ownlist.toml`, then `OWNLIST_*` environment variables (env wins).
+//!
+//! Every setting is validated here, once, so a bad value stops start-up with one line that names
+//! the setting and the problem. Nothing else in the program reads the environment.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The settings as a file or the environment spells them: every value still a string.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    database_url: Option<String>,
+    listen: Option<String>,
+    base_url: Option<String>,
+    data_dir: Option<String>,
+    workflows_dir: Option<String>,
+    templates_dir: Option<String>,
+    secret: Option<String>,
+    admin_token: Option<String>,
+    max_import_bytes: Option<toml::Value>,
+    log: Option<String>,
+}
+
+/// Every setting: its key in `ownlist.toml` (the env name is `OWNLIST_` + upper case).
+pub const SETTINGS: &[&str] = &[
+    "database_url",
+    "listen",
+    "base_url",
+    "data_dir",
+    "workflows_dir",
+    "templates_dir",
+    "secret",
+    "admin_token",
+    "max_import_bytes",
+    "log",
+];
+
+/// Environment variables with the prefix that are not settings: the test suite's own, and the
+/// path to the file itself.
+const ENV_NOT_SETTINGS: &[&str] = &["OWNLIST_CONFIG"];
+const ENV_IGNORED_PREFIXES: &[&str] = &["OWNLIST_TEST_"];
+
+/// A fully validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub listen: SocketAddr,
+    pub base_url: url::Url,
+    pub data_dir: PathBuf,
+    pub workflows_dir: PathBuf,
+    pub templates_dir: PathBuf,
+    /// Key for signed links; when absent it is generated in the data dir on first run.
+    pub secret: Option<String>,
+    /// Bootstrap admin token, accepted alongside the hashed tokens in the database.
+    pub admin_token: Option<String>,
+    pub max_import_bytes: u64,
+    pub log: String,
+}
+
+/// A setting that could not be used, with the name the user wrote it under.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(setting: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+const DEFAULT_MAX_IMPORT_BYTES: u64 = 1024 * 1024 * 1024;
+
+impl Config {
+    /// Loads `file` (or `./ownlist.toml` when it exists), then overrides it with `env`.
+    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("OWNLIST_CONFIG").map(PathBuf::from))
+            .or_else(|| Some(PathBuf::from("ownlist.toml")).filter(|p| p.exists()));
+        let mut raw = match &file {
+            Some(path) => read_file(path)?,
+            None => RawSettings::default(),
+        };
+        apply_env(&mut raw, env)?;
+        Self::validate(raw, file.as_deref())
+    }
+
+    /// The configuration used when nothing is configured, rooted at `dir`: for tests and tools.
+    pub fn defaults_in(dir: &Path) -> Self {
+        let data_dir = dir.join("data");
+        Self {
+            database_url: sqlite_url(&data_dir),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            base_url: url::Url::parse("http://127.0.0.1:8080/").unwrap_or_else(|_| unreachable!()),
+            data_dir,
+            workflows_dir: dir.join("workflows"),
+            templates_dir: dir.join("templates"),
+            secret: None,
+            admin_token: None,
+            max_import_bytes: DEFAULT_MAX_IMPORT_BYTES,
+            log: "info".into(),
+        }
+    }
+
+    fn validate(raw: RawSettings, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let name = |key: &str| setting_name(key, file);
+        let data_dir = PathBuf::from(raw.data_dir.clone().unwrap_or_else(|| "./data".into()));
+        let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError::new(
+                name("listen"),
+                format!("'{listen_text}' is not an address like 127.0.0.1:8080"),
+            )
+        })?;
+        let base_url_text = raw.base_url.unwrap_or_else(|| format!("http://{listen}/"));
+        let base_url = url::Url::parse(&base_url_text)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    name("base_url"),
+                    format!("'{base_url_text}' is not an http(s) URL like https://example.com/"),
+                )
+            })?;
+        let database_url = raw.database_url.unwrap_or_else(|| sqlite_url(&data_dir));
+        check_database_url(&database_url)
+            .map_err(|problem| ConfigError::new(name("database_url"), problem))?;
+        let workflows_dir = directory(raw.workflows_dir, "./workflows", &name("workflows_dir"))?;
+        let templates_dir = directory(raw.templates_dir, "./templates", &name("templates_dir"))?;
+        if let Some(secret) = &raw.secret
+            && secret.len() < 32
+        {
+            return Err(ConfigError::new(
+                name("secret"),
+                "must be at least 32 characters (try `openssl rand -hex 32`)",
+            ));
+        }
+        if let Some(token) = &raw.admin_token
+            && token.len() < 16
+        {
+            return Err(ConfigError::new(
+                name("admin_token"),
+                "must be at least 16 characters",
+            ));
+        }
+        let max_import_bytes = match raw.max_import_bytes {
+            None => DEFAULT_MAX_IMPORT_BYTES,
+            Some(value) => parse_bytes(&value).ok_or_else(|| {
+                ConfigError::new(
+                    name("max_import_bytes"),
+                    format!("'{value}' is not a size in bytes (e.g. 1073741824)"),
+                )
+            })?,
+        };
+        let log = raw.log.unwrap_or_else(|| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| {
+            ConfigError::new(name("log"), format!("'{log}' is not a log filter: {e}"))
+        })?;
+        Ok(Self {
+            database_url,
+            listen,
+            base_url,
+            data_dir,
+            workflows_dir,
+            templates_dir,
+            secret: raw.secret,
+            admin_token: raw.admin_token,
+            max_import_bytes,
+            log,
+        })
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}
+
+fn setting_name(key: &str, file: Option<&Path>) -> String {
+    let env = format!("OWNLIST_{}", key.to_uppercase());
+    match file {
+        Some(path) => format!("{env} (or {key} in {})", path.display()),
+        None => env,
+    }
+}
+
+fn sqlite_url(data_dir: &Path) -> String {
+    format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("ownlist.db").display()
+    )
+}
+
+fn read_file(path: &Path) -> Result<RawSettings, ConfigError> {
+    let shown = path.display().to_string();
+    let text = fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(&shown, format!("cannot read the file: {e}")))?;
+    toml::from_str(&text).map_err(|e| {
+        let message = e.message().to_string();
+        let location = e
+            .span()
+            .map(|span| {
+                let line = text[..span.start].matches('\n').count() + 1;
+                let column = span.start - text[..span.start].rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(":{line}:{column}")
+            })
+            .unwrap_or_default();
+        let hint = unknown_key_hint(&message);
+        ConfigError::new(format!("{shown}{location}"), format!("{message}{hint}"))
+    })
+}
+
+fn unknown_key_hint(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return String::new();
+    };
+    let key = rest.split('`').next().unwrap_or_default();
+    match closest(key, SETTINGS) {
+        Some(best) => format!(" (did you mean `{best}`?)"),
+        None => String::new(),
+    }
+}
+
+fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        let Some(key) = name.strip_prefix("OWNLIST_") else {
+            continue;
+        };
+        if ENV_NOT_SETTINGS.contains(&name.as_str())
+            || ENV_IGNORED_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
+            continue;
+        }
+        let key = key.to_lowercase();
+        let value = Some(value.clone());
+        match key.as_str() {
+            "database_url" => raw.database_url = value,
+            "listen" => raw.listen = value,
+            "base_url" => raw.base_url = value,
+            "data_dir" => raw.data_dir = value,
+            "workflows_dir" => raw.workflows_dir = value,
+            "templates_dir" => raw.templates_dir = value,
+            "secret" => raw.secret = value,
+            "admin_token" => raw.admin_token = value,
+            "max_import_bytes" => raw.max_import_bytes = value.map(toml::Value::String),
+            "log" => raw.log = value,
+            _ => {
+                let hint = closest(&key, SETTINGS)
+                    .map(|best| format!(" (did you mean OWNLIST_{}?)", best.to_uppercase()))
+                    .unwrap_or_default();
+                return Err(ConfigError::new(name, format!("unknown setting{hint}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_database_url(url: &str) -> Result<(), String> {
+    if url.starts_with("sqlite:") {
+        return Ok(());
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return url::Url::parse(url)
+            .map(|_| ())
+            .map_err(|e| format!("'{}' is not a valid PostgreSQL URL: {e}", redact(url)));
+    }
+    Err(format!(
+        "'{}' is neither sqlite:… nor postgres://…",
+        redact(url)
+    ))
+}
+
+/// Hides a password in a URL before it is printed.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn directory(value: Option<String>, default: &str, setting: &str) -> Result<PathBuf, ConfigError> {
+    let Some(value) = value else {
+        return Ok(PathBuf::from(default));
+    };
+    let path = PathBuf::from(&value);
+    match fs::read_dir(&path) {
+        Ok(_) => Ok(path),
+        Err(e) => Err(ConfigError::new(
+            setting,
+            format!("cannot read directory '{value}': {e}"),
+        )),
+    }
+}
+
+fn parse_bytes(value: &toml::Value) -> Option<u64> {
+    match value {
+        toml::Value::Integer(n) => u64::try_from(*n).ok().filter(|n| *n > 0),
+        toml::Value::String(s) => s.trim().parse::<u64>().ok().filter(|n| *n > 0),
+        _ => None,
+    }
+}
+
+/// The candidate closest to `word` by edit distance, when it is close enough to be a typo.
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            current.push(
+                (previous[j] + cost)
+                    .min(previous[j + 1] + 1)
+                    .min(current[j] + 1),
+            );
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_serve_sqlite_on_localhost() {
+        let config = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert!(config.database_url.starts_with("sqlite://"));
+        assert!(config.database_url.contains("data/ownlist.db"));
+    }
+
+    #[test]
+    fn unknown_env_setting_is_named_with_a_suggestion() {
+        let err = Config::load(None, &env(&[("OWNLIST_LISTN", "x")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "OWNLIST_LISTN: unknown setting (did you mean OWNLIST_LISTEN?)"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = Config::load(None, &env(&[("OWNLIST_LISTEN", "localhost")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("OWNLIST_LISTEN: 'localhost'"),
+            "{err}"
+        );
+        let err = Config::load(None, &env(&[("OWNLIST_DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("OWNLIST_DATABASE_URL:"),
+            "{err}"
+        );
+        let err = Config::load(None, &env(&[("OWNLIST_BASE_URL", "not a url")])).unwrap_err();
+        assert!(err.to_string().starts_with("OWNLIST_BASE_URL:"), "{err}");
+        let err =
+            Config::load(None, &env(&[("OWNLIST_TEMPLATES_DIR", "/nonexistent/x")])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("OWNLIST_TEMPLATES_DIR: cannot read directory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn file_errors_carry_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ownlist.toml");
+        fs::write(&path, "listen = \"127.0.0.1:9000\"\nlisten_addr = 1\n").unwrap();
+        let err = Config::load(Some(&path), &env(&[])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("ownlist.toml:2:1"), "{text}");
+        assert!(text.contains("did you mean `listen`"), "{text}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ownlist.toml");
+        fs::write(&path, "listen = \"127.0.0.1:9000\"\n").unwrap();
+        let config = Config::load(Some(&path), &env(&[])).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        let config =
+            Config::load(Some(&path), &env(&[("OWNLIST_LISTEN", "127.0.0.1:9001")])).unwrap();
+        assert_eq!(config.listen.port(), 9001);
+    }
+
+    #[test]
+    fn test_variables_are_not_settings() {
+        assert!(Config::load(None, &env(&[("OWNLIST_TEST_DATABASE_URL", "postgres://x")])).is_ok());
+    }
+}

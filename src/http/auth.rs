@@ -1,0 +1,35 @@
+//! Bearer-token authentication for the admin API.
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::tokens;
+
+/// Lets a request through only with a valid admin token, and records who it is as an `Actor`.
+/// Every failure gives the same 401, whether the token is missing, unknown or revoked.
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(ApiError::unauthorized)?;
+    let actor = tokens::authenticate(&state.db, state.config.admin_token.as_deref(), presented)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    request.extensions_mut().insert(actor);
+    Ok(next.run(request).await)
+}

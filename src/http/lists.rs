@@ -1,0 +1,91 @@
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::AppState;
+use super::error::{ApiResult, Problem};
+use super::extract::{ApiJson, ApiPath};
+use crate::audience::lists::{self, ListPatch, ListView, NewList};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/lists", get(all).post(create))
+        .route("/lists/{slug}", get(one).patch(update).delete(remove))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ListPage {
+    pub data: Vec<ListView>,
+}
+
+/// Creates a list.
+#[utoipa::path(post, path = "/api/v1/lists", tag = "lists", request_body = NewList, security(("bearer" = [])), responses(
+    (status = 201, body = ListView),
+    (status = 409, description = "The slug is taken", body = Problem),
+    (status = 422, description = "Invalid fields", body = Problem),
+))]
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(input): ApiJson<NewList>,
+) -> ApiResult<impl IntoResponse> {
+    let list = lists::create(&state.db, state.clock.now(), input).await?;
+    let location = format!("/api/v1/lists/{}", list.slug);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(list),
+    ))
+}
+
+/// Lists every list with its member counts.
+#[utoipa::path(get, path = "/api/v1/lists", tag = "lists", security(("bearer" = [])), responses((status = 200, body = ListPage)))]
+pub async fn all(State(state): State<AppState>) -> ApiResult<Json<ListPage>> {
+    Ok(Json(ListPage {
+        data: lists::all(&state.db).await?,
+    }))
+}
+
+/// One list.
+#[utoipa::path(get, path = "/api/v1/lists/{slug}", tag = "lists", security(("bearer" = [])), params(("slug" = String, Path)), responses(
+    (status = 200, body = ListView),
+    (status = 404, body = Problem),
+))]
+pub async fn one(
+    State(state): State<AppState>,
+    ApiPath(slug): ApiPath<String>,
+) -> ApiResult<Json<ListView>> {
+    Ok(Json(lists::get(&state.db, &slug).await?))
+}
+
+/// Changes a list's slug, name, description or opt-in rule.
+#[utoipa::path(patch, path = "/api/v1/lists/{slug}", tag = "lists", security(("bearer" = [])), params(("slug" = String, Path)), request_body = ListPatch, responses(
+    (status = 200, body = ListView),
+    (status = 404, body = Problem),
+    (status = 409, body = Problem),
+    (status = 422, body = Problem),
+))]
+pub async fn update(
+    State(state): State<AppState>,
+    ApiPath(slug): ApiPath<String>,
+    ApiJson(patch): ApiJson<ListPatch>,
+) -> ApiResult<Json<ListView>> {
+    Ok(Json(
+        lists::update(&state.db, state.clock.now(), &slug, patch).await?,
+    ))
+}
+
+/// Deletes a list and its memberships (the subscribers stay).
+#[utoipa::path(delete, path = "/api/v1/lists/{slug}", tag = "lists", security(("bearer" = [])), params(("slug" = String, Path)), responses(
+    (status = 204),
+    (status = 404, body = Problem),
+))]
+pub async fn remove(
+    State(state): State<AppState>,
+    ApiPath(slug): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    lists::delete(&state.db, &slug).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,117 @@
+//! The database: connecting (SQLite or PostgreSQL from one URL), migrating, and write transactions.
+//!
+//! This module owns how ownlist talks to its database; it knows nothing of subscribers or HTTP.
+
+pub mod entities;
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+
+/// The connection pool, with the knowledge of which database is behind it.
+#[derive(Debug, Clone)]
+pub struct Db {
+    conn: DatabaseConnection,
+}
+
+impl Db {
+    /// Connects to `url`. For SQLite the file (and its folder) is created when missing, in WAL
+    /// mode with foreign keys enforced.
+    pub async fn connect(url: &str) -> Result<Self, DbErr> {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(10));
+        if url.starts_with("sqlite:") {
+            let parsed: SqliteConnectOptions = url
+                .parse()
+                .map_err(|e| DbErr::Custom(format!("invalid SQLite URL: {e}")))?;
+            if let Some(parent) = parsed.get_filename().parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    DbErr::Custom(format!(
+                        "cannot create the database folder {}: {e}",
+                        parent.display()
+                    ))
+                })?;
+            }
+            options
+                // WAL lets readers run beside the one writer; write transactions are IMMEDIATE
+                // (see `begin_write`) so they queue on the busy timeout instead of failing.
+                .max_connections(4)
+                .map_sqlx_sqlite_opts(|opts| {
+                    opts.create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .foreign_keys(true)
+                        .busy_timeout(Duration::from_secs(30))
+                });
+        } else {
+            options.max_connections(16);
+        }
+        let conn = Database::connect(options).await?;
+        Ok(Self { conn })
+    }
+
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.backend() == DbBackend::Sqlite
+    }
+
+    /// Brings the schema up to date.
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.conn, None).await
+    }
+
+    /// True when every migration this binary knows has been applied.
+    pub async fn migrations_current(&self) -> Result<bool, DbErr> {
+        Ok(Migrator::get_pending_migrations(&self.conn)
+            .await?
+            .is_empty())
+    }
+
+    /// Starts a transaction that will write. On SQLite it takes the write lock up front, so two
+    /// writers never deadlock upgrading from a read lock.
+    pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        self.conn.begin_with_options(options).await
+    }
+
+    /// Answers whether the database responds.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.conn.ping().await
+    }
+
+    pub async fn close(self) -> Result<(), DbErr> {
+        self.conn.close().await
+    }
+
+    /// Runs a statement that has no result.
+    pub async fn execute_unprepared(&self, sql: &str) -> Result<(), DbErr> {
+        self.conn.execute_unprepared(sql).await.map(|_| ())
+    }
+}
+
+/// Whether a database error is a unique-constraint violation.
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(
+        err.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}

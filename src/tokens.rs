@@ -1,0 +1,105 @@
+//! Admin API tokens: 32 random bytes shown once, stored only as their SHA-256.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use sea_orm::ActiveValue::Set;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::audience::Actor;
+use crate::error::{Error, Result};
+use crate::store::entities::api_token;
+use crate::store::{Db, is_unique_violation};
+
+const PREFIX: &str = "ol_";
+
+fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Creates a token named `name` and returns its secret text, which is never stored.
+pub async fn create(db: &Db, now: DateTime<Utc>, name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(Error::field("name", "use 1 to 64 printable characters"));
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let model = api_token::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        name: Set(name.to_owned()),
+        token_hash: Set(hash(&token)),
+        created_at: Set(now),
+    };
+    model.insert(db.conn()).await.map_err(|e| {
+        if is_unique_violation(&e) {
+            Error::Conflict {
+                code: "token_exists",
+                detail: format!(
+                    "a token named '{name}' exists; revoke it first or choose another name"
+                ),
+                existing_id: None,
+                field: Some("name"),
+            }
+        } else {
+            Error::Database(e)
+        }
+    })?;
+    Ok(token)
+}
+
+/// Names and creation times of every token (never the tokens).
+pub async fn list(db: &Db) -> Result<Vec<(String, DateTime<Utc>)>> {
+    let rows = api_token::Entity::find()
+        .order_by_asc(api_token::Column::Name)
+        .all(db.conn())
+        .await?;
+    Ok(rows.into_iter().map(|t| (t.name, t.created_at)).collect())
+}
+
+/// Deletes the token named `name`; requests with it fail from now on.
+pub async fn revoke(db: &Db, name: &str) -> Result<()> {
+    let result = api_token::Entity::delete_many()
+        .filter(api_token::Column::Name.eq(name))
+        .exec(db.conn())
+        .await?;
+    if result.rows_affected == 0 {
+        return Err(Error::NotFound { what: "token" });
+    }
+    Ok(())
+}
+
+pub async fn any_exist(db: &Db) -> Result<bool> {
+    Ok(api_token::Entity::find().one(db.conn()).await?.is_some())
+}
+
+/// Who a presented token belongs to, if anyone. Comparisons are constant-time.
+pub async fn authenticate(
+    db: &Db,
+    bootstrap: Option<&str>,
+    presented: &str,
+) -> Result<Option<Actor>> {
+    if let Some(bootstrap) = bootstrap
+        && bool::from(
+            Sha256::digest(presented.as_bytes()).ct_eq(&Sha256::digest(bootstrap.as_bytes())),
+        )
+    {
+        return Ok(Some(Actor::Bootstrap));
+    }
+    if !presented.starts_with(PREFIX) {
+        return Ok(None);
+    }
+    let wanted = hash(presented);
+    let found = api_token::Entity::find()
+        .filter(api_token::Column::TokenHash.eq(wanted.clone()))
+        .one(db.conn())
+        .await?;
+    Ok(found
+        .filter(|t| bool::from(t.token_hash.as_bytes().ct_eq(wanted.as_bytes())))
+        .map(|t| Actor::Token(t.name)))
+}
