@@ -1,0 +1,274 @@
+//! Starting the real app on a random port with a fresh database, and talking to it over HTTP.
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use ownlist::app::App;
+use ownlist::clock::{Clock, ManualClock, SharedClock};
+use ownlist::config::Config;
+use ownlist::store::Db;
+use reqwest::{Method, Response, StatusCode};
+use serde_json::Value;
+use tempfile::TempDir;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named `async fn(TestApp)` once on SQLite and once on PostgreSQL (when
+/// `OWNLIST_TEST_DATABASE_URL` is set; otherwise the PostgreSQL half says so and passes).
+macro_rules! on_both_databases {
+    ($($test:ident),+ $(,)?) => {
+        $(
+            mod $test {
+                #[tokio::test]
+                async fn sqlite() {
+                    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite).await.unwrap();
+                    super::$test(app).await;
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    match crate::helpers::TestApp::spawn(crate::helpers::Backend::Postgres).await {
+                        Some(app) => super::$test(app).await,
+                        None => eprintln!("OWNLIST_TEST_DATABASE_URL is not set: PostgreSQL half skipped"),
+                    }
+                }
+            }
+        )+
+    };
+}
+pub(crate) use on_both_databases;
+
+pub struct TestApp {
+    pub base: String,
+    pub token: String,
+    pub client: reqwest::Client,
+    pub db: Db,
+    pub clock: Arc<ManualClock>,
+    pub backend: Backend,
+    pub config: Config,
+    server: tokio::task::JoinHandle<()>,
+    _dir: TempDir,
+    _database: Option<PostgresDatabase>,
+}
+
+impl TestApp {
+    /// A fresh app, or `None` for PostgreSQL when no test database is configured.
+    pub async fn spawn(backend: Backend) -> Option<Self> {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        init_logging();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults_in(dir.path());
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let admin_url = std::env::var("OWNLIST_TEST_DATABASE_URL").ok()?;
+                let database = PostgresDatabase::create(&admin_url).await;
+                config.database_url = database.url.clone();
+                Some(database)
+            }
+        };
+        adjust(&mut config);
+        let clock = Arc::new(ManualClock::new(
+            Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap(),
+        ));
+        let shared: SharedClock = clock.clone();
+        let app = App::open(config.clone(), shared).await.unwrap();
+        let token = ownlist::tokens::create(&app.db, clock.now(), "test")
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let db = app.db.clone();
+        let server = tokio::spawn(async move {
+            app.serve(listener, std::future::pending()).await.unwrap();
+        });
+        Some(Self {
+            base,
+            token,
+            client: reqwest::Client::new(),
+            db,
+            clock,
+            backend,
+            config,
+            server,
+            _dir: dir,
+            _database: database,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path).send().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::PATCH, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.request(Method::DELETE, path).send().await.unwrap()
+    }
+
+    pub async fn post_csv(&self, path: &str, csv: impl Into<reqwest::Body>) -> Response {
+        self.request(Method::POST, path)
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a list and returns its JSON.
+    pub async fn create_list(&self, slug: &str) -> Value {
+        let response = self
+            .post(
+                "/api/v1/lists",
+                &serde_json::json!({"slug": slug, "name": slug}),
+            )
+            .await;
+        expect_json(response, StatusCode::CREATED).await
+    }
+
+    /// Creates a subscriber and returns its JSON.
+    pub async fn create_subscriber(&self, body: Value) -> Value {
+        expect_json(
+            self.post("/api/v1/subscribers", &body).await,
+            StatusCode::CREATED,
+        )
+        .await
+    }
+
+    /// Counts rows in a table, straight from the database.
+    pub async fn count(&self, table: &str) -> i64 {
+        use sea_orm::{ConnectionTrait, Statement};
+        let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+        let row = self
+            .db
+            .conn()
+            .query_one_raw(Statement::from_string(self.db.backend(), sql))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Asserts the status and returns the JSON body, showing the body when the status is wrong.
+pub async fn expect_json(response: Response, status: StatusCode) -> Value {
+    let actual = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(actual, status, "unexpected status; body: {text}");
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// Asserts a problem+json error with this status and code, and returns it.
+pub async fn expect_problem(response: Response, status: StatusCode, code: &str) -> Value {
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = expect_json(response, status).await;
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    assert_eq!(body["code"], code, "problem: {body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "problem without detail: {body}"
+    );
+    body
+}
+
+fn init_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A database of its own on the test PostgreSQL server, dropped afterwards.
+struct PostgresDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl PostgresDatabase {
+    async fn create(admin_url: &str) -> Self {
+        let name = format!("ownlist_test_{}", uuid::Uuid::now_v7().simple());
+        let admin = Db::connect(admin_url).await.unwrap();
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        let mut url = url::Url::parse(admin_url).unwrap();
+        url.set_path(&format!("/{name}"));
+        Self {
+            admin_url: admin_url.to_owned(),
+            name,
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        // Drop runs inside the test's runtime: do the async work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(admin) = Db::connect(&admin_url).await {
+                    let _ = admin.execute_unprepared(&sql).await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real app, a real database, driven over HTTP.
+//! Set `OWNLIST_TEST_DATABASE_URL=postgres://…` to run every test on PostgreSQL too;
+//! `TEST_LOG=1` shows the app's logs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod auth;
+mod lists;
+mod subscribers;
+mod transfer;
