@@ -139,13 +139,14 @@ async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("OWNLIST_LISTEN: cannot listen on {listen}"))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
     let base = app
         .config
         .base_url
         .as_str()
         .trim_end_matches('/')
         .to_owned();
-    println!("ownlist is serving on {base}/");
+    println!("ownlist is serving on http://{bound}/");
     println!("  database:  {}", redact(&app.config.database_url));
     println!("  admin API: {base}/api/v1  (OpenAPI document: {base}/api/v1/openapi.json)");
     if app.config.admin_token.is_none() && !tokens::any_exist(&app.db).await? {

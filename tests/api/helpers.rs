@@ -49,7 +49,6 @@ pub struct TestApp {
     pub db: Db,
     pub clock: Arc<ManualClock>,
     pub backend: Backend,
-    pub config: Config,
     server: tokio::task::JoinHandle<()>,
     _dir: TempDir,
     _database: Option<PostgresDatabase>,
@@ -80,7 +79,7 @@ impl TestApp {
             Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap(),
         ));
         let shared: SharedClock = clock.clone();
-        let app = App::open(config.clone(), shared).await.unwrap();
+        let app = App::open(config, shared).await.unwrap();
         let token = ownlist::tokens::create(&app.db, clock.now(), "test")
             .await
             .unwrap();
@@ -97,7 +96,6 @@ impl TestApp {
             db,
             clock,
             backend,
-            config,
             server,
             _dir: dir,
             _database: database,

@@ -1,0 +1,264 @@
+//! The `ownlist` binary as a newcomer and an operator use it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn ownlist(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ownlist"));
+    command.current_dir(dir);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("OWNLIST_")) {
+        command.env_remove(key);
+    }
+    command.env("OWNLIST_LOG", "warn");
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value, expected) in [
+        (
+            "OWNLIST_LISTEN",
+            "localhost",
+            "OWNLIST_LISTEN: 'localhost' is not an address like 127.0.0.1:8080",
+        ),
+        (
+            "OWNLIST_DATABASE_URL",
+            "mysql://db",
+            "OWNLIST_DATABASE_URL: 'mysql://db' is neither sqlite:… nor postgres://…",
+        ),
+        (
+            "OWNLIST_BASE_URL",
+            "ftp://x",
+            "OWNLIST_BASE_URL: 'ftp://x' is not an http(s) URL",
+        ),
+        (
+            "OWNLIST_WORKFLOWS_DIR",
+            "/no/such/dir",
+            "OWNLIST_WORKFLOWS_DIR: cannot read directory '/no/such/dir'",
+        ),
+        (
+            "OWNLIST_SECRET",
+            "short",
+            "OWNLIST_SECRET: must be at least 32 characters",
+        ),
+        (
+            "OWNLIST_LISTN",
+            "x",
+            "OWNLIST_LISTN: unknown setting (did you mean OWNLIST_LISTEN?)",
+        ),
+    ] {
+        let output = run(ownlist(dir.path()).env(key, value));
+        assert_eq!(output.status.code(), Some(2), "{key}");
+        let stderr = text(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("ownlist: {expected}")),
+            "{stderr}"
+        );
+    }
+    std::fs::write(
+        dir.path().join("ownlist.toml"),
+        "listen = \"127.0.0.1:9999\"\nlisten_adress = 3\n",
+    )
+    .unwrap();
+    let output = run(&mut ownlist(dir.path()));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr.contains("ownlist.toml:2:1: unknown field `listen_adress`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("did you mean `listen`?"), "{stderr}");
+}
+
+#[test]
+fn with_no_configuration_it_serves_sqlite_and_says_how_to_get_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    // The one setting given is the port, so the test does not collide with anything on 8080.
+    let mut child = ownlist(dir.path())
+        .env("OWNLIST_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let address = first
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut printed = vec![first];
+    for _ in 0..3 {
+        printed.push(lines.next().unwrap().unwrap());
+    }
+    let printed = printed.join("\n");
+    assert!(
+        printed.contains("ownlist is serving on http://127.0.0.1:"),
+        "{printed}"
+    );
+    assert!(printed.contains("ownlist.db"), "{printed}");
+    assert!(printed.contains("ownlist tokens create admin"), "{printed}");
+    assert!(dir.path().join("data/ownlist.db").exists());
+    assert!(
+        dir.path().join("data/secret").exists(),
+        "the signing secret is generated on first run"
+    );
+
+    let health = http_get(&address, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let journal = Command::new("sqlite3")
+        .arg(dir.path().join("data/ownlist.db"))
+        .arg("PRAGMA journal_mode;")
+        .output();
+    if let Ok(journal) = journal {
+        assert_eq!(text(&journal.stdout).trim(), "wal");
+    }
+}
+
+/// A minimal HTTP/1.1 GET, so this test needs no client library.
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpStream::connect(address) {
+            Ok(mut stream) => {
+                write!(
+                    stream,
+                    "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut response = String::new();
+                stream.read_to_string(&mut response).unwrap();
+                return response;
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("cannot connect to {address}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn tokens_are_created_once_listed_by_name_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let created = run(ownlist(dir.path()).args(["tokens", "create", "ci-bot"]));
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let token = text(&created.stdout).trim().to_owned();
+    assert!(token.starts_with("ol_") && token.len() > 40, "{token}");
+    assert!(text(&created.stderr).contains("shown only now"));
+
+    let again = run(ownlist(dir.path()).args(["tokens", "create", "ci-bot"]));
+    assert_eq!(again.status.code(), Some(3));
+    assert!(
+        text(&again.stderr).contains("a token named 'ci-bot' exists"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    let listed = run(ownlist(dir.path()).args(["tokens", "list"]));
+    let listed = text(&listed.stdout);
+    assert!(listed.starts_with("ci-bot\t"), "{listed}");
+    assert!(!listed.contains(&token), "the list never shows a token");
+
+    let database = std::fs::read(dir.path().join("data/ownlist.db")).unwrap();
+    assert!(
+        !database.windows(token.len()).any(|w| w == token.as_bytes()),
+        "only the hash is stored"
+    );
+
+    assert!(
+        run(ownlist(dir.path()).args(["tokens", "revoke", "ci-bot"]))
+            .status
+            .success()
+    );
+    let listed = run(ownlist(dir.path()).args(["tokens", "list"]));
+    assert_eq!(text(&listed.stdout), "");
+    let missing = run(ownlist(dir.path()).args(["tokens", "revoke", "ci-bot"]));
+    assert_eq!(missing.status.code(), Some(3));
+}
+
+#[test]
+fn cli_import_reports_rows_and_export_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("people.csv");
+    std::fs::write(
+        &csv,
+        "email,first_name,tags,lists,city\nada@example.com,Ada,vip,news:confirmed,Rome\nbad,Bad,,,\ngrace@example.com,Grace,,news:pending,Paris\n",
+    )
+    .unwrap();
+    let imported = run(ownlist(dir.path()).args(["import", "people.csv"]));
+    let stderr = text(&imported.stderr);
+    assert_eq!(
+        imported.status.code(),
+        Some(1),
+        "rejected rows give exit code 1: {stderr}"
+    );
+    assert!(
+        stderr.contains("people.csv:3: email: 'bad' is not a valid email address"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("created lists: news"), "{stderr}");
+    assert!(
+        stderr.contains("imported 2, updated 0, skipped 1"),
+        "{stderr}"
+    );
+
+    let unknown = run(ownlist(dir.path()).args(["import", "people.csv", "--list", "nope"]));
+    assert_eq!(unknown.status.code(), Some(3));
+    assert!(
+        text(&unknown.stderr).contains("unknown list 'nope'"),
+        "{}",
+        text(&unknown.stderr)
+    );
+    let missing = run(ownlist(dir.path()).args(["import", "missing.csv"]));
+    assert!(text(&missing.stderr).contains("cannot open missing.csv"));
+
+    let exported = run(ownlist(dir.path()).args(["export", "--out", "all.csv"]));
+    assert!(exported.status.success(), "{}", text(&exported.stderr));
+    let first = std::fs::read_to_string(dir.path().join("all.csv")).unwrap();
+    assert_eq!(first.lines().count(), 3);
+    assert!(first.contains("news:pending"));
+
+    let other = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("all.csv"), other.path().join("all.csv")).unwrap();
+    let imported = run(ownlist(other.path()).args(["import", "all.csv"]));
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    let again = run(ownlist(other.path()).arg("export"));
+    let columns = |csv: &str| -> Vec<String> {
+        csv.lines()
+            .map(|l| {
+                l.rsplit_once(',')
+                    .map_or(l, |(rest, _updated_at)| rest)
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(columns(&text(&again.stdout)), columns(&first));
+}
+
+#[test]
+fn migrate_creates_the_schema_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let output = run(ownlist(dir.path()).arg("migrate"));
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        assert!(text(&output.stdout).contains("is up to date"));
+    }
+}
