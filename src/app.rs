@@ -25,32 +25,19 @@ pub struct App {
 impl App {
     /// Connects to the database and brings its schema up to date.
     pub async fn open(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
-        let db = Db::connect(&config.database_url).await.with_context(|| {
-            format!(
-                "cannot open the database at {}",
-                redact(&config.database_url)
-            )
-        })?;
-        db.migrate()
+        let db = Db::connect(&config.database_url)
             .await
-            .context("cannot migrate the database schema")?;
+            .with_context(|| format!("cannot open the database at {}", redact(&config.database_url)))?;
+        db.migrate().await.context("cannot migrate the database schema")?;
         let mut config = config;
         if config.secret.is_none() {
             config.secret = Some(load_or_create_secret(&config.data_dir)?);
         }
-        Ok(Self {
-            config: Arc::new(config),
-            db,
-            clock,
-        })
+        Ok(Self { config: Arc::new(config), db, clock })
     }
 
     pub fn router(&self) -> axum::Router {
-        http::router(AppState {
-            db: self.db.clone(),
-            clock: self.clock.clone(),
-            config: self.config.clone(),
-        })
+        http::router(AppState { db: self.db.clone(), clock: self.clock.clone(), config: self.config.clone() })
     }
 
     /// Serves HTTP on `listener` until `shutdown` completes, then finishes in-flight requests.
@@ -59,10 +46,7 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
     }
 }
 
@@ -71,15 +55,11 @@ fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("secret");
     match std::fs::read_to_string(&path) {
         Ok(text) if text.trim().len() >= 32 => return Ok(text.trim().to_owned()),
-        Ok(_) => anyhow::bail!(
-            "{} is shorter than 32 characters; delete it to have a new one made",
-            path.display()
-        ),
+        Ok(_) => anyhow::bail!("{} is shorter than 32 characters; delete it to have a new one made", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let secret = hex::encode(bytes);
@@ -87,10 +67,7 @@ fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<String> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(secret.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = options.open(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(secret.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(secret)
 }

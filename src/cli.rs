@@ -18,11 +18,7 @@ use crate::config::{Config, redact};
 use crate::tokens;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "ownlist",
-    version,
-    about = "Own your audience: landing pages, consent, drip workflows."
-)]
+#[command(name = "ownlist", version, about = "Own your audience: landing pages, consent, drip workflows.")]
 struct Cli {
     /// Configuration file (default: ./ownlist.toml when present). OWNLIST_* variables override it.
     #[arg(long, global = true, value_name = "FILE")]
@@ -68,9 +64,7 @@ enum TokenCommand {
 /// Exit codes: 0 success, 1 done with rejected rows, 2 bad configuration or usage, 3 failure.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let env: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("OWNLIST_"))
-        .collect();
+    let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("OWNLIST_")).collect();
     let config = match Config::load(cli.config.as_deref(), &env) {
         Ok(config) => config,
         Err(e) => {
@@ -80,10 +74,7 @@ pub fn main() -> ExitCode {
     };
     init_logging(&config.log);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("ownlist: cannot start the async runtime: {e}");
@@ -100,12 +91,9 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
@@ -119,9 +107,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokens(command) => manage_tokens(App::open(config, clock).await?, command).await,
-        Command::Import { file, list } => {
-            import_file(App::open(config, clock).await?, file, list).await
-        }
+        Command::Import { file, list } => import_file(App::open(config, clock).await?, file, list).await,
         Command::Export { out } => export_file(App::open(config, clock).await?, out).await,
     }
 }
@@ -140,12 +126,7 @@ async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("OWNLIST_LISTEN: cannot listen on {listen}"))?;
     let bound = listener.local_addr().context("reading the bound address")?;
-    let base = app
-        .config
-        .base_url
-        .as_str()
-        .trim_end_matches('/')
-        .to_owned();
+    let base = app.config.base_url.as_str().trim_end_matches('/').to_owned();
     println!("ownlist is serving on http://{bound}/");
     println!("  database:  {}", redact(&app.config.database_url));
     println!("  admin API: {base}/api/v1  (OpenAPI document: {base}/api/v1/openapi.json)");
@@ -186,10 +167,7 @@ async fn manage_tokens(app: App, command: TokenCommand) -> anyhow::Result<ExitCo
         TokenCommand::Create { name } => {
             let token = tokens::create(&app.db, app.clock.now(), &name).await?;
             println!("{token}");
-            eprintln!(
-                "Token '{}' created. It is shown only now: store it somewhere safe.",
-                name.trim()
-            );
+            eprintln!("Token '{}' created. It is shown only now: store it somewhere safe.", name.trim());
         }
         TokenCommand::List => {
             for (name, created) in tokens::list(&app.db).await? {
@@ -206,37 +184,20 @@ async fn manage_tokens(app: App, command: TokenCommand) -> anyhow::Result<ExitCo
 
 async fn import_file(app: App, file: PathBuf, list: Option<String>) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let handle = tokio::fs::File::open(&file)
-        .await
-        .with_context(|| format!("cannot open {}", file.display()))?;
+    let handle = tokio::fs::File::open(&file).await.with_context(|| format!("cannot open {}", file.display()))?;
     let reader = tokio::io::BufReader::with_capacity(256 * 1024, handle);
-    let options = import::ImportOptions {
-        list,
-        actor: Actor::Cli,
-    };
-    let report = import::import_csv(&app.db, app.clock.as_ref(), reader, options)
+    let options = import::ImportOptions { list, actor: Actor::Cli };
+    let report = import::import_csv(&app.db, app.clock.clone(), reader, options)
         .await
         .with_context(|| format!("{}", file.display()))?;
     let seconds = started.elapsed().as_secs_f64();
     let rows = report.imported + report.updated + report.skipped;
     for error in &report.errors {
-        let column = error
-            .column
-            .as_deref()
-            .map(|c| format!(" {c}:"))
-            .unwrap_or_default();
-        eprintln!(
-            "{}:{}:{column} {}",
-            file.display(),
-            error.row,
-            error.message
-        );
+        let column = error.column.as_deref().map(|c| format!(" {c}:")).unwrap_or_default();
+        eprintln!("{}:{}:{column} {}", file.display(), error.row, error.message);
     }
     if report.errors_total > report.errors.len() as u64 {
-        eprintln!(
-            "… and {} more rejected rows",
-            report.errors_total - report.errors.len() as u64
-        );
+        eprintln!("… and {} more rejected rows", report.errors_total - report.errors.len() as u64);
     }
     if !report.lists_created.is_empty() {
         eprintln!("created lists: {}", report.lists_created.join(", "));
@@ -247,28 +208,19 @@ async fn import_file(app: App, file: PathBuf, list: Option<String>) -> anyhow::R
         "imported {}, updated {}, skipped {} ({} suppressed) in {seconds:.1} s ({rate:.0} rows/s)",
         report.imported, report.updated, report.skipped, report.suppressed
     );
-    Ok(if report.errors_total > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if report.errors_total > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 async fn export_file(app: App, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &out {
         Some(path) => Box::new(tokio::io::BufWriter::new(
-            tokio::fs::File::create(path)
-                .await
-                .with_context(|| format!("cannot create {}", path.display()))?,
+            tokio::fs::File::create(path).await.with_context(|| format!("cannot create {}", path.display()))?,
         )),
         None => Box::new(tokio::io::BufWriter::new(tokio::io::stdout())),
     };
     let mut stream = std::pin::pin!(export::subscribers_csv(app.db.clone()));
     while let Some(chunk) = stream.next().await {
-        writer
-            .write_all(&chunk?)
-            .await
-            .context("writing the export")?;
+        writer.write_all(&chunk?).await.context("writing the export")?;
     }
     writer.flush().await.context("writing the export")?;
     Ok(ExitCode::SUCCESS)

@@ -72,10 +72,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(setting: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            setting: setting.into(),
-            problem: problem.into(),
-        }
+        Self { setting: setting.into(), problem: problem.into() }
     }
 }
 
@@ -118,10 +115,7 @@ impl Config {
         let data_dir = PathBuf::from(raw.data_dir.clone().unwrap_or_else(|| "./data".into()));
         let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            ConfigError::new(
-                name("listen"),
-                format!("'{listen_text}' is not an address like 127.0.0.1:8080"),
-            )
+            ConfigError::new(name("listen"), format!("'{listen_text}' is not an address like 127.0.0.1:8080"))
         })?;
         let base_url_text = raw.base_url.unwrap_or_else(|| format!("http://{listen}/"));
         let base_url = url::Url::parse(&base_url_text)
@@ -134,8 +128,7 @@ impl Config {
                 )
             })?;
         let database_url = raw.database_url.unwrap_or_else(|| sqlite_url(&data_dir));
-        check_database_url(&database_url)
-            .map_err(|problem| ConfigError::new(name("database_url"), problem))?;
+        check_database_url(&database_url).map_err(|problem| ConfigError::new(name("database_url"), problem))?;
         let workflows_dir = directory(raw.workflows_dir, "./workflows", &name("workflows_dir"))?;
         let templates_dir = directory(raw.templates_dir, "./templates", &name("templates_dir"))?;
         if let Some(secret) = &raw.secret
@@ -149,10 +142,7 @@ impl Config {
         if let Some(token) = &raw.admin_token
             && token.len() < 16
         {
-            return Err(ConfigError::new(
-                name("admin_token"),
-                "must be at least 16 characters",
-            ));
+            return Err(ConfigError::new(name("admin_token"), "must be at least 16 characters"));
         }
         let max_import_bytes = match raw.max_import_bytes {
             None => DEFAULT_MAX_IMPORT_BYTES,
@@ -164,9 +154,8 @@ impl Config {
             })?,
         };
         let log = raw.log.unwrap_or_else(|| "info".into());
-        tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| {
-            ConfigError::new(name("log"), format!("'{log}' is not a log filter: {e}"))
-        })?;
+        tracing_subscriber::EnvFilter::try_new(&log)
+            .map_err(|e| ConfigError::new(name("log"), format!("'{log}' is not a log filter: {e}")))?;
         Ok(Self {
             database_url,
             listen,
@@ -195,16 +184,12 @@ fn setting_name(key: &str, file: Option<&Path>) -> String {
 }
 
 fn sqlite_url(data_dir: &Path) -> String {
-    format!(
-        "sqlite://{}?mode=rwc",
-        data_dir.join("ownlist.db").display()
-    )
+    format!("sqlite://{}?mode=rwc", data_dir.join("ownlist.db").display())
 }
 
 fn read_file(path: &Path) -> Result<RawSettings, ConfigError> {
     let shown = path.display().to_string();
-    let text = fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(&shown, format!("cannot read the file: {e}")))?;
+    let text = fs::read_to_string(path).map_err(|e| ConfigError::new(&shown, format!("cannot read the file: {e}")))?;
     toml::from_str(&text).map_err(|e| {
         let message = e.message().to_string();
         let location = e
@@ -236,9 +221,7 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
         let Some(key) = name.strip_prefix("OWNLIST_") else {
             continue;
         };
-        if ENV_NOT_SETTINGS.contains(&name.as_str())
-            || ENV_IGNORED_PREFIXES.iter().any(|p| name.starts_with(p))
-        {
+        if ENV_NOT_SETTINGS.contains(&name.as_str()) || ENV_IGNORED_PREFIXES.iter().any(|p| name.starts_with(p)) {
             continue;
         }
         let key = key.to_lowercase();
@@ -274,10 +257,7 @@ fn check_database_url(url: &str) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| format!("'{}' is not a valid PostgreSQL URL: {e}", redact(url)));
     }
-    Err(format!(
-        "'{}' is neither sqlite:… nor postgres://…",
-        redact(url)
-    ))
+    Err(format!("'{}' is neither sqlite:… nor postgres://…", redact(url)))
 }
 
 /// Hides a password in a URL before it is printed.
@@ -298,10 +278,7 @@ fn directory(value: Option<String>, default: &str, setting: &str) -> Result<Path
     let path = PathBuf::from(&value);
     match fs::read_dir(&path) {
         Ok(_) => Ok(path),
-        Err(e) => Err(ConfigError::new(
-            setting,
-            format!("cannot read directory '{value}': {e}"),
-        )),
+        Err(e) => Err(ConfigError::new(setting, format!("cannot read directory '{value}': {e}"))),
     }
 }
 
@@ -330,11 +307,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
         let mut current = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
             let cost = usize::from(ca != *cb);
-            current.push(
-                (previous[j] + cost)
-                    .min(previous[j + 1] + 1)
-                    .min(current[j] + 1),
-            );
+            current.push((previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1));
         }
         previous = current;
     }
@@ -346,10 +319,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()
     }
 
     #[test]
@@ -363,33 +333,19 @@ mod tests {
     #[test]
     fn unknown_env_setting_is_named_with_a_suggestion() {
         let err = Config::load(None, &env(&[("OWNLIST_LISTN", "x")])).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "OWNLIST_LISTN: unknown setting (did you mean OWNLIST_LISTEN?)"
-        );
+        assert_eq!(err.to_string(), "OWNLIST_LISTN: unknown setting (did you mean OWNLIST_LISTEN?)");
     }
 
     #[test]
     fn bad_values_name_the_setting() {
         let err = Config::load(None, &env(&[("OWNLIST_LISTEN", "localhost")])).unwrap_err();
-        assert!(
-            err.to_string().starts_with("OWNLIST_LISTEN: 'localhost'"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("OWNLIST_LISTEN: 'localhost'"), "{err}");
         let err = Config::load(None, &env(&[("OWNLIST_DATABASE_URL", "mysql://x")])).unwrap_err();
-        assert!(
-            err.to_string().starts_with("OWNLIST_DATABASE_URL:"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("OWNLIST_DATABASE_URL:"), "{err}");
         let err = Config::load(None, &env(&[("OWNLIST_BASE_URL", "not a url")])).unwrap_err();
         assert!(err.to_string().starts_with("OWNLIST_BASE_URL:"), "{err}");
-        let err =
-            Config::load(None, &env(&[("OWNLIST_TEMPLATES_DIR", "/nonexistent/x")])).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("OWNLIST_TEMPLATES_DIR: cannot read directory"),
-            "{err}"
-        );
+        let err = Config::load(None, &env(&[("OWNLIST_TEMPLATES_DIR", "/nonexistent/x")])).unwrap_err();
+        assert!(err.to_string().starts_with("OWNLIST_TEMPLATES_DIR: cannot read directory"), "{err}");
     }
 
     #[test]
@@ -410,8 +366,7 @@ mod tests {
         fs::write(&path, "listen = \"127.0.0.1:9000\"\n").unwrap();
         let config = Config::load(Some(&path), &env(&[])).unwrap();
         assert_eq!(config.listen.port(), 9000);
-        let config =
-            Config::load(Some(&path), &env(&[("OWNLIST_LISTEN", "127.0.0.1:9001")])).unwrap();
+        let config = Config::load(Some(&path), &env(&[("OWNLIST_LISTEN", "127.0.0.1:9001")])).unwrap();
         assert_eq!(config.listen.port(), 9001);
     }
 

@@ -14,10 +14,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -33,12 +30,7 @@ pub enum Error {
     NotFound { what: &'static str },
     /// The request contradicts what is stored (a duplicate address, a suppressed address, …).
     #[error("{detail}")]
-    Conflict {
-        code: &'static str,
-        detail: String,
-        existing_id: Option<Uuid>,
-        field: Option<&'static str>,
-    },
+    Conflict { code: &'static str, detail: String, existing_id: Option<Uuid>, field: Option<&'static str> },
     #[error("database error: {0}")]
     Database(#[from] sea_orm::DbErr),
     #[error(transparent)]
@@ -52,9 +44,5 @@ impl Error {
 }
 
 fn describe_fields(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.message))
-        .collect::<Vec<_>>()
-        .join("; ")
+    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
 }

@@ -40,9 +40,7 @@ pub async fn create(db: &Db, now: DateTime<Utc>, name: &str) -> Result<String> {
         if is_unique_violation(&e) {
             Error::Conflict {
                 code: "token_exists",
-                detail: format!(
-                    "a token named '{name}' exists; revoke it first or choose another name"
-                ),
+                detail: format!("a token named '{name}' exists; revoke it first or choose another name"),
                 existing_id: None,
                 field: Some("name"),
             }
@@ -55,19 +53,13 @@ pub async fn create(db: &Db, now: DateTime<Utc>, name: &str) -> Result<String> {
 
 /// Names and creation times of every token (never the tokens).
 pub async fn list(db: &Db) -> Result<Vec<(String, DateTime<Utc>)>> {
-    let rows = api_token::Entity::find()
-        .order_by_asc(api_token::Column::Name)
-        .all(db.conn())
-        .await?;
+    let rows = api_token::Entity::find().order_by_asc(api_token::Column::Name).all(db.conn()).await?;
     Ok(rows.into_iter().map(|t| (t.name, t.created_at)).collect())
 }
 
 /// Deletes the token named `name`; requests with it fail from now on.
 pub async fn revoke(db: &Db, name: &str) -> Result<()> {
-    let result = api_token::Entity::delete_many()
-        .filter(api_token::Column::Name.eq(name))
-        .exec(db.conn())
-        .await?;
+    let result = api_token::Entity::delete_many().filter(api_token::Column::Name.eq(name)).exec(db.conn()).await?;
     if result.rows_affected == 0 {
         return Err(Error::NotFound { what: "token" });
     }
@@ -79,15 +71,9 @@ pub async fn any_exist(db: &Db) -> Result<bool> {
 }
 
 /// Who a presented token belongs to, if anyone. Comparisons are constant-time.
-pub async fn authenticate(
-    db: &Db,
-    bootstrap: Option<&str>,
-    presented: &str,
-) -> Result<Option<Actor>> {
+pub async fn authenticate(db: &Db, bootstrap: Option<&str>, presented: &str) -> Result<Option<Actor>> {
     if let Some(bootstrap) = bootstrap
-        && bool::from(
-            Sha256::digest(presented.as_bytes()).ct_eq(&Sha256::digest(bootstrap.as_bytes())),
-        )
+        && bool::from(Sha256::digest(presented.as_bytes()).ct_eq(&Sha256::digest(bootstrap.as_bytes())))
     {
         return Ok(Some(Actor::Bootstrap));
     }
@@ -95,11 +81,7 @@ pub async fn authenticate(
         return Ok(None);
     }
     let wanted = hash(presented);
-    let found = api_token::Entity::find()
-        .filter(api_token::Column::TokenHash.eq(wanted.clone()))
-        .one(db.conn())
-        .await?;
-    Ok(found
-        .filter(|t| bool::from(t.token_hash.as_bytes().ct_eq(wanted.as_bytes())))
-        .map(|t| Actor::Token(t.name)))
+    let found =
+        api_token::Entity::find().filter(api_token::Column::TokenHash.eq(wanted.clone())).one(db.conn()).await?;
+    Ok(found.filter(|t| bool::from(t.token_hash.as_bytes().ct_eq(wanted.as_bytes()))).map(|t| Actor::Token(t.name)))
 }

@@ -28,58 +28,28 @@ fn text(bytes: &[u8]) -> String {
 fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     for (key, value, expected) in [
-        (
-            "OWNLIST_LISTEN",
-            "localhost",
-            "OWNLIST_LISTEN: 'localhost' is not an address like 127.0.0.1:8080",
-        ),
+        ("OWNLIST_LISTEN", "localhost", "OWNLIST_LISTEN: 'localhost' is not an address like 127.0.0.1:8080"),
         (
             "OWNLIST_DATABASE_URL",
             "mysql://db",
             "OWNLIST_DATABASE_URL: 'mysql://db' is neither sqlite:… nor postgres://…",
         ),
-        (
-            "OWNLIST_BASE_URL",
-            "ftp://x",
-            "OWNLIST_BASE_URL: 'ftp://x' is not an http(s) URL",
-        ),
-        (
-            "OWNLIST_WORKFLOWS_DIR",
-            "/no/such/dir",
-            "OWNLIST_WORKFLOWS_DIR: cannot read directory '/no/such/dir'",
-        ),
-        (
-            "OWNLIST_SECRET",
-            "short",
-            "OWNLIST_SECRET: must be at least 32 characters",
-        ),
-        (
-            "OWNLIST_LISTN",
-            "x",
-            "OWNLIST_LISTN: unknown setting (did you mean OWNLIST_LISTEN?)",
-        ),
+        ("OWNLIST_BASE_URL", "ftp://x", "OWNLIST_BASE_URL: 'ftp://x' is not an http(s) URL"),
+        ("OWNLIST_WORKFLOWS_DIR", "/no/such/dir", "OWNLIST_WORKFLOWS_DIR: cannot read directory '/no/such/dir'"),
+        ("OWNLIST_SECRET", "short", "OWNLIST_SECRET: must be at least 32 characters"),
+        ("OWNLIST_LISTN", "x", "OWNLIST_LISTN: unknown setting (did you mean OWNLIST_LISTEN?)"),
     ] {
         let output = run(ownlist(dir.path()).env(key, value));
         assert_eq!(output.status.code(), Some(2), "{key}");
         let stderr = text(&output.stderr);
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-        assert!(
-            stderr.starts_with(&format!("ownlist: {expected}")),
-            "{stderr}"
-        );
+        assert!(stderr.starts_with(&format!("ownlist: {expected}")), "{stderr}");
     }
-    std::fs::write(
-        dir.path().join("ownlist.toml"),
-        "listen = \"127.0.0.1:9999\"\nlisten_adress = 3\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("ownlist.toml"), "listen = \"127.0.0.1:9999\"\nlisten_adress = 3\n").unwrap();
     let output = run(&mut ownlist(dir.path()));
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr.contains("ownlist.toml:2:1: unknown field `listen_adress`"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("ownlist.toml:2:1: unknown field `listen_adress`"), "{stderr}");
     assert!(stderr.contains("did you mean `listen`?"), "{stderr}");
 }
 
@@ -87,47 +57,27 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
 fn with_no_configuration_it_serves_sqlite_and_says_how_to_get_a_token() {
     let dir = tempfile::tempdir().unwrap();
     // The one setting given is the port, so the test does not collide with anything on 8080.
-    let mut child = ownlist(dir.path())
-        .env("OWNLIST_LISTEN", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ownlist(dir.path()).env("OWNLIST_LISTEN", "127.0.0.1:0").stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    let address = first
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let address = first.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
     let mut printed = vec![first];
     for _ in 0..3 {
         printed.push(lines.next().unwrap().unwrap());
     }
     let printed = printed.join("\n");
-    assert!(
-        printed.contains("ownlist is serving on http://127.0.0.1:"),
-        "{printed}"
-    );
+    assert!(printed.contains("ownlist is serving on http://127.0.0.1:"), "{printed}");
     assert!(printed.contains("ownlist.db"), "{printed}");
     assert!(printed.contains("ownlist tokens create admin"), "{printed}");
     assert!(dir.path().join("data/ownlist.db").exists());
-    assert!(
-        dir.path().join("data/secret").exists(),
-        "the signing secret is generated on first run"
-    );
+    assert!(dir.path().join("data/secret").exists(), "the signing secret is generated on first run");
 
     let health = http_get(&address, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let journal = Command::new("sqlite3")
-        .arg(dir.path().join("data/ownlist.db"))
-        .arg("PRAGMA journal_mode;")
-        .output();
+    let journal = Command::new("sqlite3").arg(dir.path().join("data/ownlist.db")).arg("PRAGMA journal_mode;").output();
     if let Ok(journal) = journal {
         assert_eq!(text(&journal.stdout).trim(), "wal");
     }
@@ -140,11 +90,7 @@ fn http_get(address: &str, path: &str) -> String {
     loop {
         match std::net::TcpStream::connect(address) {
             Ok(mut stream) => {
-                write!(
-                    stream,
-                    "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-                )
-                .unwrap();
+                write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
                 let mut response = String::new();
                 stream.read_to_string(&mut response).unwrap();
                 return response;
@@ -166,11 +112,7 @@ fn tokens_are_created_once_listed_by_name_and_revoked() {
 
     let again = run(ownlist(dir.path()).args(["tokens", "create", "ci-bot"]));
     assert_eq!(again.status.code(), Some(3));
-    assert!(
-        text(&again.stderr).contains("a token named 'ci-bot' exists"),
-        "{}",
-        text(&again.stderr)
-    );
+    assert!(text(&again.stderr).contains("a token named 'ci-bot' exists"), "{}", text(&again.stderr));
 
     let listed = run(ownlist(dir.path()).args(["tokens", "list"]));
     let listed = text(&listed.stdout);
@@ -178,16 +120,9 @@ fn tokens_are_created_once_listed_by_name_and_revoked() {
     assert!(!listed.contains(&token), "the list never shows a token");
 
     let database = std::fs::read(dir.path().join("data/ownlist.db")).unwrap();
-    assert!(
-        !database.windows(token.len()).any(|w| w == token.as_bytes()),
-        "only the hash is stored"
-    );
+    assert!(!database.windows(token.len()).any(|w| w == token.as_bytes()), "only the hash is stored");
 
-    assert!(
-        run(ownlist(dir.path()).args(["tokens", "revoke", "ci-bot"]))
-            .status
-            .success()
-    );
+    assert!(run(ownlist(dir.path()).args(["tokens", "revoke", "ci-bot"])).status.success());
     let listed = run(ownlist(dir.path()).args(["tokens", "list"]));
     assert_eq!(text(&listed.stdout), "");
     let missing = run(ownlist(dir.path()).args(["tokens", "revoke", "ci-bot"]));
@@ -205,28 +140,14 @@ fn cli_import_reports_rows_and_export_round_trips() {
     .unwrap();
     let imported = run(ownlist(dir.path()).args(["import", "people.csv"]));
     let stderr = text(&imported.stderr);
-    assert_eq!(
-        imported.status.code(),
-        Some(1),
-        "rejected rows give exit code 1: {stderr}"
-    );
-    assert!(
-        stderr.contains("people.csv:3: email: 'bad' is not a valid email address"),
-        "{stderr}"
-    );
+    assert_eq!(imported.status.code(), Some(1), "rejected rows give exit code 1: {stderr}");
+    assert!(stderr.contains("people.csv:3: email: 'bad' is not a valid email address"), "{stderr}");
     assert!(stderr.contains("created lists: news"), "{stderr}");
-    assert!(
-        stderr.contains("imported 2, updated 0, skipped 1"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("imported 2, updated 0, skipped 1"), "{stderr}");
 
     let unknown = run(ownlist(dir.path()).args(["import", "people.csv", "--list", "nope"]));
     assert_eq!(unknown.status.code(), Some(3));
-    assert!(
-        text(&unknown.stderr).contains("unknown list 'nope'"),
-        "{}",
-        text(&unknown.stderr)
-    );
+    assert!(text(&unknown.stderr).contains("unknown list 'nope'"), "{}", text(&unknown.stderr));
     let missing = run(ownlist(dir.path()).args(["import", "missing.csv"]));
     assert!(text(&missing.stderr).contains("cannot open missing.csv"));
 
@@ -242,13 +163,7 @@ fn cli_import_reports_rows_and_export_round_trips() {
     assert!(imported.status.success(), "{}", text(&imported.stderr));
     let again = run(ownlist(other.path()).arg("export"));
     let columns = |csv: &str| -> Vec<String> {
-        csv.lines()
-            .map(|l| {
-                l.rsplit_once(',')
-                    .map_or(l, |(rest, _updated_at)| rest)
-                    .to_owned()
-            })
-            .collect()
+        csv.lines().map(|l| l.rsplit_once(',').map_or(l, |(rest, _updated_at)| rest).to_owned()).collect()
     };
     assert_eq!(columns(&text(&again.stdout)), columns(&first));
 }

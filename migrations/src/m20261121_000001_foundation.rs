@@ -13,29 +13,26 @@ fn updated_at() -> ColumnDef {
     timestamp_with_time_zone("updated_at")
 }
 
-fn cascade_fk(
-    from_table: &'static str,
-    column: &'static str,
-    to_table: &'static str,
-) -> ForeignKeyCreateStatement {
-    ForeignKey::create()
-        .from(from_table, column)
-        .to(to_table, "id")
-        .on_delete(ForeignKeyAction::Cascade)
-        .to_owned()
+fn cascade_fk(from_table: &'static str, column: &'static str, to_table: &'static str) -> ForeignKeyCreateStatement {
+    ForeignKey::create().from(from_table, column).to(to_table, "id").on_delete(ForeignKeyAction::Cascade).to_owned()
 }
 
-fn index(
-    name: &'static str,
-    table: &'static str,
-    columns: &[&'static str],
-) -> IndexCreateStatement {
+fn index(name: &'static str, table: &'static str, columns: &[&'static str]) -> IndexCreateStatement {
     let mut statement = Index::create();
     statement.name(name).table(table);
     for column in columns {
         statement.col(*column);
     }
     statement.to_owned()
+}
+
+/// On SQLite, narrow tables keyed by something other than an integer are stored WITHOUT ROWID:
+/// the primary key is the table, so every insert updates one B-tree fewer.
+fn compact(manager: &SchemaManager, mut table: TableCreateStatement) -> TableCreateStatement {
+    if manager.get_database_backend() == sea_orm_migration::sea_orm::DbBackend::Sqlite {
+        table.extra("WITHOUT ROWID");
+    }
+    table
 }
 
 #[async_trait::async_trait]
@@ -83,12 +80,11 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_index(index("subscribers_status", "subscribers", &["status"]))
-            .await?;
+        manager.create_index(index("subscribers_status", "subscribers", &["status"])).await?;
 
         manager
-            .create_table(
+            .create_table(compact(
+                manager,
                 Table::create()
                     .table("memberships")
                     .col(uuid("subscriber_id"))
@@ -99,45 +95,31 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone_null("confirmed_at"))
                     .col(timestamp_with_time_zone_null("unsubscribed_at"))
                     .primary_key(Index::create().col("subscriber_id").col("list_id"))
-                    .foreign_key(&mut cascade_fk(
-                        "memberships",
-                        "subscriber_id",
-                        "subscribers",
-                    ))
+                    .foreign_key(&mut cascade_fk("memberships", "subscriber_id", "subscribers"))
                     .foreign_key(&mut cascade_fk("memberships", "list_id", "lists"))
                     .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(index(
-                "memberships_list",
-                "memberships",
-                &["list_id", "status"],
             ))
             .await?;
+        manager.create_index(index("memberships_list", "memberships", &["list_id", "status"])).await?;
 
         manager
-            .create_table(
+            .create_table(compact(
+                manager,
                 Table::create()
                     .table("subscriber_tags")
                     .col(uuid("subscriber_id"))
                     .col(string("tag"))
                     .col(created_at())
                     .primary_key(Index::create().col("subscriber_id").col("tag"))
-                    .foreign_key(&mut cascade_fk(
-                        "subscriber_tags",
-                        "subscriber_id",
-                        "subscribers",
-                    ))
+                    .foreign_key(&mut cascade_fk("subscriber_tags", "subscriber_id", "subscribers"))
                     .to_owned(),
-            )
+            ))
             .await?;
-        manager
-            .create_index(index("subscriber_tags_tag", "subscriber_tags", &["tag"]))
-            .await?;
+        manager.create_index(index("subscriber_tags_tag", "subscriber_tags", &["tag"])).await?;
 
         manager
-            .create_table(
+            .create_table(compact(
+                manager,
                 Table::create()
                     .table("consents")
                     .col(pk_uuid("id"))
@@ -154,15 +136,14 @@ impl MigrationTrait for Migration {
                     .col(created_at())
                     .foreign_key(&mut cascade_fk("consents", "subscriber_id", "subscribers"))
                     .to_owned(),
-            )
+            ))
             .await?;
-        manager
-            .create_index(index("consents_subscriber", "consents", &["subscriber_id"]))
-            .await?;
+        manager.create_index(index("consents_subscriber", "consents", &["subscriber_id"])).await?;
 
         // Events have no foreign key: the `erased` event outlives the subscriber it names.
         manager
-            .create_table(
+            .create_table(compact(
+                manager,
                 Table::create()
                     .table("events")
                     .col(pk_uuid("id"))
@@ -171,18 +152,13 @@ impl MigrationTrait for Migration {
                     .col(json_binary("data"))
                     .col(created_at())
                     .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(index(
-                "events_subscriber",
-                "events",
-                &["subscriber_id", "id"],
             ))
             .await?;
+        manager.create_index(index("events_subscriber", "events", &["subscriber_id", "id"])).await?;
 
         manager
-            .create_table(
+            .create_table(compact(
+                manager,
                 Table::create()
                     .table("suppressions")
                     .col(string("hash").primary_key())
@@ -190,7 +166,7 @@ impl MigrationTrait for Migration {
                     .col(string("reason"))
                     .col(created_at())
                     .to_owned(),
-            )
+            ))
             .await?;
 
         manager
@@ -218,9 +194,7 @@ impl MigrationTrait for Migration {
             "subscribers",
             "lists",
         ] {
-            manager
-                .drop_table(Table::drop().table(table).to_owned())
-                .await?;
+            manager.drop_table(Table::drop().table(table).to_owned()).await?;
         }
         Ok(())
     }

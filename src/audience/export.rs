@@ -48,12 +48,7 @@ struct Cursor {
 
 /// The CSV export as a stream of chunks: the header, then one chunk per page of subscribers.
 pub fn subscribers_csv(db: Db) -> impl Stream<Item = Result<Vec<u8>>> + Send + 'static {
-    let start = Cursor {
-        db,
-        after: None,
-        header_sent: false,
-        done: false,
-    };
+    let start = Cursor { db, after: None, header_sent: false, done: false };
     stream::try_unfold(start, |mut cursor| async move {
         if cursor.done {
             return Ok(None);
@@ -63,9 +58,7 @@ pub fn subscribers_csv(db: Db) -> impl Stream<Item = Result<Vec<u8>>> + Send + '
             let chunk = write_rows(|w| w.write_record(COLUMNS))?;
             return Ok(Some((chunk, cursor)));
         }
-        let mut query = subscriber::Entity::find()
-            .order_by_asc(subscriber::Column::Id)
-            .limit(PAGE);
+        let mut query = subscriber::Entity::find().order_by_asc(subscriber::Column::Id).limit(PAGE);
         if let Some(after) = cursor.after {
             query = query.filter(subscriber::Column::Id.gt(after));
         }
@@ -92,18 +85,12 @@ pub fn subscribers_csv(db: Db) -> impl Stream<Item = Result<Vec<u8>>> + Send + '
 fn write_rows(f: impl FnOnce(&mut csv::Writer<Vec<u8>>) -> csv::Result<()>) -> Result<Vec<u8>> {
     let mut writer = csv::Writer::from_writer(Vec::with_capacity(64 * 1024));
     f(&mut writer).map_err(|e| Error::Other(e.into()))?;
-    writer
-        .into_inner()
-        .map_err(|e| Error::Other(anyhow::anyhow!("writing CSV: {e}")))
+    writer.into_inner().map_err(|e| Error::Other(anyhow::anyhow!("writing CSV: {e}")))
 }
 
 fn row(s: &subscriber::Model, lists: &[MembershipView], tags: &[String]) -> Vec<String> {
     let text = |v: &Option<String>| v.clone().unwrap_or_default();
-    let lists = lists
-        .iter()
-        .map(|m| format!("{}:{}", m.list, m.status))
-        .collect::<Vec<_>>()
-        .join(";");
+    let lists = lists.iter().map(|m| format!("{}:{}", m.list, m.status)).collect::<Vec<_>>().join(";");
     let attributes = match s.attributes.as_object() {
         Some(map) if !map.is_empty() => s.attributes.to_string(),
         _ => String::new(),

@@ -9,14 +9,17 @@
 //! never re-subscribes a channel or list someone left.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use csv_async::{AsyncReaderBuilder, ByteRecord};
 use sea_orm::ActiveValue::Set;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, IntoActiveModel,
-    QueryFilter, QuerySelect,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect,
 };
+use sea_orm::{DatabaseTransaction, DbBackend, Statement};
+
+use crate::store::bulk::{OnDuplicate, insert_statement};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncRead;
@@ -24,14 +27,12 @@ use uuid::Uuid;
 
 use super::Actor;
 use super::records::{self, ConsentOrigin, ConsentWording, kind};
-use super::subscribers::{
-    Attribution, Checker, Profile, membership_row, new_subscriber_row, tag_row,
-};
+use super::subscribers::{Attribution, Checker, Profile, membership_row, new_subscriber_row, tag_row};
 use super::values::{
-    Channel, ChannelState, ConsentMethod, MembershipStatus, SubscriberStatus, suppression_hash,
-    validate_attribute_key, validate_slug,
+    Channel, ChannelState, ConsentMethod, MembershipStatus, SubscriberStatus, suppression_hash, validate_attribute_key,
+    validate_slug,
 };
-use crate::clock::Clock;
+use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::store::Db;
 use crate::store::entities::{list, membership, subscriber, subscriber_tag, suppression};
@@ -77,11 +78,7 @@ impl ImportReport {
     fn reject(&mut self, row: u64, column: Option<String>, message: String) {
         self.errors_total += 1;
         if self.errors.len() < MAX_LISTED_ERRORS {
-            self.errors.push(RowError {
-                row,
-                column,
-                message,
-            });
+            self.errors.push(RowError { row, column, message });
         }
     }
 }
@@ -150,32 +147,20 @@ struct Header {
 }
 
 fn read_header(record: &ByteRecord) -> Result<Header> {
-    let malformed = |detail: String| Error::Malformed {
-        code: "invalid_csv_header",
-        detail,
-    };
+    let malformed = |detail: String| Error::Malformed { code: "invalid_csv_header", detail };
     let mut columns = Vec::new();
     let mut seen = HashSet::new();
     for (index, raw) in record.iter().enumerate() {
-        let raw = if index == 0 {
-            raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw)
-        } else {
-            raw
-        };
+        let raw = if index == 0 { raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw) } else { raw };
         let name = std::str::from_utf8(raw)
             .map_err(|_| malformed(format!("header column {} is not UTF-8 text", index + 1)))?
             .trim()
             .to_owned();
         if name.is_empty() {
-            return Err(malformed(format!(
-                "header column {} has no name",
-                index + 1
-            )));
+            return Err(malformed(format!("header column {} has no name", index + 1)));
         }
         if !seen.insert(name.to_ascii_lowercase()) {
-            return Err(malformed(format!(
-                "column '{name}' appears twice in the header"
-            )));
+            return Err(malformed(format!("column '{name}' appears twice in the header")));
         }
         let kind = match Known::from_header(&name) {
             Some(known) => ColumnKind::Known(known),
@@ -186,13 +171,9 @@ fn read_header(record: &ByteRecord) -> Result<Header> {
         };
         columns.push((name, kind));
     }
-    let has_address = columns
-        .iter()
-        .any(|(_, k)| matches!(k, ColumnKind::Known(Known::Email | Known::Phone)));
+    let has_address = columns.iter().any(|(_, k)| matches!(k, ColumnKind::Known(Known::Email | Known::Phone)));
     if !has_address {
-        return Err(malformed(
-            "the CSV needs an 'email' or a 'phone' column".into(),
-        ));
+        return Err(malformed("the CSV needs an 'email' or a 'phone' column".into()));
     }
     Ok(Header { columns })
 }
@@ -211,20 +192,13 @@ struct Row {
     created_at: Option<DateTime<Utc>>,
 }
 
-fn parse_row(
-    header: &Header,
-    record: &ByteRecord,
-    line: u64,
-) -> std::result::Result<Row, Vec<(String, String)>> {
+fn parse_row(header: &Header, record: &ByteRecord, line: u64) -> std::result::Result<Row, Vec<(String, String)>> {
     let mut c = Checker::default();
     let mut cells: HashMap<Known, &str> = HashMap::new();
     let mut attribute_cells = Map::new();
     for ((name, kind), raw) in header.columns.iter().zip(record.iter()) {
         let Ok(text) = std::str::from_utf8(raw) else {
-            c.errors.push(crate::error::FieldError::new(
-                name.clone(),
-                "is not UTF-8 text",
-            ));
+            c.errors.push(crate::error::FieldError::new(name.clone(), "is not UTF-8 text"));
             continue;
         };
         if text.trim().is_empty() {
@@ -243,20 +217,14 @@ fn parse_row(
     let email = c.email("email", cell(Known::Email));
     let phone = c.phone("phone", cell(Known::Phone));
     if cell(Known::Email).is_none() && cell(Known::Phone).is_none() {
-        c.errors.push(crate::error::FieldError::new(
-            "email",
-            "an email or a phone is required",
-        ));
+        c.errors.push(crate::error::FieldError::new("email", "an email or a phone is required"));
     }
     let mut attributes = match cell(Known::Attributes) {
         None => Map::new(),
         Some(text) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(map)) => map,
             _ => {
-                c.errors.push(crate::error::FieldError::new(
-                    "attributes",
-                    "must be a JSON object",
-                ));
+                c.errors.push(crate::error::FieldError::new("attributes", "must be a JSON object"));
                 Map::new()
             }
         },
@@ -279,12 +247,8 @@ fn parse_row(
             landing_page: cell(Known::LandingPage).map(str::to_owned),
         }),
     };
-    let id = cell(Known::Id).and_then(|t| {
-        c.check(
-            "id",
-            Uuid::parse_str(t.trim()).map_err(|_| format!("'{t}' is not a UUID")),
-        )
-    });
+    let id = cell(Known::Id)
+        .and_then(|t| c.check("id", Uuid::parse_str(t.trim()).map_err(|_| format!("'{t}' is not a UUID"))));
     let status = cell(Known::Status).and_then(|t| c.check("status", t.parse()));
     let email_state = cell(Known::EmailState).and_then(|t| c.check("email_state", t.parse()));
     let sms_state = cell(Known::SmsState).and_then(|t| c.check("sms_state", t.parse()));
@@ -297,21 +261,11 @@ fn parse_row(
         )
     });
     let tags: Vec<String> = cell(Known::Tags)
-        .map(|t| {
-            t.split([';', ','])
-                .filter(|s| !s.trim().is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(|t| t.split([';', ',']).filter(|s| !s.trim().is_empty()).map(str::to_owned).collect())
         .unwrap_or_default();
     let tags = c.tags("tags", &tags);
     let mut lists = Vec::new();
-    for entry in cell(Known::Lists)
-        .into_iter()
-        .flat_map(|t| t.split(';'))
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-    {
+    for entry in cell(Known::Lists).into_iter().flat_map(|t| t.split(';')).map(str::trim).filter(|e| !e.is_empty()) {
         let (slug, status) = entry.split_once(':').unwrap_or((entry, "confirmed"));
         let slug = slug.trim();
         let status = c.check("lists", status.parse::<MembershipStatus>());
@@ -324,85 +278,115 @@ fn parse_row(
     if !c.errors.is_empty() {
         return Err(c.errors.into_iter().map(|e| (e.field, e.message)).collect());
     }
-    Ok(Row {
-        line,
-        id,
-        profile,
-        status,
-        email_state,
-        sms_state,
-        lists,
-        tags,
-        created_at,
-    })
+    Ok(Row { line, id, profile, status, email_state, sms_state, lists, tags, created_at })
 }
 
 /// Imports a CSV stream. Fails as a whole only when the header is unusable, the default list is
 /// unknown, or the database fails; everything else is a row error in the report.
-pub async fn import_csv<R>(
-    db: &Db,
-    clock: &dyn Clock,
-    input: R,
-    options: ImportOptions,
-) -> Result<ImportReport>
+///
+/// Reading and validating run on one task while the previous batch is written on another, so
+/// both cores work during a large import.
+pub async fn import_csv<R>(db: &Db, clock: SharedClock, input: R, options: ImportOptions) -> Result<ImportReport>
 where
     R: AsyncRead + Unpin + Send,
 {
     let default_list = match &options.list {
-        Some(slug) => Some(
-            super::lists::find(db.conn(), slug)
-                .await
-                .map_err(|e| match e {
-                    Error::NotFound { .. } => {
-                        Error::field("list", format!("unknown list '{slug}'"))
-                    }
-                    other => other,
-                })?,
-        ),
+        Some(slug) => Some(super::lists::find(db.conn(), slug).await.map_err(|e| match e {
+            Error::NotFound { .. } => Error::field("list", format!("unknown list '{slug}'")),
+            other => other,
+        })?),
         None => None,
     };
-    let mut reader = AsyncReaderBuilder::new()
-        .has_headers(false)
-        .flexible(false)
-        .create_reader(input);
+    let mut reader = AsyncReaderBuilder::new().has_headers(false).flexible(false).create_reader(input);
     let mut record = ByteRecord::new();
     let header = match reader.read_byte_record(&mut record).await {
         Ok(true) => read_header(&record)?,
         Ok(false) => {
-            return Err(Error::Malformed {
-                code: "invalid_csv_header",
-                detail: "the CSV is empty".into(),
-            });
+            return Err(Error::Malformed { code: "invalid_csv_header", detail: "the CSV is empty".into() });
         }
         Err(e) => return Err(csv_failure(&e)),
     };
-    let mut writer = BatchWriter {
-        db,
-        clock,
+    let context = Context {
         actor: options.actor.clone(),
         default_list: default_list.map(|l| (l.slug, l.id)),
         list_ids: HashMap::new(),
-        report: ImportReport::default(),
     };
+    let mut planner =
+        Planner { db: db.clone(), clock: clock.clone(), context: Arc::new(context), lists_created: Vec::new() };
+    let mut executor = Executor { db: db.clone(), clock, report: ImportReport::default() };
+    let (batches, mut to_plan) = tokio::sync::mpsc::channel::<Vec<Row>>(2);
+    let (planned, mut to_write) = tokio::sync::mpsc::channel::<Prepared>(1);
+    let planning = tokio::spawn(async move {
+        let mut busy = std::time::Duration::ZERO;
+        while let Some(batch) = to_plan.recv().await {
+            let t = std::time::Instant::now();
+            let prepared = planner.prepare(batch).await?;
+            busy += t.elapsed();
+            if planned.send(prepared).await.is_err() {
+                break;
+            }
+        }
+        tracing::debug!(?busy, "import planning finished");
+        Ok::<Vec<String>, Error>(planner.lists_created)
+    });
+    let writing = tokio::spawn(async move {
+        let mut busy = std::time::Duration::ZERO;
+        while let Some(prepared) = to_write.recv().await {
+            let t = std::time::Instant::now();
+            executor.execute(prepared).await?;
+            busy += t.elapsed();
+        }
+        tracing::debug!(?busy, "import writing finished");
+        Ok::<ImportReport, Error>(executor.report)
+    });
+    let mut rejected = ImportReport::default();
+    let read = read_rows(&mut reader, &mut record, &header, &mut rejected, &batches).await;
+    drop(batches);
+    let stopped = |e: tokio::task::JoinError| Error::Other(anyhow::anyhow!("import stage stopped: {e}"));
+    let lists_created = planning.await.map_err(stopped)?;
+    let written = writing.await.map_err(stopped)?;
+    read?;
+    let mut report = written?;
+    report.lists_created = lists_created?;
+    report.skipped += rejected.skipped;
+    report.errors_total += rejected.errors_total;
+    report.errors.extend(rejected.errors);
+    report.errors.sort_by_key(|e| e.row);
+    report.errors.truncate(MAX_LISTED_ERRORS);
+    Ok(report)
+}
+
+/// Reads, parses and validates rows, sending valid ones on in batches.
+async fn read_rows<R>(
+    reader: &mut csv_async::AsyncReader<R>,
+    record: &mut ByteRecord,
+    header: &Header,
+    rejected: &mut ImportReport,
+    batches: &tokio::sync::mpsc::Sender<Vec<Row>>,
+) -> Result<()>
+where
+    R: AsyncRead + Unpin + Send,
+{
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        match reader.read_byte_record(&mut record).await {
+        match reader.read_byte_record(record).await {
             Ok(true) => {
                 let line = record.position().map_or(0, csv_async::Position::line);
                 if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
                     continue;
                 }
-                match parse_row(&header, &record, line) {
+                match parse_row(header, record, line) {
                     Ok(row) => batch.push(row),
                     Err(problems) => {
-                        writer.report.skipped += 1;
+                        rejected.skipped += 1;
                         for (column, message) in problems {
-                            writer.report.reject(line, Some(column), message);
+                            rejected.reject(line, Some(column), message);
                         }
                     }
                 }
-                if batch.len() >= BATCH {
-                    writer.write(std::mem::take(&mut batch)).await?;
+                if batch.len() >= BATCH && batches.send(std::mem::take(&mut batch)).await.is_err() {
+                    // The writer stopped on an error; it is reported from there.
+                    return Ok(());
                 }
             }
             Ok(false) => break,
@@ -410,34 +394,30 @@ where
                 csv_async::ErrorKind::Io(_) => return Err(csv_failure(&e)),
                 _ => {
                     let line = e.position().map_or(0, csv_async::Position::line);
-                    writer.report.skipped += 1;
-                    writer.report.reject(line, None, csv_row_message(&e));
+                    rejected.skipped += 1;
+                    rejected.reject(line, None, csv_row_message(&e));
                 }
             },
         }
     }
-    writer.write(batch).await?;
-    Ok(writer.report)
+    if !batch.is_empty() {
+        let _ = batches.send(batch).await;
+    }
+    Ok(())
 }
 
 fn csv_failure(e: &csv_async::Error) -> Error {
     match e.kind() {
-        csv_async::ErrorKind::Io(io) => Error::Malformed {
-            code: "import_read_failed",
-            detail: format!("reading the CSV failed: {io}"),
-        },
-        _ => Error::Malformed {
-            code: "invalid_csv",
-            detail: csv_row_message(e),
-        },
+        csv_async::ErrorKind::Io(io) => {
+            Error::Malformed { code: "import_read_failed", detail: format!("reading the CSV failed: {io}") }
+        }
+        _ => Error::Malformed { code: "invalid_csv", detail: csv_row_message(e) },
     }
 }
 
 fn csv_row_message(e: &csv_async::Error) -> String {
     match e.kind() {
-        csv_async::ErrorKind::UnequalLengths {
-            expected_len, len, ..
-        } => {
+        csv_async::ErrorKind::UnequalLengths { expected_len, len, .. } => {
             format!("has {len} fields where the header has {expected_len}")
         }
         csv_async::ErrorKind::Utf8 { .. } => "is not UTF-8 text".into(),
@@ -477,55 +457,45 @@ struct NewSubscriber {
     created_at: Option<DateTime<Utc>>,
 }
 
-struct BatchWriter<'a> {
-    db: &'a Db,
-    clock: &'a dyn Clock,
+/// What the whole import shares: who imports, the default list, the lists known so far.
+#[derive(Debug, Clone)]
+struct Context {
     actor: Actor,
     default_list: Option<(String, Uuid)>,
     list_ids: HashMap<String, Uuid>,
-    report: ImportReport,
 }
 
-impl BatchWriter<'_> {
-    /// Writes a batch in one transaction; if that fails, writes its rows one by one so that only
-    /// the failing rows are rejected.
-    async fn write(&mut self, rows: Vec<Row>) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        self.ensure_lists(&rows).await?;
-        match self.try_write(&rows).await {
-            Ok(plan) => {
-                self.record(plan);
-                Ok(())
-            }
-            Err(Error::Database(_)) if rows.len() > 1 => {
-                for row in rows {
-                    let line = row.line;
-                    match self.try_write(std::slice::from_ref(&row)).await {
-                        Ok(plan) => self.record(plan),
-                        Err(Error::Database(e)) if e.sql_err().is_some() => {
-                            self.report.skipped += 1;
-                            self.report
-                                .reject(line, None, format!("could not be stored: {e}"));
-                        }
-                        Err(other) => return Err(other),
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
+/// A batch's writes, rendered as statements ready to run in one transaction.
+#[derive(Default)]
+struct Writes {
+    updates: Vec<subscriber::ActiveModel>,
+    statements: Vec<Statement>,
+}
 
-    fn record(&mut self, plan: Plan) {
-        self.report.imported += plan.imported;
-        self.report.updated += plan.updated;
-        self.report.suppressed += plan.suppressed;
-        self.report.skipped += plan.suppressed + plan.rejected.len() as u64;
-        for (line, message) in plan.rejected {
-            self.report.reject(line, None, message);
-        }
+/// A batch planned against the database as it was when planning began.
+struct Prepared {
+    rows: Vec<Row>,
+    plan: Plan,
+    writes: Writes,
+    context: Arc<Context>,
+}
+
+/// First stage: creates missing lists, looks rows up and renders their writes, outside any
+/// write transaction, so that it overlaps with the previous batch being written.
+struct Planner {
+    db: Db,
+    clock: SharedClock,
+    context: Arc<Context>,
+    lists_created: Vec<String>,
+}
+
+impl Planner {
+    async fn prepare(&mut self, rows: Vec<Row>) -> Result<Prepared> {
+        self.ensure_lists(&rows).await?;
+        let now = self.clock.now();
+        let mut plan = plan_batch(self.db.conn(), &rows, &self.context, now).await?;
+        let writes = render_writes(&mut plan, &self.context, self.db.backend(), now);
+        Ok(Prepared { rows, plan, writes, context: self.context.clone() })
     }
 
     /// Creates the lists a `lists` column names that do not exist yet.
@@ -533,24 +503,20 @@ impl BatchWriter<'_> {
         let wanted: BTreeSet<&str> = rows
             .iter()
             .flat_map(|r| r.lists.iter().map(|(slug, _)| slug.as_str()))
-            .filter(|slug| !self.list_ids.contains_key(*slug))
+            .filter(|slug| !self.context.list_ids.contains_key(*slug))
             .collect();
         if wanted.is_empty() {
             return Ok(());
         }
-        let found = list::Entity::find()
-            .filter(list::Column::Slug.is_in(wanted.iter().copied()))
-            .all(self.db.conn())
-            .await?;
+        let found =
+            list::Entity::find().filter(list::Column::Slug.is_in(wanted.iter().copied())).all(self.db.conn()).await?;
+        let context = Arc::make_mut(&mut self.context);
         for l in found {
-            self.list_ids.insert(l.slug, l.id);
+            context.list_ids.insert(l.slug, l.id);
         }
         let now = self.clock.now();
-        let missing: Vec<String> = wanted
-            .into_iter()
-            .filter(|s| !self.list_ids.contains_key(*s))
-            .map(str::to_owned)
-            .collect();
+        let missing: Vec<String> =
+            wanted.into_iter().filter(|s| !context.list_ids.contains_key(*s)).map(str::to_owned).collect();
         for slug in missing {
             let model = list::ActiveModel {
                 id: Set(Uuid::now_v7()),
@@ -562,161 +528,216 @@ impl BatchWriter<'_> {
                 updated_at: Set(now),
             };
             let created = model.insert(self.db.conn()).await?;
-            self.report.lists_created.push(created.slug.clone());
-            self.list_ids.insert(created.slug, created.id);
+            self.lists_created.push(created.slug.clone());
+            context.list_ids.insert(created.slug, created.id);
+        }
+        Ok(())
+    }
+}
+
+/// Second stage: runs a prepared batch in one write transaction. When the database refuses it
+/// (a row written since planning, such as the same address in the previous batch), the batch is
+/// planned again inside the transaction; if that fails too, row by row, so that only the
+/// failing rows are rejected.
+struct Executor {
+    db: Db,
+    clock: SharedClock,
+    report: ImportReport,
+}
+
+impl Executor {
+    async fn execute(&mut self, prepared: Prepared) -> Result<()> {
+        let Prepared { rows, plan, writes, context } = prepared;
+        match self.apply(writes).await {
+            Ok(()) => {
+                self.record(plan);
+                return Ok(());
+            }
+            Err(Error::Database(_)) => {}
+            Err(other) => return Err(other),
+        }
+        match self.write_carefully(&rows, &context).await {
+            Ok(plan) => {
+                self.record(plan);
+                return Ok(());
+            }
+            Err(Error::Database(_)) if rows.len() > 1 => {}
+            Err(other) => return Err(other),
+        }
+        for row in rows {
+            match self.write_carefully(std::slice::from_ref(&row), &context).await {
+                Ok(plan) => self.record(plan),
+                Err(Error::Database(e)) if e.sql_err().is_some() => {
+                    self.report.skipped += 1;
+                    self.report.reject(row.line, None, format!("could not be stored: {e}"));
+                }
+                Err(other) => return Err(other),
+            }
         }
         Ok(())
     }
 
-    async fn try_write(&self, rows: &[Row]) -> Result<Plan> {
+    async fn apply(&self, writes: Writes) -> Result<()> {
+        let txn = self.db.begin_write().await?;
+        run_writes(&txn, writes).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    async fn write_carefully(&self, rows: &[Row], context: &Context) -> Result<Plan> {
         let now = self.clock.now();
         let txn = self.db.begin_write().await?;
-        let suppressed = suppressed_hashes(&txn, rows).await?;
-        let existing = existing_subscribers(&txn, rows).await?;
-        let mut plan = Plan::default();
-        for s in existing {
-            plan.index(
-                Target::Existing(s.id),
-                s.email_key.as_deref(),
-                s.phone.as_deref(),
-                Some(s.id),
-            );
-            plan.existing.insert(s.id, (s, false, Vec::new()));
-        }
-        for row in rows {
-            if row_hashes(row).iter().any(|h| suppressed.contains(h)) {
-                plan.suppressed += 1;
-                continue;
-            }
-            match plan.resolve(row) {
-                Err(message) => plan.rejected.push((row.line, message)),
-                Ok(Some(Target::Existing(id))) => {
-                    plan.merge_existing(id, row);
-                    plan.add_links(id, row, self.default_list.as_ref(), &self.list_ids, now);
-                    plan.updated += 1;
-                }
-                Ok(Some(Target::Pending(index))) => {
-                    plan.merge_pending(index, row);
-                    let id = plan.new[index].id;
-                    plan.add_links(id, row, self.default_list.as_ref(), &self.list_ids, now);
-                    plan.updated += 1;
-                }
-                Ok(None) => {
-                    let id = row.id.unwrap_or_else(Uuid::now_v7);
-                    let index = plan.new.len();
-                    plan.new.push(NewSubscriber {
-                        id,
-                        profile: row.profile.clone(),
-                        status: row.status.unwrap_or(SubscriberStatus::Active),
-                        email_state: row
-                            .email_state
-                            .unwrap_or(default_state(row.profile.email.is_some())),
-                        sms_state: row
-                            .sms_state
-                            .unwrap_or(default_state(row.profile.phone.is_some())),
-                        created_at: row.created_at,
-                    });
-                    plan.index(
-                        Target::Pending(index),
-                        row.profile.email.as_ref().map(|e| e.key()),
-                        row.profile.phone.as_ref().map(|p| p.as_str()),
-                        Some(id),
-                    );
-                    plan.add_links(id, row, self.default_list.as_ref(), &self.list_ids, now);
-                    plan.imported += 1;
-                }
-            }
-        }
-        self.flush(&txn, &plan, now).await?;
+        let mut plan = plan_batch(&txn, rows, context, now).await?;
+        let writes = render_writes(&mut plan, context, self.db.backend(), now);
+        run_writes(&txn, writes).await?;
         txn.commit().await?;
         Ok(plan)
     }
 
-    async fn flush(
-        &self,
-        txn: &sea_orm::DatabaseTransaction,
-        plan: &Plan,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let by = self.actor.label();
-        let list_slug = self.default_list.as_ref().map(|(slug, _)| slug.clone());
-        let origin = ConsentOrigin {
-            method: ConsentMethod::Import,
-            source: Some(by.clone()),
-            ip: None,
-            user_agent: None,
-        };
-        let wording = ConsentWording::default();
-        let mut subscribers = Vec::with_capacity(plan.new.len());
-        let mut consents = Vec::new();
-        let mut events = Vec::with_capacity(plan.new.len() + plan.existing.len());
-        for n in &plan.new {
-            let created_at = n.created_at.unwrap_or(now);
-            subscribers.push(new_subscriber_row(
-                n.id,
-                &n.profile,
-                n.status,
-                n.email_state,
-                n.sms_state,
-                created_at,
-                now,
-            ));
-            for (channel, state) in [(Channel::Email, n.email_state), (Channel::Sms, n.sms_state)] {
-                if state == ChannelState::Subscribed {
-                    consents.push(records::consent(
-                        n.id, channel, true, &origin, &wording, now,
-                    ));
-                }
-            }
-            events.push(records::event(
-                n.id,
-                kind::IMPORTED,
-                json!({"by": by, "list": list_slug}),
-                now,
-            ));
+    fn record(&mut self, plan: Plan) {
+        self.report.imported += plan.imported;
+        self.report.updated += plan.updated;
+        self.report.suppressed += plan.suppressed;
+        self.report.skipped += plan.suppressed + plan.rejected.len() as u64;
+        for (line, message) in plan.rejected {
+            self.report.reject(line, None, message);
         }
-        insert_chunked(txn, subscribers, 1000).await?;
-        for (model, dirty, fields) in plan.existing.values() {
-            if !*dirty {
-                continue;
-            }
-            let mut active = model.clone().into_active_model().reset_all();
-            active.id = sea_orm::ActiveValue::Unchanged(model.id);
-            active.updated_at = Set(now);
-            active.update(txn).await?;
-            events.push(records::event(
-                model.id,
-                kind::UPDATED,
-                json!({"by": by, "fields": fields, "via": "import"}),
-                now,
-            ));
-            for (channel, state) in [
-                (Channel::Email, &model.email_state),
-                (Channel::Sms, &model.sms_state),
-            ] {
-                if fields.contains(&channel_state_field(channel))
-                    && state == ChannelState::Subscribed.as_str()
-                {
-                    consents.push(records::consent(
-                        model.id, channel, true, &origin, &wording, now,
-                    ));
-                }
-            }
-        }
-        membership::Entity::insert_many(plan.memberships.iter().cloned())
-            .on_conflict_do_nothing()
-            .exec_without_returning(txn)
-            .await?;
-        for chunk in plan.tags.chunks(3000) {
-            subscriber_tag::Entity::insert_many(chunk.iter().cloned())
-                .on_conflict_do_nothing()
-                .exec_without_returning(txn)
-                .await?;
-        }
-        insert_chunked(txn, consents, 1000).await?;
-        insert_chunked(txn, events, 3000).await?;
-        Ok(())
     }
+}
+
+async fn run_writes(txn: &DatabaseTransaction, writes: Writes) -> Result<()> {
+    for update in writes.updates {
+        update.update(txn).await?;
+    }
+    for statement in writes.statements {
+        if statement.values.is_none() {
+            // Literal SQL (SQLite): run once, never cached as a prepared statement.
+            txn.execute_unprepared(&statement.sql).await?;
+        } else {
+            txn.execute_raw(statement).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Splits `rows` into owned chunks of at most `size`, without copying the rows.
+fn chunks<T>(mut rows: Vec<T>, size: usize) -> Vec<Vec<T>> {
+    let mut parts = Vec::with_capacity(rows.len().div_ceil(size));
+    while rows.len() > size {
+        let rest = rows.split_off(size);
+        parts.push(std::mem::replace(&mut rows, rest));
+    }
+    if !rows.is_empty() {
+        parts.push(rows);
+    }
+    parts
+}
+
+/// Decides, row by row, whether each row creates, updates or is refused.
+async fn plan_batch(conn: &impl ConnectionTrait, rows: &[Row], context: &Context, now: DateTime<Utc>) -> Result<Plan> {
+    let suppressed = suppressed_hashes(conn, rows).await?;
+    let existing = existing_subscribers(conn, rows).await?;
+    let mut plan = Plan::default();
+    for s in existing {
+        plan.index(Target::Existing(s.id), s.email_key.as_deref(), s.phone.as_deref(), Some(s.id));
+        plan.existing.insert(s.id, (s, false, Vec::new()));
+    }
+    let default_list = context.default_list.as_ref();
+    for row in rows {
+        if row_hashes(row).iter().any(|h| suppressed.contains(h)) {
+            plan.suppressed += 1;
+            continue;
+        }
+        match plan.resolve(row) {
+            Err(message) => plan.rejected.push((row.line, message)),
+            Ok(Some(Target::Existing(id))) => {
+                plan.merge_existing(id, row);
+                plan.add_links(id, row, default_list, &context.list_ids, now);
+                plan.updated += 1;
+            }
+            Ok(Some(Target::Pending(index))) => {
+                plan.merge_pending(index, row);
+                let id = plan.new[index].id;
+                plan.add_links(id, row, default_list, &context.list_ids, now);
+                plan.updated += 1;
+            }
+            Ok(None) => {
+                let id = row.id.unwrap_or_else(Uuid::now_v7);
+                let index = plan.new.len();
+                plan.new.push(NewSubscriber {
+                    id,
+                    profile: row.profile.clone(),
+                    status: row.status.unwrap_or(SubscriberStatus::Active),
+                    email_state: row.email_state.unwrap_or(default_state(row.profile.email.is_some())),
+                    sms_state: row.sms_state.unwrap_or(default_state(row.profile.phone.is_some())),
+                    created_at: row.created_at,
+                });
+                plan.index(
+                    Target::Pending(index),
+                    row.profile.email.as_ref().map(|e| e.key()),
+                    row.profile.phone.as_ref().map(|p| p.as_str()),
+                    Some(id),
+                );
+                plan.add_links(id, row, default_list, &context.list_ids, now);
+                plan.imported += 1;
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Renders a plan's inserts as multi-row statements, plus the updates of existing subscribers.
+fn render_writes(plan: &mut Plan, context: &Context, backend: DbBackend, now: DateTime<Utc>) -> Writes {
+    let by = context.actor.label();
+    let list_slug = context.default_list.as_ref().map(|(slug, _)| slug.clone());
+    let origin = ConsentOrigin { method: ConsentMethod::Import, source: Some(by.clone()), ip: None, user_agent: None };
+    let wording = ConsentWording::default();
+    let mut subscribers = Vec::with_capacity(plan.new.len());
+    let mut consents = Vec::with_capacity(plan.new.len());
+    let mut events = Vec::with_capacity(plan.new.len() + plan.existing.len());
+    let mut writes = Writes::default();
+    for n in &plan.new {
+        let created_at = n.created_at.unwrap_or(now);
+        subscribers.push(new_subscriber_row(n.id, &n.profile, n.status, n.email_state, n.sms_state, created_at, now));
+        for (channel, state) in [(Channel::Email, n.email_state), (Channel::Sms, n.sms_state)] {
+            if state == ChannelState::Subscribed {
+                consents.push(records::consent(n.id, channel, true, &origin, &wording, now));
+            }
+        }
+        events.push(records::event(n.id, kind::IMPORTED, json!({"by": by, "list": list_slug}), now));
+    }
+    for (model, dirty, fields) in plan.existing.values() {
+        if !*dirty {
+            continue;
+        }
+        let mut active = model.clone().into_active_model().reset_all();
+        active.id = sea_orm::ActiveValue::Unchanged(model.id);
+        active.updated_at = Set(now);
+        writes.updates.push(active);
+        events.push(records::event(model.id, kind::UPDATED, json!({"by": by, "fields": fields, "via": "import"}), now));
+        for (channel, state) in [(Channel::Email, &model.email_state), (Channel::Sms, &model.sms_state)] {
+            if fields.contains(&channel_state_field(channel)) && state == ChannelState::Subscribed.as_str() {
+                consents.push(records::consent(model.id, channel, true, &origin, &wording, now));
+            }
+        }
+    }
+    let statements = chunks(subscribers, 1000)
+        .into_iter()
+        .map(|part| insert_statement(backend, part, OnDuplicate::Fail))
+        .chain(
+            chunks(std::mem::take(&mut plan.memberships), 2000)
+                .into_iter()
+                .map(|part| insert_statement(backend, part, OnDuplicate::Ignore)),
+        )
+        .chain(
+            chunks(std::mem::take(&mut plan.tags), 3000)
+                .into_iter()
+                .map(|part| insert_statement(backend, part, OnDuplicate::Ignore)),
+        )
+        .chain(chunks(consents, 1000).into_iter().map(|part| insert_statement(backend, part, OnDuplicate::Fail)))
+        .chain(chunks(events, 3000).into_iter().map(|part| insert_statement(backend, part, OnDuplicate::Fail)));
+    writes.statements.extend(statements.flatten());
+    writes
 }
 
 fn channel_state_field(channel: Channel) -> &'static str {
@@ -728,27 +749,7 @@ fn channel_state_field(channel: Channel) -> &'static str {
 
 /// An imported address is taken as consented: whoever imports attests it (documented).
 fn default_state(has_address: bool) -> ChannelState {
-    if has_address {
-        ChannelState::Subscribed
-    } else {
-        ChannelState::None
-    }
-}
-
-async fn insert_chunked<A>(
-    txn: &sea_orm::DatabaseTransaction,
-    rows: Vec<A>,
-    chunk: usize,
-) -> Result<()>
-where
-    A: sea_orm::ActiveModelTrait + Clone + Send,
-{
-    for part in rows.chunks(chunk) {
-        <A::Entity as EntityTrait>::insert_many(part.iter().cloned())
-            .exec_without_returning(txn)
-            .await?;
-    }
-    Ok(())
+    if has_address { ChannelState::Subscribed } else { ChannelState::None }
 }
 
 fn row_hashes(row: &Row) -> Vec<String> {
@@ -778,18 +779,11 @@ async fn suppressed_hashes(conn: &impl ConnectionTrait, rows: &[Row]) -> Result<
     Ok(found)
 }
 
-async fn existing_subscribers(
-    conn: &impl ConnectionTrait,
-    rows: &[Row],
-) -> Result<Vec<subscriber::Model>> {
-    let emails: Vec<String> = rows
-        .iter()
-        .filter_map(|r| r.profile.email.as_ref().map(|e| e.key().to_owned()))
-        .collect();
-    let phones: Vec<String> = rows
-        .iter()
-        .filter_map(|r| r.profile.phone.as_ref().map(|p| p.as_str().to_owned()))
-        .collect();
+async fn existing_subscribers(conn: &impl ConnectionTrait, rows: &[Row]) -> Result<Vec<subscriber::Model>> {
+    let emails: Vec<String> =
+        rows.iter().filter_map(|r| r.profile.email.as_ref().map(|e| e.key().to_owned())).collect();
+    let phones: Vec<String> =
+        rows.iter().filter_map(|r| r.profile.phone.as_ref().map(|p| p.as_str().to_owned())).collect();
     let ids: Vec<Uuid> = rows.iter().filter_map(|r| r.id).collect();
     let mut condition = Condition::any();
     if !emails.is_empty() {
@@ -801,20 +795,11 @@ async fn existing_subscribers(
     if !ids.is_empty() {
         condition = condition.add(subscriber::Column::Id.is_in(ids));
     }
-    Ok(subscriber::Entity::find()
-        .filter(condition)
-        .all(conn)
-        .await?)
+    Ok(subscriber::Entity::find().filter(condition).all(conn).await?)
 }
 
 impl Plan {
-    fn index(
-        &mut self,
-        target: Target,
-        email_key: Option<&str>,
-        phone: Option<&str>,
-        id: Option<Uuid>,
-    ) {
+    fn index(&mut self, target: Target, email_key: Option<&str>, phone: Option<&str>, id: Option<Uuid>) {
         if let Some(key) = email_key {
             self.by_email.insert(key.to_owned(), target);
         }
@@ -828,30 +813,16 @@ impl Plan {
 
     fn target_email(&self, target: Target) -> Option<String> {
         match target {
-            Target::Existing(id) => self
-                .existing
-                .get(&id)
-                .and_then(|(m, _, _)| m.email_key.clone()),
-            Target::Pending(i) => self
-                .new
-                .get(i)
-                .and_then(|n| n.profile.email.as_ref().map(|e| e.key().to_owned())),
+            Target::Existing(id) => self.existing.get(&id).and_then(|(m, _, _)| m.email_key.clone()),
+            Target::Pending(i) => self.new.get(i).and_then(|n| n.profile.email.as_ref().map(|e| e.key().to_owned())),
         }
     }
 
     /// Upsert matching: by email first; a phone or id match is accepted only when it does not
     /// belong to someone with another email address.
     fn resolve(&self, row: &Row) -> std::result::Result<Option<Target>, String> {
-        let by_email = row
-            .profile
-            .email
-            .as_ref()
-            .and_then(|e| self.by_email.get(e.key()).copied());
-        let by_phone = row
-            .profile
-            .phone
-            .as_ref()
-            .and_then(|p| self.by_phone.get(p.as_str()).copied());
+        let by_email = row.profile.email.as_ref().and_then(|e| self.by_email.get(e.key()).copied());
+        let by_phone = row.profile.phone.as_ref().and_then(|p| self.by_phone.get(p.as_str()).copied());
         let by_id = row.id.and_then(|id| self.by_id.get(&id).copied());
         if let (Some(a), Some(b)) = (by_email, by_phone)
             && a != b
@@ -918,19 +889,11 @@ impl Plan {
         };
         let p = &row.profile;
         if model.email.is_none() && p.email.is_some() {
-            set(
-                "email",
-                &mut model.email,
-                p.email.as_ref().map(|e| e.as_str().to_owned()),
-            );
+            set("email", &mut model.email, p.email.as_ref().map(|e| e.as_str().to_owned()));
             model.email_key = p.email.as_ref().map(|e| e.key().to_owned());
         }
         if model.phone.is_none() && p.phone.is_some() {
-            set(
-                "phone",
-                &mut model.phone,
-                p.phone.as_ref().map(|v| v.as_str().to_owned()),
-            );
+            set("phone", &mut model.phone, p.phone.as_ref().map(|v| v.as_str().to_owned()));
         }
         set("first_name", &mut model.first_name, p.first_name.clone());
         set("last_name", &mut model.last_name, p.last_name.clone());
@@ -939,21 +902,9 @@ impl Plan {
         if model.source.is_none() && model.medium.is_none() && model.campaign.is_none() {
             set("source", &mut model.source, p.attribution.source.clone());
             set("medium", &mut model.medium, p.attribution.medium.clone());
-            set(
-                "campaign",
-                &mut model.campaign,
-                p.attribution.campaign.clone(),
-            );
-            set(
-                "referrer",
-                &mut model.referrer,
-                p.attribution.referrer.clone(),
-            );
-            set(
-                "landing_page",
-                &mut model.landing_page,
-                p.attribution.landing_page.clone(),
-            );
+            set("campaign", &mut model.campaign, p.attribution.campaign.clone());
+            set("referrer", &mut model.referrer, p.attribution.referrer.clone());
+            set("landing_page", &mut model.landing_page, p.attribution.landing_page.clone());
         }
         if !p.attributes.is_empty() {
             let mut merged = model.attributes.as_object().cloned().unwrap_or_default();
@@ -966,18 +917,8 @@ impl Plan {
             }
         }
         for (field, has_address, state, wanted) in [
-            (
-                "email_state",
-                model.email.is_some(),
-                &mut model.email_state,
-                row.email_state,
-            ),
-            (
-                "sms_state",
-                model.phone.is_some(),
-                &mut model.sms_state,
-                row.sms_state,
-            ),
+            ("email_state", model.email.is_some(), &mut model.email_state, row.email_state),
+            ("sms_state", model.phone.is_some(), &mut model.sms_state, row.sms_state),
         ] {
             if has_address && *state == ChannelState::None.as_str() {
                 let next = wanted.unwrap_or(ChannelState::Subscribed);
@@ -990,12 +931,7 @@ impl Plan {
         }
         let email = model.email_key.clone();
         let phone = model.phone.clone();
-        self.index(
-            Target::Existing(id),
-            email.as_deref(),
-            phone.as_deref(),
-            Some(id),
-        );
+        self.index(Target::Existing(id), email.as_deref(), phone.as_deref(), Some(id));
     }
 
     fn add_links(
@@ -1007,19 +943,13 @@ impl Plan {
         now: DateTime<Utc>,
     ) {
         if let Some((_, list_id)) = default_list {
-            self.memberships.push(membership_row(
-                id,
-                *list_id,
-                MembershipStatus::Confirmed,
-                now,
-            ));
+            self.memberships.push(membership_row(id, *list_id, MembershipStatus::Confirmed, now));
         }
         for (slug, status) in &row.lists {
             if let Some(list_id) = list_ids.get(slug)
                 && default_list.is_none_or(|(_, d)| d != list_id)
             {
-                self.memberships
-                    .push(membership_row(id, *list_id, *status, now));
+                self.memberships.push(membership_row(id, *list_id, *status, now));
             }
         }
         for tag in &row.tags {

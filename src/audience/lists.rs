@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -111,22 +110,15 @@ pub async fn create(db: &Db, now: DateTime<Utc>, input: NewList) -> Result<ListV
         created_at: Set(now),
         updated_at: Set(now),
     };
-    let model = model.insert(db.conn()).await.map_err(|e| {
-        if is_unique_violation(&e) {
-            slug_taken(&input.slug)
-        } else {
-            Error::Database(e)
-        }
-    })?;
+    let model = model
+        .insert(db.conn())
+        .await
+        .map_err(|e| if is_unique_violation(&e) { slug_taken(&input.slug) } else { Error::Database(e) })?;
     Ok(view(model, MemberCounts::default()))
 }
 
 pub async fn find(conn: &impl ConnectionTrait, slug: &str) -> Result<list::Model> {
-    list::Entity::find()
-        .filter(list::Column::Slug.eq(slug))
-        .one(conn)
-        .await?
-        .ok_or(Error::NotFound { what: "list" })
+    list::Entity::find().filter(list::Column::Slug.eq(slug)).one(conn).await?.ok_or(Error::NotFound { what: "list" })
 }
 
 pub async fn get(db: &Db, slug: &str) -> Result<ListView> {
@@ -137,10 +129,7 @@ pub async fn get(db: &Db, slug: &str) -> Result<ListView> {
 }
 
 pub async fn all(db: &Db) -> Result<Vec<ListView>> {
-    let models = list::Entity::find()
-        .order_by_asc(list::Column::Slug)
-        .all(db.conn())
-        .await?;
+    let models = list::Entity::find().order_by_asc(list::Column::Slug).all(db.conn()).await?;
     let mut counts = member_counts(db.conn(), None).await?;
     Ok(models
         .into_iter()
@@ -177,11 +166,7 @@ pub async fn update(db: &Db, now: DateTime<Utc>, slug: &str, patch: ListPatch) -
     }
     model.updated_at = Set(now);
     let updated = model.update(db.conn()).await.map_err(|e| {
-        if is_unique_violation(&e) {
-            slug_taken(patch.slug.as_deref().unwrap_or(slug))
-        } else {
-            Error::Database(e)
-        }
+        if is_unique_violation(&e) { slug_taken(patch.slug.as_deref().unwrap_or(slug)) } else { Error::Database(e) }
     })?;
     let mut counts = member_counts(db.conn(), Some(updated.id)).await?;
     let members = counts.remove(&updated.id).unwrap_or_default();
@@ -191,25 +176,16 @@ pub async fn update(db: &Db, now: DateTime<Utc>, slug: &str, patch: ListPatch) -
 /// Deletes a list and every membership in it; subscribers themselves stay.
 pub async fn delete(db: &Db, slug: &str) -> Result<()> {
     let current = find(db.conn(), slug).await?;
-    list::Entity::delete_by_id(current.id)
-        .exec(db.conn())
-        .await?;
+    list::Entity::delete_by_id(current.id).exec(db.conn()).await?;
     Ok(())
 }
 
 /// Lists by slug, failing with the field named when one is unknown.
-pub async fn resolve(
-    conn: &impl ConnectionTrait,
-    slugs: &[String],
-    field: &str,
-) -> Result<Vec<list::Model>> {
+pub async fn resolve(conn: &impl ConnectionTrait, slugs: &[String], field: &str) -> Result<Vec<list::Model>> {
     if slugs.is_empty() {
         return Ok(Vec::new());
     }
-    let found = list::Entity::find()
-        .filter(list::Column::Slug.is_in(slugs.iter().cloned()))
-        .all(conn)
-        .await?;
+    let found = list::Entity::find().filter(list::Column::Slug.is_in(slugs.iter().cloned())).all(conn).await?;
     let by_slug: HashMap<&str, &list::Model> = found.iter().map(|l| (l.slug.as_str(), l)).collect();
     let unknown: Vec<FieldError> = slugs
         .iter()
@@ -219,10 +195,7 @@ pub async fn resolve(
     if !unknown.is_empty() {
         return Err(Error::Invalid(unknown));
     }
-    Ok(slugs
-        .iter()
-        .filter_map(|s| by_slug.get(s.as_str()).map(|l| (*l).clone()))
-        .collect())
+    Ok(slugs.iter().filter_map(|s| by_slug.get(s.as_str()).map(|l| (*l).clone())).collect())
 }
 
 #[derive(Debug, FromQueryResult)]
@@ -232,10 +205,7 @@ struct CountRow {
     count: i64,
 }
 
-async fn member_counts(
-    conn: &impl ConnectionTrait,
-    only: Option<Uuid>,
-) -> Result<HashMap<Uuid, MemberCounts>> {
+async fn member_counts(conn: &impl ConnectionTrait, only: Option<Uuid>) -> Result<HashMap<Uuid, MemberCounts>> {
     let mut query = membership::Entity::find()
         .select_only()
         .column(membership::Column::ListId)

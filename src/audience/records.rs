@@ -21,12 +21,7 @@ pub mod kind {
     pub const ERASED: &str = "erased";
 }
 
-pub fn event(
-    subscriber_id: Uuid,
-    kind: &str,
-    data: Value,
-    at: DateTime<Utc>,
-) -> event::ActiveModel {
+pub fn event(subscriber_id: Uuid, kind: &str, data: Value, at: DateTime<Utc>) -> event::ActiveModel {
     event::ActiveModel {
         id: Set(Uuid::now_v7()),
         subscriber_id: Set(subscriber_id),

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value, json};
@@ -22,14 +22,12 @@ use super::Actor;
 use super::lists;
 use super::records::{self, ConsentOrigin, ConsentWording, kind};
 use super::values::{
-    Channel, ChannelState, ConsentMethod, EmailAddress, MAX_ATTRIBUTES_BYTES, MembershipStatus,
-    PhoneNumber, SubscriberStatus, normalize_tag, normalize_text, stored, suppression_hash,
-    validate_attribute_key, validate_locale, validate_timezone,
+    Channel, ChannelState, ConsentMethod, EmailAddress, MAX_ATTRIBUTES_BYTES, MembershipStatus, PhoneNumber,
+    SubscriberStatus, normalize_tag, normalize_text, stored, suppression_hash, validate_attribute_key, validate_locale,
+    validate_timezone,
 };
 use crate::error::{Error, FieldError, Result};
-use crate::store::entities::{
-    consent, event, list, membership, subscriber, subscriber_tag, suppression,
-};
+use crate::store::entities::{consent, event, list, membership, subscriber, subscriber_tag, suppression};
 use crate::store::{Db, is_unique_violation};
 
 /// Deserializes a field that may be absent (outer `None`), `null` (`Some(None)`) or a value.
@@ -267,33 +265,23 @@ impl Checker {
     }
 
     pub fn email(&mut self, field: &str, value: Option<&str>) -> Option<EmailAddress> {
-        value
-            .filter(|v| !v.trim().is_empty())
-            .and_then(|v| self.check(field, EmailAddress::parse(v)))
+        value.filter(|v| !v.trim().is_empty()).and_then(|v| self.check(field, EmailAddress::parse(v)))
     }
 
     pub fn phone(&mut self, field: &str, value: Option<&str>) -> Option<PhoneNumber> {
-        value
-            .filter(|v| !v.trim().is_empty())
-            .and_then(|v| self.check(field, PhoneNumber::parse(v)))
+        value.filter(|v| !v.trim().is_empty()).and_then(|v| self.check(field, PhoneNumber::parse(v)))
     }
 
     pub fn timezone(&mut self, field: &str, value: Option<&str>) -> Option<String> {
-        value
-            .filter(|v| !v.trim().is_empty())
-            .and_then(|v| self.check(field, validate_timezone(v)))
+        value.filter(|v| !v.trim().is_empty()).and_then(|v| self.check(field, validate_timezone(v)))
     }
 
     pub fn locale(&mut self, field: &str, value: Option<&str>) -> Option<String> {
-        value
-            .filter(|v| !v.trim().is_empty())
-            .and_then(|v| self.check(field, validate_locale(v)))
+        value.filter(|v| !v.trim().is_empty()).and_then(|v| self.check(field, validate_locale(v)))
     }
 
     pub fn tags(&mut self, field: &str, tags: &[String]) -> BTreeSet<String> {
-        tags.iter()
-            .filter_map(|t| self.check(field, normalize_tag(t)))
-            .collect()
+        tags.iter().filter_map(|t| self.check(field, normalize_tag(t))).collect()
     }
 
     pub fn slugs(&mut self, field: &str, slugs: &[String]) -> Vec<String> {
@@ -317,31 +305,19 @@ impl Checker {
             medium: self.text("attribution.medium", input.medium.as_deref(), 100),
             campaign: self.text("attribution.campaign", input.campaign.as_deref(), 200),
             referrer: self.text("attribution.referrer", input.referrer.as_deref(), 2000),
-            landing_page: self.text(
-                "attribution.landing_page",
-                input.landing_page.as_deref(),
-                2000,
-            ),
+            landing_page: self.text("attribution.landing_page", input.landing_page.as_deref(), 2000),
         }
     }
 
     pub fn finish(self) -> Result<()> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Invalid(self.errors))
-        }
+        if self.errors.is_empty() { Ok(()) } else { Err(Error::Invalid(self.errors)) }
     }
 }
 
 fn attributes_size_ok(attributes: &Map<String, Value>) -> std::result::Result<(), String> {
-    let size = serde_json::to_vec(attributes)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(attributes).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > MAX_ATTRIBUTES_BYTES {
-        Err(format!(
-            "take {size} bytes as JSON; the limit is {MAX_ATTRIBUTES_BYTES}"
-        ))
+        Err(format!("take {size} bytes as JSON; the limit is {MAX_ATTRIBUTES_BYTES}"))
     } else {
         Ok(())
     }
@@ -362,20 +338,13 @@ fn validate_new(input: NewSubscriber) -> Result<ValidNew> {
     let no_address = input.email.as_deref().is_none_or(|e| e.trim().is_empty())
         && input.phone.as_deref().is_none_or(|p| p.trim().is_empty());
     if no_address {
-        c.errors
-            .push(FieldError::new("email", "an email or a phone is required"));
+        c.errors.push(FieldError::new("email", "an email or a phone is required"));
     }
     if input.consent.email && input.email.is_none() {
-        c.errors.push(FieldError::new(
-            "consent.email",
-            "email consent needs an email address",
-        ));
+        c.errors.push(FieldError::new("consent.email", "email consent needs an email address"));
     }
     if input.consent.sms && input.phone.is_none() {
-        c.errors.push(FieldError::new(
-            "consent.sms",
-            "SMS consent needs a phone number",
-        ));
+        c.errors.push(FieldError::new("consent.sms", "SMS consent needs a phone number"));
     }
     c.attributes("attributes", &input.attributes);
     c.check("attributes", attributes_size_ok(&input.attributes));
@@ -396,13 +365,7 @@ fn validate_new(input: NewSubscriber) -> Result<ValidNew> {
         version: c.text("consent.version", input.consent.version.as_deref(), 100),
     };
     c.finish()?;
-    Ok(ValidNew {
-        profile,
-        lists,
-        tags,
-        consent: input.consent,
-        wording,
-    })
+    Ok(ValidNew { profile, lists, tags, consent: input.consent, wording })
 }
 
 /// Refuses an address that was erased on request.
@@ -415,11 +378,7 @@ pub async fn ensure_not_suppressed(conn: &impl ConnectionTrait, profile: &Profil
         checks.push(("phone", suppression_hash(Channel::Sms, phone.as_str())));
     }
     for (field, hash) in checks {
-        if suppression::Entity::find_by_id(hash)
-            .one(conn)
-            .await?
-            .is_some()
-        {
+        if suppression::Entity::find_by_id(hash).one(conn).await?.is_some() {
             return Err(Error::Conflict {
                 code: "address_suppressed",
                 detail: format!(
@@ -441,8 +400,7 @@ async fn ensure_unique(
     except: Option<Uuid>,
 ) -> Result<()> {
     if let Some(email) = email {
-        let mut query =
-            subscriber::Entity::find().filter(subscriber::Column::EmailKey.eq(email.key()));
+        let mut query = subscriber::Entity::find().filter(subscriber::Column::EmailKey.eq(email.key()));
         if let Some(id) = except {
             query = query.filter(subscriber::Column::Id.ne(id));
         }
@@ -451,8 +409,7 @@ async fn ensure_unique(
         }
     }
     if let Some(phone) = phone {
-        let mut query =
-            subscriber::Entity::find().filter(subscriber::Column::Phone.eq(phone.as_str()));
+        let mut query = subscriber::Entity::find().filter(subscriber::Column::Phone.eq(phone.as_str()));
         if let Some(id) = except {
             query = query.filter(subscriber::Column::Id.ne(id));
         }
@@ -530,118 +487,56 @@ pub fn membership_row(
 }
 
 pub fn tag_row(subscriber_id: Uuid, tag: &str, now: DateTime<Utc>) -> subscriber_tag::ActiveModel {
-    subscriber_tag::ActiveModel {
-        subscriber_id: Set(subscriber_id),
-        tag: Set(tag.to_owned()),
-        created_at: Set(now),
-    }
+    subscriber_tag::ActiveModel { subscriber_id: Set(subscriber_id), tag: Set(tag.to_owned()), created_at: Set(now) }
 }
 
 /// Adds a subscriber, their lists, tags and consent, in one transaction.
-pub async fn create(
-    db: &Db,
-    now: DateTime<Utc>,
-    actor: &Actor,
-    input: NewSubscriber,
-) -> Result<SubscriberView> {
+pub async fn create(db: &Db, now: DateTime<Utc>, actor: &Actor, input: NewSubscriber) -> Result<SubscriberView> {
     let valid = validate_new(input)?;
     let txn = db.begin_write().await?;
     ensure_not_suppressed(&txn, &valid.profile).await?;
-    ensure_unique(
-        &txn,
-        valid.profile.email.as_ref(),
-        valid.profile.phone.as_ref(),
-        None,
-    )
-    .await?;
+    ensure_unique(&txn, valid.profile.email.as_ref(), valid.profile.phone.as_ref(), None).await?;
     let joined = lists::resolve(&txn, &valid.lists, "lists").await?;
     let id = Uuid::now_v7();
     let profile = &valid.profile;
     let email_state = initial_state(profile.email.is_some(), valid.consent.email);
     let sms_state = initial_state(profile.phone.is_some(), valid.consent.sms);
-    let row = new_subscriber_row(
-        id,
-        profile,
-        SubscriberStatus::Active,
-        email_state,
-        sms_state,
-        now,
-        now,
-    );
-    if let Err(e) = subscriber::Entity::insert(row)
-        .exec_without_returning(&txn)
-        .await
-    {
+    let row = new_subscriber_row(id, profile, SubscriberStatus::Active, email_state, sms_state, now, now);
+    if let Err(e) = subscriber::Entity::insert(row).exec_without_returning(&txn).await {
         drop(txn);
         if is_unique_violation(&e) {
             // A concurrent request added the same address first: report it like any duplicate.
-            ensure_unique(
-                db.conn(),
-                profile.email.as_ref(),
-                profile.phone.as_ref(),
-                None,
-            )
-            .await?;
+            ensure_unique(db.conn(), profile.email.as_ref(), profile.phone.as_ref(), None).await?;
         }
         return Err(Error::Database(e));
     }
-    let memberships = joined
-        .iter()
-        .map(|l| membership_row(id, l.id, MembershipStatus::Confirmed, now));
-    membership::Entity::insert_many(memberships)
-        .exec_without_returning(&txn)
-        .await?;
+    let memberships = joined.iter().map(|l| membership_row(id, l.id, MembershipStatus::Confirmed, now));
+    membership::Entity::insert_many(memberships).exec_without_returning(&txn).await?;
     subscriber_tag::Entity::insert_many(valid.tags.iter().map(|t| tag_row(id, t, now)))
         .exec_without_returning(&txn)
         .await?;
-    let origin = ConsentOrigin {
-        method: ConsentMethod::Api,
-        source: Some(actor.label()),
-        ip: None,
-        user_agent: None,
-    };
+    let origin = ConsentOrigin { method: ConsentMethod::Api, source: Some(actor.label()), ip: None, user_agent: None };
     let mut consents = Vec::new();
     if email_state == ChannelState::Subscribed {
-        consents.push(records::consent(
-            id,
-            Channel::Email,
-            true,
-            &origin,
-            &valid.wording,
-            now,
-        ));
+        consents.push(records::consent(id, Channel::Email, true, &origin, &valid.wording, now));
     }
     if sms_state == ChannelState::Subscribed {
-        consents.push(records::consent(
-            id,
-            Channel::Sms,
-            true,
-            &origin,
-            &valid.wording,
-            now,
-        ));
+        consents.push(records::consent(id, Channel::Sms, true, &origin, &valid.wording, now));
     }
-    consent::Entity::insert_many(consents)
-        .exec_without_returning(&txn)
-        .await?;
+    consent::Entity::insert_many(consents).exec_without_returning(&txn).await?;
     let data = json!({
         "by": actor.label(),
         "lists": valid.lists,
         "tags": valid.tags,
         "channels": {"email": email_state, "sms": sms_state},
     });
-    records::event(id, kind::SUBSCRIBED, data, now)
-        .insert(&txn)
-        .await?;
+    records::event(id, kind::SUBSCRIBED, data, now).insert(&txn).await?;
     txn.commit().await?;
     get(db, id).await
 }
 
 pub async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<subscriber::Model> {
-    subscriber::Entity::find_by_id(id)
-        .one(conn)
-        .await?
-        .ok_or(Error::NotFound { what: "subscriber" })
+    subscriber::Entity::find_by_id(id).one(conn).await?.ok_or(Error::NotFound { what: "subscriber" })
 }
 
 pub async fn get(db: &Db, id: Uuid) -> Result<SubscriberView> {
@@ -651,10 +546,7 @@ pub async fn get(db: &Db, id: Uuid) -> Result<SubscriberView> {
 }
 
 /// Builds the API shape for a page of subscribers with two extra queries (lists, tags).
-pub async fn views(
-    conn: &impl ConnectionTrait,
-    models: Vec<subscriber::Model>,
-) -> Result<Vec<SubscriberView>> {
+pub async fn views(conn: &impl ConnectionTrait, models: Vec<subscriber::Model>) -> Result<Vec<SubscriberView>> {
     let ids: Vec<Uuid> = models.iter().map(|m| m.id).collect();
     let (mut memberships, mut tags) = memberships_and_tags(conn, &ids).await?;
     Ok(models
@@ -670,10 +562,7 @@ pub async fn views(
 type MembershipsById = HashMap<Uuid, Vec<MembershipView>>;
 type TagsById = HashMap<Uuid, Vec<String>>;
 
-pub async fn memberships_and_tags(
-    conn: &impl ConnectionTrait,
-    ids: &[Uuid],
-) -> Result<(MembershipsById, TagsById)> {
+pub async fn memberships_and_tags(conn: &impl ConnectionTrait, ids: &[Uuid]) -> Result<(MembershipsById, TagsById)> {
     let mut memberships: MembershipsById = HashMap::new();
     let mut tags: TagsById = HashMap::new();
     if ids.is_empty() {
@@ -695,16 +584,13 @@ pub async fn memberships_and_tags(
         let Some(slug) = slugs.get(&row.list_id) else {
             continue;
         };
-        memberships
-            .entry(row.subscriber_id)
-            .or_default()
-            .push(MembershipView {
-                list: slug.clone(),
-                status: stored(&row.status, MembershipStatus::Pending),
-                joined_at: row.created_at,
-                confirmed_at: row.confirmed_at,
-                unsubscribed_at: row.unsubscribed_at,
-            });
+        memberships.entry(row.subscriber_id).or_default().push(MembershipView {
+            list: slug.clone(),
+            status: stored(&row.status, MembershipStatus::Pending),
+            joined_at: row.created_at,
+            confirmed_at: row.confirmed_at,
+            unsubscribed_at: row.unsubscribed_at,
+        });
     }
     for entries in memberships.values_mut() {
         entries.sort_by(|a, b| a.list.cmp(&b.list));
@@ -817,9 +703,7 @@ pub async fn list(db: &Db, filter: SubscriberFilter) -> Result<Page<SubscriberVi
     if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
         let pattern = escape_like(&q.to_lowercase());
         let like = || LikeExpr::new(pattern.clone()).escape('\\');
-        let lower = |column: subscriber::Column| {
-            Expr::expr(Func::lower(Expr::col((subscriber::Entity, column))))
-        };
+        let lower = |column: subscriber::Column| Expr::expr(Func::lower(Expr::col((subscriber::Entity, column))));
         condition = condition.add(
             Condition::any()
                 .add(subscriber::Column::EmailKey.like(like()))
@@ -835,10 +719,7 @@ pub async fn list(db: &Db, filter: SubscriberFilter) -> Result<Page<SubscriberVi
         .all(db.conn())
         .await?;
     let next_cursor = next_cursor(&mut models, limit, |m| m.id);
-    Ok(Page {
-        data: views(db.conn(), models).await?,
-        next_cursor,
-    })
+    Ok(Page { data: views(db.conn(), models).await?, next_cursor })
 }
 
 /// Trims the one extra row fetched and returns the cursor to continue after the last kept row.
@@ -860,25 +741,13 @@ pub async fn timeline(db: &Db, id: Uuid, page: PageRequest) -> Result<Page<Event
     if let Some(cursor) = &page.cursor {
         query = query.filter(event::Column::Id.lt(decode_cursor(cursor)?));
     }
-    let mut rows = query
-        .order_by_desc(event::Column::Id)
-        .limit(limit + 1)
-        .all(db.conn())
-        .await?;
+    let mut rows = query.order_by_desc(event::Column::Id).limit(limit + 1).all(db.conn()).await?;
     let next_cursor = next_cursor(&mut rows, limit, |e| e.id);
-    Ok(Page {
-        data: rows.into_iter().map(event_view).collect(),
-        next_cursor,
-    })
+    Ok(Page { data: rows.into_iter().map(event_view).collect(), next_cursor })
 }
 
 fn event_view(e: event::Model) -> EventView {
-    EventView {
-        id: e.id,
-        kind: e.kind,
-        data: e.data,
-        at: e.created_at,
-    }
+    EventView { id: e.id, kind: e.kind, data: e.data, at: e.created_at }
 }
 
 /// Everything stored about one subscriber.
@@ -912,12 +781,7 @@ pub async fn personal_data(db: &Db, now: DateTime<Utc>, id: Uuid) -> Result<Pers
         .into_iter()
         .map(event_view)
         .collect();
-    Ok(PersonalData {
-        subscriber,
-        consents,
-        events,
-        exported_at: now,
-    })
+    Ok(PersonalData { subscriber, consents, events, exported_at: now })
 }
 
 /// Erases a person: deletes their data and keeps only hashes of their addresses, so that they
@@ -932,26 +796,16 @@ pub async fn erase(db: &Db, now: DateTime<Utc>, actor: &Actor, id: Uuid) -> Resu
     if let Some(phone) = &current.phone {
         hashes.push((Channel::Sms, suppression_hash(Channel::Sms, phone)));
     }
-    let rows = hashes
-        .into_iter()
-        .map(|(channel, hash)| suppression::ActiveModel {
-            hash: Set(hash),
-            channel: Set(channel.as_str().to_owned()),
-            reason: Set("erased".to_owned()),
-            created_at: Set(now),
-        });
-    suppression::Entity::insert_many(rows)
-        .on_conflict_do_nothing()
-        .exec_without_returning(&txn)
-        .await?;
-    event::Entity::delete_many()
-        .filter(event::Column::SubscriberId.eq(id))
-        .exec(&txn)
-        .await?;
+    let rows = hashes.into_iter().map(|(channel, hash)| suppression::ActiveModel {
+        hash: Set(hash),
+        channel: Set(channel.as_str().to_owned()),
+        reason: Set("erased".to_owned()),
+        created_at: Set(now),
+    });
+    suppression::Entity::insert_many(rows).on_conflict_do_nothing().exec_without_returning(&txn).await?;
+    event::Entity::delete_many().filter(event::Column::SubscriberId.eq(id)).exec(&txn).await?;
     subscriber::Entity::delete_by_id(id).exec(&txn).await?;
-    records::event(id, kind::ERASED, json!({"by": actor.label()}), now)
-        .insert(&txn)
-        .await?;
+    records::event(id, kind::ERASED, json!({"by": actor.label()}), now).insert(&txn).await?;
     txn.commit().await?;
     Ok(())
 }
@@ -967,22 +821,10 @@ pub async fn update(
     let mut c = Checker::default();
     let email = patch.email.as_ref().map(|e| c.email("email", e.as_deref()));
     let phone = patch.phone.as_ref().map(|p| c.phone("phone", p.as_deref()));
-    let first_name = patch
-        .first_name
-        .as_ref()
-        .map(|v| c.text("first_name", v.as_deref(), 200));
-    let last_name = patch
-        .last_name
-        .as_ref()
-        .map(|v| c.text("last_name", v.as_deref(), 200));
-    let timezone = patch
-        .timezone
-        .as_ref()
-        .map(|v| c.timezone("timezone", v.as_deref()));
-    let locale = patch
-        .locale
-        .as_ref()
-        .map(|v| c.locale("locale", v.as_deref()));
+    let first_name = patch.first_name.as_ref().map(|v| c.text("first_name", v.as_deref(), 200));
+    let last_name = patch.last_name.as_ref().map(|v| c.text("last_name", v.as_deref(), 200));
+    let timezone = patch.timezone.as_ref().map(|v| c.timezone("timezone", v.as_deref()));
+    let locale = patch.locale.as_ref().map(|v| c.locale("locale", v.as_deref()));
     let tags = patch.tags.as_ref().map(|t| c.tags("tags", t));
     let list_slugs = patch.lists.as_ref().map(|l| c.slugs("lists", l));
     if let Some(attributes) = &patch.attributes {
@@ -997,16 +839,8 @@ pub async fn update(
         ));
     }
     let wording = ConsentWording {
-        text: c.text(
-            "consent.text",
-            patch.consent.as_ref().and_then(|p| p.text.as_deref()),
-            10_000,
-        ),
-        version: c.text(
-            "consent.version",
-            patch.consent.as_ref().and_then(|p| p.version.as_deref()),
-            100,
-        ),
+        text: c.text("consent.text", patch.consent.as_ref().and_then(|p| p.text.as_deref()), 10_000),
+        version: c.text("consent.version", patch.consent.as_ref().and_then(|p| p.version.as_deref()), 100),
     };
     c.finish()?;
 
@@ -1015,36 +849,16 @@ pub async fn update(
     let mut model = current.clone().into_active_model();
     let mut changed: Vec<&str> = Vec::new();
 
-    let new_email = email.clone().unwrap_or_else(|| {
-        current
-            .email
-            .as_deref()
-            .and_then(|e| EmailAddress::parse(e).ok())
-    });
-    let new_phone = phone.clone().unwrap_or_else(|| {
-        current
-            .phone
-            .as_deref()
-            .and_then(|p| PhoneNumber::parse(p).ok())
-    });
+    let new_email = email.clone().unwrap_or_else(|| current.email.as_deref().and_then(|e| EmailAddress::parse(e).ok()));
+    let new_phone = phone.clone().unwrap_or_else(|| current.phone.as_deref().and_then(|p| PhoneNumber::parse(p).ok()));
     if email.is_some() || phone.is_some() {
-        if new_email.is_none()
-            && current.email.is_none()
-            && new_phone.is_none()
-            && current.phone.is_none()
+        if new_email.is_none() && current.email.is_none() && new_phone.is_none() && current.phone.is_none()
             || email.as_ref().is_some_and(Option::is_none) && new_phone.is_none()
             || phone.as_ref().is_some_and(Option::is_none) && new_email.is_none()
         {
-            return Err(Error::field(
-                "email",
-                "a subscriber needs an email or a phone",
-            ));
+            return Err(Error::field("email", "a subscriber needs an email or a phone"));
         }
-        let probe = Profile {
-            email: email.clone().flatten(),
-            phone: phone.clone().flatten(),
-            ..Profile::default()
-        };
+        let probe = Profile { email: email.clone().flatten(), phone: phone.clone().flatten(), ..Profile::default() };
         ensure_not_suppressed(&txn, &probe).await?;
         ensure_unique(&txn, probe.email.as_ref(), probe.phone.as_ref(), Some(id)).await?;
     }
@@ -1070,18 +884,8 @@ pub async fn update(
         }
     }
     for (name, value, old, slot) in [
-        (
-            "first_name",
-            first_name,
-            &current.first_name,
-            &mut model.first_name,
-        ),
-        (
-            "last_name",
-            last_name,
-            &current.last_name,
-            &mut model.last_name,
-        ),
+        ("first_name", first_name, &current.first_name, &mut model.first_name),
+        ("last_name", last_name, &current.last_name, &mut model.last_name),
         ("timezone", timezone, &current.timezone, &mut model.timezone),
         ("locale", locale, &current.locale, &mut model.locale),
     ] {
@@ -1110,66 +914,32 @@ pub async fn update(
 
     let mut events = Vec::new();
     let mut consents = Vec::new();
-    let origin = ConsentOrigin {
-        method: ConsentMethod::Api,
-        source: Some(actor.label()),
-        ip: None,
-        user_agent: None,
-    };
+    let origin = ConsentOrigin { method: ConsentMethod::Api, source: Some(actor.label()), ip: None, user_agent: None };
     let mut email_state = stored(&current.email_state, ChannelState::None);
     let mut sms_state = stored(&current.sms_state, ChannelState::None);
     let mut status = stored(&current.status, SubscriberStatus::Active);
     if let Some(consent) = &patch.consent {
         let mut revoked = false;
         for (channel, wanted, has_address, state) in [
-            (
-                Channel::Email,
-                consent.email,
-                new_email.is_some(),
-                &mut email_state,
-            ),
-            (
-                Channel::Sms,
-                consent.sms,
-                new_phone.is_some(),
-                &mut sms_state,
-            ),
+            (Channel::Email, consent.email, new_email.is_some(), &mut email_state),
+            (Channel::Sms, consent.sms, new_phone.is_some(), &mut sms_state),
         ] {
             let Some(granted) = wanted else { continue };
             if granted && !has_address {
-                return Err(Error::field(
-                    format!("consent.{channel}"),
-                    format!("{channel} consent needs an address"),
-                ));
+                return Err(Error::field(format!("consent.{channel}"), format!("{channel} consent needs an address")));
             }
-            let next = if granted {
-                ChannelState::Subscribed
-            } else {
-                ChannelState::Unsubscribed
-            };
+            let next = if granted { ChannelState::Subscribed } else { ChannelState::Unsubscribed };
             if *state != next {
                 *state = next;
                 revoked |= !granted;
-                consents.push(records::consent(
-                    id, channel, granted, &origin, &wording, now,
-                ));
-                let kind = if granted {
-                    kind::CONSENT_GRANTED
-                } else {
-                    kind::CONSENT_REVOKED
-                };
-                events.push(records::event(
-                    id,
-                    kind,
-                    json!({"channel": channel, "by": actor.label()}),
-                    now,
-                ));
+                consents.push(records::consent(id, channel, granted, &origin, &wording, now));
+                let kind = if granted { kind::CONSENT_GRANTED } else { kind::CONSENT_REVOKED };
+                events.push(records::event(id, kind, json!({"channel": channel, "by": actor.label()}), now));
             }
         }
         // Reachable on some channel means active; withdrawing the last channel means unsubscribed.
-        let reachable = [email_state, sms_state]
-            .iter()
-            .any(|s| matches!(s, ChannelState::Subscribed | ChannelState::Pending));
+        let reachable =
+            [email_state, sms_state].iter().any(|s| matches!(s, ChannelState::Subscribed | ChannelState::Pending));
         if reachable {
             status = SubscriberStatus::Active;
         } else if revoked {
@@ -1177,26 +947,16 @@ pub async fn update(
         }
     }
     let mut unsubscribe_all = false;
-    if patch.status == Some(SubscriberStatus::Unsubscribed)
-        && status != SubscriberStatus::Unsubscribed
-    {
+    if patch.status == Some(SubscriberStatus::Unsubscribed) && status != SubscriberStatus::Unsubscribed {
         unsubscribe_all = true;
         status = SubscriberStatus::Unsubscribed;
-        for (channel, state) in [
-            (Channel::Email, &mut email_state),
-            (Channel::Sms, &mut sms_state),
-        ] {
+        for (channel, state) in [(Channel::Email, &mut email_state), (Channel::Sms, &mut sms_state)] {
             if matches!(state, ChannelState::Subscribed | ChannelState::Pending) {
                 *state = ChannelState::Unsubscribed;
                 consents.push(records::consent(id, channel, false, &origin, &wording, now));
             }
         }
-        events.push(records::event(
-            id,
-            kind::UNSUBSCRIBED,
-            json!({"scope": "all", "by": actor.label()}),
-            now,
-        ));
+        events.push(records::event(id, kind::UNSUBSCRIBED, json!({"scope": "all", "by": actor.label()}), now));
     }
     if email_state.as_str() != current.email_state {
         model.email_state = Set(email_state.as_str().to_owned());
@@ -1217,12 +977,7 @@ pub async fn update(
         apply_lists(&txn, id, slugs, actor, now, &mut events).await?;
     }
     if !changed.is_empty() {
-        events.push(records::event(
-            id,
-            kind::UPDATED,
-            json!({"fields": changed, "by": actor.label()}),
-            now,
-        ));
+        events.push(records::event(id, kind::UPDATED, json!({"fields": changed, "by": actor.label()}), now));
     }
     model.updated_at = Set(now);
     model.update(&txn).await.map_err(|e| {
@@ -1237,12 +992,8 @@ pub async fn update(
             Error::Database(e)
         }
     })?;
-    consent::Entity::insert_many(consents)
-        .exec_without_returning(&txn)
-        .await?;
-    event::Entity::insert_many(events)
-        .exec_without_returning(&txn)
-        .await?;
+    consent::Entity::insert_many(consents).exec_without_returning(&txn).await?;
+    event::Entity::insert_many(events).exec_without_returning(&txn).await?;
     txn.commit().await?;
     get(db, id).await
 }
@@ -1271,24 +1022,12 @@ async fn apply_tags(
             .exec(txn)
             .await?;
     }
-    subscriber_tag::Entity::insert_many(added.iter().map(|t| tag_row(id, t, now)))
-        .exec_without_returning(txn)
-        .await?;
+    subscriber_tag::Entity::insert_many(added.iter().map(|t| tag_row(id, t, now))).exec_without_returning(txn).await?;
     for tag in added {
-        events.push(records::event(
-            id,
-            kind::TAG_ADDED,
-            json!({"tag": tag, "by": actor.label()}),
-            now,
-        ));
+        events.push(records::event(id, kind::TAG_ADDED, json!({"tag": tag, "by": actor.label()}), now));
     }
     for tag in removed {
-        events.push(records::event(
-            id,
-            kind::TAG_REMOVED,
-            json!({"tag": tag, "by": actor.label()}),
-            now,
-        ));
+        events.push(records::event(id, kind::TAG_REMOVED, json!({"tag": tag, "by": actor.label()}), now));
     }
     Ok(())
 }
@@ -1302,16 +1041,9 @@ async fn apply_lists(
     events: &mut Vec<event::ActiveModel>,
 ) -> Result<()> {
     let wanted = lists::resolve(txn, slugs, "lists").await?;
-    let current = membership::Entity::find()
-        .filter(membership::Column::SubscriberId.eq(id))
-        .all(txn)
-        .await?;
-    let all_lists: HashMap<Uuid, String> = list::Entity::find()
-        .all(txn)
-        .await?
-        .into_iter()
-        .map(|l| (l.id, l.slug))
-        .collect();
+    let current = membership::Entity::find().filter(membership::Column::SubscriberId.eq(id)).all(txn).await?;
+    let all_lists: HashMap<Uuid, String> =
+        list::Entity::find().all(txn).await?.into_iter().map(|l| (l.id, l.slug)).collect();
     let wanted_ids: BTreeSet<Uuid> = wanted.iter().map(|l| l.id).collect();
     let mut joined = Vec::new();
     for l in &wanted {
@@ -1327,20 +1059,13 @@ async fn apply_lists(
                 joined.push(l.slug.clone());
             }
             None => {
-                membership_row(id, l.id, MembershipStatus::Confirmed, now)
-                    .insert(txn)
-                    .await?;
+                membership_row(id, l.id, MembershipStatus::Confirmed, now).insert(txn).await?;
                 joined.push(l.slug.clone());
             }
         }
     }
     if !joined.is_empty() {
-        events.push(records::event(
-            id,
-            kind::SUBSCRIBED,
-            json!({"lists": joined, "by": actor.label()}),
-            now,
-        ));
+        events.push(records::event(id, kind::SUBSCRIBED, json!({"lists": joined, "by": actor.label()}), now));
     }
     for m in current {
         if wanted_ids.contains(&m.list_id) || m.status == MembershipStatus::Unsubscribed.as_str() {
@@ -1352,22 +1077,14 @@ async fn apply_lists(
         active.unsubscribed_at = Set(Some(now));
         active.updated_at = Set(now);
         active.update(txn).await?;
-        events.push(records::event(
-            id,
-            kind::UNSUBSCRIBED,
-            json!({"list": slug, "by": actor.label()}),
-            now,
-        ));
+        events.push(records::event(id, kind::UNSUBSCRIBED, json!({"list": slug, "by": actor.label()}), now));
     }
     Ok(())
 }
 
 async fn leave_all_lists(txn: &DatabaseTransaction, id: Uuid, now: DateTime<Utc>) -> Result<()> {
     membership::Entity::update_many()
-        .col_expr(
-            membership::Column::Status,
-            Expr::value(MembershipStatus::Unsubscribed.as_str()),
-        )
+        .col_expr(membership::Column::Status, Expr::value(MembershipStatus::Unsubscribed.as_str()))
         .col_expr(membership::Column::UnsubscribedAt, Expr::value(now))
         .col_expr(membership::Column::UpdatedAt, Expr::value(now))
         .filter(membership::Column::SubscriberId.eq(id))

@@ -22,15 +22,12 @@ impl EmailAddress {
         if address.len() > 254 {
             return Err("is longer than 254 characters".into());
         }
-        let parsed = lettre::Address::from_str(address)
-            .map_err(|_| format!("'{address}' is not a valid email address"))?;
+        let parsed =
+            lettre::Address::from_str(address).map_err(|_| format!("'{address}' is not a valid email address"))?;
         if !parsed.domain().contains('.') && !parsed.domain().starts_with('[') {
             return Err(format!("'{address}' has no top-level domain"));
         }
-        Ok(Self {
-            address: address.to_owned(),
-            key: address.to_lowercase(),
-        })
+        Ok(Self { address: address.to_owned(), key: address.to_lowercase() })
     }
 
     pub fn as_str(&self) -> &str {
@@ -61,18 +58,13 @@ impl PhoneNumber {
             None => text.to_owned(),
         };
         if !international.starts_with('+') {
-            return Err(format!(
-                "'{text}' must be in international format, like +14155550123"
-            ));
+            return Err(format!("'{text}' must be in international format, like +14155550123"));
         }
-        let number = phonenumber::parse(None, &international)
-            .map_err(|_| format!("'{text}' is not a phone number"))?;
+        let number = phonenumber::parse(None, &international).map_err(|_| format!("'{text}' is not a phone number"))?;
         if !phonenumber::is_valid(&number) {
             return Err(format!("'{text}' is not a valid phone number"));
         }
-        Ok(Self(
-            number.format().mode(phonenumber::Mode::E164).to_string(),
-        ))
+        Ok(Self(number.format().mode(phonenumber::Mode::E164).to_string()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -83,17 +75,13 @@ impl PhoneNumber {
 /// A list's slug: lower-case letters, digits and dashes.
 pub fn validate_slug(slug: &str) -> Result<(), String> {
     let ok = (1..=64).contains(&slug.len())
-        && slug
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !slug.starts_with('-')
         && !slug.ends_with('-');
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "'{slug}' is not a slug: use 1 to 64 lower-case letters, digits and inner dashes"
-        ))
+        Err(format!("'{slug}' is not a slug: use 1 to 64 lower-case letters, digits and inner dashes"))
     }
 }
 
@@ -104,9 +92,7 @@ pub fn normalize_tag(tag: &str) -> Result<String, String> {
         return Err(format!("'{tag}' is not a tag: use 1 to 64 characters"));
     }
     if tag.chars().any(|c| c.is_control() || c == ';' || c == ',') {
-        return Err(format!(
-            "'{tag}' is not a tag: no control characters, commas or semicolons"
-        ));
+        return Err(format!("'{tag}' is not a tag: no control characters, commas or semicolons"));
     }
     Ok(tag.to_owned())
 }
@@ -136,24 +122,16 @@ pub fn validate_timezone(tz: &str) -> Result<String, String> {
 pub fn validate_locale(locale: &str) -> Result<String, String> {
     let locale = locale.trim().replace('_', "-");
     let mut parts = locale.split('-');
-    let language_ok = parts
-        .next()
-        .is_some_and(|l| (2..=3).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphabetic()));
-    let rest_ok =
-        parts.all(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
-    if language_ok && rest_ok {
-        Ok(locale)
-    } else {
-        Err(format!("'{locale}' is not a locale such as en or pt-BR"))
-    }
+    let language_ok =
+        parts.next().is_some_and(|l| (2..=3).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphabetic()));
+    let rest_ok = parts.all(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if language_ok && rest_ok { Ok(locale) } else { Err(format!("'{locale}' is not a locale such as en or pt-BR")) }
 }
 
 /// Attribute maps: keys of 1 to 64 characters, at most 16 KiB of JSON in all.
 pub fn validate_attribute_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.chars().count() > 64 || key.chars().any(char::is_control) {
-        return Err(format!(
-            "'{key}' is not an attribute name: use 1 to 64 characters"
-        ));
+        return Err(format!("'{key}' is not an attribute name: use 1 to 64 characters"));
     }
     Ok(())
 }
@@ -262,19 +240,9 @@ mod tests {
 
     #[test]
     fn phones_become_e164() {
-        assert_eq!(
-            PhoneNumber::parse("+1 (415) 555-2671").unwrap().as_str(),
-            "+14155552671"
-        );
-        assert_eq!(
-            PhoneNumber::parse("0039 06 6988 0000").unwrap().as_str(),
-            "+390669880000"
-        );
-        assert!(
-            PhoneNumber::parse("4155552671")
-                .unwrap_err()
-                .contains("international")
-        );
+        assert_eq!(PhoneNumber::parse("+1 (415) 555-2671").unwrap().as_str(), "+14155552671");
+        assert_eq!(PhoneNumber::parse("0039 06 6988 0000").unwrap().as_str(), "+390669880000");
+        assert!(PhoneNumber::parse("4155552671").unwrap_err().contains("international"));
         assert!(PhoneNumber::parse("+1 555").is_err());
     }
 
@@ -283,12 +251,7 @@ mod tests {
         for state in ChannelState::ALL {
             assert_eq!(state.as_str().parse::<ChannelState>().unwrap(), *state);
         }
-        assert!(
-            "maybe"
-                .parse::<MembershipStatus>()
-                .unwrap_err()
-                .contains("pending, confirmed, unsubscribed")
-        );
+        assert!("maybe".parse::<MembershipStatus>().unwrap_err().contains("pending, confirmed, unsubscribed"));
     }
 
     #[test]

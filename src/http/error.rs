@@ -46,14 +46,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: code.into(),
-            detail: detail.into(),
-            field: None,
-            errors: Vec::new(),
-            existing_id: None,
-        }
+        Self { status, code: code.into(), detail: detail.into(), field: None, errors: Vec::new(), existing_id: None }
     }
 
     pub fn unauthorized() -> Self {
@@ -82,29 +75,16 @@ impl From<Error> for ApiError {
                 Self {
                     field: errors.first().map(|e| e.field.clone()),
                     errors,
-                    ..Self::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "validation_failed",
-                        detail,
-                    )
+                    ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", detail)
                 }
             }
             Error::Malformed { code, detail } => Self::new(StatusCode::BAD_REQUEST, code, detail),
-            Error::NotFound { what } => Self::new(
-                StatusCode::NOT_FOUND,
-                format!("{what}_not_found"),
-                format!("no such {what}"),
-            ),
-            Error::Conflict {
-                code,
-                detail,
-                existing_id,
-                field,
-            } => Self {
-                existing_id,
-                field: field.map(str::to_owned),
-                ..Self::new(StatusCode::CONFLICT, code, detail)
-            },
+            Error::NotFound { what } => {
+                Self::new(StatusCode::NOT_FOUND, format!("{what}_not_found"), format!("no such {what}"))
+            }
+            Error::Conflict { code, detail, existing_id, field } => {
+                Self { existing_id, field: field.map(str::to_owned), ..Self::new(StatusCode::CONFLICT, code, detail) }
+            }
             Error::Database(e) => internal(&e),
             Error::Other(e) => internal(&*e),
         }
@@ -112,11 +92,7 @@ impl From<Error> for ApiError {
 }
 
 fn error_text(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.message))
-        .collect::<Vec<_>>()
-        .join("; ")
+    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
 }
 
 fn internal(error: &dyn std::error::Error) -> ApiError {
@@ -150,10 +126,7 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

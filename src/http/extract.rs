@@ -26,37 +26,23 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::JsonDataError(e) => {
             let detail = e.body_text();
-            let detail = detail
-                .strip_prefix("Failed to deserialize the JSON body into the target type: ")
-                .unwrap_or(&detail);
-            let field = detail
-                .split_once(": ")
-                .map(|(path, _)| path.to_owned())
-                .filter(|p| !p.contains(' '));
-            let error = ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_body",
-                detail.to_owned(),
-            );
+            let detail =
+                detail.strip_prefix("Failed to deserialize the JSON body into the target type: ").unwrap_or(&detail);
+            let field = detail.split_once(": ").map(|(path, _)| path.to_owned()).filter(|p| !p.contains(' '));
+            let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail.to_owned());
             match field {
                 Some(field) => error.with_field(field),
                 None => error,
             }
         }
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text())
-        }
+        JsonRejection::JsonSyntaxError(e) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text()),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as JSON with 'Content-Type: application/json'",
         ),
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the body is larger than 1 MiB",
-            )
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is larger than 1 MiB")
         }
         other => ApiError::new(other.status(), "invalid_body", other.body_text()),
     }
@@ -73,21 +59,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
                 let detail = e.body_text();
-                let detail = detail
-                    .strip_prefix("Failed to deserialize query string: ")
-                    .unwrap_or(&detail)
-                    .to_owned();
-                Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    detail,
-                ))
+                let detail = detail.strip_prefix("Failed to deserialize query string: ").unwrap_or(&detail).to_owned();
+                Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", detail))
             }
-            Err(other) => Err(ApiError::new(
-                other.status(),
-                "invalid_query",
-                other.body_text(),
-            )),
+            Err(other) => Err(ApiError::new(other.status(), "invalid_query", other.body_text())),
         }
     }
 }
@@ -101,16 +76,10 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(Self(value)),
-            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_path",
-                e.body_text(),
-            )),
-            Err(other) => Err(ApiError::new(
-                other.status(),
-                "invalid_path",
-                other.body_text(),
-            )),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))
+            }
+            Err(other) => Err(ApiError::new(other.status(), "invalid_path", other.body_text())),
         }
     }
 }

@@ -21,11 +21,7 @@ pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         Ok(()) => Ok(Json(json!({"status": "ok"}))),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unreachable");
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
-                "the database does not answer",
-            ))
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the database does not answer"))
         }
     }
 }

@@ -11,9 +11,7 @@ use super::extract::{ApiJson, ApiPath};
 use crate::audience::lists::{self, ListPatch, ListView, NewList};
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/lists", get(all).post(create))
-        .route("/lists/{slug}", get(one).patch(update).delete(remove))
+    Router::new().route("/lists", get(all).post(create)).route("/lists/{slug}", get(one).patch(update).delete(remove))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -27,25 +25,16 @@ pub struct ListPage {
     (status = 409, description = "The slug is taken", body = Problem),
     (status = 422, description = "Invalid fields", body = Problem),
 ))]
-pub async fn create(
-    State(state): State<AppState>,
-    ApiJson(input): ApiJson<NewList>,
-) -> ApiResult<impl IntoResponse> {
+pub async fn create(State(state): State<AppState>, ApiJson(input): ApiJson<NewList>) -> ApiResult<impl IntoResponse> {
     let list = lists::create(&state.db, state.clock.now(), input).await?;
     let location = format!("/api/v1/lists/{}", list.slug);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(list),
-    ))
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(list)))
 }
 
 /// Lists every list with its member counts.
 #[utoipa::path(get, path = "/api/v1/lists", tag = "lists", security(("bearer" = [])), responses((status = 200, body = ListPage)))]
 pub async fn all(State(state): State<AppState>) -> ApiResult<Json<ListPage>> {
-    Ok(Json(ListPage {
-        data: lists::all(&state.db).await?,
-    }))
+    Ok(Json(ListPage { data: lists::all(&state.db).await? }))
 }
 
 /// One list.
@@ -53,10 +42,7 @@ pub async fn all(State(state): State<AppState>) -> ApiResult<Json<ListPage>> {
     (status = 200, body = ListView),
     (status = 404, body = Problem),
 ))]
-pub async fn one(
-    State(state): State<AppState>,
-    ApiPath(slug): ApiPath<String>,
-) -> ApiResult<Json<ListView>> {
+pub async fn one(State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> ApiResult<Json<ListView>> {
     Ok(Json(lists::get(&state.db, &slug).await?))
 }
 
@@ -72,9 +58,7 @@ pub async fn update(
     ApiPath(slug): ApiPath<String>,
     ApiJson(patch): ApiJson<ListPatch>,
 ) -> ApiResult<Json<ListView>> {
-    Ok(Json(
-        lists::update(&state.db, state.clock.now(), &slug, patch).await?,
-    ))
+    Ok(Json(lists::update(&state.db, state.clock.now(), &slug, patch).await?))
 }
 
 /// Deletes a list and its memberships (the subscribers stay).
@@ -82,10 +66,7 @@ pub async fn update(
     (status = 204),
     (status = 404, body = Problem),
 ))]
-pub async fn remove(
-    State(state): State<AppState>,
-    ApiPath(slug): ApiPath<String>,
-) -> ApiResult<StatusCode> {
+pub async fn remove(State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> ApiResult<StatusCode> {
     lists::delete(&state.db, &slug).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -43,10 +43,7 @@ pub fn router(state: AppState) -> Router {
         .merge(lists::routes())
         .merge(subscribers::routes())
         .merge(transfer::routes(state.config.max_import_bytes))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let api = Router::new().merge(admin).merge(openapi::routes());
     Router::new()
         .nest("/api/v1", api)
@@ -68,17 +65,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "route_not_found",
-        "no such endpoint; see /api/v1/openapi.json",
-    )
+    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint; see /api/v1/openapi.json")
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not accept that method",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
 }

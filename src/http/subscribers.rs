@@ -10,8 +10,7 @@ use super::error::{ApiResult, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::audience::Actor;
 use crate::audience::subscribers::{
-    self, EventView, NewSubscriber, Page, PageRequest, PersonalData, SubscriberFilter,
-    SubscriberPatch, SubscriberView,
+    self, EventView, NewSubscriber, Page, PageRequest, PersonalData, SubscriberFilter, SubscriberPatch, SubscriberView,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -35,11 +34,7 @@ pub async fn create(
 ) -> ApiResult<impl IntoResponse> {
     let created = subscribers::create(&state.db, state.clock.now(), &actor, input).await?;
     let location = format!("/api/v1/subscribers/{}", created.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(created),
-    ))
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)))
 }
 
 /// Lists subscribers, oldest first, with cursor pagination.
@@ -60,10 +55,7 @@ pub async fn list(
     (status = 200, body = SubscriberView),
     (status = 404, body = Problem),
 ))]
-pub async fn one(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<SubscriberView>> {
+pub async fn one(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> ApiResult<Json<SubscriberView>> {
     Ok(Json(subscribers::get(&state.db, id).await?))
 }
 
@@ -80,9 +72,7 @@ pub async fn update(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(patch): ApiJson<SubscriberPatch>,
 ) -> ApiResult<Json<SubscriberView>> {
-    Ok(Json(
-        subscribers::update(&state.db, state.clock.now(), &actor, id, patch).await?,
-    ))
+    Ok(Json(subscribers::update(&state.db, state.clock.now(), &actor, id, patch).await?))
 }
 
 /// Erases a subscriber's personal data (GDPR); only a hash of each address remains, as a suppression.
@@ -117,10 +107,7 @@ pub async fn timeline(
     (status = 200, body = PersonalData),
     (status = 404, body = Problem),
 ))]
-pub async fn export(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<impl IntoResponse> {
+pub async fn export(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> ApiResult<impl IntoResponse> {
     let data = subscribers::personal_data(&state.db, state.clock.now(), id).await?;
     let disposition = format!("attachment; filename=\"subscriber-{id}.json\"");
     Ok(([(header::CONTENT_DISPOSITION, disposition)], Json(data)))

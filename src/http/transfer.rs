@@ -23,10 +23,7 @@ use crate::error::Error;
 
 pub fn routes(max_import_bytes: u64) -> Router<AppState> {
     Router::new()
-        .route(
-            "/imports",
-            post(import_csv).layer(DefaultBodyLimit::disable()),
-        )
+        .route("/imports", post(import_csv).layer(DefaultBodyLimit::disable()))
         .route("/exports/subscribers.csv", get(export_csv))
         .layer(Extension(ImportLimit(max_import_bytes)))
 }
@@ -58,31 +55,16 @@ pub async fn import_csv(
     ApiQuery(query): ApiQuery<ImportQuery>,
     request: Request,
 ) -> ApiResult<Json<ImportReport>> {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if !matches!(
-        essence.as_str(),
-        "text/csv" | "application/csv" | "text/plain"
-    ) {
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if !matches!(essence.as_str(), "text/csv" | "application/csv" | "text/plain") {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the CSV with 'Content-Type: text/csv'",
         ));
     }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
@@ -99,11 +81,8 @@ pub async fn import_csv(
         Ok::<Bytes, std::io::Error>(chunk)
     });
     let reader = StreamReader::new(stream);
-    let options = ImportOptions {
-        list: query.list,
-        actor,
-    };
-    match import::import_csv(&state.db, state.clock.as_ref(), reader, options).await {
+    let options = ImportOptions { list: query.list, actor };
+    match import::import_csv(&state.db, state.clock.clone(), reader, options).await {
         Ok(report) => Ok(Json(report)),
         Err(Error::Malformed { .. }) if exceeded.load(Ordering::SeqCst) => Err(too_large(limit)),
         Err(e) => Err(e.into()),
@@ -114,9 +93,7 @@ fn too_large(limit: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
-        format!(
-            "the import is larger than {limit} bytes (OWNLIST_MAX_IMPORT_BYTES); split it or raise the limit"
-        ),
+        format!("the import is larger than {limit} bytes (OWNLIST_MAX_IMPORT_BYTES); split it or raise the limit"),
     )
 }
 
@@ -125,18 +102,13 @@ fn too_large(limit: u64) -> ApiError {
     (status = 200, content_type = "text/csv", body = String),
 ))]
 pub async fn export_csv(State(state): State<AppState>) -> impl IntoResponse {
-    let stream = export::subscribers_csv(state.db.clone())
-        .map_ok(Bytes::from)
-        .inspect_err(|e| {
-            tracing::error!(error = %e, "export failed mid-stream");
-        });
+    let stream = export::subscribers_csv(state.db.clone()).map_ok(Bytes::from).inspect_err(|e| {
+        tracing::error!(error = %e, "export failed mid-stream");
+    });
     (
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"subscribers.csv\"",
-            ),
+            (header::CONTENT_DISPOSITION, "attachment; filename=\"subscribers.csv\""),
         ],
         Body::from_stream(stream),
     )

@@ -2,6 +2,7 @@
 //!
 //! This module owns how ownlist talks to its database; it knows nothing of subscribers or HTTP.
 
+pub mod bulk;
 pub mod entities;
 
 use std::time::Duration;
@@ -9,8 +10,8 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
 /// The connection pool, with the knowledge of which database is behind it.
@@ -24,21 +25,15 @@ impl Db {
     /// mode with foreign keys enforced.
     pub async fn connect(url: &str) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(url.to_owned());
-        options
-            .sqlx_logging(false)
-            .connect_timeout(Duration::from_secs(10));
+        options.sqlx_logging(false).connect_timeout(Duration::from_secs(10));
         if url.starts_with("sqlite:") {
-            let parsed: SqliteConnectOptions = url
-                .parse()
-                .map_err(|e| DbErr::Custom(format!("invalid SQLite URL: {e}")))?;
+            let parsed: SqliteConnectOptions =
+                url.parse().map_err(|e| DbErr::Custom(format!("invalid SQLite URL: {e}")))?;
             if let Some(parent) = parsed.get_filename().parent()
                 && !parent.as_os_str().is_empty()
             {
                 std::fs::create_dir_all(parent).map_err(|e| {
-                    DbErr::Custom(format!(
-                        "cannot create the database folder {}: {e}",
-                        parent.display()
-                    ))
+                    DbErr::Custom(format!("cannot create the database folder {}: {e}", parent.display()))
                 })?;
             }
             options
@@ -78,9 +73,7 @@ impl Db {
 
     /// True when every migration this binary knows has been applied.
     pub async fn migrations_current(&self) -> Result<bool, DbErr> {
-        Ok(Migrator::get_pending_migrations(&self.conn)
-            .await?
-            .is_empty())
+        Ok(Migrator::get_pending_migrations(&self.conn).await?.is_empty())
     }
 
     /// Starts a transaction that will write. On SQLite it takes the write lock up front, so two
@@ -110,8 +103,5 @@ impl Db {
 
 /// Whether a database error is a unique-constraint violation.
 pub fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(
-        err.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }

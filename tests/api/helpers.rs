@@ -75,14 +75,10 @@ impl TestApp {
             }
         };
         adjust(&mut config);
-        let clock = Arc::new(ManualClock::new(
-            Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap(),
-        ));
+        let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap()));
         let shared: SharedClock = clock.clone();
         let app = App::open(config, shared).await.unwrap();
-        let token = ownlist::tokens::create(&app.db, clock.now(), "test")
-            .await
-            .unwrap();
+        let token = ownlist::tokens::create(&app.db, clock.now(), "test").await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let db = app.db.clone();
@@ -107,9 +103,7 @@ impl TestApp {
     }
 
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, self.url(path))
-            .bearer_auth(&self.token)
+        self.client.request(method, self.url(path)).bearer_auth(&self.token)
     }
 
     pub async fn get(&self, path: &str) -> Response {
@@ -117,19 +111,11 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Response {
-        self.request(Method::POST, path)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.request(Method::POST, path).json(body).send().await.unwrap()
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> Response {
-        self.request(Method::PATCH, path)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.request(Method::PATCH, path).json(body).send().await.unwrap()
     }
 
     pub async fn delete(&self, path: &str) -> Response {
@@ -137,45 +123,25 @@ impl TestApp {
     }
 
     pub async fn post_csv(&self, path: &str, csv: impl Into<reqwest::Body>) -> Response {
-        self.request(Method::POST, path)
-            .header("content-type", "text/csv")
-            .body(csv)
-            .send()
-            .await
-            .unwrap()
+        self.request(Method::POST, path).header("content-type", "text/csv").body(csv).send().await.unwrap()
     }
 
     /// Creates a list and returns its JSON.
     pub async fn create_list(&self, slug: &str) -> Value {
-        let response = self
-            .post(
-                "/api/v1/lists",
-                &serde_json::json!({"slug": slug, "name": slug}),
-            )
-            .await;
+        let response = self.post("/api/v1/lists", &serde_json::json!({"slug": slug, "name": slug})).await;
         expect_json(response, StatusCode::CREATED).await
     }
 
     /// Creates a subscriber and returns its JSON.
     pub async fn create_subscriber(&self, body: Value) -> Value {
-        expect_json(
-            self.post("/api/v1/subscribers", &body).await,
-            StatusCode::CREATED,
-        )
-        .await
+        expect_json(self.post("/api/v1/subscribers", &body).await, StatusCode::CREATED).await
     }
 
     /// Counts rows in a table, straight from the database.
     pub async fn count(&self, table: &str) -> i64 {
         use sea_orm::{ConnectionTrait, Statement};
         let sql = format!("SELECT COUNT(*) AS n FROM {table}");
-        let row = self
-            .db
-            .conn()
-            .query_one_raw(Statement::from_string(self.db.backend(), sql))
-            .await
-            .unwrap()
-            .unwrap();
+        let row = self.db.conn().query_one_raw(Statement::from_string(self.db.backend(), sql)).await.unwrap().unwrap();
         row.try_get::<i64>("", "n").unwrap()
     }
 }
@@ -191,36 +157,23 @@ pub async fn expect_json(response: Response, status: StatusCode) -> Value {
     let actual = response.status();
     let text = response.text().await.unwrap();
     assert_eq!(actual, status, "unexpected status; body: {text}");
-    if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap()
-    }
+    if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() }
 }
 
 /// Asserts a problem+json error with this status and code, and returns it.
 pub async fn expect_problem(response: Response, status: StatusCode, code: &str) -> Value {
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
     let body = expect_json(response, status).await;
     assert_eq!(content_type.as_deref(), Some("application/problem+json"));
     assert_eq!(body["code"], code, "problem: {body}");
     assert_eq!(body["status"], status.as_u16());
-    assert!(
-        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "problem without detail: {body}"
-    );
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "problem without detail: {body}");
     body
 }
 
 fn init_logging() {
     if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_test_writer()
-            .try_init();
+        let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
     }
 }
 
@@ -235,18 +188,11 @@ impl PostgresDatabase {
     async fn create(admin_url: &str) -> Self {
         let name = format!("ownlist_test_{}", uuid::Uuid::now_v7().simple());
         let admin = Db::connect(admin_url).await.unwrap();
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .unwrap();
+        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.unwrap();
         admin.close().await.unwrap();
         let mut url = url::Url::parse(admin_url).unwrap();
         url.set_path(&format!("/{name}"));
-        Self {
-            admin_url: admin_url.to_owned(),
-            name,
-            url: url.to_string(),
-        }
+        Self { admin_url: admin_url.to_owned(), name, url: url.to_string() }
     }
 }
 
@@ -256,10 +202,7 @@ impl Drop for PostgresDatabase {
         let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
         // Drop runs inside the test's runtime: do the async work on a thread of its own.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
                 if let Ok(admin) = Db::connect(&admin_url).await {
                     let _ = admin.execute_unprepared(&sql).await;

@@ -13,11 +13,8 @@ on_both_databases!(
 
 async fn an_import_upserts_good_rows_and_reports_bad_ones_by_line_and_column(app: TestApp) {
     app.create_list("leads").await;
-    let existing = app
-        .create_subscriber(
-            json!({"email": "known@example.com", "first_name": "Old", "tags": ["a"]}),
-        )
-        .await;
+    let existing =
+        app.create_subscriber(json!({"email": "known@example.com", "first_name": "Old", "tags": ["a"]})).await;
     let csv = "\u{feff}Email,phone,first_name,last_name,tags,favourite colour\n\
         ada@example.com,+14155552671,Ada,Lovelace,vip;early,blue\n\
         not-an-email,,Bad,Row,,\n\
@@ -28,52 +25,23 @@ async fn an_import_upserts_good_rows_and_reports_bad_ones_by_line_and_column(app
         ada@example.com,,Ada B.,,late,\n\
         \n\
         comma@example.com,,\"Comma, \"\"Quoted\"\" Person\",,,\n";
-    let report = expect_json(
-        app.post_csv("/api/v1/imports?list=leads", csv).await,
-        StatusCode::OK,
-    )
-    .await;
+    let report = expect_json(app.post_csv("/api/v1/imports?list=leads", csv).await, StatusCode::OK).await;
     assert_eq!(report["imported"], 3, "{report}");
-    assert_eq!(
-        report["updated"], 2,
-        "the known subscriber and ada's second row: {report}"
-    );
+    assert_eq!(report["updated"], 2, "the known subscriber and ada's second row: {report}");
     assert_eq!(report["skipped"], 3, "{report}");
     assert_eq!(report["suppressed"], 0);
     let errors: Vec<(u64, Option<String>)> = report["errors"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| {
-            (
-                e["row"].as_u64().unwrap(),
-                e["column"].as_str().map(str::to_owned),
-            )
-        })
+        .map(|e| (e["row"].as_u64().unwrap(), e["column"].as_str().map(str::to_owned)))
         .collect();
-    assert_eq!(
-        errors,
-        [
-            (3, Some("email".into())),
-            (5, Some("phone".into())),
-            (6, None)
-        ],
-        "{report}"
-    );
-    assert!(
-        report["errors"][2]["message"]
-            .as_str()
-            .unwrap()
-            .contains("fields"),
-        "{report}"
-    );
+    assert_eq!(errors, [(3, Some("email".into())), (5, Some("phone".into())), (6, None)], "{report}");
+    assert!(report["errors"][2]["message"].as_str().unwrap().contains("fields"), "{report}");
 
     let page = expect_json(app.get("/api/v1/subscribers?q=ada@").await, StatusCode::OK).await;
     let ada = &page["data"][0];
-    assert_eq!(
-        ada["first_name"], "Ada B.",
-        "a later row for the same address updates it"
-    );
+    assert_eq!(ada["first_name"], "Ada B.", "a later row for the same address updates it");
     assert_eq!(ada["phone"], "+14155552671");
     assert_eq!(ada["tags"], json!(["early", "late", "vip"]));
     assert_eq!(ada["attributes"], json!({"favourite colour": "blue"}));
@@ -81,44 +49,22 @@ async fn an_import_upserts_good_rows_and_reports_bad_ones_by_line_and_column(app
     assert_eq!(ada["lists"][0]["list"], "leads");
 
     let known = expect_json(
-        app.get(&format!(
-            "/api/v1/subscribers/{}",
-            existing["id"].as_str().unwrap()
-        ))
-        .await,
+        app.get(&format!("/api/v1/subscribers/{}", existing["id"].as_str().unwrap())).await,
         StatusCode::OK,
     )
     .await;
-    assert_eq!(
-        known["email"], "known@example.com",
-        "matched case-insensitively, address kept"
-    );
+    assert_eq!(known["email"], "known@example.com", "matched case-insensitively, address kept");
     assert_eq!(known["first_name"], "New");
-    assert_eq!(
-        known["tags"],
-        json!(["a", "b"]),
-        "import adds tags, never removes them"
-    );
+    assert_eq!(known["tags"], json!(["a", "b"]), "import adds tags, never removes them");
     assert_eq!(known["attributes"], json!({"favourite colour": "green"}));
 
     let quoted = expect_json(app.get("/api/v1/subscribers?q=comma").await, StatusCode::OK).await;
     assert_eq!(quoted["data"][0]["first_name"], "Comma, \"Quoted\" Person");
-    let phone_only = expect_json(
-        app.get("/api/v1/subscribers?q=%2B4420").await,
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(
-        phone_only["data"][0]["channels"],
-        json!({"email": "none", "sms": "subscribed"})
-    );
+    let phone_only = expect_json(app.get("/api/v1/subscribers?q=%2B4420").await, StatusCode::OK).await;
+    assert_eq!(phone_only["data"][0]["channels"], json!({"email": "none", "sms": "subscribed"}));
 
     let data = expect_json(
-        app.get(&format!(
-            "/api/v1/subscribers/{}/export",
-            ada["id"].as_str().unwrap()
-        ))
-        .await,
+        app.get(&format!("/api/v1/subscribers/{}/export", ada["id"].as_str().unwrap())).await,
         StatusCode::OK,
     )
     .await;
@@ -130,24 +76,12 @@ async fn an_import_upserts_good_rows_and_reports_bad_ones_by_line_and_column(app
 async fn an_import_never_resubscribes_someone_who_left(app: TestApp) {
     app.create_list("leads").await;
     let left = app
-        .create_subscriber(
-            json!({"email": "left@example.com", "lists": ["leads"], "consent": {"email": true}}),
-        )
+        .create_subscriber(json!({"email": "left@example.com", "lists": ["leads"], "consent": {"email": true}}))
         .await;
     let path = format!("/api/v1/subscribers/{}", left["id"].as_str().unwrap());
-    expect_json(
-        app.patch(&path, &json!({"status": "unsubscribed"})).await,
-        StatusCode::OK,
-    )
-    .await;
-    let erased = app
-        .create_subscriber(json!({"email": "gone@example.com"}))
-        .await;
-    app.delete(&format!(
-        "/api/v1/subscribers/{}",
-        erased["id"].as_str().unwrap()
-    ))
-    .await;
+    expect_json(app.patch(&path, &json!({"status": "unsubscribed"})).await, StatusCode::OK).await;
+    let erased = app.create_subscriber(json!({"email": "gone@example.com"})).await;
+    app.delete(&format!("/api/v1/subscribers/{}", erased["id"].as_str().unwrap())).await;
 
     let report = expect_json(
         app.post_csv(
@@ -159,10 +93,7 @@ async fn an_import_never_resubscribes_someone_who_left(app: TestApp) {
     )
     .await;
     assert_eq!(report["updated"], 1);
-    assert_eq!(
-        report["suppressed"], 1,
-        "an erased address is skipped: {report}"
-    );
+    assert_eq!(report["suppressed"], 1, "an erased address is skipped: {report}");
     assert_eq!(report["skipped"], 1);
     assert_eq!(report["errors"], json!([]));
     let after = expect_json(app.get(&path).await, StatusCode::OK).await;
@@ -174,36 +105,26 @@ async fn an_import_never_resubscribes_someone_who_left(app: TestApp) {
 
 async fn unusable_imports_are_refused_whole(app: TestApp) {
     let problem = expect_problem(
-        app.post_csv("/api/v1/imports?list=nope", "email\na@example.com\n")
-            .await,
+        app.post_csv("/api/v1/imports?list=nope", "email\na@example.com\n").await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     )
     .await;
     assert_eq!(problem["field"], "list");
     let problem = expect_problem(
-        app.post_csv("/api/v1/imports", "first_name,last_name\nA,B\n")
-            .await,
+        app.post_csv("/api/v1/imports", "first_name,last_name\nA,B\n").await,
         StatusCode::BAD_REQUEST,
         "invalid_csv_header",
     )
     .await;
-    assert!(
-        problem["detail"].as_str().unwrap().contains("email"),
-        "{problem}"
-    );
+    assert!(problem["detail"].as_str().unwrap().contains("email"), "{problem}");
     expect_problem(
         app.post_csv("/api/v1/imports", "email,Email\n").await,
         StatusCode::BAD_REQUEST,
         "invalid_csv_header",
     )
     .await;
-    expect_problem(
-        app.post_csv("/api/v1/imports", "").await,
-        StatusCode::BAD_REQUEST,
-        "invalid_csv_header",
-    )
-    .await;
+    expect_problem(app.post_csv("/api/v1/imports", "").await, StatusCode::BAD_REQUEST, "invalid_csv_header").await;
     let response = app
         .request(reqwest::Method::POST, "/api/v1/imports")
         .header("content-type", "application/json")
@@ -211,12 +132,7 @@ async fn unusable_imports_are_refused_whole(app: TestApp) {
         .send()
         .await
         .unwrap();
-    expect_problem(
-        response,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
+    expect_problem(response, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
 
     let mut bytes = b"email,first_name\na@example.com,".to_vec();
     bytes.extend_from_slice(&[0xff, 0xfe]);
@@ -225,11 +141,7 @@ async fn unusable_imports_are_refused_whole(app: TestApp) {
     assert_eq!(report["imported"], 1);
     assert_eq!(report["errors"][0]["row"], 2);
     assert_eq!(report["errors"][0]["column"], "first_name");
-    assert_eq!(
-        app.count("subscribers").await,
-        1,
-        "the row with bad bytes was not half-written"
-    );
+    assert_eq!(app.count("subscribers").await, 1, "the row with bad bytes was not half-written");
 }
 
 async fn export_then_import_into_an_empty_instance_round_trips(app: TestApp) {
@@ -243,44 +155,24 @@ async fn export_then_import_into_an_empty_instance_round_trips(app: TestApp) {
     }))
     .await;
     let grace = app
-        .create_subscriber(
-            json!({"email": "grace@example.com", "lists": ["news"], "consent": {"email": true}}),
-        )
+        .create_subscriber(json!({"email": "grace@example.com", "lists": ["news"], "consent": {"email": true}}))
         .await;
-    app.patch(
-        &format!("/api/v1/subscribers/{}", grace["id"].as_str().unwrap()),
-        &json!({"status": "unsubscribed"}),
-    )
-    .await;
-    app.create_subscriber(json!({"phone": "+442071838750", "first_name": "Ünïcödé 名前"}))
+    app.patch(&format!("/api/v1/subscribers/{}", grace["id"].as_str().unwrap()), &json!({"status": "unsubscribed"}))
         .await;
+    app.create_subscriber(json!({"phone": "+442071838750", "first_name": "Ünïcödé 名前"})).await;
 
     let response = app.get("/api/v1/exports/subscribers.csv").await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/csv")
-    );
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
     let exported = response.text().await.unwrap();
     assert_eq!(exported.lines().count(), 4, "{exported}");
 
     let empty = TestApp::spawn(app.backend).await.unwrap();
-    let report = expect_json(
-        empty.post_csv("/api/v1/imports", exported.clone()).await,
-        StatusCode::OK,
-    )
-    .await;
+    let report = expect_json(empty.post_csv("/api/v1/imports", exported.clone()).await, StatusCode::OK).await;
     assert_eq!(report["imported"], 3, "{report}");
     assert_eq!(report["errors"], json!([]));
     assert_eq!(report["lists_created"], json!(["news", "vip"]));
-    let again = empty
-        .get("/api/v1/exports/subscribers.csv")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let again = empty.get("/api/v1/exports/subscribers.csv").await.text().await.unwrap();
     assert_eq!(without_updated_at(&again), without_updated_at(&exported));
 
     let original = expect_json(app.get("/api/v1/subscribers").await, StatusCode::OK).await;
@@ -294,14 +186,7 @@ fn without_updated_at(csv: &str) -> Vec<Vec<String>> {
     let skip = header.iter().position(|h| h == "updated_at").unwrap();
     reader
         .records()
-        .map(|r| {
-            r.unwrap()
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != skip)
-                .map(|(_, v)| v.to_owned())
-                .collect()
-        })
+        .map(|r| r.unwrap().iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, v)| v.to_owned()).collect())
         .collect()
 }
 
@@ -328,25 +213,16 @@ async fn a_large_import_streams_in_batches(app: TestApp) {
     csv.push_str("user7@example.com,Again,,\n");
     let report = expect_json(app.post_csv("/api/v1/imports", csv).await, StatusCode::OK).await;
     assert_eq!(report["imported"], 2500);
-    assert_eq!(
-        report["updated"], 1,
-        "a duplicate in a later batch updates the earlier one"
-    );
+    assert_eq!(report["updated"], 1, "a duplicate in a later batch updates the earlier one");
     assert_eq!(app.count("subscribers").await, 2500);
     assert_eq!(app.count("subscriber_tags").await, 2500);
-    let page = expect_json(
-        app.get("/api/v1/subscribers?tag=t3&limit=1000").await,
-        StatusCode::OK,
-    )
-    .await;
+    let page = expect_json(app.get("/api/v1/subscribers?tag=t3&limit=1000").await, StatusCode::OK).await;
     assert_eq!(page["data"].as_array().unwrap().len(), 357);
 }
 
 #[tokio::test]
 async fn an_import_larger_than_the_limit_is_413() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.max_import_bytes = 1000)
-        .await
-        .unwrap();
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.max_import_bytes = 1000).await.unwrap();
     let mut csv = String::from("email\n");
     for n in 0..200 {
         csv.push_str(&format!("user{n}@example.com\n"));
@@ -357,13 +233,8 @@ async fn an_import_larger_than_the_limit_is_413() {
         "payload_too_large",
     )
     .await;
-    let chunks: Vec<Result<String, std::io::Error>> =
-        csv.lines().map(|l| Ok(format!("{l}\n"))).collect();
+    let chunks: Vec<Result<String, std::io::Error>> = csv.lines().map(|l| Ok(format!("{l}\n"))).collect();
     let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    expect_problem(
-        app.post_csv("/api/v1/imports", streamed).await,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-    )
-    .await;
+    expect_problem(app.post_csv("/api/v1/imports", streamed).await, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+        .await;
 }

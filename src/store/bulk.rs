@@ -1,0 +1,161 @@
+//! Multi-row inserts for bulk paths (imports), rendered for the backend in use.
+//!
+//! On PostgreSQL a batch is one statement with bound parameters. On SQLite binding tens of
+//! thousands of values per batch costs more than the insert itself, so the batch is rendered as
+//! literal SQL with the exact encodings sqlx uses when it binds (UUID as a 16-byte blob, time as
+//! RFC 3339 text, JSON as text): rows written either way read back the same. Strings are escaped
+//! by sea-query's SQLite writer; a value SQLite cannot take as a literal (a NUL character) makes
+//! the statement fail, and callers then fall back to bound statements.
+
+use std::fmt::Write;
+
+use chrono::SecondsFormat;
+use sea_orm::sea_query::{QueryBuilder, SqliteQueryBuilder, Value};
+use sea_orm::{
+    ActiveModelTrait, DbBackend, EntityName, EntityTrait, IdenStatic, Iterable, PrimaryKeyToColumn, QueryTrait,
+    Statement,
+};
+
+/// Whether a conflicting row (same primary key) is an error or silently kept as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDuplicate {
+    Fail,
+    Ignore,
+}
+
+/// One INSERT for all `rows` (callers keep batches under the backend's parameter limits).
+pub fn insert_statement<A>(backend: DbBackend, rows: Vec<A>, on_duplicate: OnDuplicate) -> Option<Statement>
+where
+    A: ActiveModelTrait,
+{
+    if rows.is_empty() {
+        return None;
+    }
+    if backend != DbBackend::Sqlite {
+        let insert = <A::Entity as EntityTrait>::insert_many(rows);
+        return Some(match on_duplicate {
+            OnDuplicate::Fail => insert.build(backend),
+            OnDuplicate::Ignore => insert.on_conflict_do_nothing().build(backend),
+        });
+    }
+    Some(Statement::from_string(DbBackend::Sqlite, sqlite_insert(rows, on_duplicate)))
+}
+
+/// `INSERT INTO "t" ("a", …) VALUES (…), (…)` with every value written as a literal.
+fn sqlite_insert<A: ActiveModelTrait>(rows: Vec<A>, on_duplicate: OnDuplicate) -> String {
+    let entity = A::Entity::default();
+    let columns: Vec<<A::Entity as EntityTrait>::Column> = <A::Entity as EntityTrait>::Column::iter().collect();
+    let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.as_str())).collect();
+    let mut sql = String::with_capacity(rows.len() * 64 * columns.len());
+    let _ = write!(sql, "INSERT INTO \"{}\" ({}) VALUES ", entity.table_name(), names.join(", "));
+    for (index, mut row) in rows.into_iter().enumerate() {
+        sql.push_str(if index == 0 { "(" } else { ", (" });
+        for (position, column) in columns.iter().enumerate() {
+            if position > 0 {
+                sql.push_str(", ");
+            }
+            write_literal(&mut sql, row.take(*column).into_value());
+        }
+        sql.push(')');
+    }
+    if on_duplicate == OnDuplicate::Ignore {
+        let keys: Vec<String> = <A::Entity as EntityTrait>::PrimaryKey::iter()
+            .map(|k| format!("\"{}\"", PrimaryKeyToColumn::into_column(k).as_str()))
+            .collect();
+        let _ = write!(sql, " ON CONFLICT ({}) DO NOTHING", keys.join(", "));
+    }
+    sql
+}
+
+/// Writes one value as SQLite would store it when sqlx binds it.
+fn write_literal(sql: &mut String, value: Option<Value>) {
+    match value {
+        None
+        | Some(
+            Value::Bool(None)
+            | Value::Int(None)
+            | Value::BigInt(None)
+            | Value::String(None)
+            | Value::Uuid(None)
+            | Value::Json(None)
+            | Value::ChronoDateTimeUtc(None),
+        ) => sql.push_str("NULL"),
+        Some(Value::Bool(Some(b))) => sql.push_str(if b { "1" } else { "0" }),
+        Some(Value::Int(Some(n))) => {
+            let _ = write!(sql, "{n}");
+        }
+        Some(Value::BigInt(Some(n))) => {
+            let _ = write!(sql, "{n}");
+        }
+        Some(Value::String(Some(text))) => quote(sql, &text),
+        Some(Value::Uuid(Some(id))) => {
+            sql.push_str("x'");
+            sql.push_str(&hex::encode(id.as_bytes()));
+            sql.push('\'');
+        }
+        Some(Value::ChronoDateTimeUtc(Some(time))) => {
+            sql.push('\'');
+            sql.push_str(&time.to_rfc3339_opts(SecondsFormat::AutoSi, false));
+            sql.push('\'');
+        }
+        Some(Value::Json(Some(json))) => quote(sql, &json.to_string()),
+        // Any other type: sea-query's own SQLite literal, after the same encoding rules.
+        Some(other) => sql.push_str(&SqliteQueryBuilder.value_to_string(&sqlite_literal(other))),
+    }
+}
+
+/// A string literal: SQLite escapes only the quote, by doubling it.
+fn quote(sql: &mut String, text: &str) {
+    sql.push('\'');
+    for (index, part) in text.split('\'').enumerate() {
+        if index > 0 {
+            sql.push_str("''");
+        }
+        sql.push_str(part);
+    }
+    sql.push('\'');
+}
+
+/// A value as sqlx's SQLite driver would bind it.
+fn sqlite_literal(value: Value) -> Value {
+    match value {
+        Value::Uuid(id) => Value::Bytes(id.map(|id| id.as_bytes().to_vec())),
+        Value::ChronoDateTimeUtc(time) => Value::String(time.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, false))),
+        Value::Json(json) => Value::String(json.map(|j| j.to_string())),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use sea_orm::ActiveValue::Set;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::store::entities::event;
+
+    #[test]
+    fn sqlite_literals_use_the_bound_encodings_and_escape_quotes() {
+        let id = Uuid::from_u128(0x0102);
+        let row = event::ActiveModel {
+            id: Set(id),
+            subscriber_id: Set(id),
+            kind: Set("it's".into()),
+            data: Set(json!({"a": "b'c"})),
+            created_at: Set(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()),
+        };
+        let statement = insert_statement(DbBackend::Sqlite, vec![row], OnDuplicate::Ignore).unwrap();
+        let sql = statement.to_string();
+        assert!(sql.contains("x'00000000000000000000000000000102'"), "{sql}");
+        assert!(!sql.contains("'00000000-0000"), "UUIDs are blobs, never text: {sql}");
+        assert!(!sql.contains("'00000000-0000"), "UUIDs are blobs, never text: {sql}");
+        assert!(sql.contains("'it''s'"), "{sql}");
+        assert!(sql.contains(r#"'{"a":"b''c"}'"#), "{sql}");
+        assert!(sql.contains("'2026-01-02T03:04:05+00:00'"), "{sql}");
+        assert!(sql.contains("ON CONFLICT (\"id\") DO NOTHING"), "{sql}");
+        assert!(sql.starts_with("INSERT INTO \"events\" (\"id\", \"subscriber_id\", \"kind\", \"data\", \"created_at\") VALUES ("), "{sql}");
+        assert!(insert_statement::<event::ActiveModel>(DbBackend::Sqlite, vec![], OnDuplicate::Fail).is_none());
+    }
+}
