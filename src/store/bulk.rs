@@ -155,7 +155,12 @@ mod tests {
         assert!(sql.contains(r#"'{"a":"b''c"}'"#), "{sql}");
         assert!(sql.contains("'2026-01-02T03:04:05+00:00'"), "{sql}");
         assert!(sql.contains("ON CONFLICT (\"id\") DO NOTHING"), "{sql}");
-        assert!(sql.starts_with("INSERT INTO \"events\" (\"id\", \"subscriber_id\", \"kind\", \"data\", \"created_at\") VALUES ("), "{sql}");
+        assert!(
+            sql.starts_with(
+                "INSERT INTO \"events\" (\"id\", \"subscriber_id\", \"kind\", \"data\", \"created_at\") VALUES ("
+            ),
+            "{sql}"
+        );
         assert!(insert_statement::<event::ActiveModel>(DbBackend::Sqlite, vec![], OnDuplicate::Fail).is_none());
     }
 }

@@ -46,6 +46,9 @@ impl Db {
                         .synchronous(SqliteSynchronous::Normal)
                         .foreign_keys(true)
                         .busy_timeout(Duration::from_secs(30))
+                        // Checkpoint every ~40 MB of WAL instead of 4 MB: a page changed many
+                        // times during a bulk write is copied back once.
+                        .pragma("wal_autocheckpoint", "10000")
                 });
         } else {
             options.max_connections(16);
