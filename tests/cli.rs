@@ -16,6 +16,59 @@ fn ownlist(dir: &Path) -> Command {
     command
 }
 
+/// A fresh database for one CLI scenario: SQLite in the scenario's folder (the default), or, when
+/// `OWNLIST_TEST_DATABASE_URL` is set, also a PostgreSQL database of its own, dropped afterwards.
+struct Database {
+    url: Option<String>,
+    admin_url: Option<String>,
+    name: String,
+}
+
+impl Database {
+    fn all() -> Vec<Database> {
+        let mut all = vec![Database { url: None, admin_url: None, name: "sqlite".into() }];
+        if let Ok(admin_url) = std::env::var("OWNLIST_TEST_DATABASE_URL") {
+            all.push(Database::postgres(&admin_url));
+        }
+        all
+    }
+
+    fn postgres(admin_url: &str) -> Database {
+        let name = format!("ownlist_cli_{}", uuid::Uuid::now_v7().simple());
+        let created =
+            Command::new("psql").arg(admin_url).args(["-qc", &format!("CREATE DATABASE \"{name}\"")]).output();
+        assert!(created.is_ok_and(|o| o.status.success()), "psql could not create {name}");
+        let mut url = url::Url::parse(admin_url).unwrap();
+        url.set_path(&format!("/{name}"));
+        Database { url: Some(url.to_string()), admin_url: Some(admin_url.to_owned()), name }
+    }
+
+    /// The same database type again, empty.
+    fn another(&self) -> Database {
+        match &self.admin_url {
+            Some(admin_url) => Database::postgres(admin_url),
+            None => Database { url: None, admin_url: None, name: "sqlite".into() },
+        }
+    }
+
+    fn ownlist(&self, dir: &Path) -> Command {
+        let mut command = ownlist(dir);
+        if let Some(url) = &self.url {
+            command.env("OWNLIST_DATABASE_URL", url);
+        }
+        command
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Some(admin_url) = &self.admin_url {
+            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+            let _ = Command::new("psql").arg(admin_url).args(["-qc", &sql]).output();
+        }
+    }
+}
+
 fn run(command: &mut Command) -> Output {
     command.output().unwrap()
 }
@@ -103,7 +156,14 @@ fn http_get(address: &str, path: &str) -> String {
 
 #[test]
 fn tokens_are_created_once_listed_by_name_and_revoked() {
+    for database in Database::all() {
+        tokens_scenario(&database);
+    }
+}
+
+fn tokens_scenario(database: &Database) {
     let dir = tempfile::tempdir().unwrap();
+    let ownlist = |dir: &Path| database.ownlist(dir);
     let created = run(ownlist(dir.path()).args(["tokens", "create", "ci-bot"]));
     assert!(created.status.success(), "{}", text(&created.stderr));
     let token = text(&created.stdout).trim().to_owned();
@@ -119,8 +179,10 @@ fn tokens_are_created_once_listed_by_name_and_revoked() {
     assert!(listed.starts_with("ci-bot\t"), "{listed}");
     assert!(!listed.contains(&token), "the list never shows a token");
 
-    let database = std::fs::read(dir.path().join("data/ownlist.db")).unwrap();
-    assert!(!database.windows(token.len()).any(|w| w == token.as_bytes()), "only the hash is stored");
+    if database.url.is_none() {
+        let file = std::fs::read(dir.path().join("data/ownlist.db")).unwrap();
+        assert!(!file.windows(token.len()).any(|w| w == token.as_bytes()), "only the hash is stored");
+    }
 
     assert!(run(ownlist(dir.path()).args(["tokens", "revoke", "ci-bot"])).status.success());
     let listed = run(ownlist(dir.path()).args(["tokens", "list"]));
@@ -131,7 +193,17 @@ fn tokens_are_created_once_listed_by_name_and_revoked() {
 
 #[test]
 fn cli_import_reports_rows_and_export_round_trips() {
+    for database in Database::all() {
+        import_export_scenario(&database);
+    }
+}
+
+fn import_export_scenario(database: &Database) {
     let dir = tempfile::tempdir().unwrap();
+    let empty = database.another();
+    let ownlist_first = |dir: &Path| database.ownlist(dir);
+    let ownlist_second = |dir: &Path| empty.ownlist(dir);
+    let ownlist = ownlist_first;
     let csv = dir.path().join("people.csv");
     std::fs::write(
         &csv,
@@ -159,9 +231,9 @@ fn cli_import_reports_rows_and_export_round_trips() {
 
     let other = tempfile::tempdir().unwrap();
     std::fs::copy(dir.path().join("all.csv"), other.path().join("all.csv")).unwrap();
-    let imported = run(ownlist(other.path()).args(["import", "all.csv"]));
+    let imported = run(ownlist_second(other.path()).args(["import", "all.csv"]));
     assert!(imported.status.success(), "{}", text(&imported.stderr));
-    let again = run(ownlist(other.path()).arg("export"));
+    let again = run(ownlist_second(other.path()).arg("export"));
     let columns = |csv: &str| -> Vec<String> {
         csv.lines().map(|l| l.rsplit_once(',').map_or(l, |(rest, _updated_at)| rest).to_owned()).collect()
     };
