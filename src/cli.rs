@@ -43,11 +43,23 @@ enum Command {
         #[arg(long, value_name = "SLUG")]
         list: Option<String>,
     },
+    /// Check, plan or simulate workflow files.
+    #[command(subcommand)]
+    Workflows(WorkflowCommand),
     /// Export every subscriber as CSV.
     Export {
         /// Write here instead of standard output.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkflowCommand {
+    /// Validate every workflow file; print `file:line:column: message` for each problem.
+    Check {
+        /// The folder of workflow files (default: OWNLIST_WORKFLOWS_DIR, ./workflows).
+        dir: Option<PathBuf>,
     },
 }
 
@@ -109,6 +121,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Tokens(command) => manage_tokens(App::open(config, clock).await?, command).await,
         Command::Import { file, list } => import_file(App::open(config, clock).await?, file, list).await,
         Command::Export { out } => export_file(App::open(config, clock).await?, out).await,
+        Command::Workflows(WorkflowCommand::Check { dir }) => check_workflows(&config, dir).await,
     }
 }
 
@@ -224,4 +237,43 @@ async fn export_file(app: App, out: Option<PathBuf>) -> anyhow::Result<ExitCode>
     }
     writer.flush().await.context("writing the export")?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn check_workflows(config: &Config, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| config.workflows_dir.clone());
+    if !dir.is_dir() {
+        eprintln!("{}: not a folder of workflow files", dir.display());
+        return Ok(ExitCode::from(2));
+    }
+    let templates = crate::workflow::templates::TemplateChecker::load(&config.templates_dir);
+    let lists = known_lists(config).await;
+    if lists.is_none() {
+        eprintln!("note: no database at hand, so list names were not checked");
+    }
+    let context = crate::workflow::Context { templates: &templates, lists: lists.as_ref() };
+    let (workflows, diagnostics) = crate::workflow::check_dir(&dir, &context);
+    for diagnostic in &diagnostics {
+        println!("{diagnostic}");
+    }
+    if diagnostics.is_empty() {
+        eprintln!("{} workflow file(s) OK in {}", workflows.len(), dir.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} problem(s) found", diagnostics.len());
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// The lists in the configured database, when it exists and answers; never creates it.
+async fn known_lists(config: &Config) -> Option<std::collections::BTreeSet<String>> {
+    if config.is_sqlite() {
+        let path = config.database_url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+        let path = path.split('?').next().unwrap_or(path);
+        if !std::path::Path::new(path).exists() {
+            return None;
+        }
+    }
+    let db = crate::store::Db::connect(&config.database_url).await.ok()?;
+    let lists = crate::audience::lists::all(&db).await.ok()?;
+    Some(lists.into_iter().map(|l| l.slug).collect())
 }

@@ -16,3 +16,4 @@ pub mod error;
 pub mod http;
 pub mod store;
 pub mod tokens;
+pub mod workflow;

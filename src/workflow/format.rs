@@ -1,0 +1,214 @@
+//! The YAML file as written, before any meaning is checked: every value keeps its position so
+//! that a problem found later is still reported as `file:line:column`.
+//!
+//! Unknown keys are refused here (`deny_unknown_fields`), so a misspelt key is never silently
+//! ignored. See `docs/workflows.md` for what each key means.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// Every top-level key, for "did you mean" hints.
+pub const FILE_KEYS: &[&str] =
+    &["name", "description", "trigger", "exit_when", "reentry", "timezone", "send_window", "tracking", "steps"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub name: Spanned<String>,
+    pub description: Option<String>,
+    pub trigger: Spanned<Trigger>,
+    pub exit_when: Option<Spanned<Condition>>,
+    pub reentry: Option<Spanned<Reentry>>,
+    pub timezone: Option<Spanned<String>>,
+    pub send_window: Option<Spanned<SendWindow>>,
+    /// Open and click tracking for this workflow's email (default on).
+    pub tracking: Option<bool>,
+    pub steps: Vec<Spanned<Step>>,
+}
+
+pub const TRIGGER_KEYS: &[&str] = &["subscribed", "tag_added", "event", "date", "schedule", "filter"];
+
+/// What enrolls a subscriber: exactly one of the kinds, plus an optional `filter`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    pub subscribed: Option<Spanned<String>>,
+    pub tag_added: Option<Spanned<String>>,
+    pub event: Option<Spanned<String>>,
+    pub date: Option<Spanned<DateTrigger>>,
+    pub schedule: Option<Spanned<ScheduleTrigger>>,
+    pub filter: Option<Spanned<Condition>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DateTrigger {
+    pub attribute: Spanned<String>,
+    pub offset: Option<Spanned<String>>,
+    pub at: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleTrigger {
+    pub cron: Spanned<String>,
+    pub timezone: Option<Spanned<String>>,
+    pub list: Spanned<String>,
+}
+
+/// `never`, `always`, or `{ after: 30d }`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reentry {
+    Never,
+    Always,
+    After(Spanned<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendWindow {
+    pub days: Option<Vec<Spanned<String>>>,
+    pub between: Option<Spanned<Vec<String>>>,
+}
+
+pub const STEP_KEYS: &[&str] = &[
+    "id",
+    "email",
+    "sms",
+    "wait",
+    "wait_until",
+    "wait_for",
+    "on_timeout",
+    "if",
+    "then",
+    "else",
+    "tag",
+    "untag",
+    "set",
+    "join",
+    "leave",
+    "webhook",
+    "exit",
+];
+
+/// One step: an `id` and exactly one action key (`then`/`else` go with `if`, `on_timeout` with
+/// `wait_for`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub id: Spanned<String>,
+    pub email: Option<Spanned<EmailStep>>,
+    pub sms: Option<Spanned<SmsStep>>,
+    pub wait: Option<Spanned<String>>,
+    pub wait_until: Option<Spanned<WaitUntil>>,
+    pub wait_for: Option<Spanned<WaitFor>>,
+    pub on_timeout: Option<Vec<Spanned<Step>>>,
+    #[serde(rename = "if")]
+    pub condition: Option<Spanned<Condition>>,
+    pub then: Option<Vec<Spanned<Step>>>,
+    #[serde(rename = "else")]
+    pub otherwise: Option<Vec<Spanned<Step>>>,
+    pub tag: Option<Spanned<String>>,
+    pub untag: Option<Spanned<String>>,
+    pub set: Option<Spanned<BTreeMap<String, Spanned<serde_json::Value>>>>,
+    pub join: Option<Spanned<String>>,
+    pub leave: Option<Spanned<String>>,
+    pub webhook: Option<Spanned<WebhookStep>>,
+    pub exit: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailStep {
+    pub subject: Spanned<String>,
+    pub template: Spanned<String>,
+    /// Overrides the workflow's `tracking` for this message.
+    pub tracking: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsStep {
+    pub template: Option<Spanned<String>>,
+    pub text: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitUntil {
+    pub weekday: Option<Spanned<String>>,
+    pub time: Option<Spanned<String>>,
+    pub cron: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitFor {
+    pub event: Spanned<String>,
+    pub timeout: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookStep {
+    pub url: Spanned<String>,
+    /// Name of the environment variable holding the HMAC-SHA256 signing secret.
+    pub secret_env: Spanned<String>,
+    /// Extra JSON fields sent with the subscriber and workflow.
+    pub body: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+pub const CONDITION_KEYS: &[&str] = &[
+    "opened",
+    "clicked",
+    "tag",
+    "list",
+    "has",
+    "attribute",
+    "event",
+    "source",
+    "medium",
+    "campaign",
+    "all",
+    "any",
+    "not",
+];
+
+/// A test on a subscriber: a mapping with exactly one of the keys in [`CONDITION_KEYS`].
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    Opened(Spanned<String>),
+    Clicked(Spanned<String>),
+    Tag(Spanned<String>),
+    List(Spanned<String>),
+    Has(Spanned<String>),
+    Attribute(Spanned<AttributeTest>),
+    Event(Spanned<EventTest>),
+    Source(Spanned<String>),
+    Medium(Spanned<String>),
+    Campaign(Spanned<String>),
+    All(Vec<Spanned<Condition>>),
+    Any(Vec<Spanned<Condition>>),
+    Not(Box<Spanned<Condition>>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeTest {
+    pub name: Spanned<String>,
+    pub equals: Option<serde_json::Value>,
+    #[serde(rename = "in")]
+    pub one_of: Option<Vec<serde_json::Value>>,
+    pub exists: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTest {
+    pub name: Spanned<String>,
+    pub within: Option<Spanned<String>>,
+}

@@ -1,0 +1,153 @@
+//! A workflow after checking: every name resolved, every duration parsed. The engine runs this,
+//! never the raw YAML. It serialises to JSON so that each loaded version can be stored.
+
+use std::collections::BTreeMap;
+
+use chrono::{NaiveTime, Weekday};
+use serde::{Deserialize, Serialize};
+
+use super::timing::Span;
+use crate::audience::values::Channel;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workflow {
+    /// The file name without `.yaml`: the workflow's stable identifier.
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub trigger: Trigger,
+    pub filter: Option<Condition>,
+    pub exit_when: Option<Condition>,
+    pub reentry: Reentry,
+    /// IANA name, used when the subscriber has no time zone.
+    pub timezone: Option<String>,
+    pub send_window: Option<SendWindow>,
+    pub tracking: bool,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Subscribed { list: String },
+    TagAdded { tag: String },
+    Event { name: String },
+    Date { attribute: String, offset: Span, at: NaiveTime },
+    Schedule { cron: String, timezone: Option<String>, list: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reentry {
+    Never,
+    Always,
+    After(Span),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendWindow {
+    pub days: Vec<Weekday>,
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub id: String,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Email { subject: String, template: String, tracking: Option<bool> },
+    Sms { body: SmsBody },
+    Wait(Span),
+    WaitUntil(WaitUntil),
+    WaitFor { event: String, timeout: Span, on_timeout: Vec<Step> },
+    If { condition: Condition, then: Vec<Step>, otherwise: Vec<Step> },
+    Tag(String),
+    Untag(String),
+    Set(BTreeMap<String, serde_json::Value>),
+    Join(String),
+    Leave(String),
+    Webhook { url: String, secret_env: String, body: BTreeMap<String, serde_json::Value> },
+    Exit(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmsBody {
+    Template(String),
+    Text(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitUntil {
+    /// The next `time` (on `weekday`, when given) in the subscriber's time zone.
+    Time { weekday: Option<Weekday>, time: NaiveTime },
+    /// The next tick of a five-field cron expression in the subscriber's time zone.
+    Cron(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    Opened(String),
+    Clicked(String),
+    Tag(String),
+    List(String),
+    Has(Channel),
+    Attribute { name: String, test: AttributeTest },
+    Event { name: String, within: Option<Span> },
+    Source(String),
+    Medium(String),
+    Campaign(String),
+    All(Vec<Condition>),
+    Any(Vec<Condition>),
+    Not(Box<Condition>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributeTest {
+    Equals(serde_json::Value),
+    In(Vec<serde_json::Value>),
+    Exists(bool),
+}
+
+impl Workflow {
+    /// Every step, depth first, in document order.
+    pub fn all_steps(&self) -> Vec<&Step> {
+        fn walk<'a>(steps: &'a [Step], out: &mut Vec<&'a Step>) {
+            for step in steps {
+                out.push(step);
+                match &step.action {
+                    Action::If { then, otherwise, .. } => {
+                        walk(then, out);
+                        walk(otherwise, out);
+                    }
+                    Action::WaitFor { on_timeout, .. } => walk(on_timeout, out),
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.steps, &mut out);
+        out
+    }
+}
+
+impl serde::Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Span::parse(&text, true).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,161 @@
+//! Checking tera templates before they are used: the file exists under `templates/`, it parses,
+//! and it uses only the variables a message is rendered with.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use crate::config::closest;
+
+/// The variables every message template is rendered with.
+pub const VARIABLES: &[&str] = &["subscriber", "workflow", "unsubscribe_url", "preferences_url"];
+
+/// A problem in a template: inside the template file itself, or about the reference to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    At { file: PathBuf, line: u64, column: u64, message: String },
+    Here(String),
+}
+
+/// Every template under one folder, parsed once.
+pub struct TemplateChecker {
+    dir: PathBuf,
+    tera: tera::Tera,
+    /// Templates that did not parse, with their problem.
+    broken: BTreeMap<String, Problem>,
+    names: Vec<String>,
+}
+
+impl TemplateChecker {
+    /// Reads and parses every file under `dir` (missing `dir` means no templates).
+    pub fn load(dir: &Path) -> Self {
+        let mut files = Vec::new();
+        collect(dir, dir, &mut files);
+        files.sort();
+        let mut tera = tera::Tera::new();
+        let mut broken = BTreeMap::new();
+        let mut names = Vec::new();
+        let mut good = Vec::new();
+        for (name, path) in files {
+            match std::fs::read_to_string(&path) {
+                Err(e) => {
+                    broken.insert(name.clone(), Problem::Here(format!("template '{name}' cannot be read: {e}")));
+                }
+                Ok(text) => {
+                    let mut probe = tera::Tera::new();
+                    // Alone, a template only shows syntax errors; its includes resolve below.
+                    match probe.add_raw_template(&name, &text) {
+                        Err(e) if matches!(e.kind(), tera::ErrorKind::SyntaxError(_)) => {
+                            broken.insert(name.clone(), syntax_problem(&path, &e));
+                        }
+                        _ => good.push((name.clone(), text)),
+                    }
+                }
+            }
+            names.push(name);
+        }
+        // Templates that include or extend each other are added together; if one of them refers to
+        // a template that does not exist, each is added alone so the others stay usable.
+        if tera.add_raw_templates(good.iter().map(|(n, t)| (n.as_str(), t.as_str()))).is_err() {
+            for (name, text) in &good {
+                if let Err(e) = tera.add_raw_template(name, text) {
+                    broken.insert(
+                        name.clone(),
+                        Problem::At { file: dir.join(name), line: 1, column: 1, message: first_line(&e) },
+                    );
+                }
+            }
+        }
+        Self { dir: dir.to_path_buf(), tera, broken, names }
+    }
+
+    /// Checks the template `name` (a path relative to the templates folder).
+    pub fn check_file(&self, name: &str) -> Result<(), Vec<Problem>> {
+        let safe = !name.is_empty() && Path::new(name).components().all(|c| matches!(c, Component::Normal(_)));
+        if !safe {
+            return Err(vec![Problem::Here(format!(
+                "'{name}' must be a path inside the templates folder, like emails/guide.html"
+            ))]);
+        }
+        if let Some(problem) = self.broken.get(name) {
+            return Err(vec![problem.clone()]);
+        }
+        if !self.tera.contains_template(name) {
+            let known: Vec<&str> = self.names.iter().map(String::as_str).collect();
+            let hint = closest(name, &known).map(|b| format!(" (did you mean '{b}'?)")).unwrap_or_default();
+            return Err(vec![Problem::Here(format!("template '{name}' not found in {}{hint}", self.dir.display()))]);
+        }
+        let problems: Vec<Problem> = self
+            .tera
+            .get_template_variables(name)
+            .map(|vars| unknown_variables(vars.into_iter()))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| Problem::Here(format!("template '{name}': {m}")))
+            .collect();
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// Checks a template written inline in a workflow file (a subject, an SMS text).
+    pub fn check_inline(&self, text: &str) -> Vec<String> {
+        let mut tera = tera::Tera::new();
+        if let Err(e) = tera.add_raw_template("inline", text) {
+            return vec![inline_message(&e)];
+        }
+        tera.get_template_variables("inline").map(|vars| unknown_variables(vars.into_iter())).unwrap_or_default()
+    }
+
+    /// Renders a checked template (used by the engine and previews).
+    pub fn tera(&self) -> &tera::Tera {
+        &self.tera
+    }
+}
+
+fn unknown_variables<'a>(vars: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut unknown: Vec<String> = vars
+        .filter(|v| !VARIABLES.contains(v))
+        .map(|v| {
+            let hint = closest(v, VARIABLES).map(|b| format!(" (did you mean '{b}'?)")).unwrap_or_default();
+            format!("unknown variable '{v}'{hint}; templates get {}", VARIABLES.join(", "))
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+fn syntax_problem(path: &Path, error: &tera::Error) -> Problem {
+    match error.kind() {
+        tera::ErrorKind::SyntaxError(report) => Problem::At {
+            file: path.to_path_buf(),
+            line: u64::try_from(report.span().start_line).unwrap_or(1),
+            column: u64::try_from(report.span().start_col).unwrap_or(0) + 1,
+            message: format!("template syntax error: {}", report.message()),
+        },
+        _ => Problem::At { file: path.to_path_buf(), line: 1, column: 1, message: first_line(error) },
+    }
+}
+
+fn inline_message(error: &tera::Error) -> String {
+    match error.kind() {
+        tera::ErrorKind::SyntaxError(report) => format!("template syntax error: {}", report.message()),
+        _ => first_line(error),
+    }
+}
+
+fn first_line(error: &tera::Error) -> String {
+    error.to_string().lines().next().unwrap_or("template error").to_owned()
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect(root, &path, out);
+        } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.') && n != "README.md") {
+            if let Ok(relative) = path.strip_prefix(root) {
+                let name = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                out.push((name, path));
+            }
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Time as marketers write it: durations (`2d`), weekdays (`mon`), clock times (`09:00`), and
+//! classic five-field cron (`0 9 * * 1-5`), translated for the `cron` crate.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{NaiveTime, Weekday};
+
+/// A length of time: a whole number and a unit, `30s`, `15m`, `2h`, `3d`, `1w`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Span {
+    seconds: i64,
+}
+
+impl Span {
+    pub fn seconds(self) -> i64 {
+        self.seconds
+    }
+
+    pub fn as_chrono(self) -> chrono::Duration {
+        chrono::Duration::seconds(self.seconds)
+    }
+
+    /// Parses `30s`, `15m`, `2h`, `3d`, `1w`; with `signed`, also `-1d`.
+    pub fn parse(text: &str, signed: bool) -> Result<Self, String> {
+        let trimmed = text.trim();
+        let (negative, body) = match trimmed.strip_prefix('-') {
+            Some(rest) if signed => (true, rest),
+            _ => (false, trimmed),
+        };
+        let hint = "a duration is a whole number and a unit: 30s, 15m, 2h, 3d or 1w";
+        let unit_at =
+            body.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("'{text}' has no unit: {hint}"))?;
+        let (number, unit) = body.split_at(unit_at);
+        let number: i64 = number.parse().map_err(|_| format!("'{text}' is not a duration: {hint}"))?;
+        let unit_seconds = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 604_800,
+            _ => return Err(format!("'{text}' has an unknown unit '{unit}': {hint}")),
+        };
+        let seconds = number
+            .checked_mul(unit_seconds)
+            .filter(|s| *s <= 10 * 365 * 86_400)
+            .ok_or_else(|| format!("'{text}' is longer than ten years"))?;
+        Ok(Self { seconds: if negative { -seconds } else { seconds } })
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.seconds;
+        let (sign, s) = if s < 0 { ("-", -s) } else { ("", s) };
+        for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
+            if s != 0 && s % size == 0 {
+                return write!(f, "{sign}{}{unit}", s / size);
+            }
+        }
+        write!(f, "{sign}{s}s")
+    }
+}
+
+/// `mon` … `sun` (any case; full names too).
+pub fn parse_weekday(text: &str) -> Result<Weekday, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let day = match lower.get(..3).filter(|_| lower.len() == 3 || Weekday::from_str(&lower).is_ok()) {
+        Some("mon") => Weekday::Mon,
+        Some("tue") => Weekday::Tue,
+        Some("wed") => Weekday::Wed,
+        Some("thu") => Weekday::Thu,
+        Some("fri") => Weekday::Fri,
+        Some("sat") => Weekday::Sat,
+        Some("sun") => Weekday::Sun,
+        _ => return Err(format!("'{text}' is not a weekday: use mon, tue, wed, thu, fri, sat or sun")),
+    };
+    Ok(day)
+}
+
+/// `HH:MM` on a 24-hour clock.
+pub fn parse_clock(text: &str) -> Result<NaiveTime, String> {
+    let trimmed = text.trim();
+    let valid = trimmed.len() == 5 && trimmed.as_bytes()[2] == b':';
+    valid
+        .then(|| NaiveTime::parse_from_str(trimmed, "%H:%M").ok())
+        .flatten()
+        .ok_or_else(|| format!("'{text}' is not a time of day: use HH:MM on a 24-hour clock, e.g. 09:00"))
+}
+
+/// A classic five-field cron expression (`minute hour day-of-month month day-of-week`, with
+/// Sunday as 0 or 7), checked and translated into the `cron` crate's dialect (seconds first,
+/// Sunday = 1). Day-of-week is rewritten as day names, so `1-5` stays Monday to Friday.
+pub fn translate_cron(expression: &str) -> Result<cron::Schedule, String> {
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!(
+            "'{expression}' has {} fields; write five: minute hour day-of-month month day-of-week (e.g. \"0 9 * * 1-5\")",
+            fields.len()
+        ));
+    }
+    let days = weekday_field(fields[4])?;
+    let translated = format!("0 {} {} {} {} {days}", fields[0], fields[1], fields[2], fields[3]);
+    cron::Schedule::from_str(&translated).map_err(|e| format!("'{expression}' is not a valid cron expression: {e}"))
+}
+
+const DAY_NAMES: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+
+fn weekday_field(field: &str) -> Result<String, String> {
+    if field == "*" || field == "?" {
+        return Ok("*".into());
+    }
+    let bad =
+        || format!("'{field}' is not a day-of-week field: use 0-7 (0 and 7 are Sunday), mon-sun, ranges and lists");
+    let day = |text: &str| -> Result<u8, String> {
+        match text.parse::<u8>() {
+            Ok(n) if n <= 7 => Ok(n % 7),
+            Ok(_) => Err(bad()),
+            Err(_) => {
+                parse_weekday(text).map(|d| u8::try_from(d.num_days_from_sunday()).unwrap_or(0)).map_err(|_| bad())
+            }
+        }
+    };
+    let mut set = BTreeSet::new();
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((range, step)) => (range, step.parse::<u8>().ok().filter(|s| *s > 0).ok_or_else(bad)?),
+            None => (item, 1),
+        };
+        let (start, end) = match range {
+            "*" => (0, 6),
+            _ => match range.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) =
+                        (day(a)?, b.parse::<u8>().map_or_else(|_| day(b), |n| if n == 7 { Ok(7) } else { day(b) })?);
+                    (a, b)
+                }
+                None if step > 1 => (day(range)?, 6),
+                None => {
+                    let d = day(range)?;
+                    (d, d)
+                }
+            },
+        };
+        if start > end {
+            return Err(bad());
+        }
+        let mut d = start;
+        while d <= end {
+            set.insert(d % 7);
+            d += step;
+        }
+    }
+    if set.len() == 7 {
+        return Ok("*".into());
+    }
+    Ok(set.iter().map(|d| DAY_NAMES[usize::from(*d)]).collect::<Vec<_>>().join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Datelike, TimeZone, Utc};
+
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(Span::parse("30s", false).unwrap().seconds(), 30);
+        assert_eq!(Span::parse("2d", false).unwrap().seconds(), 172_800);
+        assert_eq!(Span::parse("-1d", true).unwrap().seconds(), -86_400);
+        assert!(Span::parse("-1d", false).is_err());
+        assert!(Span::parse("2 days", false).unwrap_err().contains("unknown unit"));
+        assert!(Span::parse("12", false).unwrap_err().contains("no unit"));
+        assert!(Span::parse("99999w", false).is_err());
+        assert_eq!(Span::parse("14d", false).unwrap().to_string(), "2w");
+        assert_eq!(Span::parse("90m", false).unwrap().to_string(), "90m");
+    }
+
+    #[test]
+    fn weekdays_and_clock_times() {
+        assert_eq!(parse_weekday("MON").unwrap(), Weekday::Mon);
+        assert_eq!(parse_weekday("friday").unwrap(), Weekday::Fri);
+        assert!(parse_weekday("funday").is_err());
+        assert_eq!(parse_clock("09:00").unwrap(), NaiveTime::from_hms_opt(9, 0, 0).unwrap());
+        assert!(parse_clock("9:00").is_err());
+        assert!(parse_clock("24:00").is_err());
+    }
+
+    fn weekdays_fired(expression: &str) -> BTreeSet<Weekday> {
+        let schedule = translate_cron(expression).unwrap();
+        let start = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        schedule.after(&start).take(30).map(|t| t.weekday()).collect()
+    }
+
+    #[test]
+    fn monday_to_friday_stays_monday_to_friday() {
+        use Weekday::*;
+        assert_eq!(weekdays_fired("0 9 * * 1-5"), BTreeSet::from([Mon, Tue, Wed, Thu, Fri]));
+        assert_eq!(weekdays_fired("0 9 * * MON-FRI"), BTreeSet::from([Mon, Tue, Wed, Thu, Fri]));
+        assert_eq!(weekdays_fired("0 9 * * 0"), BTreeSet::from([Sun]));
+        assert_eq!(weekdays_fired("0 9 * * 7"), BTreeSet::from([Sun]));
+        assert_eq!(weekdays_fired("0 9 * * 5-7"), BTreeSet::from([Fri, Sat, Sun]));
+        assert_eq!(weekdays_fired("0 9 * * 1,3"), BTreeSet::from([Mon, Wed]));
+        assert_eq!(weekdays_fired("0 9 * * */2"), BTreeSet::from([Sun, Tue, Thu, Sat]));
+        assert_eq!(weekdays_fired("30 8 * * *").len(), 7);
+        let first =
+            translate_cron("0 9 * * MON").unwrap().after(&Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()).next();
+        assert_eq!(first.unwrap(), Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap());
+    }
+
+    #[test]
+    fn bad_cron_is_explained() {
+        assert!(translate_cron("0 9 * *").unwrap_err().contains("five"));
+        assert!(translate_cron("0 0 9 * * 1").unwrap_err().contains("6 fields"));
+        assert!(translate_cron("0 9 * * 8").unwrap_err().contains("day-of-week"));
+        assert!(translate_cron("61 9 * * *").unwrap_err().contains("not a valid cron"));
+        assert!(translate_cron("0 9 * * 5-1").is_err());
+    }
+}
