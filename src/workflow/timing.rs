@@ -187,22 +187,26 @@ mod tests {
         assert!(parse_clock("24:00").is_err());
     }
 
-    fn weekdays_fired(expression: &str) -> BTreeSet<Weekday> {
+    fn weekdays_fired(expression: &str) -> BTreeSet<u32> {
         let schedule = translate_cron(expression).unwrap();
         let start = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
-        schedule.after(&start).take(30).map(|t| t.weekday()).collect()
+        schedule.after(&start).take(30).map(|t| t.weekday().num_days_from_monday()).collect()
+    }
+
+    fn days<const N: usize>(days: [Weekday; N]) -> BTreeSet<u32> {
+        days.iter().map(Weekday::num_days_from_monday).collect()
     }
 
     #[test]
     fn monday_to_friday_stays_monday_to_friday() {
         use Weekday::*;
-        assert_eq!(weekdays_fired("0 9 * * 1-5"), BTreeSet::from([Mon, Tue, Wed, Thu, Fri]));
-        assert_eq!(weekdays_fired("0 9 * * MON-FRI"), BTreeSet::from([Mon, Tue, Wed, Thu, Fri]));
-        assert_eq!(weekdays_fired("0 9 * * 0"), BTreeSet::from([Sun]));
-        assert_eq!(weekdays_fired("0 9 * * 7"), BTreeSet::from([Sun]));
-        assert_eq!(weekdays_fired("0 9 * * 5-7"), BTreeSet::from([Fri, Sat, Sun]));
-        assert_eq!(weekdays_fired("0 9 * * 1,3"), BTreeSet::from([Mon, Wed]));
-        assert_eq!(weekdays_fired("0 9 * * */2"), BTreeSet::from([Sun, Tue, Thu, Sat]));
+        assert_eq!(weekdays_fired("0 9 * * 1-5"), days([Mon, Tue, Wed, Thu, Fri]));
+        assert_eq!(weekdays_fired("0 9 * * MON-FRI"), days([Mon, Tue, Wed, Thu, Fri]));
+        assert_eq!(weekdays_fired("0 9 * * 0"), days([Sun]));
+        assert_eq!(weekdays_fired("0 9 * * 7"), days([Sun]));
+        assert_eq!(weekdays_fired("0 9 * * 5-7"), days([Fri, Sat, Sun]));
+        assert_eq!(weekdays_fired("0 9 * * 1,3"), days([Mon, Wed]));
+        assert_eq!(weekdays_fired("0 9 * * */2"), days([Sun, Tue, Thu, Sat]));
         assert_eq!(weekdays_fired("30 8 * * *").len(), 7);
         let first =
             translate_cron("0 9 * * MON").unwrap().after(&Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()).next();

@@ -1,0 +1,301 @@
+//! `workflows check`: what marketers see when a workflow file is wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use ownlist::workflow::model::{Action, Condition, Trigger};
+use ownlist::workflow::templates::TemplateChecker;
+use ownlist::workflow::{Context, Diagnostic, check, check_dir};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn shipped_templates() -> TemplateChecker {
+    TemplateChecker::load(&repo().join("templates"))
+}
+
+fn lists() -> BTreeSet<String> {
+    ["guide-leads", "newsletter", "customers"].into_iter().map(String::from).collect()
+}
+
+/// Checks `yaml` as `workflows/test.yaml` against the shipped templates and lists.
+fn diagnose(yaml: &str) -> Vec<String> {
+    let templates = shipped_templates();
+    let lists = lists();
+    let context = Context { templates: &templates, lists: Some(&lists) };
+    match check(Path::new("workflows/test.yaml"), yaml, &context) {
+        Ok(_) => Vec::new(),
+        Err(found) => found.iter().map(Diagnostic::to_string).collect(),
+    }
+}
+
+fn assert_one(yaml: &str, expected_start: &str, expected_text: &str) {
+    let found = diagnose(yaml);
+    assert!(
+        found.iter().any(|d| d.starts_with(expected_start) && d.contains(expected_text)),
+        "expected a diagnostic starting {expected_start:?} containing {expected_text:?}, got {found:#?}"
+    );
+}
+
+const GOOD: &str = r#"name: Test
+trigger: { subscribed: guide-leads }
+steps:
+  - id: hello
+    email: { subject: "Hi {{ subscriber.first_name }}", template: emails/guide.html }
+  - id: pause
+    wait: 2d
+  - id: check
+    if: { opened: hello }
+    then:
+      - id: tag-it
+        tag: engaged
+"#;
+
+#[test]
+fn the_shipped_funnels_pass_and_mean_what_they_say() {
+    let templates = shipped_templates();
+    let lists = lists();
+    let context = Context { templates: &templates, lists: Some(&lists) };
+    let (workflows, diagnostics) = check_dir(&repo().join("workflows"), &context);
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    let ids: Vec<&str> = workflows.iter().map(|w| w.id.as_str()).collect();
+    assert_eq!(ids, ["instagram-guide", "weekly-digest", "welcome"]);
+
+    let guide = &workflows[0];
+    assert_eq!(guide.trigger, Trigger::Subscribed { list: "guide-leads".into() });
+    assert_eq!(guide.filter, Some(Condition::Source("instagram".into())));
+    assert_eq!(guide.exit_when, Some(Condition::Tag("customer".into())));
+    assert_eq!(guide.timezone.as_deref(), Some("Europe/Rome"));
+    let window = guide.send_window.as_ref().unwrap();
+    assert_eq!(window.days.len(), 5);
+    let steps: Vec<&str> = guide.all_steps().iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "deliver-guide",
+            "pause",
+            "opened-guide",
+            "upsell",
+            "nudge",
+            "nudge-sms",
+            "monday",
+            "buy",
+            "last-chance",
+            "done"
+        ]
+    );
+    assert!(matches!(&guide.steps[1].action, Action::Wait(d) if d.seconds() == 2 * 86_400));
+    assert!(matches!(&workflows[1].trigger, Trigger::Schedule { cron, .. } if cron == "0 9 * * MON"));
+
+    // A checked workflow survives a round trip through JSON (versions are stored that way).
+    let json = serde_json::to_string(guide).unwrap();
+    let back: ownlist::workflow::Workflow = serde_json::from_str(&json).unwrap();
+    assert_eq!(&back, guide);
+}
+
+#[test]
+fn a_good_file_has_no_diagnostics() {
+    assert_eq!(diagnose(GOOD), Vec::<String>::new());
+}
+
+#[test]
+fn a_misspelt_key_is_located_with_a_suggestion() {
+    assert_one(&GOOD.replace("    wait: 2d", "    wiat: 2d"), "workflows/test.yaml:7:5:", "did you mean `wait`?");
+    assert_one(&GOOD.replace("name: Test", "nmae: Test"), "workflows/test.yaml:1:1:", "did you mean `name`?");
+    assert_one(
+        &GOOD.replace("if: { opened: hello }", "if: { opend: hello }"),
+        "workflows/test.yaml:9:11:",
+        "did you mean `opened`?",
+    );
+    assert_one(
+        &GOOD.replace("trigger: { subscribed: guide-leads }", "trigger: { subscribd: guide-leads }"),
+        "workflows/test.yaml:2:",
+        "did you mean `subscribed`?",
+    );
+}
+
+#[test]
+fn duplicate_step_ids_are_refused_where_they_repeat() {
+    assert_one(
+        &GOOD.replace("id: tag-it", "id: hello"),
+        "workflows/test.yaml:11:13:",
+        "duplicate step id 'hello' (first used at line 4)",
+    );
+}
+
+#[test]
+fn missing_and_broken_templates_are_explained() {
+    assert_one(
+        &GOOD.replace("emails/guide.html", "emails/gide.html"),
+        "workflows/test.yaml:5:",
+        "did you mean 'emails/guide.html'?",
+    );
+    assert_one(
+        &GOOD.replace("emails/guide.html", "../secrets.txt"),
+        "workflows/test.yaml:5:",
+        "inside the templates folder",
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("emails")).unwrap();
+    std::fs::write(dir.path().join("emails/broken.html"), "<p>Hi</p>\n<p>{{ subscriber.first_name </p>\n").unwrap();
+    std::fs::write(dir.path().join("emails/typo.html"), "<p>{{ subscribr.first_name }}</p>\n").unwrap();
+    let templates = TemplateChecker::load(dir.path());
+    let context = Context { templates: &templates, lists: None };
+    let broken = GOOD.replace("emails/guide.html", "emails/broken.html");
+    let found: Vec<String> =
+        check(Path::new("t.yaml"), &broken, &context).unwrap_err().iter().map(Diagnostic::to_string).collect();
+    let expected = format!("{}:2:", dir.path().join("emails/broken.html").display());
+    assert!(found.iter().any(|d| d.starts_with(&expected) && d.contains("template syntax error")), "{found:#?}");
+    let typo = GOOD.replace("emails/guide.html", "emails/typo.html");
+    let found: Vec<String> =
+        check(Path::new("t.yaml"), &typo, &context).unwrap_err().iter().map(Diagnostic::to_string).collect();
+    assert!(
+        found.iter().any(|d| d.contains("unknown variable 'subscribr' (did you mean 'subscriber'?)")),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn bad_values_are_located_and_explained() {
+    assert_one(&GOOD.replace("wait: 2d", "wait: 2 days"), "workflows/test.yaml:7:11:", "unknown unit");
+    assert_one(&GOOD.replace("wait: 2d", "wait: 0s"), "workflows/test.yaml:7:11:", "longer than zero");
+    assert_one(
+        &GOOD.replace(
+            "trigger: { subscribed: guide-leads }",
+            "trigger: { schedule: { cron: \"0 9 * *\", list: newsletter } }",
+        ),
+        "workflows/test.yaml:2:",
+        "five",
+    );
+    assert_one(&format!("timezone: Mars/Olympus\n{GOOD}"), "workflows/test.yaml:1:11:", "IANA time zone");
+    assert_one(
+        &GOOD.replace("    wait: 2d", "    wait_until: { weekday: funday, time: \"09:00\" }"),
+        "workflows/test.yaml:7:",
+        "not a weekday",
+    );
+    assert_one(
+        &GOOD.replace("    wait: 2d", "    wait_until: { time: \"9am\" }"),
+        "workflows/test.yaml:7:",
+        "not a time of day",
+    );
+    assert_one(
+        &format!("send_window: {{ between: [\"18:00\", \"09:00\"] }}\n{GOOD}"),
+        "workflows/test.yaml:1:",
+        "start must be before its end",
+    );
+    assert_one(
+        &GOOD.replace("subject: \"Hi {{ subscriber.first_name }}\"", "subject: \"Hi {{ first_name }}\""),
+        "workflows/test.yaml:5:",
+        "unknown variable 'first_name'",
+    );
+    assert_one(
+        &GOOD.replace("subject: \"Hi {{ subscriber.first_name }}\"", "subject: \"Hi {{ subscriber.first_name \""),
+        "workflows/test.yaml:5:",
+        "template syntax error",
+    );
+}
+
+#[test]
+fn opened_must_name_an_earlier_email_step() {
+    let later = GOOD.replace("if: { opened: hello }", "if: { opened: later }")
+        + "  - id: later\n    email: { subject: x, template: emails/guide.html }\n";
+    assert_one(&later, "workflows/test.yaml:9:", "'later' is not an email step above this one");
+    assert_one(
+        &GOOD.replace("if: { opened: hello }", "if: { clicked: pause }"),
+        "workflows/test.yaml:9:",
+        "'pause' is not an email step",
+    );
+    assert_one(
+        &GOOD.replace("if: { opened: hello }", "if: { opened: helo }"),
+        "workflows/test.yaml:9:",
+        "did you mean 'hello'?",
+    );
+    // exit_when is checked before every step, so any email step of the workflow will do.
+    assert_eq!(diagnose(&format!("exit_when: {{ clicked: hello }}\n{GOOD}")), Vec::<String>::new());
+}
+
+#[test]
+fn unknown_lists_are_named_with_a_suggestion() {
+    assert_one(
+        &GOOD.replace("subscribed: guide-leads", "subscribed: guide-lead"),
+        "workflows/test.yaml:2:24:",
+        "unknown list 'guide-lead' (did you mean 'guide-leads'?)",
+    );
+    assert_one(&GOOD.replace("tag: engaged", "join: vip"), "workflows/test.yaml:12:", "unknown list 'vip'");
+}
+
+#[test]
+fn steps_need_exactly_one_action() {
+    assert_one(
+        &GOOD.replace("    wait: 2d", "    wait: 2d\n    tag: x"),
+        "workflows/test.yaml:6:5:",
+        "has 2 actions (wait, tag)",
+    );
+    assert_one(
+        &GOOD.replace("  - id: pause\n    wait: 2d\n", "  - id: pause\n"),
+        "workflows/test.yaml:6:5:",
+        "does nothing",
+    );
+    assert_one(
+        &GOOD.replace("    wait: 2d", "    wait: 2d\n    then: []"),
+        "workflows/test.yaml:6:",
+        "`then` and `else` belong to an `if`",
+    );
+    assert_one(
+        &GOOD.replace("trigger: { subscribed: guide-leads }", "trigger: { subscribed: guide-leads, tag_added: x }"),
+        "workflows/test.yaml:2:",
+        "exactly one of",
+    );
+    assert_one(&GOOD.replace("steps:\n", "steps: []\nx:\n"), "workflows/test.yaml:", "");
+}
+
+#[test]
+fn the_file_name_is_the_workflow_id() {
+    let templates = shipped_templates();
+    let context = Context { templates: &templates, lists: None };
+    let found = check(Path::new("workflows/Bad Name.yaml"), GOOD, &context).unwrap_err();
+    assert!(found[0].message.contains("the file name is the workflow's id"), "{found:#?}");
+}
+
+#[test]
+fn any_input_at_all_gives_diagnostics_never_a_panic() {
+    let templates = shipped_templates();
+    let context = Context { templates: &templates, lists: None };
+    for input in
+        ["", "---", "[", "name: [", "\u{0}\u{1}\u{2}", "a: &x [*x]", "- - - -", "name: x\nsteps: 7", &"[".repeat(5000)]
+    {
+        let result = check(Path::new("t.yaml"), input, &context);
+        assert!(result.is_err(), "{input:?} was accepted");
+    }
+    // Mutate a real funnel thousands of ways: every variant either checks or is explained.
+    let original = std::fs::read_to_string(repo().join("workflows/instagram-guide.yaml")).unwrap();
+    let bytes: Vec<char> = original.chars().collect();
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |bound: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        usize::try_from(seed % bound as u64).unwrap()
+    };
+    let alphabet: Vec<char> = " :-{}[]#\"'\n\tabz09|&*!%@`".chars().collect();
+    for _ in 0..3000 {
+        let mut variant = bytes.clone();
+        for _ in 0..=next(4) {
+            let at = next(variant.len());
+            match next(3) {
+                0 => {
+                    variant.remove(at);
+                }
+                1 => variant.insert(at, alphabet[next(alphabet.len())]),
+                _ => variant[at] = alphabet[next(alphabet.len())],
+            }
+        }
+        let text: String = variant.into_iter().collect();
+        if let Err(found) = check(Path::new("t.yaml"), &text, &context) {
+            assert!(found.iter().all(|d| d.line >= 1 && d.column >= 1 && !d.message.is_empty()), "{found:#?}");
+        }
+    }
+}
