@@ -249,3 +249,50 @@ fn migrate_creates_the_schema_and_is_idempotent() {
         assert!(text(&output.stdout).contains("is up to date"));
     }
 }
+
+#[test]
+fn workflows_check_prints_file_line_column_and_fails_on_any_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let templates = repo.join("templates");
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    for name in ["instagram-guide.yaml", "welcome.yaml", "weekly-digest.yaml"] {
+        std::fs::copy(repo.join("workflows").join(name), workflows.join(name)).unwrap();
+    }
+    let check = |dir: &Path| {
+        run(ownlist(dir).env("OWNLIST_TEMPLATES_DIR", &templates).args(["workflows", "check", "workflows"]))
+    };
+
+    let ok = check(dir.path());
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
+    assert!(text(&ok.stderr).contains("3 workflow file(s) OK"), "{}", text(&ok.stderr));
+    assert!(text(&ok.stderr).contains("list names were not checked"), "no database yet");
+
+    // With a database, list names are checked against it.
+    std::fs::write(dir.path().join("lists.csv"), "email,lists\na@example.com,guide-leads;newsletter\n").unwrap();
+    assert!(run(ownlist(dir.path()).args(["import", "lists.csv"])).status.success());
+    let ok = check(dir.path());
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
+    let path = workflows.join("welcome.yaml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        original.replace("subscribed: newsletter", "subscribed: newsleter").replace("wait: 1d", "wait: 1 day"),
+    )
+    .unwrap();
+    let bad = check(dir.path());
+    assert_eq!(bad.status.code(), Some(1));
+    let stdout = text(&bad.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("workflows/welcome.yaml:5:15: unknown list 'newsleter' (did you mean 'newsletter'?)"),
+        "{stdout}"
+    );
+    assert!(lines[1].starts_with("workflows/welcome.yaml:12:11: '1 day' has an unknown unit"), "{stdout}");
+    assert!(text(&bad.stderr).contains("2 problem(s) found"));
+
+    let missing = run(ownlist(dir.path()).args(["workflows", "check", "nowhere"]));
+    assert_eq!(missing.status.code(), Some(2));
+}

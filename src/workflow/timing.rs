@@ -40,7 +40,7 @@ impl Span {
             "h" => 3600,
             "d" => 86_400,
             "w" => 604_800,
-            _ => return Err(format!("'{text}' has an unknown unit '{unit}': {hint}")),
+            _ => return Err(format!("'{text}' has an unknown unit '{}': {hint}", unit.trim())),
         };
         let seconds = number
             .checked_mul(unit_seconds)
