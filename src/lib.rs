@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod links;
 pub mod store;
 pub mod tokens;
 pub mod workflow;

@@ -6,7 +6,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::values::{Channel, ConsentMethod, sha256_hex};
-use crate::store::entities::{consent, event};
+use crate::store::entities::{consent, event, pending_trigger};
 
 /// What can happen to a subscriber, as written in the timeline.
 pub mod kind {
@@ -67,6 +67,32 @@ pub fn consent(
         source: Set(origin.source.clone()),
         ip: Set(origin.ip.clone()),
         user_agent: Set(origin.user_agent.clone()),
+        created_at: Set(at),
+    }
+}
+
+/// What can start a workflow, as queued for the engine.
+pub mod trigger {
+    pub const SUBSCRIBED: &str = "subscribed";
+    pub const TAG_ADDED: &str = "tag_added";
+    pub const EVENT: &str = "event";
+}
+
+/// Queues something that may start workflows; written in the same transaction as what happened,
+/// so the engine sees every trigger exactly once.
+pub fn trigger(
+    subscriber_id: Uuid,
+    kind: &str,
+    name: &str,
+    data: Value,
+    at: DateTime<Utc>,
+) -> pending_trigger::ActiveModel {
+    pending_trigger::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        subscriber_id: Set(subscriber_id),
+        kind: Set(kind.to_owned()),
+        name: Set(name.to_owned()),
+        data: Set(data),
         created_at: Set(at),
     }
 }

@@ -20,14 +20,16 @@ use uuid::Uuid;
 
 use super::Actor;
 use super::lists;
-use super::records::{self, ConsentOrigin, ConsentWording, kind};
+use super::records::{self, ConsentOrigin, ConsentWording, kind, trigger};
 use super::values::{
     Channel, ChannelState, ConsentMethod, EmailAddress, MAX_ATTRIBUTES_BYTES, MembershipStatus, PhoneNumber,
     SubscriberStatus, normalize_tag, normalize_text, stored, suppression_hash, validate_attribute_key, validate_locale,
     validate_timezone,
 };
 use crate::error::{Error, FieldError, Result};
-use crate::store::entities::{consent, event, list, membership, subscriber, subscriber_tag, suppression};
+use crate::store::entities::{
+    consent, event, list, membership, outbox, pending_trigger, subscriber, subscriber_tag, suppression,
+};
 use crate::store::{Db, is_unique_violation};
 
 /// Deserializes a field that may be absent (outer `None`), `null` (`Some(None)`) or a value.
@@ -531,6 +533,11 @@ pub async fn create(db: &Db, now: DateTime<Utc>, actor: &Actor, input: NewSubscr
         "channels": {"email": email_state, "sms": sms_state},
     });
     records::event(id, kind::SUBSCRIBED, data, now).insert(&txn).await?;
+    let triggers = joined
+        .iter()
+        .map(|l| records::trigger(id, trigger::SUBSCRIBED, &l.slug, json!({}), now))
+        .chain(valid.tags.iter().map(|t| records::trigger(id, trigger::TAG_ADDED, t, json!({}), now)));
+    pending_trigger::Entity::insert_many(triggers).exec_without_returning(&txn).await?;
     txn.commit().await?;
     get(db, id).await
 }
@@ -804,6 +811,9 @@ pub async fn erase(db: &Db, now: DateTime<Utc>, actor: &Actor, id: Uuid) -> Resu
     });
     suppression::Entity::insert_many(rows).on_conflict_do_nothing().exec_without_returning(&txn).await?;
     event::Entity::delete_many().filter(event::Column::SubscriberId.eq(id)).exec(&txn).await?;
+    // Messages not yet sent and queued triggers hold the address or lead to one: they go too.
+    outbox::Entity::delete_many().filter(outbox::Column::SubscriberId.eq(id)).exec(&txn).await?;
+    pending_trigger::Entity::delete_many().filter(pending_trigger::Column::SubscriberId.eq(id)).exec(&txn).await?;
     subscriber::Entity::delete_by_id(id).exec(&txn).await?;
     records::event(id, kind::ERASED, json!({"by": actor.label()}), now).insert(&txn).await?;
     txn.commit().await?;
@@ -1025,6 +1035,7 @@ async fn apply_tags(
     subscriber_tag::Entity::insert_many(added.iter().map(|t| tag_row(id, t, now))).exec_without_returning(txn).await?;
     for tag in added {
         events.push(records::event(id, kind::TAG_ADDED, json!({"tag": tag, "by": actor.label()}), now));
+        records::trigger(id, trigger::TAG_ADDED, tag, json!({}), now).insert(txn).await?;
     }
     for tag in removed {
         events.push(records::event(id, kind::TAG_REMOVED, json!({"tag": tag, "by": actor.label()}), now));
@@ -1065,6 +1076,9 @@ async fn apply_lists(
         }
     }
     if !joined.is_empty() {
+        for slug in &joined {
+            records::trigger(id, trigger::SUBSCRIBED, slug, json!({}), now).insert(txn).await?;
+        }
         events.push(records::event(id, kind::SUBSCRIBED, json!({"lists": joined, "by": actor.label()}), now));
     }
     for m in current {

@@ -2,9 +2,14 @@
 
 pub mod api_token;
 pub mod consent;
+pub mod enrollment;
 pub mod event;
 pub mod list;
 pub mod membership;
+pub mod outbox;
+pub mod pending_trigger;
 pub mod subscriber;
 pub mod subscriber_tag;
 pub mod suppression;
+pub mod workflow;
+pub mod workflow_version;

@@ -1,0 +1,28 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "outbox")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    #[sea_orm(unique)]
+    pub idempotency_key: String,
+    pub subscriber_id: Uuid,
+    pub enrollment_id: Option<Uuid>,
+    pub workflow_id: Option<String>,
+    pub step_id: Option<String>,
+    pub channel: String,
+    pub recipient: String,
+    pub subject: Option<String>,
+    pub body_html: Option<String>,
+    pub body_text: String,
+    pub status: String,
+    pub due_at: DateTimeUtc,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
