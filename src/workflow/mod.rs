@@ -12,6 +12,7 @@
 pub mod check;
 pub mod format;
 pub mod model;
+pub mod program;
 pub mod templates;
 pub mod timing;
 

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{NaiveTime, Weekday};
+use chrono::{DateTime, Datelike, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday};
+use chrono_tz::Tz;
 
 /// A length of time: a whole number and a unit, `30s`, `15m`, `2h`, `3d`, `1w`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -158,6 +159,87 @@ fn weekday_field(field: &str) -> Result<String, String> {
     Ok(set.iter().map(|d| DAY_NAMES[usize::from(*d)]).collect::<Vec<_>>().join(","))
 }
 
+/// The instant a local wall-clock time happens in `tz`. In a daylight-saving gap (the time does
+/// not exist) it is the first instant after the gap; in a repeated hour, the first occurrence.
+pub fn local_to_utc(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
+    let mut probe = local;
+    for _ in 0..4 {
+        if let Some(instant) = tz.from_local_datetime(&probe).earliest() {
+            return instant.with_timezone(&Utc);
+        }
+        probe += chrono::Duration::minutes(30);
+    }
+    Utc.from_utc_datetime(&local)
+}
+
+/// The next `time` (on `weekday`, when given) strictly after `now`, in `tz`.
+pub fn next_local_time(now: DateTime<Utc>, tz: Tz, weekday: Option<Weekday>, time: NaiveTime) -> DateTime<Utc> {
+    let today = now.with_timezone(&tz).date_naive();
+    for offset in 0..=8 {
+        let date = today + chrono::Duration::days(offset);
+        if weekday.is_some_and(|w| date.weekday() != w) {
+            continue;
+        }
+        let candidate = local_to_utc(tz, date.and_time(time));
+        if candidate > now {
+            return candidate;
+        }
+    }
+    now + chrono::Duration::days(7)
+}
+
+/// The next tick of a five-field cron expression strictly after `now`, in `tz`. A local time
+/// that happens twice (the repeated hour in autumn) fires once.
+pub fn next_cron_tick(now: DateTime<Utc>, tz: Tz, expression: &str) -> Option<DateTime<Utc>> {
+    let schedule = translate_cron(expression).ok()?;
+    let local_now = now.with_timezone(&tz);
+    let mut seen_local = None;
+    for tick in schedule.after(&local_now).take(4) {
+        let naive = tick.naive_local();
+        if seen_local == Some(naive) {
+            continue;
+        }
+        seen_local = Some(naive);
+        let instant = tick.with_timezone(&Utc);
+        if instant > now {
+            return Some(instant);
+        }
+    }
+    None
+}
+
+/// `None` when `now` is inside the window (subscriber-local); otherwise when it next opens.
+pub fn window_opens_at(
+    now: DateTime<Utc>,
+    tz: Tz,
+    days: &[Weekday],
+    start: NaiveTime,
+    end: NaiveTime,
+) -> Option<DateTime<Utc>> {
+    let local = now.with_timezone(&tz);
+    let inside = days.contains(&local.weekday()) && local.time() >= start && local.time() < end;
+    if inside {
+        return None;
+    }
+    let today = local.date_naive();
+    for offset in 0..=8 {
+        let date = today + chrono::Duration::days(offset);
+        if !days.contains(&date.weekday()) {
+            continue;
+        }
+        let opening = local_to_utc(tz, date.and_time(start));
+        if opening > now {
+            return Some(opening);
+        }
+    }
+    Some(now + chrono::Duration::days(7))
+}
+
+/// A subscriber's zone, else the workflow's, else UTC.
+pub fn zone(subscriber: Option<&str>, workflow: Option<&str>) -> Tz {
+    subscriber.and_then(|z| z.parse().ok()).or_else(|| workflow.and_then(|z| z.parse().ok())).unwrap_or(Tz::UTC)
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::{Datelike, TimeZone, Utc};
@@ -211,6 +293,48 @@ mod tests {
         let first =
             translate_cron("0 9 * * MON").unwrap().after(&Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()).next();
         assert_eq!(first.unwrap(), Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap());
+    }
+
+    #[test]
+    fn local_times_survive_daylight_saving_changes() {
+        let rome: Tz = "Europe/Rome".parse().unwrap();
+        let nine = NaiveTime::from_hms_opt(9, 0, 0).unwrap();
+        // Saturday 2026-03-28 10:00 UTC; clocks in Rome go forward on Sunday 29 March.
+        let saturday = Utc.with_ymd_and_hms(2026, 3, 28, 10, 0, 0).unwrap();
+        let monday_nine = next_local_time(saturday, rome, Some(Weekday::Mon), nine);
+        assert_eq!(monday_nine, Utc.with_ymd_and_hms(2026, 3, 30, 7, 0, 0).unwrap(), "09:00 CEST is 07:00 UTC");
+        let before = next_local_time(Utc.with_ymd_and_hms(2026, 3, 26, 10, 0, 0).unwrap(), rome, None, nine);
+        assert_eq!(before, Utc.with_ymd_and_hms(2026, 3, 27, 8, 0, 0).unwrap(), "09:00 CET is 08:00 UTC");
+        // 02:30 does not exist on 29 March in Rome: the wait ends just after the gap.
+        let half_two = NaiveTime::from_hms_opt(2, 30, 0).unwrap();
+        let gap = next_local_time(saturday, rome, Some(Weekday::Sun), half_two);
+        assert_eq!(gap, Utc.with_ymd_and_hms(2026, 3, 29, 1, 0, 0).unwrap());
+        // 02:30 happens twice on 25 October: a daily cron at 02:30 fires once that night.
+        let october = Utc.with_ymd_and_hms(2026, 10, 24, 12, 0, 0).unwrap();
+        let first = next_cron_tick(october, rome, "30 2 * * *").unwrap();
+        let second = next_cron_tick(first, rome, "30 2 * * *").unwrap();
+        assert_eq!(first, Utc.with_ymd_and_hms(2026, 10, 25, 0, 30, 0).unwrap());
+        assert_eq!(second, Utc.with_ymd_and_hms(2026, 10, 26, 1, 30, 0).unwrap(), "the repeated 02:30 is skipped");
+    }
+
+    #[test]
+    fn send_windows_open_on_the_next_allowed_day() {
+        let rome: Tz = "Europe/Rome".parse().unwrap();
+        let weekdays = [Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri];
+        let (start, end) = (NaiveTime::from_hms_opt(9, 0, 0).unwrap(), NaiveTime::from_hms_opt(18, 0, 0).unwrap());
+        // Friday 2026-03-06 19:00 Rome (18:00 UTC): after hours, so Monday 09:00 Rome.
+        let friday_evening = Utc.with_ymd_and_hms(2026, 3, 6, 18, 0, 0).unwrap();
+        assert_eq!(
+            window_opens_at(friday_evening, rome, &weekdays, start, end),
+            Some(Utc.with_ymd_and_hms(2026, 3, 9, 8, 0, 0).unwrap())
+        );
+        let tuesday_noon = Utc.with_ymd_and_hms(2026, 3, 10, 11, 0, 0).unwrap();
+        assert_eq!(window_opens_at(tuesday_noon, rome, &weekdays, start, end), None);
+        let tuesday_early = Utc.with_ymd_and_hms(2026, 3, 10, 6, 0, 0).unwrap();
+        assert_eq!(
+            window_opens_at(tuesday_early, rome, &weekdays, start, end),
+            Some(Utc.with_ymd_and_hms(2026, 3, 10, 8, 0, 0).unwrap())
+        );
     }
 
     #[test]
