@@ -12,7 +12,12 @@ use tokio::net::TcpListener;
 use crate::clock::SharedClock;
 use crate::config::{Config, redact};
 use crate::http::{self, AppState};
+use crate::links::Signer;
 use crate::store::Db;
+use crate::workflow::engine::Engine;
+use crate::workflow::loader;
+use crate::workflow::registry::Registry;
+use crate::workflow::templates::TemplateChecker;
 
 /// A configured ownlist with its database open and migrated.
 #[derive(Clone)]
@@ -36,8 +41,65 @@ impl App {
         Ok(Self { config: Arc::new(config), db, clock })
     }
 
+    /// Loads and checks the workflow files (refusing to start on any invalid one) and prepares
+    /// the engine: everything `serve` runs.
+    pub async fn start(self) -> anyhow::Result<Service> {
+        let registry = Arc::new(Registry::open(self.db.clone()).await.context("cannot read the stored workflows")?);
+        let templates = if self.config.workflows_dir.is_dir() {
+            let outcome = loader::load(
+                &self.db,
+                &registry,
+                self.clock.now(),
+                &self.config.workflows_dir,
+                &self.config.templates_dir,
+            )
+            .await
+            .context("cannot store the workflows")?;
+            match outcome {
+                Ok((loaded, templates)) => {
+                    tracing::info!(workflows = ?loaded.workflows, moved = loaded.moves.len(), "workflows loaded");
+                    templates
+                }
+                Err(refused) => {
+                    let lines: Vec<String> = refused.diagnostics.iter().map(ToString::to_string).collect();
+                    anyhow::bail!(
+                        "the workflow files are invalid; fix them (`ownlist workflows check`) and start again:\n{}",
+                        lines.join("\n")
+                    );
+                }
+            }
+        } else {
+            tracing::warn!(dir = %self.config.workflows_dir.display(), "no workflows folder: no workflow runs");
+            Arc::new(TemplateChecker::load(&self.config.templates_dir))
+        };
+        let secret = self.config.secret.clone().unwrap_or_default();
+        let engine = Arc::new(Engine::new(
+            self.db.clone(),
+            self.clock.clone(),
+            registry,
+            templates,
+            Signer::new(&secret),
+            self.config.base_url.clone(),
+        ));
+        Ok(Service { app: self, engine })
+    }
+}
+
+/// A started ownlist: the app with its workflow engine.
+#[derive(Clone)]
+pub struct Service {
+    pub app: App,
+    pub engine: Arc<Engine>,
+}
+
+impl Service {
     pub fn router(&self) -> axum::Router {
-        http::router(AppState { db: self.db.clone(), clock: self.clock.clone(), config: self.config.clone() })
+        http::router(AppState {
+            db: self.app.db.clone(),
+            clock: self.app.clock.clone(),
+            config: self.app.config.clone(),
+            engine: self.engine.clone(),
+        })
     }
 
     /// Serves HTTP on `listener` until `shutdown` completes, then finishes in-flight requests.
@@ -48,6 +110,20 @@ impl App {
     ) -> anyhow::Result<()> {
         axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
     }
+}
+
+/// Re-reads the workflow folder; an invalid edit changes nothing (the last valid version runs).
+pub async fn reload(
+    db: &Db,
+    config: &Config,
+    engine: &Engine,
+    now: chrono::DateTime<chrono::Utc>,
+) -> crate::error::Result<Result<loader::Reloaded, loader::Refused>> {
+    let outcome = loader::load(db, engine.registry(), now, &config.workflows_dir, &config.templates_dir).await?;
+    Ok(outcome.map(|(reloaded, templates)| {
+        engine.set_templates(templates);
+        reloaded
+    }))
 }
 
 /// Reads the signing secret from the data dir, or creates it there (mode 0600) on first run.

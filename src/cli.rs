@@ -127,14 +127,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
 
 async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
     let listen = config.listen;
-    if !config.workflows_dir.is_dir() || !config.templates_dir.is_dir() {
-        tracing::warn!(
-            workflows = %config.workflows_dir.display(),
-            templates = %config.templates_dir.display(),
-            "the workflows or templates directory does not exist yet"
-        );
-    }
-    let app = App::open(config, clock).await?;
+    let service = App::open(config, clock).await?.start().await?;
+    let app = service.app.clone();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("OWNLIST_LISTEN: cannot listen on {listen}"))?;
@@ -148,8 +142,59 @@ async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
             "  no admin token yet: run `ownlist tokens create admin` and send it as 'Authorization: Bearer TOKEN'"
         );
     }
-    app.serve(listener, shutdown_signal()).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let engine = tokio::spawn(service.engine.clone().run(stopped.clone()));
+    let watcher = tokio::spawn(watch_workflows(service.clone(), stopped));
+    service.serve(listener, shutdown_signal()).await?;
+    let _ = stop.send(true);
+    let _ = engine.await;
+    let _ = watcher.await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reloads the workflows when their files change (checked every two seconds) or on SIGHUP. An
+/// invalid edit is logged and refused; the last valid version keeps running.
+async fn watch_workflows(service: crate::app::Service, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let config = service.app.config.clone();
+    let dirs = [config.workflows_dir.as_path(), config.templates_dir.as_path()];
+    let mut seen = crate::workflow::loader::fingerprint(&dirs);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hangup_signal = async {
+            match hangup.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup_signal = std::future::pending::<()>();
+        let forced = tokio::select! {
+            _ = stop.changed() => return,
+            () = hangup_signal => true,
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => false,
+        };
+        let now_seen = crate::workflow::loader::fingerprint(&dirs);
+        if !forced && now_seen == seen {
+            continue;
+        }
+        seen = now_seen;
+        let now = service.app.clock.now();
+        match crate::app::reload(&service.app.db, &config, &service.engine, now).await {
+            Ok(Ok(reloaded)) => {
+                tracing::info!(workflows = ?reloaded.workflows, moved = reloaded.moves.len(), "workflows reloaded")
+            }
+            Ok(Err(refused)) => {
+                for diagnostic in &refused.diagnostics {
+                    tracing::error!(%diagnostic, "workflow edit refused; the last valid version keeps running");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "workflow reload failed"),
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

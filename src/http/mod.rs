@@ -11,6 +11,7 @@ mod lists;
 pub mod openapi;
 mod subscribers;
 mod transfer;
+mod workflows;
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ pub struct AppState {
     pub db: Db,
     pub clock: SharedClock,
     pub config: Arc<Config>,
+    pub engine: Arc<crate::workflow::engine::Engine>,
 }
 
 /// The largest JSON body accepted.
@@ -43,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .merge(lists::routes())
         .merge(subscribers::routes())
         .merge(transfer::routes(state.config.max_import_bytes))
+        .merge(workflows::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let api = Router::new().merge(admin).merge(openapi::routes());
     Router::new()

@@ -26,12 +26,19 @@ use super::AppState;
         super::subscribers::export,
         super::transfer::import_csv,
         super::transfer::export_csv,
+        super::workflows::all,
+        super::workflows::one,
+        super::workflows::pause,
+        super::workflows::resume,
+        super::workflows::reload,
+        super::workflows::record_event,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "lists", description = "Named audiences with their opt-in rule"),
         (name = "subscribers", description = "The people you own a way to reach"),
         (name = "import and export", description = "CSV in and out; export then import round-trips"),
+        (name = "workflows", description = "Drip workflows in force, their enrollments, and events that drive them"),
         (name = "operations", description = "Health"),
     )
 )]

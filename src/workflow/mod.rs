@@ -4,15 +4,22 @@
 //! - [`check`]: turning a file into a [`model::Workflow`] or `file:line:column` diagnostics,
 //! - [`model`]: the checked workflow the engine runs,
 //! - [`templates`]: checking the tera templates steps refer to,
-//! - [`timing`]: durations, weekdays, clock times, cron.
+//! - [`timing`]: durations, weekdays, clock times, cron, local time across daylight saving,
+//! - [`program`]: a workflow as a graph of steps (where each step goes next),
+//! - [`registry`]: stored versions and the workflows in force,
+//! - [`engine`]: triggers into enrollments, enrollments advanced step by step.
 //!
-//! This module never touches the database or HTTP: callers pass in what a check needs to know
-//! (the templates, the lists that exist).
+//! Checking (`format`, `check`, `model`, `timing`, `templates`) never touches the database or
+//! HTTP: callers pass in what it needs (the templates, the lists that exist). The runtime
+//! (`registry`, `engine`) works on the database and never on HTTP.
 
 pub mod check;
+pub mod engine;
 pub mod format;
+pub mod loader;
 pub mod model;
 pub mod program;
+pub mod registry;
 pub mod templates;
 pub mod timing;
 

@@ -25,6 +25,12 @@ pub struct TemplateChecker {
     names: Vec<String>,
 }
 
+impl std::fmt::Debug for TemplateChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TemplateChecker").field("dir", &self.dir).field("templates", &self.names.len()).finish()
+    }
+}
+
 impl TemplateChecker {
     /// Reads and parses every file under `dir` (missing `dir` means no templates).
     pub fn load(dir: &Path) -> Self {

@@ -49,6 +49,8 @@ pub struct TestApp {
     pub db: Db,
     pub clock: Arc<ManualClock>,
     pub backend: Backend,
+    pub engine: std::sync::Arc<ownlist::workflow::engine::Engine>,
+    pub workflows_dir: std::path::PathBuf,
     server: tokio::task::JoinHandle<()>,
     _dir: TempDir,
     _database: Option<PostgresDatabase>,
@@ -65,6 +67,9 @@ impl TestApp {
         init_logging();
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::defaults_in(dir.path());
+        std::fs::create_dir_all(&config.workflows_dir).unwrap();
+        config.templates_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let workflows_dir = config.workflows_dir.clone();
         let database = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {
@@ -77,11 +82,12 @@ impl TestApp {
         adjust(&mut config);
         let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap()));
         let shared: SharedClock = clock.clone();
-        let app = App::open(config, shared).await.unwrap();
-        let token = ownlist::tokens::create(&app.db, clock.now(), "test").await.unwrap();
+        let app = App::open(config, shared).await.unwrap().start().await.unwrap();
+        let token = ownlist::tokens::create(&app.app.db, clock.now(), "test").await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let db = app.db.clone();
+        let db = app.app.db.clone();
+        let engine = app.engine.clone();
         let server = tokio::spawn(async move {
             app.serve(listener, std::future::pending()).await.unwrap();
         });
@@ -92,6 +98,8 @@ impl TestApp {
             db,
             clock,
             backend,
+            engine,
+            workflows_dir,
             server,
             _dir: dir,
             _database: database,
@@ -135,6 +143,24 @@ impl TestApp {
     /// Creates a subscriber and returns its JSON.
     pub async fn create_subscriber(&self, body: Value) -> Value {
         expect_json(self.post("/api/v1/subscribers", &body).await, StatusCode::CREATED).await
+    }
+
+    /// Writes a workflow file and reloads; panics with the problems when it is refused.
+    pub async fn install_workflow(&self, id: &str, yaml: &str) -> Value {
+        std::fs::write(self.workflows_dir.join(format!("{id}.yaml")), yaml).unwrap();
+        let response = self.request(Method::POST, "/api/v1/workflows/reload").send().await.unwrap();
+        expect_json(response, StatusCode::OK).await
+    }
+
+    /// Runs the engine until nothing is due at the test clock's "now".
+    pub async fn tick(&self) -> ownlist::workflow::engine::TickReport {
+        self.engine.tick().await.unwrap()
+    }
+
+    /// Moves the test clock on and runs what became due.
+    pub async fn advance(&self, by: chrono::Duration) -> ownlist::workflow::engine::TickReport {
+        self.clock.advance(by);
+        self.tick().await
     }
 
     /// Counts rows in a table, straight from the database.

@@ -1,0 +1,924 @@
+//! The engine: turns pending triggers into enrollments and advances due enrollments, step by
+//! step, with every effect written in the same transaction as the enrollment's new position.
+//!
+//! A crash between two transactions loses nothing (the trigger or the enrollment is still there
+//! and due) and repeats nothing (what committed moved the enrollment on; an outbox message is
+//! also unique by enrollment and step). Every decision goes into the subscriber's timeline.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::model::{Action, AttributeTest, Condition, Reentry, SmsBody, Trigger, WaitUntil};
+use super::program::{Node, Program};
+use super::registry::{Registry, Status};
+use super::templates::TemplateChecker;
+use super::timing::{next_cron_tick, next_local_time, window_opens_at, zone};
+use crate::audience::events::kind_of;
+use crate::audience::records::{self, kind, trigger};
+use crate::audience::subscribers::{membership_row, tag_row};
+use crate::audience::values::{Channel, ChannelState, MembershipStatus, SubscriberStatus, stored};
+use crate::clock::SharedClock;
+use crate::error::Result;
+use crate::links::{Purpose, Signer};
+use crate::store::Db;
+use crate::store::entities::{
+    enrollment, event, list, membership, outbox, pending_trigger, subscriber, subscriber_tag,
+};
+
+/// How many triggers or enrollments one transaction takes on.
+const BATCH: u64 = 200;
+/// Steps one enrollment may take in one run (a workflow has no loops; this is a safety net).
+const MAX_STEPS_PER_RUN: usize = 500;
+
+/// Timeline kinds written by the engine.
+pub mod decision {
+    pub const ENTERED: &str = "workflow_entered";
+    pub const NOT_ENTERED: &str = "workflow_not_entered";
+    pub const STEP_DONE: &str = "step_done";
+    pub const STEP_SKIPPED: &str = "step_skipped";
+    pub const BRANCH: &str = "branch_taken";
+    pub const WAITING: &str = "waiting";
+    pub const EVENT_RECEIVED: &str = "event_received";
+    pub const TIMED_OUT: &str = "wait_timed_out";
+    pub const EXITED: &str = "workflow_exited";
+    pub const COMPLETED: &str = "workflow_completed";
+    pub const MESSAGE_QUEUED: &str = "message_queued";
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TickReport {
+    pub triggers: u64,
+    pub enrolled: u64,
+    pub advanced: u64,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    db: Db,
+    clock: SharedClock,
+    registry: Arc<Registry>,
+    templates: std::sync::RwLock<Arc<TemplateChecker>>,
+    signer: Signer,
+    base_url: url::Url,
+}
+
+/// What a subscriber is, as conditions and messages see it.
+struct Facts {
+    subscriber: subscriber::Model,
+    tags: HashSet<String>,
+    lists: HashSet<String>,
+}
+
+/// What happens after a step.
+enum Flow {
+    Goto(Option<String>),
+    WaitUntil(DateTime<Utc>),
+    End { status: &'static str, reason: String },
+}
+
+/// An enrollment being advanced, with the timeline entries it produces.
+struct Run<'a> {
+    row: enrollment::Model,
+    program: &'a Program,
+    events: Vec<event::ActiveModel>,
+    triggers: Vec<pending_trigger::ActiveModel>,
+    now: DateTime<Utc>,
+}
+
+impl Run<'_> {
+    fn note(&mut self, kind: &str, mut data: Value) {
+        if let Value::Object(map) = &mut data {
+            map.insert("workflow".into(), json!(self.row.workflow_id));
+            map.insert("version".into(), json!(self.row.version));
+        }
+        self.events.push(records::event(self.row.subscriber_id, kind, data, self.now));
+    }
+}
+
+impl Engine {
+    pub fn new(
+        db: Db,
+        clock: SharedClock,
+        registry: Arc<Registry>,
+        templates: Arc<TemplateChecker>,
+        signer: Signer,
+        base_url: url::Url,
+    ) -> Self {
+        Self { db, clock, registry, templates: std::sync::RwLock::new(templates), signer, base_url }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Uses these templates from now on (after a reload).
+    pub fn set_templates(&self, templates: Arc<TemplateChecker>) {
+        *self.templates.write().unwrap_or_else(std::sync::PoisonError::into_inner) = templates;
+    }
+
+    fn templates(&self) -> Arc<TemplateChecker> {
+        self.templates.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Ticks every second until `stop` says so; errors are logged and retried next tick.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            match self.tick().await {
+                Ok(report) if report.advanced > 0 || report.triggers > 0 => {
+                    tracing::debug!(?report, "workflow engine tick");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "workflow engine tick failed; retrying"),
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// Does all the work that is due now: triggers first, then enrollments, until none is left.
+    pub async fn tick(&self) -> Result<TickReport> {
+        let mut report = TickReport::default();
+        loop {
+            let (triggers, enrolled) = self.process_triggers().await?;
+            let advanced = self.run_due().await?;
+            report.triggers += triggers;
+            report.enrolled += enrolled;
+            report.advanced += advanced;
+            if triggers == 0 && advanced == 0 {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Takes a batch of pending triggers: enrolls, and wakes enrollments waiting for an event.
+    async fn process_triggers(&self) -> Result<(u64, u64)> {
+        let now = self.clock.now();
+        let txn = self.db.begin_write().await?;
+        let batch =
+            pending_trigger::Entity::find().order_by_asc(pending_trigger::Column::Id).limit(BATCH).all(&txn).await?;
+        if batch.is_empty() {
+            return Ok((0, 0));
+        }
+        let workflows = self.registry.current();
+        let mut enrolled = 0;
+        for t in &batch {
+            if t.kind == trigger::EVENT {
+                self.wake(&txn, t, now).await?;
+            }
+            for (id, current) in &workflows {
+                if current.status == Status::Removed || !matches_trigger(&current.program.workflow.trigger, t) {
+                    continue;
+                }
+                if self.enroll(&txn, id, &current.program, t.subscriber_id, now).await? {
+                    enrolled += 1;
+                }
+            }
+        }
+        let ids: Vec<Uuid> = batch.iter().map(|t| t.id).collect();
+        pending_trigger::Entity::delete_many().filter(pending_trigger::Column::Id.is_in(ids)).exec(&txn).await?;
+        txn.commit().await?;
+        Ok((batch.len() as u64, enrolled))
+    }
+
+    async fn wake(&self, txn: &DatabaseTransaction, t: &pending_trigger::Model, now: DateTime<Utc>) -> Result<()> {
+        let waiting = enrollment::Entity::find()
+            .filter(enrollment::Column::SubscriberId.eq(t.subscriber_id))
+            .filter(enrollment::Column::WaitingFor.eq(t.name.clone()))
+            .filter(enrollment::Column::EndedAt.is_null())
+            .all(txn)
+            .await?;
+        for e in waiting {
+            let data = json!({"workflow": e.workflow_id, "step": e.step_id, "event": t.name});
+            let mut active = e.into_active_model();
+            active.waiting_for = Set(None);
+            active.next_run_at = Set(Some(now));
+            active.updated_at = Set(now);
+            let saved = active.update(txn).await?;
+            records::event(saved.subscriber_id, decision::EVENT_RECEIVED, data, now).insert(txn).await?;
+        }
+        Ok(())
+    }
+
+    /// Enrolls a subscriber if the filter and the re-entry rule allow; records why not otherwise.
+    async fn enroll(
+        &self,
+        txn: &DatabaseTransaction,
+        id: &str,
+        program: &Program,
+        subscriber_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let Some(facts) = load_facts(txn, subscriber_id).await? else { return Ok(false) };
+        let workflow = &program.workflow;
+        let not_entered = |reason: String| {
+            records::event(subscriber_id, decision::NOT_ENTERED, json!({"workflow": id, "reason": reason}), now)
+        };
+        if let Some(filter) = &workflow.filter
+            && !self.holds(txn, filter, &facts, id, now).await?
+        {
+            not_entered(format!("the trigger's filter does not hold: {}", describe(filter))).insert(txn).await?;
+            return Ok(false);
+        }
+        let past = enrollment::Entity::find()
+            .filter(enrollment::Column::WorkflowId.eq(id))
+            .filter(enrollment::Column::SubscriberId.eq(subscriber_id))
+            .order_by_desc(enrollment::Column::CreatedAt)
+            .all(txn)
+            .await?;
+        if past.iter().any(|e| e.ended_at.is_none()) {
+            return Ok(false);
+        }
+        if let Some(last) = past.first() {
+            let refused = match workflow.reentry {
+                Reentry::Never => Some("re-entry is `never` and they went through it before".to_owned()),
+                Reentry::Always => None,
+                Reentry::After(span) if last.created_at + span.as_chrono() > now => {
+                    Some(format!("re-entry is allowed {span} after the last entry"))
+                }
+                Reentry::After(_) => None,
+            };
+            if let Some(reason) = refused {
+                not_entered(reason).insert(txn).await?;
+                return Ok(false);
+            }
+        }
+        let current = self.registry.current();
+        let version = current.get(id).map_or(program.version, |c| c.version);
+        enrollment::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            workflow_id: Set(id.to_owned()),
+            version: Set(version),
+            subscriber_id: Set(subscriber_id),
+            status: Set("active".into()),
+            step_id: Set(program.first().map(str::to_owned)),
+            next_run_at: Set(Some(now)),
+            wait_started_at: Set(None),
+            waiting_for: Set(None),
+            end_reason: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ended_at: Set(None),
+        }
+        .insert(txn)
+        .await?;
+        records::event(subscriber_id, decision::ENTERED, json!({"workflow": id, "version": version}), now)
+            .insert(txn)
+            .await?;
+        Ok(true)
+    }
+
+    /// Advances a batch of due enrollments.
+    async fn run_due(&self) -> Result<u64> {
+        let now = self.clock.now();
+        let paused: Vec<String> =
+            self.registry.current().into_iter().filter(|(_, c)| c.status == Status::Paused).map(|(id, _)| id).collect();
+        let txn = self.db.begin_write().await?;
+        let mut query = enrollment::Entity::find()
+            .filter(enrollment::Column::Status.eq("active"))
+            .filter(enrollment::Column::NextRunAt.lte(now))
+            .order_by_asc(enrollment::Column::NextRunAt)
+            .limit(BATCH);
+        if !paused.is_empty() {
+            query = query.filter(enrollment::Column::WorkflowId.is_not_in(paused));
+        }
+        let due = query.all(&txn).await?;
+        let count = due.len() as u64;
+        for row in due {
+            self.advance(&txn, row, now).await?;
+        }
+        txn.commit().await?;
+        Ok(count)
+    }
+
+    async fn advance(&self, txn: &DatabaseTransaction, row: enrollment::Model, now: DateTime<Utc>) -> Result<()> {
+        let Some(program) = self.registry.program(&row.workflow_id, row.version).await? else {
+            let mut active = row.into_active_model();
+            active.status = Set("failed".into());
+            active.ended_at = Set(Some(now));
+            active.end_reason = Set(Some("its workflow version is missing".into()));
+            active.update(txn).await?;
+            return Ok(());
+        };
+        let Some(mut facts) = load_facts(txn, row.subscriber_id).await? else { return Ok(()) };
+        let mut run = Run { row, program: &program, events: Vec::new(), triggers: Vec::new(), now };
+        let mut flow = Flow::Goto(run.row.step_id.clone());
+        for _ in 0..MAX_STEPS_PER_RUN {
+            if let Some(goal) = &program.workflow.exit_when
+                && self.holds(txn, goal, &facts, &run.row.workflow_id, now).await?
+            {
+                flow = Flow::End { status: "exited", reason: format!("goal reached: {}", describe(goal)) };
+                break;
+            }
+            let Some(node) = run.row.step_id.clone().and_then(|id| program.node(&id).cloned()) else {
+                flow = Flow::End { status: "completed", reason: "all steps done".into() };
+                break;
+            };
+            flow = self.step(txn, &mut run, &node, &mut facts).await?;
+            match &flow {
+                Flow::Goto(next) => {
+                    run.row.step_id.clone_from(next);
+                    run.row.wait_started_at = None;
+                    run.row.waiting_for = None;
+                }
+                Flow::WaitUntil(_) | Flow::End { .. } => break,
+            }
+        }
+        let mut row = run.row.clone();
+        match flow {
+            Flow::WaitUntil(at) => row.next_run_at = Some(at),
+            Flow::End { status, reason } => {
+                let kind = if status == "completed" { decision::COMPLETED } else { decision::EXITED };
+                run.note(kind, json!({"reason": reason}));
+                row.status = status.to_owned();
+                row.step_id = None;
+                row.next_run_at = None;
+                row.wait_started_at = None;
+                row.waiting_for = None;
+                row.ended_at = Some(now);
+                row.end_reason = Some(reason);
+            }
+            Flow::Goto(_) => row.next_run_at = Some(now),
+        }
+        let mut active = row.into_active_model().reset_all();
+        active.updated_at = Set(now);
+        active.update(txn).await?;
+        event::Entity::insert_many(run.events).exec_without_returning(txn).await?;
+        pending_trigger::Entity::insert_many(run.triggers).exec_without_returning(txn).await?;
+        Ok(())
+    }
+
+    async fn step(&self, txn: &DatabaseTransaction, run: &mut Run<'_>, node: &Node, facts: &mut Facts) -> Result<Flow> {
+        let step = &node.step;
+        let now = run.now;
+        let workflow = &run.program.workflow;
+        let tz = zone(facts.subscriber.timezone.as_deref(), workflow.timezone.as_deref());
+        let done = |run: &mut Run<'_>, detail: Value| {
+            run.note(decision::STEP_DONE, json!({"step": step.id, "detail": detail}));
+            Flow::Goto(node.next.clone())
+        };
+        Ok(match &step.action {
+            Action::Wait(length) => match run.row.wait_started_at {
+                None => {
+                    let until = now + length.as_chrono();
+                    run.row.wait_started_at = Some(now);
+                    run.note(decision::WAITING, json!({"step": step.id, "until": until, "for": length.to_string()}));
+                    Flow::WaitUntil(until)
+                }
+                Some(started) if started + length.as_chrono() > now => Flow::WaitUntil(started + length.as_chrono()),
+                Some(_) => done(run, json!("waited")),
+            },
+            Action::WaitUntil(until) => match (run.row.wait_started_at, run.row.next_run_at) {
+                (Some(_), Some(target)) if target <= now => done(run, json!("the time came")),
+                (Some(_), Some(target)) => Flow::WaitUntil(target),
+                _ => {
+                    let target = match until {
+                        WaitUntil::Time { weekday, time } => next_local_time(now, tz, *weekday, *time),
+                        WaitUntil::Cron(expression) => {
+                            next_cron_tick(now, tz, expression).unwrap_or(now + chrono::Duration::days(1))
+                        }
+                    };
+                    run.row.wait_started_at = Some(now);
+                    run.note(decision::WAITING, json!({"step": step.id, "until": target, "timezone": tz.name()}));
+                    Flow::WaitUntil(target)
+                }
+            },
+            Action::WaitFor { event, timeout, .. } => match run.row.wait_started_at {
+                None => {
+                    let until = now + timeout.as_chrono();
+                    run.row.wait_started_at = Some(now);
+                    run.row.waiting_for = Some(event.clone());
+                    run.note(decision::WAITING, json!({"step": step.id, "for_event": event, "until": until}));
+                    Flow::WaitUntil(until)
+                }
+                Some(_) if run.row.waiting_for.is_none() => done(run, json!({"event": event})),
+                Some(started) if started + timeout.as_chrono() > now => Flow::WaitUntil(started + timeout.as_chrono()),
+                Some(_) => {
+                    run.note(decision::TIMED_OUT, json!({"step": step.id, "event": event}));
+                    Flow::Goto(node.timeout_first.clone())
+                }
+            },
+            Action::If { condition, .. } => {
+                let holds = self.holds(txn, condition, facts, &run.row.workflow_id, now).await?;
+                let branch = if holds { "then" } else { "else" };
+                run.note(decision::BRANCH, json!({"step": step.id, "branch": branch, "because": format!("{} is {holds}", describe(condition))}));
+                Flow::Goto(if holds { node.then_first.clone() } else { node.else_first.clone() })
+            }
+            Action::Email { subject, template, .. } => {
+                self.message(txn, run, node, facts, Channel::Email, Some(subject), MessageBody::Template(template))
+                    .await?
+            }
+            Action::Sms { body } => {
+                let body = match body {
+                    SmsBody::Template(t) => MessageBody::Template(t),
+                    SmsBody::Text(t) => MessageBody::Inline(t),
+                };
+                self.message(txn, run, node, facts, Channel::Sms, None, body).await?
+            }
+            Action::Tag(tag) => {
+                let added = subscriber_tag::Entity::insert(tag_row(facts.subscriber.id, tag, now))
+                    .on_conflict_do_nothing()
+                    .exec_without_returning(txn)
+                    .await?;
+                if matches!(added, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
+                    facts.tags.insert(tag.clone());
+                    run.note(kind::TAG_ADDED, json!({"tag": tag, "step": step.id}));
+                    run.triggers.push(records::trigger(facts.subscriber.id, trigger::TAG_ADDED, tag, json!({}), now));
+                }
+                done(run, json!({"tag": tag}))
+            }
+            Action::Untag(tag) => {
+                let removed = subscriber_tag::Entity::delete_many()
+                    .filter(subscriber_tag::Column::SubscriberId.eq(facts.subscriber.id))
+                    .filter(subscriber_tag::Column::Tag.eq(tag.clone()))
+                    .exec(txn)
+                    .await?;
+                if removed.rows_affected > 0 {
+                    facts.tags.remove(tag);
+                    run.note(kind::TAG_REMOVED, json!({"tag": tag, "step": step.id}));
+                }
+                done(run, json!({"untag": tag}))
+            }
+            Action::Set(values) => {
+                let mut attributes = facts.subscriber.attributes.as_object().cloned().unwrap_or_default();
+                for (key, value) in values {
+                    attributes.insert(key.clone(), value.clone());
+                }
+                let mut active = facts.subscriber.clone().into_active_model();
+                active.attributes = Set(Value::Object(attributes));
+                active.updated_at = Set(now);
+                facts.subscriber = active.update(txn).await?;
+                run.note(kind::UPDATED, json!({"fields": ["attributes"], "step": step.id}));
+                done(run, json!({"set": values.keys().collect::<Vec<_>>()}))
+            }
+            Action::Join(slug) | Action::Leave(slug) => {
+                let joining = matches!(step.action, Action::Join(_));
+                self.membership(txn, run, facts, slug, joining).await?;
+                done(run, json!({if joining { "join" } else { "leave" }: slug}))
+            }
+            Action::Webhook { url, secret_env, body } => {
+                let payload = json!({
+                    "workflow": {"id": workflow.id, "name": workflow.name, "version": run.program.version},
+                    "step": step.id,
+                    "subscriber": subscriber_json(&facts.subscriber),
+                    "body": body,
+                    "secret_env": secret_env,
+                });
+                self.queue(txn, run, step, facts, "webhook", url.clone(), None, None, payload.to_string()).await?;
+                done(run, json!({"webhook": url}))
+            }
+            Action::Exit(reason) => {
+                Flow::End { status: "exited", reason: format!("exit step '{}': {reason}", step.id) }
+            }
+        })
+    }
+
+    async fn membership(
+        &self,
+        txn: &DatabaseTransaction,
+        run: &mut Run<'_>,
+        facts: &mut Facts,
+        slug: &str,
+        joining: bool,
+    ) -> Result<()> {
+        let now = run.now;
+        let Some(target) = list::Entity::find().filter(list::Column::Slug.eq(slug)).one(txn).await? else {
+            run.note(decision::STEP_SKIPPED, json!({"reason": format!("list '{slug}' does not exist")}));
+            return Ok(());
+        };
+        let existing = membership::Entity::find_by_id((facts.subscriber.id, target.id)).one(txn).await?;
+        match (joining, existing) {
+            (true, None) => {
+                membership_row(facts.subscriber.id, target.id, MembershipStatus::Confirmed, now).insert(txn).await?;
+                facts.lists.insert(slug.to_owned());
+                run.note(kind::SUBSCRIBED, json!({"lists": [slug]}));
+                run.triggers.push(records::trigger(facts.subscriber.id, trigger::SUBSCRIBED, slug, json!({}), now));
+            }
+            (true, Some(m)) if m.status == MembershipStatus::Unsubscribed.as_str() => {
+                run.note(
+                    decision::STEP_SKIPPED,
+                    json!({"reason": format!("they left '{slug}' and are not re-added by a workflow")}),
+                );
+            }
+            (false, Some(m)) if m.status != MembershipStatus::Unsubscribed.as_str() => {
+                let mut active = m.into_active_model();
+                active.status = Set(MembershipStatus::Unsubscribed.as_str().to_owned());
+                active.unsubscribed_at = Set(Some(now));
+                active.updated_at = Set(now);
+                active.update(txn).await?;
+                facts.lists.remove(slug);
+                run.note(kind::UNSUBSCRIBED, json!({"list": slug}));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn message(
+        &self,
+        txn: &DatabaseTransaction,
+        run: &mut Run<'_>,
+        node: &Node,
+        facts: &Facts,
+        channel: Channel,
+        subject: Option<&String>,
+        body: MessageBody<'_>,
+    ) -> Result<Flow> {
+        let step = &node.step;
+        let now = run.now;
+        let s = &facts.subscriber;
+        let (address, state) = match channel {
+            Channel::Email => (s.email.clone(), stored(&s.email_state, ChannelState::None)),
+            Channel::Sms => (s.phone.clone(), stored(&s.sms_state, ChannelState::None)),
+        };
+        let status = stored(&s.status, SubscriberStatus::Active);
+        let refusal = match (&address, state, status) {
+            (None, _, _) => Some(format!(
+                "they have no {}",
+                if channel == Channel::Email { "email address" } else { "phone number" }
+            )),
+            (_, _, SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced | SubscriberStatus::Complained) => {
+                Some(format!("they are {status}"))
+            }
+            (_, ChannelState::Subscribed, _) => None,
+            (_, other, _) => Some(format!("{channel} is {other}, not subscribed")),
+        };
+        if let Some(reason) = refusal {
+            run.note(decision::STEP_SKIPPED, json!({"step": step.id, "channel": channel, "reason": reason}));
+            return Ok(Flow::Goto(node.next.clone()));
+        }
+        let workflow = &run.program.workflow;
+        if let Some(window) = &workflow.send_window {
+            let tz = zone(s.timezone.as_deref(), workflow.timezone.as_deref());
+            if let Some(opens) = window_opens_at(now, tz, &window.days, window.start, window.end) {
+                run.note(
+                    decision::WAITING,
+                    json!({"step": step.id, "until": opens, "reason": "outside the send window"}),
+                );
+                return Ok(Flow::WaitUntil(opens));
+            }
+        }
+        let context = self.render_context(workflow, s, now);
+        let templates = self.templates();
+        let rendered = match render(&templates, &context, subject, &body) {
+            Ok(rendered) => rendered,
+            Err(problem) => {
+                run.note(
+                    decision::STEP_SKIPPED,
+                    json!({"step": step.id, "reason": format!("the message could not be rendered: {problem}")}),
+                );
+                return Ok(Flow::Goto(node.next.clone()));
+            }
+        };
+        let recipient = address.unwrap_or_default();
+        self.queue(txn, run, step, facts, channel.as_str(), recipient, rendered.subject, rendered.html, rendered.text)
+            .await?;
+        run.note(decision::STEP_DONE, json!({"step": step.id, "channel": channel}));
+        Ok(Flow::Goto(node.next.clone()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn queue(
+        &self,
+        txn: &DatabaseTransaction,
+        run: &mut Run<'_>,
+        step: &super::model::Step,
+        facts: &Facts,
+        channel: &str,
+        recipient: String,
+        subject: Option<String>,
+        html: Option<String>,
+        text: String,
+    ) -> Result<()> {
+        let now = run.now;
+        let id = Uuid::now_v7();
+        let key = format!("{}:{}", run.row.id, step.id);
+        let inserted = outbox::Entity::insert(outbox::ActiveModel {
+            id: Set(id),
+            idempotency_key: Set(key),
+            subscriber_id: Set(facts.subscriber.id),
+            enrollment_id: Set(Some(run.row.id)),
+            workflow_id: Set(Some(run.row.workflow_id.clone())),
+            step_id: Set(Some(step.id.clone())),
+            channel: Set(channel.to_owned()),
+            recipient: Set(recipient),
+            subject: Set(subject),
+            body_html: Set(html),
+            body_text: Set(text),
+            status: Set("queued".into()),
+            due_at: Set(now),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .on_conflict_do_nothing()
+        .exec_without_returning(txn)
+        .await?;
+        if matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
+            run.note(decision::MESSAGE_QUEUED, json!({"step": step.id, "channel": channel, "message": id}));
+        }
+        Ok(())
+    }
+
+    fn render_context(&self, workflow: &super::model::Workflow, s: &subscriber::Model, now: DateTime<Utc>) -> Value {
+        let expires = now + chrono::Duration::days(365);
+        let link = |path: &str, purpose: Purpose| {
+            let token = self.signer.sign(purpose, s.id, expires);
+            self.base_url.join(&format!("{path}/{token}")).map(|u| u.to_string()).unwrap_or_default()
+        };
+        json!({
+            "subscriber": subscriber_json(s),
+            "workflow": {"id": workflow.id, "name": workflow.name},
+            "unsubscribe_url": link("u", Purpose::Unsubscribe),
+            "preferences_url": link("preferences", Purpose::Preferences),
+        })
+    }
+
+    /// Whether a condition holds for a subscriber now.
+    fn holds<'a>(
+        &'a self,
+        conn: &'a DatabaseTransaction,
+        condition: &'a Condition,
+        facts: &'a Facts,
+        workflow_id: &'a str,
+        now: DateTime<Utc>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool>> + Send + 'a>> {
+        Box::pin(async move {
+            let s = &facts.subscriber;
+            Ok(match condition {
+                Condition::Tag(tag) => facts.tags.contains(tag),
+                Condition::List(slug) => facts.lists.contains(slug),
+                Condition::Has(Channel::Email) => s.email.is_some(),
+                Condition::Has(Channel::Sms) => s.phone.is_some(),
+                Condition::Source(v) => s.source.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(v)),
+                Condition::Medium(v) => s.medium.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(v)),
+                Condition::Campaign(v) => s.campaign.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(v)),
+                Condition::Attribute { name, test } => {
+                    let value = s.attributes.get(name);
+                    match test {
+                        AttributeTest::Exists(exists) => value.is_some_and(|v| !v.is_null()) == *exists,
+                        AttributeTest::Equals(expected) => value.is_some_and(|v| loosely_equal(v, expected)),
+                        AttributeTest::In(options) => {
+                            value.is_some_and(|v| options.iter().any(|o| loosely_equal(v, o)))
+                        }
+                    }
+                }
+                Condition::Event { name, within } => {
+                    let mut query = event::Entity::find()
+                        .filter(event::Column::SubscriberId.eq(s.id))
+                        .filter(event::Column::Kind.eq(kind_of(name)));
+                    if let Some(span) = within {
+                        query = query.filter(event::Column::CreatedAt.gte(now - span.as_chrono()));
+                    }
+                    query.one(conn).await?.is_some()
+                }
+                Condition::Opened(step) | Condition::Clicked(step) => {
+                    let wanted =
+                        if matches!(condition, Condition::Opened(_)) { "email_opened" } else { "email_clicked" };
+                    let found = event::Entity::find()
+                        .filter(event::Column::SubscriberId.eq(s.id))
+                        .filter(event::Column::Kind.eq(wanted))
+                        .all(conn)
+                        .await?;
+                    found.iter().any(|e| {
+                        e.data.get("step").and_then(Value::as_str) == Some(step)
+                            && e.data.get("workflow").and_then(Value::as_str) == Some(workflow_id)
+                    })
+                }
+                Condition::All(items) => {
+                    for item in items {
+                        if !self.holds(conn, item, facts, workflow_id, now).await? {
+                            return Ok(false);
+                        }
+                    }
+                    true
+                }
+                Condition::Any(items) => {
+                    for item in items {
+                        if self.holds(conn, item, facts, workflow_id, now).await? {
+                            return Ok(true);
+                        }
+                    }
+                    false
+                }
+                Condition::Not(inner) => !self.holds(conn, inner, facts, workflow_id, now).await?,
+            })
+        })
+    }
+}
+
+enum MessageBody<'a> {
+    Template(&'a str),
+    Inline(&'a str),
+}
+
+struct Rendered {
+    subject: Option<String>,
+    html: Option<String>,
+    text: String,
+}
+
+fn render(
+    templates: &TemplateChecker,
+    context: &Value,
+    subject: Option<&String>,
+    body: &MessageBody<'_>,
+) -> std::result::Result<Rendered, String> {
+    let context = tera::Context::from_serialize(context).map_err(|e| e.to_string())?;
+    let tera = templates.tera();
+    let subject = match subject {
+        Some(s) => Some(tera.render_str(s, &context, false).map_err(|e| first_line(&e))?.trim().to_owned()),
+        None => None,
+    };
+    let (html, text) = match body {
+        MessageBody::Inline(text) => (None, tera.render_str(text, &context, false).map_err(|e| first_line(&e))?),
+        MessageBody::Template(name) => {
+            let rendered = tera.render(name, &context).map_err(|e| first_line(&e))?;
+            if name.ends_with(".html") || name.ends_with(".htm") {
+                let text_name = format!("{}.txt", name.trim_end_matches(".html").trim_end_matches(".htm"));
+                let text = if tera.contains_template(&text_name) {
+                    tera.render(&text_name, &context).map_err(|e| first_line(&e))?
+                } else {
+                    html_to_text(&rendered)
+                };
+                (Some(rendered), text)
+            } else {
+                (None, rendered)
+            }
+        }
+    };
+    Ok(Rendered { subject, html, text: text.trim().to_owned() })
+}
+
+fn first_line(error: &tera::Error) -> String {
+    error.to_string().lines().next().unwrap_or("template error").to_owned()
+}
+
+/// A plain-text rendering of simple HTML email: links as `text (url)`, paragraphs as lines.
+pub fn html_to_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    let mut pending_href: Option<String> = None;
+    while let Some(start) = rest.find('<') {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('>') else {
+            rest = "";
+            break;
+        };
+        let tag = &rest[start + 1..start + end];
+        let name =
+            tag.trim_start_matches('/').split(|c: char| c.is_whitespace()).next().unwrap_or("").to_ascii_lowercase();
+        if tag.starts_with('/') {
+            if name == "a"
+                && let Some(href) = pending_href.take()
+            {
+                out.push_str(&format!(" ({href})"));
+            }
+            if matches!(name.as_str(), "p" | "h1" | "h2" | "h3" | "div" | "li" | "tr") {
+                out.push('\n');
+            }
+        } else if name == "a" {
+            pending_href = tag.split("href=\"").nth(1).and_then(|h| h.split('"').next()).map(str::to_owned);
+        } else if matches!(name.as_str(), "br" | "hr") {
+            out.push('\n');
+        }
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    let decoded = out
+        .replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&");
+    let lines: Vec<String> = decoded.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    let mut text = String::new();
+    let mut blank = false;
+    for line in lines {
+        if line.is_empty() {
+            if !blank && !text.is_empty() {
+                text.push('\n');
+            }
+            blank = true;
+        } else {
+            text.push_str(&line);
+            text.push('\n');
+            blank = false;
+        }
+    }
+    text.trim().to_owned()
+}
+
+fn subscriber_json(s: &subscriber::Model) -> Value {
+    json!({
+        "id": s.id,
+        "email": s.email,
+        "phone": s.phone,
+        "first_name": s.first_name,
+        "last_name": s.last_name,
+        "timezone": s.timezone,
+        "locale": s.locale,
+        "attributes": s.attributes,
+    })
+}
+
+fn loosely_equal(actual: &Value, expected: &Value) -> bool {
+    actual == expected
+        || match (actual, expected) {
+            (Value::String(a), Value::Number(b)) | (Value::Number(b), Value::String(a)) => a == &b.to_string(),
+            (Value::String(a), Value::Bool(b)) | (Value::Bool(b), Value::String(a)) => a == &b.to_string(),
+            _ => false,
+        }
+}
+
+fn matches_trigger(trigger: &Trigger, pending: &pending_trigger::Model) -> bool {
+    match trigger {
+        Trigger::Subscribed { list } => pending.kind == trigger::SUBSCRIBED && &pending.name == list,
+        Trigger::TagAdded { tag } => pending.kind == trigger::TAG_ADDED && &pending.name == tag,
+        Trigger::Event { name } => pending.kind == trigger::EVENT && &pending.name == name,
+        Trigger::Date { .. } | Trigger::Schedule { .. } => false,
+    }
+}
+
+/// A condition in words, for the timeline.
+pub fn describe(condition: &Condition) -> String {
+    match condition {
+        Condition::Opened(s) => format!("opened '{s}'"),
+        Condition::Clicked(s) => format!("clicked in '{s}'"),
+        Condition::Tag(t) => format!("tag '{t}'"),
+        Condition::List(l) => format!("member of '{l}'"),
+        Condition::Has(Channel::Email) => "has an email address".into(),
+        Condition::Has(Channel::Sms) => "has a phone number".into(),
+        Condition::Attribute { name, test } => match test {
+            AttributeTest::Equals(v) => format!("attribute {name} = {v}"),
+            AttributeTest::In(vs) => format!("attribute {name} in {}", Value::Array(vs.clone())),
+            AttributeTest::Exists(true) => format!("attribute {name} exists"),
+            AttributeTest::Exists(false) => format!("attribute {name} is absent"),
+        },
+        Condition::Event { name, within: Some(w) } => format!("event '{name}' within {w}"),
+        Condition::Event { name, within: None } => format!("event '{name}'"),
+        Condition::Source(v) => format!("source {v}"),
+        Condition::Medium(v) => format!("medium {v}"),
+        Condition::Campaign(v) => format!("campaign {v}"),
+        Condition::All(items) => format!("all of ({})", items.iter().map(describe).collect::<Vec<_>>().join(", ")),
+        Condition::Any(items) => format!("any of ({})", items.iter().map(describe).collect::<Vec<_>>().join(", ")),
+        Condition::Not(inner) => format!("not {}", describe(inner)),
+    }
+}
+
+async fn load_facts(conn: &impl ConnectionTrait, id: Uuid) -> Result<Option<Facts>> {
+    let Some(subscriber) = subscriber::Entity::find_by_id(id).one(conn).await? else { return Ok(None) };
+    let tags = subscriber_tag::Entity::find()
+        .filter(subscriber_tag::Column::SubscriberId.eq(id))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|t| t.tag)
+        .collect();
+    let memberships = membership::Entity::find()
+        .filter(membership::Column::SubscriberId.eq(id))
+        .filter(membership::Column::Status.ne(MembershipStatus::Unsubscribed.as_str()))
+        .all(conn)
+        .await?;
+    let list_ids: Vec<Uuid> = memberships.iter().map(|m| m.list_id).collect();
+    let lists = if list_ids.is_empty() {
+        HashSet::new()
+    } else {
+        list::Entity::find()
+            .filter(list::Column::Id.is_in(list_ids))
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|l| l.slug)
+            .collect()
+    };
+    Ok(Some(Facts { subscriber, tags, lists }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_becomes_readable_text() {
+        let html = "<p>Hi Ada,</p>\n<h1>Here is your guide</h1>\n<p>Download it <a href=\"https://x.test/g.pdf\">here</a>.</p><hr><p>Tom &amp; Jerry</p>";
+        assert_eq!(
+            html_to_text(html),
+            "Hi Ada,\n\nHere is your guide\n\nDownload it here (https://x.test/g.pdf).\n\nTom & Jerry"
+        );
+    }
+}
