@@ -76,6 +76,8 @@ pub mod trigger {
     pub const SUBSCRIBED: &str = "subscribed";
     pub const TAG_ADDED: &str = "tag_added";
     pub const EVENT: &str = "event";
+    /// Profile, attributes or consent changed: only re-checks workflow goals.
+    pub const CHANGED: &str = "changed";
 }
 
 /// Queues something that may start workflows; written in the same transaction as what happened,

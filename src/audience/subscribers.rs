@@ -989,6 +989,9 @@ pub async fn update(
     if !changed.is_empty() {
         events.push(records::event(id, kind::UPDATED, json!({"fields": changed, "by": actor.label()}), now));
     }
+    if !changed.is_empty() || !consents.is_empty() {
+        records::trigger(id, trigger::CHANGED, "", json!({}), now).insert(&txn).await?;
+    }
     model.updated_at = Set(now);
     model.update(&txn).await.map_err(|e| {
         if is_unique_violation(&e) {

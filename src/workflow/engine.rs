@@ -92,6 +92,9 @@ struct Run<'a> {
     events: Vec<event::ActiveModel>,
     triggers: Vec<pending_trigger::ActiveModel>,
     now: DateTime<Utc>,
+    /// When the enrollment's current step was due. Waits count from here, not from when the
+    /// engine got to it, so a backlog or a restart does not stretch a drip.
+    logical: DateTime<Utc>,
 }
 
 impl Run<'_> {
@@ -179,6 +182,7 @@ impl Engine {
             if t.kind == trigger::EVENT {
                 self.wake(&txn, t, now).await?;
             }
+            self.check_goals(&txn, t.subscriber_id, now).await?;
             for (id, current) in &workflows {
                 if current.status == Status::Removed || !matches_trigger(&current.program.workflow.trigger, t) {
                     continue;
@@ -192,6 +196,41 @@ impl Engine {
         pending_trigger::Entity::delete_many().filter(pending_trigger::Column::Id.is_in(ids)).exec(&txn).await?;
         txn.commit().await?;
         Ok((batch.len() as u64, enrolled))
+    }
+
+    /// Something changed for this subscriber: any live enrollment whose `exit_when` now holds
+    /// ends at once, not at its next step.
+    async fn check_goals(&self, txn: &DatabaseTransaction, subscriber_id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        let live = enrollment::Entity::find()
+            .filter(enrollment::Column::SubscriberId.eq(subscriber_id))
+            .filter(enrollment::Column::EndedAt.is_null())
+            .all(txn)
+            .await?;
+        if live.is_empty() {
+            return Ok(());
+        }
+        let Some(facts) = load_facts(txn, subscriber_id).await? else { return Ok(()) };
+        for e in live {
+            let Some(program) = self.registry.program(&e.workflow_id, e.version).await? else { continue };
+            let Some(goal) = &program.workflow.exit_when else { continue };
+            if !self.holds(txn, goal, &facts, &e.workflow_id, now).await? {
+                continue;
+            }
+            let reason = format!("goal reached: {}", describe(goal));
+            let data = json!({"workflow": e.workflow_id, "version": e.version, "step": e.step_id, "reason": reason});
+            let mut active = e.into_active_model();
+            active.status = Set("exited".into());
+            active.step_id = Set(None);
+            active.next_run_at = Set(None);
+            active.wait_started_at = Set(None);
+            active.waiting_for = Set(None);
+            active.ended_at = Set(Some(now));
+            active.end_reason = Set(Some(reason));
+            active.updated_at = Set(now);
+            active.update(txn).await?;
+            records::event(subscriber_id, decision::EXITED, data, now).insert(txn).await?;
+        }
+        Ok(())
     }
 
     async fn wake(&self, txn: &DatabaseTransaction, t: &pending_trigger::Model, now: DateTime<Utc>) -> Result<()> {
@@ -239,7 +278,9 @@ impl Engine {
             .order_by_desc(enrollment::Column::CreatedAt)
             .all(txn)
             .await?;
-        if past.iter().any(|e| e.ended_at.is_none()) {
+        if let Some(live) = past.iter().find(|e| e.ended_at.is_none()) {
+            let at = live.step_id.clone().unwrap_or_default();
+            not_entered(format!("already in this workflow (at step '{at}')")).insert(txn).await?;
             return Ok(false);
         }
         if let Some(last) = past.first() {
@@ -314,7 +355,8 @@ impl Engine {
             return Ok(());
         };
         let Some(mut facts) = load_facts(txn, row.subscriber_id).await? else { return Ok(()) };
-        let mut run = Run { row, program: &program, events: Vec::new(), triggers: Vec::new(), now };
+        let logical = row.next_run_at.filter(|due| *due <= now).unwrap_or(now);
+        let mut run = Run { row, program: &program, events: Vec::new(), triggers: Vec::new(), now, logical };
         let mut flow = Flow::Goto(run.row.step_id.clone());
         for _ in 0..MAX_STEPS_PER_RUN {
             if let Some(goal) = &program.workflow.exit_when
@@ -373,40 +415,46 @@ impl Engine {
         Ok(match &step.action {
             Action::Wait(length) => match run.row.wait_started_at {
                 None => {
-                    let until = now + length.as_chrono();
-                    run.row.wait_started_at = Some(now);
+                    let until = run.logical + length.as_chrono();
+                    run.row.wait_started_at = Some(run.logical);
                     run.note(decision::WAITING, json!({"step": step.id, "until": until, "for": length.to_string()}));
                     Flow::WaitUntil(until)
                 }
                 Some(started) if started + length.as_chrono() > now => Flow::WaitUntil(started + length.as_chrono()),
-                Some(_) => done(run, json!("waited")),
+                Some(started) => {
+                    run.logical = started + length.as_chrono();
+                    done(run, json!("waited"))
+                }
             },
             Action::WaitUntil(until) => match (run.row.wait_started_at, run.row.next_run_at) {
-                (Some(_), Some(target)) if target <= now => done(run, json!("the time came")),
+                (Some(_), Some(target)) if target <= now => {
+                    run.logical = target;
+                    done(run, json!("the time came"))
+                }
                 (Some(_), Some(target)) => Flow::WaitUntil(target),
                 _ => {
                     let target = match until {
-                        WaitUntil::Time { weekday, time } => next_local_time(now, tz, *weekday, *time),
-                        WaitUntil::Cron(expression) => {
-                            next_cron_tick(now, tz, expression).unwrap_or(now + chrono::Duration::days(1))
-                        }
+                        WaitUntil::Time { weekday, time } => next_local_time(run.logical, tz, *weekday, *time),
+                        WaitUntil::Cron(expression) => next_cron_tick(run.logical, tz, expression)
+                            .unwrap_or(run.logical + chrono::Duration::days(1)),
                     };
-                    run.row.wait_started_at = Some(now);
+                    run.row.wait_started_at = Some(run.logical);
                     run.note(decision::WAITING, json!({"step": step.id, "until": target, "timezone": tz.name()}));
                     Flow::WaitUntil(target)
                 }
             },
             Action::WaitFor { event, timeout, .. } => match run.row.wait_started_at {
                 None => {
-                    let until = now + timeout.as_chrono();
-                    run.row.wait_started_at = Some(now);
+                    let until = run.logical + timeout.as_chrono();
+                    run.row.wait_started_at = Some(run.logical);
                     run.row.waiting_for = Some(event.clone());
                     run.note(decision::WAITING, json!({"step": step.id, "for_event": event, "until": until}));
                     Flow::WaitUntil(until)
                 }
                 Some(_) if run.row.waiting_for.is_none() => done(run, json!({"event": event})),
                 Some(started) if started + timeout.as_chrono() > now => Flow::WaitUntil(started + timeout.as_chrono()),
-                Some(_) => {
+                Some(started) => {
+                    run.logical = started + timeout.as_chrono();
                     run.note(decision::TIMED_OUT, json!({"step": step.id, "event": event}));
                     Flow::Goto(node.timeout_first.clone())
                 }

@@ -6,6 +6,7 @@
 mod helpers;
 
 mod auth;
+mod engine;
 mod lists;
 mod subscribers;
 mod transfer;

@@ -1,0 +1,328 @@
+use chrono::{Duration, TimeZone, Utc};
+use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, expect_json, expect_problem, on_both_databases};
+use ownlist::clock::Clock;
+use ownlist::store::entities::{enrollment, outbox};
+
+on_both_databases!(
+    a_two_week_drip_runs_on_the_test_clock,
+    an_event_ends_a_wait_for_early,
+    exit_when_ends_the_enrollment_as_soon_as_it_holds,
+    filter_and_reentry_decide_who_enters_and_say_why,
+    an_unsubscribed_subscriber_gets_no_further_email,
+    the_send_window_holds_messages_until_it_opens,
+    editing_a_live_workflow_moves_enrollments_by_step,
+    an_invalid_edit_is_refused_and_the_last_version_keeps_running,
+    a_paused_workflow_holds_everyone_until_resumed,
+);
+
+const DRIP: &str = r#"name: Guide drip
+trigger:
+  subscribed: guide-leads
+  filter: { source: instagram }
+exit_when: { tag: customer }
+reentry: never
+timezone: Europe/Rome
+steps:
+  - id: deliver-guide
+    email:
+      subject: "Your guide, {{ subscriber.first_name | default(value='friend') }}"
+      template: emails/guide.html
+  - id: pause
+    wait: 2d
+  - id: opened-guide
+    if: { opened: deliver-guide }
+    then:
+      - id: upsell
+        email: { subject: "A next step", template: emails/upsell.html }
+    else:
+      - id: nudge-sms
+        sms: { text: "Hi {{ subscriber.first_name }}, your guide is waiting." }
+  - id: buy
+    wait_for: { event: purchased, timeout: 7d }
+    on_timeout:
+      - id: last-chance
+        email: { subject: "Last chance", template: emails/last.html }
+  - id: done
+    tag: nurtured
+"#;
+
+async fn join(app: &TestApp, email: &str, source: &str) -> String {
+    let created = app
+        .create_subscriber(json!({
+            "email": email, "first_name": "Ada", "lists": ["guide-leads"],
+            "consent": {"email": true}, "attribution": {"source": source}
+        }))
+        .await;
+    created["id"].as_str().unwrap().to_owned()
+}
+
+async fn messages(app: &TestApp, subscriber: &str) -> Vec<(String, String)> {
+    let id = uuid::Uuid::parse_str(subscriber).unwrap();
+    outbox::Entity::find()
+        .filter(outbox::Column::SubscriberId.eq(id))
+        .order_by_asc(outbox::Column::Id)
+        .all(app.db.conn())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.step_id.unwrap_or_default(), m.channel))
+        .collect()
+}
+
+async fn timeline(app: &TestApp, subscriber: &str) -> Vec<Value> {
+    let page =
+        expect_json(app.get(&format!("/api/v1/subscribers/{subscriber}/timeline?limit=1000")).await, StatusCode::OK)
+            .await;
+    let mut events = page["data"].as_array().unwrap().clone();
+    events.reverse();
+    events
+}
+
+async fn kinds(app: &TestApp, subscriber: &str) -> Vec<String> {
+    timeline(app, subscriber).await.iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn enrollment_of(app: &TestApp, subscriber: &str) -> enrollment::Model {
+    let id = uuid::Uuid::parse_str(subscriber).unwrap();
+    enrollment::Entity::find()
+        .filter(enrollment::Column::SubscriberId.eq(id))
+        .order_by_desc(enrollment::Column::CreatedAt)
+        .one(app.db.conn())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn a_two_week_drip_runs_on_the_test_clock(app: TestApp) {
+    app.create_list("guide-leads").await;
+    app.install_workflow("guide", DRIP).await;
+    let ada = join(&app, "ada@example.com", "instagram").await;
+    app.tick().await;
+
+    let first = messages(&app, &ada).await;
+    assert_eq!(first, [("deliver-guide".to_owned(), "email".to_owned())]);
+    let message = outbox::Entity::find().one(app.db.conn()).await.unwrap().unwrap();
+    assert_eq!(message.subject.as_deref(), Some("Your guide, Ada"));
+    assert_eq!(message.recipient, "ada@example.com");
+    assert!(message.body_html.as_deref().unwrap().contains("Here is your guide"));
+    assert!(
+        message.body_text.contains("Download it here: the free guide (https://example.com/guide.pdf)"),
+        "{}",
+        message.body_text
+    );
+    assert!(message.body_html.as_deref().unwrap().contains("/u/"), "an unsubscribe link is rendered");
+
+    let e = enrollment_of(&app, &ada).await;
+    assert_eq!(e.step_id.as_deref(), Some("pause"));
+    assert_eq!(e.next_run_at.unwrap(), app.clock.now() + Duration::days(2));
+
+    // Nothing happens before the wait is over.
+    assert_eq!(app.advance(Duration::days(1)).await.advanced, 0);
+    // After two days: not opened, so the else branch; SMS is skipped (no phone), then wait_for.
+    app.advance(Duration::days(1)).await;
+    assert_eq!(enrollment_of(&app, &ada).await.step_id.as_deref(), Some("buy"));
+    // Seven days without the event: the last-chance email, the tag, done.
+    app.advance(Duration::days(7)).await;
+    let all = messages(&app, &ada).await;
+    assert_eq!(all, [("deliver-guide".into(), "email".into()), ("last-chance".into(), "email".into())]);
+    let e = enrollment_of(&app, &ada).await;
+    assert_eq!(e.status, "completed");
+    assert!(e.ended_at.is_some());
+
+    let subscriber = expect_json(app.get(&format!("/api/v1/subscribers/{ada}")).await, StatusCode::OK).await;
+    assert_eq!(subscriber["tags"], json!(["nurtured"]));
+
+    // The timeline explains every decision.
+    let events = timeline(&app, &ada).await;
+    let find = |kind: &str| {
+        events.iter().find(|e| e["kind"] == kind).cloned().unwrap_or_else(|| panic!("no {kind} in {events:#?}"))
+    };
+    assert_eq!(find("workflow_entered")["data"]["workflow"], "guide");
+    assert_eq!(find("branch_taken")["data"]["branch"], "else");
+    assert!(find("branch_taken")["data"]["because"].as_str().unwrap().contains("opened 'deliver-guide' is false"));
+    let skipped = find("step_skipped");
+    assert_eq!(skipped["data"]["step"], "nudge-sms");
+    assert!(skipped["data"]["reason"].as_str().unwrap().contains("no phone number"), "{skipped}");
+    assert_eq!(find("wait_timed_out")["data"]["step"], "buy");
+    assert_eq!(find("workflow_completed")["data"]["workflow"], "guide");
+
+    // Nothing more, ever.
+    assert_eq!(app.advance(Duration::days(30)).await.advanced, 0);
+    assert_eq!(messages(&app, &ada).await.len(), 2);
+}
+
+async fn an_event_ends_a_wait_for_early(app: TestApp) {
+    app.create_list("guide-leads").await;
+    app.install_workflow("guide", DRIP).await;
+    let ada = join(&app, "ada@example.com", "instagram").await;
+    app.tick().await;
+    app.advance(Duration::days(2)).await;
+    assert_eq!(enrollment_of(&app, &ada).await.step_id.as_deref(), Some("buy"));
+
+    let response = app
+        .post(
+            "/api/v1/events",
+            &json!({"email": "ADA@example.com", "name": "purchased", "properties": {"sku": "course"}}),
+        )
+        .await;
+    let event = expect_json(response, StatusCode::CREATED).await;
+    assert_eq!(event["kind"], "event:purchased");
+    app.tick().await;
+    let e = enrollment_of(&app, &ada).await;
+    assert_eq!(e.status, "completed");
+    assert_eq!(messages(&app, &ada).await.len(), 1, "no last-chance email after a purchase");
+    assert!(kinds(&app, &ada).await.contains(&"event_received".to_owned()));
+
+    expect_problem(
+        app.post("/api/v1/events", &json!({"email": "nobody@example.com", "name": "purchased"})).await,
+        StatusCode::NOT_FOUND,
+        "subscriber_not_found",
+    )
+    .await;
+    let problem = expect_problem(
+        app.post("/api/v1/events", &json!({"email": "ada@example.com", "name": "bad name!"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "name");
+}
+
+async fn exit_when_ends_the_enrollment_as_soon_as_it_holds(app: TestApp) {
+    app.create_list("guide-leads").await;
+    app.install_workflow("guide", DRIP).await;
+    let ada = join(&app, "ada@example.com", "instagram").await;
+    app.tick().await;
+    app.patch(&format!("/api/v1/subscribers/{ada}"), &json!({"tags": ["customer"]})).await;
+    app.advance(Duration::days(2)).await;
+    let e = enrollment_of(&app, &ada).await;
+    assert_eq!(e.status, "exited");
+    assert_eq!(e.end_reason.as_deref(), Some("goal reached: tag 'customer'"));
+    assert_eq!(messages(&app, &ada).await.len(), 1);
+}
+
+async fn filter_and_reentry_decide_who_enters_and_say_why(app: TestApp) {
+    app.create_list("guide-leads").await;
+    app.install_workflow("guide", DRIP).await;
+    let bob = join(&app, "bob@example.com", "facebook").await;
+    app.tick().await;
+    assert!(messages(&app, &bob).await.is_empty());
+    let events = timeline(&app, &bob).await;
+    let refused = events.iter().find(|e| e["kind"] == "workflow_not_entered").unwrap();
+    assert!(refused["data"]["reason"].as_str().unwrap().contains("filter"), "{refused}");
+
+    let ada = join(&app, "ada@example.com", "instagram").await;
+    app.tick().await;
+    app.patch(&format!("/api/v1/subscribers/{ada}"), &json!({"tags": ["customer"]})).await;
+    app.tick().await;
+    // Leave and join again: `reentry: never` keeps her out.
+    app.patch(&format!("/api/v1/subscribers/{ada}"), &json!({"lists": [], "tags": []})).await;
+    app.patch(&format!("/api/v1/subscribers/{ada}"), &json!({"lists": ["guide-leads"]})).await;
+    app.tick().await;
+    let refused: Vec<Value> =
+        timeline(&app, &ada).await.into_iter().filter(|e| e["kind"] == "workflow_not_entered").collect();
+    assert!(refused.last().unwrap()["data"]["reason"].as_str().unwrap().contains("never"), "{refused:?}");
+    assert_eq!(messages(&app, &ada).await.len(), 1);
+}
+
+async fn an_unsubscribed_subscriber_gets_no_further_email(app: TestApp) {
+    app.create_list("guide-leads").await;
+    app.install_workflow("guide", DRIP).await;
+    let ada = join(&app, "ada@example.com", "instagram").await;
+    app.tick().await;
+    app.patch(&format!("/api/v1/subscribers/{ada}"), &json!({"consent": {"email": false}})).await;
+    app.advance(Duration::days(9)).await;
+    assert_eq!(messages(&app, &ada).await.len(), 1, "only the email sent before unsubscribing");
+    let skipped: Vec<Value> = timeline(&app, &ada).await.into_iter().filter(|e| e["kind"] == "step_skipped").collect();
+    let last_chance = skipped.iter().find(|e| e["data"]["step"] == "last-chance").unwrap();
+    assert!(last_chance["data"]["reason"].as_str().unwrap().contains("unsubscribed"), "{last_chance}");
+}
+
+async fn the_send_window_holds_messages_until_it_opens(app: TestApp) {
+    app.create_list("guide-leads").await;
+    let windowed = DRIP.replace(
+        "timezone: Europe/Rome\n",
+        "timezone: Europe/Rome\nsend_window: { days: [mon, tue, wed, thu, fri], between: [\"09:00\", \"18:00\"] }\n",
+    );
+    app.install_workflow("guide", &windowed).await;
+    // Saturday 7 March 2026, 12:00 UTC: the window opens on Monday at 09:00 in Rome (08:00 UTC).
+    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 7, 12, 0, 0).unwrap());
+    let ada = join(&app, "ada@example.com", "instagram").await;
+    app.tick().await;
+    assert!(messages(&app, &ada).await.is_empty());
+    let e = enrollment_of(&app, &ada).await;
+    assert_eq!(e.step_id.as_deref(), Some("deliver-guide"));
+    assert_eq!(e.next_run_at.unwrap(), Utc.with_ymd_and_hms(2026, 3, 9, 8, 0, 0).unwrap());
+    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 9, 8, 0, 0).unwrap());
+    app.tick().await;
+    assert_eq!(messages(&app, &ada).await.len(), 1);
+}
+
+async fn editing_a_live_workflow_moves_enrollments_by_step(app: TestApp) {
+    app.create_list("guide-leads").await;
+    app.install_workflow("guide", DRIP).await;
+    let ada = join(&app, "ada@example.com", "instagram").await;
+    app.tick().await;
+    let started = app.clock.now();
+    app.advance(Duration::hours(1)).await;
+
+    // A shorter wait is recomputed from when the wait began.
+    let reloaded = app.install_workflow("guide", &DRIP.replace("wait: 2d", "wait: 1d")).await;
+    assert_eq!(reloaded["moves"][0]["wait_changed"], true, "{reloaded}");
+    let e = enrollment_of(&app, &ada).await;
+    assert_eq!(e.version, 2);
+    assert_eq!(e.next_run_at.unwrap(), started + Duration::days(1));
+
+    // The step they wait at disappears: they continue at the next step of the old order.
+    let without_pause = DRIP.replace("  - id: pause\n    wait: 2d\n", "");
+    let reloaded = app.install_workflow("guide", &without_pause).await;
+    assert_eq!(reloaded["moves"][0]["to_step"], "opened-guide", "{reloaded}");
+    let e = enrollment_of(&app, &ada).await;
+    assert_eq!((e.version, e.step_id.as_deref()), (3, Some("opened-guide")));
+    assert!(kinds(&app, &ada).await.contains(&"workflow_updated".to_owned()));
+
+    let workflows = expect_json(app.get("/api/v1/workflows").await, StatusCode::OK).await;
+    assert_eq!(workflows["data"][0]["version"], 3);
+    assert_eq!(workflows["data"][0]["enrollments"]["at_step"]["opened-guide"], 1);
+
+    // Reloading the same files stores nothing new.
+    let again = app.install_workflow("guide", &without_pause).await;
+    assert_eq!(again["moves"], json!([]));
+    assert_eq!(expect_json(app.get("/api/v1/workflows/guide").await, StatusCode::OK).await["version"], 3);
+}
+
+async fn an_invalid_edit_is_refused_and_the_last_version_keeps_running(app: TestApp) {
+    app.create_list("guide-leads").await;
+    app.install_workflow("guide", DRIP).await;
+    std::fs::write(app.workflows_dir.join("guide.yaml"), DRIP.replace("wait: 2d", "wait: 2 days")).unwrap();
+    let response = app.request(reqwest::Method::POST, "/api/v1/workflows/reload").send().await.unwrap();
+    let problem = expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let field = problem["errors"][0]["field"].as_str().unwrap();
+    assert!(field.ends_with("guide.yaml:14:11"), "{problem}");
+    assert!(problem["errors"][0]["message"].as_str().unwrap().contains("unknown unit"));
+    let current = expect_json(app.get("/api/v1/workflows/guide").await, StatusCode::OK).await;
+    assert_eq!(current["version"], 1);
+    let ada = join(&app, "ada@example.com", "instagram").await;
+    app.tick().await;
+    assert_eq!(messages(&app, &ada).await.len(), 1, "the last valid version keeps running");
+    expect_problem(app.get("/api/v1/workflows/nope").await, StatusCode::NOT_FOUND, "workflow_not_found").await;
+}
+
+async fn a_paused_workflow_holds_everyone_until_resumed(app: TestApp) {
+    app.create_list("guide-leads").await;
+    app.install_workflow("guide", DRIP).await;
+    let paused = expect_json(app.post("/api/v1/workflows/guide/pause", &json!({})).await, StatusCode::OK).await;
+    assert_eq!(paused["status"], "paused");
+    let ada = join(&app, "ada@example.com", "instagram").await;
+    app.tick().await;
+    assert!(messages(&app, &ada).await.is_empty(), "enrolled, but held");
+    assert_eq!(enrollment_of(&app, &ada).await.step_id.as_deref(), Some("deliver-guide"));
+    let resumed = expect_json(app.post("/api/v1/workflows/guide/resume", &json!({})).await, StatusCode::OK).await;
+    assert_eq!(resumed["status"], "active");
+    app.tick().await;
+    assert_eq!(messages(&app, &ada).await.len(), 1);
+}
