@@ -61,6 +61,33 @@ enum WorkflowCommand {
         /// The folder of workflow files (default: OWNLIST_WORKFLOWS_DIR, ./workflows).
         dir: Option<PathBuf>,
     },
+    /// Show, before loading a change, how many enrollments sit at each step and where they go.
+    Plan {
+        /// The folder of workflow files (default: OWNLIST_WORKFLOWS_DIR, ./workflows).
+        dir: Option<PathBuf>,
+    },
+    /// Run one workflow on a virtual clock for an imaginary subscriber and print its timeline.
+    Simulate {
+        file: PathBuf,
+        /// The subscriber, as JSON like POST /api/v1/subscribers (default: ada@example.com).
+        #[arg(long, value_name = "JSON")]
+        subscriber: Option<String>,
+        /// An event and when it happens after the start, e.g. purchased@2d (repeatable).
+        #[arg(long = "event", value_name = "NAME@DURATION")]
+        events: Vec<String>,
+        /// An email step whose message the subscriber opens (repeatable).
+        #[arg(long = "opens", value_name = "STEP")]
+        opens: Vec<String>,
+        /// An email step in whose message the subscriber clicks (repeatable).
+        #[arg(long = "clicks", value_name = "STEP")]
+        clicks: Vec<String>,
+        /// When the simulation starts (RFC 3339; default: now).
+        #[arg(long, value_name = "TIME")]
+        start: Option<String>,
+        /// How far to simulate, in days.
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +149,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Import { file, list } => import_file(App::open(config, clock).await?, file, list).await,
         Command::Export { out } => export_file(App::open(config, clock).await?, out).await,
         Command::Workflows(WorkflowCommand::Check { dir }) => check_workflows(&config, dir).await,
+        Command::Workflows(WorkflowCommand::Plan { dir }) => plan_workflows(config, dir).await,
+        Command::Workflows(WorkflowCommand::Simulate { file, subscriber, events, opens, clicks, start, days }) => {
+            simulate_workflow(&config, &file, subscriber, &events, opens, clicks, start, days).await
+        }
     }
 }
 
@@ -321,4 +352,85 @@ async fn known_lists(config: &Config) -> Option<std::collections::BTreeSet<Strin
     let db = crate::store::Db::connect(&config.database_url).await.ok()?;
     let lists = crate::audience::lists::all(&db).await.ok()?;
     Some(lists.into_iter().map(|l| l.slug).collect())
+}
+
+async fn plan_workflows(config: Config, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| config.workflows_dir.clone());
+    let app = App::open(config, Arc::new(SystemClock)).await?;
+    let (workflows, _, diagnostics) =
+        crate::workflow::loader::check_folder(&app.db, &dir, &app.config.templates_dir).await?;
+    if !diagnostics.is_empty() {
+        for diagnostic in &diagnostics {
+            println!("{diagnostic}");
+        }
+        eprintln!("{} problem(s) found: this change would be refused", diagnostics.len());
+        return Ok(ExitCode::from(1));
+    }
+    let registry = crate::workflow::registry::Registry::open(app.db.clone()).await?;
+    let current = registry.current();
+    let moves = registry.plan(&workflows).await?;
+    for w in &workflows {
+        match current.get(&w.id) {
+            None => println!("{}: new, version 1", w.id),
+            Some(c) if moves.iter().any(|m| m.workflow == w.id) || c.program.workflow != *w => {
+                println!("{}: version {} → {}", w.id, c.version, c.version + 1);
+                for m in moves.iter().filter(|m| m.workflow == w.id) {
+                    let from = m.step.as_deref().unwrap_or("(start)");
+                    let to = match (&m.to_step, m.wait_changed) {
+                        (None, _) => "complete (their step is gone and nothing follows it)".to_owned(),
+                        (Some(to), true) => format!("stay at '{to}'; the wait is recomputed from when it began"),
+                        (Some(to), false) if to == from => format!("stay at '{to}'"),
+                        (Some(to), false) => format!("move to '{to}'"),
+                    };
+                    println!("  {} at '{from}' (version {}): {to}", m.enrollments, m.from_version);
+                }
+            }
+            Some(c) => println!("{}: unchanged (version {})", w.id, c.version),
+        }
+    }
+    for id in current.keys().filter(|id| !workflows.iter().any(|w| &w.id == *id)) {
+        println!("{id}: removed (no new enrollments; live ones finish on their version)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn simulate_workflow(
+    config: &Config,
+    file: &std::path::Path,
+    subscriber: Option<String>,
+    events: &[String],
+    opens: Vec<String>,
+    clicks: Vec<String>,
+    start: Option<String>,
+    days: i64,
+) -> anyhow::Result<ExitCode> {
+    use crate::workflow::simulate::{Outcome, Script, simulate};
+    let subscriber = match subscriber {
+        Some(text) => Some(serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--subscriber is not JSON: {e}"))?),
+        None => None,
+    };
+    let mut script = Script { opens, clicks, ..Script::default() };
+    for event in events {
+        script.events.push(Script::parse_event(event).map_err(|e| anyhow::anyhow!("--event {e}"))?);
+    }
+    let start = match start {
+        Some(text) => chrono::DateTime::parse_from_rfc3339(&text)
+            .map_err(|_| anyhow::anyhow!("--start '{text}' is not an RFC 3339 time such as 2026-03-02T09:00:00Z"))?
+            .with_timezone(&chrono::Utc),
+        None => chrono::Utc::now(),
+    };
+    let horizon = chrono::Duration::days(days.clamp(1, 3650));
+    match simulate(file, &config.templates_dir, subscriber, &script, start, horizon).await? {
+        Outcome::Timeline(text) => {
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Invalid(diagnostics) => {
+            for diagnostic in diagnostics {
+                println!("{diagnostic}");
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
 }

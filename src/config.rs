@@ -77,6 +77,8 @@ impl ConfigError {
 }
 
 const DEFAULT_MAX_IMPORT_BYTES: u64 = 1024 * 1024 * 1024;
+/// Info for ownlist; the libraries' routine chatter (each migration applied) only when asked.
+const DEFAULT_LOG: &str = "info,sea_orm_migration=warn,sqlx=warn";
 
 impl Config {
     /// Loads `file` (or `./ownlist.toml` when it exists), then overrides it with `env`.
@@ -106,7 +108,7 @@ impl Config {
             secret: None,
             admin_token: None,
             max_import_bytes: DEFAULT_MAX_IMPORT_BYTES,
-            log: "info".into(),
+            log: DEFAULT_LOG.into(),
         }
     }
 
@@ -153,7 +155,7 @@ impl Config {
                 )
             })?,
         };
-        let log = raw.log.unwrap_or_else(|| "info".into());
+        let log = raw.log.unwrap_or_else(|| DEFAULT_LOG.into());
         tracing_subscriber::EnvFilter::try_new(&log)
             .map_err(|e| ConfigError::new(name("log"), format!("'{log}' is not a log filter: {e}")))?;
         Ok(Self {

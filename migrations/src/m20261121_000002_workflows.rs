@@ -102,6 +102,20 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // Recurring broadcasts: the last cron tick fired, and progress through the list for the
+        // tick being fired, so each tick enrolls each member exactly once, even across a crash.
+        manager
+            .create_table(
+                Table::create()
+                    .table("schedule_runs")
+                    .col(string("workflow_id").primary_key())
+                    .col(timestamp_with_time_zone("last_tick"))
+                    .col(timestamp_with_time_zone_null("firing_tick"))
+                    .col(uuid_null("after_subscriber"))
+                    .col(timestamp_with_time_zone("updated_at"))
+                    .to_owned(),
+            )
+            .await?;
         // Rendered messages waiting for delivery; the key makes a step's message unique.
         manager
             .create_table(
@@ -135,7 +149,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in ["outbox", "pending_triggers", "enrollments", "workflow_versions", "workflows"] {
+        for table in ["outbox", "schedule_runs", "pending_triggers", "enrollments", "workflow_versions", "workflows"] {
             manager.drop_table(Table::drop().table(table).to_owned()).await?;
         }
         Ok(())

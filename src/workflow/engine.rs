@@ -31,7 +31,7 @@ use crate::error::Result;
 use crate::links::{Purpose, Signer};
 use crate::store::Db;
 use crate::store::entities::{
-    enrollment, event, list, membership, outbox, pending_trigger, subscriber, subscriber_tag,
+    enrollment, event, list, membership, outbox, pending_trigger, schedule_run, subscriber, subscriber_tag,
 };
 
 /// How many triggers or enrollments one transaction takes on.
@@ -156,15 +156,104 @@ impl Engine {
     pub async fn tick(&self) -> Result<TickReport> {
         let mut report = TickReport::default();
         loop {
+            let (scheduled, more) = self.run_schedules().await?;
             let (triggers, enrolled) = self.process_triggers().await?;
             let advanced = self.run_due().await?;
             report.triggers += triggers;
-            report.enrolled += enrolled;
+            report.enrolled += enrolled + scheduled;
             report.advanced += advanced;
-            if triggers == 0 && advanced == 0 {
+            if triggers == 0 && advanced == 0 && !more {
                 return Ok(report);
             }
         }
+    }
+
+    /// Enrolls a subscriber in a workflow now, as its trigger would (used by simulations).
+    pub async fn enroll_directly(&self, id: &str, subscriber_id: Uuid) -> Result<bool> {
+        let Some(current) = self.registry.current().get(id).cloned() else { return Ok(false) };
+        let now = self.clock.now();
+        let txn = self.db.begin_write().await?;
+        let enrolled = self.enroll(&txn, id, &current.program, subscriber_id, now).await?;
+        txn.commit().await?;
+        Ok(enrolled)
+    }
+
+    /// Fires due cron ticks of `schedule` workflows: every current member of the list is
+    /// enrolled, a batch per transaction, with progress stored alongside. A tick missed while
+    /// ownlist was down fires once, late; older missed ticks are not replayed.
+    async fn run_schedules(&self) -> Result<(u64, bool)> {
+        let now = self.clock.now();
+        let mut enrolled = 0;
+        let mut more = false;
+        for (id, current) in self.registry.current() {
+            let Trigger::Schedule { cron, timezone, list: slug } = &current.program.workflow.trigger else { continue };
+            if current.status == Status::Removed {
+                continue;
+            }
+            let tz = zone(timezone.as_deref(), current.program.workflow.timezone.as_deref());
+            let txn = self.db.begin_write().await?;
+            let Some(state) = schedule_run::Entity::find_by_id(id.clone()).one(&txn).await? else {
+                // First sight of this schedule: arm it from now (no retroactive broadcast).
+                schedule_run::ActiveModel {
+                    workflow_id: Set(id.clone()),
+                    last_tick: Set(now),
+                    firing_tick: Set(None),
+                    after_subscriber: Set(None),
+                    updated_at: Set(now),
+                }
+                .insert(&txn)
+                .await?;
+                txn.commit().await?;
+                continue;
+            };
+            let firing = match state.firing_tick {
+                Some(tick) => tick,
+                None => {
+                    let mut latest = None;
+                    let mut cursor = state.last_tick;
+                    while let Some(tick) = next_cron_tick(cursor, tz, cron).filter(|t| *t <= now) {
+                        latest = Some(tick);
+                        cursor = tick;
+                    }
+                    match latest {
+                        Some(tick) => tick,
+                        None => continue,
+                    }
+                }
+            };
+            let Some(target) = list::Entity::find().filter(list::Column::Slug.eq(slug.clone())).one(&txn).await? else {
+                continue;
+            };
+            let mut members = membership::Entity::find()
+                .filter(membership::Column::ListId.eq(target.id))
+                .filter(membership::Column::Status.ne(MembershipStatus::Unsubscribed.as_str()))
+                .order_by_asc(membership::Column::SubscriberId)
+                .limit(BATCH);
+            if let Some(after) = state.after_subscriber {
+                members = members.filter(membership::Column::SubscriberId.gt(after));
+            }
+            let batch = members.all(&txn).await?;
+            for m in &batch {
+                if self.enroll(&txn, &id, &current.program, m.subscriber_id, now).await? {
+                    enrolled += 1;
+                }
+            }
+            let finished = (batch.len() as u64) < BATCH;
+            let mut active = state.into_active_model();
+            if finished {
+                active.last_tick = Set(firing);
+                active.firing_tick = Set(None);
+                active.after_subscriber = Set(None);
+            } else {
+                active.firing_tick = Set(Some(firing));
+                active.after_subscriber = Set(batch.last().map(|m| m.subscriber_id));
+            }
+            active.updated_at = Set(now);
+            active.update(&txn).await?;
+            txn.commit().await?;
+            more |= !finished;
+        }
+        Ok((enrolled, more))
     }
 
     /// Takes a batch of pending triggers: enrolls, and wakes enrollments waiting for an event.

@@ -20,6 +20,7 @@ pub mod loader;
 pub mod model;
 pub mod program;
 pub mod registry;
+pub mod simulate;
 pub mod templates;
 pub mod timing;
 

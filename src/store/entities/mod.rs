@@ -8,6 +8,7 @@ pub mod list;
 pub mod membership;
 pub mod outbox;
 pub mod pending_trigger;
+pub mod schedule_run;
 pub mod subscriber;
 pub mod subscriber_tag;
 pub mod suppression;

@@ -1,0 +1,17 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "schedule_runs")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub workflow_id: String,
+    pub last_tick: DateTimeUtc,
+    pub firing_tick: Option<DateTimeUtc>,
+    pub after_subscriber: Option<Uuid>,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
