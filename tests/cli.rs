@@ -296,3 +296,71 @@ fn workflows_check_prints_file_line_column_and_fails_on_any_problem() {
     let missing = run(ownlist(dir.path()).args(["workflows", "check", "nowhere"]));
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[test]
+fn workflows_simulate_prints_the_timeline_on_a_virtual_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let simulate = |extra: &[&str]| {
+        let mut command = ownlist(dir.path());
+        command.env("OWNLIST_TEMPLATES_DIR", repo.join("templates")).args([
+            "workflows",
+            "simulate",
+            repo.join("workflows/instagram-guide.yaml").to_str().unwrap(),
+            "--start",
+            "2026-03-02T09:00:00Z",
+            "--subscriber",
+            r#"{"email":"ada@example.com","first_name":"Ada","timezone":"Europe/Rome","attribution":{"source":"instagram"}}"#,
+        ]);
+        command.args(extra);
+        run(&mut command)
+    };
+    let started = std::time::Instant::now();
+    let opened = simulate(&["--opens", "deliver-guide"]);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(opened.status.success(), "{}", text(&opened.stderr));
+    let out = text(&opened.stdout);
+    let expected = [
+        "Mon 2026-03-02 10:00         +0  email deliver-guide \"Your guide, Ada\"",
+        "Wed 2026-03-04 10:00        +2d  opened-guide: then branch, because opened 'deliver-guide' is true",
+        "Wed 2026-03-04 10:00        +2d  email upsell \"A next step\"",
+        "monday waits until Mon 2026-03-09 09:00",
+        "buy: no 'purchased' in time",
+        "email last-chance \"Last chance\"",
+        "completed: all steps done",
+    ];
+    for line in expected {
+        assert!(out.contains(line), "missing {line:?} in\n{out}");
+    }
+
+    let bought = simulate(&["--event", "purchased@8d"]);
+    let out = text(&bought.stdout);
+    assert!(out.contains("opened-guide: else branch"), "{out}");
+    assert!(out.contains("event 'purchased' arrived"), "{out}");
+    assert!(!out.contains("last-chance"), "no last-chance email after buying:\n{out}");
+    assert!(!dir.path().join("data").exists(), "a simulation writes nothing");
+
+    let bad = simulate(&["--event", "purchased"]);
+    assert_eq!(bad.status.code(), Some(3));
+    assert!(text(&bad.stderr).contains("NAME@DURATION"), "{}", text(&bad.stderr));
+}
+
+#[test]
+fn workflows_plan_shows_where_live_enrollments_would_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    let original = "name: T\ntrigger: { event: signed-up }\nsteps:\n  - id: first\n    tag: a\n  - id: pause\n    wait: 2d\n  - id: last\n    tag: b\n";
+    std::fs::write(workflows.join("t.yaml"), original).unwrap();
+    let with = |dir: &Path| {
+        let mut command = ownlist(dir);
+        command.env("OWNLIST_TEMPLATES_DIR", repo.join("templates"));
+        command
+    };
+    // Unchanged and new workflows.
+    let migrate = run(with(dir.path()).arg("migrate"));
+    assert!(migrate.status.success());
+    let plan = run(with(dir.path()).args(["workflows", "plan"]));
+    assert_eq!(text(&plan.stdout).trim(), "t: new, version 1");
+}

@@ -17,6 +17,8 @@ on_both_databases!(
     editing_a_live_workflow_moves_enrollments_by_step,
     an_invalid_edit_is_refused_and_the_last_version_keeps_running,
     a_paused_workflow_holds_everyone_until_resumed,
+    a_schedule_enrolls_every_member_once_per_tick,
+    plan_shows_where_enrollments_would_go_without_moving_them,
 );
 
 const DRIP: &str = r#"name: Guide drip
@@ -325,4 +327,60 @@ async fn a_paused_workflow_holds_everyone_until_resumed(app: TestApp) {
     assert_eq!(resumed["status"], "active");
     app.tick().await;
     assert_eq!(messages(&app, &ada).await.len(), 1);
+}
+
+async fn a_schedule_enrolls_every_member_once_per_tick(app: TestApp) {
+    app.create_list("newsletter").await;
+    // Wednesday 4 March 2026, 09:00 UTC.
+    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 4, 9, 0, 0).unwrap());
+    let mut readers = Vec::new();
+    for n in 0..250 {
+        let created = app
+            .create_subscriber(
+                json!({"email": format!("reader{n}@example.com"), "lists": ["newsletter"], "consent": {"email": true}}),
+            )
+            .await;
+        readers.push(created["id"].as_str().unwrap().to_owned());
+    }
+    app.patch(&format!("/api/v1/subscribers/{}", readers[0]), &json!({"status": "unsubscribed"})).await;
+    let digest =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/weekly-digest.yaml"))
+            .unwrap();
+    app.install_workflow("weekly-digest", &digest).await;
+    app.tick().await;
+    assert_eq!(app.count("outbox").await, 0, "no broadcast before the first tick");
+
+    // Monday 9 March, 09:00 in Rome is 08:00 UTC.
+    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 9, 8, 0, 0).unwrap());
+    app.tick().await;
+    app.tick().await;
+    assert_eq!(app.count("outbox").await, 249, "every member but the one who left, once");
+    assert!(messages(&app, &readers[0]).await.is_empty());
+
+    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 16, 8, 0, 0).unwrap());
+    app.tick().await;
+    assert_eq!(app.count("outbox").await, 498, "the next Monday, everyone again (reentry: always)");
+    assert_eq!(messages(&app, &readers[1]).await.len(), 2);
+}
+
+async fn plan_shows_where_enrollments_would_go_without_moving_them(app: TestApp) {
+    use ownlist::workflow::templates::TemplateChecker;
+    app.create_list("guide-leads").await;
+    app.install_workflow("guide", DRIP).await;
+    join(&app, "ada@example.com", "instagram").await;
+    join(&app, "bob@example.com", "instagram").await;
+    app.tick().await;
+    let templates = TemplateChecker::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"));
+    let context = ownlist::workflow::Context { templates: &templates, lists: None };
+    let edited = DRIP.replace("  - id: pause\n    wait: 2d\n", "");
+    let workflow = ownlist::workflow::check(std::path::Path::new("guide.yaml"), &edited, &context).unwrap();
+    let moves = app.engine.registry().plan(&[workflow]).await.unwrap();
+    assert_eq!(moves.len(), 1);
+    assert_eq!(moves[0].step.as_deref(), Some("pause"));
+    assert_eq!(moves[0].enrollments, 2);
+    assert_eq!(moves[0].to_step.as_deref(), Some("opened-guide"));
+    let ada = app.get("/api/v1/workflows/guide").await;
+    let view = expect_json(ada, StatusCode::OK).await;
+    assert_eq!(view["version"], 1, "planning changes nothing");
+    assert_eq!(view["enrollments"]["at_step"]["pause"], 2);
 }
