@@ -35,7 +35,7 @@ use crate::store::entities::{
 };
 
 /// How many triggers or enrollments one transaction takes on.
-const BATCH: u64 = 200;
+const BATCH: u64 = 1000;
 /// Steps one enrollment may take in one run (a workflow has no loops; this is a safety net).
 const MAX_STEPS_PER_RUN: usize = 500;
 
@@ -91,6 +91,7 @@ struct Run<'a> {
     program: &'a Program,
     events: Vec<event::ActiveModel>,
     triggers: Vec<pending_trigger::ActiveModel>,
+    tags: Vec<subscriber_tag::ActiveModel>,
     now: DateTime<Utc>,
     /// When the enrollment's current step was due. Waits count from here, not from when the
     /// engine got to it, so a backlog or a restart does not stretch a drip.
@@ -267,11 +268,12 @@ impl Engine {
         }
         let workflows = self.registry.current();
         let mut enrolled = 0;
+        let touched: Vec<Uuid> = batch.iter().map(|t| t.subscriber_id).collect::<HashSet<_>>().into_iter().collect();
+        self.check_goals(&txn, touched, now).await?;
         for t in &batch {
             if t.kind == trigger::EVENT {
                 self.wake(&txn, t, now).await?;
             }
-            self.check_goals(&txn, t.subscriber_id, now).await?;
             for (id, current) in &workflows {
                 if current.status == Status::Removed || !matches_trigger(&current.program.workflow.trigger, t) {
                     continue;
@@ -289,22 +291,36 @@ impl Engine {
 
     /// Something changed for this subscriber: any live enrollment whose `exit_when` now holds
     /// ends at once, not at its next step.
-    async fn check_goals(&self, txn: &DatabaseTransaction, subscriber_id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        let live = enrollment::Entity::find()
-            .filter(enrollment::Column::SubscriberId.eq(subscriber_id))
-            .filter(enrollment::Column::EndedAt.is_null())
-            .all(txn)
-            .await?;
-        if live.is_empty() {
+    async fn check_goals(&self, txn: &DatabaseTransaction, subscribers: Vec<Uuid>, now: DateTime<Utc>) -> Result<()> {
+        let mut live = Vec::new();
+        for chunk in subscribers.chunks(1000) {
+            let found = enrollment::Entity::find()
+                .filter(enrollment::Column::SubscriberId.is_in(chunk.iter().copied()))
+                .filter(enrollment::Column::EndedAt.is_null())
+                .all(txn)
+                .await?;
+            live.extend(found);
+        }
+        // Only enrollments whose workflow has a goal need the subscriber's facts.
+        let mut with_goals = Vec::new();
+        for e in live {
+            if let Some(program) = self.registry.program(&e.workflow_id, e.version).await?
+                && program.workflow.exit_when.is_some()
+            {
+                with_goals.push((e, program));
+            }
+        }
+        if with_goals.is_empty() {
             return Ok(());
         }
-        let Some(facts) = load_facts(txn, subscriber_id).await? else { return Ok(()) };
-        for e in live {
-            let Some(program) = self.registry.program(&e.workflow_id, e.version).await? else { continue };
+        let facts = load_facts_batch(txn, with_goals.iter().map(|(e, _)| e.subscriber_id).collect()).await?;
+        for (e, program) in with_goals {
             let Some(goal) = &program.workflow.exit_when else { continue };
-            if !self.holds(txn, goal, &facts, &e.workflow_id, now).await? {
+            let Some(facts) = facts.get(&e.subscriber_id) else { continue };
+            if !self.holds(txn, goal, facts, &e.workflow_id, now).await? {
                 continue;
             }
+            let subscriber_id = e.subscriber_id;
             let reason = format!("goal reached: {}", describe(goal));
             let data = json!({"workflow": e.workflow_id, "version": e.version, "step": e.step_id, "reason": reason});
             let mut active = e.into_active_model();
@@ -427,14 +443,26 @@ impl Engine {
         }
         let due = query.all(&txn).await?;
         let count = due.len() as u64;
+        let mut facts = load_facts_batch(&txn, due.iter().map(|e| e.subscriber_id).collect()).await?;
+        let mut writes = Writes::default();
         for row in due {
-            self.advance(&txn, row, now).await?;
+            // A subscriber erased meanwhile took their enrollments with them (foreign key).
+            let Some(f) = facts.get_mut(&row.subscriber_id) else { continue };
+            self.advance(&txn, row, f, now, &mut writes).await?;
         }
+        writes.flush(&txn, self.db.backend()).await?;
         txn.commit().await?;
         Ok(count)
     }
 
-    async fn advance(&self, txn: &DatabaseTransaction, row: enrollment::Model, now: DateTime<Utc>) -> Result<()> {
+    async fn advance(
+        &self,
+        txn: &DatabaseTransaction,
+        row: enrollment::Model,
+        facts: &mut Facts,
+        now: DateTime<Utc>,
+        writes: &mut Writes,
+    ) -> Result<()> {
         let Some(program) = self.registry.program(&row.workflow_id, row.version).await? else {
             let mut active = row.into_active_model();
             active.status = Set("failed".into());
@@ -443,13 +471,13 @@ impl Engine {
             active.update(txn).await?;
             return Ok(());
         };
-        let Some(mut facts) = load_facts(txn, row.subscriber_id).await? else { return Ok(()) };
         let logical = row.next_run_at.filter(|due| *due <= now).unwrap_or(now);
-        let mut run = Run { row, program: &program, events: Vec::new(), triggers: Vec::new(), now, logical };
+        let mut run =
+            Run { row, program: &program, events: Vec::new(), triggers: Vec::new(), tags: Vec::new(), now, logical };
         let mut flow = Flow::Goto(run.row.step_id.clone());
         for _ in 0..MAX_STEPS_PER_RUN {
             if let Some(goal) = &program.workflow.exit_when
-                && self.holds(txn, goal, &facts, &run.row.workflow_id, now).await?
+                && self.holds(txn, goal, facts, &run.row.workflow_id, now).await?
             {
                 flow = Flow::End { status: "exited", reason: format!("goal reached: {}", describe(goal)) };
                 break;
@@ -458,7 +486,7 @@ impl Engine {
                 flow = Flow::End { status: "completed", reason: "all steps done".into() };
                 break;
             };
-            flow = self.step(txn, &mut run, &node, &mut facts).await?;
+            flow = self.step(txn, &mut run, &node, facts).await?;
             match &flow {
                 Flow::Goto(next) => {
                     run.row.step_id.clone_from(next);
@@ -484,11 +512,11 @@ impl Engine {
             }
             Flow::Goto(_) => row.next_run_at = Some(now),
         }
-        let mut active = row.into_active_model().reset_all();
-        active.updated_at = Set(now);
-        active.update(txn).await?;
-        event::Entity::insert_many(run.events).exec_without_returning(txn).await?;
-        pending_trigger::Entity::insert_many(run.triggers).exec_without_returning(txn).await?;
+        row.updated_at = now;
+        writes.enrollments.push(row.into_active_model().reset_all());
+        writes.events.append(&mut run.events);
+        writes.triggers.append(&mut run.triggers);
+        writes.tags.append(&mut run.tags);
         Ok(())
     }
 
@@ -566,12 +594,10 @@ impl Engine {
                 self.message(txn, run, node, facts, Channel::Sms, None, body).await?
             }
             Action::Tag(tag) => {
-                let added = subscriber_tag::Entity::insert(tag_row(facts.subscriber.id, tag, now))
-                    .on_conflict_do_nothing()
-                    .exec_without_returning(txn)
-                    .await?;
-                if matches!(added, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
-                    facts.tags.insert(tag.clone());
+                // The batch holds the write lock and every change to these facts, so a tag not in
+                // them is new; it is written with the rest of the batch.
+                if facts.tags.insert(tag.clone()) {
+                    run.tags.push(tag_row(facts.subscriber.id, tag, now));
                     run.note(kind::TAG_ADDED, json!({"tag": tag, "step": step.id}));
                     run.triggers.push(records::trigger(facts.subscriber.id, trigger::TAG_ADDED, tag, json!({}), now));
                 }
@@ -857,6 +883,42 @@ impl Engine {
     }
 }
 
+/// What a batch of enrollments writes, flushed as multi-row statements before the commit.
+#[derive(Default)]
+struct Writes {
+    enrollments: Vec<enrollment::ActiveModel>,
+    events: Vec<event::ActiveModel>,
+    triggers: Vec<pending_trigger::ActiveModel>,
+    tags: Vec<subscriber_tag::ActiveModel>,
+}
+
+impl Writes {
+    async fn flush(self, txn: &DatabaseTransaction, backend: sea_orm::DbBackend) -> Result<()> {
+        use crate::store::bulk::{OnDuplicate, insert_statement};
+        let mut statements = Vec::new();
+        for part in self.tags.chunks(2000) {
+            statements.extend(insert_statement(backend, part.to_vec(), OnDuplicate::Ignore));
+        }
+        for part in self.enrollments.chunks(1000) {
+            statements.extend(insert_statement(backend, part.to_vec(), OnDuplicate::Replace));
+        }
+        for part in self.events.chunks(2000) {
+            statements.extend(insert_statement(backend, part.to_vec(), OnDuplicate::Fail));
+        }
+        for part in self.triggers.chunks(2000) {
+            statements.extend(insert_statement(backend, part.to_vec(), OnDuplicate::Fail));
+        }
+        for statement in statements {
+            if statement.values.is_none() {
+                txn.execute_unprepared(&statement.sql).await?;
+            } else {
+                txn.execute_raw(statement).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 enum MessageBody<'a> {
     Template(&'a str),
     Inline(&'a str),
@@ -1018,32 +1080,50 @@ pub fn describe(condition: &Condition) -> String {
 }
 
 async fn load_facts(conn: &impl ConnectionTrait, id: Uuid) -> Result<Option<Facts>> {
-    let Some(subscriber) = subscriber::Entity::find_by_id(id).one(conn).await? else { return Ok(None) };
-    let tags = subscriber_tag::Entity::find()
-        .filter(subscriber_tag::Column::SubscriberId.eq(id))
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|t| t.tag)
-        .collect();
+    Ok(load_facts_batch(conn, vec![id]).await?.remove(&id))
+}
+
+/// Facts for many subscribers in four queries.
+async fn load_facts_batch(
+    conn: &impl ConnectionTrait,
+    ids: Vec<Uuid>,
+) -> Result<std::collections::HashMap<Uuid, Facts>> {
+    use std::collections::HashMap;
+    let mut facts: HashMap<Uuid, Facts> = HashMap::with_capacity(ids.len());
+    if ids.is_empty() {
+        return Ok(facts);
+    }
+    for s in subscriber::Entity::find().filter(subscriber::Column::Id.is_in(ids.clone())).all(conn).await? {
+        facts.insert(s.id, Facts { subscriber: s, tags: HashSet::new(), lists: HashSet::new() });
+    }
+    for t in
+        subscriber_tag::Entity::find().filter(subscriber_tag::Column::SubscriberId.is_in(ids.clone())).all(conn).await?
+    {
+        if let Some(f) = facts.get_mut(&t.subscriber_id) {
+            f.tags.insert(t.tag);
+        }
+    }
     let memberships = membership::Entity::find()
-        .filter(membership::Column::SubscriberId.eq(id))
+        .filter(membership::Column::SubscriberId.is_in(ids))
         .filter(membership::Column::Status.ne(MembershipStatus::Unsubscribed.as_str()))
         .all(conn)
         .await?;
-    let list_ids: Vec<Uuid> = memberships.iter().map(|m| m.list_id).collect();
-    let lists = if list_ids.is_empty() {
-        HashSet::new()
-    } else {
-        list::Entity::find()
+    if !memberships.is_empty() {
+        let list_ids: HashSet<Uuid> = memberships.iter().map(|m| m.list_id).collect();
+        let slugs: HashMap<Uuid, String> = list::Entity::find()
             .filter(list::Column::Id.is_in(list_ids))
             .all(conn)
             .await?
             .into_iter()
-            .map(|l| l.slug)
-            .collect()
-    };
-    Ok(Some(Facts { subscriber, tags, lists }))
+            .map(|l| (l.id, l.slug))
+            .collect();
+        for m in memberships {
+            if let (Some(f), Some(slug)) = (facts.get_mut(&m.subscriber_id), slugs.get(&m.list_id)) {
+                f.lists.insert(slug.clone());
+            }
+        }
+    }
+    Ok(facts)
 }
 
 #[cfg(test)]
