@@ -35,7 +35,7 @@ use crate::store::entities::{
 };
 
 /// How many triggers or enrollments one transaction takes on.
-const BATCH: u64 = 1000;
+const BATCH: u64 = 2000;
 /// Steps one enrollment may take in one run (a workflow has no loops; this is a safety net).
 const MAX_STEPS_PER_RUN: usize = 500;
 
@@ -598,10 +598,13 @@ impl Engine {
                 // them is new; it is written with the rest of the batch.
                 if facts.tags.insert(tag.clone()) {
                     run.tags.push(tag_row(facts.subscriber.id, tag, now));
+                    // `tag_added` names the step: it is this step's "done" entry too.
                     run.note(kind::TAG_ADDED, json!({"tag": tag, "step": step.id}));
                     run.triggers.push(records::trigger(facts.subscriber.id, trigger::TAG_ADDED, tag, json!({}), now));
+                    Flow::Goto(node.next.clone())
+                } else {
+                    done(run, json!({"tag": tag, "already": true}))
                 }
-                done(run, json!({"tag": tag}))
             }
             Action::Untag(tag) => {
                 let removed = subscriber_tag::Entity::delete_many()
