@@ -299,3 +299,12 @@ fn any_input_at_all_gives_diagnostics_never_a_panic() {
         }
     }
 }
+
+#[test]
+fn a_date_trigger_must_allow_reentry() {
+    let yaml = "name: Birthday\ntrigger:\n  date: { attribute: birthday, offset: -1d, at: \"09:00\" }\nsteps:\n  - id: card\n    tag: birthday\n";
+    assert_one(yaml, "workflows/test.yaml:3:", "fires every year");
+    assert_eq!(diagnose(&yaml.replace("steps:", "reentry: always\nsteps:")), Vec::<String>::new());
+    assert_one(&yaml.replace("offset: -1d", "offset: yesterday"), "workflows/test.yaml:3:", "not a duration");
+    assert_one(&yaml.replace("\"09:00\"", "\"9 o'clock\""), "workflows/test.yaml:3:", "not a time of day");
+}

@@ -165,6 +165,12 @@ impl Checker<'_> {
                 ),
             },
         };
+        if matches!(trigger, Trigger::Date { .. }) && reentry == Reentry::Never {
+            self.report(
+                at(&raw.trigger),
+                "a date trigger fires every year: set `reentry: always` (or `{ after: 300d }`) so it can",
+            );
+        }
         let timezone = raw.timezone.as_ref().and_then(|tz| self.ok(at(tz), validate_timezone(&tz.value)));
         let send_window = raw.send_window.as_ref().and_then(|w| self.send_window(w));
         if raw.steps.is_empty() {

@@ -158,6 +158,9 @@ impl Engine {
         let mut report = TickReport::default();
         loop {
             let (scheduled, more) = self.run_schedules().await?;
+            let (dated, more_dates) = self.run_dates().await?;
+            let scheduled = scheduled + dated;
+            let more = more || more_dates;
             let (triggers, enrolled) = self.process_triggers().await?;
             let advanced = self.run_due().await?;
             report.triggers += triggers;
@@ -248,6 +251,81 @@ impl Engine {
             } else {
                 active.firing_tick = Set(Some(firing));
                 active.after_subscriber = Set(batch.last().map(|m| m.subscriber_id));
+            }
+            active.updated_at = Set(now);
+            active.update(&txn).await?;
+            txn.commit().await?;
+            more |= !finished;
+        }
+        Ok((enrolled, more))
+    }
+
+    /// Date triggers: once per window (up to the next UTC midnight), every subscriber whose
+    /// yearly date (attribute + offset, at the given local time in their zone) falls inside the
+    /// window is enrolled, with the first step due at that moment. Windows follow each other
+    /// without gaps or overlaps, so each anniversary enrolls once; progress is stored like a
+    /// schedule's, so a crash mid-scan neither skips nor repeats anyone.
+    async fn run_dates(&self) -> Result<(u64, bool)> {
+        let now = self.clock.now();
+        let mut enrolled = 0;
+        let mut more = false;
+        for (id, current) in self.registry.current() {
+            let Trigger::Date { attribute, offset, at } = &current.program.workflow.trigger else { continue };
+            if current.status == Status::Removed {
+                continue;
+            }
+            let txn = self.db.begin_write().await?;
+            let Some(state) = schedule_run::Entity::find_by_id(id.clone()).one(&txn).await? else {
+                schedule_run::ActiveModel {
+                    workflow_id: Set(id.clone()),
+                    last_tick: Set(now),
+                    firing_tick: Set(None),
+                    after_subscriber: Set(None),
+                    updated_at: Set(now),
+                }
+                .insert(&txn)
+                .await?;
+                txn.commit().await?;
+                continue;
+            };
+            let window_start = state.last_tick;
+            let window_end = match state.firing_tick {
+                Some(end) => end,
+                None => {
+                    let next_midnight =
+                        (now.date_naive() + chrono::Duration::days(1)).and_time(chrono::NaiveTime::MIN).and_utc();
+                    if next_midnight <= window_start {
+                        continue;
+                    }
+                    next_midnight
+                }
+            };
+            let mut query = subscriber::Entity::find().order_by_asc(subscriber::Column::Id).limit(BATCH);
+            if let Some(after) = state.after_subscriber {
+                query = query.filter(subscriber::Column::Id.gt(after));
+            }
+            let batch = query.all(&txn).await?;
+            let workflow = &current.program.workflow;
+            for s in &batch {
+                let Some(anniversary) = s.attributes.get(attribute).and_then(Value::as_str).and_then(month_day) else {
+                    continue;
+                };
+                let tz = zone(s.timezone.as_deref(), workflow.timezone.as_deref());
+                if let Some(moment) = occurrence_in(anniversary, *offset, *at, tz, window_start, window_end)
+                    && self.enroll_at(&txn, &id, &current.program, s.id, now, moment).await?
+                {
+                    enrolled += 1;
+                }
+            }
+            let finished = (batch.len() as u64) < BATCH;
+            let mut active = state.into_active_model();
+            if finished {
+                active.last_tick = Set(window_end);
+                active.firing_tick = Set(None);
+                active.after_subscriber = Set(None);
+            } else {
+                active.firing_tick = Set(Some(window_end));
+                active.after_subscriber = Set(batch.last().map(|s| s.id));
             }
             active.updated_at = Set(now);
             active.update(&txn).await?;
@@ -366,6 +444,19 @@ impl Engine {
         subscriber_id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<bool> {
+        self.enroll_at(txn, id, program, subscriber_id, now, now).await
+    }
+
+    /// Enrolls with the first step due at `start` (later than `now` for date triggers).
+    async fn enroll_at(
+        &self,
+        txn: &DatabaseTransaction,
+        id: &str,
+        program: &Program,
+        subscriber_id: Uuid,
+        now: DateTime<Utc>,
+        start: DateTime<Utc>,
+    ) -> Result<bool> {
         let Some(facts) = load_facts(txn, subscriber_id).await? else { return Ok(false) };
         let workflow = &program.workflow;
         let not_entered = |reason: String| {
@@ -411,7 +502,7 @@ impl Engine {
             subscriber_id: Set(subscriber_id),
             status: Set("active".into()),
             step_id: Set(program.first().map(str::to_owned)),
-            next_run_at: Set(Some(now)),
+            next_run_at: Set(Some(start)),
             wait_started_at: Set(None),
             waiting_for: Set(None),
             end_reason: Set(None),
@@ -1047,6 +1138,41 @@ fn loosely_equal(actual: &Value, expected: &Value) -> bool {
         }
 }
 
+/// The month and day of a yearly date written `YYYY-MM-DD`, `MM-DD` or `--MM-DD`.
+pub(crate) fn month_day(text: &str) -> Option<(u32, u32)> {
+    let text = text.trim().trim_start_matches("--");
+    let parts: Vec<&str> = text.split('-').collect();
+    let (month, day) = match parts.as_slice() {
+        [_, m, d] | [m, d] => (m.parse().ok()?, d.parse().ok()?),
+        _ => return None,
+    };
+    // Validate against a leap year so that 29 February is a date.
+    chrono::NaiveDate::from_ymd_opt(2024, month, day).map(|_| (month, day))
+}
+
+/// When a yearly date (plus offset, at a local time) happens inside [start, end), if it does.
+/// 29 February is celebrated on 28 February in other years.
+pub(crate) fn occurrence_in(
+    (month, day): (u32, u32),
+    offset: super::timing::Span,
+    at: chrono::NaiveTime,
+    tz: chrono_tz::Tz,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    use chrono::Datelike;
+    for year in start.year() - 1..=end.year() + 1 {
+        let date = chrono::NaiveDate::from_ymd_opt(year, month, day)
+            .or_else(|| chrono::NaiveDate::from_ymd_opt(year, month, day - 1))?;
+        let local = date.and_time(at) + offset.as_chrono();
+        let moment = super::timing::local_to_utc(tz, local);
+        if moment >= start && moment < end {
+            return Some(moment);
+        }
+    }
+    None
+}
+
 fn matches_trigger(trigger: &Trigger, pending: &pending_trigger::Model) -> bool {
     match trigger {
         Trigger::Subscribed { list } => pending.kind == trigger::SUBSCRIBED && &pending.name == list,
@@ -1132,6 +1258,30 @@ async fn load_facts_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yearly_dates_fall_in_one_window_each() {
+        use chrono::TimeZone;
+        let rome: chrono_tz::Tz = "Europe/Rome".parse().unwrap();
+        let nine = chrono::NaiveTime::from_hms_opt(9, 0, 0).unwrap();
+        let day_before = super::super::timing::Span::parse("-1d", true).unwrap();
+        assert_eq!(month_day("1990-03-10"), Some((3, 10)));
+        assert_eq!(month_day("--02-29"), Some((2, 29)));
+        assert_eq!(month_day("13-01"), None);
+        assert_eq!(month_day("soon"), None);
+        // A birthday on 10 March, the day before at 09:00 in Rome: 9 March 08:00 UTC.
+        let start = Utc.with_ymd_and_hms(2026, 3, 9, 0, 0, 0).unwrap();
+        let end = Utc.with_ymd_and_hms(2026, 3, 10, 0, 0, 0).unwrap();
+        assert_eq!(
+            occurrence_in((3, 10), day_before, nine, rome, start, end),
+            Some(Utc.with_ymd_and_hms(2026, 3, 9, 8, 0, 0).unwrap())
+        );
+        assert_eq!(occurrence_in((3, 11), day_before, nine, rome, start, end), None);
+        // 29 February in a common year: the 28th.
+        let feb = Utc.with_ymd_and_hms(2027, 2, 28, 0, 0, 0).unwrap();
+        let zero = super::super::timing::Span::parse("0s", false).unwrap();
+        assert!(occurrence_in((2, 29), zero, nine, chrono_tz::Tz::UTC, feb, feb + chrono::Duration::days(1)).is_some());
+    }
 
     #[test]
     fn html_becomes_readable_text() {

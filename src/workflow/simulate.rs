@@ -117,8 +117,18 @@ pub async fn simulate(
             let tz = zone(timezone.as_deref(), workflow.timezone.as_deref());
             schedule_tick = next_cron_tick(start, tz, cron);
         }
-        Trigger::Date { .. } => {
-            anyhow::bail!("date triggers cannot be simulated yet: use an `event` trigger to preview the steps")
+        Trigger::Date { attribute, offset, at } => {
+            let anniversary = created
+                .attributes
+                .get(attribute)
+                .and_then(Value::as_str)
+                .and_then(super::engine::month_day)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--subscriber needs the attribute '{attribute}' as YYYY-MM-DD or MM-DD")
+                })?;
+            let tz = zone(created.timezone.as_deref(), workflow.timezone.as_deref());
+            schedule_tick =
+                super::engine::occurrence_in(anniversary, *offset, *at, tz, start, start + Duration::days(367));
         }
         _ => {}
     }

@@ -19,6 +19,7 @@ on_both_databases!(
     a_paused_workflow_holds_everyone_until_resumed,
     a_schedule_enrolls_every_member_once_per_tick,
     plan_shows_where_enrollments_would_go_without_moving_them,
+    birthdays_enroll_once_a_year_at_the_local_time,
 );
 
 const DRIP: &str = r#"name: Guide drip
@@ -383,4 +384,43 @@ async fn plan_shows_where_enrollments_would_go_without_moving_them(app: TestApp)
     let view = expect_json(ada, StatusCode::OK).await;
     assert_eq!(view["version"], 1, "planning changes nothing");
     assert_eq!(view["enrollments"]["at_step"]["pause"], 2);
+}
+
+async fn birthdays_enroll_once_a_year_at_the_local_time(app: TestApp) {
+    // Sunday 8 March 2026, 12:00 UTC.
+    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 8, 12, 0, 0).unwrap());
+    let rome = app
+        .create_subscriber(json!({"email": "rome@example.com", "timezone": "Europe/Rome", "attributes": {"birthday": "1990-03-10"}, "consent": {"email": true}}))
+        .await;
+    let tokyo = app
+        .create_subscriber(json!({"email": "tokyo@example.com", "timezone": "Asia/Tokyo", "attributes": {"birthday": "03-10"}, "consent": {"email": true}}))
+        .await;
+    let other = app
+        .create_subscriber(
+            json!({"email": "other@example.com", "attributes": {"birthday": "1990-07-01"}, "consent": {"email": true}}),
+        )
+        .await;
+    let workflow = "name: Birthday\ntrigger:\n  date: { attribute: birthday, offset: -1d, at: \"09:00\" }\nreentry: always\nsteps:\n  - id: card\n    email: { subject: \"Tomorrow is your day\", template: emails/welcome.html }\n";
+    app.install_workflow("birthday", workflow).await;
+    app.tick().await; // arms the trigger from now
+    // Day by day: the day before 10 March at 09:00 local: Tokyo first (00:00 UTC), then Rome (08:00 UTC).
+    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 9, 0, 30, 0).unwrap());
+    app.tick().await;
+    assert_eq!(messages(&app, tokyo["id"].as_str().unwrap()).await.len(), 1);
+    assert_eq!(messages(&app, rome["id"].as_str().unwrap()).await.len(), 0);
+    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 9, 8, 0, 0).unwrap());
+    app.tick().await;
+    assert_eq!(messages(&app, rome["id"].as_str().unwrap()).await.len(), 1);
+    // Later that year nothing repeats; the next year it comes again.
+    for day in 10..=20 {
+        app.clock.set(Utc.with_ymd_and_hms(2026, 3, day, 12, 0, 0).unwrap());
+        app.tick().await;
+    }
+    assert_eq!(messages(&app, rome["id"].as_str().unwrap()).await.len(), 1);
+    assert!(messages(&app, other["id"].as_str().unwrap()).await.is_empty());
+    app.clock.set(Utc.with_ymd_and_hms(2027, 3, 8, 12, 0, 0).unwrap());
+    app.tick().await;
+    app.clock.set(Utc.with_ymd_and_hms(2027, 3, 9, 12, 0, 0).unwrap());
+    app.tick().await;
+    assert_eq!(messages(&app, rome["id"].as_str().unwrap()).await.len(), 2, "again the next year");
 }
