@@ -364,3 +364,22 @@ fn workflows_plan_shows_where_live_enrollments_would_go() {
     let plan = run(with(dir.path()).args(["workflows", "plan"]));
     assert_eq!(text(&plan.stdout).trim(), "t: new, version 1");
 }
+
+#[test]
+fn serve_refuses_to_start_with_an_invalid_workflow_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(
+        dir.path().join("workflows/bad.yaml"),
+        "name: Bad\ntrigger: { event: x }\nsteps:\n  - id: a\n    wait: forever\n",
+    )
+    .unwrap();
+    let output = run(ownlist(dir.path())
+        .env("OWNLIST_LISTEN", "127.0.0.1:0")
+        .env("OWNLIST_TEMPLATES_DIR", repo.join("templates")));
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("the workflow files are invalid"), "{stderr}");
+    assert!(stderr.contains("workflows/bad.yaml:5:11: 'forever' is not a duration"), "{stderr}");
+}

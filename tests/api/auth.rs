@@ -54,6 +54,12 @@ async fn health_and_openapi_need_no_token(app: TestApp) {
         "/api/v1/subscribers/{id}/export",
         "/api/v1/imports",
         "/api/v1/exports/subscribers.csv",
+        "/api/v1/events",
+        "/api/v1/workflows",
+        "/api/v1/workflows/{id}",
+        "/api/v1/workflows/{id}/pause",
+        "/api/v1/workflows/{id}/resume",
+        "/api/v1/workflows/reload",
         "/healthz",
     ] {
         assert!(doc["paths"][path].is_object(), "OpenAPI lacks {path}");
