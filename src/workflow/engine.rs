@@ -196,17 +196,7 @@ impl Engine {
             }
             let tz = zone(timezone.as_deref(), current.program.workflow.timezone.as_deref());
             let txn = self.db.begin_write().await?;
-            let Some(state) = schedule_run::Entity::find_by_id(id.clone()).one(&txn).await? else {
-                // First sight of this schedule: arm it from now (no retroactive broadcast).
-                schedule_run::ActiveModel {
-                    workflow_id: Set(id.clone()),
-                    last_tick: Set(now),
-                    firing_tick: Set(None),
-                    after_subscriber: Set(None),
-                    updated_at: Set(now),
-                }
-                .insert(&txn)
-                .await?;
+            let Some(state) = armed_state(&txn, &id, now).await? else {
                 txn.commit().await?;
                 continue;
             };
@@ -243,17 +233,8 @@ impl Engine {
                 }
             }
             let finished = (batch.len() as u64) < BATCH;
-            let mut active = state.into_active_model();
-            if finished {
-                active.last_tick = Set(firing);
-                active.firing_tick = Set(None);
-                active.after_subscriber = Set(None);
-            } else {
-                active.firing_tick = Set(Some(firing));
-                active.after_subscriber = Set(batch.last().map(|m| m.subscriber_id));
-            }
-            active.updated_at = Set(now);
-            active.update(&txn).await?;
+            let after = if finished { None } else { batch.last().map(|m| m.subscriber_id) };
+            save_progress(&txn, state, firing, after, now).await?;
             txn.commit().await?;
             more |= !finished;
         }
@@ -275,16 +256,7 @@ impl Engine {
                 continue;
             }
             let txn = self.db.begin_write().await?;
-            let Some(state) = schedule_run::Entity::find_by_id(id.clone()).one(&txn).await? else {
-                schedule_run::ActiveModel {
-                    workflow_id: Set(id.clone()),
-                    last_tick: Set(now),
-                    firing_tick: Set(None),
-                    after_subscriber: Set(None),
-                    updated_at: Set(now),
-                }
-                .insert(&txn)
-                .await?;
+            let Some(state) = armed_state(&txn, &id, now).await? else {
                 txn.commit().await?;
                 continue;
             };
@@ -318,17 +290,8 @@ impl Engine {
                 }
             }
             let finished = (batch.len() as u64) < BATCH;
-            let mut active = state.into_active_model();
-            if finished {
-                active.last_tick = Set(window_end);
-                active.firing_tick = Set(None);
-                active.after_subscriber = Set(None);
-            } else {
-                active.firing_tick = Set(Some(window_end));
-                active.after_subscriber = Set(batch.last().map(|s| s.id));
-            }
-            active.updated_at = Set(now);
-            active.update(&txn).await?;
+            let after = if finished { None } else { batch.last().map(|s| s.id) };
+            save_progress(&txn, state, window_end, after, now).await?;
             txn.commit().await?;
             more |= !finished;
         }
@@ -1136,6 +1099,49 @@ fn loosely_equal(actual: &Value, expected: &Value) -> bool {
             (Value::String(a), Value::Bool(b)) | (Value::Bool(b), Value::String(a)) => a == &b.to_string(),
             _ => false,
         }
+}
+
+/// The progress row of a schedule or date trigger; `None` when it was just created ("armed"
+/// from now: nothing fires retroactively).
+async fn armed_state(txn: &DatabaseTransaction, id: &str, now: DateTime<Utc>) -> Result<Option<schedule_run::Model>> {
+    if let Some(state) = schedule_run::Entity::find_by_id(id.to_owned()).one(txn).await? {
+        return Ok(Some(state));
+    }
+    schedule_run::ActiveModel {
+        workflow_id: Set(id.to_owned()),
+        last_tick: Set(now),
+        firing_tick: Set(None),
+        after_subscriber: Set(None),
+        updated_at: Set(now),
+    }
+    .insert(txn)
+    .await?;
+    Ok(None)
+}
+
+/// Records how far a firing got: `after` is the last subscriber done, `None` when it is over.
+async fn save_progress(
+    txn: &DatabaseTransaction,
+    state: schedule_run::Model,
+    firing: DateTime<Utc>,
+    after: Option<Uuid>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let mut active = state.into_active_model();
+    match after {
+        None => {
+            active.last_tick = Set(firing);
+            active.firing_tick = Set(None);
+            active.after_subscriber = Set(None);
+        }
+        Some(last) => {
+            active.firing_tick = Set(Some(firing));
+            active.after_subscriber = Set(Some(last));
+        }
+    }
+    active.updated_at = Set(now);
+    active.update(txn).await?;
+    Ok(())
 }
 
 /// The month and day of a yearly date written `YYYY-MM-DD`, `MM-DD` or `--MM-DD`.
