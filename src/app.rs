@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::SharedClock;
 use crate::config::{Config, redact};
+use crate::delivery::webhook::WebhookSender;
 use crate::http::{self, AppState};
 use crate::links::Signer;
 use crate::store::Db;
@@ -81,7 +82,9 @@ impl App {
             Signer::new(&secret),
             self.config.base_url.clone(),
         ));
-        Ok(Service { app: self, engine })
+        let webhooks =
+            Arc::new(WebhookSender::new(self.db.clone(), self.clock.clone(), Arc::new(crate::config::webhook_secret)));
+        Ok(Service { app: self, engine, webhooks })
     }
 }
 
@@ -90,6 +93,7 @@ impl App {
 pub struct Service {
     pub app: App,
     pub engine: Arc<Engine>,
+    pub webhooks: Arc<WebhookSender>,
 }
 
 impl Service {

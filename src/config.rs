@@ -177,6 +177,12 @@ impl Config {
     }
 }
 
+/// A webhook's signing secret, from the environment variable its workflow step names. (Secrets
+/// stay out of workflow files, which live in git.)
+pub fn webhook_secret(variable: &str) -> Option<String> {
+    std::env::var(variable).ok().filter(|v| !v.is_empty())
+}
+
 fn setting_name(key: &str, file: Option<&Path>) -> String {
     let env = format!("OWNLIST_{}", key.to_uppercase());
     match file {

@@ -12,6 +12,7 @@ pub mod audience;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod links;

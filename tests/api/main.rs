@@ -10,3 +10,4 @@ mod engine;
 mod lists;
 mod subscribers;
 mod transfer;
+mod webhooks;
