@@ -92,6 +92,7 @@ struct Run<'a> {
     events: Vec<event::ActiveModel>,
     triggers: Vec<pending_trigger::ActiveModel>,
     tags: Vec<subscriber_tag::ActiveModel>,
+    listeners: &'a Listeners,
     now: DateTime<Utc>,
     /// When the enrollment's current step was due. Waits count from here, not from when the
     /// engine got to it, so a backlog or a restart does not stretch a drip.
@@ -499,10 +500,11 @@ impl Engine {
         let count = due.len() as u64;
         let mut facts = load_facts_batch(&txn, due.iter().map(|e| e.subscriber_id).collect()).await?;
         let mut writes = Writes::default();
+        let listeners = Listeners::of(&self.registry);
         for row in due {
             // A subscriber erased meanwhile took their enrollments with them (foreign key).
             let Some(f) = facts.get_mut(&row.subscriber_id) else { continue };
-            self.advance(&txn, row, f, now, &mut writes).await?;
+            self.advance(&txn, row, f, now, &mut writes, &listeners).await?;
         }
         writes.flush(&txn, self.db.backend()).await?;
         txn.commit().await?;
@@ -516,6 +518,7 @@ impl Engine {
         facts: &mut Facts,
         now: DateTime<Utc>,
         writes: &mut Writes,
+        listeners: &Listeners,
     ) -> Result<()> {
         let Some(program) = self.registry.program(&row.workflow_id, row.version).await? else {
             let mut active = row.into_active_model();
@@ -526,8 +529,16 @@ impl Engine {
             return Ok(());
         };
         let logical = row.next_run_at.filter(|due| *due <= now).unwrap_or(now);
-        let mut run =
-            Run { row, program: &program, events: Vec::new(), triggers: Vec::new(), tags: Vec::new(), now, logical };
+        let mut run = Run {
+            row,
+            program: &program,
+            events: Vec::new(),
+            triggers: Vec::new(),
+            tags: Vec::new(),
+            listeners,
+            now,
+            logical,
+        };
         let mut flow = Flow::Goto(run.row.step_id.clone());
         for _ in 0..MAX_STEPS_PER_RUN {
             if let Some(goal) = &program.workflow.exit_when
@@ -654,7 +665,15 @@ impl Engine {
                     run.tags.push(tag_row(facts.subscriber.id, tag, now));
                     // `tag_added` names the step: it is this step's "done" entry too.
                     run.note(kind::TAG_ADDED, json!({"tag": tag, "step": step.id}));
-                    run.triggers.push(records::trigger(facts.subscriber.id, trigger::TAG_ADDED, tag, json!({}), now));
+                    if run.listeners.want_tag(tag) {
+                        run.triggers.push(records::trigger(
+                            facts.subscriber.id,
+                            trigger::TAG_ADDED,
+                            tag,
+                            json!({}),
+                            now,
+                        ));
+                    }
                     Flow::Goto(node.next.clone())
                 } else {
                     done(run, json!({"tag": tag, "already": true}))
@@ -940,6 +959,32 @@ impl Engine {
                 Condition::Not(inner) => !self.holds(conn, inner, facts, workflow_id, now).await?,
             })
         })
+    }
+}
+
+/// Who would act on a tag added by a workflow step: a `tag_added` trigger for it, or any goal
+/// (`exit_when`) that must be re-checked at once. When nobody would, no trigger is queued.
+struct Listeners {
+    tags: HashSet<String>,
+    goals: bool,
+}
+
+impl Listeners {
+    fn of(registry: &Registry) -> Self {
+        let current = registry.current();
+        let tags = current
+            .values()
+            .filter_map(|c| match &c.program.workflow.trigger {
+                Trigger::TagAdded { tag } => Some(tag.clone()),
+                _ => None,
+            })
+            .collect();
+        let goals = current.values().any(|c| c.program.workflow.exit_when.is_some());
+        Self { tags, goals }
+    }
+
+    fn want_tag(&self, tag: &str) -> bool {
+        self.goals || self.tags.contains(tag)
     }
 }
 
