@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use chrono::{Duration, TimeZone, Utc};
 use ownlist::app::App;
-use ownlist::clock::{Clock, ManualClock, SharedClock};
+use ownlist::clock::{ManualClock, SharedClock};
 use ownlist::config::Config;
 use ownlist::store::bulk::{OnDuplicate, insert_statement};
 use ownlist::store::entities::{enrollment, subscriber};

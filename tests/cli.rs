@@ -358,11 +358,44 @@ fn workflows_plan_shows_where_live_enrollments_would_go() {
         command.env("OWNLIST_TEMPLATES_DIR", repo.join("templates"));
         command
     };
-    // Unchanged and new workflows.
-    let migrate = run(with(dir.path()).arg("migrate"));
-    assert!(migrate.status.success());
-    let plan = run(with(dir.path()).args(["workflows", "plan"]));
-    assert_eq!(text(&plan.stdout).trim(), "t: new, version 1");
+    assert!(run(with(dir.path()).arg("migrate")).status.success());
+    assert_eq!(text(&run(with(dir.path()).args(["workflows", "plan"])).stdout).trim(), "t: new, version 1");
+
+    // Load it and put two people at the wait, through the library on the same database.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use ownlist::audience::{Actor, events, subscribers};
+        let mut config = ownlist::config::Config::defaults_in(dir.path());
+        config.templates_dir = repo.join("templates");
+        let clock: ownlist::clock::SharedClock = std::sync::Arc::new(ownlist::clock::SystemClock);
+        let service = ownlist::app::App::open(config, clock.clone()).await.unwrap().start().await.unwrap();
+        for email in ["a@example.com", "b@example.com"] {
+            let input = subscribers::NewSubscriber { email: Some(email.into()), ..Default::default() };
+            let created = subscribers::create(&service.app.db, clock.now(), &Actor::Cli, input).await.unwrap();
+            let event = events::NewEvent {
+                subscriber_id: Some(created.id),
+                email: None,
+                phone: None,
+                name: "signed-up".into(),
+                properties: Default::default(),
+            };
+            events::record(&service.app.db, clock.now(), &Actor::Cli, event).await.unwrap();
+        }
+        service.engine.tick().await.unwrap();
+        service.app.db.clone().close().await.unwrap();
+    });
+    assert_eq!(text(&run(with(dir.path()).args(["workflows", "plan"])).stdout).trim(), "t: unchanged (version 1)");
+
+    std::fs::write(workflows.join("t.yaml"), original.replace("  - id: pause\n    wait: 2d\n", "")).unwrap();
+    let plan = text(&run(with(dir.path()).args(["workflows", "plan"])).stdout);
+    assert!(plan.contains("t: version 1 → 2"), "{plan}");
+    assert!(plan.contains("2 at 'pause' (version 1): move to 'last'"), "{plan}");
+    std::fs::write(workflows.join("t.yaml"), original.replace("wait: 2d", "wait: 1d")).unwrap();
+    let plan = text(&run(with(dir.path()).args(["workflows", "plan"])).stdout);
+    assert!(
+        plan.contains("2 at 'pause' (version 1): stay at 'pause'; the wait is recomputed from when it began"),
+        "{plan}"
+    );
 }
 
 #[test]

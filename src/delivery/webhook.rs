@@ -57,6 +57,9 @@ enum Answer {
 
 impl WebhookSender {
     pub fn new(db: Db, clock: SharedClock, secrets: Secrets) -> Self {
+        // reqwest is built without a crypto provider of its own: make sure ring is installed
+        // (a no-op when the binary already did), or building the client would panic.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .user_agent(concat!("ownlist/", env!("CARGO_PKG_VERSION")))

@@ -49,9 +49,9 @@ impl Db {
                         // Checkpoint every ~40 MB of WAL instead of 4 MB: a page changed many
                         // times during a bulk write is copied back once.
                         .pragma("wal_autocheckpoint", "10000")
-                        // 32 MiB of page cache per connection instead of 2 MiB: the scheduler's
+                        // 16 MiB of page cache per connection instead of 2 MiB: the scheduler's
                         // batches touch index pages all over a large table.
-                        .pragma("cache_size", "-32768")
+                        .pragma("cache_size", "-16384")
                         // Statement journals of multi-row writes in memory, not in temp files.
                         .pragma("temp_store", "memory")
                 });
