@@ -24,7 +24,7 @@ use super::templates::TemplateChecker;
 use super::timing::{next_cron_tick, next_local_time, window_opens_at, zone};
 use crate::audience::events::kind_of;
 use crate::audience::records::{self, kind, trigger};
-use crate::audience::subscribers::{membership_row, tag_row};
+use crate::audience::subscribers::{membership_row, memberships_and_tags, tag_row};
 use crate::audience::values::{Channel, ChannelState, MembershipStatus, SubscriberStatus, stored};
 use crate::clock::SharedClock;
 use crate::error::Result;
@@ -1279,31 +1279,15 @@ async fn load_facts_batch(
     for s in subscriber::Entity::find().filter(subscriber::Column::Id.is_in(ids.clone())).all(conn).await? {
         facts.insert(s.id, Facts { subscriber: s, tags: HashSet::new(), lists: HashSet::new() });
     }
-    for t in
-        subscriber_tag::Entity::find().filter(subscriber_tag::Column::SubscriberId.is_in(ids.clone())).all(conn).await?
-    {
-        if let Some(f) = facts.get_mut(&t.subscriber_id) {
-            f.tags.insert(t.tag);
+    let (memberships, tags) = memberships_and_tags(conn, &ids).await?;
+    for (id, tags) in tags {
+        if let Some(f) = facts.get_mut(&id) {
+            f.tags.extend(tags);
         }
     }
-    let memberships = membership::Entity::find()
-        .filter(membership::Column::SubscriberId.is_in(ids))
-        .filter(membership::Column::Status.ne(MembershipStatus::Unsubscribed.as_str()))
-        .all(conn)
-        .await?;
-    if !memberships.is_empty() {
-        let list_ids: HashSet<Uuid> = memberships.iter().map(|m| m.list_id).collect();
-        let slugs: HashMap<Uuid, String> = list::Entity::find()
-            .filter(list::Column::Id.is_in(list_ids))
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(|l| (l.id, l.slug))
-            .collect();
-        for m in memberships {
-            if let (Some(f), Some(slug)) = (facts.get_mut(&m.subscriber_id), slugs.get(&m.list_id)) {
-                f.lists.insert(slug.clone());
-            }
+    for (id, lists) in memberships {
+        if let Some(f) = facts.get_mut(&id) {
+            f.lists.extend(lists.into_iter().filter(|m| m.status != MembershipStatus::Unsubscribed).map(|m| m.list));
         }
     }
     Ok(facts)
