@@ -70,18 +70,9 @@ impl Db {
         self.conn.get_database_backend()
     }
 
-    pub fn is_sqlite(&self) -> bool {
-        self.backend() == DbBackend::Sqlite
-    }
-
     /// Brings the schema up to date.
     pub async fn migrate(&self) -> Result<(), DbErr> {
         Migrator::up(&self.conn, None).await
-    }
-
-    /// True when every migration this binary knows has been applied.
-    pub async fn migrations_current(&self) -> Result<bool, DbErr> {
-        Ok(Migrator::get_pending_migrations(&self.conn).await?.is_empty())
     }
 
     /// Starts a transaction that will write. On SQLite it takes the write lock up front, so two
