@@ -1,4 +1,5 @@
-//! Multi-row inserts for bulk paths (imports), rendered for the backend in use.
+//! Multi-row inserts and updates for bulk paths (imports, the workflow engine), rendered for the
+//! backend in use.
 //!
 //! On PostgreSQL a batch is one statement with bound parameters. On SQLite binding tens of
 //! thousands of values per batch costs more than the insert itself, so the batch is rendered as
@@ -16,7 +17,9 @@ use sea_orm::{
     Statement,
 };
 
-/// Whether a conflicting row (same primary key) is an error or silently kept as it is.
+/// Whether a conflicting row (same primary key) is an error or silently kept as it is. (On
+/// SQLite, `Ignore` is `INSERT OR IGNORE`: a row breaking any constraint but a foreign key is
+/// skipped; callers build their rows, so only duplicates can occur.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnDuplicate {
     Fail,
@@ -57,7 +60,10 @@ fn sqlite_insert<A: ActiveModelTrait>(rows: Vec<A>, on_duplicate: OnDuplicate) -
     let columns: Vec<<A::Entity as EntityTrait>::Column> = <A::Entity as EntityTrait>::Column::iter().collect();
     let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.as_str())).collect();
     let mut sql = String::with_capacity(rows.len() * 64 * columns.len());
-    let _ = write!(sql, "INSERT INTO \"{}\" ({}) VALUES ", entity.table_name(), names.join(", "));
+    // OR IGNORE rather than ON CONFLICT DO NOTHING: a statement that cannot fail half-way needs
+    // no statement journal, which is most of the cost of a large insert into a big table.
+    let verb = if on_duplicate == OnDuplicate::Ignore { "INSERT OR IGNORE" } else { "INSERT" };
+    let _ = write!(sql, "{verb} INTO \"{}\" ({}) VALUES ", entity.table_name(), names.join(", "));
     for (index, mut row) in rows.into_iter().enumerate() {
         sql.push_str(if index == 0 { "(" } else { ", (" });
         for (position, column) in columns.iter().enumerate() {
@@ -73,9 +79,7 @@ fn sqlite_insert<A: ActiveModelTrait>(rows: Vec<A>, on_duplicate: OnDuplicate) -
         .collect();
     match on_duplicate {
         OnDuplicate::Fail => {}
-        OnDuplicate::Ignore => {
-            let _ = write!(sql, " ON CONFLICT ({}) DO NOTHING", keys.join(", "));
-        }
+        OnDuplicate::Ignore => {}
         OnDuplicate::Replace => {
             let updates: Vec<String> =
                 names.iter().filter(|n| !keys.contains(n)).map(|n| format!("{n} = excluded.{n}")).collect();
@@ -83,6 +87,74 @@ fn sqlite_insert<A: ActiveModelTrait>(rows: Vec<A>, on_duplicate: OnDuplicate) -
         }
     }
     sql
+}
+
+/// One UPDATE that sets `columns` of every row in `rows` (matched by primary key) to the row's
+/// values: `WITH v(…) AS (VALUES …) UPDATE t SET c = v.c … FROM v WHERE t.key = v.key`.
+/// Only the named columns are written, so indexes over the others are left alone (an upsert
+/// rewrites every column and so every index). Rows missing from the table are skipped.
+pub fn update_statement<A>(
+    backend: DbBackend,
+    rows: Vec<A>,
+    columns: &[<A::Entity as EntityTrait>::Column],
+) -> Option<Statement>
+where
+    A: ActiveModelTrait,
+{
+    if rows.is_empty() || columns.is_empty() {
+        return None;
+    }
+    let entity = A::Entity::default();
+    let keys: Vec<<A::Entity as EntityTrait>::Column> =
+        <A::Entity as EntityTrait>::PrimaryKey::iter().map(PrimaryKeyToColumn::into_column).collect();
+    let all: Vec<_> = keys.iter().chain(columns.iter()).copied().collect();
+    let names: Vec<String> = all.iter().map(|c| format!("\"{}\"", c.as_str())).collect();
+    let postgres = backend == DbBackend::Postgres;
+    let mut values = Vec::new();
+    let mut sql = String::with_capacity(rows.len() * 48 * all.len());
+    let _ = write!(sql, "WITH v ({}) AS (VALUES ", names.join(", "));
+    for (index, mut row) in rows.into_iter().enumerate() {
+        sql.push_str(if index == 0 { "(" } else { ", (" });
+        for (position, column) in all.iter().enumerate() {
+            if position > 0 {
+                sql.push_str(", ");
+            }
+            let value = row.take(*column).into_value();
+            if postgres {
+                // Placeholders in VALUES have no type of their own: cast each to its column's.
+                let cast = value.as_ref().map_or("text", postgres_type);
+                values.push(value.unwrap_or(Value::String(None)));
+                let _ = write!(sql, "CAST(${} AS {cast})", values.len());
+            } else {
+                write_literal(&mut sql, value);
+            }
+        }
+        sql.push(')');
+    }
+    let table = entity.table_name();
+    let sets: Vec<String> = names[keys.len()..].iter().map(|n| format!("{n} = v.{n}")).collect();
+    let matches: Vec<String> = names[..keys.len()].iter().map(|n| format!("\"{table}\".{n} = v.{n}")).collect();
+    // On SQLite, OR IGNORE spares a statement journal: the statement cannot fail half-way.
+    let or = if postgres { "" } else { "OR IGNORE " };
+    let _ = write!(sql, ") UPDATE {or}\"{table}\" SET {} FROM v WHERE {}", sets.join(", "), matches.join(" AND "));
+    Some(if postgres {
+        Statement::from_sql_and_values(backend, sql, values)
+    } else {
+        Statement::from_string(backend, sql)
+    })
+}
+
+/// The PostgreSQL type a value binds as.
+fn postgres_type(value: &Value) -> &'static str {
+    match value {
+        Value::Bool(_) => "boolean",
+        Value::Int(_) => "integer",
+        Value::BigInt(_) => "bigint",
+        Value::Uuid(_) => "uuid",
+        Value::ChronoDateTimeUtc(_) => "timestamptz",
+        Value::Json(_) => "jsonb",
+        _ => "text",
+    }
 }
 
 /// Writes one value as SQLite would store it when sqlx binds it.
@@ -172,10 +244,9 @@ mod tests {
         assert!(sql.contains("'it''s'"), "{sql}");
         assert!(sql.contains(r#"'{"a":"b''c"}'"#), "{sql}");
         assert!(sql.contains("'2026-01-02T03:04:05+00:00'"), "{sql}");
-        assert!(sql.contains("ON CONFLICT (\"id\") DO NOTHING"), "{sql}");
         assert!(
             sql.starts_with(
-                "INSERT INTO \"events\" (\"id\", \"subscriber_id\", \"kind\", \"data\", \"created_at\") VALUES ("
+                "INSERT OR IGNORE INTO \"events\" (\"id\", \"subscriber_id\", \"kind\", \"data\", \"created_at\") VALUES ("
             ),
             "{sql}"
         );

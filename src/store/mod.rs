@@ -18,6 +18,11 @@ use sea_orm::{
 #[derive(Debug, Clone)]
 pub struct Db {
     conn: DatabaseConnection,
+    /// Where write transactions run. On SQLite this is one dedicated connection: SQLite allows
+    /// one writer at a time anyway, and a connection drops its page cache whenever another one
+    /// has written, so writing always through the same one keeps the cache warm from one batch
+    /// to the next. On PostgreSQL it is the pool.
+    writer: DatabaseConnection,
 }
 
 impl Db {
@@ -58,8 +63,16 @@ impl Db {
         } else {
             options.max_connections(16);
         }
+        let sqlite = url.starts_with("sqlite:");
+        let mut writer_options = options.clone();
         let conn = Database::connect(options).await?;
-        Ok(Self { conn })
+        let writer = if sqlite {
+            writer_options.max_connections(1).min_connections(1);
+            Database::connect(writer_options).await?
+        } else {
+            conn.clone()
+        };
+        Ok(Self { conn, writer })
     }
 
     pub fn conn(&self) -> &DatabaseConnection {
@@ -82,7 +95,7 @@ impl Db {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             ..TransactionOptions::default()
         };
-        self.conn.begin_with_options(options).await
+        self.writer.begin_with_options(options).await
     }
 
     /// Answers whether the database responds.

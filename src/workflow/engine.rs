@@ -38,6 +38,8 @@ use crate::store::entities::{
 const BATCH: u64 = 2000;
 /// Steps one enrollment may take in one run (a workflow has no loops; this is a safety net).
 const MAX_STEPS_PER_RUN: usize = 500;
+/// Steps due within this many milliseconds count as just due and are taken before older ones.
+const ON_TIME_MS: i64 = 1000;
 
 /// Timeline kinds written by the engine.
 pub mod decision {
@@ -134,7 +136,8 @@ impl Engine {
         self.templates.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// Ticks every second until `stop` says so; errors are logged and retried next tick.
+    /// Ticks twice a second until `stop` says so (so a step runs well within a second or two of
+    /// its time); errors are logged and retried next tick.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
             match self.tick().await {
@@ -146,7 +149,7 @@ impl Engine {
             }
             tokio::select! {
                 _ = stop.changed() => return,
-                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
             }
             if *stop.borrow() {
                 return;
@@ -482,21 +485,39 @@ impl Engine {
         Ok(true)
     }
 
-    /// Advances a batch of due enrollments.
-    async fn run_due(&self) -> Result<u64> {
+    /// Advances one batch of due enrollments in one transaction. Steps that have only just come
+    /// due go first, then the oldest of the rest: a backlog (a broadcast, a restart after
+    /// downtime) drains oldest first with whatever capacity is left, while a step coming due
+    /// meanwhile still runs on time instead of queueing behind it.
+    ///
+    /// Everything is read inside the write transaction, on the one connection that writes: its
+    /// page cache stays warm, where another connection's would be dropped after every write.
+    pub async fn run_due(&self) -> Result<u64> {
         let now = self.clock.now();
         let paused: Vec<String> =
             self.registry.current().into_iter().filter(|(_, c)| c.status == Status::Paused).map(|(id, _)| id).collect();
         let txn = self.db.begin_write().await?;
-        let mut query = enrollment::Entity::find()
-            .filter(enrollment::Column::Status.eq("active"))
-            .filter(enrollment::Column::NextRunAt.lte(now))
-            .order_by_asc(enrollment::Column::NextRunAt)
-            .limit(BATCH);
-        if !paused.is_empty() {
-            query = query.filter(enrollment::Column::WorkflowId.is_not_in(paused));
+        let fresh_since = now - chrono::Duration::milliseconds(ON_TIME_MS);
+        let due_between = |after: Option<DateTime<Utc>>, limit: u64| {
+            let mut query = enrollment::Entity::find()
+                .filter(enrollment::Column::Status.eq("active"))
+                .filter(enrollment::Column::NextRunAt.lte(now))
+                .order_by_asc(enrollment::Column::NextRunAt)
+                .limit(limit);
+            query = match after {
+                Some(after) => query.filter(enrollment::Column::NextRunAt.gt(after)),
+                None => query.filter(enrollment::Column::NextRunAt.lte(fresh_since)),
+            };
+            if !paused.is_empty() {
+                query = query.filter(enrollment::Column::WorkflowId.is_not_in(paused.clone()));
+            }
+            query
+        };
+        let mut due = due_between(Some(fresh_since), BATCH).all(&txn).await?;
+        let room = BATCH - due.len() as u64;
+        if room > 0 {
+            due.extend(due_between(None, room).all(&txn).await?);
         }
-        let due = query.all(&txn).await?;
         let count = due.len() as u64;
         let mut facts = load_facts_batch(&txn, due.iter().map(|e| e.subscriber_id).collect()).await?;
         let mut writes = Writes::default();
@@ -999,16 +1020,27 @@ struct Writes {
 
 impl Writes {
     async fn flush(self, txn: &DatabaseTransaction, backend: sea_orm::DbBackend) -> Result<()> {
-        use crate::store::bulk::{OnDuplicate, insert_statement};
+        use crate::store::bulk::{OnDuplicate, insert_statement, update_statement};
         let mut statements = Vec::new();
         for part in self.tags.chunks(2000) {
             statements.extend(insert_statement(backend, part.to_vec(), OnDuplicate::Ignore));
         }
-        for part in self.enrollments.chunks(1000) {
-            statements.extend(insert_statement(backend, part.to_vec(), OnDuplicate::Replace));
+        // Only the columns a run changes are written: the indexes on who is enrolled where stay
+        // untouched, and the one on live enrollments only for those that ended.
+        use enrollment::Column as E;
+        let moving = [E::Status, E::StepId, E::NextRunAt, E::WaitStartedAt, E::WaitingFor, E::UpdatedAt];
+        let ending = [&moving[..], &[E::EndReason, E::EndedAt]].concat();
+        let (ended, live): (Vec<_>, Vec<_>) =
+            self.enrollments.into_iter().partition(|e| matches!(&e.ended_at, Set(Some(_))));
+        for part in live.chunks(1000) {
+            statements.extend(update_statement(backend, part.to_vec(), &moving));
         }
+        for part in ended.chunks(1000) {
+            statements.extend(update_statement(backend, part.to_vec(), &ending));
+        }
+        // Fresh ids never collide; Ignore only spares SQLite a statement journal.
         for part in self.events.chunks(2000) {
-            statements.extend(insert_statement(backend, part.to_vec(), OnDuplicate::Fail));
+            statements.extend(insert_statement(backend, part.to_vec(), OnDuplicate::Ignore));
         }
         for part in self.triggers.chunks(2000) {
             statements.extend(insert_statement(backend, part.to_vec(), OnDuplicate::Fail));

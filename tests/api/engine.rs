@@ -20,6 +20,7 @@ on_both_databases!(
     a_schedule_enrolls_every_member_once_per_tick,
     plan_shows_where_enrollments_would_go_without_moving_them,
     birthdays_enroll_once_a_year_at_the_local_time,
+    a_step_coming_due_runs_before_an_older_backlog,
 );
 
 const DRIP: &str = r#"name: Guide drip
@@ -423,4 +424,51 @@ async fn birthdays_enroll_once_a_year_at_the_local_time(app: TestApp) {
     app.clock.set(Utc.with_ymd_and_hms(2027, 3, 9, 12, 0, 0).unwrap());
     app.tick().await;
     assert_eq!(messages(&app, rome["id"].as_str().unwrap()).await.len(), 2, "again the next year");
+}
+
+async fn a_step_coming_due_runs_before_an_older_backlog(app: TestApp) {
+    // A backlog bigger than one batch: 2,100 members enrolled by a daily broadcast at 10:00,
+    // each waiting an hour.
+    app.create_list("everyone").await;
+    let mut csv = String::from("email\n");
+    for n in 0..2100 {
+        csv.push_str(&format!("member{n}@example.com\n"));
+    }
+    let report = expect_json(app.post_csv("/api/v1/imports?list=everyone", csv).await, StatusCode::OK).await;
+    assert_eq!(report["imported"], 2100, "{report}");
+    app.install_workflow(
+        "backlog",
+        "name: Backlog\ntrigger:\n  schedule: { cron: \"0 10 * * *\", timezone: UTC, list: everyone }\nsteps:\n  - id: hold\n    wait: 1h\n  - id: mark\n    tag: backlog-ran\n",
+    )
+    .await;
+    app.install_workflow(
+        "fresh",
+        "name: Fresh\ntrigger: { event: ping }\nsteps:\n  - id: hold\n    wait: 30m\n  - id: mark\n    tag: fresh-ran\n",
+    )
+    .await;
+    let ada = app.create_subscriber(json!({"email": "ada@example.com"})).await["id"].as_str().unwrap().to_owned();
+    app.tick().await; // arms the schedule; its first tick is at 10:00
+    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 2, 10, 0, 0).unwrap());
+    app.tick().await;
+    assert_eq!(app.count("enrollments WHERE workflow_id = 'backlog'").await, 2100);
+    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 2, 10, 45, 0).unwrap());
+    expect_json(
+        app.post("/api/v1/events", &json!({"email": "ada@example.com", "name": "ping"})).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    app.tick().await;
+    assert_eq!(enrollment_of(&app, &ada).await.workflow_id, "fresh");
+
+    // 11:15: the backlog has been due for a quarter of an hour (say the service was down), and
+    // ada's step has just come due. One batch takes ada first, then the oldest of the backlog.
+    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 2, 11, 15, 0).unwrap());
+    let advanced = app.engine.run_due().await.unwrap();
+    assert_eq!(advanced, 2000, "one full batch");
+    assert_eq!(enrollment_of(&app, &ada).await.status, "completed", "the step that just came due ran at once");
+    assert!(kinds(&app, &ada).await.contains(&"tag_added".to_owned()));
+    let ran = app.count("subscriber_tags WHERE tag = 'backlog-ran'").await;
+    assert_eq!(ran, 1999, "the rest of the batch is the oldest of the backlog");
+    app.tick().await;
+    assert_eq!(app.count("subscriber_tags WHERE tag = 'backlog-ran'").await, 2100, "then the backlog drains");
 }
