@@ -11,7 +11,7 @@
 use std::fmt::Write;
 
 use chrono::SecondsFormat;
-use sea_orm::sea_query::{OnConflict, QueryBuilder, SqliteQueryBuilder, Value};
+use sea_orm::sea_query::{QueryBuilder, SqliteQueryBuilder, Value};
 use sea_orm::{
     ActiveModelTrait, DbBackend, EntityName, EntityTrait, IdenStatic, Iterable, PrimaryKeyToColumn, QueryTrait,
     Statement,
@@ -24,8 +24,6 @@ use sea_orm::{
 pub enum OnDuplicate {
     Fail,
     Ignore,
-    /// Overwrite every other column of the existing row (an upsert).
-    Replace,
 }
 
 /// One INSERT for all `rows` (callers keep batches under the backend's parameter limits).
@@ -41,14 +39,6 @@ where
         return Some(match on_duplicate {
             OnDuplicate::Fail => insert.build(backend),
             OnDuplicate::Ignore => insert.on_conflict_do_nothing().build(backend),
-            OnDuplicate::Replace => {
-                let keys: Vec<_> =
-                    <A::Entity as EntityTrait>::PrimaryKey::iter().map(PrimaryKeyToColumn::into_column).collect();
-                let others: Vec<_> = <A::Entity as EntityTrait>::Column::iter()
-                    .filter(|c| !keys.iter().any(|k| k.as_str() == c.as_str()))
-                    .collect();
-                insert.on_conflict(OnConflict::columns(keys).update_columns(others).to_owned()).build(backend)
-            }
         });
     }
     Some(Statement::from_string(DbBackend::Sqlite, sqlite_insert(rows, on_duplicate)))
@@ -73,18 +63,6 @@ fn sqlite_insert<A: ActiveModelTrait>(rows: Vec<A>, on_duplicate: OnDuplicate) -
             write_literal(&mut sql, row.take(*column).into_value());
         }
         sql.push(')');
-    }
-    let keys: Vec<String> = <A::Entity as EntityTrait>::PrimaryKey::iter()
-        .map(|k| format!("\"{}\"", PrimaryKeyToColumn::into_column(k).as_str()))
-        .collect();
-    match on_duplicate {
-        OnDuplicate::Fail => {}
-        OnDuplicate::Ignore => {}
-        OnDuplicate::Replace => {
-            let updates: Vec<String> =
-                names.iter().filter(|n| !keys.contains(n)).map(|n| format!("{n} = excluded.{n}")).collect();
-            let _ = write!(sql, " ON CONFLICT ({}) DO UPDATE SET {}", keys.join(", "), updates.join(", "));
-        }
     }
     sql
 }

@@ -236,11 +236,7 @@ impl Engine {
                     enrolled += 1;
                 }
             }
-            let finished = (batch.len() as u64) < BATCH;
-            let after = if finished { None } else { batch.last().map(|m| m.subscriber_id) };
-            save_progress(&txn, state, firing, after, now).await?;
-            txn.commit().await?;
-            more |= !finished;
+            more |= save_progress(txn, state, firing, batch.len(), batch.last().map(|m| m.subscriber_id), now).await?;
         }
         Ok((enrolled, more))
     }
@@ -293,11 +289,7 @@ impl Engine {
                     enrolled += 1;
                 }
             }
-            let finished = (batch.len() as u64) < BATCH;
-            let after = if finished { None } else { batch.last().map(|s| s.id) };
-            save_progress(&txn, state, window_end, after, now).await?;
-            txn.commit().await?;
-            more |= !finished;
+            more |= save_progress(txn, state, window_end, batch.len(), batch.last().map(|s| s.id), now).await?;
         }
         Ok((enrolled, more))
     }
@@ -498,26 +490,28 @@ impl Engine {
             self.registry.current().into_iter().filter(|(_, c)| c.status == Status::Paused).map(|(id, _)| id).collect();
         let txn = self.db.begin_write().await?;
         let fresh_since = now - chrono::Duration::milliseconds(ON_TIME_MS);
-        let due_between = |after: Option<DateTime<Utc>>, limit: u64| {
+        let due = |just_due: bool, limit: u64| {
             let mut query = enrollment::Entity::find()
                 .filter(enrollment::Column::Status.eq("active"))
                 .filter(enrollment::Column::NextRunAt.lte(now))
                 .order_by_asc(enrollment::Column::NextRunAt)
                 .limit(limit);
-            query = match after {
-                Some(after) => query.filter(enrollment::Column::NextRunAt.gt(after)),
-                None => query.filter(enrollment::Column::NextRunAt.lte(fresh_since)),
+            query = if just_due {
+                query.filter(enrollment::Column::NextRunAt.gt(fresh_since))
+            } else {
+                query.filter(enrollment::Column::NextRunAt.lte(fresh_since))
             };
             if !paused.is_empty() {
                 query = query.filter(enrollment::Column::WorkflowId.is_not_in(paused.clone()));
             }
             query
         };
-        let mut due = due_between(Some(fresh_since), BATCH).all(&txn).await?;
-        let room = BATCH - due.len() as u64;
+        let mut batch = due(true, BATCH).all(&txn).await?;
+        let room = BATCH - batch.len() as u64;
         if room > 0 {
-            due.extend(due_between(None, room).all(&txn).await?);
+            batch.extend(due(false, room).all(&txn).await?);
         }
+        let due = batch;
         let count = due.len() as u64;
         let mut facts = load_facts_batch(&txn, due.iter().map(|e| e.subscriber_id).collect()).await?;
         let mut writes = Writes::default();
@@ -1199,29 +1193,34 @@ async fn armed_state(txn: &DatabaseTransaction, id: &str, now: DateTime<Utc>) ->
     Ok(None)
 }
 
-/// Records how far a firing got: `after` is the last subscriber done, `None` when it is over.
+/// Ends one batch of a schedule's or date trigger's pass: a full batch stores the last subscriber
+/// reached, a short one marks the tick done; then commits. Returns whether the pass goes on.
 async fn save_progress(
-    txn: &DatabaseTransaction,
+    txn: DatabaseTransaction,
     state: schedule_run::Model,
     firing: DateTime<Utc>,
-    after: Option<Uuid>,
+    batch_len: usize,
+    last: Option<Uuid>,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<bool> {
     let mut active = state.into_active_model();
-    match after {
-        None => {
+    let more = match last {
+        Some(last) if batch_len as u64 >= BATCH => {
+            active.firing_tick = Set(Some(firing));
+            active.after_subscriber = Set(Some(last));
+            true
+        }
+        _ => {
             active.last_tick = Set(firing);
             active.firing_tick = Set(None);
             active.after_subscriber = Set(None);
+            false
         }
-        Some(last) => {
-            active.firing_tick = Set(Some(firing));
-            active.after_subscriber = Set(Some(last));
-        }
-    }
+    };
     active.updated_at = Set(now);
-    active.update(txn).await?;
-    Ok(())
+    active.update(&txn).await?;
+    txn.commit().await?;
+    Ok(more)
 }
 
 /// The month and day of a yearly date written `YYYY-MM-DD`, `MM-DD` or `--MM-DD`.
