@@ -570,10 +570,14 @@ type MembershipsById = HashMap<Uuid, Vec<MembershipView>>;
 type TagsById = HashMap<Uuid, Vec<String>>;
 
 pub async fn memberships_and_tags(conn: &impl ConnectionTrait, ids: &[Uuid]) -> Result<(MembershipsById, TagsById)> {
+    Ok((memberships_of(conn, ids).await?, tags_of(conn, ids).await?))
+}
+
+/// The lists these subscribers are or were on, each subscriber's sorted by slug.
+pub async fn memberships_of(conn: &impl ConnectionTrait, ids: &[Uuid]) -> Result<MembershipsById> {
     let mut memberships: MembershipsById = HashMap::new();
-    let mut tags: TagsById = HashMap::new();
     if ids.is_empty() {
-        return Ok((memberships, tags));
+        return Ok(memberships);
     }
     let rows = membership::Entity::find()
         .filter(membership::Column::SubscriberId.is_in(ids.iter().copied()))
@@ -602,6 +606,15 @@ pub async fn memberships_and_tags(conn: &impl ConnectionTrait, ids: &[Uuid]) -> 
     for entries in memberships.values_mut() {
         entries.sort_by(|a, b| a.list.cmp(&b.list));
     }
+    Ok(memberships)
+}
+
+/// These subscribers' tags, each subscriber's sorted.
+pub async fn tags_of(conn: &impl ConnectionTrait, ids: &[Uuid]) -> Result<TagsById> {
+    let mut tags: TagsById = HashMap::new();
+    if ids.is_empty() {
+        return Ok(tags);
+    }
     let tag_rows = subscriber_tag::Entity::find()
         .filter(subscriber_tag::Column::SubscriberId.is_in(ids.iter().copied()))
         .order_by_asc(subscriber_tag::Column::Tag)
@@ -610,7 +623,7 @@ pub async fn memberships_and_tags(conn: &impl ConnectionTrait, ids: &[Uuid]) -> 
     for row in tag_rows {
         tags.entry(row.subscriber_id).or_default().push(row.tag);
     }
-    Ok((memberships, tags))
+    Ok(tags)
 }
 
 fn view(m: subscriber::Model, lists: Vec<MembershipView>, tags: Vec<String>) -> SubscriberView {

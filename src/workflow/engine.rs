@@ -5,7 +5,7 @@
 //! and due) and repeats nothing (what committed moved the enrollment on; an outbox message is
 //! also unique by enrollment and step). Every decision goes into the subscriber's timeline.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -18,13 +18,13 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::model::{Action, AttributeTest, Condition, Reentry, SmsBody, Trigger, WaitUntil};
-use super::program::{Node, Program};
+use super::program::{Needs, Node, Program};
 use super::registry::{Registry, Status};
 use super::templates::TemplateChecker;
 use super::timing::{next_cron_tick, next_local_time, window_opens_at, zone};
 use crate::audience::events::kind_of;
 use crate::audience::records::{self, kind, trigger};
-use crate::audience::subscribers::{membership_row, memberships_and_tags, tag_row};
+use crate::audience::subscribers::{membership_row, memberships_of, tag_row, tags_of};
 use crate::audience::values::{Channel, ChannelState, MembershipStatus, SubscriberStatus, stored};
 use crate::clock::SharedClock;
 use crate::error::Result;
@@ -73,11 +73,54 @@ pub struct Engine {
     base_url: url::Url,
 }
 
-/// What a subscriber is, as conditions and messages see it.
+/// What a subscriber is, as conditions and messages see it. A batch loads the parts its
+/// workflows may read (`Program::needs`) for all its subscribers at once; any other part is
+/// loaded on first use.
 struct Facts {
-    subscriber: subscriber::Model,
-    tags: HashSet<String>,
-    lists: HashSet<String>,
+    id: Uuid,
+    subscriber: Option<subscriber::Model>,
+    tags: Option<HashSet<String>>,
+    lists: Option<HashSet<String>>,
+}
+
+impl Facts {
+    fn unloaded(id: Uuid) -> Self {
+        Self { id, subscriber: None, tags: None, lists: None }
+    }
+
+    async fn subscriber(&mut self, conn: &impl ConnectionTrait) -> Result<&subscriber::Model> {
+        if self.subscriber.is_none() {
+            let found = subscriber::Entity::find_by_id(self.id).one(conn).await?;
+            self.subscriber = Some(found.ok_or(crate::error::Error::NotFound { what: "subscriber" })?);
+        }
+        self.subscriber.as_ref().ok_or(crate::error::Error::NotFound { what: "subscriber" })
+    }
+
+    async fn tags(&mut self, conn: &impl ConnectionTrait) -> Result<&mut HashSet<String>> {
+        if self.tags.is_none() {
+            let mut found = tags_of(conn, &[self.id]).await?;
+            self.tags = Some(found.remove(&self.id).unwrap_or_default().into_iter().collect());
+        }
+        Ok(self.tags.get_or_insert_default())
+    }
+
+    async fn lists(&mut self, conn: &impl ConnectionTrait) -> Result<&mut HashSet<String>> {
+        if self.lists.is_none() {
+            let mut found = memberships_of(conn, &[self.id]).await?;
+            self.lists = Some(current_lists(found.remove(&self.id).unwrap_or_default()));
+        }
+        Ok(self.lists.get_or_insert_default())
+    }
+}
+
+/// A stored attribution value equals `expected`, ignoring case.
+fn matches_text(stored: Option<&str>, expected: &str) -> bool {
+    stored.is_some_and(|x| x.eq_ignore_ascii_case(expected))
+}
+
+/// The slugs of the lists a subscriber is on (not those they left).
+fn current_lists(memberships: Vec<crate::audience::subscribers::MembershipView>) -> HashSet<String> {
+    memberships.into_iter().filter(|m| m.status != MembershipStatus::Unsubscribed).map(|m| m.list).collect()
 }
 
 /// What happens after a step.
@@ -350,10 +393,12 @@ impl Engine {
         if with_goals.is_empty() {
             return Ok(());
         }
-        let facts = load_facts_batch(txn, with_goals.iter().map(|(e, _)| e.subscriber_id).collect()).await?;
+        let ids = with_goals.iter().map(|(e, _)| e.subscriber_id).collect();
+        let needs = with_goals.iter().map(|(_, p)| p.needs()).fold(Needs::default(), Needs::union);
+        let mut facts = load_facts_batch(txn, ids, needs).await?;
         for (e, program) in with_goals {
             let Some(goal) = &program.workflow.exit_when else { continue };
-            let Some(facts) = facts.get(&e.subscriber_id) else { continue };
+            let Some(facts) = facts.get_mut(&e.subscriber_id) else { continue };
             if !self.holds(txn, goal, facts, &e.workflow_id, now).await? {
                 continue;
             }
@@ -416,13 +461,13 @@ impl Engine {
         now: DateTime<Utc>,
         start: DateTime<Utc>,
     ) -> Result<bool> {
-        let Some(facts) = load_facts(txn, subscriber_id).await? else { return Ok(false) };
+        let Some(mut facts) = load_facts(txn, subscriber_id).await? else { return Ok(false) };
         let workflow = &program.workflow;
         let not_entered = |reason: String| {
             records::event(subscriber_id, decision::NOT_ENTERED, json!({"workflow": id, "reason": reason}), now)
         };
         if let Some(filter) = &workflow.filter
-            && !self.holds(txn, filter, &facts, id, now).await?
+            && !self.holds(txn, filter, &mut facts, id, now).await?
         {
             not_entered(format!("the trigger's filter does not hold: {}", describe(filter))).insert(txn).await?;
             return Ok(false);
@@ -513,12 +558,21 @@ impl Engine {
         }
         let due = batch;
         let count = due.len() as u64;
-        let mut facts = load_facts_batch(&txn, due.iter().map(|e| e.subscriber_id).collect()).await?;
+        // Only the facts these enrollments' workflows may read, for all of them at once.
+        let mut wanted: HashMap<Uuid, Needs> = HashMap::new();
+        for row in &due {
+            if let Some(program) = self.registry.program(&row.workflow_id, row.version).await? {
+                let needs = wanted.entry(row.subscriber_id).or_default();
+                *needs = needs.union(program.needs());
+            }
+        }
+        let mut facts = load_facts_for(&txn, &wanted).await?;
         let mut writes = Writes::default();
         let listeners = Listeners::of(&self.registry);
         for row in due {
-            // A subscriber erased meanwhile took their enrollments with them (foreign key).
-            let Some(f) = facts.get_mut(&row.subscriber_id) else { continue };
+            // The enrollment is read in this write transaction, so its subscriber exists (erasing
+            // one deletes their enrollments through the foreign key).
+            let f = facts.entry(row.subscriber_id).or_insert_with(|| Facts::unloaded(row.subscriber_id));
             self.advance(&txn, row, f, now, &mut writes, &listeners).await?;
         }
         writes.flush(&txn, self.db.backend()).await?;
@@ -604,7 +658,6 @@ impl Engine {
         let step = &node.step;
         let now = run.now;
         let workflow = &run.program.workflow;
-        let tz = zone(facts.subscriber.timezone.as_deref(), workflow.timezone.as_deref());
         let done = |run: &mut Run<'_>, detail: Value| {
             run.note(decision::STEP_DONE, json!({"step": step.id, "detail": detail}));
             Flow::Goto(node.next.clone())
@@ -630,6 +683,7 @@ impl Engine {
                 }
                 (Some(_), Some(target)) => Flow::WaitUntil(target),
                 _ => {
+                    let tz = zone(facts.subscriber(txn).await?.timezone.as_deref(), workflow.timezone.as_deref());
                     let target = match until {
                         WaitUntil::Time { weekday, time } => next_local_time(run.logical, tz, *weekday, *time),
                         WaitUntil::Cron(expression) => next_cron_tick(run.logical, tz, expression)
@@ -676,18 +730,12 @@ impl Engine {
             Action::Tag(tag) => {
                 // The batch holds the write lock and every change to these facts, so a tag not in
                 // them is new; it is written with the rest of the batch.
-                if facts.tags.insert(tag.clone()) {
-                    run.tags.push(tag_row(facts.subscriber.id, tag, now));
+                if facts.tags(txn).await?.insert(tag.clone()) {
+                    run.tags.push(tag_row(facts.id, tag, now));
                     // `tag_added` names the step: it is this step's "done" entry too.
                     run.note(kind::TAG_ADDED, json!({"tag": tag, "step": step.id}));
                     if run.listeners.want_tag(tag) {
-                        run.triggers.push(records::trigger(
-                            facts.subscriber.id,
-                            trigger::TAG_ADDED,
-                            tag,
-                            json!({}),
-                            now,
-                        ));
+                        run.triggers.push(records::trigger(facts.id, trigger::TAG_ADDED, tag, json!({}), now));
                     }
                     Flow::Goto(node.next.clone())
                 } else {
@@ -696,25 +744,26 @@ impl Engine {
             }
             Action::Untag(tag) => {
                 let removed = subscriber_tag::Entity::delete_many()
-                    .filter(subscriber_tag::Column::SubscriberId.eq(facts.subscriber.id))
+                    .filter(subscriber_tag::Column::SubscriberId.eq(facts.id))
                     .filter(subscriber_tag::Column::Tag.eq(tag.clone()))
                     .exec(txn)
                     .await?;
                 if removed.rows_affected > 0 {
-                    facts.tags.remove(tag);
+                    facts.tags(txn).await?.remove(tag);
                     run.note(kind::TAG_REMOVED, json!({"tag": tag, "step": step.id}));
                 }
                 done(run, json!({"untag": tag}))
             }
             Action::Set(values) => {
-                let mut attributes = facts.subscriber.attributes.as_object().cloned().unwrap_or_default();
+                let current = facts.subscriber(txn).await?.clone();
+                let mut attributes = current.attributes.as_object().cloned().unwrap_or_default();
                 for (key, value) in values {
                     attributes.insert(key.clone(), value.clone());
                 }
-                let mut active = facts.subscriber.clone().into_active_model();
+                let mut active = current.into_active_model();
                 active.attributes = Set(Value::Object(attributes));
                 active.updated_at = Set(now);
-                facts.subscriber = active.update(txn).await?;
+                facts.subscriber = Some(active.update(txn).await?);
                 run.note(kind::UPDATED, json!({"fields": ["attributes"], "step": step.id}));
                 done(run, json!({"set": values.keys().collect::<Vec<_>>()}))
             }
@@ -727,11 +776,11 @@ impl Engine {
                 let payload = json!({
                     "workflow": {"id": workflow.id, "name": workflow.name, "version": run.program.version},
                     "step": step.id,
-                    "subscriber": subscriber_json(&facts.subscriber),
+                    "subscriber": subscriber_json(facts.subscriber(txn).await?),
                     "body": body,
                     "secret_env": secret_env,
                 });
-                self.queue(txn, run, step, facts, "webhook", url.clone(), None, None, payload.to_string()).await?;
+                self.queue(txn, run, step, facts.id, "webhook", url.clone(), None, None, payload.to_string()).await?;
                 done(run, json!({"webhook": url}))
             }
             Action::Exit(reason) => {
@@ -753,13 +802,13 @@ impl Engine {
             run.note(decision::STEP_SKIPPED, json!({"reason": format!("list '{slug}' does not exist")}));
             return Ok(());
         };
-        let existing = membership::Entity::find_by_id((facts.subscriber.id, target.id)).one(txn).await?;
+        let existing = membership::Entity::find_by_id((facts.id, target.id)).one(txn).await?;
         match (joining, existing) {
             (true, None) => {
-                membership_row(facts.subscriber.id, target.id, MembershipStatus::Confirmed, now).insert(txn).await?;
-                facts.lists.insert(slug.to_owned());
+                membership_row(facts.id, target.id, MembershipStatus::Confirmed, now).insert(txn).await?;
+                facts.lists(txn).await?.insert(slug.to_owned());
                 run.note(kind::SUBSCRIBED, json!({"lists": [slug]}));
-                run.triggers.push(records::trigger(facts.subscriber.id, trigger::SUBSCRIBED, slug, json!({}), now));
+                run.triggers.push(records::trigger(facts.id, trigger::SUBSCRIBED, slug, json!({}), now));
             }
             (true, Some(m)) if m.status == MembershipStatus::Unsubscribed.as_str() => {
                 run.note(
@@ -773,7 +822,7 @@ impl Engine {
                 active.unsubscribed_at = Set(Some(now));
                 active.updated_at = Set(now);
                 active.update(txn).await?;
-                facts.lists.remove(slug);
+                facts.lists(txn).await?.remove(slug);
                 run.note(kind::UNSUBSCRIBED, json!({"list": slug}));
             }
             _ => {}
@@ -787,14 +836,14 @@ impl Engine {
         txn: &DatabaseTransaction,
         run: &mut Run<'_>,
         node: &Node,
-        facts: &Facts,
+        facts: &mut Facts,
         channel: Channel,
         subject: Option<&String>,
         body: MessageBody<'_>,
     ) -> Result<Flow> {
         let step = &node.step;
         let now = run.now;
-        let s = &facts.subscriber;
+        let s = facts.subscriber(txn).await?;
         let (address, state) = match channel {
             Channel::Email => (s.email.clone(), stored(&s.email_state, ChannelState::None)),
             Channel::Sms => (s.phone.clone(), stored(&s.sms_state, ChannelState::None)),
@@ -839,7 +888,7 @@ impl Engine {
             }
         };
         let recipient = address.unwrap_or_default();
-        self.queue(txn, run, step, facts, channel.as_str(), recipient, rendered.subject, rendered.html, rendered.text)
+        self.queue(txn, run, step, s.id, channel.as_str(), recipient, rendered.subject, rendered.html, rendered.text)
             .await?;
         run.note(decision::STEP_DONE, json!({"step": step.id, "channel": channel}));
         Ok(Flow::Goto(node.next.clone()))
@@ -851,7 +900,7 @@ impl Engine {
         txn: &DatabaseTransaction,
         run: &mut Run<'_>,
         step: &super::model::Step,
-        facts: &Facts,
+        subscriber_id: Uuid,
         channel: &str,
         recipient: String,
         subject: Option<String>,
@@ -864,7 +913,7 @@ impl Engine {
         let inserted = outbox::Entity::insert(outbox::ActiveModel {
             id: Set(id),
             idempotency_key: Set(key),
-            subscriber_id: Set(facts.subscriber.id),
+            subscriber_id: Set(subscriber_id),
             enrollment_id: Set(Some(run.row.id)),
             workflow_id: Set(Some(run.row.workflow_id.clone())),
             step_id: Set(Some(step.id.clone())),
@@ -909,22 +958,22 @@ impl Engine {
         &'a self,
         conn: &'a DatabaseTransaction,
         condition: &'a Condition,
-        facts: &'a Facts,
+        facts: &'a mut Facts,
         workflow_id: &'a str,
         now: DateTime<Utc>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool>> + Send + 'a>> {
         Box::pin(async move {
-            let s = &facts.subscriber;
+            let id = facts.id;
             Ok(match condition {
-                Condition::Tag(tag) => facts.tags.contains(tag),
-                Condition::List(slug) => facts.lists.contains(slug),
-                Condition::Has(Channel::Email) => s.email.is_some(),
-                Condition::Has(Channel::Sms) => s.phone.is_some(),
-                Condition::Source(v) => s.source.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(v)),
-                Condition::Medium(v) => s.medium.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(v)),
-                Condition::Campaign(v) => s.campaign.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(v)),
+                Condition::Tag(tag) => facts.tags(conn).await?.contains(tag),
+                Condition::List(slug) => facts.lists(conn).await?.contains(slug),
+                Condition::Has(Channel::Email) => facts.subscriber(conn).await?.email.is_some(),
+                Condition::Has(Channel::Sms) => facts.subscriber(conn).await?.phone.is_some(),
+                Condition::Source(v) => matches_text(facts.subscriber(conn).await?.source.as_deref(), v),
+                Condition::Medium(v) => matches_text(facts.subscriber(conn).await?.medium.as_deref(), v),
+                Condition::Campaign(v) => matches_text(facts.subscriber(conn).await?.campaign.as_deref(), v),
                 Condition::Attribute { name, test } => {
-                    let value = s.attributes.get(name);
+                    let value = facts.subscriber(conn).await?.attributes.get(name);
                     match test {
                         AttributeTest::Exists(exists) => value.is_some_and(|v| !v.is_null()) == *exists,
                         AttributeTest::Equals(expected) => value.is_some_and(|v| loosely_equal(v, expected)),
@@ -935,7 +984,7 @@ impl Engine {
                 }
                 Condition::Event { name, within } => {
                     let mut query = event::Entity::find()
-                        .filter(event::Column::SubscriberId.eq(s.id))
+                        .filter(event::Column::SubscriberId.eq(id))
                         .filter(event::Column::Kind.eq(kind_of(name)));
                     if let Some(span) = within {
                         query = query.filter(event::Column::CreatedAt.gte(now - span.as_chrono()));
@@ -946,7 +995,7 @@ impl Engine {
                     let wanted =
                         if matches!(condition, Condition::Opened(_)) { "email_opened" } else { "email_clicked" };
                     let found = event::Entity::find()
-                        .filter(event::Column::SubscriberId.eq(s.id))
+                        .filter(event::Column::SubscriberId.eq(id))
                         .filter(event::Column::Kind.eq(wanted))
                         .all(conn)
                         .await?;
@@ -957,7 +1006,7 @@ impl Engine {
                 }
                 Condition::All(items) => {
                     for item in items {
-                        if !self.holds(conn, item, facts, workflow_id, now).await? {
+                        if !self.holds(conn, item, &mut *facts, workflow_id, now).await? {
                             return Ok(false);
                         }
                     }
@@ -965,7 +1014,7 @@ impl Engine {
                 }
                 Condition::Any(items) => {
                     for item in items {
-                        if self.holds(conn, item, facts, workflow_id, now).await? {
+                        if self.holds(conn, item, &mut *facts, workflow_id, now).await? {
                             return Ok(true);
                         }
                     }
@@ -1294,31 +1343,42 @@ pub fn describe(condition: &Condition) -> String {
 }
 
 async fn load_facts(conn: &impl ConnectionTrait, id: Uuid) -> Result<Option<Facts>> {
-    Ok(load_facts_batch(conn, vec![id]).await?.remove(&id))
+    let everything = Needs { subscriber: true, tags: true, lists: true };
+    Ok(load_facts_batch(conn, vec![id], everything).await?.remove(&id).filter(|f| f.subscriber.is_some()))
 }
 
-/// Facts for many subscribers in four queries.
-async fn load_facts_batch(
-    conn: &impl ConnectionTrait,
-    ids: Vec<Uuid>,
-) -> Result<std::collections::HashMap<Uuid, Facts>> {
-    use std::collections::HashMap;
-    let mut facts: HashMap<Uuid, Facts> = HashMap::with_capacity(ids.len());
-    if ids.is_empty() {
-        return Ok(facts);
-    }
-    for s in subscriber::Entity::find().filter(subscriber::Column::Id.is_in(ids.clone())).all(conn).await? {
-        facts.insert(s.id, Facts { subscriber: s, tags: HashSet::new(), lists: HashSet::new() });
-    }
-    let (memberships, tags) = memberships_and_tags(conn, &ids).await?;
-    for (id, tags) in tags {
-        if let Some(f) = facts.get_mut(&id) {
-            f.tags.extend(tags);
+/// The `needs` part of many subscribers' facts in a query or two per part; the rest loads on use.
+async fn load_facts_batch(conn: &impl ConnectionTrait, ids: Vec<Uuid>, needs: Needs) -> Result<HashMap<Uuid, Facts>> {
+    let wanted = ids.into_iter().map(|id| (id, needs)).collect();
+    load_facts_for(conn, &wanted).await
+}
+
+/// Each subscriber's facts with the parts their own `Needs` name loaded.
+async fn load_facts_for(conn: &impl ConnectionTrait, wanted: &HashMap<Uuid, Needs>) -> Result<HashMap<Uuid, Facts>> {
+    let mut facts: HashMap<Uuid, Facts> = wanted.keys().map(|id| (*id, Facts::unloaded(*id))).collect();
+    let ids = |part: fn(&Needs) -> bool| -> Vec<Uuid> {
+        wanted.iter().filter(|(_, needs)| part(needs)).map(|(id, _)| *id).collect()
+    };
+    let rows = ids(|n| n.subscriber);
+    if !rows.is_empty() {
+        for s in subscriber::Entity::find().filter(subscriber::Column::Id.is_in(rows)).all(conn).await? {
+            if let Some(f) = facts.get_mut(&s.id) {
+                f.subscriber = Some(s);
+            }
         }
     }
-    for (id, lists) in memberships {
+    let tagged = ids(|n| n.tags);
+    let mut tags = tags_of(conn, &tagged).await?;
+    for id in tagged {
         if let Some(f) = facts.get_mut(&id) {
-            f.lists.extend(lists.into_iter().filter(|m| m.status != MembershipStatus::Unsubscribed).map(|m| m.list));
+            f.tags = Some(tags.remove(&id).unwrap_or_default().into_iter().collect());
+        }
+    }
+    let listed = ids(|n| n.lists);
+    let mut memberships = memberships_of(conn, &listed).await?;
+    for id in listed {
+        if let Some(f) = facts.get_mut(&id) {
+            f.lists = Some(current_lists(memberships.remove(&id).unwrap_or_default()));
         }
     }
     Ok(facts)

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::model::{Action, Step, Workflow};
+use super::model::{Action, Condition, Step, Workflow};
 
 /// One step and its exits.
 #[derive(Debug, Clone)]
@@ -25,13 +25,74 @@ pub struct Program {
     pub version: i32,
     nodes: HashMap<String, Node>,
     first: Option<String>,
+    needs: Needs,
+}
+
+/// Which of a subscriber's facts running this workflow's steps and goal may read, so the engine
+/// loads only those for a batch (anything else is still loaded on demand, just one at a time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The subscriber's row: addresses, channel states, time zone, attributes, attribution.
+    pub subscriber: bool,
+    pub tags: bool,
+    pub lists: bool,
+}
+
+impl Needs {
+    pub fn union(self, other: Needs) -> Needs {
+        Needs {
+            subscriber: self.subscriber || other.subscriber,
+            tags: self.tags || other.tags,
+            lists: self.lists || other.lists,
+        }
+    }
+
+    fn of_condition(condition: &Condition) -> Needs {
+        let none = Needs::default();
+        match condition {
+            Condition::Tag(_) => Needs { tags: true, ..none },
+            Condition::List(_) => Needs { lists: true, ..none },
+            Condition::Has(_)
+            | Condition::Attribute { .. }
+            | Condition::Source(_)
+            | Condition::Medium(_)
+            | Condition::Campaign(_) => Needs { subscriber: true, ..none },
+            Condition::Opened(_) | Condition::Clicked(_) | Condition::Event { .. } => none,
+            Condition::All(items) | Condition::Any(items) => {
+                items.iter().map(Needs::of_condition).fold(none, Needs::union)
+            }
+            Condition::Not(inner) => Needs::of_condition(inner),
+        }
+    }
+
+    fn of_action(action: &Action) -> Needs {
+        let none = Needs::default();
+        match action {
+            Action::Email { .. }
+            | Action::Sms { .. }
+            | Action::WaitUntil(_)
+            | Action::Set(_)
+            | Action::Webhook { .. } => Needs { subscriber: true, ..none },
+            Action::Tag(_) | Action::Untag(_) => Needs { tags: true, ..none },
+            Action::Join(_) | Action::Leave(_) => Needs { lists: true, ..none },
+            Action::If { condition, .. } => Needs::of_condition(condition),
+            Action::Wait(_) | Action::WaitFor { .. } | Action::Exit(_) => none,
+        }
+    }
 }
 
 impl Program {
     pub fn new(workflow: Workflow, version: i32) -> Self {
         let mut nodes = HashMap::new();
         let first = layout(&workflow.steps, None, &mut nodes);
-        Self { workflow, version, nodes, first }
+        let goal = workflow.exit_when.as_ref().map(Needs::of_condition).unwrap_or_default();
+        let needs = nodes.values().map(|n| Needs::of_action(&n.step.action)).fold(goal, Needs::union);
+        Self { workflow, version, nodes, first, needs }
+    }
+
+    /// What advancing an enrollment in this workflow may read about its subscriber.
+    pub fn needs(&self) -> Needs {
+        self.needs
     }
 
     pub fn first(&self) -> Option<&str> {
@@ -152,6 +213,31 @@ mod tests {
         assert_eq!(program.node("wait").unwrap().timeout_first.as_deref(), Some("late"));
         assert_eq!(program.node("late").unwrap().next.as_deref(), Some("z"));
         assert_eq!(program.node("z").unwrap().next, None);
+    }
+
+    #[test]
+    fn needs_cover_every_step_and_the_goal() {
+        let wait = step("w", Action::Wait(Span::parse("1d", false).unwrap()));
+        let plain = Program::new(workflow(vec![tag("a"), wait.clone()]), 1);
+        assert_eq!(plain.needs(), Needs { tags: true, ..Needs::default() });
+        let nested = Program::new(
+            workflow(vec![
+                wait.clone(),
+                step(
+                    "if",
+                    Action::If {
+                        condition: Condition::Not(Box::new(Condition::List("l".into()))),
+                        then: vec![step("join", Action::Join("m".into()))],
+                        otherwise: vec![step("set", Action::Set(Default::default()))],
+                    },
+                ),
+            ]),
+            1,
+        );
+        assert_eq!(nested.needs(), Needs { subscriber: true, lists: true, tags: false });
+        let mut with_goal = workflow(vec![wait]);
+        with_goal.exit_when = Some(Condition::Any(vec![Condition::Source("x".into()), Condition::Tag("t".into())]));
+        assert_eq!(Program::new(with_goal, 1).needs(), Needs { subscriber: true, tags: true, lists: false });
     }
 
     #[test]
