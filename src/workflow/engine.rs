@@ -38,8 +38,10 @@ use crate::store::entities::{
 const BATCH: u64 = 2000;
 /// Steps one enrollment may take in one run (a workflow has no loops; this is a safety net).
 const MAX_STEPS_PER_RUN: usize = 500;
-/// Steps due within this many milliseconds count as just due and are taken before older ones.
+/// Steps due within this many milliseconds, or since the previous batch was claimed if that is
+/// longer ago (up to `ON_TIME_MAX_MS`), count as just due and are taken before older ones.
 const ON_TIME_MS: i64 = 1000;
+const ON_TIME_MAX_MS: i64 = 10_000;
 
 /// Timeline kinds written by the engine.
 pub mod decision {
@@ -71,6 +73,8 @@ pub struct Engine {
     templates: std::sync::RwLock<Arc<TemplateChecker>>,
     signer: Signer,
     base_url: url::Url,
+    /// When the previous batch of due enrollments was claimed (by this process).
+    last_claim: std::sync::Mutex<Option<DateTime<Utc>>>,
 }
 
 /// What a subscriber is, as conditions and messages see it. A batch loads the parts its
@@ -163,7 +167,15 @@ impl Engine {
         signer: Signer,
         base_url: url::Url,
     ) -> Self {
-        Self { db, clock, registry, templates: std::sync::RwLock::new(templates), signer, base_url }
+        Self {
+            db,
+            clock,
+            registry,
+            templates: std::sync::RwLock::new(templates),
+            signer,
+            base_url,
+            last_claim: std::sync::Mutex::new(None),
+        }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -534,7 +546,11 @@ impl Engine {
         let paused: Vec<String> =
             self.registry.current().into_iter().filter(|(_, c)| c.status == Status::Paused).map(|(id, _)| id).collect();
         let txn = self.db.begin_write().await?;
-        let fresh_since = now - chrono::Duration::milliseconds(ON_TIME_MS);
+        // A step that came due while the previous batch ran is still just due, however long that
+        // batch took: it must not fall behind a backlog because a batch was slow.
+        let previous = self.last_claim.lock().map_or(None, |mut last| last.replace(now));
+        let since = |ms| now - chrono::Duration::milliseconds(ms);
+        let fresh_since = previous.map_or(since(ON_TIME_MS), |p| p.clamp(since(ON_TIME_MAX_MS), since(ON_TIME_MS)));
         let due = |just_due: bool, limit: u64| {
             let mut query = enrollment::Entity::find()
                 .filter(enrollment::Column::Status.eq("active"))
