@@ -94,8 +94,7 @@ impl Facts {
 
     async fn subscriber(&mut self, conn: &impl ConnectionTrait) -> Result<&subscriber::Model> {
         if self.subscriber.is_none() {
-            let found = subscriber::Entity::find_by_id(self.id).one(conn).await?;
-            self.subscriber = Some(found.ok_or(crate::error::Error::NotFound { what: "subscriber" })?);
+            self.subscriber = subscriber::Entity::find_by_id(self.id).one(conn).await?;
         }
         self.subscriber.as_ref().ok_or(crate::error::Error::NotFound { what: "subscriber" })
     }
@@ -574,10 +573,17 @@ impl Engine {
         }
         let due = batch;
         let count = due.len() as u64;
-        // Only the facts these enrollments' workflows may read, for all of them at once.
+        // Each workflow version's program once, and only the facts these programs may read, for
+        // all the batch's subscribers at once.
+        let mut programs: HashMap<(String, i32), Option<Arc<Program>>> = HashMap::new();
         let mut wanted: HashMap<Uuid, Needs> = HashMap::new();
         for row in &due {
-            if let Some(program) = self.registry.program(&row.workflow_id, row.version).await? {
+            let key = (row.workflow_id.clone(), row.version);
+            if !programs.contains_key(&key) {
+                let program = self.registry.program(&row.workflow_id, row.version).await?;
+                programs.insert(key.clone(), program);
+            }
+            if let Some(Some(program)) = programs.get(&key) {
                 let needs = wanted.entry(row.subscriber_id).or_default();
                 *needs = needs.union(program.needs());
             }
@@ -589,23 +595,26 @@ impl Engine {
             // The enrollment is read in this write transaction, so its subscriber exists (erasing
             // one deletes their enrollments through the foreign key).
             let f = facts.entry(row.subscriber_id).or_insert_with(|| Facts::unloaded(row.subscriber_id));
-            self.advance(&txn, row, f, now, &mut writes, &listeners).await?;
+            let program = programs.get(&(row.workflow_id.clone(), row.version)).cloned().flatten();
+            self.advance(&txn, row, program, f, now, &mut writes, &listeners).await?;
         }
         writes.flush(&txn, self.db.backend()).await?;
         txn.commit().await?;
         Ok(count)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn advance(
         &self,
         txn: &DatabaseTransaction,
         row: enrollment::Model,
+        program: Option<Arc<Program>>,
         facts: &mut Facts,
         now: DateTime<Utc>,
         writes: &mut Writes,
         listeners: &Listeners,
     ) -> Result<()> {
-        let Some(program) = self.registry.program(&row.workflow_id, row.version).await? else {
+        let Some(program) = program else {
             let mut active = row.into_active_model();
             active.status = Set("failed".into());
             active.ended_at = Set(Some(now));

@@ -446,27 +446,25 @@ async fn a_step_coming_due_runs_before_an_older_backlog(app: TestApp) {
         "name: Fresh\ntrigger: { event: ping }\nsteps:\n  - id: hold\n    wait: 30m\n  - id: mark\n    tag: fresh-ran\n",
     )
     .await;
-    let ada = app.create_subscriber(json!({"email": "ada@example.com"})).await["id"].as_str().unwrap().to_owned();
+    // A subscriber sends the `ping` event at `second` past 10:45, entering the "fresh" workflow.
+    let ping_at = |email: &'static str, second: u32| {
+        let app = &app;
+        async move {
+            let id = app.create_subscriber(json!({"email": email})).await["id"].as_str().unwrap().to_owned();
+            app.clock.set(Utc.with_ymd_and_hms(2026, 3, 2, 10, 45, second).unwrap());
+            let event = json!({"email": email, "name": "ping"});
+            expect_json(app.post("/api/v1/events", &event).await, StatusCode::CREATED).await;
+            app.tick().await;
+            assert_eq!(enrollment_of(app, &id).await.workflow_id, "fresh");
+            id
+        }
+    };
     app.tick().await; // arms the schedule; its first tick is at 10:00
     app.clock.set(Utc.with_ymd_and_hms(2026, 3, 2, 10, 0, 0).unwrap());
     app.tick().await;
     assert_eq!(app.count("enrollments WHERE workflow_id = 'backlog'").await, 4100);
-    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 2, 10, 45, 0).unwrap());
-    expect_json(
-        app.post("/api/v1/events", &json!({"email": "ada@example.com", "name": "ping"})).await,
-        StatusCode::CREATED,
-    )
-    .await;
-    app.tick().await;
-    assert_eq!(enrollment_of(&app, &ada).await.workflow_id, "fresh");
-    let bob = app.create_subscriber(json!({"email": "bob@example.com"})).await["id"].as_str().unwrap().to_owned();
-    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 2, 10, 45, 3).unwrap());
-    expect_json(
-        app.post("/api/v1/events", &json!({"email": "bob@example.com", "name": "ping"})).await,
-        StatusCode::CREATED,
-    )
-    .await;
-    app.tick().await;
+    let ada = ping_at("ada@example.com", 0).await;
+    let bob = ping_at("bob@example.com", 3).await;
 
     // 11:15: the backlog has been due for a quarter of an hour (say the service was down), and
     // ada's step has just come due. One batch takes ada first, then the oldest of the backlog.
