@@ -42,6 +42,9 @@ const MAX_STEPS_PER_RUN: usize = 500;
 /// longer ago (up to `ON_TIME_MAX_MS`), count as just due and are taken before older ones.
 const ON_TIME_MS: i64 = 1000;
 const ON_TIME_MAX_MS: i64 = 10_000;
+/// A batch reads at most this many windows (of the room it has left) of a backlog bigger than
+/// itself, in storage order.
+const WINDOWS: usize = 4;
 
 /// Timeline kinds written by the engine.
 pub mod decision {
@@ -75,6 +78,9 @@ pub struct Engine {
     base_url: url::Url,
     /// When the previous batch of due enrollments was claimed (by this process).
     last_claim: std::sync::Mutex<Option<DateTime<Utc>>>,
+    /// Where the pass through a big backlog has got to (the last enrollment id taken); `None`
+    /// starts a pass. Kept in memory only: a restart begins a new pass, which repeats nothing.
+    backlog_cursor: std::sync::Mutex<Option<Uuid>>,
 }
 
 /// What a subscriber is, as conditions and messages see it. A batch loads the parts its
@@ -174,6 +180,7 @@ impl Engine {
             signer,
             base_url,
             last_claim: std::sync::Mutex::new(None),
+            backlog_cursor: std::sync::Mutex::new(None),
         }
     }
 
@@ -550,12 +557,10 @@ impl Engine {
         let previous = self.last_claim.lock().map_or(None, |mut last| last.replace(now));
         let since = |ms| now - chrono::Duration::milliseconds(ms);
         let fresh_since = previous.map_or(since(ON_TIME_MS), |p| p.clamp(since(ON_TIME_MAX_MS), since(ON_TIME_MS)));
-        let due = |just_due: bool, limit: u64| {
+        let due = |just_due: bool| {
             let mut query = enrollment::Entity::find()
                 .filter(enrollment::Column::Status.eq("active"))
-                .filter(enrollment::Column::NextRunAt.lte(now))
-                .order_by_asc(enrollment::Column::NextRunAt)
-                .limit(limit);
+                .filter(enrollment::Column::NextRunAt.lte(now));
             query = if just_due {
                 query.filter(enrollment::Column::NextRunAt.gt(fresh_since))
             } else {
@@ -566,10 +571,34 @@ impl Engine {
             }
             query
         };
-        let mut batch = due(true, BATCH).all(&txn).await?;
+        let mut batch = due(true).order_by_asc(enrollment::Column::NextRunAt).limit(BATCH).all(&txn).await?;
         let room = BATCH - batch.len() as u64;
         if room > 0 {
-            batch.extend(due(false, room).all(&txn).await?);
+            // Is more overdue than this batch has room for? (A look `room` entries deep into the due
+            // index, reading only what it holds.)
+            let big = due(false)
+                .select_only()
+                .column(enrollment::Column::NextRunAt)
+                .offset(room - 1)
+                .limit(1)
+                .into_tuple::<Option<DateTime<Utc>>>()
+                .one(&txn)
+                .await?
+                .is_some();
+            let mut taken: HashSet<Uuid> = batch.iter().map(|row| row.id).collect();
+            if big {
+                let backlog = self.backlog_in_storage_order(&txn, room, fresh_since, &paused, &taken).await?;
+                taken.extend(backlog.iter().map(|row| row.id));
+                batch.extend(backlog);
+            }
+            let room = BATCH - batch.len() as u64;
+            if room > 0 {
+                let mut oldest = due(false).order_by_asc(enrollment::Column::NextRunAt);
+                if big {
+                    oldest = oldest.filter(enrollment::Column::Id.is_not_in(taken.iter().copied()));
+                }
+                batch.extend(oldest.limit(room).all(&txn).await?);
+            }
         }
         let due = batch;
         let count = due.len() as u64;
@@ -601,6 +630,57 @@ impl Engine {
         writes.flush(&txn, self.db.backend()).await?;
         txn.commit().await?;
         Ok(count)
+    }
+
+    /// Up to `room` overdue enrollments, taken in storage (id) order from where the previous batch
+    /// stopped: neighbouring rows share pages, so a batch writes a few hundred pages instead of a
+    /// few thousand scattered ones. Reads at most `WINDOWS` windows of `room` enrollments; a pass
+    /// wraps around at the end, so no overdue enrollment waits longer than one pass.
+    async fn backlog_in_storage_order(
+        &self,
+        txn: &DatabaseTransaction,
+        room: u64,
+        overdue_since: DateTime<Utc>,
+        paused: &[String],
+        taken: &HashSet<Uuid>,
+    ) -> Result<Vec<enrollment::Model>> {
+        let mut cursor = self.backlog_cursor.lock().map_or(None, |cursor| *cursor);
+        let mut rows = Vec::new();
+        for _ in 0..WINDOWS {
+            // Ended enrollments are skipped inside the database (SQLite still walks the id index).
+            let mut window = enrollment::Entity::find()
+                .filter(enrollment::Column::EndedAt.is_null())
+                .order_by_asc(enrollment::Column::Id)
+                .limit(room);
+            if let Some(cursor) = cursor {
+                window = window.filter(enrollment::Column::Id.gt(cursor));
+            }
+            let window = window.all(txn).await?;
+            let full = window.len() as u64 == room;
+            cursor = window.last().map(|row| row.id);
+            for row in window {
+                let overdue = row.next_run_at.is_some_and(|due| due <= overdue_since);
+                if row.status == "active" && overdue && !paused.contains(&row.workflow_id) && !taken.contains(&row.id) {
+                    let id = row.id;
+                    rows.push(row);
+                    if rows.len() as u64 == room {
+                        cursor = Some(id);
+                        break;
+                    }
+                }
+            }
+            if rows.len() as u64 == room {
+                break;
+            }
+            if !full {
+                cursor = None; // the end, all read: the next pass starts over
+                break;
+            }
+        }
+        if let Ok(mut stored) = self.backlog_cursor.lock() {
+            *stored = cursor;
+        }
+        Ok(rows)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -21,6 +21,7 @@ on_both_databases!(
     plan_shows_where_enrollments_would_go_without_moving_them,
     birthdays_enroll_once_a_year_at_the_local_time,
     a_step_coming_due_runs_before_an_older_backlog,
+    a_big_backlog_drains_in_storage_order_in_passes,
 );
 
 const DRIP: &str = r#"name: Guide drip
@@ -467,14 +468,14 @@ async fn a_step_coming_due_runs_before_an_older_backlog(app: TestApp) {
     let bob = ping_at("bob@example.com", 3).await;
 
     // 11:15: the backlog has been due for a quarter of an hour (say the service was down), and
-    // ada's step has just come due. One batch takes ada first, then the oldest of the backlog.
+    // ada's step has just come due. One batch takes ada first, then the backlog.
     app.clock.set(Utc.with_ymd_and_hms(2026, 3, 2, 11, 15, 0).unwrap());
     let advanced = app.engine.run_due().await.unwrap();
     assert_eq!(advanced, 2000, "one full batch");
     assert_eq!(enrollment_of(&app, &ada).await.status, "completed", "the step that just came due ran at once");
     assert!(kinds(&app, &ada).await.contains(&"tag_added".to_owned()));
     let ran = app.count("subscriber_tags WHERE tag = 'backlog-ran'").await;
-    assert_eq!(ran, 1999, "the rest of the batch is the oldest of the backlog");
+    assert_eq!(ran, 1999, "the rest of the batch is taken from the backlog");
     assert_eq!(enrollment_of(&app, &bob).await.status, "active", "bob's step is not due yet");
 
     // bob's step comes due at 11:15:03, while that batch runs; say it took five seconds. The next
@@ -485,4 +486,69 @@ async fn a_step_coming_due_runs_before_an_older_backlog(app: TestApp) {
     assert_eq!(app.count("subscriber_tags WHERE tag = 'backlog-ran'").await, 3998);
     app.tick().await;
     assert_eq!(app.count("subscriber_tags WHERE tag = 'backlog-ran'").await, 4100, "then the backlog drains");
+}
+
+async fn a_big_backlog_drains_in_storage_order_in_passes(app: TestApp) {
+    // 2,100 members enrolled twice: in "first" by a broadcast at 10:00 (due again at 11:00), then
+    // in "second" at 10:05 (due at 10:35). At 11:15 all 4,200 are overdue (say after downtime);
+    // "second" has been overdue longer, but "first" was enrolled first and is stored first.
+    app.create_list("everyone").await;
+    let mut csv = String::from("email\n");
+    for n in 0..2100 {
+        csv.push_str(&format!("member{n}@example.com\n"));
+    }
+    let report = expect_json(app.post_csv("/api/v1/imports?list=everyone", csv).await, StatusCode::OK).await;
+    assert_eq!(report["imported"], 2100, "{report}");
+    let broadcast = |id: &str, minute: u32, hold: &str, steps: &str| {
+        format!(
+            "name: {id}\ntrigger:\n  schedule: {{ cron: \"{minute} 10 * * *\", timezone: UTC, list: everyone }}\nsteps:\n  - id: hold\n    wait: {hold}\n{steps}"
+        )
+    };
+    let first_steps =
+        "  - id: mark\n    tag: first-ran\n  - id: again\n    wait: 1m\n  - id: mark-again\n    tag: first-again\n";
+    app.install_workflow("first", &broadcast("first", 0, "1h", first_steps)).await;
+    app.install_workflow("second", &broadcast("second", 5, "30m", "  - id: mark\n    tag: second-ran\n")).await;
+    app.tick().await; // arms both schedules
+    for minute in [0, 5] {
+        app.clock.set(Utc.with_ymd_and_hms(2026, 3, 2, 10, minute, 0).unwrap());
+        app.tick().await;
+    }
+    assert_eq!(app.count("enrollments").await, 4200);
+    let tagged = |tag: &'static str| {
+        let app = &app;
+        async move { app.count(&format!("subscriber_tags WHERE tag = '{tag}'")).await }
+    };
+    let batch_at = |second: u32| {
+        let app = &app;
+        async move {
+            app.clock.set(Utc.with_ymd_and_hms(2026, 3, 2, 11, 15, second).unwrap());
+            app.engine.run_due().await.unwrap()
+        }
+    };
+
+    // Pass one takes the backlog in the order it is stored: the first 2,000 of "first".
+    assert_eq!(batch_at(0).await, 2000);
+    assert_eq!(tagged("first-ran").await, 2000);
+    assert_eq!(tagged("second-ran").await, 0, "not oldest-due first");
+    let first_ids = "(SELECT id FROM enrollments WHERE workflow_id = 'first' ORDER BY id LIMIT 2000)";
+    let moved = app.count(&format!("enrollments WHERE step_id = 'again' AND id IN {first_ids}")).await;
+    assert_eq!(moved, 2000, "the 2,000 stored first");
+    // Their one-minute wait counts from 11:00, so they are overdue again at once, behind the cursor.
+
+    // The pass goes on from where it stopped: the last 100 of "first", then "second".
+    assert_eq!(batch_at(1).await, 2000);
+    assert_eq!((tagged("first-ran").await, tagged("second-ran").await), (2100, 1900));
+    assert_eq!(tagged("first-again").await, 0, "what the pass has passed waits for the next one");
+
+    // The pass ends with the last 200 of "second"; the rest of the batch is the oldest due.
+    assert_eq!(batch_at(2).await, 2000);
+    assert_eq!((tagged("second-ran").await, tagged("first-again").await), (2100, 1800));
+
+    // A backlog smaller than a batch is simply taken whole.
+    assert_eq!(batch_at(3).await, 300);
+    assert_eq!(batch_at(4).await, 0);
+    assert_eq!(tagged("first-again").await, 2100);
+    assert_eq!(app.count("enrollments WHERE status = 'completed'").await, 4200);
+    let ran = app.count("events WHERE kind = 'tag_added'").await;
+    assert_eq!(ran, 3 * 2100, "each step ran exactly once");
 }
