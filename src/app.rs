@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::SharedClock;
 use crate::config::{Config, redact};
+use crate::delivery::email::{EmailSender, Letterhead, Transport};
 use crate::delivery::webhook::WebhookSender;
 use crate::http::{self, AppState};
 use crate::links::Signer;
@@ -84,7 +85,14 @@ impl App {
         ));
         let webhooks =
             Arc::new(WebhookSender::new(self.db.clone(), self.clock.clone(), Arc::new(crate::config::webhook_secret)));
-        Ok(Service { app: self, engine, webhooks })
+        let letterhead = Letterhead {
+            from: self.config.mail_from.clone(),
+            base_url: self.config.base_url.clone(),
+            signer: Signer::new(&secret),
+        };
+        let transport = Transport::File(self.config.data_dir.join("mail"));
+        let email = Arc::new(EmailSender::new(self.db.clone(), self.clock.clone(), letterhead, transport));
+        Ok(Service { app: self, engine, webhooks, email })
     }
 }
 
@@ -94,6 +102,7 @@ pub struct Service {
     pub app: App,
     pub engine: Arc<Engine>,
     pub webhooks: Arc<WebhookSender>,
+    pub email: Arc<EmailSender>,
 }
 
 impl Service {

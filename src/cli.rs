@@ -176,11 +176,13 @@ async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let engine = tokio::spawn(service.engine.clone().run(stopped.clone()));
     let webhooks = tokio::spawn(service.webhooks.clone().run(stopped.clone()));
+    let email = tokio::spawn(service.email.clone().run(stopped.clone()));
     let watcher = tokio::spawn(watch_workflows(service.clone(), stopped));
     service.serve(listener, shutdown_signal()).await?;
     let _ = stop.send(true);
     let _ = engine.await;
     let _ = webhooks.await;
+    let _ = email.await;
     let _ = watcher.await;
     Ok(ExitCode::SUCCESS)
 }

@@ -24,6 +24,7 @@ struct RawSettings {
     admin_token: Option<String>,
     max_import_bytes: Option<toml::Value>,
     log: Option<String>,
+    mail_from: Option<String>,
 }
 
 /// Every setting: its key in `ownlist.toml` (the env name is `OWNLIST_` + upper case).
@@ -38,6 +39,7 @@ pub const SETTINGS: &[&str] = &[
     "admin_token",
     "max_import_bytes",
     "log",
+    "mail_from",
 ];
 
 /// Environment variables with the prefix that are not settings: the test suite's own, and the
@@ -60,6 +62,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub max_import_bytes: u64,
     pub log: String,
+    /// The sender of every email: `Name <address>` or an address; by default
+    /// `ownlist <noreply@HOST>` with the host of `base_url` (`localhost` when that is an IP).
+    pub mail_from: lettre::message::Mailbox,
 }
 
 /// A setting that could not be used, with the name the user wrote it under.
@@ -109,6 +114,7 @@ impl Config {
             admin_token: None,
             max_import_bytes: DEFAULT_MAX_IMPORT_BYTES,
             log: DEFAULT_LOG.into(),
+            mail_from: "ownlist <noreply@localhost>".parse().unwrap_or_else(|_| unreachable!()),
         }
     }
 
@@ -155,6 +161,13 @@ impl Config {
                 )
             })?,
         };
+        let mail_from_text = raw.mail_from.unwrap_or_else(|| default_mail_from(&base_url));
+        let mail_from = mail_from_text.parse().map_err(|e| {
+            ConfigError::new(
+                name("mail_from"),
+                format!("'{mail_from_text}' is not a sender like Shop <news@example.com>: {e}"),
+            )
+        })?;
         let log = raw.log.unwrap_or_else(|| DEFAULT_LOG.into());
         tracing_subscriber::EnvFilter::try_new(&log)
             .map_err(|e| ConfigError::new(name("log"), format!("'{log}' is not a log filter: {e}")))?;
@@ -169,6 +182,7 @@ impl Config {
             admin_token: raw.admin_token,
             max_import_bytes,
             log,
+            mail_from,
         })
     }
 
@@ -188,6 +202,13 @@ fn setting_name(key: &str, file: Option<&Path>) -> String {
     match file {
         Some(path) => format!("{env} (or {key} in {})", path.display()),
         None => env,
+    }
+}
+
+fn default_mail_from(base_url: &url::Url) -> String {
+    match base_url.host() {
+        Some(url::Host::Domain(domain)) if domain.contains('.') => format!("ownlist <noreply@{domain}>"),
+        _ => "ownlist <noreply@localhost>".into(),
     }
 }
 
@@ -245,6 +266,7 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
             "admin_token" => raw.admin_token = value,
             "max_import_bytes" => raw.max_import_bytes = value.map(toml::Value::String),
             "log" => raw.log = value,
+            "mail_from" => raw.mail_from = value,
             _ => {
                 let hint = closest(&key, SETTINGS)
                     .map(|best| format!(" (did you mean OWNLIST_{}?)", best.to_uppercase()))

@@ -1,7 +1,135 @@
 //! Delivery: draining the outbox. Every message was rendered and stored before any attempt to
-//! send it; a worker claims due messages, sends them, and records the answer on the message and
-//! in the subscriber's timeline.
+//! send it; a worker per channel claims due messages, sends them, and records the answer on the
+//! message and in the subscriber's timeline (`{channel}_sent`, `_retrying`, `_failed`).
 //!
-//! Webhooks are delivered here now; email and SMS workers join them with the delivery issue.
+//! Retries: temporary failures are tried again with exponential backoff (1 min doubling to 1 h)
+//! for up to ten attempts; a permanent failure fails the message at once.
 
+pub mod email;
 pub mod webhook;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect};
+use serde_json::{Value, json};
+
+use crate::audience::records;
+use crate::clock::SharedClock;
+use crate::error::Result;
+use crate::store::Db;
+use crate::store::entities::outbox;
+
+const MAX_ATTEMPTS: i32 = 10;
+const BATCH: u64 = 50;
+
+/// What one attempt came to.
+#[derive(Debug)]
+pub enum Answer {
+    /// Accepted; the detail (a status, a provider's reply) goes into the timeline.
+    Delivered(Value),
+    /// A temporary failure: try again later.
+    Retry(String),
+    /// A permanent failure: give up.
+    Fail(String),
+}
+
+/// One channel's way of sending an outbox message.
+pub trait Carrier: Sync + std::marker::Send {
+    /// The outbox `channel` this sender drains, also the prefix of its timeline entries.
+    const CHANNEL: &'static str;
+    fn attempt(&self, message: &outbox::Model, now: DateTime<Utc>) -> impl Future<Output = Answer> + std::marker::Send;
+}
+
+/// Drains one channel of the outbox with its sender.
+pub struct Worker<S> {
+    db: Db,
+    clock: SharedClock,
+    sender: S,
+}
+
+impl<S> std::fmt::Debug for Worker<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("outbox worker")
+    }
+}
+
+impl<S: Carrier> Worker<S> {
+    pub fn with(db: Db, clock: SharedClock, sender: S) -> Self {
+        Self { db, clock, sender }
+    }
+
+    /// Attempts every due message of the channel once (a batch at a time); returns how many.
+    pub async fn send_due(&self) -> Result<u64> {
+        let now = self.clock.now();
+        let due = outbox::Entity::find()
+            .filter(outbox::Column::Channel.eq(S::CHANNEL))
+            .filter(outbox::Column::Status.eq("queued"))
+            .filter(outbox::Column::DueAt.lte(now))
+            .order_by_asc(outbox::Column::DueAt)
+            .limit(BATCH)
+            .all(self.db.conn())
+            .await?;
+        let count = due.len() as u64;
+        for message in due {
+            let answer = self.sender.attempt(&message, now).await;
+            self.record(message, answer, now).await?;
+        }
+        Ok(count)
+    }
+
+    async fn record(&self, message: outbox::Model, answer: Answer, now: DateTime<Utc>) -> Result<()> {
+        let subscriber = message.subscriber_id;
+        let attempts = message.attempts + 1;
+        let step = message.step_id.clone();
+        let workflow = message.workflow_id.clone();
+        let id = message.id;
+        let mut active = message.into_active_model();
+        active.attempts = Set(attempts);
+        active.updated_at = Set(now);
+        let (outcome, detail) = match answer {
+            Answer::Delivered(detail) => {
+                active.status = Set("sent".into());
+                active.sent_at = Set(Some(now));
+                active.last_error = Set(None);
+                ("sent", detail)
+            }
+            Answer::Retry(error) if attempts < MAX_ATTEMPTS => {
+                let wait = chrono::Duration::minutes(1 << (attempts - 1).min(6)).min(chrono::Duration::hours(1));
+                active.due_at = Set(now + wait);
+                active.last_error = Set(Some(error.clone()));
+                ("retrying", json!({"error": error, "next_attempt": now + wait}))
+            }
+            Answer::Retry(error) | Answer::Fail(error) => {
+                active.status = Set("failed".into());
+                active.last_error = Set(Some(error.clone()));
+                ("failed", json!({"error": error}))
+            }
+        };
+        let txn = self.db.begin_write().await?;
+        active.update(&txn).await?;
+        let data = json!({"message": id, "workflow": workflow, "step": step, "attempt": attempts, "detail": detail});
+        records::event(subscriber, &format!("{}_{outcome}", S::CHANNEL), data, now).insert(&txn).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Sends due messages every second until `stop` says so.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.send_due().await {
+                tracing::error!(error = %e, channel = S::CHANNEL, "delivery failed; retrying");
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    }
+}

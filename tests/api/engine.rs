@@ -3,7 +3,7 @@ use reqwest::StatusCode;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, expect_json, expect_problem, on_both_databases};
+use crate::helpers::{TestApp, expect_json, expect_problem, kinds, on_both_databases, timeline};
 use ownlist::clock::Clock;
 use ownlist::store::entities::{enrollment, outbox};
 
@@ -76,19 +76,6 @@ async fn messages(app: &TestApp, subscriber: &str) -> Vec<(String, String)> {
         .into_iter()
         .map(|m| (m.step_id.unwrap_or_default(), m.channel))
         .collect()
-}
-
-async fn timeline(app: &TestApp, subscriber: &str) -> Vec<Value> {
-    let page =
-        expect_json(app.get(&format!("/api/v1/subscribers/{subscriber}/timeline?limit=1000")).await, StatusCode::OK)
-            .await;
-    let mut events = page["data"].as_array().unwrap().clone();
-    events.reverse();
-    events
-}
-
-async fn kinds(app: &TestApp, subscriber: &str) -> Vec<String> {
-    timeline(app, subscriber).await.iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect()
 }
 
 async fn enrollment_of(app: &TestApp, subscriber: &str) -> enrollment::Model {

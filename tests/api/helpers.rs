@@ -50,7 +50,9 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub backend: Backend,
     pub engine: std::sync::Arc<ownlist::workflow::engine::Engine>,
+    pub email: std::sync::Arc<ownlist::delivery::email::EmailSender>,
     pub workflows_dir: std::path::PathBuf,
+    pub data_dir: std::path::PathBuf,
     server: tokio::task::JoinHandle<()>,
     _dir: TempDir,
     _database: Option<PostgresDatabase>,
@@ -80,6 +82,7 @@ impl TestApp {
             }
         };
         adjust(&mut config);
+        let data_dir = config.data_dir.clone();
         let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap()));
         let shared: SharedClock = clock.clone();
         let app = App::open(config, shared).await.unwrap().start().await.unwrap();
@@ -88,6 +91,7 @@ impl TestApp {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let db = app.app.db.clone();
         let engine = app.engine.clone();
+        let email = app.email.clone();
         let server = tokio::spawn(async move {
             app.serve(listener, std::future::pending()).await.unwrap();
         });
@@ -99,7 +103,9 @@ impl TestApp {
             clock,
             backend,
             engine,
+            email,
             workflows_dir,
+            data_dir,
             server,
             _dir: dir,
             _database: database,
@@ -238,4 +244,18 @@ impl Drop for PostgresDatabase {
         })
         .join();
     }
+}
+
+/// A subscriber's timeline, oldest first.
+pub async fn timeline(app: &TestApp, subscriber: &str) -> Vec<Value> {
+    let page =
+        expect_json(app.get(&format!("/api/v1/subscribers/{subscriber}/timeline?limit=1000")).await, StatusCode::OK)
+            .await;
+    let mut events = page["data"].as_array().unwrap().clone();
+    events.reverse();
+    events
+}
+
+pub async fn kinds(app: &TestApp, subscriber: &str) -> Vec<String> {
+    timeline(app, subscriber).await.iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect()
 }

@@ -6,6 +6,7 @@
 mod helpers;
 
 mod auth;
+mod email;
 mod engine;
 mod lists;
 mod subscribers;

@@ -1,0 +1,108 @@
+//! Email delivery through the `file` transport: the message bytes as a mail client would read them.
+
+use reqwest::StatusCode;
+use sea_orm::EntityTrait;
+use serde_json::json;
+
+use crate::helpers::{TestApp, expect_json, kinds, on_both_databases};
+use ownlist::clock::Clock;
+use ownlist::store::entities::outbox;
+
+on_both_databases!(an_email_step_arrives_as_a_readable_message, a_transport_failure_is_retried_later_and_recorded);
+
+const GUIDE: &str = "name: Guide\ntrigger: { subscribed: guide-leads }\nsteps:\n  - id: deliver\n    email: { subject: \"Your guide, {{ subscriber.first_name }}\", template: emails/guide.html }\n";
+
+/// Ada joins the list, the workflow queues the guide; returns her id and the queued message.
+async fn queue_the_guide(app: &TestApp) -> (String, outbox::Model) {
+    app.create_list("guide-leads").await;
+    app.install_workflow("guide", GUIDE).await;
+    let ada = app
+        .create_subscriber(json!({
+            "email": "ada@example.com", "first_name": "Ada", "lists": ["guide-leads"], "consent": {"email": true}
+        }))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.tick().await;
+    let queued = outbox::Entity::find().all(app.db.conn()).await.unwrap();
+    assert_eq!(queued.len(), 1, "the guide is queued");
+    (ada, queued.into_iter().next().unwrap())
+}
+
+/// The header fields of a message, unfolded.
+fn headers(raw: &str) -> Vec<(String, String)> {
+    let head = raw.split("\r\n\r\n").next().unwrap().replace("\r\n ", " ").replace("\r\n\t", " ");
+    head.lines()
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap();
+            (name.to_owned(), value.trim().to_owned())
+        })
+        .collect()
+}
+
+fn header<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    let found: Vec<_> = fields.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).collect();
+    assert_eq!(found.len(), 1, "exactly one {name} header in {fields:?}");
+    &found[0].1
+}
+
+fn mail_files(app: &TestApp) -> Vec<std::path::PathBuf> {
+    let Ok(dir) = std::fs::read_dir(app.data_dir.join("mail")) else { return Vec::new() };
+    dir.map(|entry| entry.unwrap().path()).collect()
+}
+
+async fn an_email_step_arrives_as_a_readable_message(app: TestApp) {
+    let (ada, queued) = queue_the_guide(&app).await;
+    assert!(mail_files(&app).is_empty(), "nothing is written before the worker runs");
+    assert_eq!(app.email.send_due().await.unwrap(), 1);
+    assert_eq!(app.email.send_due().await.unwrap(), 0, "sent once");
+
+    let files = mail_files(&app);
+    assert_eq!(files.len(), 1, "one file, no partial leftovers: {files:?}");
+    assert_eq!(files[0].file_name().unwrap().to_str().unwrap(), format!("{}.eml", queued.id));
+    let raw = std::fs::read_to_string(&files[0]).unwrap();
+    let fields = headers(&raw);
+    assert_eq!(header(&fields, "From"), "ownlist <noreply@localhost>");
+    assert_eq!(header(&fields, "To"), "ada@example.com");
+    assert_eq!(header(&fields, "Subject"), "Your guide, Ada");
+    assert_eq!(header(&fields, "Message-ID"), format!("<{}@localhost>", queued.id));
+    let date = chrono::DateTime::parse_from_rfc2822(header(&fields, "Date")).unwrap();
+    assert_eq!(date, app.clock.now());
+    let unsubscribe = header(&fields, "List-Unsubscribe");
+    assert!(unsubscribe.starts_with("<http://127.0.0.1:8080/u/") && unsubscribe.ends_with('>'), "{unsubscribe}");
+    assert_eq!(header(&fields, "List-Unsubscribe-Post"), "List-Unsubscribe=One-Click");
+    assert!(header(&fields, "Content-Type").starts_with("multipart/alternative"), "{fields:?}");
+    let plain = raw.find("Content-Type: text/plain").expect("a plain-text part");
+    let html = raw.find("Content-Type: text/html").expect("an HTML part");
+    assert!(plain < html, "plain text first, HTML last (the preferred part)");
+
+    let sent = outbox::Entity::find_by_id(queued.id).one(app.db.conn()).await.unwrap().unwrap();
+    assert_eq!((sent.status.as_str(), sent.attempts, sent.sent_at), ("sent", 1, Some(app.clock.now())));
+    assert!(kinds(&app, &ada).await.contains(&"email_sent".to_owned()));
+}
+
+async fn a_transport_failure_is_retried_later_and_recorded(app: TestApp) {
+    let (ada, queued) = queue_the_guide(&app).await;
+    // A file where the mail folder should be: every write fails until it is moved away.
+    std::fs::create_dir_all(&app.data_dir).unwrap();
+    std::fs::write(app.data_dir.join("mail"), "in the way").unwrap();
+    assert_eq!(app.email.send_due().await.unwrap(), 1);
+    let waiting = outbox::Entity::find_by_id(queued.id).one(app.db.conn()).await.unwrap().unwrap();
+    assert_eq!((waiting.status.as_str(), waiting.attempts), ("queued", 1));
+    assert!(waiting.last_error.as_deref().unwrap().contains("cannot write the message file"), "{waiting:?}");
+    assert_eq!(waiting.due_at, app.clock.now() + chrono::Duration::minutes(1), "tried again in a minute");
+    assert!(kinds(&app, &ada).await.contains(&"email_retrying".to_owned()));
+    assert_eq!(app.email.send_due().await.unwrap(), 0, "not before then");
+
+    std::fs::remove_file(app.data_dir.join("mail")).unwrap();
+    app.clock.set(app.clock.now() + chrono::Duration::minutes(1));
+    assert_eq!(app.email.send_due().await.unwrap(), 1);
+    let sent = outbox::Entity::find_by_id(queued.id).one(app.db.conn()).await.unwrap().unwrap();
+    assert_eq!((sent.status.as_str(), sent.attempts, sent.last_error), ("sent", 2, None));
+    assert_eq!(mail_files(&app).len(), 1);
+    let timeline = expect_json(app.get(&format!("/api/v1/subscribers/{ada}/timeline")).await, StatusCode::OK).await;
+    let sent_entry = timeline["data"].as_array().unwrap().iter().find(|e| e["kind"] == "email_sent").unwrap().clone();
+    assert_eq!(sent_entry["data"]["attempt"], 2, "{sent_entry}");
+    assert_eq!(sent_entry["data"]["step"], "deliver");
+}
