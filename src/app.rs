@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::SharedClock;
 use crate::config::{Config, redact};
-use crate::delivery::email::{EmailSender, Letterhead, Transport};
+use crate::delivery::email::{EmailSender, Letterhead, Relay, Transport};
 use crate::delivery::webhook::WebhookSender;
 use crate::http::{self, AppState};
 use crate::links::Signer;
@@ -90,7 +90,13 @@ impl App {
             base_url: self.config.base_url.clone(),
             signer: Signer::new(&secret),
         };
-        let transport = Transport::File(self.config.data_dir.join("mail"));
+        let transport = if self.config.smtp_relays.is_empty() {
+            Transport::File(self.config.data_dir.join("mail"))
+        } else {
+            let relays = self.config.smtp_relays.iter().map(|url| Relay::from_url(url)).collect::<Result<Vec<_>, _>>();
+            Transport::Smtp(relays.map_err(|problem| anyhow::anyhow!("smtp_relays: {problem}"))?)
+        };
+        tracing::info!(?transport, "email transport");
         let email = Arc::new(EmailSender::new(self.db.clone(), self.clock.clone(), letterhead, transport));
         Ok(Service { app: self, engine, webhooks, email })
     }

@@ -25,6 +25,7 @@ struct RawSettings {
     max_import_bytes: Option<toml::Value>,
     log: Option<String>,
     mail_from: Option<String>,
+    smtp_relays: Option<String>,
 }
 
 /// Every setting: its key in `ownlist.toml` (the env name is `OWNLIST_` + upper case).
@@ -40,6 +41,7 @@ pub const SETTINGS: &[&str] = &[
     "max_import_bytes",
     "log",
     "mail_from",
+    "smtp_relays",
 ];
 
 /// Environment variables with the prefix that are not settings: the test suite's own, and the
@@ -65,6 +67,9 @@ pub struct Config {
     /// The sender of every email: `Name <address>` or an address; by default
     /// `ownlist <noreply@HOST>` with the host of `base_url` (`localhost` when that is an IP).
     pub mail_from: lettre::message::Mailbox,
+    /// SMTP relay URLs in order of preference; none means email is written to files under
+    /// `data_dir/mail`.
+    pub smtp_relays: Vec<String>,
 }
 
 /// A setting that could not be used, with the name the user wrote it under.
@@ -115,6 +120,7 @@ impl Config {
             max_import_bytes: DEFAULT_MAX_IMPORT_BYTES,
             log: DEFAULT_LOG.into(),
             mail_from: "ownlist <noreply@localhost>".parse().unwrap_or_else(|_| unreachable!()),
+            smtp_relays: Vec::new(),
         }
     }
 
@@ -168,6 +174,18 @@ impl Config {
                 format!("'{mail_from_text}' is not a sender like Shop <news@example.com>: {e}"),
             )
         })?;
+        let smtp_relays: Vec<String> = raw
+            .smtp_relays
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for url in &smtp_relays {
+            crate::delivery::email::Relay::check_url(url)
+                .map_err(|problem| ConfigError::new(name("smtp_relays"), problem))?;
+        }
         let log = raw.log.unwrap_or_else(|| DEFAULT_LOG.into());
         tracing_subscriber::EnvFilter::try_new(&log)
             .map_err(|e| ConfigError::new(name("log"), format!("'{log}' is not a log filter: {e}")))?;
@@ -183,6 +201,7 @@ impl Config {
             max_import_bytes,
             log,
             mail_from,
+            smtp_relays,
         })
     }
 
@@ -267,6 +286,7 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
             "max_import_bytes" => raw.max_import_bytes = value.map(toml::Value::String),
             "log" => raw.log = value,
             "mail_from" => raw.mail_from = value,
+            "smtp_relays" => raw.smtp_relays = value,
             _ => {
                 let hint = closest(&key, SETTINGS)
                     .map(|best| format!(" (did you mean OWNLIST_{}?)", best.to_uppercase()))
@@ -376,6 +396,21 @@ mod tests {
         assert!(err.to_string().starts_with("OWNLIST_BASE_URL:"), "{err}");
         let err = Config::load(None, &env(&[("OWNLIST_TEMPLATES_DIR", "/nonexistent/x")])).unwrap_err();
         assert!(err.to_string().starts_with("OWNLIST_TEMPLATES_DIR: cannot read directory"), "{err}");
+    }
+
+    #[test]
+    fn mail_settings_are_checked_and_relays_never_show_their_password() {
+        let config = Config::load(None, &env(&[("OWNLIST_BASE_URL", "https://shop.example/")])).unwrap();
+        assert_eq!(config.mail_from.to_string(), "ownlist <noreply@shop.example>");
+        assert!(config.smtp_relays.is_empty(), "email goes to files unless relays are set");
+        let relays = "smtps://user:pw@mail.example:465, smtp://backup.example:2525?tls=required";
+        let config = Config::load(None, &env(&[("OWNLIST_SMTP_RELAYS", relays)])).unwrap();
+        assert_eq!(config.smtp_relays.len(), 2);
+        let err = Config::load(None, &env(&[("OWNLIST_MAIL_FROM", "not an address")])).unwrap_err();
+        assert!(err.to_string().starts_with("OWNLIST_MAIL_FROM: 'not an address'"), "{err}");
+        let err = Config::load(None, &env(&[("OWNLIST_SMTP_RELAYS", "http://user:secret@mail.example")])).unwrap_err();
+        assert!(err.to_string().starts_with("OWNLIST_SMTP_RELAYS: 'http://user:***@mail.example/'"), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
     }
 
     #[test]

@@ -13,9 +13,10 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
-use lettre::Message;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::AsyncSmtpTransportBuilder;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -25,6 +26,8 @@ use crate::links::{Purpose, Signer};
 use crate::store::Db;
 use crate::store::entities::outbox;
 
+/// How long one SMTP conversation may take before the relay counts as failing.
+const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long an unsubscribe link in a message stays valid.
 const UNSUBSCRIBE_VALID_DAYS: i64 = 365;
 
@@ -69,10 +72,73 @@ impl Letterhead {
 }
 
 /// Where messages go.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Transport {
     /// One `.eml` file per message in this folder.
     File(PathBuf),
+    /// SMTP relays in order of preference: a message goes to the first that takes it.
+    Smtp(Vec<Relay>),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::File(dir) => write!(f, "file transport to {}", dir.display()),
+            Transport::Smtp(relays) => {
+                let names: Vec<&str> = relays.iter().map(|r| r.name.as_str()).collect();
+                write!(f, "SMTP relays {names:?}")
+            }
+        }
+    }
+}
+
+/// One SMTP relay: pooled connections, TLS and authentication as its URL says.
+#[derive(Clone)]
+pub struct Relay {
+    /// `host:port`, for the timeline and logs (never the credentials).
+    pub name: String,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+}
+
+impl Relay {
+    /// A relay from a URL: `smtp://host:port` (plain, or `?tls=required` / `?tls=opportunistic`
+    /// for STARTTLS), `smtps://host:port` (TLS from the start), with `user:password@` to log in.
+    /// Call within the async runtime (the connection pool starts a task).
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let (builder, name) = Self::parse(url)?;
+        Ok(Self { name, transport: builder.timeout(Some(SMTP_TIMEOUT)).build() })
+    }
+
+    /// Whether `url` names a relay `from_url` accepts (nothing is started or contacted).
+    pub fn check_url(url: &str) -> Result<(), String> {
+        Self::parse(url).map(|_| ())
+    }
+
+    fn parse(url: &str) -> Result<(AsyncSmtpTransportBuilder, String), String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "smtp" | "smtps") || parsed.host_str().is_none() {
+            return Err(format!("'{}' is not an smtp:// or smtps:// URL with a host", redacted(&parsed)));
+        }
+        let builder =
+            AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| format!("'{}': {e}", redacted(&parsed)))?;
+        // The ports lettre assumes: 465 for smtps, 587 for STARTTLS, else 25.
+        let default_port = match (parsed.scheme(), parsed.query_pairs().any(|(key, _)| key == "tls")) {
+            ("smtps", _) => 465,
+            (_, true) => 587,
+            _ => 25,
+        };
+        let name = format!("{}:{}", parsed.host_str().unwrap_or_default(), parsed.port().unwrap_or(default_port));
+        Ok((builder, name))
+    }
+}
+
+/// A URL without its password, to name it in messages.
+fn redacted(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string()
 }
 
 /// Sends email messages from the outbox.
@@ -104,8 +170,31 @@ impl Carrier for Mailer {
                 Ok(path) => Answer::Delivered(json!({"transport": "file", "path": path.display().to_string()})),
                 Err(e) => Answer::Retry(format!("cannot write the message file: {e}")),
             },
+            Transport::Smtp(relays) => send_through(relays, &built).await,
         }
     }
+}
+
+/// Tries each relay in turn. A permanent refusal (5xx) is about the message or its recipient, so
+/// no other relay is tried; anything else (4xx, a connection or TLS failure, a timeout) moves on
+/// to the next relay, and when none took it the message is retried later.
+async fn send_through(relays: &[Relay], message: &Message) -> Answer {
+    let mut failures = Vec::new();
+    for relay in relays {
+        match relay.transport.send(message.clone()).await {
+            Ok(reply) => {
+                let text: Vec<&str> = reply.message().collect();
+                let reply = format!("{} {}", reply.code(), text.join(" "));
+                return Answer::Delivered(json!({"transport": "smtp", "relay": relay.name, "reply": reply}));
+            }
+            Err(e) if e.is_permanent() => return Answer::Fail(format!("{}: {e}", relay.name)),
+            Err(e) => failures.push(format!("{}: {e}", relay.name)),
+        }
+    }
+    if failures.is_empty() {
+        return Answer::Retry("no SMTP relay is configured".into());
+    }
+    Answer::Retry(failures.join("; "))
 }
 
 /// Writes the message next to its final name, then renames it: a reader never sees half a file.

@@ -5,10 +5,19 @@ use sea_orm::EntityTrait;
 use serde_json::json;
 
 use crate::helpers::{TestApp, expect_json, kinds, on_both_databases};
+use crate::smtp_sink::SmtpSink;
 use ownlist::clock::Clock;
+use ownlist::delivery::email::{EmailSender, Letterhead, Relay, Transport};
+use ownlist::links::Signer;
 use ownlist::store::entities::outbox;
 
-on_both_databases!(an_email_step_arrives_as_a_readable_message, a_transport_failure_is_retried_later_and_recorded);
+on_both_databases!(
+    an_email_step_arrives_as_a_readable_message,
+    a_transport_failure_is_retried_later_and_recorded,
+    a_failing_relay_hands_over_to_the_next,
+    a_permanent_refusal_fails_the_message_at_once,
+    a_relay_answering_451_is_retried_until_it_recovers,
+);
 
 const GUIDE: &str = "name: Guide\ntrigger: { subscribed: guide-leads }\nsteps:\n  - id: deliver\n    email: { subject: \"Your guide, {{ subscriber.first_name }}\", template: emails/guide.html }\n";
 
@@ -105,4 +114,72 @@ async fn a_transport_failure_is_retried_later_and_recorded(app: TestApp) {
     let sent_entry = timeline["data"].as_array().unwrap().iter().find(|e| e["kind"] == "email_sent").unwrap().clone();
     assert_eq!(sent_entry["data"]["attempt"], 2, "{sent_entry}");
     assert_eq!(sent_entry["data"]["step"], "deliver");
+}
+
+/// An email worker sending through these relays, in this order.
+fn smtp_sender(app: &TestApp, relays: &[&SmtpSink]) -> EmailSender {
+    let letterhead = Letterhead {
+        from: "Shop <news@shop.example>".parse().unwrap(),
+        base_url: url::Url::parse("https://shop.example/").unwrap(),
+        signer: Signer::new("a-test-secret-of-at-least-thirty-two-characters"),
+    };
+    let relays = relays.iter().map(|sink| Relay::from_url(&sink.url()).unwrap()).collect();
+    EmailSender::new(app.db.clone(), app.clock.clone(), letterhead, Transport::Smtp(relays))
+}
+
+async fn message(app: &TestApp, id: uuid::Uuid) -> outbox::Model {
+    outbox::Entity::find_by_id(id).one(app.db.conn()).await.unwrap().unwrap()
+}
+
+async fn a_failing_relay_hands_over_to_the_next(app: TestApp) {
+    let (ada, queued) = queue_the_guide(&app).await;
+    let (first, second) = (SmtpSink::start().await, SmtpSink::start().await);
+    first.refuse(Some("421 4.3.2 shutting down"));
+    let sender = smtp_sender(&app, &[&first, &second]);
+    assert_eq!(sender.send_due().await.unwrap(), 1);
+    assert!(first.taken().is_empty());
+    let arrived = second.taken();
+    assert_eq!(arrived.len(), 1, "the second relay took it");
+    let fields = headers(&arrived[0]);
+    assert_eq!(header(&fields, "From"), "Shop <news@shop.example>");
+    assert_eq!(header(&fields, "Message-ID"), format!("<{}@shop.example>", queued.id));
+    assert!(header(&fields, "List-Unsubscribe").starts_with("<https://shop.example/u/"));
+    assert_eq!(message(&app, queued.id).await.status, "sent");
+    let timeline = expect_json(app.get(&format!("/api/v1/subscribers/{ada}/timeline")).await, StatusCode::OK).await;
+    let sent = timeline["data"].as_array().unwrap().iter().find(|e| e["kind"] == "email_sent").unwrap().clone();
+    assert_eq!(sent["data"]["detail"]["relay"], second.address, "{sent}");
+    assert!(sent["data"]["detail"]["reply"].as_str().unwrap().starts_with("250"), "{sent}");
+}
+
+async fn a_permanent_refusal_fails_the_message_at_once(app: TestApp) {
+    let (ada, queued) = queue_the_guide(&app).await;
+    let (first, second) = (SmtpSink::start().await, SmtpSink::start().await);
+    first.refuse(Some("550 5.1.1 no such mailbox"));
+    let sender = smtp_sender(&app, &[&first, &second]);
+    assert_eq!(sender.send_due().await.unwrap(), 1);
+    assert!(second.taken().is_empty(), "a 5xx is about the message: no other relay is tried");
+    let failed = message(&app, queued.id).await;
+    assert_eq!(failed.status, "failed");
+    assert!(failed.last_error.as_deref().unwrap().contains("no such mailbox"), "{failed:?}");
+    assert!(kinds(&app, &ada).await.contains(&"email_failed".to_owned()));
+    assert_eq!(sender.send_due().await.unwrap(), 0, "failed for good");
+}
+
+async fn a_relay_answering_451_is_retried_until_it_recovers(app: TestApp) {
+    let (_, queued) = queue_the_guide(&app).await;
+    let only = SmtpSink::start().await;
+    only.refuse(Some("451 4.7.1 try again later"));
+    let sender = smtp_sender(&app, &[&only]);
+    assert_eq!(sender.send_due().await.unwrap(), 1);
+    let waiting = message(&app, queued.id).await;
+    assert_eq!((waiting.status.as_str(), waiting.attempts), ("queued", 1));
+    assert!(waiting.last_error.as_deref().unwrap().contains("try again later"), "{waiting:?}");
+
+    only.refuse(None);
+    assert_eq!(sender.send_due().await.unwrap(), 0, "not before the backoff");
+    app.clock.set(app.clock.now() + chrono::Duration::minutes(1));
+    assert_eq!(sender.send_due().await.unwrap(), 1);
+    assert_eq!(only.taken().len(), 1);
+    let sent = message(&app, queued.id).await;
+    assert_eq!((sent.status.as_str(), sent.attempts), ("sent", 2));
 }

@@ -1,0 +1,77 @@
+//! A small SMTP server for tests: takes messages, or answers MAIL FROM with a chosen refusal.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+pub struct SmtpSink {
+    pub address: String,
+    /// Every message taken, as its bytes (DATA, dot-unstuffed).
+    pub messages: Arc<Mutex<Vec<String>>>,
+    /// `None` takes messages; `Some("451 …")` answers MAIL FROM with that line.
+    pub refusal: Arc<Mutex<Option<String>>>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let refusal: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let (taken, refusing) = (messages.clone(), refusal.clone());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let (taken, refusing) = (taken.clone(), refusing.clone());
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    let _ = write.write_all(b"220 sink ESMTP\r\n").await;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let verb = line.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+                        let reply = match verb.as_str() {
+                            "EHLO" | "HELO" => "250 sink".to_owned(),
+                            "MAIL" => refusing.lock().unwrap().clone().unwrap_or_else(|| "250 OK".into()),
+                            "RCPT" | "RSET" | "NOOP" => "250 OK".into(),
+                            "DATA" => {
+                                let _ = write.write_all(b"354 go on\r\n").await;
+                                let mut body = String::new();
+                                while let Ok(Some(line)) = lines.next_line().await {
+                                    if line == "." {
+                                        break;
+                                    }
+                                    body.push_str(line.strip_prefix('.').unwrap_or(&line));
+                                    body.push_str("\r\n");
+                                }
+                                let mut taken = taken.lock().unwrap();
+                                taken.push(body);
+                                format!("250 2.0.0 queued as {}", taken.len())
+                            }
+                            "QUIT" => {
+                                let _ = write.write_all(b"221 bye\r\n").await;
+                                return;
+                            }
+                            _ => "502 unknown command".into(),
+                        };
+                        if write.write_all(format!("{reply}\r\n").as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { address, messages, refusal }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://{}", self.address)
+    }
+
+    pub fn refuse(&self, reply: Option<&str>) {
+        *self.refusal.lock().unwrap() = reply.map(str::to_owned);
+    }
+
+    pub fn taken(&self) -> Vec<String> {
+        self.messages.lock().unwrap().clone()
+    }
+}
