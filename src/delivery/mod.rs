@@ -2,8 +2,9 @@
 //! send it; a worker per channel claims due messages, sends them, and records the answer on the
 //! message and in the subscriber's timeline (`{channel}_sent`, `_retrying`, `_failed`).
 //!
-//! Retries: temporary failures are tried again with exponential backoff (1 min doubling to 1 h)
-//! for up to ten attempts; a permanent failure fails the message at once.
+//! Retries: temporary failures are tried again with exponential backoff (1 min doubling to 1 h,
+//! each wait up to a quarter longer, spread by message) for up to ten attempts; a permanent
+//! failure fails the message at once.
 
 pub mod email;
 pub mod webhook;
@@ -25,6 +26,17 @@ use crate::store::entities::outbox;
 
 const MAX_ATTEMPTS: i32 = 10;
 const BATCH: u64 = 50;
+
+/// The wait after the `attempts`-th failed attempt: 1 minute doubling to 1 hour, plus up to a
+/// quarter more. The extra is drawn from the message id and the attempt, so messages that failed
+/// together (a relay outage) come back spread out, and the same message always waits the same.
+pub fn backoff(id: uuid::Uuid, attempts: i32) -> chrono::Duration {
+    let base = chrono::Duration::minutes(1 << (attempts - 1).clamp(0, 6)).min(chrono::Duration::hours(1));
+    let mixed =
+        ((id.as_u128() as u64) ^ (id.as_u128() >> 64) as u64 ^ attempts as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let fraction = (mixed >> 32) as i64; // 0 ..= 2^32 - 1
+    base + chrono::Duration::milliseconds((base.num_milliseconds() / 4 * fraction) >> 32)
+}
 
 /// What one attempt came to.
 #[derive(Debug)]
@@ -98,7 +110,7 @@ impl<S: Carrier> Worker<S> {
                 ("sent", detail)
             }
             Answer::Retry(error) if attempts < MAX_ATTEMPTS => {
-                let wait = chrono::Duration::minutes(1 << (attempts - 1).min(6)).min(chrono::Duration::hours(1));
+                let wait = backoff(id, attempts);
                 active.due_at = Set(now + wait);
                 active.last_error = Set(Some(error.clone()));
                 ("retrying", json!({"error": error, "next_attempt": now + wait}))
@@ -130,6 +142,24 @@ impl<S: Carrier> Worker<S> {
             if *stop.borrow() {
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_an_hour_with_up_to_a_quarter_more_spread_by_message() {
+        let ids: Vec<uuid::Uuid> = (0..200).map(|_| uuid::Uuid::now_v7()).collect();
+        for (attempts, minutes) in [(1, 1), (2, 2), (3, 4), (7, 60), (9, 60)] {
+            let base = chrono::Duration::minutes(minutes);
+            let waits: Vec<_> = ids.iter().map(|id| backoff(*id, attempts)).collect();
+            assert!(waits.iter().all(|w| *w >= base && *w <= base + base / 4), "{attempts}: {waits:?}");
+            let spread = *waits.iter().max().unwrap() - *waits.iter().min().unwrap();
+            assert!(spread > base / 8, "retries are spread out: {spread:?} at attempt {attempts}");
+            assert_eq!(backoff(ids[0], attempts), waits[0], "the same message waits the same");
         }
     }
 }
