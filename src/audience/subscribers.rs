@@ -834,6 +834,32 @@ pub async fn erase(db: &Db, now: DateTime<Utc>, actor: &Actor, id: Uuid) -> Resu
 }
 
 /// Applies a patch in one transaction, recording each kind of change in the timeline.
+/// Withdraws email consent through a signed unsubscribe link (a mail client's one-click request,
+/// or the button on the link's page). Returns `false`, writing nothing, when there is nothing
+/// left to withdraw: email consent already withdrawn, or the subscriber erased.
+pub async fn unsubscribe_email(db: &Db, now: DateTime<Utc>, id: Uuid, origin: &ConsentOrigin) -> Result<bool> {
+    let txn = db.begin_write().await?;
+    let Some(current) = subscriber::Entity::find_by_id(id).one(&txn).await? else { return Ok(false) };
+    let live =
+        |state: &str| matches!(stored(state, ChannelState::None), ChannelState::Subscribed | ChannelState::Pending);
+    if !live(&current.email_state) {
+        return Ok(false);
+    }
+    let reachable_by_sms = live(&current.sms_state);
+    let mut model = current.into_active_model();
+    model.email_state = Set(ChannelState::Unsubscribed.as_str().to_owned());
+    if !reachable_by_sms {
+        model.status = Set(SubscriberStatus::Unsubscribed.as_str().to_owned());
+    }
+    model.updated_at = Set(now);
+    model.update(&txn).await?;
+    records::consent(id, Channel::Email, false, origin, &ConsentWording::default(), now).insert(&txn).await?;
+    let data = json!({"channel": Channel::Email, "by": origin.source});
+    records::event(id, kind::CONSENT_REVOKED, data, now).insert(&txn).await?;
+    txn.commit().await?;
+    Ok(true)
+}
+
 pub async fn update(
     db: &Db,
     now: DateTime<Utc>,

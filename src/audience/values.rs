@@ -217,7 +217,13 @@ word_enum!(
 
 word_enum!(
     /// How a consent was given or withdrawn.
-    ConsentMethod { Form = "form", Api = "api", Import = "import", SmsKeyword = "sms_keyword" }
+    ConsentMethod {
+        Form = "form",
+        Api = "api",
+        Import = "import",
+        SmsKeyword = "sms_keyword",
+        UnsubscribeLink = "unsubscribe_link",
+    }
 );
 
 /// Parses a stored word, treating an unknown one (a database edited by hand) as a default.

@@ -11,6 +11,7 @@ mod lists;
 pub mod openapi;
 mod subscribers;
 mod transfer;
+mod unsubscribe;
 mod workflows;
 
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .merge(health::routes())
+        .merge(unsubscribe::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))

@@ -17,6 +17,7 @@ on_both_databases!(
     a_failing_relay_hands_over_to_the_next,
     a_permanent_refusal_fails_the_message_at_once,
     a_relay_answering_451_is_retried_until_it_recovers,
+    the_unsubscribe_header_works_in_one_click_and_its_page_changes_nothing,
 );
 
 const GUIDE: &str = "name: Guide\ntrigger: { subscribed: guide-leads }\nsteps:\n  - id: deliver\n    email: { subject: \"Your guide, {{ subscriber.first_name }}\", template: emails/guide.html }\n";
@@ -183,4 +184,58 @@ async fn a_relay_answering_451_is_retried_until_it_recovers(app: TestApp) {
     assert_eq!(only.taken().len(), 1);
     let sent = message(&app, queued.id).await;
     assert_eq!((sent.status.as_str(), sent.attempts), ("sent", 2));
+}
+
+async fn the_unsubscribe_header_works_in_one_click_and_its_page_changes_nothing(app: TestApp) {
+    let (ada, _) = queue_the_guide(&app).await;
+    app.email.send_due().await.unwrap();
+    let raw = std::fs::read_to_string(&mail_files(&app)[0]).unwrap();
+    let fields = headers(&raw);
+    let link = header(&fields, "List-Unsubscribe").trim_matches(|c| c == '<' || c == '>').to_owned();
+    // The message names the configured base URL; the test server listens elsewhere.
+    let path = url::Url::parse(&link).unwrap().path().to_owned();
+    assert!(path.starts_with("/u/"), "{link}");
+    let anonymous = reqwest::Client::new();
+    let subscriber =
+        || async { expect_json(app.get(&format!("/api/v1/subscribers/{ada}")).await, StatusCode::OK).await };
+
+    // Opening the link (as a mail scanner would) shows a button and changes nothing.
+    let page = anonymous.get(app.url(&path)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let text = page.text().await.unwrap();
+    assert!(text.contains("<form method=\"post\">") && !text.contains("<script"), "{text}");
+    assert_eq!(subscriber().await["channels"]["email"], "subscribed");
+
+    // The mail client's one-click request (RFC 8058).
+    let one_click = anonymous
+        .post(app.url(&path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one_click.status(), StatusCode::OK);
+    assert!(one_click.text().await.unwrap().contains("You are unsubscribed"));
+    let after = subscriber().await;
+    assert_eq!(
+        (after["channels"]["email"].as_str(), after["status"].as_str()),
+        (Some("unsubscribed"), Some("unsubscribed"))
+    );
+    assert_eq!(app.count("consents WHERE granted = false AND method = 'unsubscribe_link'").await, 1);
+    assert!(kinds(&app, &ada).await.contains(&"consent_revoked".to_owned()));
+
+    // Again: nothing more is written.
+    let again = anonymous.post(app.url(&path)).body("").send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert!(again.text().await.unwrap().contains("already unsubscribed"));
+    assert_eq!(app.count("consents WHERE granted = false").await, 1);
+
+    // A forged or damaged token is refused; an old one has expired.
+    let mut forged = path.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(anonymous.post(app.url(&forged)).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(anonymous.get(app.url("/u/not-a-token")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    app.clock.set(app.clock.now() + chrono::Duration::days(400));
+    assert_eq!(anonymous.get(app.url(&path)).send().await.unwrap().status(), StatusCode::GONE);
 }
