@@ -834,6 +834,40 @@ pub async fn erase(db: &Db, now: DateTime<Utc>, actor: &Actor, id: Uuid) -> Resu
 }
 
 /// Applies a patch in one transaction, recording each kind of change in the timeline.
+/// Marks a channel of a subscriber bounced (the address does not exist), in the caller's
+/// transaction; the subscriber becomes `bounced` when no other channel can reach them. Nothing
+/// more is sent on that channel until the address changes or consent is given again.
+pub async fn mark_bounced(
+    txn: &DatabaseTransaction,
+    id: Uuid,
+    channel: Channel,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let Some(current) = subscriber::Entity::find_by_id(id).one(txn).await? else { return Ok(()) };
+    let (state, other) = match channel {
+        Channel::Email => (&current.email_state, &current.sms_state),
+        Channel::Sms => (&current.sms_state, &current.email_state),
+    };
+    if stored(state, ChannelState::None) == ChannelState::Bounced {
+        return Ok(());
+    }
+    let other_reaches = matches!(stored(other, ChannelState::None), ChannelState::Subscribed | ChannelState::Pending);
+    let mut model = current.into_active_model();
+    let bounced = Set(ChannelState::Bounced.as_str().to_owned());
+    match channel {
+        Channel::Email => model.email_state = bounced,
+        Channel::Sms => model.sms_state = bounced,
+    }
+    if !other_reaches {
+        model.status = Set(SubscriberStatus::Bounced.as_str().to_owned());
+    }
+    model.updated_at = Set(now);
+    model.update(txn).await?;
+    records::event(id, kind::BOUNCED, json!({"channel": channel, "reason": reason}), now).insert(txn).await?;
+    Ok(())
+}
+
 /// Withdraws email consent through a signed unsubscribe link (a mail client's one-click request,
 /// or the button on the link's page). Returns `false`, writing nothing, when there is nothing
 /// left to withdraw: email consent already withdrawn, or the subscriber erased.

@@ -187,7 +187,11 @@ async fn send_through(relays: &[Relay], message: &Message) -> Answer {
                 let reply = format!("{} {}", reply.code(), text.join(" "));
                 return Answer::Delivered(json!({"transport": "smtp", "relay": relay.name, "reply": reply}));
             }
-            Err(e) if e.is_permanent() => return Answer::Fail(format!("{}: {e}", relay.name)),
+            Err(e) if e.is_permanent() => {
+                let reason = format!("{}: {e}", relay.name);
+                let code = e.status().map(u16::from);
+                return if hard_bounce(code, &e.to_string()) { Answer::Bounce(reason) } else { Answer::Fail(reason) };
+            }
             Err(e) => failures.push(format!("{}: {e}", relay.name)),
         }
     }
@@ -195,6 +199,22 @@ async fn send_through(relays: &[Relay], message: &Message) -> Answer {
         return Answer::Retry("no SMTP relay is configured".into());
     }
     Answer::Retry(failures.join("; "))
+}
+
+/// Whether a permanent SMTP refusal says the address does not exist (a hard bounce), rather than
+/// refusing this message (content, policy, size). An enhanced status code (RFC 3463) decides:
+/// 5.1.x (bad address) and 5.2.1 (mailbox disabled) are hard; without one, 550, 551 and 553 are.
+pub fn hard_bounce(code: Option<u16>, text: &str) -> bool {
+    let enhanced = text.split_whitespace().find(|word| {
+        let parts: Vec<&str> = word.split('.').collect();
+        parts.len() == 3
+            && parts[0] == "5"
+            && parts[1..].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    match enhanced {
+        Some(status) => status.starts_with("5.1.") || status == "5.2.1",
+        None => matches!(code, Some(550 | 551 | 553)),
+    }
 }
 
 /// Writes the message next to its final name, then renames it: a reader never sees half a file.
@@ -205,4 +225,20 @@ async fn write_file(dir: &std::path::Path, id: Uuid, bytes: &[u8]) -> std::io::R
     tokio::fs::write(&partial, bytes).await?;
     tokio::fs::rename(&partial, &path).await?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hard_bounce;
+
+    #[test]
+    fn only_refusals_about_the_address_are_hard_bounces() {
+        assert!(hard_bounce(Some(550), "550 5.1.1 <ada@example.com>: no such user"));
+        assert!(hard_bounce(Some(550), "550 5.2.1 mailbox disabled"));
+        assert!(hard_bounce(Some(550), "550 requested action not taken: mailbox unavailable"));
+        assert!(hard_bounce(Some(553), "553 mailbox name not allowed"));
+        assert!(!hard_bounce(Some(550), "550 5.7.1 message rejected as spam"), "policy, not the address");
+        assert!(!hard_bounce(Some(552), "552 5.3.4 message too big"));
+        assert!(!hard_bounce(Some(554), "554 transaction failed"));
+    }
 }

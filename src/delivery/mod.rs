@@ -19,6 +19,8 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, Query
 use serde_json::{Value, json};
 
 use crate::audience::records;
+use crate::audience::subscribers::mark_bounced;
+use crate::audience::values::Channel;
 use crate::clock::SharedClock;
 use crate::error::Result;
 use crate::store::Db;
@@ -47,6 +49,9 @@ pub enum Answer {
     Retry(String),
     /// A permanent failure: give up.
     Fail(String),
+    /// A permanent failure because the address does not exist (a hard bounce): give up, and
+    /// mark the subscriber's channel bounced so nothing more is sent to it.
+    Bounce(String),
 }
 
 /// One channel's way of sending an outbox message.
@@ -100,6 +105,7 @@ impl<S: Carrier> Worker<S> {
         let workflow = message.workflow_id.clone();
         let id = message.id;
         let mut active = message.into_active_model();
+        let mut bounced = None;
         active.attempts = Set(attempts);
         active.updated_at = Set(now);
         let (outcome, detail) = match answer {
@@ -120,9 +126,18 @@ impl<S: Carrier> Worker<S> {
                 active.last_error = Set(Some(error.clone()));
                 ("failed", json!({"error": error}))
             }
+            Answer::Bounce(error) => {
+                active.status = Set("failed".into());
+                active.last_error = Set(Some(error.clone()));
+                bounced = Some(error.clone());
+                ("failed", json!({"error": error, "bounce": "hard"}))
+            }
         };
         let txn = self.db.begin_write().await?;
         active.update(&txn).await?;
+        if let (Some(reason), Ok(channel)) = (bounced, S::CHANNEL.parse::<Channel>()) {
+            mark_bounced(&txn, subscriber, channel, &reason, now).await?;
+        }
         let data = json!({"message": id, "workflow": workflow, "step": step, "attempt": attempts, "detail": detail});
         records::event(subscriber, &format!("{}_{outcome}", S::CHANNEL), data, now).insert(&txn).await?;
         txn.commit().await?;

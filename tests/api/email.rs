@@ -16,6 +16,7 @@ on_both_databases!(
     a_transport_failure_is_retried_later_and_recorded,
     a_failing_relay_hands_over_to_the_next,
     a_permanent_refusal_fails_the_message_at_once,
+    a_hard_bounce_marks_the_address_bounced,
     a_relay_answering_451_is_retried_until_it_recovers,
     the_unsubscribe_header_works_in_one_click_and_its_page_changes_nothing,
 );
@@ -156,15 +157,32 @@ async fn a_failing_relay_hands_over_to_the_next(app: TestApp) {
 async fn a_permanent_refusal_fails_the_message_at_once(app: TestApp) {
     let (ada, queued) = queue_the_guide(&app).await;
     let (first, second) = (SmtpSink::start().await, SmtpSink::start().await);
-    first.refuse(Some("550 5.1.1 no such mailbox"));
+    first.refuse(Some("554 5.7.1 message rejected as spam"));
     let sender = smtp_sender(&app, &[&first, &second]);
     assert_eq!(sender.send_due().await.unwrap(), 1);
     assert!(second.taken().is_empty(), "a 5xx is about the message: no other relay is tried");
     let failed = message(&app, queued.id).await;
     assert_eq!(failed.status, "failed");
-    assert!(failed.last_error.as_deref().unwrap().contains("no such mailbox"), "{failed:?}");
+    assert!(failed.last_error.as_deref().unwrap().contains("rejected as spam"), "{failed:?}");
     assert!(kinds(&app, &ada).await.contains(&"email_failed".to_owned()));
     assert_eq!(sender.send_due().await.unwrap(), 0, "failed for good");
+    let still = expect_json(app.get(&format!("/api/v1/subscribers/{ada}")).await, StatusCode::OK).await;
+    assert_eq!(still["channels"]["email"], "subscribed", "a refused message says nothing about the address");
+}
+
+async fn a_hard_bounce_marks_the_address_bounced(app: TestApp) {
+    let (ada, queued) = queue_the_guide(&app).await;
+    let relay = SmtpSink::start().await;
+    relay.refuse(Some("550 5.1.1 <ada@example.com>: no such mailbox"));
+    let sender = smtp_sender(&app, &[&relay]);
+    assert_eq!(sender.send_due().await.unwrap(), 1);
+    assert_eq!(message(&app, queued.id).await.status, "failed");
+    let after = expect_json(app.get(&format!("/api/v1/subscribers/{ada}")).await, StatusCode::OK).await;
+    assert_eq!((after["channels"]["email"].as_str(), after["status"].as_str()), (Some("bounced"), Some("bounced")));
+    let timeline = expect_json(app.get(&format!("/api/v1/subscribers/{ada}/timeline")).await, StatusCode::OK).await;
+    let bounce = timeline["data"].as_array().unwrap().iter().find(|e| e["kind"] == "bounced").unwrap().clone();
+    assert_eq!(bounce["data"]["channel"], "email", "{bounce}");
+    assert!(bounce["data"]["reason"].as_str().unwrap().contains("5.1.1"), "{bounce}");
 }
 
 async fn a_relay_answering_451_is_retried_until_it_recovers(app: TestApp) {
