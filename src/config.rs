@@ -26,6 +26,7 @@ struct RawSettings {
     log: Option<String>,
     mail_from: Option<String>,
     smtp_relays: Option<String>,
+    bounce_secret: Option<String>,
 }
 
 /// Every setting: its key in `ownlist.toml` (the env name is `OWNLIST_` + upper case).
@@ -42,6 +43,7 @@ pub const SETTINGS: &[&str] = &[
     "log",
     "mail_from",
     "smtp_relays",
+    "bounce_secret",
 ];
 
 /// Environment variables with the prefix that are not settings: the test suite's own, and the
@@ -70,6 +72,9 @@ pub struct Config {
     /// SMTP relay URLs in order of preference; none means email is written to files under
     /// `data_dir/mail`.
     pub smtp_relays: Vec<String>,
+    /// The shared secret a bounce processor sends to `POST /webhooks/bounces` (as a bearer
+    /// token); without it that endpoint is off.
+    pub bounce_secret: Option<String>,
 }
 
 /// A setting that could not be used, with the name the user wrote it under.
@@ -121,6 +126,7 @@ impl Config {
             log: DEFAULT_LOG.into(),
             mail_from: "ownlist <noreply@localhost>".parse().unwrap_or_else(|_| unreachable!()),
             smtp_relays: Vec::new(),
+            bounce_secret: None,
         }
     }
 
@@ -186,6 +192,11 @@ impl Config {
             crate::delivery::email::Relay::check_url(url)
                 .map_err(|problem| ConfigError::new(name("smtp_relays"), problem))?;
         }
+        if let Some(secret) = &raw.bounce_secret
+            && secret.len() < 16
+        {
+            return Err(ConfigError::new(name("bounce_secret"), "must be at least 16 characters"));
+        }
         let log = raw.log.unwrap_or_else(|| DEFAULT_LOG.into());
         tracing_subscriber::EnvFilter::try_new(&log)
             .map_err(|e| ConfigError::new(name("log"), format!("'{log}' is not a log filter: {e}")))?;
@@ -202,6 +213,7 @@ impl Config {
             log,
             mail_from,
             smtp_relays,
+            bounce_secret: raw.bounce_secret,
         })
     }
 
@@ -287,6 +299,7 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
             "log" => raw.log = value,
             "mail_from" => raw.mail_from = value,
             "smtp_relays" => raw.smtp_relays = value,
+            "bounce_secret" => raw.bounce_secret = value,
             _ => {
                 let hint = closest(&key, SETTINGS)
                     .map(|best| format!(" (did you mean OWNLIST_{}?)", best.to_uppercase()))

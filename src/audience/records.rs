@@ -17,6 +17,7 @@ pub mod kind {
     pub const TAG_REMOVED: &str = "tag_removed";
     pub const UNSUBSCRIBED: &str = "unsubscribed";
     pub const BOUNCED: &str = "bounced";
+    pub const SOFT_BOUNCE: &str = "soft_bounce";
     pub const CONSENT_GRANTED: &str = "consent_granted";
     pub const CONSENT_REVOKED: &str = "consent_revoked";
     pub const ERASED: &str = "erased";

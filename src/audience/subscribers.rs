@@ -868,10 +868,17 @@ pub async fn mark_bounced(
     Ok(())
 }
 
-/// Withdraws email consent through a signed unsubscribe link (a mail client's one-click request,
-/// or the button on the link's page). Returns `false`, writing nothing, when there is nothing
-/// left to withdraw: email consent already withdrawn, or the subscriber erased.
-pub async fn unsubscribe_email(db: &Db, now: DateTime<Utc>, id: Uuid, origin: &ConsentOrigin) -> Result<bool> {
+/// Withdraws email consent: through a signed unsubscribe link (a mail client's one-click request
+/// or the link's page: `to` is `Unsubscribed`), or on a spam complaint (`Complained`). The
+/// subscriber leaves too when no other channel reaches them. Returns `false`, writing nothing,
+/// when there is nothing left to withdraw: already withdrawn, or the subscriber erased.
+pub async fn withdraw_email(
+    db: &Db,
+    now: DateTime<Utc>,
+    id: Uuid,
+    origin: &ConsentOrigin,
+    to: ChannelState,
+) -> Result<bool> {
     let txn = db.begin_write().await?;
     let Some(current) = subscriber::Entity::find_by_id(id).one(&txn).await? else { return Ok(false) };
     let live =
@@ -881,17 +888,67 @@ pub async fn unsubscribe_email(db: &Db, now: DateTime<Utc>, id: Uuid, origin: &C
     }
     let reachable_by_sms = live(&current.sms_state);
     let mut model = current.into_active_model();
-    model.email_state = Set(ChannelState::Unsubscribed.as_str().to_owned());
+    model.email_state = Set(to.as_str().to_owned());
     if !reachable_by_sms {
-        model.status = Set(SubscriberStatus::Unsubscribed.as_str().to_owned());
+        let status =
+            if to == ChannelState::Complained { SubscriberStatus::Complained } else { SubscriberStatus::Unsubscribed };
+        model.status = Set(status.as_str().to_owned());
     }
     model.updated_at = Set(now);
     model.update(&txn).await?;
     records::consent(id, Channel::Email, false, origin, &ConsentWording::default(), now).insert(&txn).await?;
-    let data = json!({"channel": Channel::Email, "by": origin.source});
+    let data = json!({"channel": Channel::Email, "by": origin.source, "state": to});
     records::event(id, kind::CONSENT_REVOKED, data, now).insert(&txn).await?;
     txn.commit().await?;
     Ok(true)
+}
+
+/// What a bounce report says of an email address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bounce {
+    /// The address does not exist: mark it bounced.
+    Hard,
+    /// A temporary problem (mailbox full): noted in the timeline only.
+    Soft,
+    /// The person marked a message as spam: withdraw email consent at once.
+    Complaint,
+}
+
+/// Applies a bounce or complaint reported for a subscriber's email address. Applying the same
+/// report twice changes nothing more (a soft bounce is noted again).
+pub async fn record_bounce(db: &Db, now: DateTime<Utc>, id: Uuid, bounce: Bounce, reason: &str) -> Result<()> {
+    match bounce {
+        Bounce::Hard => {
+            let txn = db.begin_write().await?;
+            mark_bounced(&txn, id, Channel::Email, reason, now).await?;
+            txn.commit().await?;
+        }
+        Bounce::Soft => {
+            let data = json!({"channel": Channel::Email, "reason": reason});
+            let txn = db.begin_write().await?;
+            records::event(id, kind::SOFT_BOUNCE, data, now).insert(&txn).await?;
+            txn.commit().await?;
+        }
+        Bounce::Complaint => {
+            let source = if reason.is_empty() { "complaint".to_owned() } else { format!("complaint: {reason}") };
+            let origin =
+                ConsentOrigin { method: ConsentMethod::Complaint, source: Some(source), ip: None, user_agent: None };
+            withdraw_email(db, now, id, &origin, ChannelState::Complained).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The subscriber with this email address (compared case-insensitively), if any.
+pub async fn id_by_email(conn: &impl ConnectionTrait, email: &EmailAddress) -> Result<Option<Uuid>> {
+    let found = subscriber::Entity::find()
+        .filter(subscriber::Column::EmailKey.eq(email.key()))
+        .select_only()
+        .column(subscriber::Column::Id)
+        .into_tuple::<Uuid>()
+        .one(conn)
+        .await?;
+    Ok(found)
 }
 
 pub async fn update(

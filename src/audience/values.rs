@@ -223,6 +223,7 @@ word_enum!(
         Import = "import",
         SmsKeyword = "sms_keyword",
         UnsubscribeLink = "unsubscribe_link",
+        Complaint = "complaint",
     }
 );
 

@@ -4,6 +4,7 @@
 //! codes for domain errors are decided in [`error`] alone.
 
 pub mod auth;
+mod bounces;
 pub mod error;
 pub mod extract;
 mod health;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .merge(health::routes())
         .merge(unsubscribe::routes())
+        .merge(bounces::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))

@@ -12,8 +12,8 @@ use axum::routing::get;
 
 use super::AppState;
 use crate::audience::records::ConsentOrigin;
-use crate::audience::subscribers::unsubscribe_email;
-use crate::audience::values::ConsentMethod;
+use crate::audience::subscribers::withdraw_email;
+use crate::audience::values::{ChannelState, ConsentMethod};
 use crate::links::{LinkError, Purpose, Signer};
 
 pub fn routes() -> Router<AppState> {
@@ -83,7 +83,7 @@ async fn unsubscribe(
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(500).collect()),
     };
-    match unsubscribe_email(&state.db, now, id, &origin).await {
+    match withdraw_email(&state.db, now, id, &origin, ChannelState::Unsubscribed).await {
         Ok(true) => html(StatusCode::OK, "You are unsubscribed", "<p>You will not get these emails any more.</p>"),
         Ok(false) => html(StatusCode::OK, "You are already unsubscribed", "<p>Nothing more to do.</p>"),
         Err(e) => {

@@ -42,6 +42,9 @@ macro_rules! on_both_databases {
 }
 pub(crate) use on_both_databases;
 
+/// The bounce webhook's secret in tests.
+pub const BOUNCE_SECRET: &str = "test-bounce-secret-0123";
+
 pub struct TestApp {
     pub base: String,
     pub token: String,
@@ -81,6 +84,7 @@ impl TestApp {
                 Some(database)
             }
         };
+        config.bounce_secret = Some(BOUNCE_SECRET.into());
         adjust(&mut config);
         let data_dir = config.data_dir.clone();
         let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap()));

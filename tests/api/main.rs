@@ -7,6 +7,7 @@ mod helpers;
 mod smtp_sink;
 
 mod auth;
+mod bounces;
 mod email;
 mod engine;
 mod lists;

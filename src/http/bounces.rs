@@ -1,0 +1,123 @@
+//! `POST /webhooks/bounces`: bounces and complaints reported by a mail provider or a bounce
+//! processor, as generic JSON, authenticated by a shared secret (`bounce_secret`, sent as
+//! `Authorization: Bearer SECRET`; compared in constant time).
+//!
+//! Body: one report or an array of up to 1,000: `{"address": "ada@example.com", "type": "hard" |
+//! "soft" | "complaint", "reason": "…"}`. A hard bounce marks the address bounced; a complaint
+//! withdraws email consent at once (state `complained`); a soft bounce is noted in the timeline
+//! only. Every report is checked before any is applied; applying one twice changes nothing more.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use crate::audience::subscribers::{Bounce, id_by_email, record_bounce};
+use crate::audience::values::EmailAddress;
+
+const MAX_REPORTS: usize = 1000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/webhooks/bounces", post(bounces))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Hard,
+    Soft,
+    Complaint,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Report {
+    address: String,
+    #[serde(rename = "type")]
+    kind: Kind,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Reports {
+    Many(Vec<Report>),
+    One(Report),
+}
+
+fn authorised(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(secret) = state.config.bounce_secret.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            "the bounce webhook is off: set OWNLIST_BOUNCE_SECRET to turn it on",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(Sha256::digest(presented.as_bytes()).ct_eq(&Sha256::digest(secret.as_bytes()))) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+async fn bounces(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+    authorised(&state, &headers)?;
+    let reports = match serde_json::from_slice::<Reports>(&body) {
+        Ok(Reports::Many(reports)) => reports,
+        Ok(Reports::One(report)) => vec![report],
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()));
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "expected {\"address\", \"type\": \"hard\" | \"soft\" | \"complaint\", \"reason\"?} or an array of them",
+            ));
+        }
+    };
+    if reports.len() > MAX_REPORTS {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_reports",
+            format!("at most {MAX_REPORTS} reports per request"),
+        ));
+    }
+    let mut checked = Vec::with_capacity(reports.len());
+    for (i, report) in reports.into_iter().enumerate() {
+        let address = EmailAddress::parse(&report.address).map_err(|problem| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_address", problem)
+                .with_field(format!("[{i}].address"))
+        })?;
+        checked.push((address, report));
+    }
+    let now = state.clock.now();
+    let (mut applied, mut unknown) = (0u64, 0u64);
+    for (address, report) in checked {
+        let Some(id) = id_by_email(state.db.conn(), &address).await? else {
+            unknown += 1;
+            continue;
+        };
+        let kind = match report.kind {
+            Kind::Hard => Bounce::Hard,
+            Kind::Soft => Bounce::Soft,
+            Kind::Complaint => Bounce::Complaint,
+        };
+        record_bounce(&state.db, now, id, kind, report.reason.as_deref().unwrap_or_default()).await?;
+        applied += 1;
+    }
+    Ok(Json(json!({"applied": applied, "unknown_addresses": unknown})))
+}
