@@ -89,6 +89,12 @@ impl App {
             from: self.config.mail_from.clone(),
             base_url: self.config.base_url.clone(),
             signer: Signer::new(&secret),
+            dkim: match &self.config.dkim {
+                Some(dkim) => {
+                    Some(Arc::new(dkim.load().map_err(|problem| anyhow::anyhow!("dkim_key_file: {problem}"))?))
+                }
+                None => None,
+            },
         };
         let transport = if self.config.smtp_relays.is_empty() {
             Transport::File(self.config.data_dir.join("mail"))

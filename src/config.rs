@@ -27,6 +27,9 @@ struct RawSettings {
     mail_from: Option<String>,
     smtp_relays: Option<String>,
     bounce_secret: Option<String>,
+    dkim_domain: Option<String>,
+    dkim_selector: Option<String>,
+    dkim_key_file: Option<String>,
 }
 
 /// Every setting: its key in `ownlist.toml` (the env name is `OWNLIST_` + upper case).
@@ -44,6 +47,9 @@ pub const SETTINGS: &[&str] = &[
     "mail_from",
     "smtp_relays",
     "bounce_secret",
+    "dkim_domain",
+    "dkim_selector",
+    "dkim_key_file",
 ];
 
 /// Environment variables with the prefix that are not settings: the test suite's own, and the
@@ -75,6 +81,25 @@ pub struct Config {
     /// The shared secret a bounce processor sends to `POST /webhooks/bounces` (as a bearer
     /// token); without it that endpoint is off.
     pub bounce_secret: Option<String>,
+    /// DKIM signing: `(domain, selector, key file)`, all three or none.
+    pub dkim: Option<Dkim>,
+}
+
+/// Where the DKIM key is and what it signs for (the key itself is read when the service starts).
+#[derive(Debug, Clone)]
+pub struct Dkim {
+    pub domain: String,
+    pub selector: String,
+    pub key_file: PathBuf,
+}
+
+impl Dkim {
+    /// The signing configuration, from the key file.
+    pub fn load(&self) -> Result<lettre::message::dkim::DkimConfig, String> {
+        let key = fs::read_to_string(&self.key_file)
+            .map_err(|e| format!("cannot read the DKIM key {}: {e}", self.key_file.display()))?;
+        crate::delivery::email::dkim_config(&self.selector, &self.domain, &key)
+    }
 }
 
 /// A setting that could not be used, with the name the user wrote it under.
@@ -127,6 +152,7 @@ impl Config {
             mail_from: "ownlist <noreply@localhost>".parse().unwrap_or_else(|_| unreachable!()),
             smtp_relays: Vec::new(),
             bounce_secret: None,
+            dkim: None,
         }
     }
 
@@ -197,6 +223,20 @@ impl Config {
         {
             return Err(ConfigError::new(name("bounce_secret"), "must be at least 16 characters"));
         }
+        let dkim = match (raw.dkim_domain, raw.dkim_selector, raw.dkim_key_file) {
+            (None, None, None) => None,
+            (Some(domain), Some(selector), Some(key_file)) => {
+                let dkim = Dkim { domain, selector, key_file: PathBuf::from(key_file) };
+                dkim.load().map_err(|problem| ConfigError::new(name("dkim_key_file"), problem))?;
+                Some(dkim)
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    name("dkim_domain"),
+                    "DKIM needs all three of dkim_domain, dkim_selector and dkim_key_file",
+                ));
+            }
+        };
         let log = raw.log.unwrap_or_else(|| DEFAULT_LOG.into());
         tracing_subscriber::EnvFilter::try_new(&log)
             .map_err(|e| ConfigError::new(name("log"), format!("'{log}' is not a log filter: {e}")))?;
@@ -214,6 +254,7 @@ impl Config {
             mail_from,
             smtp_relays,
             bounce_secret: raw.bounce_secret,
+            dkim,
         })
     }
 
@@ -300,6 +341,9 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
             "mail_from" => raw.mail_from = value,
             "smtp_relays" => raw.smtp_relays = value,
             "bounce_secret" => raw.bounce_secret = value,
+            "dkim_domain" => raw.dkim_domain = value,
+            "dkim_selector" => raw.dkim_selector = value,
+            "dkim_key_file" => raw.dkim_key_file = value,
             _ => {
                 let hint = closest(&key, SETTINGS)
                     .map(|best| format!(" (did you mean OWNLIST_{}?)", best.to_uppercase()))
@@ -424,6 +468,15 @@ mod tests {
         let err = Config::load(None, &env(&[("OWNLIST_SMTP_RELAYS", "http://user:secret@mail.example")])).unwrap_err();
         assert!(err.to_string().starts_with("OWNLIST_SMTP_RELAYS: 'http://user:***@mail.example/'"), "{err}");
         assert!(!err.to_string().contains("secret"), "{err}");
+        let err = Config::load(None, &env(&[("OWNLIST_DKIM_DOMAIN", "shop.example")])).unwrap_err();
+        assert!(err.to_string().contains("all three"), "{err}");
+        let missing = [
+            ("OWNLIST_DKIM_DOMAIN", "shop.example"),
+            ("OWNLIST_DKIM_SELECTOR", "news"),
+            ("OWNLIST_DKIM_KEY_FILE", "/nonexistent/dkim.pem"),
+        ];
+        let err = Config::load(None, &env(&missing)).unwrap_err();
+        assert!(err.to_string().starts_with("OWNLIST_DKIM_KEY_FILE: cannot read the DKIM key"), "{err}");
     }
 
     #[test]

@@ -10,9 +10,13 @@
 //! after a crash rewrites the same file, so a message is never there twice.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
+use lettre::message::dkim::{
+    DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm, DkimSigningKey,
+};
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::AsyncSmtpTransportBuilder;
@@ -32,11 +36,19 @@ const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 const UNSUBSCRIBE_VALID_DAYS: i64 = 365;
 
 /// What every message shares: the sender, and how to build its unsubscribe link.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Letterhead {
     pub from: Mailbox,
     pub base_url: url::Url,
     pub signer: Signer,
+    /// DKIM signing, when configured.
+    pub dkim: Option<Arc<DkimConfig>>,
+}
+
+impl std::fmt::Debug for Letterhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Letterhead").field("from", &self.from).field("dkim", &self.dkim.is_some()).finish()
+    }
 }
 
 impl Letterhead {
@@ -67,8 +79,36 @@ impl Letterhead {
             Some(html) => builder.multipart(MultiPart::alternative_plain_html(message.body_text.clone(), html.clone())),
             None => builder.singlepart(SinglePart::plain(message.body_text.clone())),
         };
-        built.map_err(|e| format!("cannot build the message: {e}"))
+        let mut built = built.map_err(|e| format!("cannot build the message: {e}"))?;
+        if let Some(dkim) = &self.dkim {
+            built.sign(dkim);
+        }
+        Ok(built)
     }
+}
+
+/// DKIM signing for `domain` with the key published at `selector._domainkey.domain`. The key is
+/// RSA as PKCS#1 PEM (`BEGIN RSA PRIVATE KEY`; signs rsa-sha256) or Ed25519 as base64 (the 32
+/// bytes of the private key; signs ed25519-sha256). The signature covers From, To, Subject, Date,
+/// Message-ID, List-Unsubscribe and List-Unsubscribe-Post, relaxed/relaxed.
+pub fn dkim_config(selector: &str, domain: &str, key: &str) -> Result<DkimConfig, String> {
+    let algorithm = if key.contains("BEGIN RSA PRIVATE KEY") {
+        DkimSigningAlgorithm::Rsa
+    } else if key.contains("BEGIN") {
+        return Err(
+            "an RSA key must be PKCS#1 PEM ('BEGIN RSA PRIVATE KEY'; convert with `openssl rsa -traditional`)".into()
+        );
+    } else {
+        DkimSigningAlgorithm::Ed25519
+    };
+    let key = DkimSigningKey::new(key.trim(), algorithm).map_err(|e| format!("not a usable {algorithm} key: {e}"))?;
+    let headers = ["From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post"]
+        .into_iter()
+        .map(HeaderName::new_from_ascii_str)
+        .collect();
+    let relaxed =
+        DkimCanonicalization { header: DkimCanonicalizationType::Relaxed, body: DkimCanonicalizationType::Relaxed };
+    Ok(DkimConfig::new(selector.to_owned(), domain.to_owned(), key, headers, relaxed))
 }
 
 /// Where messages go.
