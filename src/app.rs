@@ -95,6 +95,7 @@ impl App {
                 }
                 None => None,
             },
+            unsubscribe_mailto: self.config.unsubscribe_mailto.clone(),
         };
         let transport = if self.config.smtp_relays.is_empty() {
             Transport::File(self.config.data_dir.join("mail"))

@@ -30,6 +30,7 @@ struct RawSettings {
     dkim_domain: Option<String>,
     dkim_selector: Option<String>,
     dkim_key_file: Option<String>,
+    unsubscribe_mailto: Option<String>,
 }
 
 /// Every setting: its key in `ownlist.toml` (the env name is `OWNLIST_` + upper case).
@@ -50,6 +51,7 @@ pub const SETTINGS: &[&str] = &[
     "dkim_domain",
     "dkim_selector",
     "dkim_key_file",
+    "unsubscribe_mailto",
 ];
 
 /// Environment variables with the prefix that are not settings: the test suite's own, and the
@@ -83,6 +85,8 @@ pub struct Config {
     pub bounce_secret: Option<String>,
     /// DKIM signing: `(domain, selector, key file)`, all three or none.
     pub dkim: Option<Dkim>,
+    /// A mailbox offered in `List-Unsubscribe` beside the one-click link (`mailto:`).
+    pub unsubscribe_mailto: Option<lettre::Address>,
 }
 
 /// Where the DKIM key is and what it signs for (the key itself is read when the service starts).
@@ -153,6 +157,7 @@ impl Config {
             smtp_relays: Vec::new(),
             bounce_secret: None,
             dkim: None,
+            unsubscribe_mailto: None,
         }
     }
 
@@ -237,6 +242,15 @@ impl Config {
                 ));
             }
         };
+        let unsubscribe_mailto = match raw.unsubscribe_mailto {
+            None => None,
+            Some(text) => Some(text.parse::<lettre::Address>().map_err(|e| {
+                ConfigError::new(
+                    name("unsubscribe_mailto"),
+                    format!("'{text}' is not an address like unsubscribe@example.com: {e}"),
+                )
+            })?),
+        };
         let log = raw.log.unwrap_or_else(|| DEFAULT_LOG.into());
         tracing_subscriber::EnvFilter::try_new(&log)
             .map_err(|e| ConfigError::new(name("log"), format!("'{log}' is not a log filter: {e}")))?;
@@ -255,6 +269,7 @@ impl Config {
             smtp_relays,
             bounce_secret: raw.bounce_secret,
             dkim,
+            unsubscribe_mailto,
         })
     }
 
@@ -344,6 +359,7 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
             "dkim_domain" => raw.dkim_domain = value,
             "dkim_selector" => raw.dkim_selector = value,
             "dkim_key_file" => raw.dkim_key_file = value,
+            "unsubscribe_mailto" => raw.unsubscribe_mailto = value,
             _ => {
                 let hint = closest(&key, SETTINGS)
                     .map(|best| format!(" (did you mean OWNLIST_{}?)", best.to_uppercase()))
@@ -468,6 +484,8 @@ mod tests {
         let err = Config::load(None, &env(&[("OWNLIST_SMTP_RELAYS", "http://user:secret@mail.example")])).unwrap_err();
         assert!(err.to_string().starts_with("OWNLIST_SMTP_RELAYS: 'http://user:***@mail.example/'"), "{err}");
         assert!(!err.to_string().contains("secret"), "{err}");
+        let err = Config::load(None, &env(&[("OWNLIST_UNSUBSCRIBE_MAILTO", "nobody")])).unwrap_err();
+        assert!(err.to_string().starts_with("OWNLIST_UNSUBSCRIBE_MAILTO: 'nobody'"), "{err}");
         let err = Config::load(None, &env(&[("OWNLIST_DKIM_DOMAIN", "shop.example")])).unwrap_err();
         assert!(err.to_string().contains("all three"), "{err}");
         let missing = [

@@ -43,6 +43,8 @@ pub struct Letterhead {
     pub signer: Signer,
     /// DKIM signing, when configured.
     pub dkim: Option<Arc<DkimConfig>>,
+    /// A mailbox that takes unsubscribe requests by email, offered beside the HTTPS link.
+    pub unsubscribe_mailto: Option<lettre::Address>,
 }
 
 impl std::fmt::Debug for Letterhead {
@@ -63,7 +65,16 @@ impl Letterhead {
     pub fn build(&self, message: &outbox::Model, now: DateTime<Utc>) -> Result<Message, String> {
         let to: Mailbox = message.recipient.parse().map_err(|e| format!("bad recipient address: {e}"))?;
         let domain = self.from.email.domain();
-        let list_unsubscribe = format!("<{}>", self.unsubscribe_url(message.subscriber_id, now));
+        let url = self.unsubscribe_url(message.subscriber_id, now);
+        // The one-click HTTPS link first (RFC 8058 clients use it); a mailto for older clients,
+        // its subject naming the subscriber by a signed token so the mailbox can act on it.
+        let list_unsubscribe = match &self.unsubscribe_mailto {
+            Some(mailbox) => {
+                let token = url.rsplit('/').next().unwrap_or_default();
+                format!("<{url}>, <mailto:{mailbox}?subject=unsubscribe%20{token}>")
+            }
+            None => format!("<{url}>"),
+        };
         let builder = Message::builder()
             .from(self.from.clone())
             .to(to)

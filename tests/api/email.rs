@@ -126,6 +126,7 @@ fn smtp_sender(app: &TestApp, relays: &[&SmtpSink]) -> EmailSender {
         base_url: url::Url::parse("https://shop.example/").unwrap(),
         signer: Signer::new("a-test-secret-of-at-least-thirty-two-characters"),
         dkim: None,
+        unsubscribe_mailto: Some("leave@shop.example".parse().unwrap()),
     };
     let relays = relays.iter().map(|sink| Relay::from_url(&sink.url()).unwrap()).collect();
     EmailSender::new(app.db.clone(), app.clock.clone(), letterhead, Transport::Smtp(relays))
@@ -147,7 +148,9 @@ async fn a_failing_relay_hands_over_to_the_next(app: TestApp) {
     let fields = headers(&arrived[0]);
     assert_eq!(header(&fields, "From"), "Shop <news@shop.example>");
     assert_eq!(header(&fields, "Message-ID"), format!("<{}@shop.example>", queued.id));
-    assert!(header(&fields, "List-Unsubscribe").starts_with("<https://shop.example/u/"));
+    let unsubscribe = header(&fields, "List-Unsubscribe");
+    assert!(unsubscribe.starts_with("<https://shop.example/u/"), "{unsubscribe}");
+    assert!(unsubscribe.contains(">, <mailto:leave@shop.example?subject=unsubscribe%20"), "{unsubscribe}");
     assert_eq!(message(&app, queued.id).await.status, "sent");
     let timeline = expect_json(app.get(&format!("/api/v1/subscribers/{ada}/timeline")).await, StatusCode::OK).await;
     let sent = timeline["data"].as_array().unwrap().iter().find(|e| e["kind"] == "email_sent").unwrap().clone();
