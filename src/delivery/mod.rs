@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use sea_orm::ActiveValue::Set;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Value, json};
@@ -28,6 +29,8 @@ use crate::store::entities::outbox;
 
 const MAX_ATTEMPTS: i32 = 10;
 const BATCH: u64 = 50;
+/// Messages of one channel in flight at once (per process).
+pub const CONCURRENCY: usize = 8;
 
 /// The wait after the `attempts`-th failed attempt: 1 minute doubling to 1 hour, plus up to a
 /// quarter more. The extra is drawn from the message id and the attempt, so messages that failed
@@ -91,8 +94,15 @@ impl<S: Carrier> Worker<S> {
             .all(self.db.conn())
             .await?;
         let count = due.len() as u64;
-        for message in due {
-            let answer = self.sender.attempt(&message, now).await;
+        // Up to CONCURRENCY sends at a time; each answer is recorded as soon as it comes. A crash
+        // can therefore repeat at most CONCURRENCY messages: those sent but not yet recorded.
+        let mut answers = futures_util::stream::iter(due)
+            .map(|message| async move {
+                let answer = self.sender.attempt(&message, now).await;
+                (message, answer)
+            })
+            .buffer_unordered(CONCURRENCY);
+        while let Some((message, answer)) = answers.next().await {
             self.record(message, answer, now).await?;
         }
         Ok(count)

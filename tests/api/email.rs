@@ -17,6 +17,7 @@ on_both_databases!(
     a_failing_relay_hands_over_to_the_next,
     a_permanent_refusal_fails_the_message_at_once,
     a_hard_bounce_marks_the_address_bounced,
+    several_messages_are_in_flight_at_once_and_each_arrives_once,
     a_relay_answering_451_is_retried_until_it_recovers,
     the_unsubscribe_header_works_in_one_click_and_its_page_changes_nothing,
 );
@@ -341,4 +342,28 @@ async fn messages_carry_a_dkim_signature_a_real_verifier_accepts() {
         std::fs::write(&tampered, raw.replace("Subject: Your guide, Ada", "Subject: Your guide, Bob")).unwrap();
         assert!(!dkimpy_verifies(&tampered, &record), "a tampered message fails");
     }
+}
+
+async fn several_messages_are_in_flight_at_once_and_each_arrives_once(app: TestApp) {
+    app.create_list("guide-leads").await;
+    app.install_workflow("guide", GUIDE).await;
+    for n in 0..30 {
+        app.create_subscriber(json!({
+            "email": format!("reader{n}@example.com"), "first_name": "Reader", "lists": ["guide-leads"],
+            "consent": {"email": true}
+        }))
+        .await;
+    }
+    app.tick().await;
+    let relay = SmtpSink::start().await;
+    let sender = smtp_sender(&app, &[&relay]);
+    assert_eq!(sender.send_due().await.unwrap(), 30);
+    let most = relay.most_at_once.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most > 1 && most <= ownlist::delivery::CONCURRENCY, "{most} at once");
+    let mut recipients: Vec<String> = relay.taken().iter().map(|m| header(&headers(m), "To").to_owned()).collect();
+    recipients.sort();
+    recipients.dedup();
+    assert_eq!((relay.taken().len(), recipients.len()), (30, 30), "each exactly once");
+    assert_eq!(app.count("outbox WHERE status = 'sent'").await, 30);
+    assert_eq!(sender.send_due().await.unwrap(), 0);
 }

@@ -1,5 +1,6 @@
 //! A small SMTP server for tests: takes messages, or answers MAIL FROM with a chosen refusal.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -11,6 +12,8 @@ pub struct SmtpSink {
     pub messages: Arc<Mutex<Vec<String>>>,
     /// `None` takes messages; `Some("451 …")` answers MAIL FROM with that line.
     pub refusal: Arc<Mutex<Option<String>>>,
+    /// The most mail transactions (MAIL FROM to the end of DATA) open at once.
+    pub most_at_once: Arc<AtomicUsize>,
 }
 
 impl SmtpSink {
@@ -20,9 +23,13 @@ impl SmtpSink {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let refusal: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let (taken, refusing) = (messages.clone(), refusal.clone());
+        let most_at_once = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let most = most_at_once.clone();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let (taken, refusing) = (taken.clone(), refusing.clone());
+                let (open, most) = (open.clone(), most.clone());
                 tokio::spawn(async move {
                     let (read, mut write) = socket.into_split();
                     let mut lines = BufReader::new(read).lines();
@@ -31,7 +38,14 @@ impl SmtpSink {
                         let verb = line.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
                         let reply = match verb.as_str() {
                             "EHLO" | "HELO" => "250 sink".to_owned(),
-                            "MAIL" => refusing.lock().unwrap().clone().unwrap_or_else(|| "250 OK".into()),
+                            "MAIL" => match refusing.lock().unwrap().clone() {
+                                Some(refusal) => refusal,
+                                None => {
+                                    let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
+                                    most.fetch_max(now_open, Ordering::SeqCst);
+                                    "250 OK".into()
+                                }
+                            },
                             "RCPT" | "RSET" | "NOOP" => "250 OK".into(),
                             "DATA" => {
                                 let _ = write.write_all(b"354 go on\r\n").await;
@@ -43,6 +57,9 @@ impl SmtpSink {
                                     body.push_str(line.strip_prefix('.').unwrap_or(&line));
                                     body.push_str("\r\n");
                                 }
+                                // A little latency, as a real relay has: lets concurrent sends overlap.
+                                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                                open.fetch_sub(1, Ordering::SeqCst);
                                 let mut taken = taken.lock().unwrap();
                                 taken.push(body);
                                 format!("250 2.0.0 queued as {}", taken.len())
@@ -60,7 +77,7 @@ impl SmtpSink {
                 });
             }
         });
-        Self { address, messages, refusal }
+        Self { address, messages, refusal, most_at_once }
     }
 
     pub fn url(&self) -> String {
