@@ -73,6 +73,19 @@ impl Signer {
         URL_SAFE_NO_PAD.encode(payload)
     }
 
+    /// The public URL `{base_url}{path}/{token}` for a subject: what a message links to.
+    pub fn url(
+        &self,
+        base_url: &url::Url,
+        path: &str,
+        purpose: Purpose,
+        subject: Uuid,
+        expires: DateTime<Utc>,
+    ) -> String {
+        let token = self.sign(purpose, subject, expires);
+        base_url.join(&format!("{path}/{token}")).map(|u| u.to_string()).unwrap_or_default()
+    }
+
     /// The subject of a valid token; the comparison is constant-time.
     pub fn verify(&self, purpose: Purpose, token: &str, now: DateTime<Utc>) -> Result<Uuid, LinkError> {
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| LinkError::Invalid)?;

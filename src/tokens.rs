@@ -70,10 +70,16 @@ pub async fn any_exist(db: &Db) -> Result<bool> {
     Ok(api_token::Entity::find().one(db.conn()).await?.is_some())
 }
 
+/// Whether a presented secret is the configured one, in constant time (hashing first, so the
+/// time does not depend on either length).
+pub fn same_secret(presented: &str, configured: &str) -> bool {
+    bool::from(Sha256::digest(presented.as_bytes()).ct_eq(&Sha256::digest(configured.as_bytes())))
+}
+
 /// Who a presented token belongs to, if anyone. Comparisons are constant-time.
 pub async fn authenticate(db: &Db, bootstrap: Option<&str>, presented: &str) -> Result<Option<Actor>> {
     if let Some(bootstrap) = bootstrap
-        && bool::from(Sha256::digest(presented.as_bytes()).ct_eq(&Sha256::digest(bootstrap.as_bytes())))
+        && same_secret(presented, bootstrap)
     {
         return Ok(Some(Actor::Bootstrap));
     }

@@ -56,9 +56,8 @@ impl std::fmt::Debug for Letterhead {
 impl Letterhead {
     /// The one-click unsubscribe URL for a subscriber.
     pub fn unsubscribe_url(&self, subscriber: Uuid, now: DateTime<Utc>) -> String {
-        let token =
-            self.signer.sign(Purpose::Unsubscribe, subscriber, now + chrono::Duration::days(UNSUBSCRIBE_VALID_DAYS));
-        self.base_url.join(&format!("u/{token}")).map(|u| u.to_string()).unwrap_or_default()
+        let expires = now + chrono::Duration::days(UNSUBSCRIBE_VALID_DAYS);
+        self.signer.url(&self.base_url, "u", Purpose::Unsubscribe, subscriber, expires)
     }
 
     /// The MIME message for an outbox row, or why it cannot be one (a permanent failure).

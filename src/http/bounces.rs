@@ -14,8 +14,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
@@ -66,11 +64,7 @@ fn authorised(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if bool::from(Sha256::digest(presented.as_bytes()).ct_eq(&Sha256::digest(secret.as_bytes()))) {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
-    }
+    if crate::tokens::same_secret(presented, secret) { Ok(()) } else { Err(ApiError::unauthorized()) }
 }
 
 async fn bounces(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {

@@ -1046,10 +1046,7 @@ impl Engine {
 
     fn render_context(&self, workflow: &super::model::Workflow, s: &subscriber::Model, now: DateTime<Utc>) -> Value {
         let expires = now + chrono::Duration::days(365);
-        let link = |path: &str, purpose: Purpose| {
-            let token = self.signer.sign(purpose, s.id, expires);
-            self.base_url.join(&format!("{path}/{token}")).map(|u| u.to_string()).unwrap_or_default()
-        };
+        let link = |path: &str, purpose: Purpose| self.signer.url(&self.base_url, path, purpose, s.id, expires);
         json!({
             "subscriber": subscriber_json(s),
             "workflow": {"id": workflow.id, "name": workflow.name},
