@@ -75,18 +75,19 @@ impl App {
             Arc::new(TemplateChecker::load(&self.config.templates_dir))
         };
         let secret = self.config.secret.clone().unwrap_or_default();
-        let engine = Arc::new(Engine::new(
+        let engine = Engine::new(
             self.db.clone(),
             self.clock.clone(),
             registry,
             templates,
             Signer::new(&secret),
             self.config.base_url.clone(),
-        ));
+        );
+        let engine = Arc::new(if self.config.tracking { engine } else { engine.without_tracking() });
         let webhooks =
             Arc::new(WebhookSender::new(self.db.clone(), self.clock.clone(), Arc::new(crate::config::webhook_secret)));
         let letterhead = Letterhead {
-            from: self.config.mail_from.clone(),
+            from: self.config.email_from.clone(),
             base_url: self.config.base_url.clone(),
             signer: Signer::new(&secret),
             dkim: match &self.config.dkim {

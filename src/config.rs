@@ -24,8 +24,10 @@ struct RawSettings {
     admin_token: Option<String>,
     max_import_bytes: Option<toml::Value>,
     log: Option<String>,
-    mail_from: Option<String>,
-    smtp_relays: Option<String>,
+    email_from: Option<String>,
+    smtp_url: Option<String>,
+    smtp_relays: Option<toml::Value>,
+    tracking: Option<toml::Value>,
     bounce_secret: Option<String>,
     dkim_domain: Option<String>,
     dkim_selector: Option<String>,
@@ -45,8 +47,10 @@ pub const SETTINGS: &[&str] = &[
     "admin_token",
     "max_import_bytes",
     "log",
-    "mail_from",
+    "email_from",
+    "smtp_url",
     "smtp_relays",
+    "tracking",
     "bounce_secret",
     "dkim_domain",
     "dkim_selector",
@@ -76,10 +80,12 @@ pub struct Config {
     pub log: String,
     /// The sender of every email: `Name <address>` or an address; by default
     /// `ownlist <noreply@HOST>` with the host of `base_url` (`localhost` when that is an IP).
-    pub mail_from: lettre::message::Mailbox,
-    /// SMTP relay URLs in order of preference; none means email is written to files under
-    /// `data_dir/mail`.
+    pub email_from: lettre::message::Mailbox,
+    /// SMTP relay URLs in order of preference (`smtp_url` first, then `smtp_relays`); none
+    /// means email is written to files under `data_dir/mail`.
     pub smtp_relays: Vec<String>,
+    /// Open and click tracking of email (on by default; a workflow or broadcast may turn it off).
+    pub tracking: bool,
     /// The shared secret a bounce processor sends to `POST /webhooks/bounces` (as a bearer
     /// token); without it that endpoint is off.
     pub bounce_secret: Option<String>,
@@ -153,8 +159,9 @@ impl Config {
             admin_token: None,
             max_import_bytes: DEFAULT_MAX_IMPORT_BYTES,
             log: DEFAULT_LOG.into(),
-            mail_from: "ownlist <noreply@localhost>".parse().unwrap_or_else(|_| unreachable!()),
+            email_from: "ownlist <noreply@localhost>".parse().unwrap_or_else(|_| unreachable!()),
             smtp_relays: Vec::new(),
+            tracking: true,
             bounce_secret: None,
             dkim: None,
             unsubscribe_mailto: None,
@@ -204,25 +211,47 @@ impl Config {
                 )
             })?,
         };
-        let mail_from_text = raw.mail_from.unwrap_or_else(|| default_mail_from(&base_url));
-        let mail_from = mail_from_text.parse().map_err(|e| {
+        let email_from_text = raw.email_from.unwrap_or_else(|| default_email_from(&base_url));
+        let email_from = email_from_text.parse().map_err(|e| {
             ConfigError::new(
-                name("mail_from"),
-                format!("'{mail_from_text}' is not a sender like Shop <news@example.com>: {e}"),
+                name("email_from"),
+                format!("'{email_from_text}' is not a sender like Shop <news@example.com>: {e}"),
             )
         })?;
-        let smtp_relays: Vec<String> = raw
-            .smtp_relays
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let mut smtp_relays: Vec<String> = raw.smtp_url.into_iter().collect();
+        match raw.smtp_relays {
+            None => {}
+            Some(toml::Value::String(list)) => smtp_relays.extend(list.split(',').map(str::to_owned)),
+            Some(toml::Value::Array(items)) => {
+                for item in items {
+                    let toml::Value::String(url) = item else {
+                        return Err(ConfigError::new(name("smtp_relays"), "every relay must be a URL string"));
+                    };
+                    smtp_relays.push(url);
+                }
+            }
+            Some(other) => {
+                return Err(ConfigError::new(
+                    name("smtp_relays"),
+                    format!("'{other}' is not a list of relay URLs (a TOML array, or comma-separated)"),
+                ));
+            }
+        }
+        smtp_relays = smtp_relays.iter().map(|url| url.trim().to_owned()).filter(|url| !url.is_empty()).collect();
         for url in &smtp_relays {
             crate::delivery::email::Relay::check_url(url)
                 .map_err(|problem| ConfigError::new(name("smtp_relays"), problem))?;
         }
+        let tracking = match raw.tracking {
+            None => true,
+            Some(toml::Value::Boolean(on)) => on,
+            Some(toml::Value::String(text)) => match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "on" | "yes" | "1" => true,
+                "false" | "off" | "no" | "0" => false,
+                _ => return Err(ConfigError::new(name("tracking"), format!("'{text}' is not on or off"))),
+            },
+            Some(other) => return Err(ConfigError::new(name("tracking"), format!("'{other}' is not true or false"))),
+        };
         if let Some(secret) = &raw.bounce_secret
             && secret.len() < 16
         {
@@ -265,8 +294,9 @@ impl Config {
             admin_token: raw.admin_token,
             max_import_bytes,
             log,
-            mail_from,
+            email_from,
             smtp_relays,
+            tracking,
             bounce_secret: raw.bounce_secret,
             dkim,
             unsubscribe_mailto,
@@ -292,7 +322,7 @@ fn setting_name(key: &str, file: Option<&Path>) -> String {
     }
 }
 
-fn default_mail_from(base_url: &url::Url) -> String {
+fn default_email_from(base_url: &url::Url) -> String {
     match base_url.host() {
         Some(url::Host::Domain(domain)) if domain.contains('.') => format!("ownlist <noreply@{domain}>"),
         _ => "ownlist <noreply@localhost>".into(),
@@ -353,8 +383,10 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
             "admin_token" => raw.admin_token = value,
             "max_import_bytes" => raw.max_import_bytes = value.map(toml::Value::String),
             "log" => raw.log = value,
-            "mail_from" => raw.mail_from = value,
-            "smtp_relays" => raw.smtp_relays = value,
+            "email_from" => raw.email_from = value,
+            "smtp_url" => raw.smtp_url = value,
+            "smtp_relays" => raw.smtp_relays = value.map(toml::Value::String),
+            "tracking" => raw.tracking = value.map(toml::Value::String),
             "bounce_secret" => raw.bounce_secret = value,
             "dkim_domain" => raw.dkim_domain = value,
             "dkim_selector" => raw.dkim_selector = value,
@@ -474,13 +506,27 @@ mod tests {
     #[test]
     fn mail_settings_are_checked_and_relays_never_show_their_password() {
         let config = Config::load(None, &env(&[("OWNLIST_BASE_URL", "https://shop.example/")])).unwrap();
-        assert_eq!(config.mail_from.to_string(), "ownlist <noreply@shop.example>");
+        assert_eq!(config.email_from.to_string(), "ownlist <noreply@shop.example>");
         assert!(config.smtp_relays.is_empty(), "email goes to files unless relays are set");
         let relays = "smtps://user:pw@mail.example:465, smtp://backup.example:2525?tls=required";
         let config = Config::load(None, &env(&[("OWNLIST_SMTP_RELAYS", relays)])).unwrap();
         assert_eq!(config.smtp_relays.len(), 2);
-        let err = Config::load(None, &env(&[("OWNLIST_MAIL_FROM", "not an address")])).unwrap_err();
-        assert!(err.to_string().starts_with("OWNLIST_MAIL_FROM: 'not an address'"), "{err}");
+        assert!(config.tracking, "tracking is on by default");
+        let single = [("OWNLIST_SMTP_URL", "smtp://mail.example:25"), ("OWNLIST_TRACKING", "off")];
+        let config = Config::load(None, &env(&single)).unwrap();
+        assert_eq!(config.smtp_relays, vec!["smtp://mail.example:25"]);
+        assert!(!config.tracking);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ownlist.toml");
+        let file = "smtp_relays = [\"smtp://a.example\", \"smtp://b.example:2525\"]\ntracking = false\n";
+        fs::write(&path, file).unwrap();
+        let config = Config::load(Some(&path), &env(&[("OWNLIST_SMTP_URL", "smtp://first.example")])).unwrap();
+        assert_eq!(config.smtp_relays, vec!["smtp://first.example", "smtp://a.example", "smtp://b.example:2525"]);
+        assert!(!config.tracking);
+        let err = Config::load(None, &env(&[("OWNLIST_TRACKING", "sometimes")])).unwrap_err();
+        assert!(err.to_string().starts_with("OWNLIST_TRACKING: 'sometimes'"), "{err}");
+        let err = Config::load(None, &env(&[("OWNLIST_EMAIL_FROM", "not an address")])).unwrap_err();
+        assert!(err.to_string().starts_with("OWNLIST_EMAIL_FROM: 'not an address'"), "{err}");
         let err = Config::load(None, &env(&[("OWNLIST_SMTP_RELAYS", "http://user:secret@mail.example")])).unwrap_err();
         assert!(err.to_string().starts_with("OWNLIST_SMTP_RELAYS: 'http://user:***@mail.example/'"), "{err}");
         assert!(!err.to_string().contains("secret"), "{err}");

@@ -18,6 +18,10 @@ pub mod kind {
     pub const UNSUBSCRIBED: &str = "unsubscribed";
     pub const BOUNCED: &str = "bounced";
     pub const SOFT_BOUNCE: &str = "soft_bounce";
+    /// An email's open pixel loaded (or a link in it followed first): once per message.
+    pub const EMAIL_OPENED: &str = "email_opened";
+    /// A tracked link in an email followed: every time.
+    pub const EMAIL_CLICKED: &str = "email_clicked";
     pub const CONSENT_GRANTED: &str = "consent_granted";
     pub const CONSENT_REVOKED: &str = "consent_revoked";
     pub const ERASED: &str = "erased";

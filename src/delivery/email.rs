@@ -2,7 +2,7 @@
 //!
 //! Every message carries `Message-ID` (from the outbox id, so a retry is recognisably the same
 //! message), `Date`, `List-Unsubscribe` (a signed one-click HTTPS link) and
-//! `List-Unsubscribe-Post: List-Unsubscribe=One-Click`; with an HTML body it is
+//! `List-Unsubscribe-Post: List-Unsubscribe=One-Click`, `List-Id` for list mail; with an HTML body it is
 //! multipart/alternative with the plain-text part rendered beside it.
 //!
 //! Transports: `file` writes each message as `{outbox id}.eml` under `{data_dir}/mail/` (the
@@ -74,7 +74,7 @@ impl Letterhead {
             }
             None => format!("<{url}>"),
         };
-        let builder = Message::builder()
+        let mut builder = Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(message.subject.clone().unwrap_or_default())
@@ -85,6 +85,12 @@ impl Letterhead {
                 HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
                 "List-Unsubscribe=One-Click".into(),
             ));
+        // List mail (a broadcast, or a workflow started by joining a list) names its list
+        // (RFC 2919), so mail clients can file and filter it.
+        if let Some(list) = &message.list_slug {
+            builder = builder
+                .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("List-Id"), format!("<{list}.{domain}>")));
+        }
         let built = match &message.body_html {
             Some(html) => builder.multipart(MultiPart::alternative_plain_html(message.body_text.clone(), html.clone())),
             None => builder.singlepart(SinglePart::plain(message.body_text.clone())),

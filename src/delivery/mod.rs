@@ -6,7 +6,9 @@
 //! each wait up to a quarter longer, spread by message) for up to ten attempts; a permanent
 //! failure fails the message at once.
 
+pub mod compose;
 pub mod email;
+pub mod tracking;
 pub mod webhook;
 
 use std::future::Future;
@@ -28,7 +30,7 @@ use crate::store::Db;
 use crate::store::entities::outbox;
 
 const MAX_ATTEMPTS: i32 = 10;
-const BATCH: u64 = 50;
+const BATCH: u64 = 200;
 /// Messages of one channel in flight at once (per process).
 pub const CONCURRENCY: usize = 8;
 
@@ -82,8 +84,15 @@ impl<S: Carrier> Worker<S> {
         Self { db, clock, sender }
     }
 
-    /// Attempts every due message of the channel once (a batch at a time); returns how many.
+    /// Attempts a batch of due messages of the channel; returns how many were attempted.
     pub async fn send_due(&self) -> Result<u64> {
+        let (_, never) = tokio::sync::watch::channel(false);
+        self.send_due_until(&never).await
+    }
+
+    /// Like [`Self::send_due`], but starts no new attempt once `stop` says so (those under way
+    /// finish and are recorded).
+    async fn send_due_until(&self, stop: &tokio::sync::watch::Receiver<bool>) -> Result<u64> {
         let now = self.clock.now();
         let due = outbox::Entity::find()
             .filter(outbox::Column::Channel.eq(S::CHANNEL))
@@ -93,16 +102,18 @@ impl<S: Carrier> Worker<S> {
             .limit(BATCH)
             .all(self.db.conn())
             .await?;
-        let count = due.len() as u64;
+        let mut count = 0;
         // Up to CONCURRENCY sends at a time; each answer is recorded as soon as it comes. A crash
         // can therefore repeat at most CONCURRENCY messages: those sent but not yet recorded.
         let mut answers = futures_util::stream::iter(due)
+            .take_while(|_| std::future::ready(!*stop.borrow()))
             .map(|message| async move {
                 let answer = self.sender.attempt(&message, now).await;
                 (message, answer)
             })
             .buffer_unordered(CONCURRENCY);
         while let Some((message, answer)) = answers.next().await {
+            count += 1;
             self.record(message, answer, now).await?;
         }
         Ok(count)
@@ -154,11 +165,18 @@ impl<S: Carrier> Worker<S> {
         Ok(())
     }
 
-    /// Sends due messages every second until `stop` says so.
+    /// Sends due messages until `stop` says so: batch after batch while there is a backlog,
+    /// otherwise looking again every second. On `stop` it starts no new attempt, finishes and
+    /// records those under way, and returns.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
-            if let Err(e) = self.send_due().await {
-                tracing::error!(error = %e, channel = S::CHANNEL, "delivery failed; retrying");
+            match self.send_due_until(&stop).await {
+                Ok(n) if n == BATCH && !*stop.borrow() => continue,
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, channel = S::CHANNEL, "delivery failed; retrying"),
+            }
+            if *stop.borrow() {
+                return;
             }
             tokio::select! {
                 _ = stop.changed() => return,

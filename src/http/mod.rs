@@ -5,12 +5,14 @@
 
 pub mod auth;
 mod bounces;
+mod broadcasts;
 pub mod error;
 pub mod extract;
 mod health;
 mod lists;
 pub mod openapi;
 mod subscribers;
+mod tracking;
 mod transfer;
 mod unsubscribe;
 mod workflows;
@@ -48,12 +50,14 @@ pub fn router(state: AppState) -> Router {
         .merge(subscribers::routes())
         .merge(transfer::routes(state.config.max_import_bytes))
         .merge(workflows::routes())
+        .merge(broadcasts::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let api = Router::new().merge(admin).merge(openapi::routes());
     Router::new()
         .nest("/api/v1", api)
         .merge(health::routes())
         .merge(unsubscribe::routes())
+        .merge(tracking::routes())
         .merge(bounces::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -9,7 +9,7 @@ use super::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "ownlist admin API", description = "Subscribers, lists, consent, import and export. Every error is application/problem+json with a stable `code`."),
+    info(title = "ownlist admin API", description = "Subscribers, lists, consent, import and export, workflows and broadcasts. Every error is application/problem+json with a stable `code`."),
     paths(
         super::health::healthz,
         super::lists::create,
@@ -32,6 +32,10 @@ use super::AppState;
         super::workflows::resume,
         super::workflows::reload,
         super::workflows::record_event,
+        super::broadcasts::create,
+        super::broadcasts::all,
+        super::broadcasts::one,
+        super::broadcasts::cancel,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -39,6 +43,7 @@ use super::AppState;
         (name = "subscribers", description = "The people you own a way to reach"),
         (name = "import and export", description = "CSV in and out; export then import round-trips"),
         (name = "workflows", description = "Drip workflows in force, their enrollments, and events that drive them"),
+        (name = "broadcasts", description = "One-off messages to a list, through the same outbox as workflows"),
         (name = "operations", description = "Health"),
     )
 )]

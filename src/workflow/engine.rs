@@ -27,12 +27,16 @@ use crate::audience::records::{self, kind, trigger};
 use crate::audience::subscribers::{membership_row, memberships_of, tag_row, tags_of};
 use crate::audience::values::{Channel, ChannelState, MembershipStatus, SubscriberStatus, stored};
 use crate::clock::SharedClock;
+use crate::delivery::compose::{self, Draft, Tracking};
+
+mod broadcast;
 use crate::error::Result;
 use crate::links::{Purpose, Signer};
 use crate::store::Db;
 use crate::store::entities::{
     enrollment, event, list, membership, outbox, pending_trigger, schedule_run, subscriber, subscriber_tag,
 };
+pub use broadcast::{BroadcastView, ChannelProgress, NewBroadcast};
 
 /// How many triggers or enrollments one transaction takes on.
 const BATCH: u64 = 2000;
@@ -66,6 +70,8 @@ pub struct TickReport {
     pub triggers: u64,
     pub enrolled: u64,
     pub advanced: u64,
+    /// Subscribers whose broadcast messages were written to the outbox.
+    pub broadcast_to: u64,
 }
 
 #[derive(Debug)]
@@ -81,6 +87,8 @@ pub struct Engine {
     /// Where the pass through a big backlog has got to (the last enrollment id taken); `None`
     /// starts a pass. Kept in memory only: a restart begins a new pass, which repeats nothing.
     backlog_cursor: std::sync::Mutex<Option<Uuid>>,
+    /// Open and click tracking for email, when on (globally; a workflow may turn it off).
+    tracking: Option<Tracking>,
 }
 
 /// What a subscriber is, as conditions and messages see it. A batch loads the parts its
@@ -177,11 +185,23 @@ impl Engine {
             clock,
             registry,
             templates: std::sync::RwLock::new(templates),
+            tracking: Some(Tracking { signer: signer.clone(), base_url: base_url.clone() }),
             signer,
             base_url,
             last_claim: std::sync::Mutex::new(None),
             backlog_cursor: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Turns open and click tracking off for every workflow (it is on by default).
+    pub fn without_tracking(mut self) -> Self {
+        self.tracking = None;
+        self
+    }
+
+    /// The tracking settings, when tracking is on.
+    pub fn tracking(&self) -> Option<&Tracking> {
+        self.tracking.as_ref()
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -228,10 +248,13 @@ impl Engine {
             let more = more || more_dates;
             let (triggers, enrolled) = self.process_triggers().await?;
             let advanced = self.run_due().await?;
+            // One batch of each due broadcast per round, so drips keep moving during a big send.
+            let (broadcast_to, more_broadcasts) = self.fan_out().await?;
             report.triggers += triggers;
             report.enrolled += enrolled + scheduled;
             report.advanced += advanced;
-            if triggers == 0 && advanced == 0 && !more {
+            report.broadcast_to += broadcast_to;
+            if triggers == 0 && advanced == 0 && !more && !more_broadcasts {
                 return Ok(report);
             }
         }
@@ -885,7 +908,15 @@ impl Engine {
                     "body": body,
                     "secret_env": secret_env,
                 });
-                self.queue(txn, run, step, facts.id, "webhook", url.clone(), None, None, payload.to_string()).await?;
+                let draft = Draft {
+                    channel: "webhook",
+                    recipient: url.clone(),
+                    subject: None,
+                    html: None,
+                    text: payload.to_string(),
+                    list_slug: None,
+                };
+                self.enqueue(txn, run, step, facts.id, draft, None).await?;
                 done(run, json!({"webhook": url}))
             }
             Action::Exit(reason) => {
@@ -949,26 +980,13 @@ impl Engine {
         let step = &node.step;
         let now = run.now;
         let s = facts.subscriber(txn).await?;
-        let (address, state) = match channel {
-            Channel::Email => (s.email.clone(), stored(&s.email_state, ChannelState::None)),
-            Channel::Sms => (s.phone.clone(), stored(&s.sms_state, ChannelState::None)),
-        };
-        let status = stored(&s.status, SubscriberStatus::Active);
-        let refusal = match (&address, state, status) {
-            (None, _, _) => Some(format!(
-                "they have no {}",
-                if channel == Channel::Email { "email address" } else { "phone number" }
-            )),
-            (_, _, SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced | SubscriberStatus::Complained) => {
-                Some(format!("they are {status}"))
+        let address = match reachable(s, channel) {
+            Ok(address) => address,
+            Err(reason) => {
+                run.note(decision::STEP_SKIPPED, json!({"step": step.id, "channel": channel, "reason": reason}));
+                return Ok(Flow::Goto(node.next.clone()));
             }
-            (_, ChannelState::Subscribed, _) => None,
-            (_, other, _) => Some(format!("{channel} is {other}, not subscribed")),
         };
-        if let Some(reason) = refusal {
-            run.note(decision::STEP_SKIPPED, json!({"step": step.id, "channel": channel, "reason": reason}));
-            return Ok(Flow::Goto(node.next.clone()));
-        }
         let workflow = &run.program.workflow;
         if let Some(window) = &workflow.send_window {
             let tz = zone(s.timezone.as_deref(), workflow.timezone.as_deref());
@@ -992,52 +1010,40 @@ impl Engine {
                 return Ok(Flow::Goto(node.next.clone()));
             }
         };
-        let recipient = address.unwrap_or_default();
-        self.queue(txn, run, step, s.id, channel.as_str(), recipient, rendered.subject, rendered.html, rendered.text)
-            .await?;
+        let list_slug = match &workflow.trigger {
+            Trigger::Subscribed { list } => Some(list.clone()),
+            _ => None,
+        };
+        let tracked = self.tracking.as_ref().filter(|_| workflow.tracking);
+        let draft = Draft {
+            channel: channel.as_str(),
+            recipient: address,
+            subject: rendered.subject,
+            html: rendered.html,
+            text: rendered.text,
+            list_slug,
+        };
+        self.enqueue(txn, run, step, s.id, draft, tracked).await?;
         run.note(decision::STEP_DONE, json!({"step": step.id, "channel": channel}));
         Ok(Flow::Goto(node.next.clone()))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn queue(
+    /// Stores a step's message in the outbox, once per enrollment and step.
+    async fn enqueue(
         &self,
         txn: &DatabaseTransaction,
         run: &mut Run<'_>,
         step: &super::model::Step,
         subscriber_id: Uuid,
-        channel: &str,
-        recipient: String,
-        subject: Option<String>,
-        html: Option<String>,
-        text: String,
+        draft: Draft,
+        tracked: Option<&Tracking>,
     ) -> Result<()> {
-        let now = run.now;
-        let id = Uuid::now_v7();
-        let key = format!("{}:{}", run.row.id, step.id);
-        let inserted = outbox::Entity::insert(outbox::ActiveModel {
-            id: Set(id),
-            idempotency_key: Set(key),
-            subscriber_id: Set(subscriber_id),
-            enrollment_id: Set(Some(run.row.id)),
-            workflow_id: Set(Some(run.row.workflow_id.clone())),
-            step_id: Set(Some(step.id.clone())),
-            channel: Set(channel.to_owned()),
-            recipient: Set(recipient),
-            subject: Set(subject),
-            body_html: Set(html),
-            body_text: Set(text),
-            status: Set("queued".into()),
-            attempts: Set(0),
-            last_error: Set(None),
-            sent_at: Set(None),
-            due_at: Set(now),
-            created_at: Set(now),
-            updated_at: Set(now),
-        })
-        .on_conflict_do_nothing()
-        .exec_without_returning(txn)
-        .await?;
+        let (id, now, channel) = (Uuid::now_v7(), run.now, draft.channel);
+        let mut row = compose::row(id, format!("{}:{}", run.row.id, step.id), subscriber_id, draft, tracked, now, now);
+        row.enrollment_id = Set(Some(run.row.id));
+        row.workflow_id = Set(Some(run.row.workflow_id.clone()));
+        row.step_id = Set(Some(step.id.clone()));
+        let inserted = outbox::Entity::insert(row).on_conflict_do_nothing().exec_without_returning(txn).await?;
         if matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
             run.note(decision::MESSAGE_QUEUED, json!({"step": step.id, "channel": channel, "message": id}));
         }
@@ -1302,6 +1308,25 @@ pub fn html_to_text(html: &str) -> String {
         }
     }
     text.trim().to_owned()
+}
+
+/// The address to send a subscriber on `channel`, or why nothing may be sent there.
+fn reachable(s: &subscriber::Model, channel: Channel) -> std::result::Result<String, String> {
+    let (address, state) = match channel {
+        Channel::Email => (s.email.clone(), stored(&s.email_state, ChannelState::None)),
+        Channel::Sms => (s.phone.clone(), stored(&s.sms_state, ChannelState::None)),
+    };
+    let status = stored(&s.status, SubscriberStatus::Active);
+    match (address, state, status) {
+        (None, _, _) => {
+            Err(format!("they have no {}", if channel == Channel::Email { "email address" } else { "phone number" }))
+        }
+        (_, _, SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced | SubscriberStatus::Complained) => {
+            Err(format!("they are {status}"))
+        }
+        (Some(address), ChannelState::Subscribed, _) => Ok(address),
+        (_, other, _) => Err(format!("{channel} is {other}, not subscribed")),
+    }
 }
 
 fn subscriber_json(s: &subscriber::Model) -> Value {

@@ -313,7 +313,7 @@ async fn messages_carry_a_dkim_signature_a_real_verifier_accepts() {
             key_file: key_file.clone(),
         };
         let Some(app) = TestApp::spawn_with(backend, |c| {
-            c.mail_from = "Shop <news@shop.example>".parse().unwrap();
+            c.email_from = "Shop <news@shop.example>".parse().unwrap();
             c.dkim = Some(dkim);
         })
         .await

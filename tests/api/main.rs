@@ -8,6 +8,7 @@ mod smtp_sink;
 
 mod auth;
 mod bounces;
+mod broadcasts;
 mod email;
 mod engine;
 mod lists;

@@ -1,6 +1,7 @@
 //! sea-orm entities: one file per table, mirroring `migrations/`.
 
 pub mod api_token;
+pub mod broadcast;
 pub mod consent;
 pub mod enrollment;
 pub mod event;

@@ -23,6 +23,19 @@ pub struct Model {
     pub due_at: DateTimeUtc,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// The broadcast that produced the message (none for a workflow's).
+    pub broadcast_id: Option<Uuid>,
+    /// The list the message is sent to, for `List-Id` (list mail only).
+    pub list_slug: Option<String>,
+    /// The links the message's tracked links redirect to, in order (a click token names an index).
+    pub links: Option<Json>,
+    /// SMS only: how many segments the body takes.
+    pub segments: Option<i32>,
+    /// The provider's id for the message (an SMS provider's message SID), for status callbacks.
+    pub provider_ref: Option<String>,
+    /// When the message was first seen opened (pixel or click), and first clicked.
+    pub opened_at: Option<DateTimeUtc>,
+    pub clicked_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

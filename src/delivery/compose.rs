@@ -1,0 +1,256 @@
+//! Turning a rendered message into an outbox row: the one path shared by workflow steps and
+//! broadcasts. It rewrites an HTML email's links for click tracking (recording where each goes),
+//! adds the open pixel, and counts an SMS body's segments.
+
+use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::audience::values::Channel;
+use crate::links::{Purpose, Signer};
+use crate::store::entities::outbox;
+
+/// How long tracking links keep working.
+pub const TRACKING_DAYS: i64 = 365;
+
+/// A message rendered for one subscriber, not yet stored.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// The outbox channel: `email`, `sms` or `webhook`.
+    pub channel: &'static str,
+    pub recipient: String,
+    pub subject: Option<String>,
+    pub html: Option<String>,
+    pub text: String,
+    /// The list this is list mail for (gives `List-Id`).
+    pub list_slug: Option<String>,
+}
+
+/// Where the tracking endpoints live and how their tokens are signed.
+#[derive(Debug, Clone)]
+pub struct Tracking {
+    pub signer: Signer,
+    pub base_url: url::Url,
+}
+
+impl Tracking {
+    fn link(&self, path: &str, message: Uuid, now: DateTime<Utc>) -> String {
+        self.signer.url(&self.base_url, path, Purpose::Track, message, now + chrono::Duration::days(TRACKING_DAYS))
+    }
+
+    /// The click URL for link `index` of a message: the token names the message, the index one
+    /// of the links recorded for it, so nothing else can be reached through it.
+    pub fn click_url(&self, message: Uuid, index: usize, now: DateTime<Utc>) -> String {
+        format!("{}/{index}", self.link("t/c", message, now))
+    }
+
+    pub fn open_url(&self, message: Uuid, now: DateTime<Utc>) -> String {
+        self.link("t/o", message, now)
+    }
+
+    /// Links ownlist itself serves (unsubscribe, preferences) are never rewritten: they must keep
+    /// working as they are, and following them is not interest in the message.
+    fn own_link(&self, url: &str) -> bool {
+        let base = self.base_url.as_str();
+        url.strip_prefix(base).is_some_and(|rest| rest.starts_with("u/") || rest.starts_with("preferences/"))
+    }
+
+    /// `html` with every `href` to an http(s) URL replaced by a click link and the open pixel
+    /// added; returns the new HTML and the links in index order.
+    pub fn rewrite(&self, html: &str, message: Uuid, now: DateTime<Utc>) -> (String, Vec<String>) {
+        let mut links: Vec<String> = Vec::new();
+        let mut out = String::with_capacity(html.len() + 512);
+        let lower = html.to_ascii_lowercase();
+        let mut done = 0;
+        while let Some(at) = find_href(&lower, done) {
+            out.push_str(&html[done..at.value_start]);
+            let value = &html[at.value_start..at.value_end];
+            let target = decode_attribute(value);
+            if (target.starts_with("https://") || target.starts_with("http://")) && !self.own_link(&target) {
+                let index = match links.iter().position(|l| *l == target) {
+                    Some(index) => index,
+                    None => {
+                        links.push(target);
+                        links.len() - 1
+                    }
+                };
+                out.push_str(&self.click_url(message, index, now));
+            } else {
+                out.push_str(value);
+            }
+            done = at.value_end;
+        }
+        out.push_str(&html[done..]);
+        let pixel = format!(
+            "<img src=\"{}\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\">",
+            self.open_url(message, now)
+        );
+        match out.to_ascii_lowercase().rfind("</body>") {
+            Some(at) => out.insert_str(at, &pixel),
+            None => out.push_str(&pixel),
+        }
+        (out, links)
+    }
+}
+
+struct Href {
+    value_start: usize,
+    value_end: usize,
+}
+
+/// The next quoted `href` attribute value at or after `from` (`lower` is the ASCII-lowercased
+/// HTML, so its byte offsets are the original's).
+fn find_href(lower: &str, mut from: usize) -> Option<Href> {
+    let bytes = lower.as_bytes();
+    while let Some(found) = lower.get(from..)?.find("href") {
+        let name = from + found;
+        from = name + 4;
+        if name == 0 || !bytes[name - 1].is_ascii_whitespace() {
+            continue;
+        }
+        let mut i = from;
+        while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        if bytes.get(i) != Some(&b'=') {
+            continue;
+        }
+        i += 1;
+        while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        let quote = *bytes.get(i)?;
+        if quote != b'"' && quote != b'\'' {
+            continue;
+        }
+        let start = i + 1;
+        let len = lower.get(start..)?.find(quote as char)?;
+        return Some(Href { value_start: start, value_end: start + len });
+    }
+    None
+}
+
+/// An attribute value as the browser reads it (templates escape `&` as `&amp;`).
+fn decode_attribute(value: &str) -> String {
+    value.replace("&amp;", "&").replace("&#39;", "'").replace("&quot;", "\"").trim().to_owned()
+}
+
+/// How many SMS segments `text` takes: GSM-7 when every character is in the GSM 03.38 alphabet
+/// (160 in one segment, 153 each when split; the extension characters take two), otherwise
+/// UCS-2 (70, or 67 each; characters outside the BMP take two).
+pub fn sms_segments(text: &str) -> u32 {
+    const BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+    const EXTENDED: &str = "^{}\\[~]|€\u{000C}";
+    let mut gsm_units = 0u32;
+    let mut gsm = true;
+    for c in text.chars() {
+        if BASIC.contains(c) {
+            gsm_units += 1;
+        } else if EXTENDED.contains(c) {
+            gsm_units += 2;
+        } else {
+            gsm = false;
+            break;
+        }
+    }
+    let (units, single, each) =
+        if gsm { (gsm_units, 160, 153) } else { (text.chars().map(|c| c.len_utf16() as u32).sum(), 70, 67) };
+    match units {
+        0 => 1,
+        n if n <= single => 1,
+        n => n.div_ceil(each),
+    }
+}
+
+/// The outbox row for a draft: queued, due at `due`.
+pub fn row(
+    id: Uuid,
+    key: String,
+    subscriber_id: Uuid,
+    draft: Draft,
+    tracking: Option<&Tracking>,
+    due: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> outbox::ActiveModel {
+    let (html, links) = match (draft.html, tracking, draft.channel) {
+        (Some(html), Some(tracking), "email") => {
+            let (html, links) = tracking.rewrite(&html, id, now);
+            (Some(html), Some(json!(links)))
+        }
+        (html, _, _) => (html, None),
+    };
+    let segments = (draft.channel == Channel::Sms.as_str()).then(|| sms_segments(&draft.text) as i32);
+    outbox::ActiveModel {
+        id: Set(id),
+        idempotency_key: Set(key),
+        subscriber_id: Set(subscriber_id),
+        channel: Set(draft.channel.to_owned()),
+        recipient: Set(draft.recipient),
+        subject: Set(draft.subject),
+        body_html: Set(html),
+        body_text: Set(draft.text),
+        status: Set("queued".into()),
+        attempts: Set(0),
+        last_error: Set(None),
+        sent_at: Set(None),
+        due_at: Set(due),
+        created_at: Set(now),
+        updated_at: Set(now),
+        list_slug: Set(draft.list_slug),
+        links: Set(links),
+        segments: Set(segments),
+        enrollment_id: Set(None),
+        workflow_id: Set(None),
+        step_id: Set(None),
+        broadcast_id: Set(None),
+        provider_ref: Set(None),
+        opened_at: Set(None),
+        clicked_at: Set(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracking() -> Tracking {
+        Tracking {
+            signer: Signer::new("0123456789abcdef0123456789abcdef"),
+            base_url: url::Url::parse("https://news.example.com/").unwrap(),
+        }
+    }
+
+    #[test]
+    fn links_are_rewritten_once_each_and_own_links_kept() {
+        let t = tracking();
+        let id = Uuid::now_v7();
+        let now = Utc::now();
+        let html = "<html><body><a href=\"https://shop.example/a?x=1&amp;y=2\">A</a> <a class=x HREF='https://shop.example/b'>B</a>\
+            <a href=\"https://shop.example/a?x=1&amp;y=2\">A again</a> <a href=\"mailto:hi@example.com\">mail</a>\
+            <a href=\"https://news.example.com/u/TOKEN\">unsubscribe</a><p data-href=\"https://no.example\">x</p></body></html>";
+        let (out, links) = t.rewrite(html, id, now);
+        assert_eq!(links, vec!["https://shop.example/a?x=1&y=2", "https://shop.example/b"]);
+        assert_eq!(out.matches(&t.click_url(id, 0, now)).count(), 2, "{out}");
+        assert_eq!(out.matches(&t.click_url(id, 1, now)).count(), 1, "{out}");
+        assert!(out.contains("mailto:hi@example.com") && out.contains("https://news.example.com/u/TOKEN"));
+        assert!(out.contains("data-href=\"https://no.example\""), "only href attributes: {out}");
+        assert!(out.contains(&format!("<img src=\"{}\"", t.open_url(id, now))) && out.ends_with("</body></html>"));
+    }
+
+    #[test]
+    fn sms_segments_follow_gsm7_and_ucs2_limits() {
+        assert_eq!(sms_segments(""), 1);
+        assert_eq!(sms_segments(&"a".repeat(160)), 1);
+        assert_eq!(sms_segments(&"a".repeat(161)), 2);
+        assert_eq!(sms_segments(&"a".repeat(306)), 2);
+        assert_eq!(sms_segments(&"a".repeat(307)), 3);
+        assert_eq!(sms_segments(&"€".repeat(80)), 1, "extension characters take two");
+        assert_eq!(sms_segments(&"€".repeat(81)), 2);
+        assert_eq!(sms_segments(&"é".repeat(160)), 1, "é is in the GSM alphabet");
+        assert_eq!(sms_segments(&"ç".repeat(70)), 1, "ç is not: UCS-2");
+        assert_eq!(sms_segments(&"ç".repeat(71)), 2);
+        assert_eq!(sms_segments(&"😀".repeat(35)), 1, "outside the BMP: two units each");
+        assert_eq!(sms_segments(&"😀".repeat(36)), 2);
+    }
+}

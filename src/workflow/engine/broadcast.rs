@@ -1,0 +1,485 @@
+//! Broadcasts: a one-off message to everyone on a list who consented, through the same outbox
+//! as workflow messages.
+//!
+//! Creating a broadcast checks it fully (list, channels, templates rendered once for a sample
+//! subscriber) and stores it; nothing else. The engine's tick then fans it out in batches of
+//! subscribers in id order: each batch's messages are rendered and written to the outbox in one
+//! transaction with the broadcast's cursor, so a crash resumes after the last whole batch and a
+//! message is never written twice (its idempotency key is broadcast, subscriber and channel).
+//! Delivery workers start sending the first batch while the rest is still being written.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{Engine, Facts, MessageBody, reachable, render, subscriber_json};
+use crate::audience::lists;
+use crate::audience::values::{Channel, MembershipStatus, normalize_tag};
+use crate::delivery::compose::{self, Draft};
+use crate::error::{Error, FieldError, Result};
+use crate::links::Purpose;
+use crate::store::entities::{broadcast, membership, outbox, subscriber, subscriber_tag};
+use crate::workflow::model::Condition;
+
+/// Subscribers turned into messages per transaction.
+const FAN_OUT_BATCH: u64 = 500;
+
+/// A broadcast to create.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBroadcast {
+    /// The list's slug: its confirmed members who consented to a channel get the message there.
+    pub list: String,
+    /// Only members with this tag.
+    pub tag: Option<String>,
+    /// Only members for whom this holds: a condition as in a workflow's `if:` (JSON), such as
+    /// `{"attribute": {"name": "plan", "test": {"equals": "pro"}}}` or `{"all": [...]}`.
+    /// `opened`/`clicked` belong to workflows and are refused here.
+    #[schema(value_type = Option<Object>)]
+    pub condition: Option<Condition>,
+    /// `email`, `sms` or both; default `["email"]`.
+    pub channels: Option<Vec<String>>,
+    /// The email subject (a tera template); required for email.
+    pub subject: Option<String>,
+    /// An email template file under `templates/` (its `.txt` sibling, if any, is the plain part).
+    pub template: Option<String>,
+    /// Inline HTML (a tera template, autoescaped) instead of `template`.
+    pub html: Option<String>,
+    /// The plain-text part for inline HTML; derived from the HTML when absent.
+    pub text: Option<String>,
+    /// The SMS text (a tera template); required for sms.
+    pub sms_text: Option<String>,
+    /// When to send; default now.
+    pub send_at: Option<DateTime<Utc>>,
+    /// Open and click tracking (default: the global `tracking` setting).
+    pub tracking: Option<bool>,
+}
+
+/// Messages of one channel by outcome.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct ChannelProgress {
+    /// Waiting in the outbox (including retries).
+    pub queued: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+/// A broadcast and how far it has got.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BroadcastView {
+    pub id: Uuid,
+    pub list: String,
+    pub tag: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub condition: Option<Value>,
+    pub channels: Vec<String>,
+    pub subject: Option<String>,
+    pub template: Option<String>,
+    pub tracking: bool,
+    /// `scheduled` (before send_at), `queueing` (messages being written), `sending` (all written,
+    /// some not yet sent), `done`, or `cancelled`.
+    pub status: String,
+    pub send_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    /// When the last message was written to the outbox.
+    pub queued_at: Option<DateTime<Utc>>,
+    /// Messages written to the outbox so far.
+    pub messages: i64,
+    /// Member and channel pairs not sent to (no consent, no address, filtered out, unrenderable).
+    pub skipped: i64,
+    /// Per channel: queued, sent, failed, cancelled.
+    pub progress: BTreeMap<String, ChannelProgress>,
+}
+
+impl Engine {
+    /// Checks and stores a broadcast; its messages are written by the engine's tick from `send_at`.
+    pub async fn create_broadcast(&self, input: NewBroadcast) -> Result<BroadcastView> {
+        let now = self.clock.now();
+        let mut errors = Vec::new();
+        let list = match lists::find(self.db.conn(), input.list.trim()).await {
+            Ok(list) => Some(list),
+            Err(Error::NotFound { .. }) => {
+                errors.push(FieldError::new("list", format!("unknown list '{}'", input.list.trim())));
+                None
+            }
+            Err(other) => return Err(other),
+        };
+        let tag = match input.tag.as_deref().map(normalize_tag) {
+            None => None,
+            Some(Ok(tag)) => Some(tag),
+            Some(Err(problem)) => {
+                errors.push(FieldError::new("tag", problem));
+                None
+            }
+        };
+        if let Some(condition) = &input.condition
+            && let Some(problem) = workflow_only(condition)
+        {
+            errors.push(FieldError::new("condition", problem));
+        }
+        let mut channels = Vec::new();
+        for (i, name) in input.channels.clone().unwrap_or_else(|| vec!["email".into()]).iter().enumerate() {
+            match name.parse::<Channel>() {
+                Ok(channel) if !channels.contains(&channel) => channels.push(channel),
+                Ok(_) => errors.push(FieldError::new(format!("channels[{i}]"), format!("'{name}' is listed twice"))),
+                Err(_) => {
+                    errors.push(FieldError::new(format!("channels[{i}]"), format!("'{name}' is not email or sms")))
+                }
+            }
+        }
+        if channels.is_empty() && input.channels.is_some() {
+            errors.push(FieldError::new("channels", "name at least one of email, sms"));
+        }
+        let email = channels.contains(&Channel::Email);
+        let sms = channels.contains(&Channel::Sms);
+        if email {
+            match (&input.subject, &input.template, &input.html) {
+                (None, _, _) => errors.push(FieldError::new("subject", "is required for email")),
+                (Some(s), _, _) if s.trim().is_empty() => errors.push(FieldError::new("subject", "is empty")),
+                _ => {}
+            }
+            match (&input.template, &input.html) {
+                (None, None) => errors.push(FieldError::new("template", "email needs a template or html")),
+                (Some(_), Some(_)) => errors.push(FieldError::new("html", "give template or html, not both")),
+                _ => {}
+            }
+        } else {
+            for (field, given) in [
+                ("subject", input.subject.is_some()),
+                ("template", input.template.is_some()),
+                ("html", input.html.is_some()),
+                ("text", input.text.is_some()),
+            ] {
+                if given {
+                    errors.push(FieldError::new(field, "is for email, which is not among the channels"));
+                }
+            }
+        }
+        match (&input.sms_text, sms) {
+            (None, true) => errors.push(FieldError::new("sms_text", "is required for sms")),
+            (Some(_), false) => errors.push(FieldError::new("sms_text", "is for sms, which is not among the channels")),
+            _ => {}
+        }
+        let templates = self.templates();
+        if let Some(name) = &input.template
+            && let Err(problems) = templates.check_file(name)
+        {
+            for problem in problems {
+                let message = match problem {
+                    crate::workflow::templates::Problem::At { file, line, column, message } => {
+                        format!("{}:{line}:{column}: {message}", file.display())
+                    }
+                    crate::workflow::templates::Problem::Here(message) => message,
+                };
+                errors.push(FieldError::new("template", message));
+            }
+        }
+        let row = broadcast::Model {
+            id: Uuid::now_v7(),
+            list_id: list.as_ref().map(|l| l.id).unwrap_or_default(),
+            list_slug: list.as_ref().map(|l| l.slug.clone()).unwrap_or_default(),
+            tag,
+            condition: input.condition.as_ref().map(|c| json!(c)),
+            channels: json!(channels.iter().map(|c| c.as_str()).collect::<Vec<_>>()),
+            subject: input.subject.map(|s| s.trim().to_owned()),
+            template: input.template,
+            html: input.html,
+            text: input.text,
+            sms_text: input.sms_text,
+            track: input.tracking.unwrap_or(self.tracking.is_some()),
+            status: "scheduled".into(),
+            cursor: None,
+            queued: 0,
+            skipped: 0,
+            send_at: input.send_at.unwrap_or(now),
+            queued_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        if errors.is_empty() {
+            // A trial render for a sample subscriber: a template that cannot render (an unknown
+            // variable, a syntax error) is refused now rather than skipped for everyone later.
+            let sample = json!({
+                "id": Uuid::nil(), "email": "sample@example.com", "phone": "+15555550100",
+                "first_name": "Sample", "last_name": "Subscriber", "timezone": null, "locale": null, "attributes": {},
+            });
+            let context = self.broadcast_context(&row, sample, Uuid::nil(), now);
+            for channel in &channels {
+                if let Err(problem) = self.render_broadcast(&row, *channel, &context) {
+                    let field = match (channel, &row.template) {
+                        (Channel::Sms, _) => "sms_text",
+                        (Channel::Email, Some(_)) => "template",
+                        (Channel::Email, None) => "html",
+                    };
+                    errors.push(FieldError::new(field, format!("cannot be rendered: {problem}")));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Error::Invalid(errors));
+        }
+        let stored = row.into_active_model().insert(self.db.conn()).await?;
+        self.broadcast_view(stored).await
+    }
+
+    /// One broadcast with its progress.
+    pub async fn broadcast(&self, id: Uuid) -> Result<BroadcastView> {
+        let found = broadcast::Entity::find_by_id(id).one(self.db.conn()).await?;
+        self.broadcast_view(found.ok_or(Error::NotFound { what: "broadcast" })?).await
+    }
+
+    /// The latest broadcasts first (at most `limit`).
+    pub async fn broadcasts(&self, limit: u64) -> Result<Vec<BroadcastView>> {
+        let rows =
+            broadcast::Entity::find().order_by_desc(broadcast::Column::Id).limit(limit).all(self.db.conn()).await?;
+        let mut views = Vec::with_capacity(rows.len());
+        for row in rows {
+            views.push(self.broadcast_view(row).await?);
+        }
+        Ok(views)
+    }
+
+    /// Stops a broadcast: no more of its messages are written, and those not yet sent are
+    /// cancelled (one being sent at this instant may still go out).
+    pub async fn cancel_broadcast(&self, id: Uuid) -> Result<BroadcastView> {
+        let now = self.clock.now();
+        let txn = self.db.begin_write().await?;
+        let found = broadcast::Entity::find_by_id(id).one(&txn).await?.ok_or(Error::NotFound { what: "broadcast" })?;
+        if found.status != "cancelled" {
+            let mut active = found.into_active_model();
+            active.status = Set("cancelled".into());
+            active.updated_at = Set(now);
+            active.update(&txn).await?;
+            outbox::Entity::update_many()
+                .col_expr(outbox::Column::Status, Expr::value("cancelled"))
+                .col_expr(outbox::Column::UpdatedAt, Expr::value(now))
+                .filter(outbox::Column::BroadcastId.eq(id))
+                .filter(outbox::Column::Status.eq("queued"))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        self.broadcast(id).await
+    }
+
+    async fn broadcast_view(&self, row: broadcast::Model) -> Result<BroadcastView> {
+        let counts: Vec<(String, String, i64)> = outbox::Entity::find()
+            .select_only()
+            .column(outbox::Column::Channel)
+            .column(outbox::Column::Status)
+            .column_as(outbox::Column::Id.count(), "n")
+            .filter(outbox::Column::BroadcastId.eq(row.id))
+            .group_by(outbox::Column::Channel)
+            .group_by(outbox::Column::Status)
+            .into_tuple()
+            .all(self.db.conn())
+            .await?;
+        let channels: Vec<String> = serde_json::from_value(row.channels.clone()).unwrap_or_default();
+        let mut progress: BTreeMap<String, ChannelProgress> =
+            channels.iter().map(|c| (c.clone(), ChannelProgress::default())).collect();
+        for (channel, status, n) in counts {
+            let entry = progress.entry(channel).or_default();
+            let n = n.max(0) as u64;
+            match status.as_str() {
+                "queued" => entry.queued += n,
+                "sent" => entry.sent += n,
+                "failed" => entry.failed += n,
+                _ => entry.cancelled += n,
+            }
+        }
+        let waiting = progress.values().any(|p| p.queued > 0);
+        let status = match row.status.as_str() {
+            "queued" if waiting => "sending",
+            "queued" => "done",
+            other => other,
+        };
+        Ok(BroadcastView {
+            id: row.id,
+            list: row.list_slug,
+            tag: row.tag,
+            condition: row.condition,
+            channels,
+            subject: row.subject,
+            template: row.template,
+            tracking: row.track,
+            status: status.to_owned(),
+            send_at: row.send_at,
+            created_at: row.created_at,
+            queued_at: row.queued_at,
+            messages: row.queued,
+            skipped: row.skipped,
+            progress,
+        })
+    }
+
+    fn broadcast_context(&self, b: &broadcast::Model, subscriber: Value, id: Uuid, now: DateTime<Utc>) -> Value {
+        let expires = now + chrono::Duration::days(365);
+        let link = |path: &str, purpose: Purpose| self.signer.url(&self.base_url, path, purpose, id, expires);
+        json!({
+            "subscriber": subscriber,
+            "broadcast": {"id": b.id, "list": b.list_slug},
+            "unsubscribe_url": link("u", Purpose::Unsubscribe),
+            "preferences_url": link("preferences", Purpose::Preferences),
+        })
+    }
+
+    /// The subject, HTML and text of a broadcast on one channel, for one context.
+    fn render_broadcast(
+        &self,
+        b: &broadcast::Model,
+        channel: Channel,
+        context: &Value,
+    ) -> std::result::Result<super::Rendered, String> {
+        let templates = self.templates();
+        match channel {
+            Channel::Sms => {
+                let text = b.sms_text.as_deref().unwrap_or_default();
+                render(&templates, context, None, &MessageBody::Inline(text))
+            }
+            Channel::Email => match (&b.template, &b.html) {
+                (Some(name), _) => render(&templates, context, b.subject.as_ref(), &MessageBody::Template(name)),
+                (None, html) => {
+                    let tera_context = tera::Context::from_serialize(context).map_err(|e| e.to_string())?;
+                    let mut rendered = render(
+                        &templates,
+                        context,
+                        b.subject.as_ref(),
+                        &MessageBody::Inline(b.text.as_deref().unwrap_or_default()),
+                    )?;
+                    let html = templates
+                        .tera()
+                        .render_str(html.as_deref().unwrap_or_default(), &tera_context, true)
+                        .map_err(|e| super::first_line(&e))?;
+                    if b.text.is_none() {
+                        rendered.text = super::html_to_text(&html).trim().to_owned();
+                    }
+                    rendered.html = Some(html);
+                    Ok(rendered)
+                }
+            },
+        }
+    }
+
+    /// Writes the next batch of messages of each broadcast that is due; returns how many
+    /// subscribers were processed, and whether any broadcast has more to write.
+    pub(super) async fn fan_out(&self) -> Result<(u64, bool)> {
+        let now = self.clock.now();
+        let due = broadcast::Entity::find()
+            .filter(broadcast::Column::Status.is_in(["scheduled", "queueing"]))
+            .filter(broadcast::Column::SendAt.lte(now))
+            .order_by_asc(broadcast::Column::SendAt)
+            .all(self.db.conn())
+            .await?;
+        let (mut processed, mut more) = (0, false);
+        for b in due {
+            let (n, rest) = self.fan_out_batch(b, now).await?;
+            processed += n;
+            more |= rest;
+        }
+        Ok((processed, more))
+    }
+
+    async fn fan_out_batch(&self, b: broadcast::Model, now: DateTime<Utc>) -> Result<(u64, bool)> {
+        let txn = self.db.begin_write().await?;
+        // Re-read inside the transaction: a cancel or another instance may have moved it on.
+        let Some(b) = broadcast::Entity::find_by_id(b.id).one(&txn).await? else { return Ok((0, false)) };
+        if !matches!(b.status.as_str(), "scheduled" | "queueing") {
+            return Ok((0, false));
+        }
+        let mut members = membership::Entity::find()
+            .select_only()
+            .column(membership::Column::SubscriberId)
+            .filter(membership::Column::ListId.eq(b.list_id))
+            .filter(membership::Column::Status.eq(MembershipStatus::Confirmed.as_str()))
+            .order_by_asc(membership::Column::SubscriberId)
+            .limit(FAN_OUT_BATCH);
+        if let Some(cursor) = b.cursor {
+            members = members.filter(membership::Column::SubscriberId.gt(cursor));
+        }
+        if let Some(tag) = &b.tag {
+            let tagged = Query::select()
+                .column(subscriber_tag::Column::SubscriberId)
+                .from(subscriber_tag::Entity)
+                .and_where(subscriber_tag::Column::Tag.eq(tag.as_str()))
+                .to_owned();
+            members = members.filter(membership::Column::SubscriberId.in_subquery(tagged));
+        }
+        let ids: Vec<Uuid> = members.into_tuple().all(&txn).await?;
+        let people = subscriber::Entity::find().filter(subscriber::Column::Id.is_in(ids.clone())).all(&txn).await?;
+        let condition: Option<Condition> = b.condition.clone().and_then(|c| serde_json::from_value(c).ok());
+        let channels: Vec<Channel> = serde_json::from_value::<Vec<String>>(b.channels.clone())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        let tracking =
+            b.track.then(|| compose::Tracking { signer: self.signer.clone(), base_url: self.base_url.clone() });
+        let (mut rows, mut skipped) = (Vec::new(), 0i64);
+        for s in &people {
+            if let Some(condition) = &condition {
+                let mut facts = Facts { id: s.id, subscriber: Some(s.clone()), tags: None, lists: None };
+                if !self.holds(&txn, condition, &mut facts, "", now).await? {
+                    skipped += channels.len() as i64;
+                    continue;
+                }
+            }
+            let context = self.broadcast_context(&b, subscriber_json(s), s.id, now);
+            for channel in &channels {
+                let (Ok(address), Ok(rendered)) =
+                    (reachable(s, *channel), self.render_broadcast(&b, *channel, &context))
+                else {
+                    skipped += 1;
+                    continue;
+                };
+                let draft = Draft {
+                    channel: channel.as_str(),
+                    recipient: address,
+                    subject: rendered.subject,
+                    html: rendered.html,
+                    text: rendered.text,
+                    list_slug: Some(b.list_slug.clone()),
+                };
+                let key = format!("broadcast:{}:{}:{channel}", b.id, s.id);
+                let mut row = compose::row(Uuid::now_v7(), key, s.id, draft, tracking.as_ref(), now, now);
+                row.broadcast_id = Set(Some(b.id));
+                rows.push(row);
+            }
+        }
+        let written = rows.len() as i64;
+        for chunk in rows.chunks(100) {
+            outbox::Entity::insert_many(chunk.to_vec()).on_conflict_do_nothing().exec_without_returning(&txn).await?;
+        }
+        let finished = (ids.len() as u64) < FAN_OUT_BATCH;
+        let mut active = b.clone().into_active_model();
+        active.cursor = Set(ids.last().copied().or(b.cursor));
+        active.queued = Set(b.queued + written);
+        active.skipped = Set(b.skipped + skipped);
+        active.status = Set(if finished { "queued" } else { "queueing" }.into());
+        if finished {
+            active.queued_at = Set(Some(now));
+        }
+        active.updated_at = Set(now);
+        active.update(&txn).await?;
+        txn.commit().await?;
+        Ok((ids.len() as u64, !finished))
+    }
+}
+
+/// Why a condition cannot filter a broadcast, if it cannot.
+fn workflow_only(condition: &Condition) -> Option<String> {
+    match condition {
+        Condition::Opened(_) | Condition::Clicked(_) => {
+            Some("opened/clicked name a workflow's email step; a broadcast cannot use them".into())
+        }
+        Condition::All(items) | Condition::Any(items) => items.iter().find_map(workflow_only),
+        Condition::Not(inner) => workflow_only(inner),
+        _ => None,
+    }
+}

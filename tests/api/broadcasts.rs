@@ -1,0 +1,219 @@
+//! Broadcasts: checked when created, fanned out through the outbox in batches, followed to the end.
+
+use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, expect_json, expect_problem, kinds, on_both_databases};
+use ownlist::clock::Clock;
+use ownlist::store::entities::outbox;
+
+on_both_databases!(
+    a_broadcast_reaches_every_consenting_member_once_and_reports_progress,
+    a_broadcast_is_checked_before_it_is_stored,
+    a_scheduled_broadcast_waits_for_its_time_and_can_be_cancelled,
+    a_tag_or_condition_narrows_a_broadcast,
+    a_big_broadcast_sent_while_it_is_still_being_written_arrives_once_each,
+);
+
+async fn member(app: &TestApp, email: &str, extra: Value) -> String {
+    let mut body = json!({"email": email, "first_name": "Ada", "lists": ["news"], "consent": {"email": true}});
+    for (key, value) in extra.as_object().unwrap() {
+        body[key] = value.clone();
+    }
+    app.create_subscriber(body).await["id"].as_str().unwrap().to_owned()
+}
+
+async fn broadcast(app: &TestApp, body: Value) -> Value {
+    expect_json(app.post("/api/v1/broadcasts", &body).await, StatusCode::CREATED).await
+}
+
+async fn progress(app: &TestApp, id: &str) -> Value {
+    expect_json(app.get(&format!("/api/v1/broadcasts/{id}")).await, StatusCode::OK).await
+}
+
+const NEWS: &str = "<p>Hello {{ subscriber.first_name }}, we moved: <a href=\"https://shop.example/new\">our new shop</a>.</p>\
+    <p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p>";
+
+async fn a_broadcast_reaches_every_consenting_member_once_and_reports_progress(app: TestApp) {
+    app.create_list("news").await;
+    app.create_list("other").await;
+    let ada = member(&app, "ada@example.com", json!({})).await;
+    member(&app, "bob@example.com", json!({"first_name": "<b>Bob</b>"})).await;
+    member(&app, "no-consent@example.com", json!({"consent": {"email": false}})).await;
+    member(&app, "elsewhere@example.com", json!({"lists": ["other"]})).await;
+    let left = member(&app, "left@example.com", json!({})).await;
+    let path = format!("/api/v1/subscribers/{left}");
+    expect_json(app.patch(&path, &json!({"status": "unsubscribed"})).await, StatusCode::OK).await;
+
+    let created =
+        broadcast(&app, json!({"list": "news", "subject": "We moved, {{ subscriber.first_name }}", "html": NEWS}))
+            .await;
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(created["status"], "scheduled");
+    assert_eq!(created["channels"], json!(["email"]));
+    assert_eq!(created["tracking"], true);
+
+    let report = app.tick().await;
+    assert_eq!(report.broadcast_to, 3, "the three members still on news were considered");
+    let after_fan_out = progress(&app, id).await;
+    assert_eq!(after_fan_out["status"], "sending");
+    assert_eq!(after_fan_out["messages"], 2, "Ada and Bob: {after_fan_out}");
+    assert_eq!(after_fan_out["skipped"], 1, "the member without email consent: {after_fan_out}");
+    assert_eq!(after_fan_out["progress"]["email"]["queued"], 2);
+
+    let messages = outbox::Entity::find().all(app.db.conn()).await.unwrap();
+    let bob = messages.iter().find(|m| m.recipient == "bob@example.com").unwrap();
+    assert_eq!(bob.subject.as_deref(), Some("We moved, <b>Bob</b>"), "subjects are text, not HTML");
+    let html = bob.body_html.as_deref().unwrap();
+    assert!(
+        html.contains("Hello &lt;b&gt;Bob&lt;&#x2F;b&gt;") || html.contains("Hello &lt;b&gt;Bob&lt;/b&gt;"),
+        "{html}"
+    );
+    assert!(!html.contains("https://shop.example/new"), "the link is tracked: {html}");
+    assert!(html.contains("/t/c/") && html.contains("/t/o/"), "{html}");
+    assert!(html.contains("http://127.0.0.1:8080/u/"), "the unsubscribe link is not rewritten: {html}");
+    assert_eq!(bob.links, Some(json!(["https://shop.example/new"])));
+    assert_eq!(bob.list_slug.as_deref(), Some("news"));
+    assert!(bob.body_text.contains("our new shop (https://shop.example/new)"), "{}", bob.body_text);
+
+    assert_eq!(app.email.send_due().await.unwrap(), 2);
+    let done = progress(&app, id).await;
+    assert_eq!(done["status"], "done");
+    assert_eq!(done["progress"]["email"], json!({"queued": 0, "sent": 2, "failed": 0, "cancelled": 0}));
+    assert!(kinds(&app, &ada).await.contains(&"email_sent".to_owned()));
+    let raw = std::fs::read_to_string(app.data_dir.join("mail").join(format!("{}.eml", bob.id))).unwrap();
+    assert!(raw.contains("List-Id: <news.localhost>"), "{raw}");
+
+    // Running the engine again writes nothing more: each member and channel once.
+    app.tick().await;
+    assert_eq!(app.count("outbox").await, 2);
+    let all = expect_json(app.get("/api/v1/broadcasts").await, StatusCode::OK).await;
+    assert_eq!(all["data"][0]["id"], id);
+}
+
+async fn a_broadcast_is_checked_before_it_is_stored(app: TestApp) {
+    app.create_list("news").await;
+    let cases = [
+        (json!({"list": "nope", "subject": "s", "html": "x"}), "list"),
+        (json!({"list": "news", "html": "x"}), "subject"),
+        (json!({"list": "news", "subject": "s"}), "template"),
+        (json!({"list": "news", "subject": "s", "template": "emails/nope.html"}), "template"),
+        (json!({"list": "news", "subject": "s", "html": "{% if %}"}), "html"),
+        (json!({"list": "news", "subject": "s", "html": "{{ workflow.name }}"}), "html"),
+        (json!({"list": "news", "subject": "s", "html": "x", "channels": ["fax"]}), "channels[0]"),
+        (json!({"list": "news", "channels": ["sms"]}), "sms_text"),
+        (json!({"list": "news", "subject": "s", "html": "x", "condition": {"opened": "welcome"}}), "condition"),
+        (json!({"list": "news", "subject": "s", "html": "x", "tag": "a;b"}), "tag"),
+    ];
+    for (body, field) in cases {
+        let problem = expect_problem(
+            app.post("/api/v1/broadcasts", &body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        let fields: Vec<&str> =
+            problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+        assert!(fields.contains(&field), "{body} should be refused for {field}: {problem}");
+    }
+    let problem = expect_problem(
+        app.post("/api/v1/broadcasts", &json!({"list": "news", "subject": "s", "html": "x", "colour": "red"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+    )
+    .await;
+    assert!(problem["detail"].as_str().unwrap().contains("colour"), "{problem}");
+    assert_eq!(app.count("broadcasts").await, 0, "nothing stored for a refused broadcast");
+    let missing = app.get(&format!("/api/v1/broadcasts/{}", uuid::Uuid::now_v7())).await;
+    expect_problem(missing, StatusCode::NOT_FOUND, "broadcast_not_found").await;
+    let template = broadcast(&app, json!({"list": "news", "subject": "Guide", "template": "emails/guide.html"})).await;
+    assert_eq!(template["template"], "emails/guide.html");
+}
+
+async fn a_scheduled_broadcast_waits_for_its_time_and_can_be_cancelled(app: TestApp) {
+    app.create_list("news").await;
+    member(&app, "ada@example.com", json!({})).await;
+    let send_at = app.clock.now() + chrono::Duration::hours(2);
+    let later = broadcast(&app, json!({"list": "news", "subject": "s", "html": NEWS, "send_at": send_at})).await;
+    let id = later["id"].as_str().unwrap();
+    app.advance(chrono::Duration::minutes(119)).await;
+    assert_eq!(progress(&app, id).await["status"], "scheduled");
+    assert_eq!(app.count("outbox").await, 0);
+    app.advance(chrono::Duration::minutes(1)).await;
+    assert_eq!(progress(&app, id).await["status"], "sending");
+
+    let cancelled =
+        expect_json(app.post(&format!("/api/v1/broadcasts/{id}/cancel"), &json!({})).await, StatusCode::OK).await;
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["progress"]["email"]["cancelled"], 1);
+    assert_eq!(app.email.send_due().await.unwrap(), 0, "a cancelled message is not sent");
+    let never = broadcast(
+        &app,
+        json!({"list": "news", "subject": "s", "html": NEWS, "send_at": send_at + chrono::Duration::days(1)}),
+    )
+    .await;
+    let never_id = never["id"].as_str().unwrap();
+    expect_json(app.post(&format!("/api/v1/broadcasts/{never_id}/cancel"), &json!({})).await, StatusCode::OK).await;
+    app.advance(chrono::Duration::days(2)).await;
+    assert_eq!(progress(&app, never_id).await["messages"], 0, "a broadcast cancelled before its time writes nothing");
+}
+
+async fn a_tag_or_condition_narrows_a_broadcast(app: TestApp) {
+    app.create_list("news").await;
+    member(&app, "vip-pro@example.com", json!({"tags": ["vip"], "attributes": {"plan": "pro"}})).await;
+    member(&app, "vip-free@example.com", json!({"tags": ["vip"], "attributes": {"plan": "free"}})).await;
+    member(&app, "pro@example.com", json!({"attributes": {"plan": "pro"}})).await;
+    let tagged = broadcast(&app, json!({"list": "news", "tag": "vip", "subject": "s", "html": "x"})).await;
+    let pro = broadcast(
+        &app,
+        json!({"list": "news", "subject": "s", "html": "x",
+               "condition": {"attribute": {"name": "plan", "test": {"equals": "pro"}}}}),
+    )
+    .await;
+    app.tick().await;
+    let recipients = |id: &str| {
+        let id: uuid::Uuid = id.parse().unwrap();
+        let db = app.db.clone();
+        async move {
+            let rows = outbox::Entity::find().filter(outbox::Column::BroadcastId.eq(id)).all(db.conn()).await.unwrap();
+            let mut to: Vec<String> = rows.into_iter().map(|m| m.recipient).collect();
+            to.sort();
+            to
+        }
+    };
+    assert_eq!(recipients(tagged["id"].as_str().unwrap()).await, ["vip-free@example.com", "vip-pro@example.com"]);
+    assert_eq!(recipients(pro["id"].as_str().unwrap()).await, ["pro@example.com", "vip-pro@example.com"]);
+    assert_eq!(progress(&app, pro["id"].as_str().unwrap()).await["skipped"], 1);
+}
+
+async fn a_big_broadcast_sent_while_it_is_still_being_written_arrives_once_each(app: TestApp) {
+    app.create_list("news").await;
+    let csv: String = std::iter::once("email,email_state\n".to_owned())
+        .chain((0..1200).map(|i| format!("reader{i:04}@example.com,subscribed\n")))
+        .collect();
+    let report = expect_json(app.post_csv("/api/v1/imports?list=news", csv).await, StatusCode::OK).await;
+    assert_eq!(report["imported"], 1200, "{report}");
+    let big = broadcast(&app, json!({"list": "news", "subject": "s", "html": NEWS, "tracking": false})).await;
+    let id = big["id"].as_str().unwrap();
+    // The email worker sends while the engine is still writing: it finds the first batch queued.
+    let engine = app.engine.clone();
+    let fan_out = tokio::spawn(async move { engine.tick().await.unwrap() });
+    let mut sent = 0;
+    while !fan_out.is_finished() || sent < 1200 {
+        let n = app.email.send_due().await.unwrap();
+        sent += n;
+        if n == 0 && fan_out.is_finished() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(fan_out.await.unwrap().broadcast_to, 1200);
+    let done = progress(&app, id).await;
+    assert_eq!(done["messages"], 1200);
+    assert_eq!(done["progress"]["email"]["sent"], 1200, "{done}");
+    assert_eq!(done["status"], "done");
+    let one = outbox::Entity::find().one(app.db.conn()).await.unwrap().unwrap();
+    assert!(one.links.is_none() && !one.body_html.unwrap().contains("/t/o/"), "tracking off for this broadcast");
+    assert_eq!(std::fs::read_dir(app.data_dir.join("mail")).unwrap().count(), 1200);
+}
