@@ -308,3 +308,27 @@ fn a_date_trigger_must_allow_reentry() {
     assert_one(&yaml.replace("offset: -1d", "offset: yesterday"), "workflows/test.yaml:3:", "not a duration");
     assert_one(&yaml.replace("\"09:00\"", "\"9 o'clock\""), "workflows/test.yaml:3:", "not a time of day");
 }
+
+#[test]
+fn every_shipped_email_template_shows_an_unsubscribe_link() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let templates = ownlist::workflow::templates::TemplateChecker::load(&dir);
+    let context = tera::Context::from_serialize(&serde_json::json!({
+        "subscriber": {"first_name": "Ada", "email": "ada@example.com", "attributes": {}},
+        "workflow": {"id": "w", "name": "W"},
+        "unsubscribe_url": "https://shop.example/u/TOKEN",
+        "preferences_url": "https://shop.example/preferences/TOKEN",
+    }))
+    .unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir.join("emails")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.starts_with('_') || !name.ends_with(".html") {
+            continue;
+        }
+        let html = templates.tera().render(&format!("emails/{name}"), &context).unwrap();
+        assert!(html.contains("href=\"https://shop.example/u/TOKEN\""), "{name} has no visible unsubscribe link");
+        checked += 1;
+    }
+    assert!(checked >= 5, "the shipped templates were found ({checked})");
+}

@@ -1014,7 +1014,11 @@ impl Engine {
             Trigger::Subscribed { list } => Some(list.clone()),
             _ => None,
         };
-        let tracked = self.tracking.as_ref().filter(|_| workflow.tracking);
+        let step_tracking = match &step.action {
+            Action::Email { tracking, .. } => *tracking,
+            _ => None,
+        };
+        let tracked = self.tracking.as_ref().filter(|_| step_tracking.unwrap_or(workflow.tracking));
         let draft = Draft {
             channel: channel.as_str(),
             recipient: address,

@@ -13,5 +13,6 @@ mod email;
 mod engine;
 mod lists;
 mod subscribers;
+mod tracking;
 mod transfer;
 mod webhooks;

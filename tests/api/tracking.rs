@@ -1,0 +1,177 @@
+//! Open and click tracking: signed links that lead only where the message said, recorded once
+//! per open and on every click, feeding `opened:`/`clicked:` in workflows.
+
+use reqwest::StatusCode;
+use sea_orm::EntityTrait;
+use serde_json::json;
+
+use crate::helpers::{TestApp, expect_json, kinds, on_both_databases, timeline};
+use ownlist::clock::Clock;
+use ownlist::links::{Purpose, Signer};
+use ownlist::store::entities::outbox;
+
+on_both_databases!(
+    a_click_redirects_only_to_the_recorded_link_and_feeds_the_clicked_branch,
+    an_open_is_recorded_once_and_feeds_the_opened_branch,
+    tracking_can_be_turned_off_per_workflow_and_per_step,
+);
+
+const FOLLOW_UP: &str = "name: Guide\ntrigger: { subscribed: guide-leads }\nsteps:\n  - id: deliver\n    email: { subject: Your guide, template: emails/guide.html }\n  - id: pause\n    wait: 1d\n  - id: check\n    if: { CONDITION: deliver }\n    then:\n      - id: yes\n        tag: engaged\n    else:\n      - id: no\n        tag: cold\n";
+
+/// Ada joins, the guide is queued; returns her id and the queued message.
+async fn guide_for_ada(app: &TestApp, condition: &str) -> (String, outbox::Model) {
+    app.create_list("guide-leads").await;
+    app.install_workflow("guide", &FOLLOW_UP.replace("CONDITION", condition)).await;
+    let ada = app
+        .create_subscriber(json!({"email": "ada@example.com", "lists": ["guide-leads"], "consent": {"email": true}}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.tick().await;
+    let message = outbox::Entity::find().one(app.db.conn()).await.unwrap().unwrap();
+    (ada, message)
+}
+
+/// The path (and query) of a link the message points at `http://127.0.0.1:8080/…`.
+fn local_path(url: &str) -> String {
+    url.strip_prefix("http://127.0.0.1:8080").unwrap_or_else(|| panic!("{url} is not ours")).to_owned()
+}
+
+fn links_to(html: &str, prefix: &str) -> Vec<String> {
+    html.split('"').filter(|part| part.starts_with(prefix)).map(str::to_owned).collect()
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+async fn a_click_redirects_only_to_the_recorded_link_and_feeds_the_clicked_branch(app: TestApp) {
+    let (ada, message) = guide_for_ada(&app, "clicked").await;
+    assert_eq!(message.links, Some(json!(["https://example.com/guide.pdf"])));
+    let html = message.body_html.clone().unwrap();
+    let clicks = links_to(&html, "http://127.0.0.1:8080/t/c/");
+    assert_eq!(clicks.len(), 1, "{html}");
+    let click = local_path(&clicks[0]);
+    let client = no_redirects();
+
+    let answer = client.get(app.url(&click)).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::FOUND);
+    assert_eq!(answer.headers()["location"], "https://example.com/guide.pdf");
+    assert_eq!(answer.headers()["referrer-policy"], "no-referrer");
+    client.get(app.url(&click)).send().await.unwrap();
+    let seen = kinds(&app, &ada).await;
+    assert_eq!(seen.iter().filter(|k| *k == "email_clicked").count(), 2, "every click: {seen:?}");
+    assert_eq!(seen.iter().filter(|k| *k == "email_opened").count(), 1, "a click is an open, once: {seen:?}");
+    let clicked = timeline(&app, &ada).await.into_iter().find(|e| e["kind"] == "email_clicked").unwrap();
+    assert_eq!(clicked["data"]["url"], "https://example.com/guide.pdf");
+    assert_eq!(
+        (clicked["data"]["workflow"].as_str(), clicked["data"]["step"].as_str()),
+        (Some("guide"), Some("deliver"))
+    );
+
+    // Nothing else is reachable through it: another index, a forged or re-purposed token.
+    let (token, _) = click.trim_start_matches("/t/c/").split_once('/').unwrap();
+    for path in [
+        format!("/t/c/{token}/1"),
+        format!("/t/c/{token}/-1"),
+        format!("/t/c/{token}/https:%2F%2Fevil.example"),
+        format!("/t/c/{}x/0", token),
+        format!(
+            "/t/c/{}/0",
+            Signer::new("another-secret-another-secret-00").sign(
+                Purpose::Track,
+                message.id,
+                app.clock.now() + chrono::Duration::days(1)
+            )
+        ),
+        format!(
+            "/t/c/{}/0",
+            Signer::new(&secret(&app)).sign(
+                Purpose::Unsubscribe,
+                message.id,
+                app.clock.now() + chrono::Duration::days(1)
+            )
+        ),
+    ] {
+        let answer = client.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{path}");
+        assert!(answer.headers().get("location").is_none());
+    }
+    assert_eq!(
+        kinds(&app, &ada).await.iter().filter(|k| *k == "email_clicked").count(),
+        2,
+        "refused clicks record nothing"
+    );
+
+    app.advance(chrono::Duration::days(1)).await;
+    let seen = kinds(&app, &ada).await;
+    assert!(seen.contains(&"tag_added".to_owned()), "{seen:?}");
+    let person = expect_json(app.get(&format!("/api/v1/subscribers/{ada}")).await, StatusCode::OK).await;
+    assert_eq!(person["tags"], json!(["engaged"]), "the clicked: branch was taken");
+}
+
+/// The secret the app generated for itself (tests do not set one).
+fn secret(app: &TestApp) -> String {
+    std::fs::read_to_string(app.data_dir.join("secret")).unwrap().trim().to_owned()
+}
+
+async fn an_open_is_recorded_once_and_feeds_the_opened_branch(app: TestApp) {
+    let (ada, message) = guide_for_ada(&app, "opened").await;
+    let html = message.body_html.unwrap();
+    let pixels = links_to(&html, "http://127.0.0.1:8080/t/o/");
+    assert_eq!(pixels.len(), 1, "one pixel: {html}");
+    for _ in 0..3 {
+        let answer = reqwest::get(app.url(&local_path(&pixels[0]))).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(answer.headers()["content-type"], "image/gif");
+        assert_eq!(answer.headers()["cache-control"], "no-store, private");
+        assert_eq!(&answer.bytes().await.unwrap()[..6], b"GIF89a");
+    }
+    let forged = reqwest::get(app.url("/t/o/not-a-token")).await.unwrap();
+    assert_eq!(forged.status(), StatusCode::OK, "a mail client gets a pixel either way");
+    let seen = kinds(&app, &ada).await;
+    assert_eq!(seen.iter().filter(|k| *k == "email_opened").count(), 1, "{seen:?}");
+    let stored = outbox::Entity::find_by_id(message.id).one(app.db.conn()).await.unwrap().unwrap();
+    assert_eq!(stored.opened_at, Some(app.clock.now()));
+    app.advance(chrono::Duration::days(1)).await;
+    let person = expect_json(app.get(&format!("/api/v1/subscribers/{ada}")).await, StatusCode::OK).await;
+    assert_eq!(person["tags"], json!(["engaged"]), "the opened: branch was taken");
+}
+
+async fn tracking_can_be_turned_off_per_workflow_and_per_step(app: TestApp) {
+    app.create_list("guide-leads").await;
+    let off = FOLLOW_UP.replace("CONDITION", "opened").replace("steps:\n", "tracking: false\nsteps:\n");
+    app.install_workflow("guide", &off).await;
+    let step_off = "name: Second\ntrigger: { subscribed: guide-leads }\nsteps:\n  - id: deliver\n    email: { subject: Hi, template: emails/guide.html, tracking: false }\n  - id: tracked\n    email: { subject: Again, template: emails/guide.html }\n";
+    app.install_workflow("second", step_off).await;
+    let ada = app
+        .create_subscriber(json!({"email": "ada@example.com", "lists": ["guide-leads"], "consent": {"email": true}}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.tick().await;
+    let messages = outbox::Entity::find().all(app.db.conn()).await.unwrap();
+    assert_eq!(messages.len(), 3);
+    for m in &messages {
+        let html = m.body_html.as_deref().unwrap();
+        let tracked = m.step_id.as_deref() == Some("tracked");
+        assert_eq!(html.contains("/t/o/"), tracked, "{:?}: {html}", m.step_id);
+        assert_eq!(html.contains("https://example.com/guide.pdf"), !tracked, "{:?}", m.step_id);
+    }
+    app.advance(chrono::Duration::days(1)).await;
+    let person = expect_json(app.get(&format!("/api/v1/subscribers/{ada}")).await, StatusCode::OK).await;
+    assert_eq!(person["tags"], json!(["cold"]), "untracked mail never counts as opened");
+}
+
+#[tokio::test]
+async fn tracking_can_be_turned_off_for_everything() {
+    for backend in [crate::helpers::Backend::Sqlite, crate::helpers::Backend::Postgres] {
+        let Some(app) = TestApp::spawn_with(backend, |c| c.tracking = false).await else { continue };
+        let (_, message) = guide_for_ada(&app, "opened").await;
+        let html = message.body_html.unwrap();
+        assert!(!html.contains("/t/o/") && html.contains("https://example.com/guide.pdf"), "{html}");
+        assert_eq!(message.links, None);
+    }
+}
