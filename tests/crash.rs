@@ -1,6 +1,12 @@
 //! Killing ownlist at any instant loses nothing and repeats nothing: every subscriber gets each
-//! workflow message exactly once in the outbox, whatever the process was doing when it died.
+//! workflow message exactly once in the outbox, whatever the process was doing when it died; a
+//! broadcast killed mid-send arrives at the SMTP server for everyone, repeating at most the
+//! messages in flight at each kill; SIGTERM finishes the sends under way and repeats none.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "api/smtp_sink.rs"]
+#[allow(dead_code)]
+mod smtp_sink;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -30,6 +36,10 @@ struct Server {
 }
 
 fn start(dir: &Path, database_url: Option<&str>) -> Server {
+    start_with(dir, database_url, None)
+}
+
+fn start_with(dir: &Path, database_url: Option<&str>, smtp_url: Option<&str>) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ownlist"));
     command
         .current_dir(dir)
@@ -46,6 +56,9 @@ fn start(dir: &Path, database_url: Option<&str>) -> Server {
     if let Some(url) = database_url {
         command.env("OWNLIST_DATABASE_URL", url);
     }
+    if let Some(url) = smtp_url {
+        command.env("OWNLIST_SMTP_URL", url);
+    }
     let mut child = command.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
@@ -55,10 +68,14 @@ fn start(dir: &Path, database_url: Option<&str>) -> Server {
 }
 
 fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_as(address, method, path, "application/json", body)
+}
+
+fn http_as(address: &str, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -140,8 +157,8 @@ fn a_crash_at_any_instant_loses_no_message_and_repeats_none() {
     scenario(None);
 }
 
-#[test]
-fn a_crash_at_any_instant_loses_no_message_and_repeats_none_on_postgres() {
+/// Runs `scenario` on a fresh database of its own on the test PostgreSQL server, when one is set.
+fn on_postgres(scenario: impl FnOnce(&str)) {
     let Ok(admin) = std::env::var("OWNLIST_TEST_DATABASE_URL") else {
         eprintln!("OWNLIST_TEST_DATABASE_URL is not set: PostgreSQL half skipped");
         return;
@@ -151,6 +168,160 @@ fn a_crash_at_any_instant_loses_no_message_and_repeats_none_on_postgres() {
     assert!(psql(&format!("CREATE DATABASE \"{name}\"")).status.success());
     let mut url = url::Url::parse(&admin).unwrap();
     url.set_path(&format!("/{name}"));
-    scenario(Some(url.as_str()));
+    scenario(url.as_str());
     psql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+}
+
+#[test]
+fn a_crash_at_any_instant_loses_no_message_and_repeats_none_on_postgres() {
+    on_postgres(|url| scenario(Some(url)));
+}
+
+const READERS: usize = 1500;
+/// The most messages one process has in flight at once (`delivery::CONCURRENCY`).
+const IN_FLIGHT: usize = 8;
+
+/// A list of READERS with email consent and a broadcast to them; returns the broadcast's id.
+fn start_broadcast(address: &str) -> String {
+    assert_eq!(http(address, "POST", "/api/v1/lists", r#"{"slug":"news","name":"News"}"#).0, 201);
+    let csv: String = std::iter::once("email,email_state\n".to_owned())
+        .chain((0..READERS).map(|i| format!("reader{i:05}@example.com,subscribed\n")))
+        .collect();
+    let (status, body) = http_as(address, "POST", "/api/v1/imports?list=news", "text/csv", &csv);
+    assert_eq!(status, 200, "{body}");
+    let broadcast = r#"{"list":"news","subject":"We moved","html":"<p>Hi {{ subscriber.email }}: <a href=\"https://shop.example/\">shop</a></p>"}"#;
+    let (status, body) = http(address, "POST", "/api/v1/broadcasts", broadcast);
+    assert_eq!(status, 201, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_str().unwrap().to_owned()
+}
+
+fn broadcast_status(address: &str, id: &str) -> serde_json::Value {
+    let (_, body) = http(address, "GET", &format!("/api/v1/broadcasts/{id}"), "");
+    serde_json::from_str(&body).unwrap_or_default()
+}
+
+/// Waits until the broadcast is done; the sink has then taken everything it will.
+fn wait_until_done(address: &str, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while broadcast_status(address, id)["status"] != "done" {
+        assert!(Instant::now() < deadline, "the broadcast did not finish: {}", broadcast_status(address, id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_for_arrivals(sink: &smtp_sink::SmtpSink, at_least: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sink.taken().len() < at_least {
+        assert!(Instant::now() < deadline, "only {} messages arrived", sink.taken().len());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How many times each Message-ID arrived.
+fn arrivals(sink: &smtp_sink::SmtpSink) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for message in sink.taken() {
+        let id = message
+            .lines()
+            .find_map(|l| l.strip_prefix("Message-ID: "))
+            .unwrap_or_else(|| panic!("no Message-ID in {message}"))
+            .to_owned();
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    seen
+}
+
+fn sent_in_outbox(dir: &Path, database_url: Option<&str>) -> i64 {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use sea_orm::{ConnectionTrait, Statement};
+        let url =
+            database_url.map(str::to_owned).unwrap_or_else(|| format!("sqlite://{}/data/ownlist.db", dir.display()));
+        let db = ownlist::store::Db::connect(&url).await.unwrap();
+        let sql = "SELECT COUNT(*) AS n FROM outbox WHERE status = 'sent'".to_owned();
+        let row = db.conn().query_one_raw(Statement::from_string(db.backend(), sql)).await.unwrap().unwrap();
+        let n = row.try_get::<i64>("", "n").unwrap();
+        db.close().await.unwrap();
+        n
+    })
+}
+
+fn killed_mid_broadcast(database_url: Option<&str>) {
+    let sinks = tokio::runtime::Runtime::new().unwrap();
+    let sink = sinks.block_on(smtp_sink::SmtpSink::start());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    let mut server = start_with(dir.path(), database_url, Some(&sink.url()));
+    let id = start_broadcast(&server.address);
+    let kills = [100, 500, 900];
+    for at in kills {
+        wait_for_arrivals(&sink, at);
+        kill(&mut server);
+        server = start_with(dir.path(), database_url, Some(&sink.url()));
+    }
+    wait_until_done(&server.address, &id);
+    kill(&mut server);
+    let seen = arrivals(&sink);
+    assert_eq!(seen.len(), READERS, "every reader's message arrived");
+    let repeated: usize = seen.values().map(|n| n - 1).sum();
+    assert!(repeated <= kills.len() * IN_FLIGHT, "{repeated} repeats: more than the messages in flight at the kills");
+    assert_eq!(sent_in_outbox(dir.path(), database_url), READERS as i64, "each recorded as sent once");
+}
+
+#[test]
+fn a_broadcast_killed_mid_send_reaches_everyone_repeating_at_most_the_messages_in_flight() {
+    killed_mid_broadcast(None);
+}
+
+#[test]
+fn a_broadcast_killed_mid_send_reaches_everyone_repeating_at_most_the_messages_in_flight_on_postgres() {
+    on_postgres(|url| killed_mid_broadcast(Some(url)));
+}
+
+fn terminated_mid_broadcast(database_url: Option<&str>) {
+    let sinks = tokio::runtime::Runtime::new().unwrap();
+    let sink = sinks.block_on(smtp_sink::SmtpSink::start());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    let mut server = start_with(dir.path(), database_url, Some(&sink.url()));
+    let id = start_broadcast(&server.address);
+    wait_for_arrivals(&sink, 200);
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM did not stop ownlist");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "a clean exit: {exit:?}");
+    let taken = sink.taken().len();
+    assert!(taken < READERS, "stopped before the end ({taken} of {READERS}): it stopped claiming");
+    assert_eq!(
+        sent_in_outbox(dir.path(), database_url),
+        taken as i64,
+        "every send under way was finished and recorded"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(sink.taken().len(), taken, "nothing was sent after the exit");
+
+    let server = start_with(dir.path(), database_url, Some(&sink.url()));
+    wait_until_done(&server.address, &id);
+    let mut server = server;
+    kill(&mut server);
+    let seen = arrivals(&sink);
+    assert_eq!(seen.len(), READERS);
+    assert!(seen.values().all(|n| *n == 1), "after a SIGTERM nothing is sent twice");
+}
+
+#[test]
+fn sigterm_finishes_the_sends_under_way_and_the_restart_repeats_none() {
+    terminated_mid_broadcast(None);
+}
+
+#[test]
+fn sigterm_finishes_the_sends_under_way_and_the_restart_repeats_none_on_postgres() {
+    on_postgres(|url| terminated_mid_broadcast(Some(url)));
 }
