@@ -523,6 +523,16 @@ mod tests {
         let config = Config::load(Some(&path), &env(&[("OWNLIST_SMTP_URL", "smtp://first.example")])).unwrap();
         assert_eq!(config.smtp_relays, vec!["smtp://first.example", "smtp://a.example", "smtp://b.example:2525"]);
         assert!(!config.tracking);
+        let paced = [("OWNLIST_SMTP_URL", "smtp://mail.example?rate=2.5&cooldown=30&tls=opportunistic")];
+        assert!(Config::load(None, &env(&paced)).is_ok());
+        for (url, problem) in [
+            ("smtp://mail.example?rate=fast", "rate=fast is not a number of messages per second"),
+            ("smtp://mail.example?rate=0", "rate=0 is not"),
+            ("smtp://mail.example?cooldown=-1", "cooldown=-1 is not a number of seconds"),
+        ] {
+            let err = Config::load(None, &env(&[("OWNLIST_SMTP_URL", url)])).unwrap_err();
+            assert!(err.to_string().contains(problem), "{err}");
+        }
         let err = Config::load(None, &env(&[("OWNLIST_TRACKING", "sometimes")])).unwrap_err();
         assert!(err.to_string().starts_with("OWNLIST_TRACKING: 'sometimes'"), "{err}");
         let err = Config::load(None, &env(&[("OWNLIST_EMAIL_FROM", "not an address")])).unwrap_err();

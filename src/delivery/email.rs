@@ -104,20 +104,23 @@ impl Letterhead {
 }
 
 /// DKIM signing for `domain` with the key published at `selector._domainkey.domain`. The key is
-/// RSA as PKCS#1 PEM (`BEGIN RSA PRIVATE KEY`; signs rsa-sha256) or Ed25519 as base64 (the 32
-/// bytes of the private key; signs ed25519-sha256). The signature covers From, To, Subject, Date,
+/// RSA as PKCS#1 PEM (`BEGIN RSA PRIVATE KEY`; signs rsa-sha256) or Ed25519 (signs
+/// ed25519-sha256) as PKCS#8 PEM (`openssl genpkey -algorithm ed25519`) or as the base64 of its
+/// 32 private bytes. The signature covers From, To, Subject, Date,
 /// Message-ID, List-Unsubscribe and List-Unsubscribe-Post, relaxed/relaxed.
 pub fn dkim_config(selector: &str, domain: &str, key: &str) -> Result<DkimConfig, String> {
-    let algorithm = if key.contains("BEGIN RSA PRIVATE KEY") {
-        DkimSigningAlgorithm::Rsa
+    let (algorithm, key) = if key.contains("BEGIN RSA PRIVATE KEY") {
+        (DkimSigningAlgorithm::Rsa, key.trim().to_owned())
+    } else if key.contains("BEGIN PRIVATE KEY") {
+        (DkimSigningAlgorithm::Ed25519, ed25519_seed_from_pkcs8(key)?)
     } else if key.contains("BEGIN") {
         return Err(
             "an RSA key must be PKCS#1 PEM ('BEGIN RSA PRIVATE KEY'; convert with `openssl rsa -traditional`)".into()
         );
     } else {
-        DkimSigningAlgorithm::Ed25519
+        (DkimSigningAlgorithm::Ed25519, key.trim().to_owned())
     };
-    let key = DkimSigningKey::new(key.trim(), algorithm).map_err(|e| format!("not a usable {algorithm} key: {e}"))?;
+    let key = DkimSigningKey::new(&key, algorithm).map_err(|e| format!("not a usable {algorithm} key: {e}"))?;
     let headers = ["From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post"]
         .into_iter()
         .map(HeaderName::new_from_ascii_str)
@@ -125,6 +128,23 @@ pub fn dkim_config(selector: &str, domain: &str, key: &str) -> Result<DkimConfig
     let relaxed =
         DkimCanonicalization { header: DkimCanonicalizationType::Relaxed, body: DkimCanonicalizationType::Relaxed };
     Ok(DkimConfig::new(selector.to_owned(), domain.to_owned(), key, headers, relaxed))
+}
+
+/// The base64 of the 32-byte seed inside an Ed25519 PKCS#8 PEM key (RFC 8410).
+fn ed25519_seed_from_pkcs8(pem: &str) -> Result<String, String> {
+    use base64::Engine;
+    const PREFIX: [u8; 16] =
+        [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|e| format!("the PEM key is not base64: {e}"))?;
+    match der.strip_prefix(&PREFIX[..]) {
+        Some(seed) if seed.len() == 32 => Ok(base64::engine::general_purpose::STANDARD.encode(seed)),
+        _ => Err("a 'BEGIN PRIVATE KEY' PEM must be an Ed25519 key (`openssl genpkey -algorithm ed25519`); \
+                  RSA keys must be PKCS#1 ('BEGIN RSA PRIVATE KEY')"
+            .into()),
+    }
 }
 
 /// Where messages go.
@@ -148,21 +168,70 @@ impl std::fmt::Debug for Transport {
     }
 }
 
-/// One SMTP relay: pooled connections, TLS and authentication as its URL says.
+/// One SMTP relay: pooled connections, TLS and authentication as its URL says, an optional rate
+/// limit, and a circuit breaker.
 #[derive(Clone)]
 pub struct Relay {
     /// `host:port`, for the timeline and logs (never the credentials).
     pub name: String,
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// At most this many messages begin per second (`?rate=`), spaced evenly.
+    pacing: Option<Arc<Pacing>>,
+    /// How long a failing relay is left alone before it is tried again (`?cooldown=` seconds).
+    cooldown: chrono::Duration,
+    breaker: Arc<std::sync::Mutex<Breaker>>,
 }
+
+/// Evenly spaced starts: each message takes the next free slot, `interval` after the previous
+/// one, and waits for it. No burst: a relay limited to 10/s sees one message every 100 ms.
+struct Pacing {
+    interval: std::time::Duration,
+    next_free: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacing {
+    async fn wait_turn(&self) {
+        let slot = {
+            let mut next_free = self.next_free.lock().await;
+            let slot = (*next_free).max(tokio::time::Instant::now());
+            *next_free = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// The circuit breaker of a relay: closed (in use) until it fails, then open (skipped) until
+/// the cool-down has passed; the next attempt after that decides (success closes it, failure
+/// opens it for another cool-down).
+#[derive(Debug, Default)]
+struct Breaker {
+    open_until: Option<DateTime<Utc>>,
+}
+
+/// The default cool-down of a failing relay.
+const DEFAULT_COOLDOWN_SECONDS: i64 = 60;
 
 impl Relay {
     /// A relay from a URL: `smtp://host:port` (plain, or `?tls=required` / `?tls=opportunistic`
-    /// for STARTTLS), `smtps://host:port` (TLS from the start), with `user:password@` to log in.
-    /// Call within the async runtime (the connection pool starts a task).
+    /// for STARTTLS), `smtps://host:port` (TLS from the start), with `user:password@` to log in;
+    /// `rate=N` limits it to N messages per second, `cooldown=S` sets how many seconds a failing
+    /// relay is skipped (default 60). Call within the async runtime (the pool starts a task).
     pub fn from_url(url: &str) -> Result<Self, String> {
-        let (builder, name) = Self::parse(url)?;
-        Ok(Self { name, transport: builder.timeout(Some(SMTP_TIMEOUT)).build() })
+        let parsed = Self::parse(url)?;
+        let pacing = parsed.rate.map(|rate| {
+            Arc::new(Pacing {
+                interval: std::time::Duration::from_secs_f64(1.0 / rate),
+                next_free: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            })
+        });
+        Ok(Self {
+            name: parsed.name,
+            transport: parsed.builder.timeout(Some(SMTP_TIMEOUT)).build(),
+            pacing,
+            cooldown: parsed.cooldown,
+            breaker: Arc::default(),
+        })
     }
 
     /// Whether `url` names a relay `from_url` accepts (nothing is started or contacted).
@@ -170,13 +239,32 @@ impl Relay {
         Self::parse(url).map(|_| ())
     }
 
-    fn parse(url: &str) -> Result<(AsyncSmtpTransportBuilder, String), String> {
+    fn parse(url: &str) -> Result<ParsedRelay, String> {
         let parsed = url::Url::parse(url).map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+        let shown = redacted(&parsed);
         if !matches!(parsed.scheme(), "smtp" | "smtps") || parsed.host_str().is_none() {
-            return Err(format!("'{}' is not an smtp:// or smtps:// URL with a host", redacted(&parsed)));
+            return Err(format!("'{shown}' is not an smtp:// or smtps:// URL with a host"));
         }
-        let builder =
-            AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| format!("'{}': {e}", redacted(&parsed)))?;
+        let (mut rate, mut cooldown) = (None, chrono::Duration::seconds(DEFAULT_COOLDOWN_SECONDS));
+        let mut for_lettre = parsed.clone();
+        for_lettre.set_query(None);
+        for (key, value) in parsed.query_pairs() {
+            match key.as_ref() {
+                "rate" => match value.parse::<f64>() {
+                    Ok(n) if n.is_finite() && n > 0.0 && n <= 100_000.0 => rate = Some(n),
+                    _ => return Err(format!("'{shown}': rate={value} is not a number of messages per second")),
+                },
+                "cooldown" => match value.parse::<u32>() {
+                    Ok(n) => cooldown = chrono::Duration::seconds(n.into()),
+                    Err(_) => return Err(format!("'{shown}': cooldown={value} is not a number of seconds")),
+                },
+                _ => {
+                    for_lettre.query_pairs_mut().append_pair(&key, &value);
+                }
+            }
+        }
+        let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(for_lettre.as_str())
+            .map_err(|e| format!("'{shown}': {e}"))?;
         // The ports lettre assumes: 465 for smtps, 587 for STARTTLS, else 25.
         let default_port = match (parsed.scheme(), parsed.query_pairs().any(|(key, _)| key == "tls")) {
             ("smtps", _) => 465,
@@ -184,8 +272,41 @@ impl Relay {
             _ => 25,
         };
         let name = format!("{}:{}", parsed.host_str().unwrap_or_default(), parsed.port().unwrap_or(default_port));
-        Ok((builder, name))
+        Ok(ParsedRelay { builder, name, rate, cooldown })
     }
+
+    /// Whether the relay may be tried now (its breaker is closed, or its cool-down is over).
+    fn available(&self, now: DateTime<Utc>) -> bool {
+        let breaker = self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        breaker.open_until.is_none_or(|until| now >= until)
+    }
+
+    fn failed(&self, now: DateTime<Utc>) {
+        let mut breaker = self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if breaker.open_until.is_none_or(|until| now >= until) {
+            tracing::warn!(relay = %self.name, cooldown_s = self.cooldown.num_seconds(), "relay failing: skipped for its cool-down");
+        }
+        breaker.open_until = Some(now + self.cooldown);
+    }
+
+    fn worked(&self) {
+        let mut breaker = self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if breaker.open_until.take().is_some() {
+            tracing::info!(relay = %self.name, "relay works again");
+        }
+    }
+
+    /// `open` while the relay is skipped after a failure, else `closed`.
+    pub fn state(&self, now: DateTime<Utc>) -> &'static str {
+        if self.available(now) { "closed" } else { "open" }
+    }
+}
+
+struct ParsedRelay {
+    builder: AsyncSmtpTransportBuilder,
+    name: String,
+    rate: Option<f64>,
+    cooldown: chrono::Duration,
 }
 
 /// A URL without its password, to name it in messages.
@@ -226,29 +347,42 @@ impl Carrier for Mailer {
                 Ok(path) => Answer::Delivered(json!({"transport": "file", "path": path.display().to_string()})),
                 Err(e) => Answer::Retry(format!("cannot write the message file: {e}")),
             },
-            Transport::Smtp(relays) => send_through(relays, &built).await,
+            Transport::Smtp(relays) => send_through(relays, &built, now).await,
         }
     }
 }
 
-/// Tries each relay in turn. A permanent refusal (5xx) is about the message or its recipient, so
-/// no other relay is tried; anything else (4xx, a connection or TLS failure, a timeout) moves on
-/// to the next relay, and when none took it the message is retried later.
-async fn send_through(relays: &[Relay], message: &Message) -> Answer {
+/// Tries each relay in turn, skipping those cooling down after a failure. A permanent refusal
+/// (5xx) is about the message or its recipient, so no other relay is tried; anything else (4xx,
+/// a connection or TLS failure, a timeout) opens that relay's breaker and moves on to the next,
+/// and when none took it the message is retried later.
+async fn send_through(relays: &[Relay], message: &Message, now: DateTime<Utc>) -> Answer {
     let mut failures = Vec::new();
     for relay in relays {
+        if !relay.available(now) {
+            failures.push(format!("{}: cooling down after a failure", relay.name));
+            continue;
+        }
+        if let Some(pacing) = &relay.pacing {
+            pacing.wait_turn().await;
+        }
         match relay.transport.send(message.clone()).await {
             Ok(reply) => {
+                relay.worked();
                 let text: Vec<&str> = reply.message().collect();
                 let reply = format!("{} {}", reply.code(), text.join(" "));
                 return Answer::Delivered(json!({"transport": "smtp", "relay": relay.name, "reply": reply}));
             }
             Err(e) if e.is_permanent() => {
+                relay.worked();
                 let reason = format!("{}: {e}", relay.name);
                 let code = e.status().map(u16::from);
                 return if hard_bounce(code, &e.to_string()) { Answer::Bounce(reason) } else { Answer::Fail(reason) };
             }
-            Err(e) => failures.push(format!("{}: {e}", relay.name)),
+            Err(e) => {
+                relay.failed(now);
+                failures.push(format!("{}: {e}", relay.name));
+            }
         }
     }
     if failures.is_empty() {

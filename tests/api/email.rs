@@ -19,6 +19,8 @@ on_both_databases!(
     a_hard_bounce_marks_the_address_bounced,
     several_messages_are_in_flight_at_once_and_each_arrives_once,
     a_relay_answering_451_is_retried_until_it_recovers,
+    a_failing_relay_is_skipped_for_its_cooldown_then_used_again,
+    a_rate_limited_relay_gets_messages_evenly_spaced,
     the_unsubscribe_header_works_in_one_click_and_its_page_changes_nothing,
 );
 
@@ -122,6 +124,12 @@ async fn a_transport_failure_is_retried_later_and_recorded(app: TestApp) {
 
 /// An email worker sending through these relays, in this order.
 fn smtp_sender(app: &TestApp, relays: &[&SmtpSink]) -> EmailSender {
+    let urls: Vec<String> = relays.iter().map(|sink| sink.url()).collect();
+    sender_through(app, &urls)
+}
+
+/// An email worker sending through relays given by URL.
+fn sender_through(app: &TestApp, urls: &[String]) -> EmailSender {
     let letterhead = Letterhead {
         from: "Shop <news@shop.example>".parse().unwrap(),
         base_url: url::Url::parse("https://shop.example/").unwrap(),
@@ -129,7 +137,7 @@ fn smtp_sender(app: &TestApp, relays: &[&SmtpSink]) -> EmailSender {
         dkim: None,
         unsubscribe_mailto: Some("leave@shop.example".parse().unwrap()),
     };
-    let relays = relays.iter().map(|sink| Relay::from_url(&sink.url()).unwrap()).collect();
+    let relays = urls.iter().map(|url| Relay::from_url(url).unwrap()).collect();
     EmailSender::new(app.db.clone(), app.clock.clone(), letterhead, Transport::Smtp(relays))
 }
 
@@ -366,4 +374,201 @@ async fn several_messages_are_in_flight_at_once_and_each_arrives_once(app: TestA
     assert_eq!((relay.taken().len(), recipients.len()), (30, 30), "each exactly once");
     assert_eq!(app.count("outbox WHERE status = 'sent'").await, 30);
     assert_eq!(sender.send_due().await.unwrap(), 0);
+}
+
+/// Queues one broadcast message per member of `news` (creating the list and members first when
+/// `members` is not empty).
+async fn queue_broadcast(app: &TestApp, members: usize) {
+    if members > 0 {
+        app.create_list("news").await;
+        for i in 0..members {
+            app.create_subscriber(
+                json!({"email": format!("r{i}@example.com"), "lists": ["news"], "consent": {"email": true}}),
+            )
+            .await;
+        }
+    }
+    let body = json!({"list": "news", "subject": "News", "html": "<p>News</p>"});
+    expect_json(app.post("/api/v1/broadcasts", &body).await, StatusCode::CREATED).await;
+    app.tick().await;
+}
+
+async fn a_failing_relay_is_skipped_for_its_cooldown_then_used_again(app: TestApp) {
+    let (first, second) = (SmtpSink::start().await, SmtpSink::start().await);
+    first.refuse(Some("421 4.3.2 too busy"));
+    let sender = sender_through(&app, &[format!("{}?cooldown=60", first.url()), second.url()]);
+    queue_broadcast(&app, 1).await;
+    assert_eq!(sender.send_due().await.unwrap(), 1);
+    assert_eq!((first.attempts(), second.taken().len()), (1, 1), "failed over");
+
+    // While it cools down the failing relay is not even tried.
+    first.refuse(None);
+    queue_broadcast(&app, 0).await;
+    sender.send_due().await.unwrap();
+    app.clock.advance(chrono::Duration::seconds(59));
+    queue_broadcast(&app, 0).await;
+    sender.send_due().await.unwrap();
+    assert_eq!((first.attempts(), second.taken().len()), (1, 3), "skipped during the cool-down");
+
+    // After it, the first relay is tried again, and keeps the traffic once it works.
+    app.clock.advance(chrono::Duration::seconds(1));
+    for _ in 0..2 {
+        queue_broadcast(&app, 0).await;
+        sender.send_due().await.unwrap();
+    }
+    assert_eq!((first.taken().len(), second.taken().len()), (2, 3), "back to the preferred relay");
+    assert_eq!(app.count("outbox WHERE status = 'sent'").await, 5);
+}
+
+async fn a_rate_limited_relay_gets_messages_evenly_spaced(app: TestApp) {
+    let relay = SmtpSink::start().await;
+    let sender = sender_through(&app, &[format!("{}?rate=20", relay.url())]);
+    queue_broadcast(&app, 21).await;
+    assert_eq!(sender.send_due().await.unwrap(), 21);
+    let mut starts = relay.starts.lock().unwrap().clone();
+    starts.sort();
+    assert_eq!(starts.len(), 21);
+    // 20 a second, evenly spaced: any k+1 consecutive starts span at least k × 50 ms (less a
+    // little for the connections the first sends had to open).
+    for k in [1, 5, 20] {
+        for i in 0..starts.len() - k {
+            let span = starts[i + k] - starts[i];
+            let least = std::time::Duration::from_millis(50 * k as u64 - 25);
+            assert!(span >= least, "{k} intervals after start {i} took only {span:?}");
+        }
+    }
+}
+
+/// Postfix's `smtp-sink` (a real MTA's test server, from Debian's postfix package) on a free
+/// loopback port, writing each message it takes into a folder.
+struct PostfixSink {
+    child: std::process::Child,
+    url: String,
+    dumps: tempfile::TempDir,
+}
+
+impl PostfixSink {
+    fn start() -> Self {
+        let dumps = tempfile::tempdir().unwrap();
+        // smtp-sink drops root privileges to `nobody`, who must be able to write the dumps.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dumps.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut command = std::process::Command::new("smtp-sink");
+        if running_as_root() {
+            command.args(["-u", "nobody"]);
+        }
+        let template = format!("{}/%H%M%S.", dumps.path().display());
+        let child = command
+            .args(["-d", &template, &format!("127.0.0.1:{port}"), "16"])
+            .spawn()
+            .expect("postfix's smtp-sink (CI installs postfix)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "smtp-sink did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { child, url: format!("smtp://127.0.0.1:{port}"), dumps }
+    }
+
+    /// The messages taken so far, waiting up to a few seconds for `count` of them to be written.
+    fn messages(&self, count: usize) -> Vec<std::path::PathBuf> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let files: Vec<_> = std::fs::read_dir(self.dumps.path()).unwrap().map(|e| e.unwrap().path()).collect();
+            // A multipart message is whole once its closing boundary (`--…--`) is written.
+            let complete = files.iter().all(|f| {
+                std::fs::read_to_string(f).is_ok_and(|t| {
+                    t.trim_end().lines().last().is_some_and(|l| l.starts_with("--") && l.ends_with("--"))
+                })
+            });
+            if files.len() >= count && complete {
+                return files;
+            }
+            assert!(std::time::Instant::now() < deadline, "smtp-sink wrote {} of {count} messages", files.len());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// Whether this process runs as root (smtp-sink then needs `-u`).
+fn running_as_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+impl Drop for PostfixSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An Ed25519 key for DKIM in `dir` (PKCS#8 PEM, as openssl makes it), and its DNS TXT record.
+fn ed25519_key(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let key = dir.join("dkim-ed25519.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .output()
+        .expect("openssl (CI installs it)");
+    assert!(made.status.success(), "{made:?}");
+    let public = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(public.status.success() && public.stdout.len() == 44, "{public:?}");
+    use base64::Engine;
+    let raw = &public.stdout[12..];
+    (key, format!("v=DKIM1; k=ed25519; p={}", base64::engine::general_purpose::STANDARD.encode(raw)))
+}
+
+#[tokio::test]
+async fn a_real_mta_takes_the_message_with_every_header_and_a_signature_dkimpy_accepts() {
+    let keys = tempfile::tempdir().unwrap();
+    let rsa = dkim_key(keys.path());
+    let ed25519 = ed25519_key(keys.path());
+    for backend in [crate::helpers::Backend::Sqlite, crate::helpers::Backend::Postgres] {
+        for ((key_file, record), algorithm) in [(&rsa, "rsa-sha256"), (&ed25519, "ed25519-sha256")] {
+            let mta = PostfixSink::start();
+            let dkim = ownlist::config::Dkim {
+                domain: "shop.example".into(),
+                selector: "news".into(),
+                key_file: key_file.clone(),
+            };
+            let Some(app) = TestApp::spawn_with(backend, |c| {
+                c.email_from = "Shop <news@shop.example>".parse().unwrap();
+                c.smtp_relays = vec![mta.url.clone()];
+                c.dkim = Some(dkim);
+            })
+            .await
+            else {
+                continue;
+            };
+            let (_, queued) = queue_the_guide(&app).await;
+            assert_eq!(app.email.send_due().await.unwrap(), 1);
+            let files = mta.messages(1);
+            assert_eq!(files.len(), 1);
+            let raw = std::fs::read_to_string(&files[0]).unwrap().replace("\r\n", "\n").replace('\n', "\r\n");
+            let fields = headers(&raw);
+            assert_eq!(header(&fields, "X-Rcpt-Args"), "<ada@example.com>", "the envelope recipient");
+            assert_eq!(header(&fields, "From"), "Shop <news@shop.example>");
+            assert_eq!(header(&fields, "To"), "ada@example.com");
+            assert_eq!(header(&fields, "Subject"), "Your guide, Ada");
+            assert_eq!(header(&fields, "Message-ID"), format!("<{}@shop.example>", queued.id));
+            chrono::DateTime::parse_from_rfc2822(header(&fields, "Date")).unwrap();
+            assert!(header(&fields, "List-Unsubscribe").starts_with("<http://127.0.0.1:8080/u/"));
+            assert_eq!(header(&fields, "List-Unsubscribe-Post"), "List-Unsubscribe=One-Click");
+            assert_eq!(header(&fields, "List-Id"), "<guide-leads.shop.example>");
+            assert!(header(&fields, "Content-Type").starts_with("multipart/alternative"));
+            let signature = header(&fields, "DKIM-Signature");
+            assert!(signature.contains(&format!("a={algorithm}")), "{signature}");
+            let message = files[0].with_extension("eml");
+            std::fs::write(&message, &raw).unwrap();
+            assert!(dkimpy_verifies(&message, record), "dkimpy accepts the {algorithm} signature");
+            let tampered = files[0].with_extension("tampered");
+            std::fs::write(&tampered, raw.replace("Subject: Your guide, Ada", "Subject: Your guide, Bob")).unwrap();
+            assert!(!dkimpy_verifies(&tampered, record), "a tampered message fails ({algorithm})");
+        }
+    }
 }

@@ -14,6 +14,10 @@ pub struct SmtpSink {
     pub refusal: Arc<Mutex<Option<String>>>,
     /// The most mail transactions (MAIL FROM to the end of DATA) open at once.
     pub most_at_once: Arc<AtomicUsize>,
+    /// Every MAIL FROM seen, taken or refused.
+    pub mail_commands: Arc<AtomicUsize>,
+    /// When each accepted MAIL FROM came.
+    pub starts: Arc<Mutex<Vec<std::time::Instant>>>,
 }
 
 impl SmtpSink {
@@ -26,10 +30,14 @@ impl SmtpSink {
         let most_at_once = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let most = most_at_once.clone();
+        let mail_commands = Arc::new(AtomicUsize::new(0));
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let (mails, started) = (mail_commands.clone(), starts.clone());
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let (taken, refusing) = (taken.clone(), refusing.clone());
                 let (open, most) = (open.clone(), most.clone());
+                let (mails, started) = (mails.clone(), started.clone());
                 tokio::spawn(async move {
                     let (read, mut write) = socket.into_split();
                     let mut lines = BufReader::new(read).lines();
@@ -38,14 +46,17 @@ impl SmtpSink {
                         let verb = line.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
                         let reply = match verb.as_str() {
                             "EHLO" | "HELO" => "250 sink".to_owned(),
-                            "MAIL" => match refusing.lock().unwrap().clone() {
-                                Some(refusal) => refusal,
-                                None => {
-                                    let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
-                                    most.fetch_max(now_open, Ordering::SeqCst);
-                                    "250 OK".into()
+                            "MAIL" => {
+                                match (mails.fetch_add(1, Ordering::SeqCst), refusing.lock().unwrap().clone()).1 {
+                                    Some(refusal) => refusal,
+                                    None => {
+                                        started.lock().unwrap().push(std::time::Instant::now());
+                                        let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
+                                        most.fetch_max(now_open, Ordering::SeqCst);
+                                        "250 OK".into()
+                                    }
                                 }
-                            },
+                            }
                             "RCPT" | "RSET" | "NOOP" => "250 OK".into(),
                             "DATA" => {
                                 let _ = write.write_all(b"354 go on\r\n").await;
@@ -77,7 +88,7 @@ impl SmtpSink {
                 });
             }
         });
-        Self { address, messages, refusal, most_at_once }
+        Self { address, messages, refusal, most_at_once, mail_commands, starts }
     }
 
     pub fn url(&self) -> String {
@@ -86,6 +97,11 @@ impl SmtpSink {
 
     pub fn refuse(&self, reply: Option<&str>) {
         *self.refusal.lock().unwrap() = reply.map(str::to_owned);
+    }
+
+    /// How many MAIL FROM commands came, taken or refused.
+    pub fn attempts(&self) -> usize {
+        self.mail_commands.load(Ordering::SeqCst)
     }
 
     pub fn taken(&self) -> Vec<String> {
