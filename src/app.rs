@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::clock::SharedClock;
 use crate::config::{Config, redact};
 use crate::delivery::email::{EmailSender, Letterhead, Relay, Transport};
+use crate::delivery::sms::{SmsSender, SmsSetup, SmsTransport};
 use crate::delivery::webhook::WebhookSender;
 use crate::http::{self, AppState};
 use crate::links::Signer;
@@ -48,15 +49,9 @@ impl App {
     pub async fn start(self) -> anyhow::Result<Service> {
         let registry = Arc::new(Registry::open(self.db.clone()).await.context("cannot read the stored workflows")?);
         let templates = if self.config.workflows_dir.is_dir() {
-            let outcome = loader::load(
-                &self.db,
-                &registry,
-                self.clock.now(),
-                &self.config.workflows_dir,
-                &self.config.templates_dir,
-            )
-            .await
-            .context("cannot store the workflows")?;
+            let outcome = loader::load(&self.db, &registry, self.clock.now(), &self.config)
+                .await
+                .context("cannot store the workflows")?;
             match outcome {
                 Ok((loaded, templates)) => {
                     tracing::info!(workflows = ?loaded.workflows, moved = loaded.moves.len(), "workflows loaded");
@@ -106,7 +101,22 @@ impl App {
         };
         tracing::info!(?transport, "email transport");
         let email = Arc::new(EmailSender::new(self.db.clone(), self.clock.clone(), letterhead, transport));
-        Ok(Service { app: self, engine, webhooks, email })
+        let sms_transport = if self.config.sms_providers.is_empty() {
+            SmsTransport::File(self.config.data_dir.join("sms"))
+        } else {
+            let providers =
+                self.config.sms_providers.iter().map(|p| p.build().map(Arc::new)).collect::<Result<Vec<_>, _>>();
+            SmsTransport::Providers(providers.map_err(|problem| anyhow::anyhow!("sms_providers: {problem}"))?)
+        };
+        tracing::info!(transport = ?sms_transport, "SMS transport");
+        let setup = SmsSetup {
+            transport: sms_transport,
+            hours: self.config.sms_hours,
+            default_zone: self.config.timezone,
+            base_url: self.config.base_url.clone(),
+        };
+        let sms = Arc::new(SmsSender::new(self.db.clone(), self.clock.clone(), setup));
+        Ok(Service { app: self, engine, webhooks, email, sms })
     }
 }
 
@@ -117,6 +127,7 @@ pub struct Service {
     pub engine: Arc<Engine>,
     pub webhooks: Arc<WebhookSender>,
     pub email: Arc<EmailSender>,
+    pub sms: Arc<SmsSender>,
 }
 
 impl Service {
@@ -146,7 +157,7 @@ pub async fn reload(
     engine: &Engine,
     now: chrono::DateTime<chrono::Utc>,
 ) -> crate::error::Result<Result<loader::Reloaded, loader::Refused>> {
-    let outcome = loader::load(db, engine.registry(), now, &config.workflows_dir, &config.templates_dir).await?;
+    let outcome = loader::load(db, engine.registry(), now, config).await?;
     Ok(outcome.map(|(reloaded, templates)| {
         engine.set_templates(templates);
         reloaded

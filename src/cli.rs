@@ -177,12 +177,14 @@ async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
     let engine = tokio::spawn(service.engine.clone().run(stopped.clone()));
     let webhooks = tokio::spawn(service.webhooks.clone().run(stopped.clone()));
     let email = tokio::spawn(service.email.clone().run(stopped.clone()));
+    let sms = tokio::spawn(service.sms.clone().run(stopped.clone()));
     let watcher = tokio::spawn(watch_workflows(service.clone(), stopped));
     service.serve(listener, shutdown_signal()).await?;
     let _ = stop.send(true);
     let _ = engine.await;
     let _ = webhooks.await;
     let _ = email.await;
+    let _ = sms.await;
     let _ = watcher.await;
     Ok(ExitCode::SUCCESS)
 }
@@ -330,7 +332,11 @@ async fn check_workflows(config: &Config, dir: Option<PathBuf>) -> anyhow::Resul
     if lists.is_none() {
         eprintln!("note: no database at hand, so list names were not checked");
     }
-    let context = crate::workflow::Context { templates: &templates, lists: lists.as_ref() };
+    let context = crate::workflow::Context {
+        templates: &templates,
+        lists: lists.as_ref(),
+        sms_max_segments: config.sms_max_segments,
+    };
     let (workflows, diagnostics) = crate::workflow::check_dir(&dir, &context);
     for diagnostic in &diagnostics {
         println!("{diagnostic}");
@@ -361,8 +367,7 @@ async fn known_lists(config: &Config) -> Option<std::collections::BTreeSet<Strin
 async fn plan_workflows(config: Config, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = dir.unwrap_or_else(|| config.workflows_dir.clone());
     let app = App::open(config, Arc::new(SystemClock)).await?;
-    let (workflows, _, diagnostics) =
-        crate::workflow::loader::check_folder(&app.db, &dir, &app.config.templates_dir).await?;
+    let (workflows, _, diagnostics) = crate::workflow::loader::check_folder(&app.db, &dir, &app.config).await?;
     if !diagnostics.is_empty() {
         for diagnostic in &diagnostics {
             println!("{diagnostic}");

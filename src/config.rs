@@ -33,6 +33,15 @@ struct RawSettings {
     dkim_selector: Option<String>,
     dkim_key_file: Option<String>,
     unsubscribe_mailto: Option<String>,
+    twilio_base_url: Option<String>,
+    twilio_account_sid: Option<String>,
+    twilio_auth_token: Option<String>,
+    sms_from: Option<String>,
+    sms_providers: Option<toml::Value>,
+    sms_hours: Option<String>,
+    timezone: Option<String>,
+    sms_help_text: Option<String>,
+    sms_max_segments: Option<toml::Value>,
 }
 
 /// Every setting: its key in `ownlist.toml` (the env name is `OWNLIST_` + upper case).
@@ -86,6 +95,17 @@ pub struct Config {
     pub smtp_relays: Vec<String>,
     /// Open and click tracking of email (on by default; a workflow or broadcast may turn it off).
     pub tracking: bool,
+    /// SMS providers in order of preference (the `twilio_*` one first); none means SMS is written
+    /// to files under `data_dir/sms`.
+    pub sms_providers: Vec<SmsProviderConfig>,
+    /// The hours marketing SMS may arrive, in the subscriber's zone.
+    pub sms_hours: crate::delivery::sms::SendingHours,
+    /// The zone of subscribers without one of their own.
+    pub timezone: chrono_tz::Tz,
+    /// The answer to an SMS `HELP`.
+    pub sms_help_text: String,
+    /// The most segments an SMS body may take (`workflows check` refuses longer ones).
+    pub sms_max_segments: u32,
     /// The shared secret a bounce processor sends to `POST /webhooks/bounces` (as a bearer
     /// token); without it that endpoint is off.
     pub bounce_secret: Option<String>,
@@ -94,6 +114,42 @@ pub struct Config {
     /// A mailbox offered in `List-Unsubscribe` beside the one-click link (`mailto:`).
     pub unsubscribe_mailto: Option<lettre::Address>,
 }
+
+/// One SMS provider as configured.
+#[derive(Clone)]
+pub enum SmsProviderConfig {
+    Twilio { base_url: url::Url, account_sid: String, auth_token: String, from: String },
+    Http { url: url::Url, token: Option<String>, from: String },
+}
+
+impl std::fmt::Debug for SmsProviderConfig {
+    // Never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Twilio { base_url, account_sid, from, .. } => {
+                write!(f, "twilio {base_url} account {account_sid} from {from}")
+            }
+            Self::Http { url, from, .. } => write!(f, "http {url} from {from}"),
+        }
+    }
+}
+
+impl SmsProviderConfig {
+    /// The provider, ready to send.
+    pub fn build(&self) -> Result<crate::delivery::sms::Provider, String> {
+        use crate::delivery::sms::Provider;
+        match self {
+            Self::Twilio { base_url, account_sid, auth_token, from } => {
+                Provider::twilio(base_url, account_sid, auth_token, from)
+            }
+            Self::Http { url, token, from } => Ok(Provider::http(url, token.as_deref(), from)),
+        }
+    }
+}
+
+/// Default SMS `HELP` answer when `sms_help_text` is not set.
+const DEFAULT_HELP: &str = "Reply STOP to stop, START to start again.";
+const DEFAULT_MAX_SEGMENTS: u32 = crate::workflow::check::DEFAULT_SMS_MAX_SEGMENTS;
 
 /// Where the DKIM key is and what it signs for (the key itself is read when the service starts).
 #[derive(Debug, Clone)]
@@ -162,6 +218,11 @@ impl Config {
             email_from: "ownlist <noreply@localhost>".parse().unwrap_or_else(|_| unreachable!()),
             smtp_relays: Vec::new(),
             tracking: true,
+            sms_providers: Vec::new(),
+            sms_hours: crate::delivery::sms::SendingHours::default(),
+            timezone: chrono_tz::Tz::UTC,
+            sms_help_text: DEFAULT_HELP.into(),
+            sms_max_segments: DEFAULT_MAX_SEGMENTS,
             bounce_secret: None,
             dkim: None,
             unsubscribe_mailto: None,
@@ -271,6 +332,60 @@ impl Config {
                 ));
             }
         };
+        let mut sms_providers = Vec::new();
+        match (raw.twilio_account_sid, raw.twilio_auth_token, raw.sms_from.clone()) {
+            (None, None, _) => {}
+            (Some(account_sid), Some(auth_token), Some(from)) => {
+                let base = raw.twilio_base_url.unwrap_or_else(|| "https://api.twilio.com/".into());
+                let base_url = http_url(&base).map_err(|p| ConfigError::new(name("twilio_base_url"), p))?;
+                sms_providers.push(SmsProviderConfig::Twilio { base_url, account_sid, auth_token, from });
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    name("twilio_account_sid"),
+                    "Twilio needs twilio_account_sid, twilio_auth_token and sms_from",
+                ));
+            }
+        }
+        if let Some(value) = raw.sms_providers {
+            let toml::Value::Array(items) = value else {
+                return Err(ConfigError::new(
+                    name("sms_providers"),
+                    "must be a list of [[sms_providers]] tables in ownlist.toml",
+                ));
+            };
+            for (i, item) in items.into_iter().enumerate() {
+                let provider = sms_provider(&item, raw.sms_from.as_deref())
+                    .map_err(|p| ConfigError::new(format!("{} [{i}]", name("sms_providers")), p))?;
+                sms_providers.push(provider);
+            }
+        }
+        for provider in &sms_providers {
+            provider.build().map_err(|p| ConfigError::new(name("sms_providers"), p))?;
+        }
+        let sms_hours = match raw.sms_hours {
+            None => crate::delivery::sms::SendingHours::default(),
+            Some(text) => {
+                crate::delivery::sms::SendingHours::parse(&text).map_err(|p| ConfigError::new(name("sms_hours"), p))?
+            }
+        };
+        let timezone = match raw.timezone {
+            None => chrono_tz::Tz::UTC,
+            Some(text) => text.parse().map_err(|_| {
+                ConfigError::new(name("timezone"), format!("'{text}' is not an IANA time zone like Europe/Rome"))
+            })?,
+        };
+        let sms_max_segments = match raw.sms_max_segments {
+            None => DEFAULT_MAX_SEGMENTS,
+            Some(value) => value
+                .as_integer()
+                .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| (1..=10).contains(n))
+                .ok_or_else(|| {
+                    ConfigError::new(name("sms_max_segments"), format!("'{value}' is not a number from 1 to 10"))
+                })?,
+        };
         let unsubscribe_mailto = match raw.unsubscribe_mailto {
             None => None,
             Some(text) => Some(text.parse::<lettre::Address>().map_err(|e| {
@@ -297,6 +412,11 @@ impl Config {
             email_from,
             smtp_relays,
             tracking,
+            sms_providers,
+            sms_hours,
+            timezone,
+            sms_help_text: raw.sms_help_text.unwrap_or_else(|| DEFAULT_HELP.into()),
+            sms_max_segments,
             bounce_secret: raw.bounce_secret,
             dkim,
             unsubscribe_mailto,
@@ -312,6 +432,43 @@ impl Config {
 /// stay out of workflow files, which live in git.)
 pub fn webhook_secret(variable: &str) -> Option<String> {
     std::env::var(variable).ok().filter(|v| !v.is_empty())
+}
+
+/// An http(s) URL with a host.
+fn http_url(text: &str) -> Result<url::Url, String> {
+    url::Url::parse(text)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| format!("'{text}' is not an http(s) URL"))
+}
+
+/// One `[[sms_providers]]` table: `type = "twilio"` (base_url, account_sid, auth_token, from) or
+/// `type = "http"` (url, token, from); `from` defaults to `sms_from`.
+fn sms_provider(item: &toml::Value, default_from: Option<&str>) -> Result<SmsProviderConfig, String> {
+    let table = item.as_table().ok_or("each provider is a table with a type")?;
+    let text = |key: &str| table.get(key).and_then(toml::Value::as_str).map(str::to_owned);
+    let known: &[&str] = match text("type").as_deref() {
+        Some("twilio") => &["type", "base_url", "account_sid", "auth_token", "from"],
+        Some("http") => &["type", "url", "token", "from"],
+        Some(other) => return Err(format!("type '{other}' is not twilio or http")),
+        None => return Err("type is missing (twilio or http)".into()),
+    };
+    if let Some(unknown) = table.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(format!("unknown key '{unknown}' (a provider takes {})", known.join(", ")));
+    }
+    let from = text("from").or_else(|| default_from.map(str::to_owned)).ok_or("from is missing (or set sms_from)")?;
+    let required = |key: &str| text(key).ok_or_else(|| format!("{key} is missing"));
+    if known.contains(&"account_sid") {
+        let base = text("base_url").unwrap_or_else(|| "https://api.twilio.com/".into());
+        Ok(SmsProviderConfig::Twilio {
+            base_url: http_url(&base)?,
+            account_sid: required("account_sid")?,
+            auth_token: required("auth_token")?,
+            from,
+        })
+    } else {
+        Ok(SmsProviderConfig::Http { url: http_url(&required("url")?)?, token: text("token"), from })
+    }
 }
 
 fn setting_name(key: &str, file: Option<&Path>) -> String {
@@ -387,6 +544,20 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
             "smtp_url" => raw.smtp_url = value,
             "smtp_relays" => raw.smtp_relays = value.map(toml::Value::String),
             "tracking" => raw.tracking = value.map(toml::Value::String),
+            "twilio_base_url" => raw.twilio_base_url = value,
+            "twilio_account_sid" => raw.twilio_account_sid = value,
+            "twilio_auth_token" => raw.twilio_auth_token = value,
+            "sms_from" => raw.sms_from = value,
+            "sms_providers" => {
+                return Err(ConfigError::new(
+                    name,
+                    "several SMS providers are set as [[sms_providers]] in ownlist.toml",
+                ));
+            }
+            "sms_hours" => raw.sms_hours = value,
+            "timezone" => raw.timezone = value,
+            "sms_help_text" => raw.sms_help_text = value,
+            "sms_max_segments" => raw.sms_max_segments = value.map(toml::Value::String),
             "bounce_secret" => raw.bounce_secret = value,
             "dkim_domain" => raw.dkim_domain = value,
             "dkim_selector" => raw.dkim_selector = value,

@@ -24,7 +24,11 @@ fn lists() -> BTreeSet<String> {
 fn diagnose(yaml: &str) -> Vec<String> {
     let templates = shipped_templates();
     let lists = lists();
-    let context = Context { templates: &templates, lists: Some(&lists) };
+    let context = Context {
+        templates: &templates,
+        lists: Some(&lists),
+        sms_max_segments: ownlist::workflow::check::DEFAULT_SMS_MAX_SEGMENTS,
+    };
     match check(Path::new("workflows/test.yaml"), yaml, &context) {
         Ok(_) => Vec::new(),
         Err(found) => found.iter().map(Diagnostic::to_string).collect(),
@@ -57,7 +61,11 @@ steps:
 fn the_shipped_funnels_pass_and_mean_what_they_say() {
     let templates = shipped_templates();
     let lists = lists();
-    let context = Context { templates: &templates, lists: Some(&lists) };
+    let context = Context {
+        templates: &templates,
+        lists: Some(&lists),
+        sms_max_segments: ownlist::workflow::check::DEFAULT_SMS_MAX_SEGMENTS,
+    };
     let (workflows, diagnostics) = check_dir(&repo().join("workflows"), &context);
     assert!(diagnostics.is_empty(), "{diagnostics:#?}");
     let ids: Vec<&str> = workflows.iter().map(|w| w.id.as_str()).collect();
@@ -143,7 +151,11 @@ fn missing_and_broken_templates_are_explained() {
     std::fs::write(dir.path().join("emails/broken.html"), "<p>Hi</p>\n<p>{{ subscriber.first_name </p>\n").unwrap();
     std::fs::write(dir.path().join("emails/typo.html"), "<p>{{ subscribr.first_name }}</p>\n").unwrap();
     let templates = TemplateChecker::load(dir.path());
-    let context = Context { templates: &templates, lists: None };
+    let context = Context {
+        templates: &templates,
+        lists: None,
+        sms_max_segments: ownlist::workflow::check::DEFAULT_SMS_MAX_SEGMENTS,
+    };
     let broken = GOOD.replace("emails/guide.html", "emails/broken.html");
     let found: Vec<String> =
         check(Path::new("t.yaml"), &broken, &context).unwrap_err().iter().map(Diagnostic::to_string).collect();
@@ -255,7 +267,11 @@ fn steps_need_exactly_one_action() {
 #[test]
 fn the_file_name_is_the_workflow_id() {
     let templates = shipped_templates();
-    let context = Context { templates: &templates, lists: None };
+    let context = Context {
+        templates: &templates,
+        lists: None,
+        sms_max_segments: ownlist::workflow::check::DEFAULT_SMS_MAX_SEGMENTS,
+    };
     let found = check(Path::new("workflows/Bad Name.yaml"), GOOD, &context).unwrap_err();
     assert!(found[0].message.contains("the file name is the workflow's id"), "{found:#?}");
 }
@@ -263,7 +279,11 @@ fn the_file_name_is_the_workflow_id() {
 #[test]
 fn any_input_at_all_gives_diagnostics_never_a_panic() {
     let templates = shipped_templates();
-    let context = Context { templates: &templates, lists: None };
+    let context = Context {
+        templates: &templates,
+        lists: None,
+        sms_max_segments: ownlist::workflow::check::DEFAULT_SMS_MAX_SEGMENTS,
+    };
     for input in
         ["", "---", "[", "name: [", "\u{0}\u{1}\u{2}", "a: &x [*x]", "- - - -", "name: x\nsteps: 7", &"[".repeat(5000)]
     {
@@ -331,4 +351,21 @@ fn every_shipped_email_template_shows_an_unsubscribe_link() {
         checked += 1;
     }
     assert!(checked >= 5, "the shipped templates were found ({checked})");
+}
+
+#[test]
+fn an_sms_over_the_segment_limit_is_refused_at_its_line() {
+    let sms = |text: &str| format!("name: Texts\ntrigger: {{ subscribed: guide-leads }}\nsteps:\n  - id: nudge\n    sms: {{ text: \"{text}\" }}\n");
+    // 3 × 153 GSM-7 characters fit in three segments; one more needs a fourth.
+    let long = "a".repeat(459 - "Hi Alexandra ".len());
+    assert_eq!(diagnose(&sms(&format!("Hi {{{{ subscriber.first_name }}}} {long}"))), Vec::<String>::new());
+    assert_one(
+        &sms(&format!("Hi {{{{ subscriber.first_name }}}} {long}!")),
+        "workflows/test.yaml:5:18:",
+        "takes 4 SMS segments (460 characters, GSM-7",
+    );
+    // One character outside the GSM alphabet makes it UCS-2: 67 a segment.
+    let accented = format!("Ciao, ça va? {}", "b".repeat(190));
+    assert_one(&sms(&accented), "workflows/test.yaml:5:18:", "UCS-2");
+    assert_eq!(diagnose(&sms(&format!("Ciao, ça va? {}", "b".repeat(150)))), Vec::<String>::new());
 }

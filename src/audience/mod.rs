@@ -7,6 +7,7 @@
 pub mod events;
 pub mod export;
 pub mod import;
+pub mod keywords;
 pub mod lists;
 pub mod records;
 pub mod subscribers;

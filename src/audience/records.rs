@@ -22,6 +22,10 @@ pub mod kind {
     pub const EMAIL_OPENED: &str = "email_opened";
     /// A tracked link in an email followed: every time.
     pub const EMAIL_CLICKED: &str = "email_clicked";
+    /// A text from the subscriber (a keyword or anything else).
+    pub const SMS_RECEIVED: &str = "sms_received";
+    /// The SMS provider reported a message delivered to the handset.
+    pub const SMS_DELIVERED: &str = "sms_delivered";
     pub const CONSENT_GRANTED: &str = "consent_granted";
     pub const CONSENT_REVOKED: &str = "consent_revoked";
     pub const ERASED: &str = "erased";

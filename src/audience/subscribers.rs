@@ -881,25 +881,61 @@ pub async fn withdraw_email(
 ) -> Result<bool> {
     let txn = db.begin_write().await?;
     let Some(current) = subscriber::Entity::find_by_id(id).one(&txn).await? else { return Ok(false) };
+    let changed = change_channel(&txn, now, current, Channel::Email, to, origin).await?;
+    txn.commit().await?;
+    Ok(changed)
+}
+
+/// Moves a subscriber's channel to `to` with a consent record and a timeline entry, if that is a
+/// change a person can make: withdrawing (`Unsubscribed`, `Complained`) a live channel
+/// (subscribed or pending), or granting (`Subscribed`) one that is pending or was unsubscribed (a
+/// bounced or complained channel is not reopened this way). Withdrawing the last live channel
+/// makes the subscriber unsubscribed (or complained); granting makes them active again. Returns
+/// whether anything changed.
+pub async fn change_channel(
+    txn: &DatabaseTransaction,
+    now: DateTime<Utc>,
+    current: subscriber::Model,
+    channel: Channel,
+    to: ChannelState,
+    origin: &ConsentOrigin,
+) -> Result<bool> {
     let live =
         |state: &str| matches!(stored(state, ChannelState::None), ChannelState::Subscribed | ChannelState::Pending);
-    if !live(&current.email_state) {
+    let (state, other) = match channel {
+        Channel::Email => (current.email_state.clone(), current.sms_state.clone()),
+        Channel::Sms => (current.sms_state.clone(), current.email_state.clone()),
+    };
+    let granting = to == ChannelState::Subscribed;
+    let allowed = if granting {
+        matches!(stored(&state, ChannelState::None), ChannelState::Pending | ChannelState::Unsubscribed)
+    } else {
+        live(&state)
+    };
+    if !allowed {
         return Ok(false);
     }
-    let reachable_by_sms = live(&current.sms_state);
+    let id = current.id;
+    let status = stored(&current.status, SubscriberStatus::Active);
     let mut model = current.into_active_model();
-    model.email_state = Set(to.as_str().to_owned());
-    if !reachable_by_sms {
+    match channel {
+        Channel::Email => model.email_state = Set(to.as_str().to_owned()),
+        Channel::Sms => model.sms_state = Set(to.as_str().to_owned()),
+    }
+    if granting && status == SubscriberStatus::Unsubscribed {
+        model.status = Set(SubscriberStatus::Active.as_str().to_owned());
+    } else if !granting && !live(&other) {
         let status =
             if to == ChannelState::Complained { SubscriberStatus::Complained } else { SubscriberStatus::Unsubscribed };
         model.status = Set(status.as_str().to_owned());
     }
     model.updated_at = Set(now);
-    model.update(&txn).await?;
-    records::consent(id, Channel::Email, false, origin, &ConsentWording::default(), now).insert(&txn).await?;
-    let data = json!({"channel": Channel::Email, "by": origin.source, "state": to});
-    records::event(id, kind::CONSENT_REVOKED, data, now).insert(&txn).await?;
-    txn.commit().await?;
+    model.update(txn).await?;
+    records::consent(id, channel, granting, origin, &ConsentWording::default(), now).insert(txn).await?;
+    let data = json!({"channel": channel, "by": origin.source, "state": to});
+    let kind = if granting { kind::CONSENT_GRANTED } else { kind::CONSENT_REVOKED };
+    records::event(id, kind, data, now).insert(txn).await?;
+    records::trigger(id, trigger::CHANGED, "", json!({}), now).insert(txn).await?;
     Ok(true)
 }
 

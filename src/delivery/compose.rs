@@ -136,18 +136,24 @@ fn decode_attribute(value: &str) -> String {
     value.replace("&amp;", "&").replace("&#39;", "'").replace("&quot;", "\"").trim().to_owned()
 }
 
+/// Whether every character of `text` is in the GSM 03.38 alphabet (basic or extension).
+pub fn is_gsm7(text: &str) -> bool {
+    text.chars().all(|c| GSM_BASIC.contains(c) || GSM_EXTENDED.contains(c))
+}
+
+const GSM_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+const GSM_EXTENDED: &str = "^{}\\[~]|€\u{000C}";
+
 /// How many SMS segments `text` takes: GSM-7 when every character is in the GSM 03.38 alphabet
 /// (160 in one segment, 153 each when split; the extension characters take two), otherwise
 /// UCS-2 (70, or 67 each; characters outside the BMP take two).
 pub fn sms_segments(text: &str) -> u32 {
-    const BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
-    const EXTENDED: &str = "^{}\\[~]|€\u{000C}";
     let mut gsm_units = 0u32;
     let mut gsm = true;
     for c in text.chars() {
-        if BASIC.contains(c) {
+        if GSM_BASIC.contains(c) {
             gsm_units += 1;
-        } else if EXTENDED.contains(c) {
+        } else if GSM_EXTENDED.contains(c) {
             gsm_units += 2;
         } else {
             gsm = false;

@@ -24,7 +24,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Answer, Carrier, Worker};
+use super::{Answer, Breaker, Carrier, Worker};
 use crate::clock::SharedClock;
 use crate::links::{Purpose, Signer};
 use crate::store::Db;
@@ -177,9 +177,8 @@ pub struct Relay {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     /// At most this many messages begin per second (`?rate=`), spaced evenly.
     pacing: Option<Arc<Pacing>>,
-    /// How long a failing relay is left alone before it is tried again (`?cooldown=` seconds).
-    cooldown: chrono::Duration,
-    breaker: Arc<std::sync::Mutex<Breaker>>,
+    /// Skips the relay for a cool-down (`?cooldown=` seconds) after it fails.
+    breaker: Arc<Breaker>,
 }
 
 /// Evenly spaced starts: each message takes the next free slot, `interval` after the previous
@@ -199,14 +198,6 @@ impl Pacing {
         };
         tokio::time::sleep_until(slot).await;
     }
-}
-
-/// The circuit breaker of a relay: closed (in use) until it fails, then open (skipped) until
-/// the cool-down has passed; the next attempt after that decides (success closes it, failure
-/// opens it for another cool-down).
-#[derive(Debug, Default)]
-struct Breaker {
-    open_until: Option<DateTime<Utc>>,
 }
 
 /// The default cool-down of a failing relay.
@@ -229,8 +220,7 @@ impl Relay {
             name: parsed.name,
             transport: parsed.builder.timeout(Some(SMTP_TIMEOUT)).build(),
             pacing,
-            cooldown: parsed.cooldown,
-            breaker: Arc::default(),
+            breaker: Arc::new(Breaker::new(parsed.cooldown)),
         })
     }
 
@@ -275,30 +265,9 @@ impl Relay {
         Ok(ParsedRelay { builder, name, rate, cooldown })
     }
 
-    /// Whether the relay may be tried now (its breaker is closed, or its cool-down is over).
-    fn available(&self, now: DateTime<Utc>) -> bool {
-        let breaker = self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        breaker.open_until.is_none_or(|until| now >= until)
-    }
-
-    fn failed(&self, now: DateTime<Utc>) {
-        let mut breaker = self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if breaker.open_until.is_none_or(|until| now >= until) {
-            tracing::warn!(relay = %self.name, cooldown_s = self.cooldown.num_seconds(), "relay failing: skipped for its cool-down");
-        }
-        breaker.open_until = Some(now + self.cooldown);
-    }
-
-    fn worked(&self) {
-        let mut breaker = self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if breaker.open_until.take().is_some() {
-            tracing::info!(relay = %self.name, "relay works again");
-        }
-    }
-
     /// `open` while the relay is skipped after a failure, else `closed`.
     pub fn state(&self, now: DateTime<Utc>) -> &'static str {
-        if self.available(now) { "closed" } else { "open" }
+        self.breaker.state(now)
     }
 }
 
@@ -359,7 +328,7 @@ impl Carrier for Mailer {
 async fn send_through(relays: &[Relay], message: &Message, now: DateTime<Utc>) -> Answer {
     let mut failures = Vec::new();
     for relay in relays {
-        if !relay.available(now) {
+        if !relay.breaker.available(now) {
             failures.push(format!("{}: cooling down after a failure", relay.name));
             continue;
         }
@@ -368,19 +337,19 @@ async fn send_through(relays: &[Relay], message: &Message, now: DateTime<Utc>) -
         }
         match relay.transport.send(message.clone()).await {
             Ok(reply) => {
-                relay.worked();
+                relay.breaker.worked(&relay.name);
                 let text: Vec<&str> = reply.message().collect();
                 let reply = format!("{} {}", reply.code(), text.join(" "));
                 return Answer::Delivered(json!({"transport": "smtp", "relay": relay.name, "reply": reply}));
             }
             Err(e) if e.is_permanent() => {
-                relay.worked();
+                relay.breaker.worked(&relay.name);
                 let reason = format!("{}: {e}", relay.name);
                 let code = e.status().map(u16::from);
                 return if hard_bounce(code, &e.to_string()) { Answer::Bounce(reason) } else { Answer::Fail(reason) };
             }
             Err(e) => {
-                relay.failed(now);
+                relay.breaker.failed(&relay.name, now);
                 failures.push(format!("{}: {e}", relay.name));
             }
         }

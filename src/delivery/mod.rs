@@ -8,6 +8,7 @@
 
 pub mod compose;
 pub mod email;
+pub mod sms;
 pub mod tracking;
 pub mod webhook;
 
@@ -45,11 +46,59 @@ pub fn backoff(id: uuid::Uuid, attempts: i32) -> chrono::Duration {
     base + chrono::Duration::milliseconds((base.num_milliseconds() / 4 * fraction) >> 32)
 }
 
+/// The circuit breaker of a relay or provider: closed (in use) until it fails, then open
+/// (skipped) until its cool-down has passed; the next attempt after that decides (success closes
+/// it, failure opens it for another cool-down). Kept per process, in memory.
+#[derive(Debug)]
+pub struct Breaker {
+    cooldown: chrono::Duration,
+    open_until: std::sync::Mutex<Option<DateTime<Utc>>>,
+}
+
+impl Breaker {
+    pub fn new(cooldown: chrono::Duration) -> Self {
+        Self { cooldown, open_until: std::sync::Mutex::new(None) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<DateTime<Utc>>> {
+        self.open_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether it may be tried now (closed, or its cool-down is over).
+    pub fn available(&self, now: DateTime<Utc>) -> bool {
+        self.lock().is_none_or(|until| now >= until)
+    }
+
+    pub fn failed(&self, name: &str, now: DateTime<Utc>) {
+        let mut open_until = self.lock();
+        if open_until.is_none_or(|until| now >= until) {
+            tracing::warn!(%name, cooldown_s = self.cooldown.num_seconds(), "failing: skipped for its cool-down");
+        }
+        *open_until = Some(now + self.cooldown);
+    }
+
+    pub fn worked(&self, name: &str) {
+        if self.lock().take().is_some() {
+            tracing::info!(%name, "works again");
+        }
+    }
+
+    /// `open` while skipped after a failure, else `closed`.
+    pub fn state(&self, now: DateTime<Utc>) -> &'static str {
+        if self.available(now) { "closed" } else { "open" }
+    }
+}
+
 /// What one attempt came to.
 #[derive(Debug)]
 pub enum Answer {
-    /// Accepted; the detail (a status, a provider's reply) goes into the timeline.
+    /// Accepted; the detail (a status, a provider's reply) goes into the timeline. A
+    /// `provider_ref` string in it (the provider's id for the message) is kept on the message,
+    /// for status callbacks.
     Delivered(Value),
+    /// Not now: it may not be sent before this time (an SMS outside the hours it may arrive).
+    /// Not an attempt: nothing is counted or written to the timeline.
+    Hold(DateTime<Utc>),
     /// A temporary failure: try again later.
     Retry(String),
     /// A permanent failure: give up.
@@ -120,6 +169,13 @@ impl<S: Carrier> Worker<S> {
     }
 
     async fn record(&self, message: outbox::Model, answer: Answer, now: DateTime<Utc>) -> Result<()> {
+        if let Answer::Hold(until) = answer {
+            let mut active = message.into_active_model();
+            active.due_at = Set(until);
+            active.updated_at = Set(now);
+            active.update(self.db.conn()).await?;
+            return Ok(());
+        }
         let subscriber = message.subscriber_id;
         let attempts = message.attempts + 1;
         let step = message.step_id.clone();
@@ -130,7 +186,11 @@ impl<S: Carrier> Worker<S> {
         active.attempts = Set(attempts);
         active.updated_at = Set(now);
         let (outcome, detail) = match answer {
+            Answer::Hold(_) => return Ok(()),
             Answer::Delivered(detail) => {
+                if let Some(reference) = detail.get("provider_ref").and_then(Value::as_str) {
+                    active.provider_ref = Set(Some(reference.to_owned()));
+                }
                 active.status = Set("sent".into());
                 active.sent_at = Set(Some(now));
                 active.last_error = Set(None);

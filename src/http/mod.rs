@@ -11,6 +11,7 @@ pub mod extract;
 mod health;
 mod lists;
 pub mod openapi;
+mod sms;
 mod subscribers;
 mod tracking;
 mod transfer;
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .merge(unsubscribe::routes())
         .merge(tracking::routes())
         .merge(bounces::routes())
+        .merge(sms::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))

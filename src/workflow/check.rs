@@ -38,7 +38,12 @@ pub struct Context<'a> {
     pub templates: &'a TemplateChecker,
     /// The lists that exist; `None` skips the check (no database at hand).
     pub lists: Option<&'a BTreeSet<String>>,
+    /// The most segments an SMS may take (`sms_max_segments`).
+    pub sms_max_segments: u32,
 }
+
+/// `sms_max_segments` when it is not configured.
+pub const DEFAULT_SMS_MAX_SEGMENTS: u32 = 3;
 
 /// A position in the file.
 #[derive(Debug, Clone, Copy, Default)]
@@ -60,6 +65,21 @@ struct Checker<'a> {
     emails_so_far: BTreeSet<String>,
     /// Every email step in the file (for `exit_when`, checked before any step).
     all_emails: BTreeSet<String>,
+}
+
+/// What templates are rendered with to measure an SMS: a subscriber with typical values.
+fn sample_context() -> tera::Context {
+    let sample = serde_json::json!({
+        "subscriber": {
+            "id": "0190e5e2-0000-7000-8000-000000000000", "email": "alexandra@example.com", "phone": "+14155552671",
+            "first_name": "Alexandra", "last_name": "Lovelace", "timezone": "Europe/Rome", "locale": "en",
+            "attributes": {},
+        },
+        "workflow": {"id": "sample", "name": "Sample"},
+        "unsubscribe_url": "https://example.com/u/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "preferences_url": "https://example.com/preferences/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    });
+    tera::Context::from_serialize(&sample).unwrap_or_default()
 }
 
 /// Checks the workflow file at `path` whose text is `text`.
@@ -402,10 +422,22 @@ impl Checker<'_> {
         }
         if let Some(sms) = &s.sms {
             let body = match (&sms.value.template, &sms.value.text) {
-                (Some(template), None) => SmsBody::Template(self.template(template)),
+                (Some(template), None) => {
+                    let name = self.template(template);
+                    let rendered = self.context.templates.tera().render(&name, &sample_context());
+                    if let Ok(text) = rendered {
+                        self.check_segments(at(template), text.trim());
+                    }
+                    SmsBody::Template(name)
+                }
                 (None, Some(text)) => {
-                    for problem in self.context.templates.check_inline(&text.value) {
+                    let problems = self.context.templates.check_inline(&text.value);
+                    for problem in &problems {
                         self.report(at(text), format!("text: {problem}"));
+                    }
+                    let rendered = self.context.templates.tera().render_str(&text.value, &sample_context(), false);
+                    if let (true, Ok(rendered)) = (problems.is_empty(), rendered) {
+                        self.check_segments(at(text), rendered.trim());
                     }
                     SmsBody::Text(text.value.clone())
                 }
@@ -528,6 +560,26 @@ impl Checker<'_> {
             }
         }
         template
+    }
+
+    /// An SMS (rendered for a sample subscriber) over the segment limit is refused.
+    fn check_segments(&mut self, place: At, text: &str) {
+        let segments = crate::delivery::compose::sms_segments(text);
+        let limit = self.context.sms_max_segments;
+        if segments > limit {
+            let alphabet = if crate::delivery::compose::is_gsm7(text) {
+                "GSM-7: 160 characters in one, 153 each when split"
+            } else {
+                "UCS-2, for a character outside the GSM alphabet: 70 characters in one, 67 each when split"
+            };
+            self.report(
+                place,
+                format!(
+                    "this text takes {segments} SMS segments ({} characters, {alphabet}); the limit is {limit} (sms_max_segments): shorten it",
+                    text.chars().count()
+                ),
+            );
+        }
     }
 
     /// `anywhere`: the condition is checked before any step (exit_when), so it may name any

@@ -35,11 +35,11 @@ pub struct Refused {
 pub async fn check_folder(
     db: &Db,
     workflows: &Path,
-    templates: &Path,
+    config: &crate::config::Config,
 ) -> Result<(Vec<Workflow>, TemplateChecker, Vec<Diagnostic>)> {
-    let checker = TemplateChecker::load(templates);
+    let checker = TemplateChecker::load(&config.templates_dir);
     let lists: BTreeSet<String> = crate::audience::lists::all(db).await?.into_iter().map(|l| l.slug).collect();
-    let context = Context { templates: &checker, lists: Some(&lists) };
+    let context = Context { templates: &checker, lists: Some(&lists), sms_max_segments: config.sms_max_segments };
     let (found, diagnostics) = check_dir(workflows, &context);
     Ok((found, checker, diagnostics))
 }
@@ -49,10 +49,9 @@ pub async fn load(
     db: &Db,
     registry: &Registry,
     now: DateTime<Utc>,
-    workflows: &Path,
-    templates: &Path,
+    config: &crate::config::Config,
 ) -> Result<std::result::Result<(Reloaded, Arc<TemplateChecker>), Refused>> {
-    let (found, checker, diagnostics) = check_folder(db, workflows, templates).await?;
+    let (found, checker, diagnostics) = check_folder(db, &config.workflows_dir, config).await?;
     if !diagnostics.is_empty() {
         return Ok(Err(Refused { diagnostics }));
     }

@@ -65,7 +65,8 @@ pub async fn simulate(
 ) -> anyhow::Result<Outcome> {
     let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
     let templates = Arc::new(TemplateChecker::load(templates_dir));
-    let workflow = match check(file, &text, &Context { templates: &templates, lists: None }) {
+    let workflow = match check(file, &text, &Context { templates: &templates, lists: None, sms_max_segments: u32::MAX })
+    {
         Ok(w) => w,
         Err(diagnostics) => return Ok(Outcome::Invalid(diagnostics)),
     };

@@ -361,7 +361,11 @@ async fn plan_shows_where_enrollments_would_go_without_moving_them(app: TestApp)
     join(&app, "bob@example.com", "instagram").await;
     app.tick().await;
     let templates = TemplateChecker::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"));
-    let context = ownlist::workflow::Context { templates: &templates, lists: None };
+    let context = ownlist::workflow::Context {
+        templates: &templates,
+        lists: None,
+        sms_max_segments: ownlist::workflow::check::DEFAULT_SMS_MAX_SEGMENTS,
+    };
     let edited = DRIP.replace("  - id: pause\n    wait: 2d\n", "");
     let workflow = ownlist::workflow::check(std::path::Path::new("guide.yaml"), &edited, &context).unwrap();
     let moves = app.engine.registry().plan(&[workflow]).await.unwrap();

@@ -42,6 +42,27 @@ macro_rules! on_both_databases {
 }
 pub(crate) use on_both_databases;
 
+/// Runs each named `async fn(Backend)` once per database, for tests that start their app with a
+/// configuration of their own (`TestApp::spawn_with` answers `None` when PostgreSQL is not set up).
+macro_rules! with_each_backend {
+    ($($test:ident),+ $(,)?) => {
+        $(
+            mod $test {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$test(crate::helpers::Backend::Sqlite).await;
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    super::$test(crate::helpers::Backend::Postgres).await;
+                }
+            }
+        )+
+    };
+}
+pub(crate) use with_each_backend;
+
 /// The bounce webhook's secret in tests.
 pub const BOUNCE_SECRET: &str = "test-bounce-secret-0123";
 
@@ -54,6 +75,7 @@ pub struct TestApp {
     pub backend: Backend,
     pub engine: std::sync::Arc<ownlist::workflow::engine::Engine>,
     pub email: std::sync::Arc<ownlist::delivery::email::EmailSender>,
+    pub sms: std::sync::Arc<ownlist::delivery::sms::SmsSender>,
     pub workflows_dir: std::path::PathBuf,
     pub data_dir: std::path::PathBuf,
     server: tokio::task::JoinHandle<()>,
@@ -96,6 +118,7 @@ impl TestApp {
         let db = app.app.db.clone();
         let engine = app.engine.clone();
         let email = app.email.clone();
+        let sms = app.sms.clone();
         let server = tokio::spawn(async move {
             app.serve(listener, std::future::pending()).await.unwrap();
         });
@@ -108,6 +131,7 @@ impl TestApp {
             backend,
             engine,
             email,
+            sms,
             workflows_dir,
             data_dir,
             server,

@@ -3,6 +3,7 @@
 //! `TEST_LOG=1` shows the app's logs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fake_sms;
 mod helpers;
 mod smtp_sink;
 
@@ -12,6 +13,7 @@ mod broadcasts;
 mod email;
 mod engine;
 mod lists;
+mod sms;
 mod subscribers;
 mod tracking;
 mod transfer;

@@ -1,0 +1,444 @@
+//! SMS: an outbox message goes to the first provider that takes it.
+//!
+//! Providers, tried in order like SMTP relays (a failing one is skipped for its cool-down):
+//! - **Twilio-compatible**: a form POST to `{base}/2010-04-01/Accounts/{sid}/Messages.json` with
+//!   Basic auth, `To`, `From` (or `MessagingServiceSid` when the sender starts with `MG`), `Body`
+//!   and `StatusCallback`; the answer's `sid` is kept to match the status callback.
+//! - **Generic HTTP JSON**: a POST of `{"id", "to", "from", "body", "status_callback"}` with a
+//!   bearer token; any 2xx takes it (its JSON `id`, if any, is kept).
+//!
+//! Without providers, the `file` transport writes `{data_dir}/sms/{outbox id}.json`.
+//!
+//! Marketing SMS (a workflow's or a broadcast's) only goes out within the sending hours (default
+//! 08:00–20:00) in the subscriber's time zone; one due outside is held until they open. Replies to
+//! keywords (STOP, HELP, …) are not marketing and go at once.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use chrono::{DateTime, NaiveTime, Utc, Weekday};
+use hmac::{Hmac, Mac};
+use sea_orm::EntityTrait;
+use serde_json::{Value, json};
+
+use super::{Answer, Breaker, Carrier, Worker};
+use crate::clock::SharedClock;
+use crate::store::Db;
+use crate::store::entities::{outbox, subscriber};
+use crate::workflow::timing::window_opens_at;
+
+/// Twilio error codes that say the number cannot receive SMS at all (a hard bounce).
+const UNREACHABLE_NUMBER_CODES: &[i64] = &[21211, 21214, 21217, 21407, 21421, 21612, 21614, 30003, 30005, 30006];
+const DEFAULT_COOLDOWN_SECONDS: i64 = 60;
+const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One SMS provider.
+pub struct Provider {
+    /// For the timeline and logs (never the credentials).
+    pub name: String,
+    kind: Kind,
+    breaker: Breaker,
+}
+
+enum Kind {
+    Twilio { messages_url: url::Url, account_sid: String, auth_token: String, from: String },
+    Http { url: url::Url, token: Option<String>, from: String },
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Provider {
+    /// A Twilio-compatible provider at `base` (`https://api.twilio.com` for Twilio itself).
+    pub fn twilio(base: &url::Url, account_sid: &str, auth_token: &str, from: &str) -> Result<Self, String> {
+        let path = format!("2010-04-01/Accounts/{account_sid}/Messages.json");
+        let messages_url = base.join(&path).map_err(|e| format!("'{base}': {e}"))?;
+        Ok(Self {
+            name: format!("twilio:{}", base.host_str().unwrap_or_default()),
+            kind: Kind::Twilio {
+                messages_url,
+                account_sid: account_sid.to_owned(),
+                auth_token: auth_token.to_owned(),
+                from: from.to_owned(),
+            },
+            breaker: Breaker::new(chrono::Duration::seconds(DEFAULT_COOLDOWN_SECONDS)),
+        })
+    }
+
+    /// A generic HTTP JSON provider.
+    pub fn http(url: &url::Url, token: Option<&str>, from: &str) -> Self {
+        Self {
+            name: format!("http:{}", url.host_str().unwrap_or_default()),
+            kind: Kind::Http { url: url.clone(), token: token.map(str::to_owned), from: from.to_owned() },
+            breaker: Breaker::new(chrono::Duration::seconds(DEFAULT_COOLDOWN_SECONDS)),
+        }
+    }
+
+    /// The auth token a Twilio-compatible provider signs its webhooks with.
+    pub fn twilio_auth_token(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Twilio { auth_token, .. } => Some(auth_token),
+            Kind::Http { .. } => None,
+        }
+    }
+
+    /// `open` while skipped after a failure, else `closed`.
+    pub fn state(&self, now: DateTime<Utc>) -> &'static str {
+        self.breaker.state(now)
+    }
+}
+
+/// Where SMS goes.
+#[derive(Debug)]
+pub enum SmsTransport {
+    /// One JSON file per message in this folder.
+    File(PathBuf),
+    /// Providers in order of preference.
+    Providers(Vec<Arc<Provider>>),
+}
+
+/// The hours marketing SMS may arrive, in the subscriber's zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendingHours {
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+}
+
+impl SendingHours {
+    /// `HH:MM-HH:MM`, the start before the end.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let problem = || format!("'{text}' is not a range of hours like 08:00-20:00");
+        let (start, end) = text.split_once('-').ok_or_else(problem)?;
+        let start = NaiveTime::parse_from_str(start.trim(), "%H:%M").map_err(|_| problem())?;
+        let end = NaiveTime::parse_from_str(end.trim(), "%H:%M").map_err(|_| problem())?;
+        if start >= end {
+            return Err(format!("'{text}': the hours must start before they end"));
+        }
+        Ok(Self { start, end })
+    }
+
+    /// When a message due `now` for someone in `tz` may go: `None` for now.
+    pub fn opens_at(&self, now: DateTime<Utc>, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+        const EVERY_DAY: [Weekday; 7] =
+            [Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri, Weekday::Sat, Weekday::Sun];
+        window_opens_at(now, tz, &EVERY_DAY, self.start, self.end)
+    }
+}
+
+impl Default for SendingHours {
+    fn default() -> Self {
+        Self {
+            start: NaiveTime::from_hms_opt(8, 0, 0).unwrap_or_default(),
+            end: NaiveTime::from_hms_opt(20, 0, 0).unwrap_or_default(),
+        }
+    }
+}
+
+/// Sends SMS messages from the outbox.
+pub struct Texter {
+    db: Db,
+    client: reqwest::Client,
+    transport: SmsTransport,
+    hours: SendingHours,
+    /// The zone of subscribers without one of their own.
+    default_zone: chrono_tz::Tz,
+    /// Where providers report delivery (`{base_url}webhooks/sms/status`).
+    status_callback: String,
+}
+
+impl std::fmt::Debug for Texter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Texter").field("transport", &self.transport).field("hours", &self.hours).finish()
+    }
+}
+
+/// The SMS worker.
+pub type SmsSender = Worker<Texter>;
+
+/// What the SMS worker is given.
+#[derive(Debug)]
+pub struct SmsSetup {
+    pub transport: SmsTransport,
+    pub hours: SendingHours,
+    pub default_zone: chrono_tz::Tz,
+    pub base_url: url::Url,
+}
+
+impl SmsSender {
+    pub fn new(db: Db, clock: SharedClock, setup: SmsSetup) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .user_agent(concat!("ownlist/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        let status_callback = setup.base_url.join("webhooks/sms/status").map(|u| u.to_string()).unwrap_or_default();
+        let texter = Texter {
+            db: db.clone(),
+            client,
+            transport: setup.transport,
+            hours: setup.hours,
+            default_zone: setup.default_zone,
+            status_callback,
+        };
+        Worker::with(db, clock, texter)
+    }
+}
+
+impl Carrier for Texter {
+    const CHANNEL: &'static str = "sms";
+
+    async fn attempt(&self, message: &outbox::Model, now: DateTime<Utc>) -> Answer {
+        let marketing = message.workflow_id.is_some() || message.broadcast_id.is_some();
+        if marketing {
+            let zone = match subscriber::Entity::find_by_id(message.subscriber_id).one(self.db.conn()).await {
+                Ok(found) => found.and_then(|s| s.timezone).and_then(|z| z.parse().ok()).unwrap_or(self.default_zone),
+                Err(e) => return Answer::Retry(format!("cannot read the subscriber's time zone: {e}")),
+            };
+            if let Some(opens) = self.hours.opens_at(now, zone) {
+                return Answer::Hold(opens);
+            }
+        }
+        match &self.transport {
+            SmsTransport::File(dir) => {
+                let record = json!({
+                    "id": message.id, "to": message.recipient, "body": message.body_text, "segments": message.segments,
+                });
+                match write_file(dir, message.id, record.to_string().as_bytes()).await {
+                    Ok(path) => Answer::Delivered(json!({"transport": "file", "path": path.display().to_string()})),
+                    Err(e) => Answer::Retry(format!("cannot write the message file: {e}")),
+                }
+            }
+            SmsTransport::Providers(providers) => self.send_through(providers, message, now).await,
+        }
+    }
+}
+
+/// What one provider said.
+enum Reply {
+    Took(Value),
+    /// About the message or number: no other provider would do better.
+    Refused {
+        reason: String,
+        unreachable: bool,
+    },
+    /// The provider is failing (network, 429, 5xx): try the next.
+    Failing(String),
+}
+
+impl Texter {
+    async fn send_through(&self, providers: &[Arc<Provider>], message: &outbox::Model, now: DateTime<Utc>) -> Answer {
+        let mut failures = Vec::new();
+        for provider in providers {
+            if !provider.breaker.available(now) {
+                failures.push(format!("{}: cooling down after a failure", provider.name));
+                continue;
+            }
+            match self.send_one(provider, message).await {
+                Reply::Took(detail) => {
+                    provider.breaker.worked(&provider.name);
+                    return Answer::Delivered(detail);
+                }
+                Reply::Refused { reason, unreachable } => {
+                    provider.breaker.worked(&provider.name);
+                    let reason = format!("{}: {reason}", provider.name);
+                    return if unreachable { Answer::Bounce(reason) } else { Answer::Fail(reason) };
+                }
+                Reply::Failing(reason) => {
+                    provider.breaker.failed(&provider.name, now);
+                    failures.push(format!("{}: {reason}", provider.name));
+                }
+            }
+        }
+        if failures.is_empty() {
+            return Answer::Retry("no SMS provider is configured".into());
+        }
+        Answer::Retry(failures.join("; "))
+    }
+
+    async fn send_one(&self, provider: &Provider, message: &outbox::Model) -> Reply {
+        let request = match &provider.kind {
+            Kind::Twilio { messages_url, account_sid, auth_token, from } => {
+                let sender = if from.starts_with("MG") { "MessagingServiceSid" } else { "From" };
+                let form = url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("To", &message.recipient)
+                    .append_pair(sender, from)
+                    .append_pair("Body", &message.body_text)
+                    .append_pair("StatusCallback", &self.status_callback)
+                    .finish();
+                self.client
+                    .post(messages_url.clone())
+                    .basic_auth(account_sid, Some(auth_token))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(form)
+            }
+            Kind::Http { url, token, from } => {
+                let body = json!({
+                    "id": message.id, "to": message.recipient, "from": from, "body": message.body_text,
+                    "status_callback": self.status_callback,
+                });
+                let request =
+                    self.client.post(url.clone()).json(&body).header("idempotency-key", message.id.to_string());
+                match token {
+                    Some(token) => request.bearer_auth(token),
+                    None => request,
+                }
+            }
+        };
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return Reply::Failing(e.without_url().to_string()),
+        };
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let twilio = matches!(provider.kind, Kind::Twilio { .. });
+        match status {
+            200..=299 => {
+                let reference = body.get(if twilio { "sid" } else { "id" }).and_then(Value::as_str);
+                Reply::Took(json!({"provider": provider.name, "provider_ref": reference, "status": status}))
+            }
+            408 | 429 | 500.. => Reply::Failing(format!("HTTP {status}")),
+            _ => {
+                let code = body.get("code").and_then(Value::as_i64);
+                let text =
+                    body.get("message").or_else(|| body.get("error")).and_then(Value::as_str).unwrap_or_default();
+                let unreachable = code.is_some_and(|c| UNREACHABLE_NUMBER_CODES.contains(&c))
+                    || (!twilio && body.get("error").and_then(Value::as_str) == Some("invalid_number"));
+                let code = code.map(|c| format!(" (code {c})")).unwrap_or_default();
+                Reply::Refused { reason: format!("HTTP {status}{code}: {text}"), unreachable }
+            }
+        }
+    }
+}
+
+/// A provider's report on a message it took.
+#[derive(Debug, Clone)]
+pub struct StatusReport {
+    /// The provider's id for the message.
+    pub provider_ref: String,
+    /// `delivered`, `undelivered` or `failed` matter; others (`queued`, `sent`, …) are progress.
+    pub status: String,
+    /// Twilio's error code, when it failed.
+    pub error_code: Option<i64>,
+    /// The generic provider's error word (`invalid_number` is a hard bounce).
+    pub error: Option<String>,
+}
+
+/// Records a delivery report: delivered into the timeline; undelivered or failed fails the
+/// message (already counted as sent when the provider took it), and a number that cannot get SMS
+/// marks the channel bounced. Returns false for a message ownlist does not know.
+pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -> crate::error::Result<bool> {
+    use sea_orm::{ActiveModelTrait, ColumnTrait, IntoActiveModel, QueryFilter};
+    let txn = db.begin_write().await?;
+    let found = outbox::Entity::find()
+        .filter(outbox::Column::ProviderRef.eq(&report.provider_ref))
+        .filter(outbox::Column::Channel.eq(Texter::CHANNEL))
+        .one(&txn)
+        .await?;
+    let Some(message) = found else { return Ok(false) };
+    let about = json!({
+        "message": message.id, "workflow": message.workflow_id, "step": message.step_id,
+        "broadcast": message.broadcast_id, "status": report.status, "error_code": report.error_code,
+    });
+    let subscriber = message.subscriber_id;
+    match report.status.as_str() {
+        "delivered" => {
+            crate::audience::records::event(subscriber, crate::audience::records::kind::SMS_DELIVERED, about, now)
+                .insert(&txn)
+                .await?;
+        }
+        "undelivered" | "failed" if message.status != "failed" => {
+            let unreachable = report.error_code.is_some_and(|c| UNREACHABLE_NUMBER_CODES.contains(&c))
+                || report.error.as_deref() == Some("invalid_number");
+            let reason = format!(
+                "the provider reports the message {}{}",
+                report.status,
+                report.error_code.map(|c| format!(" (error {c})")).unwrap_or_default()
+            );
+            let mut active = message.into_active_model();
+            active.status = sea_orm::ActiveValue::Set("failed".into());
+            active.last_error = sea_orm::ActiveValue::Set(Some(reason.clone()));
+            active.updated_at = sea_orm::ActiveValue::Set(now);
+            active.update(&txn).await?;
+            if unreachable {
+                crate::audience::subscribers::mark_bounced(
+                    &txn,
+                    subscriber,
+                    crate::audience::values::Channel::Sms,
+                    &reason,
+                    now,
+                )
+                .await?;
+            }
+            crate::audience::records::event(subscriber, "sms_failed", about, now).insert(&txn).await?;
+        }
+        _ => {}
+    }
+    txn.commit().await?;
+    Ok(true)
+}
+
+/// The `X-Twilio-Signature` of a webhook request: base64 of HMAC-SHA1 (keyed with the auth
+/// token) over the full URL followed by each form field's name and value, sorted by name.
+pub fn twilio_signature(auth_token: &str, url: &str, fields: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = fields.iter().collect();
+    sorted.sort();
+    // HMAC takes a key of any length, so this cannot fail.
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes()).unwrap_or_else(|_| unreachable!());
+    mac.update(url.as_bytes());
+    for (name, value) in sorted {
+        mac.update(name.as_bytes());
+        mac.update(value.as_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+async fn write_file(dir: &std::path::Path, id: uuid::Uuid, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    tokio::fs::create_dir_all(dir).await?;
+    let path = dir.join(format!("{id}.json"));
+    let partial = dir.join(format!(".{id}.json.partial"));
+    tokio::fs::write(&partial, bytes).await?;
+    tokio::fs::rename(&partial, &path).await?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_twilio_signature_matches_twilios_documented_example() {
+        // The example in Twilio's webhook security documentation.
+        let fields: Vec<(String, String)> = [
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+12349013030"),
+            ("Digits", "1234"),
+            ("From", "+12349013030"),
+            ("To", "+18005551212"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let signature = twilio_signature("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", &fields);
+        assert_eq!(signature, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
+    }
+
+    #[test]
+    fn sending_hours_parse_and_hold_until_they_open() {
+        assert!(SendingHours::parse("20:00-08:00").is_err());
+        assert!(SendingHours::parse("8-20").is_err());
+        let hours = SendingHours::parse("08:00-20:00").unwrap();
+        assert_eq!(hours, SendingHours::default());
+        let rome: chrono_tz::Tz = "Europe/Rome".parse().unwrap();
+        let late = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 3, 2, 21, 30, 0).unwrap(); // 22:30 in Rome
+        let opens = hours.opens_at(late, rome).unwrap();
+        assert_eq!(opens, chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 3, 3, 7, 0, 0).unwrap());
+        let noon = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 3, 2, 11, 0, 0).unwrap();
+        assert_eq!(hours.opens_at(noon, rome), None);
+    }
+}

@@ -1,0 +1,146 @@
+//! SMS webhooks: texts from subscribers, and delivery reports from providers.
+//!
+//! - `POST /webhooks/sms/twilio`: Twilio's inbound-message webhook (form fields `MessageSid`,
+//!   `From`, `Body`, …), answered with empty TwiML (replies go through the outbox).
+//! - `POST /webhooks/sms/status`: delivery reports; Twilio's status callback (form `MessageSid`,
+//!   `MessageStatus`, `ErrorCode`), or a generic provider's JSON `{"id", "status", "error"}`.
+//!
+//! Twilio requests must carry a valid `X-Twilio-Signature` (HMAC-SHA1 with a configured Twilio
+//! auth token over the URL as Twilio called it, `{base_url}webhooks/sms/…`, and the sorted form
+//! fields); a generic provider's report must carry its token as a bearer token. Anything else is
+//! refused with 403 and changes nothing.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::audience::keywords::{Inbound, receive};
+use crate::config::SmsProviderConfig;
+use crate::delivery::sms::{StatusReport, record_status, twilio_signature};
+use crate::tokens::same_secret;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/webhooks/sms/twilio", post(inbound)).route("/webhooks/sms/status", post(status))
+}
+
+const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
+
+fn forbidden(detail: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "invalid_signature", detail)
+}
+
+/// The form fields of a Twilio request, once its signature is checked against every configured
+/// Twilio auth token.
+fn signed_form(
+    state: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Vec<(String, String)>, ApiError> {
+    let tokens: Vec<&str> = state
+        .config
+        .sms_providers
+        .iter()
+        .filter_map(|p| match p {
+            SmsProviderConfig::Twilio { auth_token, .. } => Some(auth_token.as_str()),
+            SmsProviderConfig::Http { .. } => None,
+        })
+        .collect();
+    if tokens.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_configured", "no Twilio provider is configured"));
+    }
+    let given = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let fields: Vec<(String, String)> =
+        url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let url = state.config.base_url.join(path).map(|u| u.to_string()).unwrap_or_default();
+    if tokens.iter().any(|token| same_secret(&twilio_signature(token, &url, &fields), given)) {
+        Ok(fields)
+    } else {
+        Err(forbidden(
+            "the X-Twilio-Signature does not match this request (is the webhook URL {base_url}webhooks/sms/…?)",
+        ))
+    }
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+async fn inbound(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let fields = signed_form(&state, "webhooks/sms/twilio", &headers, &body)?;
+    let (Some(id), Some(from)) = (field(&fields, "MessageSid"), field(&fields, "From")) else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "MessageSid and From are required",
+        ));
+    };
+    let message = Inbound {
+        id: id.to_owned(),
+        from: from.to_owned(),
+        body: field(&fields, "Body").unwrap_or_default().to_owned(),
+    };
+    let received = receive(&state.db, state.clock.now(), &message, &state.config.sms_help_text).await?;
+    tracing::info!(subscriber = ?received.subscriber, keyword = ?received.keyword, "inbound SMS");
+    Ok(([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response())
+}
+
+#[derive(Deserialize)]
+struct GenericStatus {
+    id: String,
+    status: String,
+    error: Option<String>,
+}
+
+async fn status(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let report = if json {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let known = state.config.sms_providers.iter().any(|p| match p {
+            SmsProviderConfig::Http { token: Some(token), .. } => same_secret(token, bearer),
+            _ => false,
+        });
+        if !known {
+            return Err(forbidden("send the provider's token as 'Authorization: Bearer TOKEN'"));
+        }
+        let report: GenericStatus = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("expected {{\"id\", \"status\"}}: {e}"),
+            )
+        })?;
+        StatusReport { provider_ref: report.id, status: report.status, error_code: None, error: report.error }
+    } else {
+        let fields = signed_form(&state, "webhooks/sms/status", &headers, &body)?;
+        let (Some(id), Some(status)) = (field(&fields, "MessageSid"), field(&fields, "MessageStatus")) else {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "MessageSid and MessageStatus are required",
+            ));
+        };
+        StatusReport {
+            provider_ref: id.to_owned(),
+            status: status.to_owned(),
+            error_code: field(&fields, "ErrorCode").and_then(|c| c.parse().ok()),
+            error: None,
+        }
+    };
+    // An unknown message is acknowledged too: the provider has nothing to retry.
+    record_status(&state.db, state.clock.now(), &report).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
