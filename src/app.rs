@@ -78,9 +78,11 @@ impl App {
             Signer::new(&secret),
             self.config.base_url.clone(),
         );
+        let bell = crate::delivery::Doorbell::new();
+        let engine = engine.with_bell(bell.clone());
         let engine = Arc::new(if self.config.tracking { engine } else { engine.without_tracking() });
-        let webhooks =
-            Arc::new(WebhookSender::new(self.db.clone(), self.clock.clone(), Arc::new(crate::config::webhook_secret)));
+        let webhooks = WebhookSender::new(self.db.clone(), self.clock.clone(), Arc::new(crate::config::webhook_secret));
+        let webhooks = Arc::new(webhooks.with_bell(bell.clone()));
         let letterhead = Letterhead {
             from: self.config.email_from.clone(),
             base_url: self.config.base_url.clone(),
@@ -100,7 +102,9 @@ impl App {
             Transport::Smtp(relays.map_err(|problem| anyhow::anyhow!("smtp_relays: {problem}"))?)
         };
         tracing::info!(?transport, "email transport");
-        let email = Arc::new(EmailSender::new(self.db.clone(), self.clock.clone(), letterhead, transport));
+        let email = Arc::new(
+            EmailSender::new(self.db.clone(), self.clock.clone(), letterhead, transport).with_bell(bell.clone()),
+        );
         let sms_transport = if self.config.sms_providers.is_empty() {
             SmsTransport::File(self.config.data_dir.join("sms"))
         } else {
@@ -115,7 +119,7 @@ impl App {
             default_zone: self.config.timezone,
             base_url: self.config.base_url.clone(),
         };
-        let sms = Arc::new(SmsSender::new(self.db.clone(), self.clock.clone(), setup));
+        let sms = Arc::new(SmsSender::new(self.db.clone(), self.clock.clone(), setup).with_bell(bell));
         Ok(Service { app: self, engine, webhooks, email, sms })
     }
 }

@@ -355,7 +355,11 @@ fn every_shipped_email_template_shows_an_unsubscribe_link() {
 
 #[test]
 fn an_sms_over_the_segment_limit_is_refused_at_its_line() {
-    let sms = |text: &str| format!("name: Texts\ntrigger: {{ subscribed: guide-leads }}\nsteps:\n  - id: nudge\n    sms: {{ text: \"{text}\" }}\n");
+    let sms = |text: &str| {
+        format!(
+            "name: Texts\ntrigger: {{ subscribed: guide-leads }}\nsteps:\n  - id: nudge\n    sms: {{ text: \"{text}\" }}\n"
+        )
+    };
     // 3 × 153 GSM-7 characters fit in three segments; one more needs a fourth.
     let long = "a".repeat(459 - "Hi Alexandra ".len());
     assert_eq!(diagnose(&sms(&format!("Hi {{{{ subscriber.first_name }}}} {long}"))), Vec::<String>::new());

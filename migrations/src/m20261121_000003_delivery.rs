@@ -1,4 +1,5 @@
-//! Delivery: broadcasts, and what the outbox needs beyond a workflow's messages (the broadcast
+//! Delivery: broadcasts, the bodies of outbox messages in a table of their own, and what the
+//! outbox needs beyond a workflow's messages (the broadcast
 //! or list a message belongs to, its tracked links and first open and click, its SMS segments,
 //! the provider's id for it).
 
@@ -44,6 +45,26 @@ impl MigrationTrait for Migration {
                 Index::create().name("broadcasts_due").table("broadcasts").col("status").col("send_at").to_owned(),
             )
             .await?;
+        // A message's bodies, apart from its state: they never change, while the state row is
+        // rewritten on every attempt (a rewritten row is written whole, bodies included).
+        manager
+            .create_table(
+                Table::create()
+                    .table("outbox_bodies")
+                    .col(pk_uuid("outbox_id"))
+                    .col(text_null("html"))
+                    .col(text("text"))
+                    .to_owned(),
+            )
+            .await?;
+        let db = manager.get_connection();
+        db.execute_unprepared(
+            "INSERT INTO outbox_bodies (outbox_id, html, text) SELECT id, body_html, body_text FROM outbox",
+        )
+        .await?;
+        for column in ["body_html", "body_text"] {
+            db.execute_unprepared(&format!("ALTER TABLE outbox DROP COLUMN {column}")).await?;
+        }
         // SQLite adds one column per ALTER TABLE.
         for column in [
             uuid_null("broadcast_id"),
@@ -57,9 +78,16 @@ impl MigrationTrait for Migration {
             let mut column = column;
             manager.alter_table(Table::alter().table("outbox").add_column(&mut column).to_owned()).await?;
         }
+        // Covers a broadcast's progress (counts by channel and status) without reading messages.
         manager
             .create_index(
-                Index::create().name("outbox_broadcast").table("outbox").col("broadcast_id").col("status").to_owned(),
+                Index::create()
+                    .name("outbox_broadcast")
+                    .table("outbox")
+                    .col("broadcast_id")
+                    .col("channel")
+                    .col("status")
+                    .to_owned(),
             )
             .await?;
         manager
@@ -74,6 +102,15 @@ impl MigrationTrait for Migration {
         for column in ["clicked_at", "opened_at", "provider_ref", "segments", "links", "list_slug", "broadcast_id"] {
             manager.alter_table(Table::alter().table("outbox").drop_column(column).to_owned()).await?;
         }
+        let db = manager.get_connection();
+        db.execute_unprepared("ALTER TABLE outbox ADD COLUMN body_html text NULL").await?;
+        db.execute_unprepared("ALTER TABLE outbox ADD COLUMN body_text text NOT NULL DEFAULT ''").await?;
+        db.execute_unprepared(
+            "UPDATE outbox SET body_html = (SELECT html FROM outbox_bodies b WHERE b.outbox_id = outbox.id), \
+             body_text = COALESCE((SELECT text FROM outbox_bodies b WHERE b.outbox_id = outbox.id), '')",
+        )
+        .await?;
+        manager.drop_table(Table::drop().table("outbox_bodies").to_owned()).await?;
         manager.drop_table(Table::drop().table("broadcasts").to_owned()).await?;
         Ok(())
     }

@@ -146,7 +146,7 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, help: &str)
             list_slug: None,
         };
         let row = compose::row(Uuid::now_v7(), key, id, draft, None, now, now);
-        outbox::Entity::insert(row).exec_without_returning(&txn).await?;
+        compose::insert(&txn, vec![row]).await?;
     }
     txn.commit().await?;
     Ok(Received { subscriber: Some(id), keyword, reply: reply.map(str::to_owned) })

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::audience::values::Channel;
 use crate::links::{Purpose, Signer};
-use crate::store::entities::outbox;
+use crate::store::entities::{outbox, outbox_body};
 
 /// How long tracking links keep working.
 pub const TRACKING_DAYS: i64 = 365;
@@ -169,7 +169,7 @@ pub fn sms_segments(text: &str) -> u32 {
     }
 }
 
-/// The outbox row for a draft: queued, due at `due`.
+/// The outbox rows for a draft: the message (queued, due at `due`) and its bodies.
 pub fn row(
     id: Uuid,
     key: String,
@@ -178,7 +178,7 @@ pub fn row(
     tracking: Option<&Tracking>,
     due: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> outbox::ActiveModel {
+) -> (outbox::ActiveModel, outbox_body::ActiveModel) {
     let (html, links) = match (draft.html, tracking, draft.channel) {
         (Some(html), Some(tracking), "email") => {
             let (html, links) = tracking.rewrite(&html, id, now);
@@ -187,15 +187,14 @@ pub fn row(
         (html, _, _) => (html, None),
     };
     let segments = (draft.channel == Channel::Sms.as_str()).then(|| sms_segments(&draft.text) as i32);
-    outbox::ActiveModel {
+    let body = outbox_body::ActiveModel { outbox_id: Set(id), html: Set(html), text: Set(draft.text) };
+    let message = outbox::ActiveModel {
         id: Set(id),
         idempotency_key: Set(key),
         subscriber_id: Set(subscriber_id),
         channel: Set(draft.channel.to_owned()),
         recipient: Set(draft.recipient),
         subject: Set(draft.subject),
-        body_html: Set(html),
-        body_text: Set(draft.text),
         status: Set("queued".into()),
         attempts: Set(0),
         last_error: Set(None),
@@ -213,7 +212,66 @@ pub fn row(
         provider_ref: Set(None),
         opened_at: Set(None),
         clicked_at: Set(None),
+    };
+    (message, body)
+}
+
+/// Writes messages and their bodies (a message whose idempotency key is taken is skipped, with
+/// its body); returns the ids written.
+pub async fn insert(
+    txn: &sea_orm::DatabaseTransaction,
+    rows: Vec<(outbox::ActiveModel, outbox_body::ActiveModel)>,
+) -> crate::error::Result<Vec<Uuid>> {
+    use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+
+    use crate::store::bulk::{OnDuplicate, insert_statement};
+    let backend = txn.get_database_backend();
+    let mut written = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(100) {
+        let (messages, bodies): (Vec<_>, Vec<_>) = chunk.iter().cloned().unzip();
+        let ids: Vec<Uuid> = messages
+            .iter()
+            .filter_map(|m| match &m.id {
+                Set(id) | sea_orm::ActiveValue::Unchanged(id) => Some(*id),
+                sea_orm::ActiveValue::NotSet => None,
+            })
+            .collect();
+        let count = messages.len() as u64;
+        let inserted = match insert_statement(backend, messages, OnDuplicate::Ignore) {
+            Some(statement) => execute(txn, statement).await?,
+            None => 0,
+        };
+        // Keys already taken (a step or broadcast written before) left no row: no body either.
+        let kept: Vec<Uuid> = if inserted == count {
+            ids.clone()
+        } else {
+            outbox::Entity::find()
+                .select_only()
+                .column(outbox::Column::Id)
+                .filter(outbox::Column::Id.is_in(ids.clone()))
+                .into_tuple()
+                .all(txn)
+                .await?
+        };
+        let bodies: Vec<_> =
+            bodies.into_iter().zip(&ids).filter(|(_, id)| kept.contains(id)).map(|(body, _)| body).collect();
+        if let Some(statement) = insert_statement(backend, bodies, OnDuplicate::Fail) {
+            execute(txn, statement).await?;
+        }
+        written.extend(kept);
     }
+    Ok(written)
+}
+
+/// Runs a statement; returns how many rows it changed.
+async fn execute(txn: &sea_orm::DatabaseTransaction, statement: sea_orm::Statement) -> crate::error::Result<u64> {
+    use sea_orm::ConnectionTrait;
+    let result = if statement.values.is_none() {
+        txn.execute_unprepared(&statement.sql).await?
+    } else {
+        txn.execute_raw(statement).await?
+    };
+    Ok(result.rows_affected())
 }
 
 #[cfg(test)]

@@ -14,21 +14,22 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
+use lettre::Message;
+use lettre::address::Envelope;
 use lettre::message::dkim::{
     DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm, DkimSigningKey,
 };
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::AsyncSmtpTransportBuilder;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::smtp::{Endpoint, Failure, Pool, Security};
 use super::{Answer, Breaker, Carrier, Worker};
 use crate::clock::SharedClock;
 use crate::links::{Purpose, Signer};
 use crate::store::Db;
-use crate::store::entities::outbox;
+use crate::store::entities::{outbox, outbox_body};
 
 /// How long one SMTP conversation may take before the relay counts as failing.
 const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -61,7 +62,12 @@ impl Letterhead {
     }
 
     /// The MIME message for an outbox row, or why it cannot be one (a permanent failure).
-    pub fn build(&self, message: &outbox::Model, now: DateTime<Utc>) -> Result<Message, String> {
+    pub fn build(
+        &self,
+        message: &outbox::Model,
+        body: &outbox_body::Model,
+        now: DateTime<Utc>,
+    ) -> Result<Message, String> {
         let to: Mailbox = message.recipient.parse().map_err(|e| format!("bad recipient address: {e}"))?;
         let domain = self.from.email.domain();
         let url = self.unsubscribe_url(message.subscriber_id, now);
@@ -91,9 +97,9 @@ impl Letterhead {
             builder = builder
                 .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("List-Id"), format!("<{list}.{domain}>")));
         }
-        let built = match &message.body_html {
-            Some(html) => builder.multipart(MultiPart::alternative_plain_html(message.body_text.clone(), html.clone())),
-            None => builder.singlepart(SinglePart::plain(message.body_text.clone())),
+        let built = match &body.html {
+            Some(html) => builder.multipart(MultiPart::alternative_plain_html(body.text.clone(), html.clone())),
+            None => builder.singlepart(SinglePart::plain(body.text.clone())),
         };
         let mut built = built.map_err(|e| format!("cannot build the message: {e}"))?;
         if let Some(dkim) = &self.dkim {
@@ -174,7 +180,7 @@ impl std::fmt::Debug for Transport {
 pub struct Relay {
     /// `host:port`, for the timeline and logs (never the credentials).
     pub name: String,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    pool: Arc<Pool>,
     /// At most this many messages begin per second (`?rate=`), spaced evenly.
     pacing: Option<Arc<Pacing>>,
     /// Skips the relay for a cool-down (`?cooldown=` seconds) after it fails.
@@ -207,7 +213,7 @@ impl Relay {
     /// A relay from a URL: `smtp://host:port` (plain, or `?tls=required` / `?tls=opportunistic`
     /// for STARTTLS), `smtps://host:port` (TLS from the start), with `user:password@` to log in;
     /// `rate=N` limits it to N messages per second, `cooldown=S` sets how many seconds a failing
-    /// relay is skipped (default 60). Call within the async runtime (the pool starts a task).
+    /// relay is skipped (default 60). Nothing is contacted until the first message.
     pub fn from_url(url: &str) -> Result<Self, String> {
         let parsed = Self::parse(url)?;
         let pacing = parsed.rate.map(|rate| {
@@ -218,7 +224,7 @@ impl Relay {
         });
         Ok(Self {
             name: parsed.name,
-            transport: parsed.builder.timeout(Some(SMTP_TIMEOUT)).build(),
+            pool: Arc::new(Pool::new(parsed.endpoint, SMTP_TIMEOUT)),
             pacing,
             breaker: Arc::new(Breaker::new(parsed.cooldown)),
         })
@@ -253,16 +259,35 @@ impl Relay {
                 }
             }
         }
-        let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(for_lettre.as_str())
-            .map_err(|e| format!("'{shown}': {e}"))?;
-        // The ports lettre assumes: 465 for smtps, 587 for STARTTLS, else 25.
-        let default_port = match (parsed.scheme(), parsed.query_pairs().any(|(key, _)| key == "tls")) {
-            ("smtps", _) => 465,
-            (_, true) => 587,
-            _ => 25,
+        let tls = for_lettre.query_pairs().find(|(key, _)| key == "tls").map(|(_, v)| v.into_owned());
+        let (security, default_port) = match (parsed.scheme(), tls.as_deref()) {
+            ("smtps", _) => (Security::Tls, 465),
+            ("smtp", None | Some("none")) => (Security::Plain, 25),
+            ("smtp", Some("required")) => (Security::StartTlsRequired, 587),
+            ("smtp", Some("opportunistic")) => (Security::StartTlsOpportunistic, 587),
+            (_, Some(other)) => {
+                return Err(format!("'{shown}': tls={other} is not required, opportunistic or none"));
+            }
+            _ => return Err(format!("'{shown}' is not an smtp:// or smtps:// URL with a host")),
         };
-        let name = format!("{}:{}", parsed.host_str().unwrap_or_default(), parsed.port().unwrap_or(default_port));
-        Ok(ParsedRelay { builder, name, rate, cooldown })
+        if let Some((key, _)) = for_lettre.query_pairs().find(|(key, _)| key != "tls") {
+            return Err(format!("'{shown}': unknown parameter '{key}' (relays take tls, rate and cooldown)"));
+        }
+        let credentials = parsed.password().map(|password| {
+            lettre::transport::smtp::authentication::Credentials::new(
+                percent_decoded(parsed.username()),
+                percent_decoded(password),
+            )
+        });
+        let hello = match parsed.path().trim_matches('/') {
+            "" => lettre::transport::smtp::extension::ClientId::default(),
+            name => lettre::transport::smtp::extension::ClientId::Domain(name.to_owned()),
+        };
+        let host = parsed.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+        let port = parsed.port().unwrap_or(default_port);
+        let name = format!("{}:{port}", parsed.host_str().unwrap_or_default());
+        let endpoint = Endpoint { host, port, security, credentials, hello };
+        Ok(ParsedRelay { endpoint, name, rate, cooldown })
     }
 
     /// `open` while the relay is skipped after a failure, else `closed`.
@@ -272,10 +297,34 @@ impl Relay {
 }
 
 struct ParsedRelay {
-    builder: AsyncSmtpTransportBuilder,
+    endpoint: Endpoint,
     name: String,
     rate: Option<f64>,
     cooldown: chrono::Duration,
+}
+
+/// A URL's user or password as written before encoding (`%40` is `@`; `+` stays `+`).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A URL without its password, to name it in messages.
@@ -306,17 +355,25 @@ impl EmailSender {
 impl Carrier for Mailer {
     const CHANNEL: &'static str = "email";
 
-    async fn attempt(&self, message: &outbox::Model, now: DateTime<Utc>) -> Answer {
-        let built = match self.letterhead.build(message, now) {
-            Ok(built) => built,
-            Err(problem) => return Answer::Fail(problem),
+    async fn attempt(&self, message: &outbox::Model, body: &outbox_body::Model, now: DateTime<Utc>) -> Answer {
+        // Building (MIME encoding, DKIM signing) is CPU work: done on the blocking pool, so the
+        // messages in flight are built on every core while this task waits on the network.
+        let (letterhead, queued, bodies) = (self.letterhead.clone(), message.clone(), body.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            letterhead.build(&queued, &bodies, now).map(|built| (built.envelope().clone(), built.formatted()))
+        })
+        .await;
+        let (envelope, bytes) = match built {
+            Ok(Ok(built)) => built,
+            Ok(Err(problem)) => return Answer::Fail(problem),
+            Err(e) => return Answer::Retry(format!("building the message failed: {e}")),
         };
         match &self.transport {
-            Transport::File(dir) => match write_file(dir, message.id, &built.formatted()).await {
+            Transport::File(dir) => match write_file(dir, message.id, &bytes).await {
                 Ok(path) => Answer::Delivered(json!({"transport": "file", "path": path.display().to_string()})),
                 Err(e) => Answer::Retry(format!("cannot write the message file: {e}")),
             },
-            Transport::Smtp(relays) => send_through(relays, &built, now).await,
+            Transport::Smtp(relays) => send_through(relays, &envelope, &bytes, now).await,
         }
     }
 }
@@ -325,7 +382,7 @@ impl Carrier for Mailer {
 /// (5xx) is about the message or its recipient, so no other relay is tried; anything else (4xx,
 /// a connection or TLS failure, a timeout) opens that relay's breaker and moves on to the next,
 /// and when none took it the message is retried later.
-async fn send_through(relays: &[Relay], message: &Message, now: DateTime<Utc>) -> Answer {
+async fn send_through(relays: &[Relay], envelope: &Envelope, bytes: &[u8], now: DateTime<Utc>) -> Answer {
     let mut failures = Vec::new();
     for relay in relays {
         if !relay.breaker.available(now) {
@@ -335,22 +392,19 @@ async fn send_through(relays: &[Relay], message: &Message, now: DateTime<Utc>) -
         if let Some(pacing) = &relay.pacing {
             pacing.wait_turn().await;
         }
-        match relay.transport.send(message.clone()).await {
+        match relay.pool.send(envelope, bytes).await {
             Ok(reply) => {
                 relay.breaker.worked(&relay.name);
-                let text: Vec<&str> = reply.message().collect();
-                let reply = format!("{} {}", reply.code(), text.join(" "));
                 return Answer::Delivered(json!({"transport": "smtp", "relay": relay.name, "reply": reply}));
             }
-            Err(e) if e.is_permanent() => {
+            Err(Failure::Permanent { code, text }) => {
                 relay.breaker.worked(&relay.name);
-                let reason = format!("{}: {e}", relay.name);
-                let code = e.status().map(u16::from);
-                return if hard_bounce(code, &e.to_string()) { Answer::Bounce(reason) } else { Answer::Fail(reason) };
+                let reason = format!("{}: {text}", relay.name);
+                return if hard_bounce(code, &text) { Answer::Bounce(reason) } else { Answer::Fail(reason) };
             }
-            Err(e) => {
+            Err(Failure::Transient(text)) => {
                 relay.breaker.failed(&relay.name, now);
-                failures.push(format!("{}: {e}", relay.name));
+                failures.push(format!("{}: {text}", relay.name));
             }
         }
     }
@@ -389,6 +443,11 @@ async fn write_file(dir: &std::path::Path, id: Uuid, bytes: &[u8]) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::hard_bounce;
+
+    #[test]
+    fn relay_credentials_are_percent_decoded_and_plus_kept() {
+        assert_eq!(super::percent_decoded("p%40ss+w%2Frd%"), "p@ss+w/rd%");
+    }
 
     #[test]
     fn only_refusals_about_the_address_are_hard_bounces() {

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use super::{Answer, Breaker, Carrier, Worker};
 use crate::clock::SharedClock;
 use crate::store::Db;
-use crate::store::entities::{outbox, subscriber};
+use crate::store::entities::{outbox, outbox_body, subscriber};
 use crate::workflow::timing::window_opens_at;
 
 /// Twilio error codes that say the number cannot receive SMS at all (a hard bounce).
@@ -193,7 +193,7 @@ impl SmsSender {
 impl Carrier for Texter {
     const CHANNEL: &'static str = "sms";
 
-    async fn attempt(&self, message: &outbox::Model, now: DateTime<Utc>) -> Answer {
+    async fn attempt(&self, message: &outbox::Model, body: &outbox_body::Model, now: DateTime<Utc>) -> Answer {
         let marketing = message.workflow_id.is_some() || message.broadcast_id.is_some();
         if marketing {
             let zone = match subscriber::Entity::find_by_id(message.subscriber_id).one(self.db.conn()).await {
@@ -207,14 +207,14 @@ impl Carrier for Texter {
         match &self.transport {
             SmsTransport::File(dir) => {
                 let record = json!({
-                    "id": message.id, "to": message.recipient, "body": message.body_text, "segments": message.segments,
+                    "id": message.id, "to": message.recipient, "body": body.text, "segments": message.segments,
                 });
                 match write_file(dir, message.id, record.to_string().as_bytes()).await {
                     Ok(path) => Answer::Delivered(json!({"transport": "file", "path": path.display().to_string()})),
                     Err(e) => Answer::Retry(format!("cannot write the message file: {e}")),
                 }
             }
-            SmsTransport::Providers(providers) => self.send_through(providers, message, now).await,
+            SmsTransport::Providers(providers) => self.send_through(providers, message, &body.text, now).await,
         }
     }
 }
@@ -232,14 +232,20 @@ enum Reply {
 }
 
 impl Texter {
-    async fn send_through(&self, providers: &[Arc<Provider>], message: &outbox::Model, now: DateTime<Utc>) -> Answer {
+    async fn send_through(
+        &self,
+        providers: &[Arc<Provider>],
+        message: &outbox::Model,
+        text: &str,
+        now: DateTime<Utc>,
+    ) -> Answer {
         let mut failures = Vec::new();
         for provider in providers {
             if !provider.breaker.available(now) {
                 failures.push(format!("{}: cooling down after a failure", provider.name));
                 continue;
             }
-            match self.send_one(provider, message).await {
+            match self.send_one(provider, message, text).await {
                 Reply::Took(detail) => {
                     provider.breaker.worked(&provider.name);
                     return Answer::Delivered(detail);
@@ -261,14 +267,14 @@ impl Texter {
         Answer::Retry(failures.join("; "))
     }
 
-    async fn send_one(&self, provider: &Provider, message: &outbox::Model) -> Reply {
+    async fn send_one(&self, provider: &Provider, message: &outbox::Model, text: &str) -> Reply {
         let request = match &provider.kind {
             Kind::Twilio { messages_url, account_sid, auth_token, from } => {
                 let sender = if from.starts_with("MG") { "MessagingServiceSid" } else { "From" };
                 let form = url::form_urlencoded::Serializer::new(String::new())
                     .append_pair("To", &message.recipient)
                     .append_pair(sender, from)
-                    .append_pair("Body", &message.body_text)
+                    .append_pair("Body", text)
                     .append_pair("StatusCallback", &self.status_callback)
                     .finish();
                 self.client
@@ -279,7 +285,7 @@ impl Texter {
             }
             Kind::Http { url, token, from } => {
                 let body = json!({
-                    "id": message.id, "to": message.recipient, "from": from, "body": message.body_text,
+                    "id": message.id, "to": message.recipient, "from": from, "body": text,
                     "status_callback": self.status_callback,
                 });
                 let request =

@@ -17,7 +17,7 @@ use sha2::Sha256;
 use super::{Answer, Carrier, Worker};
 use crate::clock::SharedClock;
 use crate::store::Db;
-use crate::store::entities::outbox;
+use crate::store::entities::{outbox, outbox_body};
 
 /// Where signing secrets come from (the environment, or a map in tests).
 pub type Secrets = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -56,8 +56,8 @@ impl WebhookSender {
 impl Carrier for Webhooks {
     const CHANNEL: &'static str = "webhook";
 
-    async fn attempt(&self, message: &outbox::Model, now: DateTime<Utc>) -> Answer {
-        let Ok(payload) = serde_json::from_str::<Value>(&message.body_text) else {
+    async fn attempt(&self, message: &outbox::Model, body: &outbox_body::Model, now: DateTime<Utc>) -> Answer {
+        let Ok(payload) = serde_json::from_str::<Value>(&body.text) else {
             return Answer::Fail("the queued payload is not JSON".into());
         };
         let variable = payload.get("secret_env").and_then(Value::as_str).unwrap_or_default();

@@ -34,7 +34,7 @@ use crate::error::Result;
 use crate::links::{Purpose, Signer};
 use crate::store::Db;
 use crate::store::entities::{
-    enrollment, event, list, membership, outbox, pending_trigger, schedule_run, subscriber, subscriber_tag,
+    enrollment, event, list, membership, pending_trigger, schedule_run, subscriber, subscriber_tag,
 };
 pub use broadcast::{BroadcastView, ChannelProgress, NewBroadcast};
 
@@ -89,6 +89,8 @@ pub struct Engine {
     backlog_cursor: std::sync::Mutex<Option<Uuid>>,
     /// Open and click tracking for email, when on (globally; a workflow may turn it off).
     tracking: Option<Tracking>,
+    /// Rung when a tick wrote messages to the outbox.
+    bell: crate::delivery::Doorbell,
 }
 
 /// What a subscriber is, as conditions and messages see it. A batch loads the parts its
@@ -190,7 +192,14 @@ impl Engine {
             base_url,
             last_claim: std::sync::Mutex::new(None),
             backlog_cursor: std::sync::Mutex::new(None),
+            bell: crate::delivery::Doorbell::new(),
         }
+    }
+
+    /// The bell to ring when messages are written (the delivery workers listen to it).
+    pub fn with_bell(mut self, bell: crate::delivery::Doorbell) -> Self {
+        self.bell = bell;
+        self
     }
 
     /// Turns open and click tracking off for every workflow (it is on by default).
@@ -254,6 +263,9 @@ impl Engine {
             report.enrolled += enrolled + scheduled;
             report.advanced += advanced;
             report.broadcast_to += broadcast_to;
+            if advanced > 0 || broadcast_to > 0 {
+                self.bell.ring();
+            }
             if triggers == 0 && advanced == 0 && !more && !more_broadcasts {
                 return Ok(report);
             }
@@ -1043,12 +1055,12 @@ impl Engine {
         tracked: Option<&Tracking>,
     ) -> Result<()> {
         let (id, now, channel) = (Uuid::now_v7(), run.now, draft.channel);
-        let mut row = compose::row(id, format!("{}:{}", run.row.id, step.id), subscriber_id, draft, tracked, now, now);
+        let (mut row, body) =
+            compose::row(id, format!("{}:{}", run.row.id, step.id), subscriber_id, draft, tracked, now, now);
         row.enrollment_id = Set(Some(run.row.id));
         row.workflow_id = Set(Some(run.row.workflow_id.clone()));
         row.step_id = Set(Some(step.id.clone()));
-        let inserted = outbox::Entity::insert(row).on_conflict_do_nothing().exec_without_returning(txn).await?;
-        if matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
+        if !compose::insert(txn, vec![(row, body)]).await?.is_empty() {
             run.note(decision::MESSAGE_QUEUED, json!({"step": step.id, "channel": channel, "message": id}));
         }
         Ok(())

@@ -287,3 +287,11 @@ pub async fn timeline(app: &TestApp, subscriber: &str) -> Vec<Value> {
 pub async fn kinds(app: &TestApp, subscriber: &str) -> Vec<String> {
     timeline(app, subscriber).await.iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect()
 }
+
+/// The bodies of an outbox message: (HTML, text).
+pub async fn bodies(app: &TestApp, message: uuid::Uuid) -> (Option<String>, String) {
+    use sea_orm::EntityTrait;
+    let body =
+        ownlist::store::entities::outbox_body::Entity::find_by_id(message).one(app.db.conn()).await.unwrap().unwrap();
+    (body.html, body.text)
+}

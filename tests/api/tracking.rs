@@ -49,7 +49,7 @@ fn no_redirects() -> reqwest::Client {
 async fn a_click_redirects_only_to_the_recorded_link_and_feeds_the_clicked_branch(app: TestApp) {
     let (ada, message) = guide_for_ada(&app, "clicked").await;
     assert_eq!(message.links, Some(json!(["https://example.com/guide.pdf"])));
-    let html = message.body_html.clone().unwrap();
+    let html = crate::helpers::bodies(&app, message.id).await.0.unwrap();
     let clicks = links_to(&html, "http://127.0.0.1:8080/t/c/");
     assert_eq!(clicks.len(), 1, "{html}");
     let click = local_path(&clicks[0]);
@@ -118,7 +118,7 @@ fn secret(app: &TestApp) -> String {
 
 async fn an_open_is_recorded_once_and_feeds_the_opened_branch(app: TestApp) {
     let (ada, message) = guide_for_ada(&app, "opened").await;
-    let html = message.body_html.unwrap();
+    let html = crate::helpers::bodies(&app, message.id).await.0.unwrap();
     let pixels = links_to(&html, "http://127.0.0.1:8080/t/o/");
     assert_eq!(pixels.len(), 1, "one pixel: {html}");
     for _ in 0..3 {
@@ -155,7 +155,7 @@ async fn tracking_can_be_turned_off_per_workflow_and_per_step(app: TestApp) {
     let messages = outbox::Entity::find().all(app.db.conn()).await.unwrap();
     assert_eq!(messages.len(), 3);
     for m in &messages {
-        let html = m.body_html.as_deref().unwrap();
+        let html = crate::helpers::bodies(&app, m.id).await.0.unwrap();
         let tracked = m.step_id.as_deref() == Some("tracked");
         assert_eq!(html.contains("/t/o/"), tracked, "{:?}: {html}", m.step_id);
         assert_eq!(html.contains("https://example.com/guide.pdf"), !tracked, "{:?}", m.step_id);
@@ -170,7 +170,7 @@ async fn tracking_can_be_turned_off_for_everything() {
     for backend in [crate::helpers::Backend::Sqlite, crate::helpers::Backend::Postgres] {
         let Some(app) = TestApp::spawn_with(backend, |c| c.tracking = false).await else { continue };
         let (_, message) = guide_for_ada(&app, "opened").await;
-        let html = message.body_html.unwrap();
+        let html = crate::helpers::bodies(&app, message.id).await.0.unwrap();
         assert!(!html.contains("/t/o/") && html.contains("https://example.com/guide.pdf"), "{html}");
         assert_eq!(message.links, None);
     }

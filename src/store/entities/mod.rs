@@ -8,6 +8,7 @@ pub mod event;
 pub mod list;
 pub mod membership;
 pub mod outbox;
+pub mod outbox_body;
 pub mod pending_trigger;
 pub mod schedule_run;
 pub mod subscriber;

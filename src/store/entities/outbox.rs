@@ -14,8 +14,6 @@ pub struct Model {
     pub channel: String,
     pub recipient: String,
     pub subject: Option<String>,
-    pub body_html: Option<String>,
-    pub body_text: String,
     pub status: String,
     pub attempts: i32,
     pub last_error: Option<String>,

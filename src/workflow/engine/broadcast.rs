@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, Query};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -24,8 +26,9 @@ use crate::audience::values::{Channel, MembershipStatus, normalize_tag};
 use crate::delivery::compose::{self, Draft};
 use crate::error::{Error, FieldError, Result};
 use crate::links::Purpose;
-use crate::store::entities::{broadcast, membership, outbox, subscriber, subscriber_tag};
+use crate::store::entities::{broadcast, membership, outbox, outbox_body, subscriber, subscriber_tag};
 use crate::workflow::model::Condition;
+use crate::workflow::templates::TemplateChecker;
 
 /// Subscribers turned into messages per transaction.
 const FAN_OUT_BATCH: u64 = 500;
@@ -210,9 +213,10 @@ impl Engine {
                 "id": Uuid::nil(), "email": "sample@example.com", "phone": "+15555550100",
                 "first_name": "Sample", "last_name": "Subscriber", "timezone": null, "locale": null, "attributes": {},
             });
-            let context = self.broadcast_context(&row, sample, Uuid::nil(), now);
+            let links = (self.signer.clone(), self.base_url.clone());
+            let context = broadcast_context(&links, &row, sample, Uuid::nil(), now);
             for channel in &channels {
-                if let Err(problem) = self.render_broadcast(&row, *channel, &context) {
+                if let Err(problem) = render_broadcast(&templates, &row, *channel, &context) {
                     let field = match (channel, &row.template) {
                         (Channel::Sms, _) => "sms_text",
                         (Channel::Email, Some(_)) => "template",
@@ -274,7 +278,7 @@ impl Engine {
             .select_only()
             .column(outbox::Column::Channel)
             .column(outbox::Column::Status)
-            .column_as(outbox::Column::Id.count(), "n")
+            .column_as(Expr::cust("COUNT(*)"), "n")
             .filter(outbox::Column::BroadcastId.eq(row.id))
             .group_by(outbox::Column::Channel)
             .group_by(outbox::Column::Status)
@@ -319,54 +323,6 @@ impl Engine {
         })
     }
 
-    fn broadcast_context(&self, b: &broadcast::Model, subscriber: Value, id: Uuid, now: DateTime<Utc>) -> Value {
-        let expires = now + chrono::Duration::days(365);
-        let link = |path: &str, purpose: Purpose| self.signer.url(&self.base_url, path, purpose, id, expires);
-        json!({
-            "subscriber": subscriber,
-            "broadcast": {"id": b.id, "list": b.list_slug},
-            "unsubscribe_url": link("u", Purpose::Unsubscribe),
-            "preferences_url": link("preferences", Purpose::Preferences),
-        })
-    }
-
-    /// The subject, HTML and text of a broadcast on one channel, for one context.
-    fn render_broadcast(
-        &self,
-        b: &broadcast::Model,
-        channel: Channel,
-        context: &Value,
-    ) -> std::result::Result<super::Rendered, String> {
-        let templates = self.templates();
-        match channel {
-            Channel::Sms => {
-                let text = b.sms_text.as_deref().unwrap_or_default();
-                render(&templates, context, None, &MessageBody::Inline(text))
-            }
-            Channel::Email => match (&b.template, &b.html) {
-                (Some(name), _) => render(&templates, context, b.subject.as_ref(), &MessageBody::Template(name)),
-                (None, html) => {
-                    let tera_context = tera::Context::from_serialize(context).map_err(|e| e.to_string())?;
-                    let mut rendered = render(
-                        &templates,
-                        context,
-                        b.subject.as_ref(),
-                        &MessageBody::Inline(b.text.as_deref().unwrap_or_default()),
-                    )?;
-                    let html = templates
-                        .tera()
-                        .render_str(html.as_deref().unwrap_or_default(), &tera_context, true)
-                        .map_err(|e| super::first_line(&e))?;
-                    if b.text.is_none() {
-                        rendered.text = super::html_to_text(&html).trim().to_owned();
-                    }
-                    rendered.html = Some(html);
-                    Ok(rendered)
-                }
-            },
-        }
-    }
-
     /// Writes the next batch of messages of each broadcast that is due; returns how many
     /// subscribers were processed, and whether any broadcast has more to write.
     pub(super) async fn fan_out(&self) -> Result<(u64, bool)> {
@@ -386,13 +342,12 @@ impl Engine {
         Ok((processed, more))
     }
 
+    /// One batch of a broadcast: read the next members (no lock held), filter and render them
+    /// (rendering on the blocking pool), then write their messages and move the cursor in one
+    /// short transaction, unless the broadcast moved on meanwhile (cancelled, or another batch
+    /// written): then this batch is dropped and nothing is written twice.
     async fn fan_out_batch(&self, b: broadcast::Model, now: DateTime<Utc>) -> Result<(u64, bool)> {
-        let txn = self.db.begin_write().await?;
-        // Re-read inside the transaction: a cancel or another instance may have moved it on.
-        let Some(b) = broadcast::Entity::find_by_id(b.id).one(&txn).await? else { return Ok((0, false)) };
-        if !matches!(b.status.as_str(), "scheduled" | "queueing") {
-            return Ok((0, false));
-        }
+        let conn = self.db.conn();
         let mut members = membership::Entity::find()
             .select_only()
             .column(membership::Column::SubscriberId)
@@ -411,56 +366,47 @@ impl Engine {
                 .to_owned();
             members = members.filter(membership::Column::SubscriberId.in_subquery(tagged));
         }
-        let ids: Vec<Uuid> = members.into_tuple().all(&txn).await?;
-        let people = subscriber::Entity::find().filter(subscriber::Column::Id.is_in(ids.clone())).all(&txn).await?;
-        let condition: Option<Condition> = b.condition.clone().and_then(|c| serde_json::from_value(c).ok());
+        let ids: Vec<Uuid> = members.into_tuple().all(conn).await?;
+        let mut people = subscriber::Entity::find().filter(subscriber::Column::Id.is_in(ids.clone())).all(conn).await?;
         let channels: Vec<Channel> = serde_json::from_value::<Vec<String>>(b.channels.clone())
             .unwrap_or_default()
             .iter()
             .filter_map(|c| c.parse().ok())
             .collect();
-        let tracking =
-            b.track.then(|| compose::Tracking { signer: self.signer.clone(), base_url: self.base_url.clone() });
-        let (mut rows, mut skipped) = (Vec::new(), 0i64);
-        for s in &people {
-            if let Some(condition) = &condition {
+        let mut skipped = 0i64;
+        if let Some(condition) = b.condition.clone().and_then(|c| serde_json::from_value::<Condition>(c).ok()) {
+            let txn = self.db.conn().begin().await?;
+            let mut kept = Vec::with_capacity(people.len());
+            for s in people {
                 let mut facts = Facts { id: s.id, subscriber: Some(s.clone()), tags: None, lists: None };
-                if !self.holds(&txn, condition, &mut facts, "", now).await? {
+                if self.holds(&txn, &condition, &mut facts, "", now).await? {
+                    kept.push(s);
+                } else {
                     skipped += channels.len() as i64;
-                    continue;
                 }
             }
-            let context = self.broadcast_context(&b, subscriber_json(s), s.id, now);
-            for channel in &channels {
-                let (Ok(address), Ok(rendered)) =
-                    (reachable(s, *channel), self.render_broadcast(&b, *channel, &context))
-                else {
-                    skipped += 1;
-                    continue;
-                };
-                let draft = Draft {
-                    channel: channel.as_str(),
-                    recipient: address,
-                    subject: rendered.subject,
-                    html: rendered.html,
-                    text: rendered.text,
-                    list_slug: Some(b.list_slug.clone()),
-                };
-                let key = format!("broadcast:{}:{}:{channel}", b.id, s.id);
-                let mut row = compose::row(Uuid::now_v7(), key, s.id, draft, tracking.as_ref(), now, now);
-                row.broadcast_id = Set(Some(b.id));
-                rows.push(row);
-            }
+            txn.rollback().await?;
+            people = kept;
         }
-        let written = rows.len() as i64;
-        for chunk in rows.chunks(100) {
-            outbox::Entity::insert_many(chunk.to_vec()).on_conflict_do_nothing().exec_without_returning(&txn).await?;
+        let (templates, links, batch) = (self.templates(), (self.signer.clone(), self.base_url.clone()), b.clone());
+        let rendered =
+            tokio::task::spawn_blocking(move || render_batch(&templates, &links, &batch, &people, &channels, now))
+                .await
+                .map_err(|e| crate::error::Error::Other(anyhow::anyhow!("rendering a broadcast batch failed: {e}")))?;
+        let (rows, unrenderable) = rendered;
+        skipped += unrenderable;
+
+        let txn = self.db.begin_write().await?;
+        let Some(current) = broadcast::Entity::find_by_id(b.id).one(&txn).await? else { return Ok((0, false)) };
+        if !matches!(current.status.as_str(), "scheduled" | "queueing") || current.cursor != b.cursor {
+            return Ok((0, matches!(current.status.as_str(), "scheduled" | "queueing")));
         }
+        let written = compose::insert(&txn, rows).await?.len() as i64;
         let finished = (ids.len() as u64) < FAN_OUT_BATCH;
-        let mut active = b.clone().into_active_model();
-        active.cursor = Set(ids.last().copied().or(b.cursor));
-        active.queued = Set(b.queued + written);
-        active.skipped = Set(b.skipped + skipped);
+        let mut active = current.clone().into_active_model();
+        active.cursor = Set(ids.last().copied().or(current.cursor));
+        active.queued = Set(current.queued + written);
+        active.skipped = Set(current.skipped + skipped);
         active.status = Set(if finished { "queued" } else { "queueing" }.into());
         if finished {
             active.queued_at = Set(Some(now));
@@ -470,6 +416,98 @@ impl Engine {
         txn.commit().await?;
         Ok((ids.len() as u64, !finished))
     }
+}
+
+/// What a broadcast's templates see for one subscriber.
+fn broadcast_context(
+    links: &(crate::links::Signer, url::Url),
+    b: &broadcast::Model,
+    subscriber: Value,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Value {
+    let expires = now + chrono::Duration::days(365);
+    let link = |path: &str, purpose: Purpose| links.0.url(&links.1, path, purpose, id, expires);
+    json!({
+        "subscriber": subscriber,
+        "broadcast": {"id": b.id, "list": b.list_slug},
+        "unsubscribe_url": link("u", Purpose::Unsubscribe),
+        "preferences_url": link("preferences", Purpose::Preferences),
+    })
+}
+
+/// The subject, HTML and text of a broadcast on one channel, for one context.
+fn render_broadcast(
+    templates: &TemplateChecker,
+    b: &broadcast::Model,
+    channel: Channel,
+    context: &Value,
+) -> std::result::Result<super::Rendered, String> {
+    match channel {
+        Channel::Sms => {
+            let text = b.sms_text.as_deref().unwrap_or_default();
+            render(templates, context, None, &MessageBody::Inline(text))
+        }
+        Channel::Email => match (&b.template, &b.html) {
+            (Some(name), _) => render(templates, context, b.subject.as_ref(), &MessageBody::Template(name)),
+            (None, html) => {
+                let tera_context = tera::Context::from_serialize(context).map_err(|e| e.to_string())?;
+                let mut rendered = render(
+                    templates,
+                    context,
+                    b.subject.as_ref(),
+                    &MessageBody::Inline(b.text.as_deref().unwrap_or_default()),
+                )?;
+                let html = templates
+                    .tera()
+                    .render_str(html.as_deref().unwrap_or_default(), &tera_context, true)
+                    .map_err(|e| super::first_line(&e))?;
+                if b.text.is_none() {
+                    rendered.text = super::html_to_text(&html).trim().to_owned();
+                }
+                rendered.html = Some(html);
+                Ok(rendered)
+            }
+        },
+    }
+}
+
+/// The outbox rows of a batch of a broadcast (rendering is CPU work: run on the blocking pool),
+/// and how many member and channel pairs were skipped (no consent or address, unrenderable).
+fn render_batch(
+    templates: &TemplateChecker,
+    links: &(crate::links::Signer, url::Url),
+    b: &broadcast::Model,
+    people: &[subscriber::Model],
+    channels: &[Channel],
+    now: DateTime<Utc>,
+) -> (Vec<(outbox::ActiveModel, outbox_body::ActiveModel)>, i64) {
+    let tracking = b.track.then(|| compose::Tracking { signer: links.0.clone(), base_url: links.1.clone() });
+    let (mut rows, mut skipped) = (Vec::new(), 0i64);
+    for s in people {
+        let context = broadcast_context(links, b, subscriber_json(s), s.id, now);
+        for channel in channels {
+            let (Ok(address), Ok(rendered)) =
+                (reachable(s, *channel), render_broadcast(templates, b, *channel, &context))
+            else {
+                skipped += 1;
+                continue;
+            };
+            let draft = Draft {
+                channel: channel.as_str(),
+                recipient: address,
+                subject: rendered.subject,
+                html: rendered.html,
+                text: rendered.text,
+                list_slug: Some(b.list_slug.clone()),
+            };
+            let key = format!("broadcast:{}:{}:{channel}", b.id, s.id);
+            let (mut row, body) = compose::row(Uuid::now_v7(), key, s.id, draft, tracking.as_ref(), now, now);
+            row.broadcast_id = Set(Some(b.id));
+            rows.push((row, body));
+        }
+    }
+    (rows, skipped)
 }
 
 /// Why a condition cannot filter a broadcast, if it cannot.

@@ -1,0 +1,191 @@
+//! SMTP connections to one relay: lettre's SMTP client on sockets ownlist opens itself, kept in
+//! a small pool.
+//!
+//! Why not lettre's own transport: it writes a message's body and its final `.` in two writes
+//! on a socket with Nagle's algorithm on, so every message waits for the relay's delayed ACK
+//! (about 40 ms on Linux): 25 messages a second per connection whatever the relay's speed. Here
+//! the socket has `TCP_NODELAY`; the SMTP conversation (EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA)
+//! is still lettre's.
+//!
+//! URL forms (as lettre reads them): `smtp://host:port` plain; `smtp://…?tls=required` or
+//! `?tls=opportunistic` STARTTLS (port 587 by default); `smtps://host:port` TLS from the start
+//! (465); `user:password@` logs in (PLAIN or LOGIN); a path names the EHLO host.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+
+/// How a connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    Plain,
+    /// STARTTLS, refusing a relay that does not offer it.
+    StartTlsRequired,
+    /// STARTTLS when offered.
+    StartTlsOpportunistic,
+    /// TLS from the first byte (`smtps`).
+    Tls,
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    pub credentials: Option<Credentials>,
+    pub hello: ClientId,
+}
+
+/// Why a message was not taken.
+#[derive(Debug)]
+pub enum Failure {
+    /// A 5xx reply: about this message or recipient.
+    Permanent { code: Option<u16>, text: String },
+    /// Anything else: 4xx, the network, TLS, a timeout.
+    Transient(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Permanent { text, .. } | Failure::Transient(text) => f.write_str(text),
+        }
+    }
+}
+
+fn failure(error: &lettre::transport::smtp::Error) -> Failure {
+    if error.is_permanent() {
+        Failure::Permanent { code: error.status().map(u16::from), text: error.to_string() }
+    } else {
+        Failure::Transient(error.to_string())
+    }
+}
+
+/// A connection idle longer than this is checked (`NOOP`) before reuse: relays close idle ones.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(2);
+/// Idle connections kept per relay.
+const MAX_IDLE: usize = super::CONCURRENCY;
+
+/// Connections to one relay.
+pub struct Pool {
+    endpoint: Endpoint,
+    timeout: Duration,
+    idle: std::sync::Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+}
+
+impl Pool {
+    pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
+        Self { endpoint, timeout, idle: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    fn take_idle(&self) -> Option<(AsyncSmtpConnection, Instant)> {
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()
+    }
+
+    fn put_back(&self, connection: AsyncSmtpConnection) {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push((connection, Instant::now()));
+        }
+    }
+
+    /// Sends one message (the whole conversation within the timeout).
+    pub async fn send(&self, envelope: &Envelope, message: &[u8]) -> Result<String, Failure> {
+        match tokio::time::timeout(self.timeout, self.send_now(envelope, message)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Transient(format!("no answer within {} s", self.timeout.as_secs()))),
+        }
+    }
+
+    async fn send_now(&self, envelope: &Envelope, message: &[u8]) -> Result<String, Failure> {
+        let mut connection = loop {
+            match self.take_idle() {
+                Some((mut connection, since)) => {
+                    if since.elapsed() < CHECK_AFTER_IDLE || connection.test_connected().await {
+                        break connection;
+                    }
+                    connection.abort().await;
+                }
+                None => break self.connect().await?,
+            }
+        };
+        match connection.send(envelope, message).await {
+            Ok(response) => {
+                self.put_back(connection);
+                let text: Vec<&str> = response.message().collect();
+                Ok(format!("{} {}", response.code(), text.join(" ")))
+            }
+            // lettre has already closed a connection that failed mid-transaction.
+            Err(e) => Err(failure(&e)),
+        }
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
+        let Endpoint { host, port, security, credentials, hello } = &self.endpoint;
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
+            .await
+            .map_err(|e| Failure::Transient(format!("cannot connect: {e}")))?;
+        tcp.set_nodelay(true).map_err(|e| Failure::Transient(format!("cannot set TCP_NODELAY: {e}")))?;
+        let tls = || TlsParameters::new(host.clone()).map_err(|e| Failure::Transient(format!("TLS setup: {e}")));
+        let stream: Box<dyn AsyncTokioStream> = if *security == Security::Tls {
+            #[allow(deprecated)]
+            let mut network = lettre::transport::smtp::client::AsyncNetworkStream::use_existing_tokio1(Box::new(tcp));
+            network.upgrade_tls(tls()?).await.map_err(|e| failure(&e))?;
+            Box::new(Encrypted(network.compat()))
+        } else {
+            Box::new(tcp)
+        };
+        let mut connection =
+            AsyncSmtpConnection::connect_with_transport(stream, hello).await.map_err(|e| failure(&e))?;
+        match security {
+            Security::StartTlsRequired => connection.starttls(tls()?, hello).await.map_err(|e| failure(&e))?,
+            Security::StartTlsOpportunistic if connection.can_starttls() => {
+                connection.starttls(tls()?, hello).await.map_err(|e| failure(&e))?;
+            }
+            _ => {}
+        }
+        if let Some(credentials) = credentials {
+            connection.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await.map_err(|e| failure(&e))?;
+        }
+        Ok(connection)
+    }
+}
+
+/// A TLS stream set up by lettre, seen as the tokio stream lettre's connection reads.
+#[allow(deprecated)]
+#[derive(Debug)]
+struct Encrypted(Compat<lettre::transport::smtp::client::AsyncNetworkStream>);
+
+impl AsyncRead for Encrypted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Encrypted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for Encrypted {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.get_ref().peer_addr()
+    }
+}
