@@ -91,7 +91,7 @@ run() {
   sent=$(echo "$status" | cut -d' ' -f2)
   # The average message on the wire: both parts as stored, plus MIME structure and headers
   # (measured on one message from the file transport: about 1.3 KB, 1.9 KB with DKIM).
-  avg=$(sqlite3 "$dir/data/ownlist.db" "SELECT CAST(AVG(LENGTH(body_html) + LENGTH(body_text)) AS INTEGER) FROM outbox")
+  avg=$(sqlite3 "$dir/data/ownlist.db" "SELECT CAST(AVG(LENGTH(html) + LENGTH(text)) AS INTEGER) FROM outbox_bodies")
   echo "$(echo "$end - $start" | bc -l) $sent $rss $avg"
 }
 

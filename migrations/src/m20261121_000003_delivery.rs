@@ -78,6 +78,20 @@ impl MigrationTrait for Migration {
             let mut column = column;
             manager.alter_table(Table::alter().table("outbox").add_column(&mut column).to_owned()).await?;
         }
+        // Workers claim a channel's due messages in (due time, id) order, batch after batch.
+        manager
+            .create_index(
+                Index::create()
+                    .name("outbox_claim")
+                    .table("outbox")
+                    .col("channel")
+                    .col("status")
+                    .col("due_at")
+                    .col("id")
+                    .to_owned(),
+            )
+            .await?;
+        manager.drop_index(Index::drop().name("outbox_due").table("outbox").to_owned()).await?;
         // Covers a broadcast's progress (counts by channel and status) without reading messages.
         manager
             .create_index(
@@ -98,6 +112,10 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager.drop_index(Index::drop().name("outbox_provider_ref").table("outbox").to_owned()).await?;
+        manager
+            .create_index(Index::create().name("outbox_due").table("outbox").col("status").col("due_at").to_owned())
+            .await?;
+        manager.drop_index(Index::drop().name("outbox_claim").table("outbox").to_owned()).await?;
         manager.drop_index(Index::drop().name("outbox_broadcast").table("outbox").to_owned()).await?;
         for column in ["clicked_at", "opened_at", "provider_ref", "segments", "links", "list_slug", "broadcast_id"] {
             manager.alter_table(Table::alter().table("outbox").drop_column(column).to_owned()).await?;

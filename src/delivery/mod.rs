@@ -177,18 +177,29 @@ impl<S: Carrier> Worker<S> {
     /// Attempts a batch of due messages of the channel; returns how many were attempted.
     pub async fn send_due(&self) -> Result<u64> {
         let (_, never) = tokio::sync::watch::channel(false);
-        self.send_due_until(&never).await
+        let now = self.clock.now();
+        let batch = self.claim(now, None).await?;
+        self.send_batch(batch, &never, now).await
     }
 
-    /// Like [`Self::send_due`], but starts no new attempt once `stop` says so (those under way
-    /// finish and are recorded).
-    async fn send_due_until(&self, stop: &tokio::sync::watch::Receiver<bool>) -> Result<u64> {
-        let now = self.clock.now();
-        let due = outbox::Entity::find()
+    /// The next due messages of the channel with their bodies, in (due time, id) order after
+    /// `after`: a pass through a backlog claims each batch after the previous one, so the next
+    /// batch can be read while the current one is being sent.
+    async fn claim(&self, now: DateTime<Utc>, after: Option<(DateTime<Utc>, uuid::Uuid)>) -> Result<Vec<Claimed>> {
+        let mut query = outbox::Entity::find()
             .filter(outbox::Column::Channel.eq(S::CHANNEL))
             .filter(outbox::Column::Status.eq("queued"))
-            .filter(outbox::Column::DueAt.lte(now))
+            .filter(outbox::Column::DueAt.lte(now));
+        if let Some((due, id)) = after {
+            query = query.filter(
+                sea_orm::Condition::any()
+                    .add(outbox::Column::DueAt.gt(due))
+                    .add(sea_orm::Condition::all().add(outbox::Column::DueAt.eq(due)).add(outbox::Column::Id.gt(id))),
+            );
+        }
+        let due = query
             .order_by_asc(outbox::Column::DueAt)
+            .order_by_asc(outbox::Column::Id)
             .limit(BATCH)
             .all(self.db.conn())
             .await?;
@@ -200,8 +211,17 @@ impl<S: Carrier> Worker<S> {
             .into_iter()
             .map(|b| (b.outbox_id, b))
             .collect();
-        let due: Vec<(outbox::Model, Option<outbox_body::Model>)> =
-            due.into_iter().map(|m| (bodies.remove(&m.id), m)).map(|(b, m)| (m, b)).collect();
+        Ok(due.into_iter().map(|m| (bodies.remove(&m.id), m)).map(|(b, m)| (m, b)).collect())
+    }
+
+    /// Attempts the messages of a batch, starting none once `stop` says so (those under way
+    /// finish and are recorded); returns how many were attempted.
+    async fn send_batch(
+        &self,
+        due: Vec<Claimed>,
+        stop: &tokio::sync::watch::Receiver<bool>,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
         // Up to CONCURRENCY sends at a time. A send's answer goes to the recorder, which writes
         // every answer that has come in one transaction, and the send's slot stays taken until
         // its answer is recorded: at any instant at most CONCURRENCY messages are sent (or being
@@ -303,10 +323,8 @@ impl<S: Carrier> Worker<S> {
         let mut bell = self.bell.listen();
         loop {
             bell.mark_unchanged();
-            match self.send_due_until(&stop).await {
-                Ok(n) if n == BATCH && !*stop.borrow() => continue,
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, channel = S::CHANNEL, "delivery failed; retrying"),
+            if let Err(e) = self.pass(&stop).await {
+                tracing::error!(error = %e, channel = S::CHANNEL, "delivery failed; retrying");
             }
             if *stop.borrow() {
                 return;
@@ -321,7 +339,30 @@ impl<S: Carrier> Worker<S> {
             }
         }
     }
+
+    /// One pass through what is due: batch after batch, each claimed while the one before it
+    /// is being sent, until a batch comes back short.
+    async fn pass(&self, stop: &tokio::sync::watch::Receiver<bool>) -> Result<()> {
+        let mut next = self.claim(self.clock.now(), None).await;
+        loop {
+            let batch = next?;
+            let Some(last) = batch.last().map(|(m, _)| (m.due_at, m.id)) else { return Ok(()) };
+            let full = batch.len() as u64 == BATCH;
+            let now = self.clock.now();
+            let following =
+                async { if full && !*stop.borrow() { self.claim(now, Some(last)).await } else { Ok(Vec::new()) } };
+            let (sent, following) = tokio::join!(self.send_batch(batch, stop, now), following);
+            sent?;
+            if *stop.borrow() {
+                return Ok(());
+            }
+            next = following;
+        }
+    }
 }
+
+/// A claimed message and its bodies (`None` if they are missing, which fails it).
+type Claimed = (outbox::Model, Option<outbox_body::Model>);
 
 /// What an answer does: the message's new state (its id and every column `record_all`
 /// writes), its timeline entry, and the subscriber to mark bounced. A hold is no attempt: only

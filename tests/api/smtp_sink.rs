@@ -61,12 +61,19 @@ impl SmtpSink {
                             "DATA" => {
                                 let _ = write.write_all(b"354 go on\r\n").await;
                                 let mut body = String::new();
+                                let mut complete = false;
                                 while let Ok(Some(line)) = lines.next_line().await {
                                     if line == "." {
+                                        complete = true;
                                         break;
                                     }
                                     body.push_str(line.strip_prefix('.').unwrap_or(&line));
                                     body.push_str("\r\n");
+                                }
+                                if !complete {
+                                    // The client went away mid-message: nothing was taken.
+                                    open.fetch_sub(1, Ordering::SeqCst);
+                                    return;
                                 }
                                 // A little latency, as a real relay has: lets concurrent sends overlap.
                                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
