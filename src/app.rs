@@ -82,7 +82,8 @@ impl App {
         let engine = engine.with_bell(bell.clone());
         let engine = Arc::new(if self.config.tracking { engine } else { engine.without_tracking() });
         let webhooks = WebhookSender::new(self.db.clone(), self.clock.clone(), Arc::new(crate::config::webhook_secret));
-        let webhooks = Arc::new(webhooks.with_bell(bell.clone()));
+        let max_age = self.config.retry_max_age;
+        let webhooks = Arc::new(webhooks.with_bell(bell.clone()).with_max_age(max_age));
         let letterhead = Letterhead {
             from: self.config.email_from.clone(),
             base_url: self.config.base_url.clone(),
@@ -103,7 +104,9 @@ impl App {
         };
         tracing::info!(?transport, "email transport");
         let email = Arc::new(
-            EmailSender::new(self.db.clone(), self.clock.clone(), letterhead, transport).with_bell(bell.clone()),
+            EmailSender::new(self.db.clone(), self.clock.clone(), letterhead, transport)
+                .with_bell(bell.clone())
+                .with_max_age(max_age),
         );
         let sms_transport = if self.config.sms_providers.is_empty() {
             SmsTransport::File(self.config.data_dir.join("sms"))
@@ -119,7 +122,8 @@ impl App {
             default_zone: self.config.timezone,
             base_url: self.config.base_url.clone(),
         };
-        let sms = Arc::new(SmsSender::new(self.db.clone(), self.clock.clone(), setup).with_bell(bell));
+        let sms =
+            Arc::new(SmsSender::new(self.db.clone(), self.clock.clone(), setup).with_bell(bell).with_max_age(max_age));
         Ok(Service { app: self, engine, webhooks, email, sms })
     }
 }

@@ -42,6 +42,7 @@ struct RawSettings {
     timezone: Option<String>,
     sms_help_text: Option<String>,
     sms_max_segments: Option<toml::Value>,
+    retry_max_age: Option<String>,
 }
 
 /// Every setting: its key in `ownlist.toml` (the env name is `OWNLIST_` + upper case).
@@ -65,6 +66,16 @@ pub const SETTINGS: &[&str] = &[
     "dkim_selector",
     "dkim_key_file",
     "unsubscribe_mailto",
+    "twilio_base_url",
+    "twilio_account_sid",
+    "twilio_auth_token",
+    "sms_from",
+    "sms_providers",
+    "sms_hours",
+    "timezone",
+    "sms_help_text",
+    "sms_max_segments",
+    "retry_max_age",
 ];
 
 /// Environment variables with the prefix that are not settings: the test suite's own, and the
@@ -106,6 +117,8 @@ pub struct Config {
     pub sms_help_text: String,
     /// The most segments an SMS body may take (`workflows check` refuses longer ones).
     pub sms_max_segments: u32,
+    /// How long a message failing for a temporary reason is retried before it is given up.
+    pub retry_max_age: chrono::Duration,
     /// The shared secret a bounce processor sends to `POST /webhooks/bounces` (as a bearer
     /// token); without it that endpoint is off.
     pub bounce_secret: Option<String>,
@@ -223,6 +236,7 @@ impl Config {
             timezone: chrono_tz::Tz::UTC,
             sms_help_text: DEFAULT_HELP.into(),
             sms_max_segments: DEFAULT_MAX_SEGMENTS,
+            retry_max_age: chrono::Duration::hours(crate::delivery::DEFAULT_MAX_AGE_HOURS),
             bounce_secret: None,
             dkim: None,
             unsubscribe_mailto: None,
@@ -386,6 +400,16 @@ impl Config {
                     ConfigError::new(name("sms_max_segments"), format!("'{value}' is not a number from 1 to 10"))
                 })?,
         };
+        let retry_max_age = match raw.retry_max_age {
+            None => chrono::Duration::hours(crate::delivery::DEFAULT_MAX_AGE_HOURS),
+            Some(text) => crate::workflow::timing::Span::parse(&text, false)
+                .map(crate::workflow::timing::Span::as_chrono)
+                .ok()
+                .filter(|age| *age >= chrono::Duration::minutes(1))
+                .ok_or_else(|| {
+                    ConfigError::new(name("retry_max_age"), format!("'{text}' is not a duration like 48h or 5d"))
+                })?,
+        };
         let unsubscribe_mailto = match raw.unsubscribe_mailto {
             None => None,
             Some(text) => Some(text.parse::<lettre::Address>().map_err(|e| {
@@ -417,6 +441,7 @@ impl Config {
             timezone,
             sms_help_text: raw.sms_help_text.unwrap_or_else(|| DEFAULT_HELP.into()),
             sms_max_segments,
+            retry_max_age,
             bounce_secret: raw.bounce_secret,
             dkim,
             unsubscribe_mailto,
@@ -558,6 +583,7 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
             "timezone" => raw.timezone = value,
             "sms_help_text" => raw.sms_help_text = value,
             "sms_max_segments" => raw.sms_max_segments = value.map(toml::Value::String),
+            "retry_max_age" => raw.retry_max_age = value,
             "bounce_secret" => raw.bounce_secret = value,
             "dkim_domain" => raw.dkim_domain = value,
             "dkim_selector" => raw.dkim_selector = value,
@@ -704,6 +730,11 @@ mod tests {
             let err = Config::load(None, &env(&[("OWNLIST_SMTP_URL", url)])).unwrap_err();
             assert!(err.to_string().contains(problem), "{err}");
         }
+        assert_eq!(config.retry_max_age, chrono::Duration::hours(48));
+        let config = Config::load(None, &env(&[("OWNLIST_RETRY_MAX_AGE", "5d")])).unwrap();
+        assert_eq!(config.retry_max_age, chrono::Duration::days(5));
+        let err = Config::load(None, &env(&[("OWNLIST_RETRY_MAX_AGE", "soon")])).unwrap_err();
+        assert!(err.to_string().starts_with("OWNLIST_RETRY_MAX_AGE: 'soon'"), "{err}");
         let err = Config::load(None, &env(&[("OWNLIST_TRACKING", "sometimes")])).unwrap_err();
         assert!(err.to_string().starts_with("OWNLIST_TRACKING: 'sometimes'"), "{err}");
         let err = Config::load(None, &env(&[("OWNLIST_EMAIL_FROM", "not an address")])).unwrap_err();

@@ -395,7 +395,9 @@ async fn send_through(relays: &[Relay], envelope: &Envelope, bytes: &[u8], now: 
         match relay.pool.send(envelope, bytes).await {
             Ok(reply) => {
                 relay.breaker.worked(&relay.name);
-                return Answer::Delivered(json!({"transport": "smtp", "relay": relay.name, "reply": reply}));
+                return Answer::Delivered(
+                    json!({"transport": "smtp", "relay": relay.name, "reply": reply, "provider_ref": reply}),
+                );
             }
             Err(Failure::Permanent { code, text }) => {
                 relay.breaker.worked(&relay.name);

@@ -3,8 +3,8 @@
 //! message and in the subscriber's timeline (`{channel}_sent`, `_retrying`, `_failed`).
 //!
 //! Retries: temporary failures are tried again with exponential backoff (1 min doubling to 1 h,
-//! each wait up to a quarter longer, spread by message) for up to ten attempts; a permanent
-//! failure fails the message at once.
+//! each wait up to a quarter longer, spread by message) until the message is older than the
+//! retry age (48 hours by default); a permanent failure fails the message at once.
 
 pub mod compose;
 pub mod email;
@@ -31,7 +31,8 @@ use crate::error::Result;
 use crate::store::Db;
 use crate::store::entities::{outbox, outbox_body};
 
-const MAX_ATTEMPTS: i32 = 10;
+/// How long a message that keeps failing for a temporary reason is retried (`retry_max_age`).
+pub const DEFAULT_MAX_AGE_HOURS: i64 = 48;
 const BATCH: u64 = 200;
 /// Messages of one channel in flight at once (per process). Also the most that a crash can
 /// send twice. (Measured on the delivery benchmark: 8 in flight gave 2,300 messages/s, 16 gave
@@ -129,6 +130,8 @@ pub struct Worker<S> {
     clock: SharedClock,
     sender: S,
     bell: Doorbell,
+    /// A message still failing for a temporary reason once this old is given up.
+    max_age: chrono::Duration,
 }
 
 /// Rung when messages are written to the outbox, so idle workers look at once instead of at
@@ -165,7 +168,13 @@ impl<S> std::fmt::Debug for Worker<S> {
 
 impl<S: Carrier> Worker<S> {
     pub fn with(db: Db, clock: SharedClock, sender: S) -> Self {
-        Self { db, clock, sender, bell: Doorbell::new() }
+        Self { db, clock, sender, bell: Doorbell::new(), max_age: chrono::Duration::hours(DEFAULT_MAX_AGE_HOURS) }
+    }
+
+    /// Gives up on a message that still fails for a temporary reason once it is this old.
+    pub fn with_max_age(mut self, max_age: chrono::Duration) -> Self {
+        self.max_age = max_age;
+        self
     }
 
     /// Listens to this bell (the one the engine rings) rather than a bell of its own.
@@ -288,7 +297,7 @@ impl<S: Carrier> Worker<S> {
         let mut events = Vec::with_capacity(answers.len());
         let mut bounces = Vec::new();
         for (message, answer) in answers {
-            let (message, event, bounce) = outcome::<S>(message, answer, now);
+            let (message, event, bounce) = outcome::<S>(message, answer, now, self.max_age);
             updates.push(message);
             events.extend(event);
             bounces.extend(bounce);
@@ -372,10 +381,12 @@ fn outcome<S: Carrier>(
     message: outbox::Model,
     answer: Answer,
     now: DateTime<Utc>,
+    max_age: chrono::Duration,
 ) -> (outbox::ActiveModel, Option<crate::store::entities::event::ActiveModel>, Option<(uuid::Uuid, String)>) {
     let (subscriber, id) = (message.subscriber_id, message.id);
     let (step, workflow) = (message.step_id.clone(), message.workflow_id.clone());
     let attempts = message.attempts + 1;
+    let age = now - message.created_at;
     let mut active = outbox::ActiveModel {
         id: Set(id),
         status: Set(message.status),
@@ -402,13 +413,19 @@ fn outcome<S: Carrier>(
             active.last_error = Set(None);
             ("sent", detail)
         }
-        Answer::Retry(error) if attempts < MAX_ATTEMPTS => {
+        Answer::Retry(error) if age < max_age => {
             let wait = backoff(id, attempts);
             active.due_at = Set(now + wait);
             active.last_error = Set(Some(error.clone()));
             ("retrying", json!({"error": error, "next_attempt": now + wait}))
         }
-        Answer::Retry(error) | Answer::Fail(error) => {
+        Answer::Retry(error) => {
+            let error = format!("still failing after {} hours and {attempts} attempts: {error}", age.num_hours());
+            active.status = Set("failed".into());
+            active.last_error = Set(Some(error.clone()));
+            ("failed", json!({"error": error, "gave_up": true}))
+        }
+        Answer::Fail(error) => {
             active.status = Set("failed".into());
             active.last_error = Set(Some(error.clone()));
             ("failed", json!({"error": error}))

@@ -3,7 +3,7 @@
 //! Signature: `X-Ownlist-Signature: t=UNIX_SECONDS,v1=HEX` where HEX is HMAC-SHA256 over
 //! `"{t}.{body}"` with the secret held in the environment variable the step names. Receivers
 //! recompute it and reject stale timestamps. Retries: on network errors, 408, 429 and 5xx, with
-//! exponential backoff (1 min doubling to 1 h) for up to ten attempts; any other answer, or a
+//! exponential backoff (1 min doubling to 1 h) until the retry age (48 h); any other answer, or a
 //! missing secret, fails the message at once.
 
 use std::sync::Arc;

@@ -14,6 +14,7 @@ use ownlist::store::entities::outbox;
 on_both_databases!(
     an_email_step_arrives_as_a_readable_message,
     a_transport_failure_is_retried_later_and_recorded,
+    a_message_still_failing_after_the_retry_age_is_given_up,
     a_failing_relay_hands_over_to_the_next,
     a_permanent_refusal_fails_the_message_at_once,
     a_hard_bounce_marks_the_address_bounced,
@@ -160,7 +161,9 @@ async fn a_failing_relay_hands_over_to_the_next(app: TestApp) {
     let unsubscribe = header(&fields, "List-Unsubscribe");
     assert!(unsubscribe.starts_with("<https://shop.example/u/"), "{unsubscribe}");
     assert!(unsubscribe.contains(">, <mailto:leave@shop.example?subject=unsubscribe%20"), "{unsubscribe}");
-    assert_eq!(message(&app, queued.id).await.status, "sent");
+    let sent_message = message(&app, queued.id).await;
+    assert_eq!(sent_message.status, "sent");
+    assert!(sent_message.provider_ref.unwrap().starts_with("250 2.0.0 queued as"), "the relay's answer is kept");
     let timeline = expect_json(app.get(&format!("/api/v1/subscribers/{ada}/timeline")).await, StatusCode::OK).await;
     let sent = timeline["data"].as_array().unwrap().iter().find(|e| e["kind"] == "email_sent").unwrap().clone();
     assert_eq!(sent["data"]["detail"]["relay"], second.address, "{sent}");
@@ -571,4 +574,28 @@ async fn a_real_mta_takes_the_message_with_every_header_and_a_signature_dkimpy_a
             assert!(!dkimpy_verifies(&tampered, record), "a tampered message fails ({algorithm})");
         }
     }
+}
+
+async fn a_message_still_failing_after_the_retry_age_is_given_up(app: TestApp) {
+    let (ada, queued) = queue_the_guide(&app).await;
+    let only = SmtpSink::start().await;
+    only.refuse(Some("451 4.3.0 try again later"));
+    let sender = smtp_sender(&app, &[&only]);
+    // Retried while younger than the retry age (48 hours by default)…
+    for _ in 0..3 {
+        assert_eq!(sender.send_due().await.unwrap(), 1);
+        assert_eq!(message(&app, queued.id).await.status, "queued");
+        app.clock.set(message(&app, queued.id).await.due_at);
+    }
+    // …and given up on the first failure after it.
+    app.clock.set(queued.created_at + chrono::Duration::hours(48));
+    assert_eq!(sender.send_due().await.unwrap(), 1);
+    let failed = message(&app, queued.id).await;
+    assert_eq!((failed.status.as_str(), failed.attempts), ("failed", 4));
+    assert!(
+        failed.last_error.as_deref().unwrap().starts_with("still failing after 48 hours and 4 attempts"),
+        "{failed:?}"
+    );
+    assert!(kinds(&app, &ada).await.contains(&"email_failed".to_owned()));
+    assert_eq!(sender.send_due().await.unwrap(), 0);
 }
