@@ -17,6 +17,7 @@ with_each_backend!(
     stop_help_start_and_yes_work_through_the_signed_webhook,
     marketing_sms_waits_for_the_sending_hours_in_the_subscribers_zone,
     the_generic_http_provider_sends_json_and_takes_reports_with_its_token,
+    malformed_webhooks_get_a_4xx_and_change_nothing,
 );
 
 const AUTH_TOKEN: &str = "twilio-auth-token-for-tests";
@@ -316,4 +317,35 @@ async fn without_providers_sms_is_written_to_files() {
     assert_eq!(written["segments"], 1);
     let no_twilio = text_in(&app, "SM1", "STOP").await;
     expect_problem(no_twilio, StatusCode::NOT_FOUND, "not_configured").await;
+}
+
+async fn malformed_webhooks_get_a_4xx_and_change_nothing(backend: Backend) {
+    let fake = FakeProvider::start().await;
+    let generic = SmsProviderConfig::Http {
+        url: url::Url::parse(&format!("{}send", fake.base)).unwrap(),
+        token: Some("generic-provider-token".into()),
+        from: "Shop".into(),
+    };
+    let Some(app) = spawn(backend, vec![twilio(&fake), generic]).await else { return };
+    let ada = ada(&app, json!({})).await;
+    // Signed, but without the sender or the message id.
+    let no_sender =
+        twilio_post(&app, "/webhooks/sms/twilio", &[("MessageSid", "SM1"), ("Body", "STOP")], AUTH_TOKEN).await;
+    expect_problem(no_sender, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
+    let no_status = twilio_post(&app, "/webhooks/sms/status", &[("MessageSid", "SM1")], AUTH_TOKEN).await;
+    expect_problem(no_status, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
+    let client = reqwest::Client::new();
+    for body in ["{not json", r#"{"id": "SM1"}"#, r#"{"id": 5, "status": "failed"}"#] {
+        let answer = client
+            .post(app.url("/webhooks/sms/status"))
+            .header("content-type", "application/json")
+            .bearer_auth("generic-provider-token")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        expect_problem(answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
+    }
+    assert_eq!(person(&app, &ada).await["channels"]["sms"], "subscribed");
+    assert_eq!(app.count("outbox").await, 0, "no reply was queued");
 }
