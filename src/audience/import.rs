@@ -610,12 +610,7 @@ async fn run_writes(txn: &DatabaseTransaction, writes: Writes) -> Result<()> {
         update.update(txn).await?;
     }
     for statement in writes.statements {
-        if statement.values.is_none() {
-            // Literal SQL (SQLite): run once, never cached as a prepared statement.
-            txn.execute_unprepared(&statement.sql).await?;
-        } else {
-            txn.execute_raw(statement).await?;
-        }
+        crate::store::bulk::execute(txn, statement).await?;
     }
     Ok(())
 }

@@ -238,7 +238,7 @@ pub async fn insert(
             .collect();
         let count = messages.len() as u64;
         let inserted = match insert_statement(backend, messages, OnDuplicate::Ignore) {
-            Some(statement) => execute(txn, statement).await?,
+            Some(statement) => crate::store::bulk::execute(txn, statement).await?,
             None => 0,
         };
         // Keys already taken (a step or broadcast written before) left no row: no body either.
@@ -256,22 +256,11 @@ pub async fn insert(
         let bodies: Vec<_> =
             bodies.into_iter().zip(&ids).filter(|(_, id)| kept.contains(id)).map(|(body, _)| body).collect();
         if let Some(statement) = insert_statement(backend, bodies, OnDuplicate::Fail) {
-            execute(txn, statement).await?;
+            crate::store::bulk::execute(txn, statement).await?;
         }
         written.extend(kept);
     }
     Ok(written)
-}
-
-/// Runs a statement; returns how many rows it changed.
-async fn execute(txn: &sea_orm::DatabaseTransaction, statement: sea_orm::Statement) -> crate::error::Result<u64> {
-    use sea_orm::ConnectionTrait;
-    let result = if statement.values.is_none() {
-        txn.execute_unprepared(&statement.sql).await?
-    } else {
-        txn.execute_raw(statement).await?
-    };
-    Ok(result.rows_affected())
 }
 
 #[cfg(test)]

@@ -289,11 +289,6 @@ impl Relay {
         let endpoint = Endpoint { host, port, security, credentials, hello };
         Ok(ParsedRelay { endpoint, name, rate, cooldown })
     }
-
-    /// `open` while the relay is skipped after a failure, else `closed`.
-    pub fn state(&self, now: DateTime<Utc>) -> &'static str {
-        self.breaker.state(now)
-    }
 }
 
 struct ParsedRelay {
@@ -369,7 +364,7 @@ impl Carrier for Mailer {
             Err(e) => return Answer::Retry(format!("building the message failed: {e}")),
         };
         match &self.transport {
-            Transport::File(dir) => match write_file(dir, message.id, &bytes).await {
+            Transport::File(dir) => match super::write_file(dir, message.id, "eml", &bytes).await {
                 Ok(path) => Answer::Delivered(json!({"transport": "file", "path": path.display().to_string()})),
                 Err(e) => Answer::Retry(format!("cannot write the message file: {e}")),
             },
@@ -430,16 +425,6 @@ pub fn hard_bounce(code: Option<u16>, text: &str) -> bool {
         Some(status) => status.starts_with("5.1.") || status == "5.2.1",
         None => matches!(code, Some(550 | 551 | 553)),
     }
-}
-
-/// Writes the message next to its final name, then renames it: a reader never sees half a file.
-async fn write_file(dir: &std::path::Path, id: Uuid, bytes: &[u8]) -> std::io::Result<PathBuf> {
-    tokio::fs::create_dir_all(dir).await?;
-    let path = dir.join(format!("{id}.eml"));
-    let partial = dir.join(format!(".{id}.eml.partial"));
-    tokio::fs::write(&partial, bytes).await?;
-    tokio::fs::rename(&partial, &path).await?;
-    Ok(path)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use sea_orm::ActiveValue::Set;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Value, json};
 
 use crate::audience::records;
@@ -86,11 +86,22 @@ impl Breaker {
             tracing::info!(%name, "works again");
         }
     }
+}
 
-    /// `open` while skipped after a failure, else `closed`.
-    pub fn state(&self, now: DateTime<Utc>) -> &'static str {
-        if self.available(now) { "closed" } else { "open" }
-    }
+/// Writes a message as `{id}.{extension}` in `dir`: next to its final name first, then renamed,
+/// so a reader never sees half a file and a retry replaces rather than duplicates it.
+async fn write_file(
+    dir: &std::path::Path,
+    id: uuid::Uuid,
+    extension: &str,
+    bytes: &[u8],
+) -> std::io::Result<std::path::PathBuf> {
+    tokio::fs::create_dir_all(dir).await?;
+    let path = dir.join(format!("{id}.{extension}"));
+    let partial = dir.join(format!(".{id}.{extension}.partial"));
+    tokio::fs::write(&partial, bytes).await?;
+    tokio::fs::rename(&partial, &path).await?;
+    Ok(path)
 }
 
 /// What one attempt came to.
@@ -310,11 +321,7 @@ impl<S: Carrier> Worker<S> {
             .collect();
         let txn = self.db.begin_write().await?;
         for statement in statements {
-            if statement.values.is_none() {
-                txn.execute_unprepared(&statement.sql).await?;
-            } else {
-                txn.execute_raw(statement).await?;
-            }
+            crate::store::bulk::execute(&txn, statement).await?;
         }
         if let Ok(channel) = S::CHANNEL.parse::<Channel>() {
             for (subscriber, reason) in bounces {

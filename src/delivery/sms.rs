@@ -20,10 +20,14 @@ use std::time::Duration;
 use base64::Engine;
 use chrono::{DateTime, NaiveTime, Utc, Weekday};
 use hmac::{Hmac, Mac};
-use sea_orm::EntityTrait;
+use sea_orm::ActiveValue::Set;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter};
 use serde_json::{Value, json};
 
 use super::{Answer, Breaker, Carrier, Worker};
+use crate::audience::records::{self, kind};
+use crate::audience::subscribers::mark_bounced;
+use crate::audience::values::Channel;
 use crate::clock::SharedClock;
 use crate::store::Db;
 use crate::store::entities::{outbox, outbox_body, subscriber};
@@ -85,11 +89,6 @@ impl Provider {
             Kind::Twilio { auth_token, .. } => Some(auth_token),
             Kind::Http { .. } => None,
         }
-    }
-
-    /// `open` while skipped after a failure, else `closed`.
-    pub fn state(&self, now: DateTime<Utc>) -> &'static str {
-        self.breaker.state(now)
     }
 }
 
@@ -209,7 +208,7 @@ impl Carrier for Texter {
                 let record = json!({
                     "id": message.id, "to": message.recipient, "body": body.text, "segments": message.segments,
                 });
-                match write_file(dir, message.id, record.to_string().as_bytes()).await {
+                match super::write_file(dir, message.id, "json", record.to_string().as_bytes()).await {
                     Ok(path) => Answer::Delivered(json!({"transport": "file", "path": path.display().to_string()})),
                     Err(e) => Answer::Retry(format!("cannot write the message file: {e}")),
                 }
@@ -313,13 +312,19 @@ impl Texter {
                 let code = body.get("code").and_then(Value::as_i64);
                 let text =
                     body.get("message").or_else(|| body.get("error")).and_then(Value::as_str).unwrap_or_default();
-                let unreachable = code.is_some_and(|c| UNREACHABLE_NUMBER_CODES.contains(&c))
-                    || (!twilio && body.get("error").and_then(Value::as_str) == Some("invalid_number"));
+                let word = if twilio { None } else { body.get("error").and_then(Value::as_str) };
+                let unreachable = unreachable_number(code, word);
                 let code = code.map(|c| format!(" (code {c})")).unwrap_or_default();
                 Reply::Refused { reason: format!("HTTP {status}{code}: {text}"), unreachable }
             }
         }
     }
+}
+
+/// Whether a provider's refusal or report says the number cannot get SMS (a hard bounce): a
+/// Twilio error code for that, or the generic provider's `invalid_number`.
+fn unreachable_number(code: Option<i64>, error: Option<&str>) -> bool {
+    code.is_some_and(|c| UNREACHABLE_NUMBER_CODES.contains(&c)) || error == Some("invalid_number")
 }
 
 /// A provider's report on a message it took.
@@ -339,7 +344,6 @@ pub struct StatusReport {
 /// message (already counted as sent when the provider took it), and a number that cannot get SMS
 /// marks the channel bounced. Returns false for a message ownlist does not know.
 pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -> crate::error::Result<bool> {
-    use sea_orm::{ActiveModelTrait, ColumnTrait, IntoActiveModel, QueryFilter};
     let txn = db.begin_write().await?;
     let found = outbox::Entity::find()
         .filter(outbox::Column::ProviderRef.eq(&report.provider_ref))
@@ -354,34 +358,24 @@ pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -
     let subscriber = message.subscriber_id;
     match report.status.as_str() {
         "delivered" => {
-            crate::audience::records::event(subscriber, crate::audience::records::kind::SMS_DELIVERED, about, now)
-                .insert(&txn)
-                .await?;
+            records::event(subscriber, kind::SMS_DELIVERED, about, now).insert(&txn).await?;
         }
         "undelivered" | "failed" if message.status != "failed" => {
-            let unreachable = report.error_code.is_some_and(|c| UNREACHABLE_NUMBER_CODES.contains(&c))
-                || report.error.as_deref() == Some("invalid_number");
+            let unreachable = unreachable_number(report.error_code, report.error.as_deref());
             let reason = format!(
                 "the provider reports the message {}{}",
                 report.status,
                 report.error_code.map(|c| format!(" (error {c})")).unwrap_or_default()
             );
             let mut active = message.into_active_model();
-            active.status = sea_orm::ActiveValue::Set("failed".into());
-            active.last_error = sea_orm::ActiveValue::Set(Some(reason.clone()));
-            active.updated_at = sea_orm::ActiveValue::Set(now);
+            active.status = Set("failed".into());
+            active.last_error = Set(Some(reason.clone()));
+            active.updated_at = Set(now);
             active.update(&txn).await?;
             if unreachable {
-                crate::audience::subscribers::mark_bounced(
-                    &txn,
-                    subscriber,
-                    crate::audience::values::Channel::Sms,
-                    &reason,
-                    now,
-                )
-                .await?;
+                mark_bounced(&txn, subscriber, Channel::Sms, &reason, now).await?;
             }
-            crate::audience::records::event(subscriber, "sms_failed", about, now).insert(&txn).await?;
+            records::event(subscriber, "sms_failed", about, now).insert(&txn).await?;
         }
         _ => {}
     }
@@ -402,15 +396,6 @@ pub fn twilio_signature(auth_token: &str, url: &str, fields: &[(String, String)]
         mac.update(value.as_bytes());
     }
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-}
-
-async fn write_file(dir: &std::path::Path, id: uuid::Uuid, bytes: &[u8]) -> std::io::Result<PathBuf> {
-    tokio::fs::create_dir_all(dir).await?;
-    let path = dir.join(format!("{id}.json"));
-    let partial = dir.join(format!(".{id}.json.partial"));
-    tokio::fs::write(&partial, bytes).await?;
-    tokio::fs::rename(&partial, &path).await?;
-    Ok(path)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -59,11 +59,7 @@ fn authorised(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
             "the bounce webhook is off: set OWNLIST_BOUNCE_SECRET to turn it on",
         ));
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let presented = super::auth::bearer(headers).unwrap_or_default();
     if crate::tokens::same_secret(presented, secret) { Ok(()) } else { Err(ApiError::unauthorized()) }
 }
 

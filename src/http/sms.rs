@@ -104,11 +104,7 @@ async fn status(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     let report = if json {
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
+        let bearer = super::auth::bearer(&headers).unwrap_or_default();
         let known = state.config.sms_providers.iter().any(|p| match p {
             SmsProviderConfig::Http { token: Some(token), .. } => same_secret(token, bearer),
             _ => false,

@@ -26,6 +26,17 @@ pub enum OnDuplicate {
     Ignore,
 }
 
+/// Runs a statement from this module; returns how many rows it changed. Literal SQL (SQLite)
+/// runs unprepared, so it is never cached as a prepared statement.
+pub async fn execute(conn: &impl sea_orm::ConnectionTrait, statement: Statement) -> Result<u64, sea_orm::DbErr> {
+    let result = if statement.values.is_none() {
+        conn.execute_unprepared(&statement.sql).await?
+    } else {
+        conn.execute_raw(statement).await?
+    };
+    Ok(result.rows_affected())
+}
+
 /// One INSERT for all `rows` (callers keep batches under the backend's parameter limits).
 pub fn insert_statement<A>(backend: DbBackend, rows: Vec<A>, on_duplicate: OnDuplicate) -> Option<Statement>
 where

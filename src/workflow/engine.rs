@@ -208,11 +208,6 @@ impl Engine {
         self
     }
 
-    /// The tracking settings, when tracking is on.
-    pub fn tracking(&self) -> Option<&Tracking> {
-        self.tracking.as_ref()
-    }
-
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
@@ -1067,14 +1062,8 @@ impl Engine {
     }
 
     fn render_context(&self, workflow: &super::model::Workflow, s: &subscriber::Model, now: DateTime<Utc>) -> Value {
-        let expires = now + chrono::Duration::days(365);
-        let link = |path: &str, purpose: Purpose| self.signer.url(&self.base_url, path, purpose, s.id, expires);
-        json!({
-            "subscriber": subscriber_json(s),
-            "workflow": {"id": workflow.id, "name": workflow.name},
-            "unsubscribe_url": link("u", Purpose::Unsubscribe),
-            "preferences_url": link("preferences", Purpose::Preferences),
-        })
+        let about = ("workflow", json!({"id": workflow.id, "name": workflow.name}));
+        message_context(&self.signer, &self.base_url, subscriber_json(s), s.id, about, now)
     }
 
     /// Whether a condition holds for a subscriber now.
@@ -1213,11 +1202,7 @@ impl Writes {
             statements.extend(insert_statement(backend, part.to_vec(), OnDuplicate::Fail));
         }
         for statement in statements {
-            if statement.values.is_none() {
-                txn.execute_unprepared(&statement.sql).await?;
-            } else {
-                txn.execute_raw(statement).await?;
-            }
+            crate::store::bulk::execute(txn, statement).await?;
         }
         Ok(())
     }
@@ -1343,6 +1328,26 @@ fn reachable(s: &subscriber::Model, channel: Channel) -> std::result::Result<Str
         (Some(address), ChannelState::Subscribed, _) => Ok(address),
         (_, other, _) => Err(format!("{channel} is {other}, not subscribed")),
     }
+}
+
+/// What a message's templates see: the subscriber, what the message belongs to (`workflow` or
+/// `broadcast`), and the subscriber's signed unsubscribe and preferences links (a year).
+fn message_context(
+    signer: &Signer,
+    base_url: &url::Url,
+    subscriber: Value,
+    id: Uuid,
+    about: (&str, Value),
+    now: DateTime<Utc>,
+) -> Value {
+    let expires = now + chrono::Duration::days(365);
+    let link = |path: &str, purpose: Purpose| signer.url(base_url, path, purpose, id, expires);
+    json!({
+        "subscriber": subscriber,
+        about.0: about.1,
+        "unsubscribe_url": link("u", Purpose::Unsubscribe),
+        "preferences_url": link("preferences", Purpose::Preferences),
+    })
 }
 
 fn subscriber_json(s: &subscriber::Model) -> Value {

@@ -25,7 +25,6 @@ use crate::audience::lists;
 use crate::audience::values::{Channel, MembershipStatus, normalize_tag};
 use crate::delivery::compose::{self, Draft};
 use crate::error::{Error, FieldError, Result};
-use crate::links::Purpose;
 use crate::store::entities::{broadcast, membership, outbox, outbox_body, subscriber, subscriber_tag};
 use crate::workflow::model::Condition;
 use crate::workflow::templates::TemplateChecker;
@@ -426,14 +425,8 @@ fn broadcast_context(
     id: Uuid,
     now: DateTime<Utc>,
 ) -> Value {
-    let expires = now + chrono::Duration::days(365);
-    let link = |path: &str, purpose: Purpose| links.0.url(&links.1, path, purpose, id, expires);
-    json!({
-        "subscriber": subscriber,
-        "broadcast": {"id": b.id, "list": b.list_slug},
-        "unsubscribe_url": link("u", Purpose::Unsubscribe),
-        "preferences_url": link("preferences", Purpose::Preferences),
-    })
+    let about = ("broadcast", json!({"id": b.id, "list": b.list_slug}));
+    super::message_context(&links.0, &links.1, subscriber, id, about, now)
 }
 
 /// The subject, HTML and text of a broadcast on one channel, for one context.
