@@ -196,6 +196,9 @@ fn subscriber_row(id: Uuid, i: usize, at: DateTime<Utc>) -> subscriber::ActiveMo
         campaign: Set(None),
         referrer: Set(None),
         landing_page: Set(None),
+        content: Set(None),
+        term: Set(None),
+        click_id: Set(None),
         created_at: Set(at),
         updated_at: Set(at),
     }

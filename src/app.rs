@@ -48,13 +48,15 @@ impl App {
     /// the engine: everything `serve` runs.
     pub async fn start(self) -> anyhow::Result<Service> {
         let registry = Arc::new(Registry::open(self.db.clone()).await.context("cannot read the stored workflows")?);
+        let mut pages = Vec::new();
         let templates = if self.config.workflows_dir.is_dir() {
             let outcome = loader::load(&self.db, &registry, self.clock.now(), &self.config)
                 .await
                 .context("cannot store the workflows")?;
             match outcome {
-                Ok((loaded, templates)) => {
-                    tracing::info!(workflows = ?loaded.workflows, moved = loaded.moves.len(), "workflows loaded");
+                Ok((loaded, templates, found)) => {
+                    tracing::info!(workflows = ?loaded.workflows, pages = ?loaded.pages, moved = loaded.moves.len(), "workflows loaded");
+                    pages = found;
                     templates
                 }
                 Err(refused) => {
@@ -80,10 +82,19 @@ impl App {
         );
         let bell = crate::delivery::Doorbell::new();
         let engine = engine.with_bell(bell.clone());
+        // Several instances share a PostgreSQL database: one runs the engine at a time, and
+        // delivery workers claim messages with leases. (SQLite serves one process.)
+        let instance = uuid::Uuid::now_v7().to_string();
+        let shared = !self.config.is_sqlite();
+        let lease = self.config.claim_lease;
+        let engine_ttl = lease.min(chrono::Duration::seconds(crate::workflow::engine::ENGINE_LEASE_SECONDS));
+        let engine = if shared { engine.with_leadership(instance.clone(), engine_ttl) } else { engine };
+        engine.set_pages(pages);
         let engine = Arc::new(if self.config.tracking { engine } else { engine.without_tracking() });
         let webhooks = WebhookSender::new(self.db.clone(), self.clock.clone(), Arc::new(crate::config::webhook_secret));
         let max_age = self.config.retry_max_age;
-        let webhooks = Arc::new(webhooks.with_bell(bell.clone()).with_max_age(max_age));
+        let webhooks = webhooks.with_bell(bell.clone()).with_max_age(max_age);
+        let webhooks = Arc::new(if shared { webhooks.with_leases(instance.clone(), lease) } else { webhooks });
         let letterhead = Letterhead {
             from: self.config.email_from.clone(),
             base_url: self.config.base_url.clone(),
@@ -103,11 +114,10 @@ impl App {
             Transport::Smtp(relays.map_err(|problem| anyhow::anyhow!("smtp_relays: {problem}"))?)
         };
         tracing::info!(?transport, "email transport");
-        let email = Arc::new(
-            EmailSender::new(self.db.clone(), self.clock.clone(), letterhead, transport)
-                .with_bell(bell.clone())
-                .with_max_age(max_age),
-        );
+        let email = EmailSender::new(self.db.clone(), self.clock.clone(), letterhead, transport)
+            .with_bell(bell.clone())
+            .with_max_age(max_age);
+        let email = Arc::new(if shared { email.with_leases(instance.clone(), lease) } else { email });
         let sms_transport = if self.config.sms_providers.is_empty() {
             SmsTransport::File(self.config.data_dir.join("sms"))
         } else {
@@ -122,9 +132,10 @@ impl App {
             default_zone: self.config.timezone,
             base_url: self.config.base_url.clone(),
         };
-        let sms =
-            Arc::new(SmsSender::new(self.db.clone(), self.clock.clone(), setup).with_bell(bell).with_max_age(max_age));
-        Ok(Service { app: self, engine, webhooks, email, sms })
+        let sms = SmsSender::new(self.db.clone(), self.clock.clone(), setup).with_bell(bell).with_max_age(max_age);
+        let sms = Arc::new(if shared { sms.with_leases(instance, lease) } else { sms });
+        let signup_limit = Arc::new(crate::pages::guard::RateLimit::new(self.config.signups_per_ip));
+        Ok(Service { app: self, engine, webhooks, email, sms, signup_limit })
     }
 }
 
@@ -136,6 +147,8 @@ pub struct Service {
     pub webhooks: Arc<WebhookSender>,
     pub email: Arc<EmailSender>,
     pub sms: Arc<SmsSender>,
+    /// Landing-page signups per client address, shared by every router this service makes.
+    pub signup_limit: Arc<crate::pages::guard::RateLimit>,
 }
 
 impl Service {
@@ -145,6 +158,7 @@ impl Service {
             clock: self.app.clock.clone(),
             config: self.app.config.clone(),
             engine: self.engine.clone(),
+            signup_limit: self.signup_limit.clone(),
         })
     }
 
@@ -154,7 +168,8 @@ impl Service {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
+        let service = self.router().into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, service).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
     }
 }
 
@@ -166,8 +181,9 @@ pub async fn reload(
     now: chrono::DateTime<chrono::Utc>,
 ) -> crate::error::Result<Result<loader::Reloaded, loader::Refused>> {
     let outcome = loader::load(db, engine.registry(), now, config).await?;
-    Ok(outcome.map(|(reloaded, templates)| {
+    Ok(outcome.map(|(reloaded, templates, pages)| {
         engine.set_templates(templates);
+        engine.set_pages(pages);
         reloaded
     }))
 }

@@ -1,7 +1,7 @@
 //! The `ownlist` command line: one binary, several subcommands.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +31,9 @@ struct Cli {
 enum Command {
     /// Serve HTTP and run the background workers (the default).
     Serve,
+    /// Run the background workers only (workflow engine, email, SMS and webhook delivery), no
+    /// HTTP: more of them, on one PostgreSQL database, share the work.
+    Worker,
     /// Create or update the database schema, then exit.
     Migrate,
     /// Manage admin API tokens.
@@ -38,10 +41,15 @@ enum Command {
     Tokens(TokenCommand),
     /// Import subscribers from a CSV file (columns: email, phone, first_name, last_name, tags, …).
     Import {
-        file: PathBuf,
+        /// A CSV file of subscribers.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        file: Option<PathBuf>,
         /// Every imported subscriber joins this list.
         #[arg(long, value_name = "SLUG")]
         list: Option<String>,
+        /// Restore a whole `export --all` folder into this (empty) instance instead.
+        #[arg(long, value_name = "DIR")]
+        all: Option<PathBuf>,
     },
     /// Check, plan or simulate workflow files.
     #[command(subcommand)]
@@ -49,8 +57,18 @@ enum Command {
     /// Export every subscriber as CSV.
     Export {
         /// Write here instead of standard output.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "all")]
         out: Option<PathBuf>,
+        /// Everything (subscribers, consents, lists, tags, events, messages, workflow versions, …)
+        /// as JSON Lines and CSV files in this new folder.
+        #[arg(long, value_name = "DIR")]
+        all: Option<PathBuf>,
+    },
+    /// A consistent copy of the SQLite database, safe while the service runs (for PostgreSQL it
+    /// says which pg_dump command to use).
+    Backup {
+        /// The new file (it must not exist yet).
+        file: PathBuf,
     },
 }
 
@@ -111,7 +129,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log);
+    init_logging(&config.log, config.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -129,16 +147,21 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: crate::config::LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Text => builder.try_init(),
+        crate::config::LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     let clock: SharedClock = Arc::new(SystemClock);
     match command {
         Command::Serve => serve(config, clock).await,
+        Command::Worker => work(config, clock).await,
         Command::Migrate => {
             let url = redact(&config.database_url);
             App::open(config, clock).await?;
@@ -146,8 +169,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokens(command) => manage_tokens(App::open(config, clock).await?, command).await,
-        Command::Import { file, list } => import_file(App::open(config, clock).await?, file, list).await,
-        Command::Export { out } => export_file(App::open(config, clock).await?, out).await,
+        Command::Import { all: Some(dir), .. } => import_all(App::open(config, clock).await?, &dir).await,
+        Command::Import { file, list, .. } => {
+            let file = file.ok_or_else(|| anyhow::anyhow!("name a CSV file, or --all DIR"))?;
+            import_file(App::open(config, clock).await?, file, list).await
+        }
+        Command::Export { all: Some(dir), .. } => export_all(App::open(config, clock).await?, &dir).await,
+        Command::Export { out, .. } => export_file(App::open(config, clock).await?, out).await,
+        Command::Backup { file } => backup(config, clock, &file).await,
         Command::Workflows(WorkflowCommand::Check { dir }) => check_workflows(&config, dir).await,
         Command::Workflows(WorkflowCommand::Plan { dir }) => plan_workflows(config, dir).await,
         Command::Workflows(WorkflowCommand::Simulate { file, subscriber, events, opens, clicks, start, days }) => {
@@ -158,6 +187,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
 
 async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
     let listen = config.listen;
+    let Some(_lock) = lock_sqlite(&config)? else { return Ok(ExitCode::from(2)) };
     let service = App::open(config, clock).await?.start().await?;
     let app = service.app.clone();
     let listener = tokio::net::TcpListener::bind(listen)
@@ -173,19 +203,112 @@ async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
             "  no admin token yet: run `ownlist tokens create admin` and send it as 'Authorization: Bearer TOKEN'"
         );
     }
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let engine = tokio::spawn(service.engine.clone().run(stopped.clone()));
-    let webhooks = tokio::spawn(service.webhooks.clone().run(stopped.clone()));
-    let email = tokio::spawn(service.email.clone().run(stopped.clone()));
-    let sms = tokio::spawn(service.sms.clone().run(stopped.clone()));
-    let watcher = tokio::spawn(watch_workflows(service.clone(), stopped));
+    let workers = Workers::start(&service);
     service.serve(listener, shutdown_signal()).await?;
-    let _ = stop.send(true);
-    let _ = engine.await;
-    let _ = webhooks.await;
-    let _ = email.await;
-    let _ = sms.await;
-    let _ = watcher.await;
+    workers.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The background tasks of `serve` and `worker`: the engine, the delivery workers and the
+/// workflow-folder watcher.
+struct Workers {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(service: &crate::app::Service) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(service.engine.clone().run(stopped.clone())),
+            tokio::spawn(service.webhooks.clone().run(stopped.clone())),
+            tokio::spawn(service.email.clone().run(stopped.clone())),
+            tokio::spawn(service.sms.clone().run(stopped.clone())),
+            tokio::spawn(watch_workflows(service.clone(), stopped)),
+        ];
+        Self { stop, tasks }
+    }
+
+    /// Tells every task to stop and waits for them (sends under way finish and are recorded).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// `ownlist worker`: the engine and the delivery workers until SIGTERM or Ctrl-C, then it stops
+/// claiming, finishes and records the sends under way, gives back what it claimed, and exits.
+async fn work(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
+    let Some(_lock) = lock_sqlite(&config)? else { return Ok(ExitCode::from(2)) };
+    let service = App::open(config, clock).await?.start().await?;
+    println!("ownlist worker started (database: {})", redact(&service.app.config.database_url));
+    let workers = Workers::start(&service);
+    shutdown_signal().await;
+    workers.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// On SQLite, takes the lock that makes this the only long-running process on the database file
+/// (`FILE.lock` beside it, released when the process ends however it ends); `None` after saying
+/// why when another process holds it.
+fn lock_sqlite(config: &Config) -> anyhow::Result<Option<Option<std::fs::File>>> {
+    let Some(path) = config.sqlite_path() else { return Ok(Some(None)) };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let mut lock_path = path.clone().into_os_string();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(Some(file))),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            eprintln!(
+                "ownlist: another ownlist process is already serving {} (it holds {}). SQLite serves one \
+                 process; stop the other one, or use PostgreSQL (OWNLIST_DATABASE_URL=postgres://…) to run several.",
+                path.display(),
+                lock_path.display()
+            );
+            Ok(None)
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
+    }
+}
+
+/// `ownlist backup FILE`: SQLite's `VACUUM INTO`, a consistent snapshot taken in one read
+/// transaction while the service keeps writing.
+async fn backup(config: Config, clock: SharedClock, file: &Path) -> anyhow::Result<ExitCode> {
+    if !config.is_sqlite() {
+        println!(
+            "ownlist backup copies SQLite databases. For PostgreSQL, take a consistent online dump with:\n  \
+             pg_dump --format=custom --file={} '{}'\nand restore it into an empty database with pg_restore \
+             --dbname=URL {}.",
+            file.display(),
+            redact(&config.database_url),
+            file.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    if file.exists() {
+        eprintln!("ownlist: {} exists already; name a new file", file.display());
+        return Ok(ExitCode::from(2));
+    }
+    let target = file.to_str().ok_or_else(|| anyhow::anyhow!("{} is not a UTF-8 path", file.display()))?;
+    let app = App::open(config, clock).await?;
+    let started = std::time::Instant::now();
+    app.db
+        .execute_unprepared(&format!("VACUUM INTO '{}'", target.replace('\'', "''")))
+        .await
+        .with_context(|| format!("cannot write the backup to {}", file.display()))?;
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    println!("backup written to {} ({size} bytes in {:.1} s)", file.display(), started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -306,6 +429,39 @@ async fn import_file(app: App, file: PathBuf, list: Option<String>) -> anyhow::R
     Ok(if report.errors_total > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
+async fn export_all(app: App, dir: &Path) -> anyhow::Result<ExitCode> {
+    let outcome = crate::audience::archive::export_all(&app.db, app.clock.now(), dir).await.map(|m| m.counts);
+    report_archive(outcome, &format!("exported to {} (see its README.md)", dir.display()), "", 2)
+}
+
+async fn import_all(app: App, dir: &Path) -> anyhow::Result<ExitCode> {
+    let outcome = crate::audience::archive::import_all(&app.db, dir).await;
+    report_archive(outcome, &format!("imported from {}", dir.display()), " (nothing was imported)", 1)
+}
+
+/// Prints an archive command's rows per table, or its refusal (exit `refused`).
+fn report_archive(
+    outcome: crate::error::Result<Vec<(String, u64)>>,
+    done: &str,
+    after_refusal: &str,
+    refused: u8,
+) -> anyhow::Result<ExitCode> {
+    match outcome {
+        Ok(counts) => {
+            for (table, n) in &counts {
+                println!("{table}: {n}");
+            }
+            println!("{done}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(crate::error::Error::Malformed { detail, .. }) => {
+            eprintln!("ownlist: {detail}{after_refusal}");
+            Ok(ExitCode::from(refused))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn export_file(app: App, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &out {
         Some(path) => Box::new(tokio::io::BufWriter::new(
@@ -337,12 +493,12 @@ async fn check_workflows(config: &Config, dir: Option<PathBuf>) -> anyhow::Resul
         lists: lists.as_ref(),
         sms_max_segments: config.sms_max_segments,
     };
-    let (workflows, diagnostics) = crate::workflow::check_dir(&dir, &context);
+    let (workflows, pages, diagnostics) = crate::workflow::check_dir(&dir, &context);
     for diagnostic in &diagnostics {
         println!("{diagnostic}");
     }
     if diagnostics.is_empty() {
-        eprintln!("{} workflow file(s) OK in {}", workflows.len(), dir.display());
+        eprintln!("{} workflow(s) and {} landing page(s) OK in {}", workflows.len(), pages.len(), dir.display());
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("{} problem(s) found", diagnostics.len());
@@ -367,7 +523,7 @@ async fn known_lists(config: &Config) -> Option<std::collections::BTreeSet<Strin
 async fn plan_workflows(config: Config, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = dir.unwrap_or_else(|| config.workflows_dir.clone());
     let app = App::open(config, Arc::new(SystemClock)).await?;
-    let (workflows, _, diagnostics) = crate::workflow::loader::check_folder(&app.db, &dir, &app.config).await?;
+    let (workflows, _, _, diagnostics) = crate::workflow::loader::check_folder(&app.db, &dir, &app.config).await?;
     if !diagnostics.is_empty() {
         for diagnostic in &diagnostics {
             println!("{diagnostic}");

@@ -24,6 +24,7 @@ struct RawSettings {
     admin_token: Option<String>,
     max_import_bytes: Option<toml::Value>,
     log: Option<String>,
+    log_format: Option<String>,
     email_from: Option<String>,
     smtp_url: Option<String>,
     smtp_relays: Option<toml::Value>,
@@ -43,7 +44,17 @@ struct RawSettings {
     sms_help_text: Option<String>,
     sms_max_segments: Option<toml::Value>,
     retry_max_age: Option<String>,
+    confirm_link_ttl: Option<String>,
+    confirm_every: Option<String>,
+    form_min_fill: Option<String>,
+    signups_per_ip: Option<toml::Value>,
+    trust_proxy: Option<toml::Value>,
+    metrics_token: Option<String>,
+    claim_lease: Option<String>,
 }
+
+/// Signups per IP address per hour when `signups_per_ip` is not set.
+pub const DEFAULT_SIGNUPS_PER_IP: u32 = 10;
 
 /// Every setting: its key in `ownlist.toml` (the env name is `OWNLIST_` + upper case).
 pub const SETTINGS: &[&str] = &[
@@ -57,6 +68,7 @@ pub const SETTINGS: &[&str] = &[
     "admin_token",
     "max_import_bytes",
     "log",
+    "log_format",
     "email_from",
     "smtp_url",
     "smtp_relays",
@@ -76,6 +88,13 @@ pub const SETTINGS: &[&str] = &[
     "sms_help_text",
     "sms_max_segments",
     "retry_max_age",
+    "confirm_link_ttl",
+    "confirm_every",
+    "form_min_fill",
+    "signups_per_ip",
+    "trust_proxy",
+    "metrics_token",
+    "claim_lease",
 ];
 
 /// Environment variables with the prefix that are not settings: the test suite's own, and the
@@ -98,6 +117,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub max_import_bytes: u64,
     pub log: String,
+    /// `text` (human-readable, the default) or `json` (one object per line).
+    pub log_format: LogFormat,
     /// The sender of every email: `Name <address>` or an address; by default
     /// `ownlist <noreply@HOST>` with the host of `base_url` (`localhost` when that is an IP).
     pub email_from: lettre::message::Mailbox,
@@ -119,6 +140,21 @@ pub struct Config {
     pub sms_max_segments: u32,
     /// How long a message failing for a temporary reason is retried before it is given up.
     pub retry_max_age: chrono::Duration,
+    /// How long a double opt-in confirmation link works (default 7 days).
+    pub confirm_link_ttl: chrono::Duration,
+    /// At most one confirmation message per address in this long (default 24 hours).
+    pub confirm_every: chrono::Duration,
+    /// A landing-page form sent sooner than this after it was served is a bot's (default 3 s).
+    pub form_min_fill: chrono::Duration,
+    /// Signups allowed per IP address per hour (0: no limit; default 10).
+    pub signups_per_ip: u32,
+    /// Read the client's address from the last `X-Forwarded-For` entry (behind a reverse proxy).
+    pub trust_proxy: bool,
+    /// When set, `GET /metrics` wants it as `Authorization: Bearer …`.
+    pub metrics_token: Option<String>,
+    /// Several instances (PostgreSQL): how long a claimed message stays reserved for the process
+    /// that claimed it (default 5 minutes); a crashed process's messages are taken over after it.
+    pub claim_lease: chrono::Duration,
     /// The shared secret a bounce processor sends to `POST /webhooks/bounces` (as a bearer
     /// token); without it that endpoint is off.
     pub bounce_secret: Option<String>,
@@ -228,6 +264,7 @@ impl Config {
             admin_token: None,
             max_import_bytes: DEFAULT_MAX_IMPORT_BYTES,
             log: DEFAULT_LOG.into(),
+            log_format: LogFormat::Text,
             email_from: "ownlist <noreply@localhost>".parse().unwrap_or_else(|_| unreachable!()),
             smtp_relays: Vec::new(),
             tracking: true,
@@ -237,6 +274,13 @@ impl Config {
             sms_help_text: DEFAULT_HELP.into(),
             sms_max_segments: DEFAULT_MAX_SEGMENTS,
             retry_max_age: chrono::Duration::hours(crate::delivery::DEFAULT_MAX_AGE_HOURS),
+            confirm_link_ttl: chrono::Duration::days(7),
+            confirm_every: chrono::Duration::hours(24),
+            form_min_fill: chrono::Duration::seconds(3),
+            signups_per_ip: DEFAULT_SIGNUPS_PER_IP,
+            trust_proxy: false,
+            metrics_token: None,
+            claim_lease: chrono::Duration::seconds(crate::delivery::DEFAULT_CLAIM_LEASE_SECONDS),
             bounce_secret: None,
             dkim: None,
             unsubscribe_mailto: None,
@@ -410,6 +454,43 @@ impl Config {
                     ConfigError::new(name("retry_max_age"), format!("'{text}' is not a duration like 48h or 5d"))
                 })?,
         };
+        let span = |key: &str, text: Option<String>, default: chrono::Duration, least: chrono::Duration| match text {
+            None => Ok(default),
+            Some(text) => crate::workflow::timing::Span::parse(&text, false)
+                .map(crate::workflow::timing::Span::as_chrono)
+                .ok()
+                .filter(|d| *d >= least)
+                .ok_or_else(|| ConfigError::new(name(key), format!("'{text}' is not a duration like 30s, 24h or 7d"))),
+        };
+        let confirm_link_ttl =
+            span("confirm_link_ttl", raw.confirm_link_ttl, chrono::Duration::days(7), chrono::Duration::minutes(1))?;
+        let confirm_every =
+            span("confirm_every", raw.confirm_every, chrono::Duration::hours(24), chrono::Duration::zero())?;
+        let form_min_fill =
+            span("form_min_fill", raw.form_min_fill, chrono::Duration::seconds(3), chrono::Duration::zero())?;
+        let claim_lease = span(
+            "claim_lease",
+            raw.claim_lease,
+            chrono::Duration::seconds(crate::delivery::DEFAULT_CLAIM_LEASE_SECONDS),
+            chrono::Duration::seconds(2),
+        )?;
+        let signups_per_ip = match raw.signups_per_ip {
+            None => DEFAULT_SIGNUPS_PER_IP,
+            Some(value) => value
+                .as_integer()
+                .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    ConfigError::new(name("signups_per_ip"), format!("'{value}' is not a whole number (0: no limit)"))
+                })?,
+        };
+        let trust_proxy = match raw.trust_proxy {
+            None => false,
+            Some(value) => value
+                .as_bool()
+                .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
+                .ok_or_else(|| ConfigError::new(name("trust_proxy"), format!("'{value}' is not true or false")))?,
+        };
         let unsubscribe_mailto = match raw.unsubscribe_mailto {
             None => None,
             Some(text) => Some(text.parse::<lettre::Address>().map_err(|e| {
@@ -418,6 +499,13 @@ impl Config {
                     format!("'{text}' is not an address like unsubscribe@example.com: {e}"),
                 )
             })?),
+        };
+        let log_format = match raw.log_format.as_deref().map(str::trim) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::new(name("log_format"), format!("'{other}' is not text or json")));
+            }
         };
         let log = raw.log.unwrap_or_else(|| DEFAULT_LOG.into());
         tracing_subscriber::EnvFilter::try_new(&log)
@@ -433,6 +521,7 @@ impl Config {
             admin_token: raw.admin_token,
             max_import_bytes,
             log,
+            log_format,
             email_from,
             smtp_relays,
             tracking,
@@ -442,6 +531,13 @@ impl Config {
             sms_help_text: raw.sms_help_text.unwrap_or_else(|| DEFAULT_HELP.into()),
             sms_max_segments,
             retry_max_age,
+            confirm_link_ttl,
+            confirm_every,
+            form_min_fill,
+            signups_per_ip,
+            trust_proxy,
+            metrics_token: raw.metrics_token,
+            claim_lease,
             bounce_secret: raw.bounce_secret,
             dkim,
             unsubscribe_mailto,
@@ -451,6 +547,23 @@ impl Config {
     pub fn is_sqlite(&self) -> bool {
         self.database_url.starts_with("sqlite:")
     }
+
+    /// The SQLite database file, when the database is SQLite (`sqlite://path?…`, `sqlite:path`).
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        if !self.is_sqlite() {
+            return None;
+        }
+        let rest = self.database_url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+        let path = rest.split('?').next().unwrap_or(rest);
+        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// A webhook's signing secret, from the environment variable its workflow step names. (Secrets
@@ -565,6 +678,7 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
             "admin_token" => raw.admin_token = value,
             "max_import_bytes" => raw.max_import_bytes = value.map(toml::Value::String),
             "log" => raw.log = value,
+            "log_format" => raw.log_format = value,
             "email_from" => raw.email_from = value,
             "smtp_url" => raw.smtp_url = value,
             "smtp_relays" => raw.smtp_relays = value.map(toml::Value::String),
@@ -584,6 +698,13 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
             "sms_help_text" => raw.sms_help_text = value,
             "sms_max_segments" => raw.sms_max_segments = value.map(toml::Value::String),
             "retry_max_age" => raw.retry_max_age = value,
+            "confirm_link_ttl" => raw.confirm_link_ttl = value,
+            "confirm_every" => raw.confirm_every = value,
+            "form_min_fill" => raw.form_min_fill = value,
+            "signups_per_ip" => raw.signups_per_ip = value.map(toml::Value::String),
+            "trust_proxy" => raw.trust_proxy = value.map(toml::Value::String),
+            "metrics_token" => raw.metrics_token = value,
+            "claim_lease" => raw.claim_lease = value,
             "bounce_secret" => raw.bounce_secret = value,
             "dkim_domain" => raw.dkim_domain = value,
             "dkim_selector" => raw.dkim_selector = value,

@@ -17,6 +17,8 @@ pub enum Purpose {
     Preferences,
     Confirm,
     Track,
+    /// A landing page's form: when it was served, so a submission can be timed.
+    Form,
 }
 
 impl Purpose {
@@ -26,6 +28,7 @@ impl Purpose {
             Purpose::Preferences => b"preferences",
             Purpose::Confirm => b"confirm",
             Purpose::Track => b"track",
+            Purpose::Form => b"form",
         }
     }
 }
@@ -71,6 +74,34 @@ impl Signer {
         let tag = self.mac(purpose, &payload).finalize().into_bytes();
         payload.extend_from_slice(&tag[..16]);
         URL_SAFE_NO_PAD.encode(payload)
+    }
+
+    /// A form token for the page `slug`, served at `issued` (milliseconds, then a tag over the
+    /// slug and the time): the submission proves when its form was served.
+    pub fn form_token(&self, slug: &str, issued: DateTime<Utc>) -> String {
+        let millis = issued.timestamp_millis().to_be_bytes();
+        let mut mac = self.mac(Purpose::Form, slug.as_bytes());
+        mac.update(b"\0");
+        mac.update(&millis);
+        let mut token = millis.to_vec();
+        token.extend_from_slice(&mac.finalize().into_bytes()[..16]);
+        URL_SAFE_NO_PAD.encode(token)
+    }
+
+    /// When the form of a valid token for `slug` was served; the comparison is constant-time.
+    pub fn verify_form_token(&self, slug: &str, token: &str) -> Result<DateTime<Utc>, LinkError> {
+        let bytes = URL_SAFE_NO_PAD.decode(token.trim()).map_err(|_| LinkError::Invalid)?;
+        if bytes.len() != 24 {
+            return Err(LinkError::Invalid);
+        }
+        let (millis, tag) = bytes.split_at(8);
+        let mut mac = self.mac(Purpose::Form, slug.as_bytes());
+        mac.update(b"\0");
+        mac.update(millis);
+        mac.verify_truncated_left(tag).map_err(|_| LinkError::Invalid)?;
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(millis);
+        DateTime::from_timestamp_millis(i64::from_be_bytes(raw)).ok_or(LinkError::Invalid)
     }
 
     /// The public URL `{base_url}{path}/{token}` for a subject: what a message links to.

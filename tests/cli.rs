@@ -136,6 +136,22 @@ fn with_no_configuration_it_serves_sqlite_and_says_how_to_get_a_token() {
     }
 }
 
+/// A minimal HTTP/1.1 request with a JSON body and the CLI tests' admin token.
+fn http_request(address: &str, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer cli-admin-token-0123456789\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// A minimal HTTP/1.1 GET, so this test needs no client library.
 fn http_get(address: &str, path: &str) -> String {
     use std::io::{Read, Write};
@@ -238,6 +254,21 @@ fn import_export_scenario(database: &Database) {
         csv.lines().map(|l| l.rsplit_once(',').map_or(l, |(rest, _updated_at)| rest).to_owned()).collect()
     };
     assert_eq!(columns(&text(&again.stdout)), columns(&first));
+
+    // Everything, as files, into a third (empty) database.
+    let everything = run(ownlist(dir.path()).args(["export", "--all", "backup-dir"]));
+    assert!(everything.status.success(), "{}", text(&everything.stderr));
+    assert!(text(&everything.stdout).contains("subscribers: 2"), "{}", text(&everything.stdout));
+    assert!(dir.path().join("backup-dir/README.md").exists() && dir.path().join("backup-dir/consents.jsonl").exists());
+    let third = database.another();
+    let home = tempfile::tempdir().unwrap();
+    let from = dir.path().join("backup-dir");
+    let restored = run(third.ownlist(home.path()).arg("import").arg("--all").arg(&from));
+    assert!(restored.status.success(), "{}", text(&restored.stderr));
+    assert!(text(&restored.stdout).contains("subscribers: 2") && text(&restored.stdout).contains("consents: 2"));
+    let refused = run(third.ownlist(home.path()).arg("import").arg("--all").arg(&from));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("not empty") && text(&refused.stderr).contains("nothing was imported"));
 }
 
 #[test]
@@ -266,7 +297,7 @@ fn workflows_check_prints_file_line_column_and_fails_on_any_problem() {
 
     let ok = check(dir.path());
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
-    assert!(text(&ok.stderr).contains("3 workflow file(s) OK"), "{}", text(&ok.stderr));
+    assert!(text(&ok.stderr).contains("3 workflow(s) and 1 landing page(s) OK"), "{}", text(&ok.stderr));
     assert!(text(&ok.stderr).contains("list names were not checked"), "no database yet");
 
     // With a database, list names are checked against it.
@@ -415,4 +446,84 @@ fn serve_refuses_to_start_with_an_invalid_workflow_and_says_why() {
     let stderr = text(&output.stderr);
     assert!(stderr.contains("the workflow files are invalid"), "{stderr}");
     assert!(stderr.contains("workflows/bad.yaml:5:11: 'forever' is not a duration"), "{stderr}");
+}
+
+#[test]
+fn one_process_per_sqlite_file_json_logs_readiness_and_an_online_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = ownlist(dir.path())
+        .env("OWNLIST_LISTEN", "127.0.0.1:0")
+        .env("OWNLIST_LOG", "info")
+        .env("OWNLIST_LOG_FORMAT", "json")
+        .env("OWNLIST_ADMIN_TOKEN", "cli-admin-token-0123456789")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    let address = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let ready = http_get(&address, "/readyz");
+    assert!(ready.starts_with("HTTP/1.1 200") && ready.contains("\"ready\""), "{ready}");
+
+    // A subscriber added and unsubscribed: their address must not reach the info-level logs.
+    let added = http_request(&address, "POST", "/api/v1/lists", r#"{"slug":"news","name":"News"}"#);
+    assert!(added.starts_with("HTTP/1.1 201"), "{added}");
+    let body = r#"{"email":"private.person@example.com","phone":"+14155552671","first_name":"Private","lists":["news"],"consent":{"email":true}}"#;
+    let created = http_request(&address, "POST", "/api/v1/subscribers", body);
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let id = created.split("\"id\":\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let patched = http_request(&address, "PATCH", &format!("/api/v1/subscribers/{id}"), r#"{"status":"unsubscribed"}"#);
+    assert!(patched.starts_with("HTTP/1.1 200"), "{patched}");
+
+    let second = run(ownlist(dir.path()).env("OWNLIST_LISTEN", "127.0.0.1:0"));
+    assert_eq!(second.status.code(), Some(2), "a second process on the same SQLite file is refused");
+    let said = text(&second.stderr);
+    assert!(said.contains("another ownlist process is already serving") && said.contains("PostgreSQL"), "{said}");
+
+    // A snapshot while the first one runs (and writes: a token is created meanwhile).
+    assert!(run(ownlist(dir.path()).args(["tokens", "create", "ops"])).status.success());
+    let backup = run(ownlist(dir.path()).args(["backup", "snapshot.db"]));
+    assert!(backup.status.success(), "{}", text(&backup.stderr));
+    assert!(text(&backup.stdout).contains("backup written to snapshot.db"));
+    let again = run(ownlist(dir.path()).args(["backup", "snapshot.db"]));
+    assert_eq!(again.status.code(), Some(2), "an existing file is never overwritten");
+    let copy = Command::new("sqlite3")
+        .arg(dir.path().join("snapshot.db"))
+        .arg("SELECT name FROM api_tokens; PRAGMA integrity_check;")
+        .output()
+        .unwrap();
+    assert_eq!(text(&copy.stdout).trim(), "ops\nok", "the copy is whole and current");
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut first.stderr.take().unwrap(), &mut logs).unwrap();
+    assert!(
+        !logs.contains("private.person") && !logs.contains("4155552671") && !logs.contains("Private"),
+        "no personal data at info level: {logs}"
+    );
+    let entries: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!entries.is_empty(), "info logs were written");
+    for entry in entries {
+        let parsed: serde_json::Value = serde_json::from_str(entry).unwrap_or_else(|e| panic!("{e}: {entry}"));
+        assert!(
+            parsed["level"].is_string() && parsed["timestamp"].is_string() && parsed["message"].is_string(),
+            "{entry}"
+        );
+    }
+
+    let postgres = run(ownlist(dir.path())
+        .env("OWNLIST_DATABASE_URL", "postgres://ownlist:secret@db.internal/ownlist")
+        .args(["backup", "ownlist.dump"]));
+    assert_eq!(postgres.status.code(), Some(2));
+    let said = text(&postgres.stdout);
+    assert!(said.contains("pg_dump --format=custom --file=ownlist.dump") && !said.contains("secret"), "{said}");
+
+    // Once the first process is gone, the file is free again.
+    let mut third = ownlist(dir.path()).env("OWNLIST_LISTEN", "127.0.0.1:0").stdout(Stdio::piped()).spawn().unwrap();
+    let first_line = BufReader::new(third.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    assert!(first_line.contains("ownlist is serving"), "{first_line}");
+    third.kill().unwrap();
+    third.wait().unwrap();
 }

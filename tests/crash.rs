@@ -40,6 +40,25 @@ fn start(dir: &Path, database_url: Option<&str>) -> Server {
 }
 
 fn start_with(dir: &Path, database_url: Option<&str>, smtp_url: Option<&str>) -> Server {
+    let mut child = command(dir, database_url, smtp_url).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let address = first.split("http://").nth(1).unwrap().trim_end_matches('/').to_owned();
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, address }
+}
+
+/// `ownlist worker`: the engine and delivery workers, no HTTP.
+fn start_worker(dir: &Path, database_url: &str, smtp_url: &str) -> Child {
+    let mut child = command(dir, Some(database_url), Some(smtp_url)).arg("worker").spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("ownlist worker started"), "{first}");
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+fn command(dir: &Path, database_url: Option<&str>, smtp_url: Option<&str>) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ownlist"));
     command
         .current_dir(dir)
@@ -47,9 +66,14 @@ fn start_with(dir: &Path, database_url: Option<&str>, smtp_url: Option<&str>) ->
         .env("OWNLIST_ADMIN_TOKEN", TOKEN)
         .env("OWNLIST_TEMPLATES_DIR", Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"))
         .env("OWNLIST_LOG", "warn")
+        // On PostgreSQL, a killed process's claims are taken over when their leases end.
+        .env("OWNLIST_CLAIM_LEASE", "6s")
         .stdout(Stdio::piped());
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("OWNLIST_") && k != "OWNLIST_TEST_DATABASE_URL") {
-        if !matches!(key.as_str(), "OWNLIST_LISTEN" | "OWNLIST_ADMIN_TOKEN" | "OWNLIST_TEMPLATES_DIR" | "OWNLIST_LOG") {
+        if !matches!(
+            key.as_str(),
+            "OWNLIST_LISTEN" | "OWNLIST_ADMIN_TOKEN" | "OWNLIST_TEMPLATES_DIR" | "OWNLIST_LOG" | "OWNLIST_CLAIM_LEASE"
+        ) {
             command.env_remove(key);
         }
     }
@@ -59,12 +83,7 @@ fn start_with(dir: &Path, database_url: Option<&str>, smtp_url: Option<&str>) ->
     if let Some(url) = smtp_url {
         command.env("OWNLIST_SMTP_URL", url);
     }
-    let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let address = first.split("http://").nth(1).unwrap().trim_end_matches('/').to_owned();
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, address }
+    command
 }
 
 fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -324,4 +343,79 @@ fn sigterm_finishes_the_sends_under_way_and_the_restart_repeats_none() {
 #[test]
 fn sigterm_finishes_the_sends_under_way_and_the_restart_repeats_none_on_postgres() {
     on_postgres(|url| terminated_mid_broadcast(Some(url)));
+}
+
+const MANY: usize = 20_000;
+const DRIPPED: usize = 200;
+
+/// Three processes run workers on one PostgreSQL database (`serve` and two `ownlist worker`):
+/// a 20,000-reader broadcast and a three-email drip arrive once each, and killing one worker
+/// halfway repeats at most the messages it had in flight.
+fn three_workers(database_url: &str, kill_one: bool) {
+    let sinks = tokio::runtime::Runtime::new().unwrap();
+    let sink = sinks.block_on(smtp_sink::SmtpSink::start());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    let mut server = start_with(dir.path(), Some(database_url), Some(&sink.url()));
+    let address = server.address.clone();
+    assert_eq!(http(&address, "POST", "/api/v1/lists", r#"{"slug":"leads","name":"Leads"}"#).0, 201);
+    assert_eq!(http(&address, "POST", "/api/v1/lists", r#"{"slug":"news","name":"News"}"#).0, 201);
+    std::fs::write(dir.path().join("workflows/crash.yaml"), WORKFLOW).unwrap();
+    let (status, body) = http(&address, "POST", "/api/v1/workflows/reload", "");
+    assert_eq!(status, 200, "{body}");
+    let csv: String = std::iter::once("email,email_state\n".to_owned())
+        .chain((0..MANY).map(|i| format!("reader{i:05}@example.com,subscribed\n")))
+        .collect();
+    let (status, body) = http_as(&address, "POST", "/api/v1/imports?list=news", "text/csv", &csv);
+    assert_eq!(status, 200, "{body}");
+    let mut workers: Vec<Child> = (0..2).map(|_| start_worker(dir.path(), database_url, &sink.url())).collect();
+    for i in 0..DRIPPED {
+        let person = format!(r#"{{"email":"lead{i:04}@example.com","lists":["leads"],"consent":{{"email":true}}}}"#);
+        assert_eq!(http(&address, "POST", "/api/v1/subscribers", &person).0, 201);
+    }
+    let broadcast =
+        r#"{"list":"news","subject":"We moved","html":"<p>Hi {{ subscriber.email }}</p>","tracking":false}"#;
+    let (status, body) = http(&address, "POST", "/api/v1/broadcasts", broadcast);
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_str().unwrap().to_owned();
+
+    if kill_one {
+        wait_for_arrivals(&sink, MANY / 2);
+        let mut killed = workers.remove(0);
+        killed.kill().unwrap();
+        killed.wait().unwrap();
+    }
+    wait_until_done(&address, &id);
+    let expected = MANY + 3 * DRIPPED;
+    wait_for_arrivals(&sink, expected);
+    // Whatever could still come (a late duplicate) has time to arrive before counting.
+    std::thread::sleep(Duration::from_millis(500));
+    for mut worker in workers {
+        worker.kill().unwrap();
+        worker.wait().unwrap();
+    }
+    kill(&mut server);
+
+    let mut seen: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
+    for message in sink.taken() {
+        let header = |name: &str| {
+            message.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned)).unwrap_or_default()
+        };
+        *seen.entry((header("To"), header("Subject"))).or_default() += 1;
+    }
+    assert_eq!(seen.len(), expected, "every reader's broadcast and every lead's three emails arrived");
+    let repeated: usize = seen.values().map(|n| n - 1).sum();
+    let allowed = if kill_one { IN_FLIGHT } else { 0 };
+    assert!(repeated <= allowed, "{repeated} repeats: more than the killed worker had in flight ({allowed})");
+    assert_eq!(sent_in_outbox(dir.path(), Some(database_url)), expected as i64, "each recorded as sent once");
+}
+
+#[test]
+fn three_processes_on_postgres_send_each_message_exactly_once() {
+    on_postgres(|url| three_workers(url, false));
+}
+
+#[test]
+fn three_processes_on_postgres_send_each_message_once_even_when_one_is_killed() {
+    on_postgres(|url| three_workers(url, true));
 }

@@ -66,7 +66,7 @@ fn the_shipped_funnels_pass_and_mean_what_they_say() {
         lists: Some(&lists),
         sms_max_segments: ownlist::workflow::check::DEFAULT_SMS_MAX_SEGMENTS,
     };
-    let (workflows, diagnostics) = check_dir(&repo().join("workflows"), &context);
+    let (workflows, _, diagnostics) = check_dir(&repo().join("workflows"), &context);
     assert!(diagnostics.is_empty(), "{diagnostics:#?}");
     let ids: Vec<&str> = workflows.iter().map(|w| w.id.as_str()).collect();
     assert_eq!(ids, ["instagram-guide", "weekly-digest", "welcome"]);
@@ -372,4 +372,105 @@ fn an_sms_over_the_segment_limit_is_refused_at_its_line() {
     let accented = format!("Ciao, ça va? {}", "b".repeat(190));
     assert_one(&sms(&accented), "workflows/test.yaml:5:18:", "UCS-2");
     assert_eq!(diagnose(&sms(&format!("Ciao, ça va? {}", "b".repeat(150)))), Vec::<String>::new());
+}
+
+const PAGE: &str = r#"pages:
+  - slug: guide
+    title: Get the free guide
+    list: guide-leads
+    fields: [email, first_name, phone]
+    required: [email]
+    channels: [email, sms]
+    consent_text: "Send me the guide."
+"#;
+
+/// Checks `yaml` as `workflows/test.yaml` (a workflow, pages or both).
+fn diagnose_file(yaml: &str) -> Result<ownlist::workflow::Checked, Vec<String>> {
+    let templates = shipped_templates();
+    let lists = lists();
+    let context = Context {
+        templates: &templates,
+        lists: Some(&lists),
+        sms_max_segments: ownlist::workflow::check::DEFAULT_SMS_MAX_SEGMENTS,
+    };
+    ownlist::workflow::check_file(Path::new("workflows/test.yaml"), yaml, &context)
+        .map_err(|found| found.iter().map(Diagnostic::to_string).collect())
+}
+
+fn assert_page_problem(yaml: &str, expected_start: &str, expected_text: &str) {
+    let found = diagnose_file(yaml).err().unwrap_or_default();
+    assert!(
+        found.iter().any(|d| d.starts_with(expected_start) && d.contains(expected_text)),
+        "expected a diagnostic starting {expected_start:?} containing {expected_text:?}, got {found:#?}"
+    );
+}
+
+#[test]
+fn landing_pages_are_checked_where_they_are_written() {
+    let checked = diagnose_file(PAGE).unwrap();
+    assert!(checked.workflow.is_none(), "a file may declare pages only");
+    let page = &checked.pages[0];
+    assert_eq!((page.slug.as_str(), page.list.as_str(), page.double_opt_in), ("guide", "guide-leads", true));
+    assert_eq!(page.template, "pages/default.html");
+    assert_eq!(page.version().len(), 12);
+    let mut edited = page.clone();
+    edited.consent_text = "Other words.".into();
+    assert_ne!(edited.version(), page.version(), "changing the words changes the version");
+    let both = diagnose_file(&format!("{GOOD}{PAGE}")).unwrap();
+    assert!(both.workflow.is_some() && both.pages.len() == 1, "or a workflow and pages");
+
+    assert_page_problem(&PAGE.replace("slug: guide", "slug: Guide Page"), "workflows/test.yaml:2:", "not a slug");
+    assert_page_problem(
+        &PAGE.replace("list: guide-leads", "list: guide-lead"),
+        "workflows/test.yaml:4:",
+        "did you mean 'guide-leads'",
+    );
+    assert_page_problem(
+        &PAGE.replace("first_name, phone]", "first_nam, phone]"),
+        "workflows/test.yaml:5:",
+        "did you mean 'first_name'",
+    );
+    assert_page_problem(
+        &PAGE.replace("required: [email]", "required: [last_name]"),
+        "workflows/test.yaml:6:",
+        "not among the fields",
+    );
+    assert_page_problem(
+        &PAGE.replace("channels: [email, sms]", "channels: [email, fax]"),
+        "workflows/test.yaml:7:",
+        "not email or sms",
+    );
+    assert_page_problem(
+        &PAGE.replace("fields: [email, first_name, phone]", "fields: [email]"),
+        "workflows/test.yaml:7:",
+        "the sms box needs the 'phone' field",
+    );
+    assert_page_problem(
+        &PAGE.replace("consent_text: \"Send me the guide.\"", "consent_text: \"\""),
+        "workflows/test.yaml:8:",
+        "consent_text is empty",
+    );
+    assert_page_problem(&format!("{PAGE}    template: pages/nope.html\n"), "workflows/test.yaml:9:", "not found");
+    assert_page_problem(
+        &format!("{PAGE}    thank_you: {{ redirect: \"javascript:alert(1)\" }}\n"),
+        "workflows/test.yaml:9:",
+        "not an http(s) URL",
+    );
+    assert_page_problem(
+        &format!("{PAGE}    default_country: XX\n"),
+        "workflows/test.yaml:9:",
+        "two-letter country code",
+    );
+    assert_page_problem(&format!("{PAGE}    cors: [\"*\"]\n"), "workflows/test.yaml:9:", "not an origin");
+    assert_page_problem(
+        &format!("{PAGE}    double_optin: false\n"),
+        "workflows/test.yaml:9:",
+        "did you mean `double_opt_in`",
+    );
+    assert_page_problem(
+        &format!("{PAGE}  - slug: guide\n    title: Again\n    list: guide-leads\n"),
+        "workflows/test.yaml:9:11:",
+        "already 'guide'",
+    );
+    assert_page_problem("name: Half\npages: []\n", "workflows/test.yaml:1:1:", "missing field `trigger`");
 }

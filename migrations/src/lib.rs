@@ -9,6 +9,10 @@ pub use sea_orm_migration::prelude::*;
 mod m20261121_000001_foundation;
 mod m20261121_000002_workflows;
 mod m20261121_000003_delivery;
+mod m20261122_000004_pages;
+mod m20261122_000005_operations;
+mod m20261122_000006_scale_out;
+mod m20261122_000007_funnel;
 
 pub struct Migrator;
 
@@ -19,6 +23,10 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_foundation::Migration),
             Box::new(m20261121_000002_workflows::Migration),
             Box::new(m20261121_000003_delivery::Migration),
+            Box::new(m20261122_000004_pages::Migration),
+            Box::new(m20261122_000005_operations::Migration),
+            Box::new(m20261122_000006_scale_out::Migration),
+            Box::new(m20261122_000007_funnel::Migration),
         ]
     }
 }

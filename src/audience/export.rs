@@ -33,6 +33,9 @@ pub const COLUMNS: &[&str] = &[
     "campaign",
     "referrer",
     "landing_page",
+    "content",
+    "term",
+    "click_id",
     "created_at",
     "updated_at",
 ];
@@ -114,6 +117,9 @@ fn row(s: &subscriber::Model, lists: &[MembershipView], tags: &[String]) -> Vec<
         text(&s.campaign),
         text(&s.referrer),
         text(&s.landing_page),
+        text(&s.content),
+        text(&s.term),
+        text(&s.click_id),
         s.created_at.to_rfc3339(),
         s.updated_at.to_rfc3339(),
     ]

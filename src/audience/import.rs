@@ -103,6 +103,9 @@ enum Known {
     Campaign,
     Referrer,
     LandingPage,
+    Content,
+    Term,
+    ClickId,
     CreatedAt,
     UpdatedAt,
 }
@@ -128,6 +131,9 @@ impl Known {
             "campaign" => Self::Campaign,
             "referrer" => Self::Referrer,
             "landing_page" => Self::LandingPage,
+            "content" | "utm_content" => Self::Content,
+            "term" | "utm_term" => Self::Term,
+            "click_id" => Self::ClickId,
             "created_at" => Self::CreatedAt,
             "updated_at" => Self::UpdatedAt,
             _ => return None,
@@ -245,6 +251,9 @@ fn parse_row(header: &Header, record: &ByteRecord, line: u64) -> std::result::Re
             campaign: cell(Known::Campaign).map(str::to_owned),
             referrer: cell(Known::Referrer).map(str::to_owned),
             landing_page: cell(Known::LandingPage).map(str::to_owned),
+            content: cell(Known::Content).map(str::to_owned),
+            term: cell(Known::Term).map(str::to_owned),
+            click_id: cell(Known::ClickId).map(str::to_owned),
         }),
     };
     let id = cell(Known::Id)
@@ -900,6 +909,9 @@ impl Plan {
             set("campaign", &mut model.campaign, p.attribution.campaign.clone());
             set("referrer", &mut model.referrer, p.attribution.referrer.clone());
             set("landing_page", &mut model.landing_page, p.attribution.landing_page.clone());
+            set("content", &mut model.content, p.attribution.content.clone());
+            set("term", &mut model.term, p.attribution.term.clone());
+            set("click_id", &mut model.click_id, p.attribution.click_id.clone());
         }
         if !p.attributes.is_empty() {
             let mut merged = model.attributes.as_object().cloned().unwrap_or_default();

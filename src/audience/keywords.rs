@@ -129,8 +129,10 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, help: &str)
         }
         Some(Keyword::Yes) => {
             let pending = person.sms_state == ChannelState::Pending.as_str();
-            let changed =
-                pending && change_channel(&txn, now, person, Channel::Sms, ChannelState::Subscribed, &origin).await?;
+            // A landing page's SMS double opt-in: confirms its list too (and starts its workflows).
+            let changed = pending
+                && (crate::pages::signup::confirm_by_sms(&txn, now, id, &origin).await?
+                    || change_channel(&txn, now, person, Channel::Sms, ChannelState::Subscribed, &origin).await?);
             changed.then_some(CONFIRMED)
         }
         Some(Keyword::Help) => Some(help),

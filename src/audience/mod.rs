@@ -4,6 +4,7 @@
 //! import upserts). It speaks to the database through [`crate::store`] and never imports axum:
 //! the HTTP layer and the CLI are two front ends over the same functions.
 
+pub mod archive;
 pub mod events;
 pub mod export;
 pub mod import;

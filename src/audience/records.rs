@@ -46,6 +46,8 @@ pub fn event(subscriber_id: Uuid, kind: &str, data: Value, at: DateTime<Utc>) ->
 pub struct ConsentWording {
     pub text: Option<String>,
     pub version: Option<String>,
+    /// The landing page (slug and version) the words were shown on.
+    pub page: Option<(String, String)>,
 }
 
 /// Where a consent came from: how, through what, and the request's fingerprint when known.
@@ -77,6 +79,8 @@ pub fn consent(
         source: Set(origin.source.clone()),
         ip: Set(origin.ip.clone()),
         user_agent: Set(origin.user_agent.clone()),
+        page: Set(wording.page.as_ref().map(|(slug, _)| slug.clone())),
+        page_version: Set(wording.page.as_ref().map(|(_, version)| version.clone())),
         created_at: Set(at),
     }
 }

@@ -50,6 +50,15 @@ pub struct Attribution {
     pub campaign: Option<String>,
     pub referrer: Option<String>,
     pub landing_page: Option<String>,
+    /// utm_content.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// utm_term.
+    #[serde(default)]
+    pub term: Option<String>,
+    /// The click id a network added to the link, as `fbclid=…` (also fbclid, igshid, ttclid, gclid).
+    #[serde(default)]
+    pub click_id: Option<String>,
 }
 
 /// Consent given with a new subscriber, per channel, with the words shown.
@@ -190,6 +199,9 @@ pub struct ConsentView {
     pub source: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The landing page the consent was given on, and that page's version.
+    pub page: Option<String>,
+    pub page_version: Option<String>,
     pub at: DateTime<Utc>,
 }
 
@@ -308,6 +320,9 @@ impl Checker {
             campaign: self.text("attribution.campaign", input.campaign.as_deref(), 200),
             referrer: self.text("attribution.referrer", input.referrer.as_deref(), 2000),
             landing_page: self.text("attribution.landing_page", input.landing_page.as_deref(), 2000),
+            content: self.text("attribution.content", input.content.as_deref(), 200),
+            term: self.text("attribution.term", input.term.as_deref(), 200),
+            click_id: self.text("attribution.click_id", input.click_id.as_deref(), 600),
         }
     }
 
@@ -365,6 +380,7 @@ fn validate_new(input: NewSubscriber) -> Result<ValidNew> {
     let wording = ConsentWording {
         text: c.text("consent.text", input.consent.text.as_deref(), 10_000),
         version: c.text("consent.version", input.consent.version.as_deref(), 100),
+        page: None,
     };
     c.finish()?;
     Ok(ValidNew { profile, lists, tags, consent: input.consent, wording })
@@ -466,6 +482,9 @@ pub fn new_subscriber_row(
         campaign: Set(profile.attribution.campaign.clone()),
         referrer: Set(profile.attribution.referrer.clone()),
         landing_page: Set(profile.attribution.landing_page.clone()),
+        content: Set(profile.attribution.content.clone()),
+        term: Set(profile.attribution.term.clone()),
+        click_id: Set(profile.attribution.click_id.clone()),
         created_at: Set(created_at),
         updated_at: Set(now),
     }
@@ -647,6 +666,9 @@ fn view(m: subscriber::Model, lists: Vec<MembershipView>, tags: Vec<String>) -> 
             campaign: m.campaign,
             referrer: m.referrer,
             landing_page: m.landing_page,
+            content: m.content,
+            term: m.term,
+            click_id: m.click_id,
         },
         lists,
         tags,
@@ -790,6 +812,8 @@ pub async fn personal_data(db: &Db, now: DateTime<Utc>, id: Uuid) -> Result<Pers
             source: c.source,
             ip: c.ip,
             user_agent: c.user_agent,
+            page: c.page,
+            page_version: c.page_version,
             at: c.created_at,
         })
         .collect();
@@ -900,6 +924,19 @@ pub async fn change_channel(
     to: ChannelState,
     origin: &ConsentOrigin,
 ) -> Result<bool> {
+    change_channel_with(txn, now, current, channel, to, origin, &ConsentWording::default()).await
+}
+
+/// [`change_channel`], recording the words the person agreed to (a landing page's, say).
+pub async fn change_channel_with(
+    txn: &DatabaseTransaction,
+    now: DateTime<Utc>,
+    current: subscriber::Model,
+    channel: Channel,
+    to: ChannelState,
+    origin: &ConsentOrigin,
+    wording: &ConsentWording,
+) -> Result<bool> {
     let live =
         |state: &str| matches!(stored(state, ChannelState::None), ChannelState::Subscribed | ChannelState::Pending);
     let (state, other) = match channel {
@@ -916,6 +953,9 @@ pub async fn change_channel(
         return Ok(false);
     }
     let id = current.id;
+    if !granting {
+        count_unsubscribe(&current, channel, origin.method);
+    }
     let status = stored(&current.status, SubscriberStatus::Active);
     let mut model = current.into_active_model();
     match channel {
@@ -931,12 +971,22 @@ pub async fn change_channel(
     }
     model.updated_at = Set(now);
     model.update(txn).await?;
-    records::consent(id, channel, granting, origin, &ConsentWording::default(), now).insert(txn).await?;
+    records::consent(id, channel, granting, origin, wording, now).insert(txn).await?;
     let data = json!({"channel": channel, "by": origin.source, "state": to});
     let kind = if granting { kind::CONSENT_GRANTED } else { kind::CONSENT_REVOKED };
     records::event(id, kind, data, now).insert(txn).await?;
     records::trigger(id, trigger::CHANGED, "", json!({}), now).insert(txn).await?;
     Ok(true)
+}
+
+/// Counts a withdrawn channel for `/metrics`, by the page and source of the subscriber's first
+/// touch (the page from the landing page's address).
+fn count_unsubscribe(current: &subscriber::Model, channel: Channel, via: ConsentMethod) {
+    let source = current.source.clone().unwrap_or_else(|| "direct".into());
+    let page = crate::stats::first_touch_page(current.landing_page.as_deref()).unwrap_or_default();
+    let labels =
+        [("channel", channel.as_str()), ("via", via.as_str()), ("page", page.as_str()), ("source", source.as_str())];
+    crate::metrics::inc("ownlist_unsubscribes_total", &labels);
 }
 
 /// What a bounce report says of an email address.
@@ -1017,6 +1067,7 @@ pub async fn update(
     let wording = ConsentWording {
         text: c.text("consent.text", patch.consent.as_ref().and_then(|p| p.text.as_deref()), 10_000),
         version: c.text("consent.version", patch.consent.as_ref().and_then(|p| p.version.as_deref()), 100),
+        page: None,
     };
     c.finish()?;
 
@@ -1106,6 +1157,9 @@ pub async fn update(
             }
             let next = if granted { ChannelState::Subscribed } else { ChannelState::Unsubscribed };
             if *state != next {
+                if !granted && matches!(*state, ChannelState::Subscribed | ChannelState::Pending) {
+                    count_unsubscribe(&current, channel, origin.method);
+                }
                 *state = next;
                 revoked |= !granted;
                 consents.push(records::consent(id, channel, granted, &origin, &wording, now));
@@ -1128,6 +1182,7 @@ pub async fn update(
         status = SubscriberStatus::Unsubscribed;
         for (channel, state) in [(Channel::Email, &mut email_state), (Channel::Sms, &mut sms_state)] {
             if matches!(state, ChannelState::Subscribed | ChannelState::Pending) {
+                count_unsubscribe(&current, channel, origin.method);
                 *state = ChannelState::Unsubscribed;
                 consents.push(records::consent(id, channel, false, &origin, &wording, now));
             }

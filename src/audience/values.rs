@@ -46,6 +46,12 @@ pub struct PhoneNumber(String);
 
 impl PhoneNumber {
     pub fn parse(input: &str) -> Result<Self, String> {
+        Self::parse_in(input, None)
+    }
+
+    /// Parses a number, reading one without `+` or `00` as a national number of `country`
+    /// (ISO 3166, e.g. `US`) when given.
+    pub fn parse_in(input: &str, country: Option<&str>) -> Result<Self, String> {
         let text = input.trim();
         if text.is_empty() {
             return Err("is empty".into());
@@ -57,10 +63,13 @@ impl PhoneNumber {
             Some(rest) => format!("+{rest}"),
             None => text.to_owned(),
         };
-        if !international.starts_with('+') {
+        let country = country.and_then(|c| c.parse::<phonenumber::country::Id>().ok());
+        if !international.starts_with('+') && country.is_none() {
             return Err(format!("'{text}' must be in international format, like +14155550123"));
         }
-        let number = phonenumber::parse(None, &international).map_err(|_| format!("'{text}' is not a phone number"))?;
+        let region = if international.starts_with('+') { None } else { country };
+        let number =
+            phonenumber::parse(region, &international).map_err(|_| format!("'{text}' is not a phone number"))?;
         if !phonenumber::is_valid(&number) {
             return Err(format!("'{text}' is not a valid phone number"));
         }
@@ -155,7 +164,7 @@ pub fn sha256_hex(text: &str) -> String {
 macro_rules! word_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
 
@@ -224,6 +233,8 @@ word_enum!(
         SmsKeyword = "sms_keyword",
         UnsubscribeLink = "unsubscribe_link",
         Complaint = "complaint",
+        DoubleOptIn = "double_opt_in",
+        Preferences = "preferences",
     }
 );
 

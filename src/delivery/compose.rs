@@ -212,6 +212,8 @@ pub fn row(
         provider_ref: Set(None),
         opened_at: Set(None),
         clicked_at: Set(None),
+        lease_until: Set(None),
+        lease_owner: Set(None),
     };
     (message, body)
 }

@@ -387,7 +387,17 @@ async fn send_through(relays: &[Relay], envelope: &Envelope, bytes: &[u8], now: 
         if let Some(pacing) = &relay.pacing {
             pacing.wait_turn().await;
         }
-        match relay.pool.send(envelope, bytes).await {
+        let started = std::time::Instant::now();
+        let sent = relay.pool.send(envelope, bytes).await;
+        let labels = [("channel", "email"), ("relay", relay.name.as_str())];
+        crate::metrics::observe("ownlist_delivery_duration_seconds", &labels, started.elapsed().as_secs_f64());
+        let outcome = match &sent {
+            Ok(_) => "sent",
+            Err(Failure::Permanent { .. }) => "refused",
+            Err(Failure::Transient(_)) => "failed",
+        };
+        crate::metrics::inc("ownlist_deliveries_total", &[labels[0], labels[1], ("outcome", outcome)]);
+        match sent {
             Ok(reply) => {
                 relay.breaker.worked(&relay.name);
                 return Answer::Delivered(

@@ -57,11 +57,13 @@ pub fn backoff(id: uuid::Uuid, attempts: i32) -> chrono::Duration {
 pub struct Breaker {
     cooldown: chrono::Duration,
     open_until: std::sync::Mutex<Option<DateTime<Utc>>>,
+    /// Whether its state has been shown in the metrics yet (then only changes are).
+    shown: std::sync::atomic::AtomicBool,
 }
 
 impl Breaker {
     pub fn new(cooldown: chrono::Duration) -> Self {
-        Self { cooldown, open_until: std::sync::Mutex::new(None) }
+        Self { cooldown, open_until: std::sync::Mutex::new(None), shown: std::sync::atomic::AtomicBool::new(false) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<DateTime<Utc>>> {
@@ -75,6 +77,9 @@ impl Breaker {
 
     pub fn failed(&self, name: &str, now: DateTime<Utc>) {
         let mut open_until = self.lock();
+        if open_until.is_none() || !self.shown.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            crate::metrics::set("ownlist_circuit_open", &[("relay", name)], 1.0);
+        }
         if open_until.is_none_or(|until| now >= until) {
             tracing::warn!(%name, cooldown_s = self.cooldown.num_seconds(), "failing: skipped for its cool-down");
         }
@@ -82,7 +87,12 @@ impl Breaker {
     }
 
     pub fn worked(&self, name: &str) {
-        if self.lock().take().is_some() {
+        // The gauge is written when the state changes (and once at first use), not per message.
+        let was_open = self.lock().take().is_some();
+        if was_open || !self.shown.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            crate::metrics::set("ownlist_circuit_open", &[("relay", name)], 0.0);
+        }
+        if was_open {
             tracing::info!(%name, "works again");
         }
     }
@@ -143,7 +153,12 @@ pub struct Worker<S> {
     bell: Doorbell,
     /// A message still failing for a temporary reason once this old is given up.
     max_age: chrono::Duration,
+    /// Several instances (PostgreSQL): this process's id and how long its claims last.
+    leases: Option<(String, chrono::Duration)>,
 }
+
+/// How long a claimed message stays reserved for the process that claimed it, by default.
+pub const DEFAULT_CLAIM_LEASE_SECONDS: i64 = 300;
 
 /// Rung when messages are written to the outbox, so idle workers look at once instead of at
 /// their next one-second poll. (Every process polls anyway: another process's writes ring no
@@ -179,7 +194,25 @@ impl<S> std::fmt::Debug for Worker<S> {
 
 impl<S: Carrier> Worker<S> {
     pub fn with(db: Db, clock: SharedClock, sender: S) -> Self {
-        Self { db, clock, sender, bell: Doorbell::new(), max_age: chrono::Duration::hours(DEFAULT_MAX_AGE_HOURS) }
+        Self {
+            db,
+            clock,
+            sender,
+            bell: Doorbell::new(),
+            max_age: chrono::Duration::hours(DEFAULT_MAX_AGE_HOURS),
+            leases: None,
+        }
+    }
+
+    /// Claims messages with leases (several instances on one PostgreSQL database): a batch is
+    /// claimed with `FOR UPDATE SKIP LOCKED`, so instances never take the same message, and
+    /// marked as this process's until `lease` from now; a message is attempted only while at
+    /// least half its lease remains (longer than any attempt), so once a lease has ended the
+    /// message is safe for another instance to take over (a crashed process's claims come back
+    /// that way).
+    pub fn with_leases(mut self, instance: String, lease: chrono::Duration) -> Self {
+        self.leases = Some((instance, lease));
+        self
     }
 
     /// Gives up on a message that still fails for a temporary reason once it is this old.
@@ -206,6 +239,9 @@ impl<S: Carrier> Worker<S> {
     /// `after`: a pass through a backlog claims each batch after the previous one, so the next
     /// batch can be read while the current one is being sent.
     async fn claim(&self, now: DateTime<Utc>, after: Option<(DateTime<Utc>, uuid::Uuid)>) -> Result<Vec<Claimed>> {
+        if let Some((instance, lease)) = &self.leases {
+            return self.claim_leased(now, instance, *lease).await;
+        }
         let mut query = outbox::Entity::find()
             .filter(outbox::Column::Channel.eq(S::CHANNEL))
             .filter(outbox::Column::Status.eq("queued"))
@@ -223,6 +259,11 @@ impl<S: Carrier> Worker<S> {
             .limit(BATCH)
             .all(self.db.conn())
             .await?;
+        self.with_bodies(due).await
+    }
+
+    /// The claimed messages with their bodies (`None` for a message whose body is missing).
+    async fn with_bodies(&self, due: Vec<outbox::Model>) -> Result<Vec<Claimed>> {
         let ids: Vec<uuid::Uuid> = due.iter().map(|m| m.id).collect();
         let mut bodies: std::collections::HashMap<uuid::Uuid, outbox_body::Model> = outbox_body::Entity::find()
             .filter(outbox_body::Column::OutboxId.is_in(ids))
@@ -232,6 +273,45 @@ impl<S: Carrier> Worker<S> {
             .map(|b| (b.outbox_id, b))
             .collect();
         Ok(due.into_iter().map(|m| (bodies.remove(&m.id), m)).map(|(b, m)| (m, b)).collect())
+    }
+
+    /// Claims the next due messages that no live lease holds (PostgreSQL).
+    async fn claim_leased(&self, now: DateTime<Utc>, instance: &str, lease: chrono::Duration) -> Result<Vec<Claimed>> {
+        use sea_orm::{ConnectionTrait, Statement};
+        let sql = "UPDATE outbox SET lease_until = $1, lease_owner = $2 WHERE id IN (\
+                   SELECT id FROM outbox WHERE channel = $3 AND status = 'queued' AND due_at <= $4 \
+                   AND (lease_until IS NULL OR lease_until < $4) ORDER BY due_at, id LIMIT $5 \
+                   FOR UPDATE SKIP LOCKED) RETURNING id";
+        let values: [sea_orm::Value; 5] =
+            [(now + lease).into(), instance.into(), S::CHANNEL.into(), now.into(), (BATCH as i64).into()];
+        let statement = Statement::from_sql_and_values(self.db.backend(), sql, values);
+        let rows = self.db.conn().query_all_raw(statement).await?;
+        let ids: Vec<uuid::Uuid> = rows.iter().filter_map(|r| r.try_get::<uuid::Uuid>("", "id").ok()).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let due = outbox::Entity::find()
+            .filter(outbox::Column::Id.is_in(ids))
+            .order_by_asc(outbox::Column::DueAt)
+            .order_by_asc(outbox::Column::Id)
+            .all(self.db.conn())
+            .await?;
+        self.with_bodies(due).await
+    }
+
+    /// Gives back the leases of claimed messages not attempted (on stopping), so another
+    /// instance can send them at once rather than when the leases end.
+    async fn release_leases(&self) -> Result<()> {
+        let Some((instance, _)) = &self.leases else { return Ok(()) };
+        use sea_orm::sea_query::Expr;
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+            .col_expr(outbox::Column::LeaseOwner, Expr::value(Option::<String>::None))
+            .filter(outbox::Column::LeaseOwner.eq(instance.as_str()))
+            .filter(outbox::Column::Status.eq("queued"))
+            .exec(self.db.conn())
+            .await?;
+        Ok(())
     }
 
     /// Attempts the messages of a batch, starting none once `stop` says so (those under way
@@ -258,6 +338,12 @@ impl<S: Carrier> Worker<S> {
                 .map(|(message, body)| {
                     let tx = tx.clone();
                     async move {
+                        // A lease about to end: leave the message for whoever claims it next.
+                        if let (Some(until), Some((_, lease))) = (message.lease_until, &self.leases)
+                            && self.clock.now() + *lease / 2 > until
+                        {
+                            return;
+                        }
                         let answer = match &body {
                             Some(body) => self.sender.attempt(&message, body, now).await,
                             None => Answer::Fail("the message's body is missing".into()),
@@ -314,7 +400,10 @@ impl<S: Carrier> Worker<S> {
             bounces.extend(bounce);
         }
         let backend = self.db.backend();
-        let columns = [C::Status, C::Attempts, C::DueAt, C::SentAt, C::LastError, C::ProviderRef, C::UpdatedAt];
+        let mut columns = vec![C::Status, C::Attempts, C::DueAt, C::SentAt, C::LastError, C::ProviderRef, C::UpdatedAt];
+        if self.leases.is_some() {
+            columns.extend([C::LeaseUntil, C::LeaseOwner]);
+        }
         let statements: Vec<sea_orm::Statement> = update_statement(backend, updates, &columns)
             .into_iter()
             .chain(insert_statement(backend, events, OnDuplicate::Ignore))
@@ -343,16 +432,19 @@ impl<S: Carrier> Worker<S> {
                 tracing::error!(error = %e, channel = S::CHANNEL, "delivery failed; retrying");
             }
             if *stop.borrow() {
-                return;
+                break;
             }
             tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
                 _ = bell.changed() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             if *stop.borrow() {
-                return;
+                break;
             }
+        }
+        if let Err(e) = self.release_leases().await {
+            tracing::warn!(error = %e, channel = S::CHANNEL, "could not give back claimed messages");
         }
     }
 
@@ -403,6 +495,8 @@ fn outcome<S: Carrier>(
         last_error: Set(message.last_error),
         provider_ref: Set(message.provider_ref),
         updated_at: Set(now),
+        lease_until: Set(None),
+        lease_owner: Set(None),
         ..Default::default()
     };
     let mut bounced = None;

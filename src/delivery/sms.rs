@@ -244,7 +244,17 @@ impl Texter {
                 failures.push(format!("{}: cooling down after a failure", provider.name));
                 continue;
             }
-            match self.send_one(provider, message, text).await {
+            let started = std::time::Instant::now();
+            let reply = self.send_one(provider, message, text).await;
+            let labels = [("channel", "sms"), ("relay", provider.name.as_str())];
+            crate::metrics::observe("ownlist_delivery_duration_seconds", &labels, started.elapsed().as_secs_f64());
+            let outcome = match &reply {
+                Reply::Took(_) => "sent",
+                Reply::Refused { .. } => "refused",
+                Reply::Failing(_) => "failed",
+            };
+            crate::metrics::inc("ownlist_deliveries_total", &[labels[0], labels[1], ("outcome", outcome)]);
+            match reply {
                 Reply::Took(detail) => {
                     provider.breaker.worked(&provider.name);
                     return Answer::Delivered(detail);

@@ -5,7 +5,8 @@
 //! on a socket with Nagle's algorithm on, so every message waits for the relay's delayed ACK
 //! (about 40 ms on Linux): 25 messages a second per connection whatever the relay's speed. Here
 //! the socket has `TCP_NODELAY`; the SMTP conversation (EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA)
-//! is still lettre's.
+//! is still lettre's. When the relay offers `PIPELINING` (RFC 2920), MAIL, RCPT and DATA go out
+//! in one write and their three replies are read together: two round trips per message, not four.
 //!
 //! URL forms (as lettre reads them): `smtp://host:port` plain; `smtp://…?tls=required` or
 //! `?tls=opportunistic` STARTTLS (port 587 by default); `smtps://host:port` TLS from the start
@@ -18,7 +19,9 @@ use std::time::{Duration, Instant};
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
@@ -78,7 +81,13 @@ const MAX_IDLE: usize = super::CONCURRENCY;
 pub struct Pool {
     endpoint: Endpoint,
     timeout: Duration,
-    idle: std::sync::Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    idle: std::sync::Mutex<Vec<(Connection, Instant)>>,
+}
+
+/// An open SMTP session, and whether the relay offered `PIPELINING`.
+struct Connection {
+    smtp: AsyncSmtpConnection,
+    pipelining: bool,
 }
 
 impl Pool {
@@ -86,11 +95,11 @@ impl Pool {
         Self { endpoint, timeout, idle: std::sync::Mutex::new(Vec::new()) }
     }
 
-    fn take_idle(&self) -> Option<(AsyncSmtpConnection, Instant)> {
+    fn take_idle(&self) -> Option<(Connection, Instant)> {
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()
     }
 
-    fn put_back(&self, connection: AsyncSmtpConnection) {
+    fn put_back(&self, connection: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
             idle.push((connection, Instant::now()));
@@ -109,15 +118,20 @@ impl Pool {
         let mut connection = loop {
             match self.take_idle() {
                 Some((mut connection, since)) => {
-                    if since.elapsed() < CHECK_AFTER_IDLE || connection.test_connected().await {
+                    if since.elapsed() < CHECK_AFTER_IDLE || connection.smtp.test_connected().await {
                         break connection;
                     }
-                    connection.abort().await;
+                    connection.smtp.abort().await;
                 }
                 None => break self.connect().await?,
             }
         };
-        match connection.send(envelope, message).await {
+        let sent = if connection.pipelining {
+            pipelined(&mut connection.smtp, envelope, message).await
+        } else {
+            connection.smtp.send(envelope, message).await
+        };
+        match sent {
             Ok(response) => {
                 self.put_back(connection);
                 let text: Vec<&str> = response.message().collect();
@@ -128,7 +142,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
+    async fn connect(&self) -> Result<Connection, Failure> {
         let Endpoint { host, port, security, credentials, hello } = &self.endpoint;
         let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
             .await
@@ -152,11 +166,50 @@ impl Pool {
             }
             _ => {}
         }
+        // lettre keeps only the EHLO keywords it uses; ask again to learn whether the relay
+        // pipelines (before AUTH: a new EHLO may reset an authenticated session).
+        let ehlo = connection.command(Ehlo::new(hello.clone())).await.map_err(|e| failure(&e))?;
+        let pipelining = ehlo.message().any(|line| line.trim().eq_ignore_ascii_case("PIPELINING"));
         if let Some(credentials) = credentials {
             connection.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await.map_err(|e| failure(&e))?;
         }
-        Ok(connection)
+        Ok(Connection { smtp: connection, pipelining })
     }
+}
+
+/// MAIL, RCPT and DATA written at once, then their replies read in order (RFC 2920), then the
+/// message. On any refusal the connection is closed (as lettre does), so no reply is left unread.
+async fn pipelined(
+    connection: &mut AsyncSmtpConnection,
+    envelope: &Envelope,
+    message: &[u8],
+) -> Result<Response, lettre::transport::smtp::Error> {
+    let non_ascii = |address: &lettre::Address| !AsRef::<str>::as_ref(address).is_ascii();
+    let mut options = Vec::new();
+    if envelope.from().is_some_and(non_ascii) || envelope.to().iter().any(non_ascii) {
+        options.push(MailParameter::SmtpUtfEight);
+    }
+    if !message.is_ascii() {
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    let mut commands = Mail::new(envelope.from().cloned(), options).to_string();
+    for to in envelope.to() {
+        commands.push_str(&Rcpt::new(to.clone(), Vec::new()).to_string());
+    }
+    commands.push_str(&Data.to_string());
+    // `command` writes everything and reads the first reply (MAIL's); the others follow.
+    let mut replies = vec![connection.command(commands).await];
+    for _ in 0..envelope.to().len() + 1 {
+        replies.push(connection.read_response().await);
+    }
+    let result = match replies.into_iter().find(Result::is_err) {
+        Some(refused) => refused,
+        None => connection.message(message).await,
+    };
+    if result.is_err() {
+        connection.abort().await;
+    }
+    result
 }
 
 /// A TLS stream set up by lettre, seen as the tokio stream lettre's connection reads.

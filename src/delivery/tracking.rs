@@ -64,6 +64,9 @@ pub async fn record_click(db: &Db, id: Uuid, index: usize, now: DateTime<Utc>) -
         .await?;
     let mut data = about(&message);
     data["url"] = json!(url);
+    let day = now.date_naive();
+    crate::stats::first_engagement(&txn, message.subscriber_id, kind::EMAIL_CLICKED, crate::stats::Count::Clicked, day)
+        .await?;
     records::event(message.subscriber_id, kind::EMAIL_CLICKED, data, now).insert(&txn).await?;
     records::trigger(message.subscriber_id, trigger::CHANGED, "", json!({}), now).insert(&txn).await?;
     txn.commit().await?;
@@ -79,6 +82,8 @@ async fn first_open(txn: &sea_orm::DatabaseTransaction, message: &outbox::Model,
         .exec(txn)
         .await?;
     if marked.rows_affected == 1 {
+        let (opened, day) = (crate::stats::Count::Opened, now.date_naive());
+        crate::stats::first_engagement(txn, message.subscriber_id, kind::EMAIL_OPENED, opened, day).await?;
         records::event(message.subscriber_id, kind::EMAIL_OPENED, about(message), now).insert(txn).await?;
         records::trigger(message.subscriber_id, trigger::CHANGED, "", json!({}), now).insert(txn).await?;
     }

@@ -8,7 +8,7 @@ use super::AppState;
 use super::error::{ApiError, ApiResult};
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
 /// Liveness: 200 when the database answers.
@@ -22,6 +22,39 @@ pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unreachable");
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the database does not answer"))
+        }
+    }
+}
+
+/// Readiness: 200 when the database answers and every migration this build knows is applied
+/// (a process started on an older schema, or before `ownlist migrate`, is not ready).
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready: the database answers and its schema is current"),
+    (status = 503, description = "Not ready", body = super::error::Problem),
+))]
+pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    use migration::MigratorTrait;
+    if let Err(e) = state.db.ping().await {
+        tracing::warn!(error = %e, "readiness: database unreachable");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database does not answer",
+        ));
+    }
+    match migration::Migrator::get_pending_migrations_read_only(state.db.conn()).await {
+        Ok(pending) if pending.is_empty() => Ok(Json(json!({"status": "ready"}))),
+        Ok(pending) => {
+            let names: Vec<String> = pending.iter().map(|m| m.name().to_owned()).collect();
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "migrations_pending",
+                format!("the schema is not current; pending: {}", names.join(", ")),
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: cannot read the migrations");
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the schema cannot be read"))
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Handlers are thin: they extract, call [`crate::audience`], and shape the response. Status
 //! codes for domain errors are decided in [`error`] alone.
 
+mod audit;
 pub mod auth;
 mod bounces;
 mod broadcasts;
@@ -10,8 +11,12 @@ pub mod error;
 pub mod extract;
 mod health;
 mod lists;
+mod metrics;
 pub mod openapi;
+mod pages;
+mod preferences;
 mod sms;
+mod stats;
 mod subscribers;
 mod tracking;
 mod transfer;
@@ -40,6 +45,8 @@ pub struct AppState {
     pub clock: SharedClock,
     pub config: Arc<Config>,
     pub engine: Arc<crate::workflow::engine::Engine>,
+    /// Landing-page signups per client address (per process).
+    pub signup_limit: Arc<crate::pages::guard::RateLimit>,
 }
 
 /// The largest JSON body accepted.
@@ -52,15 +59,24 @@ pub fn router(state: AppState) -> Router {
         .merge(transfer::routes(state.config.max_import_bytes))
         .merge(workflows::routes())
         .merge(broadcasts::routes())
+        .merge(audit::routes())
+        .merge(stats::routes())
+        // Layers wrap what is above them: authentication runs first, then the audit log.
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let api = Router::new().merge(admin).merge(openapi::routes());
     Router::new()
         .nest("/api/v1", api)
         .merge(health::routes())
+        .merge(metrics::routes())
         .merge(unsubscribe::routes())
+        .merge(pages::routes())
+        .merge(preferences::routes())
         .merge(tracking::routes())
         .merge(bounces::routes())
         .merge(sms::routes())
+        // After routing, so requests are labelled by their route, never by their raw path.
+        .route_layer(middleware::from_fn(metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))

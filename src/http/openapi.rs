@@ -12,6 +12,9 @@ use super::AppState;
     info(title = "ownlist admin API", description = "Subscribers, lists, consent, import and export, workflows and broadcasts. Every error is application/problem+json with a stable `code`."),
     paths(
         super::health::healthz,
+        super::health::readyz,
+        super::audit::list,
+        super::stats::funnel,
         super::lists::create,
         super::lists::all,
         super::lists::one,

@@ -25,7 +25,7 @@ fn signer(state: &AppState) -> Signer {
 }
 
 /// A small self-contained page: no scripts, no third-party anything.
-fn html(status: StatusCode, title: &str, body: &str) -> Response {
+pub(super) fn html(status: StatusCode, title: &str, body: &str) -> Response {
     let page = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{title}</title>\
@@ -36,17 +36,23 @@ fn html(status: StatusCode, title: &str, body: &str) -> Response {
     (status, [(header::CACHE_CONTROL, "no-store")], Html(page)).into_response()
 }
 
-fn bad_link(error: LinkError) -> Response {
+/// Text made safe to place in HTML.
+pub(super) fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+/// The page for a link that does not verify: 410 once expired, 404 when damaged or forged.
+pub(super) fn bad_link(error: LinkError) -> Response {
     match error {
         LinkError::Expired => html(
             StatusCode::GONE,
             "This link has expired",
-            "<p>Use the unsubscribe link in a more recent email, or reply to it and ask.</p>",
+            "<p>Use the link in a more recent message, or reply to it and ask.</p>",
         ),
         LinkError::Invalid => html(
             StatusCode::NOT_FOUND,
             "This link is not valid",
-            "<p>Check that the whole link was copied from the email.</p>",
+            "<p>Check that the whole link was copied from the message.</p>",
         ),
     }
 }

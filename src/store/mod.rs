@@ -123,3 +123,35 @@ impl Db {
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
+
+/// Takes or renews the named lease (say, `engine`) for `owner` until `now + ttl`: it succeeds
+/// when nobody holds it, when `owner` already does, or when the holder's lease has ended. Two
+/// processes asking at once cannot both get it (the update re-checks the row it locks).
+pub async fn hold_lease(
+    db: &Db,
+    name: &str,
+    owner: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    ttl: chrono::Duration,
+) -> Result<bool, DbErr> {
+    use sea_orm::sea_query::{Expr, OnConflict};
+    use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+
+    use entities::lease;
+    let until = now + ttl;
+    let txn = db.begin_write().await?;
+    let row = lease::ActiveModel { name: Set(name.to_owned()), owner: Set(owner.to_owned()), until: Set(until) };
+    lease::Entity::insert(row)
+        .on_conflict(OnConflict::column(lease::Column::Name).do_nothing().to_owned())
+        .exec_without_returning(&txn)
+        .await?;
+    let updated = lease::Entity::update_many()
+        .col_expr(lease::Column::Owner, Expr::value(owner))
+        .col_expr(lease::Column::Until, Expr::value(until))
+        .filter(lease::Column::Name.eq(name))
+        .filter(sea_orm::Condition::any().add(lease::Column::Owner.eq(owner)).add(lease::Column::Until.lt(now)))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(updated.rows_affected == 1)
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_saphyr::Spanned;
 
-use super::format::{self, CONDITION_KEYS, FILE_KEYS, STEP_KEYS, TRIGGER_KEYS};
+use super::format::{self, CONDITION_KEYS, FILE_KEYS, PAGE_KEYS, STEP_KEYS, TRIGGER_KEYS};
 use super::model::{
     Action, AttributeTest, Condition, Reentry, SendWindow, SmsBody, Step, Trigger, WaitUntil, Workflow,
 };
@@ -17,6 +17,7 @@ use super::templates::TemplateChecker;
 use super::timing::{Span, parse_clock, parse_weekday, translate_cron};
 use crate::audience::values::{Channel, normalize_tag, validate_attribute_key, validate_slug, validate_timezone};
 use crate::config::closest;
+use crate::pages::{self, Field, Page, ThankYou};
 
 /// One problem, where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,9 +84,30 @@ fn sample_context() -> tera::Context {
 }
 
 /// Checks the workflow file at `path` whose text is `text`.
+/// What one file declares: a workflow, landing pages, or both.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub workflow: Option<Workflow>,
+    pub pages: Vec<Page>,
+}
+
+/// Checks the workflow file at `path` whose text is `text`: it must declare a workflow.
 pub fn check(path: &Path, text: &str, context: &Context<'_>) -> Result<Workflow, Vec<Diagnostic>> {
+    let checked = check_file(path, text, context)?;
+    checked.workflow.ok_or_else(|| {
+        vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: "this file declares pages only, no workflow".into(),
+        }]
+    })
+}
+
+/// Checks a file under `workflows/`, which may declare a workflow, `pages:`, or both.
+pub fn check_file(path: &Path, text: &str, context: &Context<'_>) -> Result<Checked, Vec<Diagnostic>> {
     let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
-    let raw: format::File = match serde_saphyr::from_str(text) {
+    let mut raw: format::File = match serde_saphyr::from_str(text) {
         Ok(raw) => raw,
         Err(e) => return Err(vec![yaml_diagnostic(path, &e)]),
     };
@@ -97,12 +119,20 @@ pub fn check(path: &Path, text: &str, context: &Context<'_>) -> Result<Workflow,
         emails_so_far: BTreeSet::new(),
         all_emails: BTreeSet::new(),
     };
-    if let Err(message) = validate_slug(&id) {
-        checker.report(At { line: 1, column: 1 }, format!("the file name is the workflow's id: {message}"));
-    }
-    collect_emails(&raw.steps, &mut checker.all_emails);
-    let workflow = checker.file_(id, raw);
-    if checker.diagnostics.is_empty() { Ok(workflow) } else { Err(checker.diagnostics) }
+    let pages = raw.pages.take().map(|pages| checker.pages(&pages)).unwrap_or_default();
+    let pages_only = !pages.is_empty() && raw.name.is_none() && raw.trigger.is_none() && raw.steps.is_none();
+    let workflow = if pages_only {
+        None
+    } else {
+        if let Err(message) = validate_slug(&id) {
+            checker.report(At { line: 1, column: 1 }, format!("the file name is the workflow's id: {message}"));
+        }
+        if let Some(steps) = &raw.steps {
+            collect_emails(&steps.value, &mut checker.all_emails);
+        }
+        Some(checker.file_(id, raw))
+    };
+    if checker.diagnostics.is_empty() { Ok(Checked { workflow, pages }) } else { Err(checker.diagnostics) }
 }
 
 fn collect_emails(steps: &[Spanned<format::Step>], out: &mut BTreeSet<String>) {
@@ -136,7 +166,7 @@ fn suggestion(message: &str) -> String {
     if !(message.starts_with("unknown field") || message.starts_with("unknown variant")) {
         return String::new();
     }
-    let pools: [&[&str]; 4] = [FILE_KEYS, TRIGGER_KEYS, STEP_KEYS, CONDITION_KEYS];
+    let pools: [&[&str]; 5] = [FILE_KEYS, TRIGGER_KEYS, STEP_KEYS, CONDITION_KEYS, PAGE_KEYS];
     let listed: Vec<&str> = message
         .split_once("expected one of ")
         .map(|(_, list)| list.split(',').map(|s| s.trim().trim_matches('`')).collect())
@@ -169,11 +199,27 @@ impl Checker<'_> {
     }
 
     fn file_(&mut self, id: String, raw: format::File) -> Workflow {
-        let name = raw.name.value.trim().to_owned();
-        if name.is_empty() {
-            self.report(at(&raw.name), "name is empty");
-        }
-        let (trigger, filter) = self.trigger(&raw.trigger);
+        let top = At { line: 1, column: 1 };
+        let name = match &raw.name {
+            Some(name) => {
+                if name.value.trim().is_empty() {
+                    self.report(at(name), "name is empty");
+                }
+                name.value.trim().to_owned()
+            }
+            None => {
+                self.report(top, "missing field `name` (a workflow needs name, trigger and steps)");
+                String::new()
+            }
+        };
+        let name_at = raw.name.as_ref().map_or(top, at);
+        let (trigger, filter) = match &raw.trigger {
+            Some(trigger) => self.trigger(trigger),
+            None => {
+                self.report(top, "missing field `trigger` (what enrolls a subscriber)");
+                (Trigger::Event { name: String::new() }, None)
+            }
+        };
         let exit_when = raw.exit_when.as_ref().map(|c| self.condition(c, true));
         let reentry = match &raw.reentry {
             None => Reentry::Never,
@@ -187,16 +233,18 @@ impl Checker<'_> {
         };
         if matches!(trigger, Trigger::Date { .. }) && reentry == Reentry::Never {
             self.report(
-                at(&raw.trigger),
+                raw.trigger.as_ref().map_or(top, at),
                 "a date trigger fires every year: set `reentry: always` (or `{ after: 300d }`) so it can",
             );
         }
         let timezone = raw.timezone.as_ref().and_then(|tz| self.ok(at(tz), validate_timezone(&tz.value)));
         let send_window = raw.send_window.as_ref().and_then(|w| self.send_window(w));
-        if raw.steps.is_empty() {
-            self.report(at(&raw.name), "a workflow needs at least one step under `steps:`");
+        let no_steps = Vec::new();
+        let raw_steps = raw.steps.as_ref().map_or(&no_steps, |s| &s.value);
+        if raw_steps.is_empty() {
+            self.report(name_at, "a workflow needs at least one step under `steps:`");
         }
-        let steps = self.steps(&raw.steps);
+        let steps = self.steps(raw_steps);
         Workflow {
             id,
             name,
@@ -209,6 +257,206 @@ impl Checker<'_> {
             send_window,
             tracking: raw.tracking.unwrap_or(true),
             steps,
+        }
+    }
+
+    fn pages(&mut self, raw: &[Spanned<format::Page>]) -> Vec<Page> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for page in raw {
+            let p = &page.value;
+            let slug = p.slug.value.trim().to_owned();
+            if let Err(message) = validate_slug(&slug) {
+                self.report(at(&p.slug), format!("a page's slug is its address /p/SLUG: {message}"));
+            } else if !seen.insert(slug.clone()) {
+                self.report(at(&p.slug), format!("another page in this file is already '{slug}'"));
+            }
+            let title = p.title.value.trim().to_owned();
+            if title.is_empty() || title.chars().count() > 200 {
+                self.report(at(&p.title), "a page's title is 1 to 200 characters");
+            }
+            let list = self.list(&p.list);
+            let mut fields = Vec::new();
+            match &p.fields {
+                None => fields.push(Field::Email),
+                Some(given) => {
+                    if given.value.is_empty() {
+                        self.report(at(given), "a page asks for at least one field (email or phone)");
+                    }
+                    for name in &given.value {
+                        match self.field(name) {
+                            Some(field) if fields.contains(&field) => {
+                                self.report(at(name), format!("'{}' is listed twice", name.value.trim()));
+                            }
+                            Some(field) => fields.push(field),
+                            None => {}
+                        }
+                    }
+                }
+            }
+            if !fields.contains(&Field::Email) && !fields.contains(&Field::Phone) && !fields.is_empty() {
+                let at_fields = p.fields.as_ref().map_or(at(&p.slug), at);
+                self.report(at_fields, "a page needs an email or phone field to subscribe with");
+            }
+            let mut required = Vec::new();
+            for name in p.required.iter().flatten() {
+                if let Some(field) = self.field(name) {
+                    if fields.contains(&field) {
+                        required.push(field);
+                    } else {
+                        self.report(at(name), format!("'{}' is required but not among the fields", name.value.trim()));
+                    }
+                }
+            }
+            let mut channels = Vec::new();
+            match &p.channels {
+                None => {
+                    if fields.contains(&Field::Email) {
+                        channels.push(Channel::Email);
+                    }
+                    if fields.contains(&Field::Phone) {
+                        channels.push(Channel::Sms);
+                    }
+                }
+                Some(given) => {
+                    for name in given {
+                        match name.value.trim().parse::<Channel>() {
+                            Ok(channel) => {
+                                let needs = if channel == Channel::Email { Field::Email } else { Field::Phone };
+                                if !fields.contains(&needs) {
+                                    self.report(
+                                        at(name),
+                                        format!("the {} box needs the '{}' field", channel.as_str(), needs.name()),
+                                    );
+                                } else if !channels.contains(&channel) {
+                                    channels.push(channel);
+                                }
+                            }
+                            Err(_) => self.report(at(name), format!("'{}' is not email or sms", name.value.trim())),
+                        }
+                    }
+                }
+            }
+            let consent_text = match &p.consent_text {
+                Some(text) if text.value.trim().is_empty() => {
+                    self.report(at(text), "consent_text is empty: say what the person agrees to");
+                    String::new()
+                }
+                Some(text) if text.value.chars().count() > 2000 => {
+                    self.report(at(text), "consent_text is longer than 2,000 characters");
+                    String::new()
+                }
+                Some(text) => text.value.trim().to_owned(),
+                None => pages::DEFAULT_CONSENT_TEXT.to_owned(),
+            };
+            let template = match &p.template {
+                Some(name) => {
+                    self.page_template(name.value.trim(), at(name));
+                    name.value.trim().to_owned()
+                }
+                None => {
+                    self.page_template(pages::DEFAULT_TEMPLATE, at(&p.slug));
+                    pages::DEFAULT_TEMPLATE.to_owned()
+                }
+            };
+            let thank_you = match &p.thank_you {
+                None => {
+                    self.page_template(pages::DEFAULT_THANK_YOU, at(&p.slug));
+                    ThankYou::Template(pages::DEFAULT_THANK_YOU.to_owned())
+                }
+                Some(t) => match &t.value {
+                    format::ThankYou::Template(name) => {
+                        self.page_template(name.trim(), at(t));
+                        ThankYou::Template(name.trim().to_owned())
+                    }
+                    format::ThankYou::Redirect { redirect } => {
+                        let ok = url::Url::parse(redirect.trim())
+                            .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some());
+                        if !ok {
+                            self.report(at(t), format!("redirect '{redirect}' is not an http(s) URL"));
+                        }
+                        ThankYou::Redirect(redirect.trim().to_owned())
+                    }
+                },
+            };
+            let default_country = p.default_country.as_ref().and_then(|c| {
+                let code = c.value.trim().to_ascii_uppercase();
+                let ok = code.len() == 2 && code.parse::<phonenumber::country::Id>().is_ok();
+                if ok {
+                    Some(code)
+                } else {
+                    self.report(at(c), format!("'{}' is not a two-letter country code such as US or IT", c.value));
+                    None
+                }
+            });
+            let mut cors = Vec::new();
+            for origin in p.cors.iter().flatten() {
+                match url::Url::parse(origin.value.trim()) {
+                    Ok(u) if matches!(u.scheme(), "https" | "http") && u.host().is_some() && u.path() == "/" => {
+                        cors.push(u.origin().ascii_serialization());
+                    }
+                    _ => self.report(
+                        at(origin),
+                        format!("'{}' is not an origin such as https://shop.example.com", origin.value.trim()),
+                    ),
+                }
+            }
+            out.push(Page {
+                slug,
+                title,
+                description: p.description.as_deref().map(str::trim).filter(|d| !d.is_empty()).map(str::to_owned),
+                template,
+                list,
+                fields,
+                required,
+                channels,
+                double_opt_in: p.double_opt_in.unwrap_or(true),
+                consent_text,
+                thank_you,
+                default_country,
+                cors,
+                file: self.file.display().to_string(),
+            });
+        }
+        out
+    }
+
+    fn field(&mut self, name: &Spanned<String>) -> Option<Field> {
+        match Field::parse(&name.value) {
+            Some(Field::Attribute(key)) => match validate_attribute_key(&key) {
+                Ok(()) => Some(Field::Attribute(key)),
+                Err(message) => {
+                    self.report(at(name), message);
+                    None
+                }
+            },
+            Some(field) => Some(field),
+            None => {
+                let known = ["email", "phone", "first_name", "last_name", "attributes.NAME"];
+                let hint =
+                    closest(name.value.trim(), &known).map(|b| format!(" (did you mean '{b}'?)")).unwrap_or_default();
+                self.report(
+                    at(name),
+                    format!(
+                        "'{}' is not a field: use email, phone, first_name, last_name or attributes.NAME{hint}",
+                        name.value.trim()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn page_template(&mut self, name: &str, where_: At) {
+        if let Err(problems) = self.context.templates.check_file_for(name, pages::PAGE_VARIABLES) {
+            for problem in problems {
+                match problem {
+                    crate::workflow::templates::Problem::At { file, line, column, message } => {
+                        self.diagnostics.push(Diagnostic { file, line, column, message })
+                    }
+                    crate::workflow::templates::Problem::Here(message) => self.report(where_, message),
+                }
+            }
         }
     }
 
@@ -653,41 +901,46 @@ impl Checker<'_> {
 }
 
 /// Checks every `.yaml`/`.yml` file in `dir` (and its subfolders), in name order.
-pub fn check_dir(dir: &Path, context: &Context<'_>) -> (Vec<Workflow>, Vec<Diagnostic>) {
+pub fn check_dir(dir: &Path, context: &Context<'_>) -> (Vec<Workflow>, Vec<Page>, Vec<Diagnostic>) {
     let mut files = Vec::new();
     collect_files(dir, &mut files);
     files.sort();
     let mut workflows: Vec<Workflow> = Vec::new();
+    let mut pages: Vec<Page> = Vec::new();
     let mut diagnostics = Vec::new();
+    let at_top = |path: &PathBuf, message: String| Diagnostic { file: path.clone(), line: 1, column: 1, message };
     for path in files {
         match std::fs::read_to_string(&path) {
-            Err(e) => diagnostics.push(Diagnostic {
-                file: path.clone(),
-                line: 1,
-                column: 1,
-                message: format!("cannot read the file: {e}"),
-            }),
-            Ok(text) => match check(&path, &text, context) {
-                Ok(workflow) => {
-                    if workflows.iter().any(|w| w.id == workflow.id) {
-                        diagnostics.push(Diagnostic {
-                            file: path.clone(),
-                            line: 1,
-                            column: 1,
-                            message: format!(
-                                "another file is already named '{}': workflow ids must be unique",
-                                workflow.id
-                            ),
-                        });
-                    } else {
-                        workflows.push(workflow);
+            Err(e) => diagnostics.push(at_top(&path, format!("cannot read the file: {e}"))),
+            Ok(text) => match check_file(&path, &text, context) {
+                Ok(checked) => {
+                    if let Some(workflow) = checked.workflow {
+                        if workflows.iter().any(|w| w.id == workflow.id) {
+                            let message =
+                                format!("another file is already named '{}': workflow ids must be unique", workflow.id);
+                            diagnostics.push(at_top(&path, message));
+                        } else {
+                            workflows.push(workflow);
+                        }
+                    }
+                    for page in checked.pages {
+                        match pages.iter().find(|p| p.slug == page.slug) {
+                            Some(other) => diagnostics.push(at_top(
+                                &path,
+                                format!(
+                                    "page '{}' is also declared in {}: page slugs must be unique",
+                                    page.slug, other.file
+                                ),
+                            )),
+                            None => pages.push(page),
+                        }
                     }
                 }
                 Err(found) => diagnostics.extend(found),
             },
         }
     }
-    (workflows, diagnostics)
+    (workflows, pages, diagnostics)
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -91,7 +91,15 @@ pub struct Engine {
     tracking: Option<Tracking>,
     /// Rung when a tick wrote messages to the outbox.
     bell: crate::delivery::Doorbell,
+    /// The landing pages declared in the workflow files, replaced with them on a reload.
+    pages: crate::pages::Pages,
+    /// Several instances on one database (PostgreSQL): this process's id, under which it holds
+    /// the `engine` lease while it runs the engine (one instance at a time does).
+    leadership: Option<(String, chrono::Duration)>,
 }
+
+/// How long the engine lease lasts unless renewed (every round of a tick renews it), at most.
+pub const ENGINE_LEASE_SECONDS: i64 = 30;
 
 /// What a subscriber is, as conditions and messages see it. A batch loads the parts its
 /// workflows may read (`Program::needs`) for all its subscribers at once; any other part is
@@ -193,7 +201,23 @@ impl Engine {
             last_claim: std::sync::Mutex::new(None),
             backlog_cursor: std::sync::Mutex::new(None),
             bell: crate::delivery::Doorbell::new(),
+            pages: crate::pages::Pages::default(),
+            leadership: None,
         }
+    }
+
+    /// Runs the engine only while this process holds the `engine` lease (several instances on
+    /// one PostgreSQL database): one instance at a time advances workflows, fires schedules and
+    /// writes broadcasts; another takes over within 30 s of it stopping.
+    pub fn with_leadership(mut self, instance: String, ttl: chrono::Duration) -> Self {
+        self.leadership = Some((instance, ttl));
+        self
+    }
+
+    /// Whether this process may run the engine now (always, without leadership).
+    async fn leading(&self) -> Result<bool> {
+        let Some((instance, ttl)) = &self.leadership else { return Ok(true) };
+        Ok(crate::store::hold_lease(&self.db, "engine", instance, self.clock.now(), *ttl).await?)
     }
 
     /// The bell to ring when messages are written (the delivery workers listen to it).
@@ -217,7 +241,27 @@ impl Engine {
         *self.templates.write().unwrap_or_else(std::sync::PoisonError::into_inner) = templates;
     }
 
-    fn templates(&self) -> Arc<TemplateChecker> {
+    /// Tells the delivery workers that messages were written (outside a tick).
+    pub fn ring(&self) {
+        self.bell.ring();
+    }
+
+    /// Serves these landing pages from now on (at start and after a reload).
+    pub fn set_pages(&self, pages: Vec<crate::pages::Page>) {
+        self.pages.set(pages);
+    }
+
+    /// The landing pages in force.
+    pub fn pages(&self) -> &crate::pages::Pages {
+        &self.pages
+    }
+
+    /// The signer of public links and the base URL they start with.
+    pub fn links(&self) -> (&Signer, &url::Url) {
+        (&self.signer, &self.base_url)
+    }
+
+    pub fn templates(&self) -> Arc<TemplateChecker> {
         self.templates.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
@@ -225,6 +269,13 @@ impl Engine {
     /// its time); errors are logged and retried next tick.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
+            // With several instances, the workflows in force are those stored last by any of
+            // them (a reload on one is run by whichever leads).
+            if self.leadership.is_some()
+                && let Err(e) = self.registry.refresh().await
+            {
+                tracing::error!(error = %e, "cannot read the stored workflows; retrying");
+            }
             match self.tick().await {
                 Ok(report) if report.advanced > 0 || report.triggers > 0 => {
                     tracing::debug!(?report, "workflow engine tick");
@@ -246,6 +297,11 @@ impl Engine {
     pub async fn tick(&self) -> Result<TickReport> {
         let mut report = TickReport::default();
         loop {
+            // Each round renews the lease, so a long tick keeps it, and a process that lost it
+            // stops within a round.
+            if !self.leading().await? {
+                return Ok(report);
+            }
             let (scheduled, more) = self.run_schedules().await?;
             let (dated, more_dates) = self.run_dates().await?;
             let scheduled = scheduled + dated;

@@ -10,22 +10,79 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 /// Every top-level key, for "did you mean" hints.
-pub const FILE_KEYS: &[&str] =
-    &["name", "description", "trigger", "exit_when", "reentry", "timezone", "send_window", "tracking", "steps"];
+pub const FILE_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "trigger",
+    "exit_when",
+    "reentry",
+    "timezone",
+    "send_window",
+    "tracking",
+    "steps",
+    "pages",
+];
 
+/// A workflow file: a workflow (`name`, `trigger`, `steps`, …), landing pages (`pages:`), or both.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
-    pub name: Spanned<String>,
+    pub name: Option<Spanned<String>>,
     pub description: Option<String>,
-    pub trigger: Spanned<Trigger>,
+    pub trigger: Option<Spanned<Trigger>>,
     pub exit_when: Option<Spanned<Condition>>,
     pub reentry: Option<Spanned<Reentry>>,
     pub timezone: Option<Spanned<String>>,
     pub send_window: Option<Spanned<SendWindow>>,
     /// Open and click tracking for this workflow's email (default on).
     pub tracking: Option<bool>,
-    pub steps: Vec<Spanned<Step>>,
+    #[serde(default)]
+    pub steps: Option<Spanned<Vec<Spanned<Step>>>>,
+    #[serde(default)]
+    pub pages: Option<Vec<Spanned<Page>>>,
+}
+
+pub const PAGE_KEYS: &[&str] = &[
+    "slug",
+    "title",
+    "description",
+    "template",
+    "list",
+    "fields",
+    "required",
+    "channels",
+    "double_opt_in",
+    "consent_text",
+    "thank_you",
+    "default_country",
+    "cors",
+];
+
+/// A landing page as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    pub slug: Spanned<String>,
+    pub title: Spanned<String>,
+    pub description: Option<String>,
+    pub template: Option<Spanned<String>>,
+    pub list: Spanned<String>,
+    pub fields: Option<Spanned<Vec<Spanned<String>>>>,
+    pub required: Option<Vec<Spanned<String>>>,
+    pub channels: Option<Vec<Spanned<String>>>,
+    pub double_opt_in: Option<bool>,
+    pub consent_text: Option<Spanned<String>>,
+    pub thank_you: Option<Spanned<ThankYou>>,
+    pub default_country: Option<Spanned<String>>,
+    pub cors: Option<Vec<Spanned<String>>>,
+}
+
+/// `thank_you: pages/thanks.html` or `thank_you: { redirect: https://… }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ThankYou {
+    Template(String),
+    Redirect { redirect: String },
 }
 
 pub const TRIGGER_KEYS: &[&str] = &["subscribed", "tag_added", "event", "date", "schedule", "filter"];

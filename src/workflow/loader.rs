@@ -13,6 +13,7 @@ use super::registry::{Move, Registry};
 use super::templates::TemplateChecker;
 use super::{Context, Diagnostic, Workflow, check_dir};
 use crate::error::Result;
+use crate::pages::Page;
 use crate::store::Db;
 
 /// The outcome of a successful load.
@@ -20,6 +21,8 @@ use crate::store::Db;
 pub struct Reloaded {
     /// Workflow ids now in force.
     pub workflows: Vec<String>,
+    /// Landing pages now served (their slugs).
+    pub pages: Vec<String>,
     /// Enrollments moved onto new versions.
     #[schema(value_type = Vec<Object>)]
     pub moves: Vec<Move>,
@@ -36,12 +39,12 @@ pub async fn check_folder(
     db: &Db,
     workflows: &Path,
     config: &crate::config::Config,
-) -> Result<(Vec<Workflow>, TemplateChecker, Vec<Diagnostic>)> {
+) -> Result<(Vec<Workflow>, Vec<Page>, TemplateChecker, Vec<Diagnostic>)> {
     let checker = TemplateChecker::load(&config.templates_dir);
     let lists: BTreeSet<String> = crate::audience::lists::all(db).await?.into_iter().map(|l| l.slug).collect();
     let context = Context { templates: &checker, lists: Some(&lists), sms_max_segments: config.sms_max_segments };
-    let (found, diagnostics) = check_dir(workflows, &context);
-    Ok((found, checker, diagnostics))
+    let (found, pages, diagnostics) = check_dir(workflows, &context);
+    Ok((found, pages, checker, diagnostics))
 }
 
 /// Checks and, when valid, stores the folder's workflows; returns the templates to render with.
@@ -50,14 +53,18 @@ pub async fn load(
     registry: &Registry,
     now: DateTime<Utc>,
     config: &crate::config::Config,
-) -> Result<std::result::Result<(Reloaded, Arc<TemplateChecker>), Refused>> {
-    let (found, checker, diagnostics) = check_folder(db, &config.workflows_dir, config).await?;
+) -> Result<std::result::Result<(Reloaded, Arc<TemplateChecker>, Vec<Page>), Refused>> {
+    let (found, pages, checker, diagnostics) = check_folder(db, &config.workflows_dir, config).await?;
     if !diagnostics.is_empty() {
         return Ok(Err(Refused { diagnostics }));
     }
     let moves = registry.sync(now, &found).await?;
-    let reloaded = Reloaded { workflows: found.iter().map(|w| w.id.clone()).collect(), moves };
-    Ok(Ok((reloaded, Arc::new(checker))))
+    let reloaded = Reloaded {
+        workflows: found.iter().map(|w| w.id.clone()).collect(),
+        pages: pages.iter().map(|p| p.slug.clone()).collect(),
+        moves,
+    };
+    Ok(Ok((reloaded, Arc::new(checker), pages)))
 }
 
 /// A cheap fingerprint of a folder (names, sizes, modification times) to notice edits.

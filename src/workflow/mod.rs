@@ -24,5 +24,5 @@ pub mod simulate;
 pub mod templates;
 pub mod timing;
 
-pub use check::{Context, Diagnostic, check, check_dir};
+pub use check::{Checked, Context, Diagnostic, check, check_dir, check_file};
 pub use model::Workflow;

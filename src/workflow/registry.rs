@@ -89,7 +89,8 @@ impl Registry {
         Ok(registry)
     }
 
-    async fn refresh(&self) -> Result<()> {
+    /// Re-reads which version of each workflow is current (another instance may have loaded one).
+    pub async fn refresh(&self) -> Result<()> {
         let rows = workflow::Entity::find().all(self.db.conn()).await?;
         let mut current = BTreeMap::new();
         for row in rows {

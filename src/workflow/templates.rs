@@ -76,6 +76,11 @@ impl TemplateChecker {
 
     /// Checks the template `name` (a path relative to the templates folder).
     pub fn check_file(&self, name: &str) -> Result<(), Vec<Problem>> {
+        self.check_file_for(name, VARIABLES)
+    }
+
+    /// Like [`Self::check_file`] for a template that gets `variables` (a landing page's, say).
+    pub fn check_file_for(&self, name: &str, variables: &[&str]) -> Result<(), Vec<Problem>> {
         let safe = !name.is_empty() && Path::new(name).components().all(|c| matches!(c, Component::Normal(_)));
         if !safe {
             return Err(vec![Problem::Here(format!(
@@ -93,7 +98,7 @@ impl TemplateChecker {
         let problems: Vec<Problem> = self
             .tera
             .get_template_variables(name)
-            .map(|vars| unknown_variables(vars.into_iter()))
+            .map(|vars| unknown_variables(vars.into_iter(), variables))
             .unwrap_or_default()
             .into_iter()
             .map(|m| Problem::Here(format!("template '{name}': {m}")))
@@ -107,7 +112,9 @@ impl TemplateChecker {
         if let Err(e) = tera.add_raw_template("inline", text) {
             return vec![inline_message(&e)];
         }
-        tera.get_template_variables("inline").map(|vars| unknown_variables(vars.into_iter())).unwrap_or_default()
+        tera.get_template_variables("inline")
+            .map(|vars| unknown_variables(vars.into_iter(), VARIABLES))
+            .unwrap_or_default()
     }
 
     /// Renders a checked template (used by the engine and previews).
@@ -116,12 +123,12 @@ impl TemplateChecker {
     }
 }
 
-fn unknown_variables<'a>(vars: impl Iterator<Item = &'a str>) -> Vec<String> {
+fn unknown_variables<'a>(vars: impl Iterator<Item = &'a str>, known: &[&str]) -> Vec<String> {
     let mut unknown: Vec<String> = vars
-        .filter(|v| !VARIABLES.contains(v))
+        .filter(|v| !known.contains(v))
         .map(|v| {
-            let hint = closest(v, VARIABLES).map(|b| format!(" (did you mean '{b}'?)")).unwrap_or_default();
-            format!("unknown variable '{v}'{hint}; templates get {}", VARIABLES.join(", "))
+            let hint = closest(v, known).map(|b| format!(" (did you mean '{b}'?)")).unwrap_or_default();
+            format!("unknown variable '{v}'{hint}; templates get {}", known.join(", "))
         })
         .collect();
     unknown.sort();

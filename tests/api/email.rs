@@ -375,6 +375,8 @@ async fn several_messages_are_in_flight_at_once_and_each_arrives_once(app: TestA
     recipients.sort();
     recipients.dedup();
     assert_eq!((relay.taken().len(), recipients.len()), (30, 30), "each exactly once");
+    let pipelined = relay.pipelined.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(pipelined, 30, "MAIL, RCPT and DATA go in one write to a relay offering PIPELINING");
     assert_eq!(app.count("outbox WHERE status = 'sent'").await, 30);
     assert_eq!(sender.send_due().await.unwrap(), 0);
 }

@@ -7,12 +7,15 @@ mod fake_sms;
 mod helpers;
 mod smtp_sink;
 
+mod archive;
 mod auth;
 mod bounces;
 mod broadcasts;
 mod email;
 mod engine;
 mod lists;
+mod operations;
+mod pages;
 mod sms;
 mod subscribers;
 mod tracking;

@@ -1,4 +1,6 @@
 //! A small SMTP server for tests: takes messages, or answers MAIL FROM with a chosen refusal.
+//! It offers PIPELINING (so ownlist sends MAIL, RCPT and DATA in one write) and, like a real
+//! server, refuses RCPT and DATA in a transaction whose MAIL was refused.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,8 @@ pub struct SmtpSink {
     pub mail_commands: Arc<AtomicUsize>,
     /// When each accepted MAIL FROM came.
     pub starts: Arc<Mutex<Vec<std::time::Instant>>>,
+    /// MAIL FROM commands that arrived with their RCPT already behind them (pipelined).
+    pub pipelined: Arc<AtomicUsize>,
 }
 
 impl SmtpSink {
@@ -33,32 +37,55 @@ impl SmtpSink {
         let mail_commands = Arc::new(AtomicUsize::new(0));
         let starts = Arc::new(Mutex::new(Vec::new()));
         let (mails, started) = (mail_commands.clone(), starts.clone());
+        let pipelined = Arc::new(AtomicUsize::new(0));
+        let ahead = pipelined.clone();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let (taken, refusing) = (taken.clone(), refusing.clone());
                 let (open, most) = (open.clone(), most.clone());
-                let (mails, started) = (mails.clone(), started.clone());
+                let (mails, started, ahead) = (mails.clone(), started.clone(), ahead.clone());
                 tokio::spawn(async move {
                     let (read, mut write) = socket.into_split();
                     let mut lines = BufReader::new(read).lines();
                     let _ = write.write_all(b"220 sink ESMTP\r\n").await;
+                    // Where the current transaction is: MAIL taken, then RCPT taken.
+                    let (mut in_mail, mut has_rcpt) = (false, false);
                     while let Ok(Some(line)) = lines.next_line().await {
                         let verb = line.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
                         let reply = match verb.as_str() {
-                            "EHLO" | "HELO" => "250 sink".to_owned(),
+                            "EHLO" => "250-sink\r\n250 PIPELINING".to_owned(),
+                            "HELO" => "250 sink".to_owned(),
                             "MAIL" => {
+                                if lines.get_ref().buffer().starts_with(b"RCPT") {
+                                    ahead.fetch_add(1, Ordering::SeqCst);
+                                }
                                 match (mails.fetch_add(1, Ordering::SeqCst), refusing.lock().unwrap().clone()).1 {
                                     Some(refusal) => refusal,
                                     None => {
                                         started.lock().unwrap().push(std::time::Instant::now());
                                         let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
                                         most.fetch_max(now_open, Ordering::SeqCst);
+                                        in_mail = true;
                                         "250 OK".into()
                                     }
                                 }
                             }
-                            "RCPT" | "RSET" | "NOOP" => "250 OK".into(),
+                            "RCPT" if !in_mail => "503 5.5.1 Error: need MAIL command".into(),
+                            "RCPT" => {
+                                has_rcpt = true;
+                                "250 OK".into()
+                            }
+                            "RSET" => {
+                                if in_mail {
+                                    open.fetch_sub(1, Ordering::SeqCst);
+                                }
+                                (in_mail, has_rcpt) = (false, false);
+                                "250 OK".into()
+                            }
+                            "NOOP" => "250 OK".into(),
+                            "DATA" if !has_rcpt => "503 5.5.1 Error: need RCPT command".into(),
                             "DATA" => {
+                                (in_mail, has_rcpt) = (false, false);
                                 let _ = write.write_all(b"354 go on\r\n").await;
                                 let mut body = String::new();
                                 let mut complete = false;
@@ -83,6 +110,9 @@ impl SmtpSink {
                                 format!("250 2.0.0 queued as {}", taken.len())
                             }
                             "QUIT" => {
+                                if in_mail {
+                                    open.fetch_sub(1, Ordering::SeqCst);
+                                }
                                 let _ = write.write_all(b"221 bye\r\n").await;
                                 return;
                             }
@@ -95,7 +125,7 @@ impl SmtpSink {
                 });
             }
         });
-        Self { address, messages, refusal, most_at_once, mail_commands, starts }
+        Self { address, messages, refusal, most_at_once, mail_commands, starts, pipelined }
     }
 
     pub fn url(&self) -> String {

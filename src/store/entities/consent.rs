@@ -1,6 +1,6 @@
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "consents")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -15,6 +15,9 @@ pub struct Model {
     pub source: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The landing page the consent was given on, and that page's version.
+    pub page: Option<String>,
+    pub page_version: Option<String>,
     pub created_at: DateTimeUtc,
 }
 

@@ -1,16 +1,21 @@
 //! sea-orm entities: one file per table, mirroring `migrations/`.
 
 pub mod api_token;
+pub mod audit_entry;
 pub mod broadcast;
 pub mod consent;
 pub mod enrollment;
 pub mod event;
+pub mod funnel_day;
+pub mod lease;
 pub mod list;
 pub mod membership;
 pub mod outbox;
 pub mod outbox_body;
+pub mod page_count;
 pub mod pending_trigger;
 pub mod schedule_run;
+pub mod signup_confirmation;
 pub mod subscriber;
 pub mod subscriber_tag;
 pub mod suppression;

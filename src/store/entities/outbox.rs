@@ -1,6 +1,6 @@
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "outbox")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -34,6 +34,10 @@ pub struct Model {
     /// When the message was first seen opened (pixel or click), and first clicked.
     pub opened_at: Option<DateTimeUtc>,
     pub clicked_at: Option<DateTimeUtc>,
+    /// Several instances (PostgreSQL): until when the process `lease_owner` holds the message it
+    /// claimed; once the lease has ended, another may take it over.
+    pub lease_until: Option<DateTimeUtc>,
+    pub lease_owner: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,6 +1,6 @@
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "subscribers")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -23,6 +23,11 @@ pub struct Model {
     pub campaign: Option<String>,
     pub referrer: Option<String>,
     pub landing_page: Option<String>,
+    /// utm_content and utm_term of the first touch.
+    pub content: Option<String>,
+    pub term: Option<String>,
+    /// The click id a network added to the first touch's link, as `fbclid=…`.
+    pub click_id: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -1,0 +1,117 @@
+//! `GET /metrics`: Prometheus text format. In-memory counters of this process (HTTP, signups,
+//! deliveries, circuit breakers) and, read from the database at each scrape, the outbox's depth
+//! and the age of its oldest due message, and the enrollments in progress per workflow and step.
+//! Open like `/healthz` unless `metrics_token` is set (then `Authorization: Bearer` it).
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::metrics::{self, Sampled};
+use crate::store::entities::{enrollment, outbox};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/metrics", get(scrape))
+}
+
+/// Counts each routed request and times it, labelled by its route (never the raw path).
+pub async fn track(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::inc("ownlist_http_requests_total", &[("method", &method), ("route", &route), ("status", &status)]);
+    metrics::observe(
+        "ownlist_http_request_duration_seconds",
+        &[("method", &method), ("route", &route)],
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+async fn scrape(State(state): State<AppState>, request: Request) -> Response {
+    if let Some(expected) = &state.config.metrics_token {
+        let presented = super::auth::bearer(request.headers()).unwrap_or_default();
+        if !crate::tokens::same_secret(presented, expected) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    match sampled(&state).await {
+        Ok(sampled) => {
+            let body = metrics::render(&sampled);
+            let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: the database did not answer");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the database does not answer")
+                .into_response()
+        }
+    }
+}
+
+async fn sampled(state: &AppState) -> crate::error::Result<Vec<Sampled>> {
+    let conn = state.db.conn();
+    let now = state.clock.now();
+    let mut out = Vec::new();
+    let queued: Vec<(String, i64)> = outbox::Entity::find()
+        .select_only()
+        .column(outbox::Column::Channel)
+        .column_as(Expr::cust("COUNT(*)"), "n")
+        .filter(outbox::Column::Status.eq("queued"))
+        .group_by(outbox::Column::Channel)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    for channel in ["email", "sms", "webhook"] {
+        let n = queued.iter().find(|(c, _)| c == channel).map_or(0, |(_, n)| *n);
+        out.push(Sampled { name: "ownlist_outbox_queued", labels: vec![("channel", channel.into())], value: n as f64 });
+        let due = outbox::Entity::find()
+            .filter(outbox::Column::Channel.eq(channel))
+            .filter(outbox::Column::Status.eq("queued"))
+            .filter(outbox::Column::DueAt.lte(now));
+        let count = sea_orm::PaginatorTrait::count(due.clone(), conn).await?;
+        out.push(Sampled {
+            name: "ownlist_outbox_due",
+            labels: vec![("channel", channel.into())],
+            value: count as f64,
+        });
+        let oldest: Option<outbox::Model> =
+            sea_orm::QueryOrder::order_by_asc(due, outbox::Column::DueAt).one(conn).await?;
+        let age = oldest.map_or(0.0, |m| (now - m.due_at).num_milliseconds().max(0) as f64 / 1000.0);
+        out.push(Sampled {
+            name: "ownlist_outbox_oldest_due_seconds",
+            labels: vec![("channel", channel.into())],
+            value: age,
+        });
+    }
+    let enrollments: Vec<(String, Option<String>, i64)> = enrollment::Entity::find()
+        .select_only()
+        .column(enrollment::Column::WorkflowId)
+        .column(enrollment::Column::StepId)
+        .column_as(Expr::cust("COUNT(*)"), "n")
+        .filter(enrollment::Column::Status.eq("active"))
+        .group_by(enrollment::Column::WorkflowId)
+        .group_by(enrollment::Column::StepId)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    for (workflow, step, n) in enrollments {
+        out.push(Sampled {
+            name: "ownlist_enrollments_active",
+            labels: vec![("workflow", workflow), ("step", step.unwrap_or_default())],
+            value: n as f64,
+        });
+    }
+    Ok(out)
+}

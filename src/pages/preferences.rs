@@ -1,0 +1,155 @@
+//! The preference page behind every message's signed link: the lists a person is on and the
+//! channels they gave consent for, each on or off. Every change is the person's own and is
+//! recorded like one (consent records for channels, timeline entries for lists).
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::audience::records::{self, ConsentOrigin, kind, trigger};
+use crate::audience::subscribers::change_channel;
+use crate::audience::values::{Channel, ChannelState, ConsentMethod, MembershipStatus, stored};
+use crate::error::Result;
+use crate::store::Db;
+use crate::store::entities::{list, membership, subscriber};
+
+/// One list on the page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListChoice {
+    pub slug: String,
+    pub name: String,
+    /// Confirmed or pending: the box is ticked.
+    pub on: bool,
+}
+
+/// One channel on the page (only those with an address and a consent history).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelChoice {
+    pub channel: Channel,
+    pub address: String,
+    pub state: ChannelState,
+}
+
+impl ChannelChoice {
+    pub fn on(&self) -> bool {
+        matches!(self.state, ChannelState::Subscribed | ChannelState::Pending)
+    }
+
+    /// Whether the person can switch it here (a bounced or complained address cannot be reopened).
+    pub fn switchable(&self) -> bool {
+        matches!(self.state, ChannelState::Subscribed | ChannelState::Pending | ChannelState::Unsubscribed)
+    }
+}
+
+/// What the page shows.
+#[derive(Debug, Clone)]
+pub struct Choices {
+    pub first_name: Option<String>,
+    pub lists: Vec<ListChoice>,
+    pub channels: Vec<ChannelChoice>,
+}
+
+/// The choices of a subscriber, or `None` when they no longer exist (erased).
+pub async fn choices(db: &Db, id: Uuid) -> Result<Option<Choices>> {
+    let conn = db.conn();
+    let Some(person) = subscriber::Entity::find_by_id(id).one(conn).await? else { return Ok(None) };
+    let rows = membership::Entity::find().filter(membership::Column::SubscriberId.eq(id)).all(conn).await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.list_id).collect();
+    let names = list::Entity::find().filter(list::Column::Id.is_in(ids)).all(conn).await?;
+    let mut lists: Vec<ListChoice> = rows
+        .iter()
+        .filter_map(|m| {
+            names.iter().find(|l| l.id == m.list_id).map(|l| ListChoice {
+                slug: l.slug.clone(),
+                name: l.name.clone(),
+                on: m.status != MembershipStatus::Unsubscribed.as_str(),
+            })
+        })
+        .collect();
+    lists.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut channels = Vec::new();
+    for (channel, address, state) in [
+        (Channel::Email, person.email.clone(), person.email_state.clone()),
+        (Channel::Sms, person.phone.clone(), person.sms_state.clone()),
+    ] {
+        let state = stored(&state, ChannelState::None);
+        if let Some(address) = address
+            && state != ChannelState::None
+        {
+            channels.push(ChannelChoice { channel, address, state });
+        }
+    }
+    Ok(Some(Choices { first_name: person.first_name, lists, channels }))
+}
+
+/// Applies the page as submitted: the lists and channels left ticked (`lists_on`, `channels_on`);
+/// everything else shown on the page is switched off. Returns how many things changed.
+pub async fn save(
+    db: &Db,
+    now: DateTime<Utc>,
+    id: Uuid,
+    lists_on: &BTreeSet<String>,
+    channels_on: &BTreeSet<Channel>,
+    origin: &ConsentOrigin,
+) -> Result<usize> {
+    let origin = ConsentOrigin { method: ConsentMethod::Preferences, ..origin.clone() };
+    let txn = db.begin_write().await?;
+    let mut changed = 0;
+    let rows = membership::Entity::find().filter(membership::Column::SubscriberId.eq(id)).all(&txn).await?;
+    for row in rows {
+        let Some(list) = list::Entity::find_by_id(row.list_id).one(&txn).await? else { continue };
+        let on = row.status != MembershipStatus::Unsubscribed.as_str();
+        let wanted = lists_on.contains(&list.slug);
+        if on == wanted {
+            continue;
+        }
+        let mut m = row.into_active_model();
+        if wanted {
+            m.status = Set(MembershipStatus::Confirmed.as_str().to_owned());
+            m.confirmed_at = Set(Some(now));
+            m.unsubscribed_at = Set(None);
+            records::trigger(id, trigger::SUBSCRIBED, &list.slug, json!({"by": "preferences"}), now)
+                .insert(&txn)
+                .await?;
+            records::event(id, kind::SUBSCRIBED, json!({"lists": [list.slug], "by": "preferences"}), now)
+                .insert(&txn)
+                .await?;
+        } else {
+            m.status = Set(MembershipStatus::Unsubscribed.as_str().to_owned());
+            m.unsubscribed_at = Set(Some(now));
+            records::event(id, kind::UNSUBSCRIBED, json!({"list": list.slug, "by": "preferences"}), now)
+                .insert(&txn)
+                .await?;
+        }
+        m.updated_at = Set(now);
+        m.update(&txn).await?;
+        changed += 1;
+    }
+    for channel in [Channel::Email, Channel::Sms] {
+        let Some(person) = subscriber::Entity::find_by_id(id).one(&txn).await? else { break };
+        let state = match channel {
+            Channel::Email => stored(&person.email_state, ChannelState::None),
+            Channel::Sms => stored(&person.sms_state, ChannelState::None),
+        };
+        let on = matches!(state, ChannelState::Subscribed | ChannelState::Pending);
+        let wanted = channels_on.contains(&channel);
+        // Only back on after an unsubscribe: a pending double opt-in still needs its confirmation.
+        let to = match (on, wanted, state) {
+            (true, false, _) => ChannelState::Unsubscribed,
+            (false, true, ChannelState::Unsubscribed) => ChannelState::Subscribed,
+            _ => continue,
+        };
+        if change_channel(&txn, now, person, channel, to, &origin).await? {
+            changed += 1;
+        }
+    }
+    if changed > 0 {
+        records::trigger(id, trigger::CHANGED, "", json!({}), now).insert(&txn).await?;
+    }
+    txn.commit().await?;
+    Ok(changed)
+}
