@@ -6,6 +6,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/process.rs"]
+mod process;
+use process::Process;
+
 fn ownlist(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ownlist"));
     command.current_dir(dir);
@@ -69,8 +73,30 @@ impl Drop for Database {
     }
 }
 
+/// Runs a command to its end, which must come within a minute: a command expected to refuse to
+/// start that serves instead fails the test rather than hanging it.
 fn run(command: &mut Command) -> Output {
-    command.output().unwrap()
+    let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Process(child);
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut bytes).map(|_| bytes)
+    });
+    let err = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut stderr, &mut bytes).map(|_| bytes)
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{command:?} still running after a minute");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output { status, stdout: out.join().unwrap().unwrap(), stderr: err.join().unwrap().unwrap() }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -110,7 +136,8 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
 fn with_no_configuration_it_serves_sqlite_and_says_how_to_get_a_token() {
     let dir = tempfile::tempdir().unwrap();
     // The one setting given is the port, so the test does not collide with anything on 8080.
-    let mut child = ownlist(dir.path()).env("OWNLIST_LISTEN", "127.0.0.1:0").stdout(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        Process(ownlist(dir.path()).env("OWNLIST_LISTEN", "127.0.0.1:0").stdout(Stdio::piped()).spawn().unwrap());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let address = first.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
@@ -451,15 +478,17 @@ fn serve_refuses_to_start_with_an_invalid_workflow_and_says_why() {
 #[test]
 fn one_process_per_sqlite_file_json_logs_readiness_and_an_online_backup() {
     let dir = tempfile::tempdir().unwrap();
-    let mut first = ownlist(dir.path())
-        .env("OWNLIST_LISTEN", "127.0.0.1:0")
-        .env("OWNLIST_LOG", "info")
-        .env("OWNLIST_LOG_FORMAT", "json")
-        .env("OWNLIST_ADMIN_TOKEN", "cli-admin-token-0123456789")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut first = Process(
+        ownlist(dir.path())
+            .env("OWNLIST_LISTEN", "127.0.0.1:0")
+            .env("OWNLIST_LOG", "info")
+            .env("OWNLIST_LOG_FORMAT", "json")
+            .env("OWNLIST_ADMIN_TOKEN", "cli-admin-token-0123456789")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
     let line = lines.next().unwrap().unwrap();
     let address = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
@@ -521,7 +550,8 @@ fn one_process_per_sqlite_file_json_logs_readiness_and_an_online_backup() {
     assert!(said.contains("pg_dump --format=custom --file=ownlist.dump") && !said.contains("secret"), "{said}");
 
     // Once the first process is gone, the file is free again.
-    let mut third = ownlist(dir.path()).env("OWNLIST_LISTEN", "127.0.0.1:0").stdout(Stdio::piped()).spawn().unwrap();
+    let mut third =
+        Process(ownlist(dir.path()).env("OWNLIST_LISTEN", "127.0.0.1:0").stdout(Stdio::piped()).spawn().unwrap());
     let first_line = BufReader::new(third.stdout.take().unwrap()).lines().next().unwrap().unwrap();
     assert!(first_line.contains("ownlist is serving"), "{first_line}");
     third.kill().unwrap();

@@ -8,9 +8,13 @@
 #[allow(dead_code)]
 mod smtp_sink;
 
+#[path = "support/process.rs"]
+mod process;
+use process::Process;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "crash-test-admin-token-0123456789";
@@ -31,7 +35,7 @@ steps:
 "#;
 
 struct Server {
-    child: Child,
+    child: Process,
     address: String,
 }
 
@@ -40,7 +44,7 @@ fn start(dir: &Path, database_url: Option<&str>) -> Server {
 }
 
 fn start_with(dir: &Path, database_url: Option<&str>, smtp_url: Option<&str>) -> Server {
-    let mut child = command(dir, database_url, smtp_url).spawn().unwrap();
+    let mut child = Process(command(dir, database_url, smtp_url).spawn().unwrap());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let address = first.split("http://").nth(1).unwrap().trim_end_matches('/').to_owned();
@@ -49,8 +53,8 @@ fn start_with(dir: &Path, database_url: Option<&str>, smtp_url: Option<&str>) ->
 }
 
 /// `ownlist worker`: the engine and delivery workers, no HTTP.
-fn start_worker(dir: &Path, database_url: &str, smtp_url: &str) -> Child {
-    let mut child = command(dir, Some(database_url), Some(smtp_url)).arg("worker").spawn().unwrap();
+fn start_worker(dir: &Path, database_url: &str, smtp_url: &str) -> Process {
+    let mut child = Process(command(dir, Some(database_url), Some(smtp_url)).arg("worker").spawn().unwrap());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     assert!(first.starts_with("ownlist worker started"), "{first}");
@@ -368,7 +372,7 @@ fn three_workers(database_url: &str, kill_one: bool) {
         .collect();
     let (status, body) = http_as(&address, "POST", "/api/v1/imports?list=news", "text/csv", &csv);
     assert_eq!(status, 200, "{body}");
-    let mut workers: Vec<Child> = (0..2).map(|_| start_worker(dir.path(), database_url, &sink.url())).collect();
+    let mut workers: Vec<Process> = (0..2).map(|_| start_worker(dir.path(), database_url, &sink.url())).collect();
     for i in 0..DRIPPED {
         let person = format!(r#"{{"email":"lead{i:04}@example.com","lists":["leads"],"consent":{{"email":true}}}}"#);
         assert_eq!(http(&address, "POST", "/api/v1/subscribers", &person).0, 201);

@@ -95,6 +95,13 @@ fn sample(text: &str, line_start: &str) -> Option<f64> {
 }
 
 async fn metrics_show_requests_signups_deliveries_breakers_and_the_outbox(backend: Backend) {
+    // Counters and gauges are per process, and a test binary runs both backends' tests at once:
+    // each run uses names of its own (list, page, workflow), so neither sees the other's counts.
+    let tag = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let (list, page, workflow) = (format!("metered{tag}"), format!("metered{tag}-page"), format!("drip{tag}"));
     let relay = crate::smtp_sink::SmtpSink::start().await;
     let url = relay.url();
     let Some(app) = TestApp::spawn_with(backend, |c| {
@@ -119,22 +126,22 @@ async fn metrics_show_requests_signups_deliveries_breakers_and_the_outbox(backen
     // Counters are per process, and a test binary may run both backends' tests in one: compare
     // with a scrape taken before.
     let before = scrape(Some("metrics-token-0123456789")).await.text().await.unwrap();
-    let signups = "ownlist_signups_total{page=\"metered-page\",source=\"instagram\"}";
-    let rejected = "ownlist_signups_rejected_total{page=\"metered-page\",reason=\"honeypot\"}";
+    let signups = format!("ownlist_signups_total{{page=\"{page}\",source=\"instagram\"}}");
+    let rejected = format!("ownlist_signups_rejected_total{{page=\"{page}\",reason=\"honeypot\"}}");
     let (signups_before, rejected_before) =
-        (sample(&before, signups).unwrap_or(0.0), sample(&before, rejected).unwrap_or(0.0));
-    app.create_list("metered").await;
-    app.install_workflow("drip", DRIP).await;
-    app.install_workflow("metered-pages", PAGE).await;
+        (sample(&before, &signups).unwrap_or(0.0), sample(&before, &rejected).unwrap_or(0.0));
+    app.create_list(&list).await;
+    app.install_workflow(&workflow, &DRIP.replace("metered", &list)).await;
+    app.install_workflow(&format!("{list}-pages"), &PAGE.replace("metered", &list)).await;
     let token =
-        expect_json(app.client.get(app.url("/p/metered-page/token")).send().await.unwrap(), StatusCode::OK).await;
+        expect_json(app.client.get(app.url(&format!("/p/{page}/token"))).send().await.unwrap(), StatusCode::OK).await;
     app.clock.advance(chrono::Duration::seconds(5));
     let body =
         json!({"_form": token["token"], "email": "ada@example.com", "consent": ["email"], "utm_source": "instagram"});
-    let signed = app.client.post(app.url("/p/metered-page")).json(&body).send().await.unwrap();
+    let signed = app.client.post(app.url(&format!("/p/{page}"))).json(&body).send().await.unwrap();
     assert_eq!(signed.status(), StatusCode::ACCEPTED);
     let bot = json!({"_form": token["token"], "email": "bot@example.com", "consent": ["email"], "website": "x"});
-    app.client.post(app.url("/p/metered-page")).json(&bot).send().await.unwrap();
+    app.client.post(app.url(&format!("/p/{page}"))).json(&bot).send().await.unwrap();
     app.tick().await;
     app.clock.advance(chrono::Duration::seconds(30));
 
@@ -145,20 +152,20 @@ async fn metrics_show_requests_signups_deliveries_breakers_and_the_outbox(backen
     assert!(text.contains("# TYPE ownlist_http_requests_total counter"), "{text}");
     let routed = "ownlist_http_requests_total{method=\"POST\",route=\"/p/{slug}\",status=\"202\"}";
     assert!(sample(&text, routed).is_some_and(|n| n >= 1.0), "requests are labelled by route: {text}");
-    assert!(!text.contains("route=\"/p/metered-page\""), "never by raw path");
+    assert!(!text.contains(&format!("route=\"/p/{page}\"")), "never by raw path");
     assert!(
         text.contains("ownlist_http_request_duration_seconds_bucket{method=\"POST\",route=\"/p/{slug}\",le=\"+Inf\"}")
     );
-    assert_eq!(sample(&text, signups), Some(signups_before + 1.0));
-    assert_eq!(sample(&text, rejected), Some(rejected_before + 1.0));
+    assert_eq!(sample(&text, &signups), Some(signups_before + 1.0));
+    assert_eq!(sample(&text, &rejected), Some(rejected_before + 1.0));
     assert_eq!(sample(&text, "ownlist_outbox_queued{channel=\"email\"}"), Some(1.0), "{text}");
     assert_eq!(sample(&text, "ownlist_outbox_due{channel=\"email\"}"), Some(1.0));
     assert_eq!(sample(&text, "ownlist_outbox_oldest_due_seconds{channel=\"email\"}"), Some(30.0));
-    assert_eq!(sample(&text, "ownlist_enrollments_active{workflow=\"drip\",step=\"pause\"}"), Some(1.0));
+    let waiting = format!("ownlist_enrollments_active{{workflow=\"{workflow}\",step=\"pause\"}}");
+    assert_eq!(sample(&text, &waiting), Some(1.0));
 
     assert_eq!(app.email.send_due().await.unwrap(), 1);
-    app.create_subscriber(json!({"email": "grace@example.com", "lists": ["metered"], "consent": {"email": true}}))
-        .await;
+    app.create_subscriber(json!({"email": "grace@example.com", "lists": [list], "consent": {"email": true}})).await;
     app.tick().await;
     relay.refuse(Some("451 4.3.0 try later"));
     app.email.send_due().await.unwrap();
@@ -181,12 +188,12 @@ async fn metrics_show_requests_signups_deliveries_breakers_and_the_outbox(backen
     );
     // Withdrawing consent counts, by the page and source the subscriber came from.
     let unsubscribes =
-        "ownlist_unsubscribes_total{channel=\"email\",via=\"api\",page=\"metered-page\",source=\"instagram\"}";
-    let unsubscribes_before = sample(&text, unsubscribes).unwrap_or(0.0);
+        format!("ownlist_unsubscribes_total{{channel=\"email\",via=\"api\",page=\"{page}\",source=\"instagram\"}}");
+    let unsubscribes_before = sample(&text, &unsubscribes).unwrap_or(0.0);
     let found = expect_json(app.get("/api/v1/subscribers?q=ada%40example.com").await, StatusCode::OK).await;
     let ada = found["data"][0]["id"].as_str().unwrap().to_owned();
     let withdrawn = app.patch(&format!("/api/v1/subscribers/{ada}"), &json!({"consent": {"email": false}})).await;
     assert_eq!(withdrawn.status(), StatusCode::OK);
     let after = scrape(Some("metrics-token-0123456789")).await.text().await.unwrap();
-    assert_eq!(sample(&after, unsubscribes), Some(unsubscribes_before + 1.0), "{after}");
+    assert_eq!(sample(&after, &unsubscribes), Some(unsubscribes_before + 1.0), "{after}");
 }
