@@ -51,6 +51,7 @@ struct RawSettings {
     trust_proxy: Option<toml::Value>,
     metrics_token: Option<String>,
     claim_lease: Option<String>,
+    admin_session_ttl: Option<String>,
 }
 
 /// Signups per IP address per hour when `signups_per_ip` is not set.
@@ -95,6 +96,7 @@ pub const SETTINGS: &[&str] = &[
     "trust_proxy",
     "metrics_token",
     "claim_lease",
+    "admin_session_ttl",
 ];
 
 /// Environment variables with the prefix that are not settings: the test suite's own, and the
@@ -155,6 +157,8 @@ pub struct Config {
     /// Several instances (PostgreSQL): how long a claimed message stays reserved for the process
     /// that claimed it (default 5 minutes); a crashed process's messages are taken over after it.
     pub claim_lease: chrono::Duration,
+    /// How long a dashboard login lasts (default 12 hours): the session ends then, or at logout.
+    pub admin_session_ttl: chrono::Duration,
     /// The shared secret a bounce processor sends to `POST /webhooks/bounces` (as a bearer
     /// token); without it that endpoint is off.
     pub bounce_secret: Option<String>,
@@ -281,6 +285,7 @@ impl Config {
             trust_proxy: false,
             metrics_token: None,
             claim_lease: chrono::Duration::seconds(crate::delivery::DEFAULT_CLAIM_LEASE_SECONDS),
+            admin_session_ttl: chrono::Duration::hours(12),
             bounce_secret: None,
             dkim: None,
             unsubscribe_mailto: None,
@@ -474,6 +479,12 @@ impl Config {
             chrono::Duration::seconds(crate::delivery::DEFAULT_CLAIM_LEASE_SECONDS),
             chrono::Duration::seconds(2),
         )?;
+        let admin_session_ttl = span(
+            "admin_session_ttl",
+            raw.admin_session_ttl,
+            chrono::Duration::hours(12),
+            chrono::Duration::minutes(1),
+        )?;
         let signups_per_ip = match raw.signups_per_ip {
             None => DEFAULT_SIGNUPS_PER_IP,
             Some(value) => value
@@ -538,6 +549,7 @@ impl Config {
             trust_proxy,
             metrics_token: raw.metrics_token,
             claim_lease,
+            admin_session_ttl,
             bounce_secret: raw.bounce_secret,
             dkim,
             unsubscribe_mailto,
@@ -705,6 +717,7 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
             "trust_proxy" => raw.trust_proxy = value.map(toml::Value::String),
             "metrics_token" => raw.metrics_token = value,
             "claim_lease" => raw.claim_lease = value,
+            "admin_session_ttl" => raw.admin_session_ttl = value,
             "bounce_secret" => raw.bounce_secret = value,
             "dkim_domain" => raw.dkim_domain = value,
             "dkim_selector" => raw.dkim_selector = value,

@@ -68,6 +68,12 @@ pub fn set(name: &'static str, labels: &[(&'static str, &str)], value: f64) {
     REGISTRY.gauges.lock().unwrap_or_else(PoisonError::into_inner).insert(key(name, labels), value);
 }
 
+/// Every value of a gauge this process has set, with its labels.
+pub fn gauges(name: &str) -> Vec<(Vec<(&'static str, String)>, f64)> {
+    let gauges = REGISTRY.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+    gauges.iter().filter(|((n, _), _)| *n == name).map(|((_, labels), v)| (labels.clone(), *v)).collect()
+}
+
 /// Records a duration in a histogram.
 pub fn observe(name: &'static str, labels: &[(&'static str, &str)], seconds: f64) {
     let mut histograms = REGISTRY.histograms.lock().unwrap_or_else(PoisonError::into_inner);

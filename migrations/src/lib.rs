@@ -13,6 +13,7 @@ mod m20261122_000004_pages;
 mod m20261122_000005_operations;
 mod m20261122_000006_scale_out;
 mod m20261122_000007_funnel;
+mod m20261122_000008_admin_sessions;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000005_operations::Migration),
             Box::new(m20261122_000006_scale_out::Migration),
             Box::new(m20261122_000007_funnel::Migration),
+            Box::new(m20261122_000008_admin_sessions::Migration),
         ]
     }
 }

@@ -4,7 +4,7 @@
 //! The export is one consistent snapshot (one read transaction): every table as JSON Lines (one
 //! object per line, the table's columns as keys), the subscribers also as the CSV of
 //! `ownlist export`, a `manifest.json` with the counts, and a `README.md` describing the files.
-//! Admin tokens are not exported (make new ones). The import checks that the instance is empty,
+//! Admin tokens, dashboard sessions and leases are not exported (make new tokens). The import checks that the instance is empty,
 //! then writes every file in one transaction: a bad line (reported as `FILE:LINE: problem`)
 //! leaves the instance as it was.
 
@@ -23,9 +23,9 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::store::Db;
 use crate::store::entities::{
-    audit_entry, broadcast, consent, enrollment, event, funnel_day, list, membership, outbox, outbox_body, page_count,
-    pending_trigger, schedule_run, signup_confirmation, subscriber, subscriber_tag, suppression, workflow,
-    workflow_version,
+    audit_entry, broadcast, consent, delivery_day, enrollment, event, funnel_day, list, membership, outbox,
+    outbox_body, page_count, pending_trigger, schedule_run, signup_confirmation, step_day, subscriber, subscriber_tag,
+    suppression, workflow, workflow_version,
 };
 
 /// The files, in the order an import writes them (each row's references come before it).
@@ -51,7 +51,12 @@ pub const TABLES: &[(&str, &str)] = &[
     ("signup_confirmations", "double opt-in confirmations sent, and when they were confirmed"),
     ("page_counts", "per landing page and day: rejected bot submissions"),
     ("audit_log", "admin API changes: who, what, when"),
-    ("funnel_daily", "per day, landing page and source: views, bot views, signups, confirmed"),
+    (
+        "funnel_daily",
+        "per day, landing page and source: views, bot views, signups, confirmed, first opens, clicks, goals",
+    ),
+    ("step_daily", "per workflow, day and step: entered, completed, skipped (by reason), messages and their fate"),
+    ("delivery_daily", "per day, channel and relay or provider: sent, failed, retried, attempts, total latency"),
 ];
 
 /// What an export wrote or an import read: rows per table.
@@ -122,6 +127,8 @@ pub async fn export_all(db: &Db, now: DateTime<Utc>, dir: &Path) -> Result<Manif
             "page_counts" => dump::<page_count::Entity>(&txn, dir, name).await?,
             "audit_log" => dump::<audit_entry::Entity>(&txn, dir, name).await?,
             "funnel_daily" => dump::<funnel_day::Entity>(&txn, dir, name).await?,
+            "step_daily" => dump::<step_day::Entity>(&txn, dir, name).await?,
+            "delivery_daily" => dump::<delivery_day::Entity>(&txn, dir, name).await?,
             _ => 0,
         };
         counts.push(((*name).to_owned(), n));
@@ -240,6 +247,8 @@ pub async fn import_all(db: &Db, dir: &Path) -> Result<Vec<(String, u64)>> {
             "page_counts" => load::<page_count::Entity>(&txn, dir, name).await?,
             "audit_log" => load::<audit_entry::Entity>(&txn, dir, name).await?,
             "funnel_daily" => load::<funnel_day::Entity>(&txn, dir, name).await?,
+            "step_daily" => load::<step_day::Entity>(&txn, dir, name).await?,
+            "delivery_daily" => load::<delivery_day::Entity>(&txn, dir, name).await?,
             _ => 0,
         };
         counts.push(((*name).to_owned(), n));

@@ -26,6 +26,9 @@ pub mod kind {
     pub const SMS_RECEIVED: &str = "sms_received";
     /// The SMS provider reported a message delivered to the handset.
     pub const SMS_DELIVERED: &str = "sms_delivered";
+    /// The first goal the subscriber reached (a workflow's `exit_when`, or their landing page's
+    /// goal event): once in their life, as the funnel's last stage counts it.
+    pub const GOAL_REACHED: &str = "goal_reached";
     pub const CONSENT_GRANTED: &str = "consent_granted";
     pub const CONSENT_REVOKED: &str = "consent_revoked";
     pub const ERASED: &str = "erased";

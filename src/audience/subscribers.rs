@@ -972,6 +972,9 @@ pub async fn change_channel_with(
     model.updated_at = Set(now);
     model.update(txn).await?;
     records::consent(id, channel, granting, origin, wording, now).insert(txn).await?;
+    if !granting {
+        crate::stats::steps::unsubscribed(txn, id, channel.as_str(), now.date_naive()).await?;
+    }
     let data = json!({"channel": channel, "by": origin.source, "state": to});
     let kind = if granting { kind::CONSENT_GRANTED } else { kind::CONSENT_REVOKED };
     records::event(id, kind, data, now).insert(txn).await?;
@@ -1145,6 +1148,8 @@ pub async fn update(
     let mut email_state = stored(&current.email_state, ChannelState::None);
     let mut sms_state = stored(&current.sms_state, ChannelState::None);
     let mut status = stored(&current.status, SubscriberStatus::Active);
+    // Channels withdrawn here, for the step statistics ("unsubscribed after this step").
+    let mut withdrawn = Vec::new();
     if let Some(consent) = &patch.consent {
         let mut revoked = false;
         for (channel, wanted, has_address, state) in [
@@ -1159,6 +1164,7 @@ pub async fn update(
             if *state != next {
                 if !granted && matches!(*state, ChannelState::Subscribed | ChannelState::Pending) {
                     count_unsubscribe(&current, channel, origin.method);
+                    withdrawn.push(channel);
                 }
                 *state = next;
                 revoked |= !granted;
@@ -1183,6 +1189,7 @@ pub async fn update(
         for (channel, state) in [(Channel::Email, &mut email_state), (Channel::Sms, &mut sms_state)] {
             if matches!(state, ChannelState::Subscribed | ChannelState::Pending) {
                 count_unsubscribe(&current, channel, origin.method);
+                withdrawn.push(channel);
                 *state = ChannelState::Unsubscribed;
                 consents.push(records::consent(id, channel, false, &origin, &wording, now));
             }
@@ -1228,6 +1235,9 @@ pub async fn update(
     })?;
     consent::Entity::insert_many(consents).exec_without_returning(&txn).await?;
     event::Entity::insert_many(events).exec_without_returning(&txn).await?;
+    for channel in withdrawn {
+        crate::stats::steps::unsubscribed(&txn, id, channel.as_str(), now.date_naive()).await?;
+    }
     txn.commit().await?;
     get(db, id).await
 }

@@ -25,7 +25,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::smtp::{Endpoint, Failure, Pool, Security};
-use super::{Answer, Breaker, Carrier, Worker};
+use super::{Answer, Breaker, Carrier, Outcome, Try, Worker};
 use crate::clock::SharedClock;
 use crate::links::{Purpose, Signer};
 use crate::store::Db;
@@ -350,7 +350,13 @@ impl EmailSender {
 impl Carrier for Mailer {
     const CHANNEL: &'static str = "email";
 
-    async fn attempt(&self, message: &outbox::Model, body: &outbox_body::Model, now: DateTime<Utc>) -> Answer {
+    async fn attempt(
+        &self,
+        message: &outbox::Model,
+        body: &outbox_body::Model,
+        now: DateTime<Utc>,
+        tries: &mut Vec<Try>,
+    ) -> Answer {
         // Building (MIME encoding, DKIM signing) is CPU work: done on the blocking pool, so the
         // messages in flight are built on every core while this task waits on the network.
         let (letterhead, queued, bodies) = (self.letterhead.clone(), message.clone(), body.clone());
@@ -364,11 +370,8 @@ impl Carrier for Mailer {
             Err(e) => return Answer::Retry(format!("building the message failed: {e}")),
         };
         match &self.transport {
-            Transport::File(dir) => match super::write_file(dir, message.id, "eml", &bytes).await {
-                Ok(path) => Answer::Delivered(json!({"transport": "file", "path": path.display().to_string()})),
-                Err(e) => Answer::Retry(format!("cannot write the message file: {e}")),
-            },
-            Transport::Smtp(relays) => send_through(relays, &envelope, &bytes, now).await,
+            Transport::File(dir) => super::to_file(dir, message.id, "eml", &bytes, tries).await,
+            Transport::Smtp(relays) => send_through(relays, &envelope, &bytes, now, tries).await,
         }
     }
 }
@@ -377,7 +380,13 @@ impl Carrier for Mailer {
 /// (5xx) is about the message or its recipient, so no other relay is tried; anything else (4xx,
 /// a connection or TLS failure, a timeout) opens that relay's breaker and moves on to the next,
 /// and when none took it the message is retried later.
-async fn send_through(relays: &[Relay], envelope: &Envelope, bytes: &[u8], now: DateTime<Utc>) -> Answer {
+async fn send_through(
+    relays: &[Relay],
+    envelope: &Envelope,
+    bytes: &[u8],
+    now: DateTime<Utc>,
+    tries: &mut Vec<Try>,
+) -> Answer {
     let mut failures = Vec::new();
     for relay in relays {
         if !relay.breaker.available(now) {
@@ -389,14 +398,12 @@ async fn send_through(relays: &[Relay], envelope: &Envelope, bytes: &[u8], now: 
         }
         let started = std::time::Instant::now();
         let sent = relay.pool.send(envelope, bytes).await;
-        let labels = [("channel", "email"), ("relay", relay.name.as_str())];
-        crate::metrics::observe("ownlist_delivery_duration_seconds", &labels, started.elapsed().as_secs_f64());
         let outcome = match &sent {
-            Ok(_) => "sent",
-            Err(Failure::Permanent { .. }) => "refused",
-            Err(Failure::Transient(_)) => "failed",
+            Ok(_) => Outcome::Sent,
+            Err(Failure::Permanent { .. }) => Outcome::Failed,
+            Err(Failure::Transient(_)) => Outcome::Retried,
         };
-        crate::metrics::inc("ownlist_deliveries_total", &[labels[0], labels[1], ("outcome", outcome)]);
+        tries.push(super::tried("email", &relay.name, outcome, started.elapsed()));
         match sent {
             Ok(reply) => {
                 relay.breaker.worked(&relay.name);

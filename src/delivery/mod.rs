@@ -114,6 +114,38 @@ async fn write_file(
     Ok(path)
 }
 
+pub use crate::stats::delivery::{Outcome, Try};
+
+/// Notes an attempt at a relay or provider: in this process's metrics at once, and as a [`Try`]
+/// for the delivery statistics, written with the message's answer.
+fn tried(channel: &str, relay: &str, outcome: Outcome, took: Duration) -> Try {
+    let labels = [("channel", channel), ("relay", relay)];
+    crate::metrics::observe("ownlist_delivery_duration_seconds", &labels, took.as_secs_f64());
+    let name = match outcome {
+        Outcome::Sent => "sent",
+        Outcome::Failed => "refused",
+        Outcome::Retried => "failed",
+    };
+    crate::metrics::inc("ownlist_deliveries_total", &[labels[0], labels[1], ("outcome", name)]);
+    Try::new(relay, outcome, took)
+}
+
+/// The `file` transport: writes the message (see [`write_file`]) and notes the try as relay `file`.
+async fn to_file(dir: &std::path::Path, id: uuid::Uuid, extension: &str, bytes: &[u8], tries: &mut Vec<Try>) -> Answer {
+    let started = std::time::Instant::now();
+    let (answer, outcome) = match write_file(dir, id, extension, bytes).await {
+        Ok(path) => {
+            (Answer::Delivered(json!({"transport": "file", "path": path.display().to_string()})), Outcome::Sent)
+        }
+        Err(e) => (Answer::Retry(format!("cannot write the message file: {e}")), Outcome::Retried),
+    };
+    tries.push(Try::new("file", outcome, started.elapsed()));
+    answer
+}
+
+/// A message, what its attempt came to, and the relays or providers tried.
+type Attempted = (outbox::Model, Answer, Vec<Try>);
+
 /// What one attempt came to.
 #[derive(Debug)]
 pub enum Answer {
@@ -137,11 +169,13 @@ pub enum Answer {
 pub trait Carrier: Sync + std::marker::Send {
     /// The outbox `channel` this sender drains, also the prefix of its timeline entries.
     const CHANNEL: &'static str;
+    /// Sends one message, noting each relay or provider tried (for the delivery statistics).
     fn attempt(
         &self,
         message: &outbox::Model,
         body: &outbox_body::Model,
         now: DateTime<Utc>,
+        tries: &mut Vec<Try>,
     ) -> impl Future<Output = Answer> + std::marker::Send;
 }
 
@@ -327,7 +361,7 @@ impl<S: Carrier> Worker<S> {
         // its answer is recorded: at any instant at most CONCURRENCY messages are sent (or being
         // sent) but not recorded, and only those can be sent again after a crash.
         type Recorded = tokio::sync::oneshot::Sender<()>;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(outbox::Model, Answer, Recorded)>(CONCURRENCY);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Attempted, Recorded)>(CONCURRENCY);
         let failed = std::sync::atomic::AtomicBool::new(false);
         let sending = async {
             let tx = tx;
@@ -344,12 +378,13 @@ impl<S: Carrier> Worker<S> {
                         {
                             return;
                         }
+                        let mut tries = Vec::new();
                         let answer = match &body {
-                            Some(body) => self.sender.attempt(&message, body, now).await,
+                            Some(body) => self.sender.attempt(&message, body, now, &mut tries).await,
                             None => Answer::Fail("the message's body is missing".into()),
                         };
                         let (done, recorded) = tokio::sync::oneshot::channel();
-                        if tx.send((message, answer, done)).await.is_ok() {
+                        if tx.send(((message, answer, tries), done)).await.is_ok() {
                             let _ = recorded.await;
                         }
                     }
@@ -367,7 +402,7 @@ impl<S: Carrier> Worker<S> {
                 while let Ok(next) = rx.try_recv() {
                     group.push(next);
                 }
-                let (answers, acks): (Vec<_>, Vec<_>) = group.into_iter().map(|(m, a, done)| ((m, a), done)).unzip();
+                let (answers, acks): (Vec<_>, Vec<_>) = group.into_iter().unzip();
                 if outcome.is_ok() {
                     outcome = self.record_all(answers, now).await;
                     if outcome.is_err() {
@@ -386,15 +421,30 @@ impl<S: Carrier> Worker<S> {
     }
 
     /// Records answers on their messages and in the timeline, in one transaction: one UPDATE
-    /// for the messages and one INSERT for the timeline entries.
-    async fn record_all(&self, answers: Vec<(outbox::Model, Answer)>, now: DateTime<Utc>) -> Result<()> {
+    /// for the messages and one INSERT for the timeline entries, and the day's delivery and step
+    /// statistics.
+    async fn record_all(&self, answers: Vec<Attempted>, now: DateTime<Utc>) -> Result<()> {
+        use crate::stats::steps::measure;
         use crate::store::bulk::{OnDuplicate, insert_statement, update_statement};
         use outbox::Column as C;
         let mut updates = Vec::with_capacity(answers.len());
         let mut events = Vec::with_capacity(answers.len());
         let mut bounces = Vec::new();
-        for (message, answer) in answers {
+        let mut attempts = crate::stats::delivery::Attempts::default();
+        let mut steps = crate::stats::steps::Tally::default();
+        let day = now.date_naive();
+        for (message, answer, tries) in answers {
+            attempts.add(S::CHANNEL, &tries);
+            let produced_by = message.workflow_id.clone().zip(message.step_id.clone());
             let (message, event, bounce) = outcome::<S>(message, answer, now, self.max_age);
+            let ended = match &message.status {
+                sea_orm::ActiveValue::Set(status) if status == "sent" => Some(measure::DELIVERED),
+                sea_orm::ActiveValue::Set(status) if status == "failed" => Some(measure::FAILED),
+                _ => None,
+            };
+            if let (Some((workflow, step)), Some(what)) = (&produced_by, ended) {
+                steps.add(day, workflow, step, what, "");
+            }
             updates.push(message);
             events.extend(event);
             bounces.extend(bounce);
@@ -417,6 +467,8 @@ impl<S: Carrier> Worker<S> {
                 mark_bounced(&txn, subscriber, channel, &reason, now).await?;
             }
         }
+        attempts.flush(&txn, day).await?;
+        steps.flush(&txn).await?;
         txn.commit().await?;
         Ok(())
     }

@@ -24,7 +24,7 @@ use sea_orm::ActiveValue::Set;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter};
 use serde_json::{Value, json};
 
-use super::{Answer, Breaker, Carrier, Worker};
+use super::{Answer, Breaker, Carrier, Outcome, Try, Worker};
 use crate::audience::records::{self, kind};
 use crate::audience::subscribers::mark_bounced;
 use crate::audience::values::Channel;
@@ -192,7 +192,13 @@ impl SmsSender {
 impl Carrier for Texter {
     const CHANNEL: &'static str = "sms";
 
-    async fn attempt(&self, message: &outbox::Model, body: &outbox_body::Model, now: DateTime<Utc>) -> Answer {
+    async fn attempt(
+        &self,
+        message: &outbox::Model,
+        body: &outbox_body::Model,
+        now: DateTime<Utc>,
+        tries: &mut Vec<Try>,
+    ) -> Answer {
         let marketing = message.workflow_id.is_some() || message.broadcast_id.is_some();
         if marketing {
             let zone = match subscriber::Entity::find_by_id(message.subscriber_id).one(self.db.conn()).await {
@@ -208,12 +214,9 @@ impl Carrier for Texter {
                 let record = json!({
                     "id": message.id, "to": message.recipient, "body": body.text, "segments": message.segments,
                 });
-                match super::write_file(dir, message.id, "json", record.to_string().as_bytes()).await {
-                    Ok(path) => Answer::Delivered(json!({"transport": "file", "path": path.display().to_string()})),
-                    Err(e) => Answer::Retry(format!("cannot write the message file: {e}")),
-                }
+                super::to_file(dir, message.id, "json", record.to_string().as_bytes(), tries).await
             }
-            SmsTransport::Providers(providers) => self.send_through(providers, message, &body.text, now).await,
+            SmsTransport::Providers(providers) => self.send_through(providers, message, &body.text, now, tries).await,
         }
     }
 }
@@ -237,6 +240,7 @@ impl Texter {
         message: &outbox::Model,
         text: &str,
         now: DateTime<Utc>,
+        tries: &mut Vec<Try>,
     ) -> Answer {
         let mut failures = Vec::new();
         for provider in providers {
@@ -246,14 +250,12 @@ impl Texter {
             }
             let started = std::time::Instant::now();
             let reply = self.send_one(provider, message, text).await;
-            let labels = [("channel", "sms"), ("relay", provider.name.as_str())];
-            crate::metrics::observe("ownlist_delivery_duration_seconds", &labels, started.elapsed().as_secs_f64());
             let outcome = match &reply {
-                Reply::Took(_) => "sent",
-                Reply::Refused { .. } => "refused",
-                Reply::Failing(_) => "failed",
+                Reply::Took(_) => Outcome::Sent,
+                Reply::Refused { .. } => Outcome::Failed,
+                Reply::Failing(_) => Outcome::Retried,
             };
-            crate::metrics::inc("ownlist_deliveries_total", &[labels[0], labels[1], ("outcome", outcome)]);
+            tries.push(super::tried("sms", &provider.name, outcome, started.elapsed()));
             match reply {
                 Reply::Took(detail) => {
                     provider.breaker.worked(&provider.name);

@@ -56,15 +56,18 @@ pub async fn record_click(db: &Db, id: Uuid, index: usize, now: DateTime<Utc>) -
         .map(str::to_owned);
     let Some(url) = target else { return Ok(Click::Unknown) };
     first_open(&txn, &message, now).await?;
-    outbox::Entity::update_many()
+    let marked = outbox::Entity::update_many()
         .col_expr(outbox::Column::ClickedAt, Expr::value(now))
         .filter(outbox::Column::Id.eq(id))
         .filter(outbox::Column::ClickedAt.is_null())
         .exec(&txn)
         .await?;
+    let day = now.date_naive();
+    if marked.rows_affected == 1 {
+        crate::stats::steps::message_step(&txn, &message, day, crate::stats::steps::measure::CLICKED).await?;
+    }
     let mut data = about(&message);
     data["url"] = json!(url);
-    let day = now.date_naive();
     crate::stats::first_engagement(&txn, message.subscriber_id, kind::EMAIL_CLICKED, crate::stats::Count::Clicked, day)
         .await?;
     records::event(message.subscriber_id, kind::EMAIL_CLICKED, data, now).insert(&txn).await?;
@@ -83,6 +86,7 @@ async fn first_open(txn: &sea_orm::DatabaseTransaction, message: &outbox::Model,
         .await?;
     if marked.rows_affected == 1 {
         let (opened, day) = (crate::stats::Count::Opened, now.date_naive());
+        crate::stats::steps::message_step(txn, message, day, crate::stats::steps::measure::OPENED).await?;
         crate::stats::first_engagement(txn, message.subscriber_id, kind::EMAIL_OPENED, opened, day).await?;
         records::event(message.subscriber_id, kind::EMAIL_OPENED, about(message), now).insert(txn).await?;
         records::trigger(message.subscriber_id, trigger::CHANGED, "", json!({}), now).insert(txn).await?;

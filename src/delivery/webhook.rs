@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::{Answer, Carrier, Worker};
+use super::{Answer, Carrier, Outcome, Try, Worker};
 use crate::clock::SharedClock;
 use crate::store::Db;
 use crate::store::entities::{outbox, outbox_body};
@@ -56,7 +56,13 @@ impl WebhookSender {
 impl Carrier for Webhooks {
     const CHANNEL: &'static str = "webhook";
 
-    async fn attempt(&self, message: &outbox::Model, body: &outbox_body::Model, now: DateTime<Utc>) -> Answer {
+    async fn attempt(
+        &self,
+        message: &outbox::Model,
+        body: &outbox_body::Model,
+        now: DateTime<Utc>,
+        tries: &mut Vec<Try>,
+    ) -> Answer {
         let Ok(payload) = serde_json::from_str::<Value>(&body.text) else {
             return Answer::Fail("the queued payload is not JSON".into());
         };
@@ -80,7 +86,8 @@ impl Carrier for Webhooks {
             .header("x-ownlist-signature", signature(&secret, now, &body))
             .header("idempotency-key", message.idempotency_key.clone())
             .body(body);
-        match request.send().await {
+        let started = std::time::Instant::now();
+        let answer = match request.send().await {
             Ok(response) if response.status().is_success() => {
                 Answer::Delivered(json!({"status": response.status().as_u16()}))
             }
@@ -93,6 +100,13 @@ impl Carrier for Webhooks {
                 }
             }
             Err(e) => Answer::Retry(format!("{}", e.without_url())),
-        }
+        };
+        let outcome = match &answer {
+            Answer::Delivered(_) => Outcome::Sent,
+            Answer::Retry(_) | Answer::Hold(_) => Outcome::Retried,
+            Answer::Fail(_) | Answer::Bounce(_) => Outcome::Failed,
+        };
+        tries.push(super::tried("webhook", "webhook", outcome, started.elapsed()));
+        answer
     }
 }

@@ -17,7 +17,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use super::AppState;
 use super::error::ApiError;
 use crate::metrics::{self, Sampled};
-use crate::store::entities::{enrollment, outbox};
+use crate::store::entities::enrollment;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/metrics", get(scrape))
@@ -64,36 +64,11 @@ async fn sampled(state: &AppState) -> crate::error::Result<Vec<Sampled>> {
     let conn = state.db.conn();
     let now = state.clock.now();
     let mut out = Vec::new();
-    let queued: Vec<(String, i64)> = outbox::Entity::find()
-        .select_only()
-        .column(outbox::Column::Channel)
-        .column_as(Expr::cust("COUNT(*)"), "n")
-        .filter(outbox::Column::Status.eq("queued"))
-        .group_by(outbox::Column::Channel)
-        .into_tuple()
-        .all(conn)
-        .await?;
-    for channel in ["email", "sms", "webhook"] {
-        let n = queued.iter().find(|(c, _)| c == channel).map_or(0, |(_, n)| *n);
-        out.push(Sampled { name: "ownlist_outbox_queued", labels: vec![("channel", channel.into())], value: n as f64 });
-        let due = outbox::Entity::find()
-            .filter(outbox::Column::Channel.eq(channel))
-            .filter(outbox::Column::Status.eq("queued"))
-            .filter(outbox::Column::DueAt.lte(now));
-        let count = sea_orm::PaginatorTrait::count(due.clone(), conn).await?;
-        out.push(Sampled {
-            name: "ownlist_outbox_due",
-            labels: vec![("channel", channel.into())],
-            value: count as f64,
-        });
-        let oldest: Option<outbox::Model> =
-            sea_orm::QueryOrder::order_by_asc(due, outbox::Column::DueAt).one(conn).await?;
-        let age = oldest.map_or(0.0, |m| (now - m.due_at).num_milliseconds().max(0) as f64 / 1000.0);
-        out.push(Sampled {
-            name: "ownlist_outbox_oldest_due_seconds",
-            labels: vec![("channel", channel.into())],
-            value: age,
-        });
+    for depth in crate::stats::delivery::outbox(&state.db, now).await? {
+        let labels = vec![("channel", depth.channel.clone())];
+        out.push(Sampled { name: "ownlist_outbox_queued", labels: labels.clone(), value: depth.queued as f64 });
+        out.push(Sampled { name: "ownlist_outbox_due", labels: labels.clone(), value: depth.due as f64 });
+        out.push(Sampled { name: "ownlist_outbox_oldest_due_seconds", labels, value: depth.oldest_due_seconds });
     }
     let enrollments: Vec<(String, Option<String>, i64)> = enrollment::Entity::find()
         .select_only()

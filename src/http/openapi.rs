@@ -15,6 +15,8 @@ use super::AppState;
         super::health::readyz,
         super::audit::list,
         super::stats::funnel,
+        super::stats::workflow,
+        super::stats::delivery,
         super::lists::create,
         super::lists::all,
         super::lists::one,
@@ -47,6 +49,7 @@ use super::AppState;
         (name = "import and export", description = "CSV in and out; export then import round-trips"),
         (name = "workflows", description = "Drip workflows in force, their enrollments, and events that drive them"),
         (name = "broadcasts", description = "One-off messages to a list, through the same outbox as workflows"),
+        (name = "stats", description = "Funnel, workflow and delivery figures from daily rollups; any of them as CSV"),
         (name = "operations", description = "Health"),
     )
 )]

@@ -129,6 +129,10 @@ pub struct Page {
     pub default_country: Option<String>,
     /// Origins allowed to post the JSON form from their own pages (CORS); none by default.
     pub cors: Vec<String>,
+    /// The event that counts as this page's goal (a purchase, say): the funnel's last stage
+    /// counts subscribers who came through the page and then had it recorded. A workflow's
+    /// `exit_when` holding counts as a goal too.
+    pub goal: Option<String>,
     /// The file the page is declared in (for messages).
     pub file: String,
 }

@@ -401,6 +401,7 @@ impl Checker<'_> {
                     ),
                 }
             }
+            let goal = p.goal.as_ref().map(|g| self.name("an event name", g));
             out.push(Page {
                 slug,
                 title,
@@ -415,6 +416,7 @@ impl Checker<'_> {
                 thank_you,
                 default_country,
                 cors,
+                goal,
                 file: self.file.display().to_string(),
             });
         }

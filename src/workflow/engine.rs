@@ -32,6 +32,7 @@ use crate::delivery::compose::{self, Draft, Tracking};
 mod broadcast;
 use crate::error::Result;
 use crate::links::{Purpose, Signer};
+use crate::stats::steps::{Tally, measure};
 use crate::store::Db;
 use crate::store::entities::{
     enrollment, event, list, membership, pending_trigger, schedule_run, subscriber, subscriber_tag,
@@ -169,6 +170,10 @@ struct Run<'a> {
     /// When the enrollment's current step was due. Waits count from here, not from when the
     /// engine got to it, so a backlog or a restart does not stretch a drip.
     logical: DateTime<Utc>,
+    /// Step statistics of this run: (step, measure, detail).
+    tally: Vec<(String, &'static str, String)>,
+    /// The reason the current step was skipped, if it was.
+    skipped: Option<String>,
 }
 
 impl Run<'_> {
@@ -176,8 +181,16 @@ impl Run<'_> {
         if let Value::Object(map) = &mut data {
             map.insert("workflow".into(), json!(self.row.workflow_id));
             map.insert("version".into(), json!(self.row.version));
+            if kind == decision::STEP_SKIPPED {
+                let reason = map.get("reason").and_then(Value::as_str).unwrap_or("skipped");
+                self.skipped = Some(reason.to_owned());
+            }
         }
         self.events.push(records::event(self.row.subscriber_id, kind, data, self.now));
+    }
+
+    fn count(&mut self, step: &str, what: &'static str, detail: String) {
+        self.tally.push((step.to_owned(), what, detail));
     }
 }
 
@@ -378,11 +391,14 @@ impl Engine {
                 members = members.filter(membership::Column::SubscriberId.gt(after));
             }
             let batch = members.all(&txn).await?;
+            let mut here = 0;
             for m in &batch {
                 if self.enroll(&txn, &id, &current.program, m.subscriber_id, now).await? {
-                    enrolled += 1;
+                    here += 1;
                 }
             }
+            count_enrolled(&txn, &id, here, now).await?;
+            enrolled += here;
             more |= save_progress(txn, state, firing, batch.len(), batch.last().map(|m| m.subscriber_id), now).await?;
         }
         Ok((enrolled, more))
@@ -425,6 +441,7 @@ impl Engine {
             }
             let batch = query.all(&txn).await?;
             let workflow = &current.program.workflow;
+            let mut here = 0;
             for s in &batch {
                 let Some(anniversary) = s.attributes.get(attribute).and_then(Value::as_str).and_then(month_day) else {
                     continue;
@@ -433,9 +450,11 @@ impl Engine {
                 if let Some(moment) = occurrence_in(anniversary, *offset, *at, tz, window_start, window_end)
                     && self.enroll_at(&txn, &id, &current.program, s.id, now, moment).await?
                 {
-                    enrolled += 1;
+                    here += 1;
                 }
             }
+            count_enrolled(&txn, &id, here, now).await?;
+            enrolled += here;
             more |= save_progress(txn, state, window_end, batch.len(), batch.last().map(|s| s.id), now).await?;
         }
         Ok((enrolled, more))
@@ -452,21 +471,25 @@ impl Engine {
         }
         let workflows = self.registry.current();
         let mut enrolled = 0;
+        let mut tally = Tally::default();
         let touched: Vec<Uuid> = batch.iter().map(|t| t.subscriber_id).collect::<HashSet<_>>().into_iter().collect();
-        self.check_goals(&txn, touched, now).await?;
+        self.check_goals(&txn, touched, now, &mut tally).await?;
         for t in &batch {
             if t.kind == trigger::EVENT {
                 self.wake(&txn, t, now).await?;
+                self.page_goal(&txn, t, now).await?;
             }
             for (id, current) in &workflows {
                 if current.status == Status::Removed || !matches_trigger(&current.program.workflow.trigger, t) {
                     continue;
                 }
                 if self.enroll(&txn, id, &current.program, t.subscriber_id, now).await? {
+                    tally.add(now.date_naive(), id, "", measure::ENROLLED, "");
                     enrolled += 1;
                 }
             }
         }
+        tally.flush(&txn).await?;
         let ids: Vec<Uuid> = batch.iter().map(|t| t.id).collect();
         pending_trigger::Entity::delete_many().filter(pending_trigger::Column::Id.is_in(ids)).exec(&txn).await?;
         txn.commit().await?;
@@ -475,7 +498,13 @@ impl Engine {
 
     /// Something changed for this subscriber: any live enrollment whose `exit_when` now holds
     /// ends at once, not at its next step.
-    async fn check_goals(&self, txn: &DatabaseTransaction, subscribers: Vec<Uuid>, now: DateTime<Utc>) -> Result<()> {
+    async fn check_goals(
+        &self,
+        txn: &DatabaseTransaction,
+        subscribers: Vec<Uuid>,
+        now: DateTime<Utc>,
+        tally: &mut Tally,
+    ) -> Result<()> {
         let mut live = Vec::new();
         for chunk in subscribers.chunks(1000) {
             let found = enrollment::Entity::find()
@@ -507,6 +536,16 @@ impl Engine {
                 continue;
             }
             let subscriber_id = e.subscriber_id;
+            let day = now.date_naive();
+            if let Some(step) = &e.step_id {
+                if e.wait_started_at.is_none() {
+                    tally.add(day, &e.workflow_id, step, measure::ENTERED, "");
+                }
+                tally.add(day, &e.workflow_id, step, measure::EXITED, "");
+            }
+            tally.add(day, &e.workflow_id, "", measure::EXITED, "");
+            let how = json!({"workflow": e.workflow_id, "goal": describe(goal)});
+            crate::stats::goal_reached(txn, subscriber_id, how, now).await?;
             let reason = format!("goal reached: {}", describe(goal));
             let data = json!({"workflow": e.workflow_id, "version": e.version, "step": e.step_id, "reason": reason});
             let mut active = e.into_active_model();
@@ -520,6 +559,20 @@ impl Engine {
             active.updated_at = Set(now);
             active.update(txn).await?;
             records::event(subscriber_id, decision::EXITED, data, now).insert(txn).await?;
+        }
+        Ok(())
+    }
+
+    /// An event named as the `goal` of the landing page the subscriber first came through: they
+    /// reached their goal.
+    async fn page_goal(&self, txn: &DatabaseTransaction, t: &pending_trigger::Model, now: DateTime<Utc>) -> Result<()> {
+        if !self.pages.all().iter().any(|p| p.goal.as_deref() == Some(t.name.as_str())) {
+            return Ok(());
+        }
+        let Some(person) = subscriber::Entity::find_by_id(t.subscriber_id).one(txn).await? else { return Ok(()) };
+        let Some(slug) = crate::stats::first_touch_page(person.landing_page.as_deref()) else { return Ok(()) };
+        if self.pages.get(&slug).is_some_and(|p| p.goal.as_deref() == Some(t.name.as_str())) {
+            crate::stats::goal_reached(txn, t.subscriber_id, json!({"page": slug, "event": t.name}), now).await?;
         }
         Ok(())
     }
@@ -713,7 +766,7 @@ impl Engine {
             let program = programs.get(&(row.workflow_id.clone(), row.version)).cloned().flatten();
             self.advance(&txn, row, program, f, now, &mut writes, &listeners).await?;
         }
-        writes.flush(&txn, self.db.backend()).await?;
+        writes.flush(&txn, self.db.backend(), now).await?;
         txn.commit().await?;
         Ok(count)
     }
@@ -798,12 +851,26 @@ impl Engine {
             listeners,
             now,
             logical,
+            tally: Vec::new(),
+            skipped: None,
         };
         let mut flow = Flow::Goto(run.row.step_id.clone());
         for _ in 0..MAX_STEPS_PER_RUN {
+            // A step is entered when first reached: a wait (or a held message) that resumes has
+            // its start recorded and is not entered again.
+            let arriving = run.row.step_id.clone().filter(|_| run.row.wait_started_at.is_none());
+            if let Some(step) = &arriving {
+                run.count(step, measure::ENTERED, String::new());
+            }
             if let Some(goal) = &program.workflow.exit_when
                 && self.holds(txn, goal, facts, &run.row.workflow_id, now).await?
             {
+                if let Some(step) = run.row.step_id.clone() {
+                    run.count(&step, measure::EXITED, String::new());
+                }
+                writes
+                    .goals
+                    .push((run.row.subscriber_id, json!({"workflow": run.row.workflow_id, "goal": describe(goal)})));
                 flow = Flow::End { status: "exited", reason: format!("goal reached: {}", describe(goal)) };
                 break;
             }
@@ -814,18 +881,28 @@ impl Engine {
             flow = self.step(txn, &mut run, &node, facts).await?;
             match &flow {
                 Flow::Goto(next) => {
+                    match run.skipped.take() {
+                        Some(reason) => run.count(&node.step.id, measure::SKIPPED, reason),
+                        None => run.count(&node.step.id, measure::COMPLETED, String::new()),
+                    }
                     run.row.step_id.clone_from(next);
                     run.row.wait_started_at = None;
                     run.row.waiting_for = None;
                 }
-                Flow::WaitUntil(_) | Flow::End { .. } => break,
+                Flow::End { .. } => {
+                    run.count(&node.step.id, measure::COMPLETED, String::new());
+                    break;
+                }
+                Flow::WaitUntil(_) => break,
             }
         }
+        let row_workflow = run.row.workflow_id.clone();
         let mut row = run.row.clone();
         match flow {
             Flow::WaitUntil(at) => row.next_run_at = Some(at),
             Flow::End { status, reason } => {
                 let kind = if status == "completed" { decision::COMPLETED } else { decision::EXITED };
+                run.count("", if status == "completed" { measure::COMPLETED } else { measure::EXITED }, String::new());
                 run.note(kind, json!({"reason": reason}));
                 row.status = status.to_owned();
                 row.step_id = None;
@@ -842,6 +919,10 @@ impl Engine {
         writes.events.append(&mut run.events);
         writes.triggers.append(&mut run.triggers);
         writes.tags.append(&mut run.tags);
+        let (day, workflow) = (now.date_naive(), &row_workflow);
+        for (step, what, detail) in run.tally.drain(..) {
+            writes.steps.add(day, workflow, &step, what, &detail);
+        }
         Ok(())
     }
 
@@ -1054,6 +1135,8 @@ impl Engine {
         if let Some(window) = &workflow.send_window {
             let tz = zone(s.timezone.as_deref(), workflow.timezone.as_deref());
             if let Some(opens) = window_opens_at(now, tz, &window.days, window.start, window.end) {
+                // Held, not left: when the window opens the step goes on (it is not entered again).
+                run.row.wait_started_at.get_or_insert(run.logical);
                 run.note(
                     decision::WAITING,
                     json!({"step": step.id, "until": opens, "reason": "outside the send window"}),
@@ -1113,6 +1196,7 @@ impl Engine {
         row.step_id = Set(Some(step.id.clone()));
         if !compose::insert(txn, vec![(row, body)]).await?.is_empty() {
             run.note(decision::MESSAGE_QUEUED, json!({"step": step.id, "channel": channel, "message": id}));
+            run.count(&step.id, measure::SENT, String::new());
         }
         Ok(())
     }
@@ -1228,11 +1312,21 @@ struct Writes {
     events: Vec<event::ActiveModel>,
     triggers: Vec<pending_trigger::ActiveModel>,
     tags: Vec<subscriber_tag::ActiveModel>,
+    steps: Tally,
+    /// Subscribers whose workflow's goal held, and which goal.
+    goals: Vec<(Uuid, Value)>,
 }
 
 impl Writes {
-    async fn flush(self, txn: &DatabaseTransaction, backend: sea_orm::DbBackend) -> Result<()> {
+    async fn flush(self, txn: &DatabaseTransaction, backend: sea_orm::DbBackend, now: DateTime<Utc>) -> Result<()> {
         use crate::store::bulk::{OnDuplicate, insert_statement, update_statement};
+        let mut seen = HashSet::new();
+        for (subscriber, how) in self.goals {
+            if seen.insert(subscriber) {
+                crate::stats::goal_reached(txn, subscriber, how, now).await?;
+            }
+        }
+        self.steps.flush(txn).await?;
         let mut statements = Vec::new();
         for part in self.tags.chunks(2000) {
             statements.extend(insert_statement(backend, part.to_vec(), OnDuplicate::Ignore));
@@ -1448,6 +1542,15 @@ async fn armed_state(txn: &DatabaseTransaction, id: &str, now: DateTime<Utc>) ->
 
 /// Ends one batch of a schedule's or date trigger's pass: a full batch stores the last subscriber
 /// reached, a short one marks the tick done; then commits. Returns whether the pass goes on.
+/// Counts enrollments a transaction made in a workflow, in its step statistics.
+async fn count_enrolled(txn: &DatabaseTransaction, workflow: &str, n: u64, now: DateTime<Utc>) -> Result<()> {
+    let mut tally = Tally::default();
+    if n > 0 {
+        tally.add_n(now.date_naive(), workflow, "", measure::ENROLLED, "", i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    tally.flush(txn).await
+}
+
 async fn save_progress(
     txn: DatabaseTransaction,
     state: schedule_run::Model,

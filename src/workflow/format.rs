@@ -56,6 +56,7 @@ pub const PAGE_KEYS: &[&str] = &[
     "thank_you",
     "default_country",
     "cors",
+    "goal",
 ];
 
 /// A landing page as written.
@@ -75,6 +76,7 @@ pub struct Page {
     pub thank_you: Option<Spanned<ThankYou>>,
     pub default_country: Option<Spanned<String>>,
     pub cors: Option<Vec<Spanned<String>>>,
+    pub goal: Option<Spanned<String>>,
 }
 
 /// `thank_you: pages/thanks.html` or `thank_you: { redirect: https://… }`.

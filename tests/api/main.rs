@@ -17,6 +17,7 @@ mod lists;
 mod operations;
 mod pages;
 mod sms;
+mod stats;
 mod subscribers;
 mod tracking;
 mod transfer;

@@ -35,6 +35,7 @@ const GUIDE: &str = "pages:
     channels: [email, sms]
     default_country: US
     consent_text: \"Send me the guide and occasional tips. Unsubscribe anytime.\"
+    goal: purchased
 ";
 
 const WELCOME: &str = "name: Welcome\ntrigger: { subscribed: guide-leads }\nsteps:\n  - id: tag\n    tag: welcomed\n";
@@ -661,6 +662,13 @@ async fn the_funnel_counts_views_signups_and_confirmations_by_page_source_and_da
     }
     assert_eq!(browser().get(app.url(&click)).send().await.unwrap().status(), StatusCode::FOUND);
     assert_eq!(browser().get(app.url(&click)).send().await.unwrap().status(), StatusCode::FOUND);
+    // She buys, twice: the page's goal, reached once.
+    for _ in 0..2 {
+        let bought = app.post("/api/v1/events", &json!({"email": "ada@example.com", "name": "purchased"})).await;
+        assert_eq!(bought.status(), StatusCode::CREATED);
+        app.tick().await;
+    }
+    assert_eq!(kinds(&app, &ada.id.to_string()).await.iter().filter(|k| *k == "goal_reached").count(), 1);
 
     let stages = |v: &Value| -> Vec<(String, i64)> {
         v["stages"]
@@ -678,10 +686,30 @@ async fn the_funnel_counts_views_signups_and_confirmations_by_page_source_and_da
             ("signups".into(), 1),
             ("confirmed".into(), 1),
             ("opened".into(), 1),
-            ("clicked".into(), 1)
+            ("clicked".into(), 1),
+            ("goal_reached".into(), 1)
         ],
         "{all}"
     );
+    assert_eq!(
+        all["by_day"],
+        json!([{"key": "2026-03-02", "views": 3, "signups": 1, "confirmed": 1, "opened": 1,
+        "clicked": 1, "goals": 1, "bot_views": 2, "conversion": 0.3333}])
+    );
+    let by_page: Vec<(&str, i64)> = all["by_page"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["key"].as_str().unwrap(), p["views"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(by_page, [("guide", 2), ("shop", 1)], "most viewed first");
+    let by_source: Vec<(&str, i64)> = all["by_source"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["key"].as_str().unwrap(), p["confirmed"].as_i64().unwrap()))
+        .collect();
+    assert!(by_source.contains(&("instagram", 1)) && by_source.contains(&("tiktok", 0)), "{by_source:?}");
     assert_eq!(all["bot_views"], 2, "machines are counted apart");
     assert_eq!(all["stages"][1]["conversion"], 0.3333);
     assert_eq!(all["stages"][2]["conversion"], 1.0);
@@ -699,8 +727,15 @@ async fn the_funnel_counts_views_signups_and_confirmations_by_page_source_and_da
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     assert_eq!(
         csv.text().await.unwrap(),
-        "stage,count,conversion\nviews,2,\nsignups,1,0.5\nconfirmed,1,1\nopened,1,1\nclicked,1,1\nbot_views,2,\n"
+        "stage,count,conversion\nviews,2,\nsignups,1,0.5\nconfirmed,1,1\nopened,1,1\nclicked,1,1\ngoal_reached,1,1\nbot_views,2,\n"
     );
+    let csv = app.get("/api/v1/stats/funnel?by=source&source=instagram&format=csv").await;
+    assert_eq!(
+        csv.text().await.unwrap(),
+        "source,views,signups,confirmed,opened,clicked,goal_reached,bot_views,conversion\ninstagram,2,1,1,1,1,1,1,0.5\n"
+    );
+    let bad = app.get("/api/v1/stats/funnel?by=week").await;
+    expect_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     let bad = app.get("/api/v1/stats/funnel?from=yesterday").await;
     let problem = expect_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     assert_eq!(problem["errors"][0]["field"], "from");

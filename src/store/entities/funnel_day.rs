@@ -26,6 +26,9 @@ pub struct Model {
     pub opened: i64,
     /// Subscribers who clicked a link in an email for the first time that day.
     pub clicked: i64,
+    /// Subscribers who reached a goal for the first time that day (a workflow's `exit_when`, or
+    /// the event named as their landing page's `goal`).
+    pub goals: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

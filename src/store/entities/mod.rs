@@ -1,9 +1,11 @@
 //! sea-orm entities: one file per table, mirroring `migrations/`.
 
+pub mod admin_session;
 pub mod api_token;
 pub mod audit_entry;
 pub mod broadcast;
 pub mod consent;
+pub mod delivery_day;
 pub mod enrollment;
 pub mod event;
 pub mod funnel_day;
@@ -16,6 +18,7 @@ pub mod page_count;
 pub mod pending_trigger;
 pub mod schedule_run;
 pub mod signup_confirmation;
+pub mod step_day;
 pub mod subscriber;
 pub mod subscriber_tag;
 pub mod suppression;

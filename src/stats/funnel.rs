@@ -1,14 +1,14 @@
-//! Funnel analytics: daily rollups per landing page and traffic source (`funnel_daily`),
-//! incremented as things happen, so any stats request sums a few rows per day instead of
-//! scanning the timeline. Views are counted server-side, with no cookie and no script; views by
-//! crawlers, link previewers (the requests social networks make to draw a link's card) and HEAD
-//! requests are counted apart.
+//! The landing-page funnel: daily rollups per page and traffic source (`funnel_daily`),
+//! incremented as things happen. Views are counted server-side, with no cookie and no script;
+//! views by crawlers, link previewers (the requests social networks make to draw a link's card)
+//! and HEAD requests are counted apart.
 
 use chrono::NaiveDate;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use serde::Serialize;
 
+use super::{Days, day_key, ratio, sum};
 use crate::error::Result;
 use crate::store::Db;
 use crate::store::entities::funnel_day::{self, Column};
@@ -24,6 +24,8 @@ pub enum Count {
     Opened,
     /// A subscriber's first link clicked.
     Clicked,
+    /// A subscriber's first goal reached.
+    Goal,
 }
 
 impl Count {
@@ -35,6 +37,7 @@ impl Count {
             Count::Confirmed => Column::Confirmed,
             Count::Opened => Column::Opened,
             Count::Clicked => Column::Clicked,
+            Count::Goal => Column::Goals,
         }
     }
 }
@@ -107,7 +110,7 @@ pub async fn bump(
     use sea_orm::ActiveValue::Set;
     let column = what.column();
     let row = funnel_day::ActiveModel {
-        day: Set(day.format("%Y-%m-%d").to_string()),
+        day: Set(day_key(day)),
         page: Set(page.to_owned()),
         source: Set(from.source.clone()),
         medium: Set(from.medium.clone()),
@@ -118,6 +121,7 @@ pub async fn bump(
         confirmed: Set(i64::from(what == Count::Confirmed)),
         opened: Set(i64::from(what == Count::Opened)),
         clicked: Set(i64::from(what == Count::Clicked)),
+        goals: Set(i64::from(what == Count::Goal)),
     };
     funnel_day::Entity::insert(row)
         .on_conflict(
@@ -161,13 +165,37 @@ pub async fn first_engagement(
     bump(txn, day, &page, &from, what).await
 }
 
+/// A subscriber reached a goal: a workflow's `exit_when` held, or the event their landing page
+/// names as its `goal` came in. The first time in their life, a `goal_reached` entry goes into
+/// their timeline and the goal counts in the funnel of the page and source they first came from
+/// (when they came through a landing page). Returns whether it was the first time.
+pub async fn goal_reached(
+    txn: &sea_orm::DatabaseTransaction,
+    subscriber_id: uuid::Uuid,
+    how: serde_json::Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<bool> {
+    use crate::audience::records::{self, kind};
+    use sea_orm::ActiveModelTrait;
+    let before = crate::store::entities::event::Entity::find()
+        .filter(crate::store::entities::event::Column::SubscriberId.eq(subscriber_id))
+        .filter(crate::store::entities::event::Column::Kind.eq(kind::GOAL_REACHED))
+        .one(txn)
+        .await?;
+    if before.is_some() {
+        return Ok(false);
+    }
+    first_engagement(txn, subscriber_id, kind::GOAL_REACHED, Count::Goal, now.date_naive()).await?;
+    records::event(subscriber_id, kind::GOAL_REACHED, how, now).insert(txn).await?;
+    Ok(true)
+}
+
 /// Which rollups a stats request sums.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub page: Option<String>,
     pub source: Option<String>,
-    pub from: Option<NaiveDate>,
-    pub to: Option<NaiveDate>,
+    pub days: Days,
 }
 
 /// One stage of the funnel and the share of the stage before it that reached it.
@@ -179,7 +207,54 @@ pub struct Stage {
     pub conversion: Option<f64>,
 }
 
-/// The funnel for a filter, and the views machines made (not part of it).
+/// The funnel's counts for one day, page or source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Counts {
+    pub views: i64,
+    pub signups: i64,
+    pub confirmed: i64,
+    pub opened: i64,
+    pub clicked: i64,
+    pub goals: i64,
+    pub bot_views: i64,
+}
+
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.views += other.views;
+        self.signups += other.signups;
+        self.confirmed += other.confirmed;
+        self.opened += other.opened;
+        self.clicked += other.clicked;
+        self.goals += other.goals;
+        self.bot_views += other.bot_views;
+    }
+
+    /// The stages in order, with their names.
+    pub fn stages(&self) -> [(&'static str, i64); 6] {
+        [
+            ("views", self.views),
+            ("signups", self.signups),
+            ("confirmed", self.confirmed),
+            ("opened", self.opened),
+            ("clicked", self.clicked),
+            ("goal_reached", self.goals),
+        ]
+    }
+}
+
+/// Counts under a key (a day, a page or a source).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Keyed {
+    pub key: String,
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Confirmed subscribers per view by a person.
+    pub conversion: Option<f64>,
+}
+
+/// The funnel for a filter: its stages, the views machines made (not part of it), and the same
+/// counts by day, by page and by source (most viewed first; an unknown source is empty).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Funnel {
     pub page: Option<String>,
@@ -188,46 +263,80 @@ pub struct Funnel {
     pub to: Option<NaiveDate>,
     pub stages: Vec<Stage>,
     pub bot_views: i64,
+    pub totals: Counts,
+    pub by_day: Vec<Keyed>,
+    pub by_page: Vec<Keyed>,
+    pub by_source: Vec<Keyed>,
 }
 
-/// Sums the rollups a filter selects.
+type Row = (String, String, String, i64, i64, i64, i64, i64, i64, i64);
+
+/// Sums the rollups a filter selects, in the database: one row per day, page and source.
 pub async fn funnel(db: &Db, filter: &Filter) -> Result<Funnel> {
-    let mut query = funnel_day::Entity::find();
+    let mut query = funnel_day::Entity::find()
+        .select_only()
+        .column(Column::Day)
+        .column(Column::Page)
+        .column(Column::Source)
+        .expr(sum(Column::Views))
+        .expr(sum(Column::Signups))
+        .expr(sum(Column::Confirmed))
+        .expr(sum(Column::Opened))
+        .expr(sum(Column::Clicked))
+        .expr(sum(Column::Goals))
+        .expr(sum(Column::BotViews))
+        .group_by(Column::Day)
+        .group_by(Column::Page)
+        .group_by(Column::Source);
     if let Some(page) = &filter.page {
         query = query.filter(Column::Page.eq(page.as_str()));
     }
     if let Some(source) = &filter.source {
         query = query.filter(Column::Source.eq(source.as_str()));
     }
-    if let Some(from) = filter.from {
-        query = query.filter(Column::Day.gte(from.format("%Y-%m-%d").to_string()));
+    let (from, to) = filter.days.keys();
+    if let Some(from) = from {
+        query = query.filter(Column::Day.gte(from));
     }
-    if let Some(to) = filter.to {
-        query = query.filter(Column::Day.lte(to.format("%Y-%m-%d").to_string()));
+    if let Some(to) = to {
+        query = query.filter(Column::Day.lte(to));
     }
-    let rows = query.order_by_asc(Column::Day).all(db.conn()).await?;
-    let sum = |f: fn(&funnel_day::Model) -> i64| rows.iter().map(f).sum::<i64>();
-    let counts = [
-        ("views", sum(|r| r.views)),
-        ("signups", sum(|r| r.signups)),
-        ("confirmed", sum(|r| r.confirmed)),
-        ("opened", sum(|r| r.opened)),
-        ("clicked", sum(|r| r.clicked)),
-    ];
+    let rows: Vec<Row> = query.into_tuple().all(db.conn()).await?;
+    let mut totals = Counts::default();
+    let mut by_day: std::collections::BTreeMap<String, Counts> = std::collections::BTreeMap::new();
+    let mut by_page: std::collections::HashMap<String, Counts> = std::collections::HashMap::new();
+    let mut by_source: std::collections::HashMap<String, Counts> = std::collections::HashMap::new();
+    for (day, page, source, views, signups, confirmed, opened, clicked, goals, bot_views) in rows {
+        let counts = Counts { views, signups, confirmed, opened, clicked, goals, bot_views };
+        totals.add(&counts);
+        by_day.entry(day).or_default().add(&counts);
+        by_page.entry(page).or_default().add(&counts);
+        by_source.entry(source).or_default().add(&counts);
+    }
+    let keyed =
+        |(key, counts): (String, Counts)| Keyed { key, conversion: ratio(counts.confirmed, counts.views), counts };
+    let ranked = |map: std::collections::HashMap<String, Counts>| {
+        let mut list: Vec<Keyed> = map.into_iter().map(keyed).collect();
+        list.sort_by(|a, b| b.counts.views.cmp(&a.counts.views).then_with(|| a.key.cmp(&b.key)));
+        list
+    };
     let mut stages = Vec::new();
     let mut previous: Option<i64> = None;
-    for (name, count) in counts {
-        let conversion = previous.filter(|p| *p > 0).map(|p| (count as f64 / p as f64 * 10_000.0).round() / 10_000.0);
-        stages.push(Stage { stage: name.to_owned(), count, conversion });
+    for (name, count) in totals.stages() {
+        stages.push(Stage { stage: name.to_owned(), count, conversion: previous.and_then(|p| ratio(count, p)) });
         previous = Some(count);
     }
     Ok(Funnel {
         page: filter.page.clone(),
         source: filter.source.clone(),
-        from: filter.from,
-        to: filter.to,
+        from: filter.days.from,
+        to: filter.days.to,
         stages,
-        bot_views: sum(|r| r.bot_views),
+        bot_views: totals.bot_views,
+        totals,
+        by_day: by_day.into_iter().map(keyed).collect(),
+        by_page: ranked(by_page),
+        by_source: ranked(by_source),
     })
 }
 

@@ -1,0 +1,297 @@
+//! Workflow statistics: per workflow, day and step (`step_daily`), counts gathered while the
+//! engine advances enrollments and while their messages are delivered, opened, clicked and
+//! answered with an unsubscribe, written in the same transaction as what they count.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::NaiveDate;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde::Serialize;
+
+use super::{Days, day_key, ratio};
+use crate::error::Result;
+use crate::store::Db;
+use crate::store::entities::step_day::{self, Column};
+use crate::store::entities::{enrollment, outbox};
+
+/// What a `step_daily` row counts.
+pub mod measure {
+    /// Workflow level (step ""): enrollments started, completed (every step done), exited
+    /// (a goal reached or an exit step).
+    pub const ENROLLED: &str = "enrolled";
+    /// Step level: enrollments that reached the step.
+    pub const ENTERED: &str = "entered";
+    /// Done, and on to the next step (also at workflow level: completed the workflow).
+    pub const COMPLETED: &str = "completed";
+    /// Passed over, with the reason as detail (no consent, a list missing, a rendering error).
+    pub const SKIPPED: &str = "skipped";
+    /// Left the workflow while at the step (its goal held); at workflow level, every exit.
+    pub const EXITED: &str = "exited";
+    /// Messages the step wrote to the outbox.
+    pub const SENT: &str = "sent";
+    /// Messages a relay or provider accepted.
+    pub const DELIVERED: &str = "delivered";
+    /// Messages that failed for good (refused, bounced, or retried past the age limit).
+    pub const FAILED: &str = "failed";
+    /// Messages opened (first time each).
+    pub const OPENED: &str = "opened";
+    /// Messages with a link followed (first time each).
+    pub const CLICKED: &str = "clicked";
+    /// Subscribers who withdrew consent for the channel after this step's message was the last
+    /// one they got on it.
+    pub const UNSUBSCRIBED: &str = "unsubscribed";
+}
+
+/// The longest reason kept as a skip's detail.
+const DETAIL_CHARS: usize = 200;
+
+/// Step counts gathered in a transaction and written before it commits, one row per key.
+#[derive(Debug, Default)]
+pub struct Tally(HashMap<(String, String, String, &'static str, String), i64>);
+
+impl Tally {
+    /// Counts one for a workflow's step (`""`: the workflow) on a day.
+    pub fn add(&mut self, day: NaiveDate, workflow: &str, step: &str, measure: &'static str, detail: &str) {
+        self.add_n(day, workflow, step, measure, detail, 1);
+    }
+
+    pub fn add_n(&mut self, day: NaiveDate, workflow: &str, step: &str, measure: &'static str, detail: &str, n: i64) {
+        let detail: String = detail.chars().take(DETAIL_CHARS).collect();
+        *self.0.entry((day_key(day), workflow.to_owned(), step.to_owned(), measure, detail)).or_default() += n;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds the counts to the rollups, within the caller's transaction.
+    pub async fn flush(self, conn: &impl ConnectionTrait) -> Result<()> {
+        use sea_orm::ActiveValue::Set;
+        let rows: Vec<step_day::ActiveModel> = self
+            .0
+            .into_iter()
+            .map(|((day, workflow_id, step_id, measure, detail), n)| step_day::ActiveModel {
+                workflow_id: Set(workflow_id),
+                day: Set(day),
+                step_id: Set(step_id),
+                measure: Set(measure.to_owned()),
+                detail: Set(detail),
+                n: Set(n),
+            })
+            .collect();
+        for chunk in rows.chunks(500) {
+            step_day::Entity::insert_many(chunk.to_vec())
+                .on_conflict(
+                    OnConflict::columns([
+                        Column::WorkflowId,
+                        Column::Day,
+                        Column::StepId,
+                        Column::Measure,
+                        Column::Detail,
+                    ])
+                    .value(Column::N, Expr::col((step_day::Entity, Column::N)).add(Expr::cust("excluded.n")))
+                    .to_owned(),
+                )
+                .exec_without_returning(conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts one for the step that produced a message (nothing for broadcasts and confirmations).
+pub async fn message_step(
+    conn: &impl ConnectionTrait,
+    message: &outbox::Model,
+    day: NaiveDate,
+    measure: &'static str,
+) -> Result<()> {
+    if let (Some(workflow), Some(step)) = (&message.workflow_id, &message.step_id) {
+        let mut tally = Tally::default();
+        tally.add(day, workflow, step, measure, "");
+        tally.flush(conn).await?;
+    }
+    Ok(())
+}
+
+/// A subscriber withdrew consent for a channel: counts an unsubscribe for the workflow step whose
+/// message was the last one sent to them on it, if any was.
+pub async fn unsubscribed(
+    conn: &impl ConnectionTrait,
+    subscriber_id: uuid::Uuid,
+    channel: &str,
+    day: NaiveDate,
+) -> Result<()> {
+    let last = outbox::Entity::find()
+        .filter(outbox::Column::SubscriberId.eq(subscriber_id))
+        .filter(outbox::Column::Channel.eq(channel))
+        .filter(outbox::Column::Status.eq("sent"))
+        .order_by_desc(outbox::Column::SentAt)
+        .one(conn)
+        .await?;
+    match last {
+        Some(message) => message_step(conn, &message, day, measure::UNSUBSCRIBED).await,
+        None => Ok(()),
+    }
+}
+
+/// A skip's reason and how often it happened.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Reason {
+    pub reason: String,
+    pub count: i64,
+}
+
+/// One step's counts for a date range, and who is at it now.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct StepStats {
+    pub step: String,
+    /// The step's kind (email, sms, wait, wait_for, if, tag, …); none for a step no longer in the
+    /// workflow's current version.
+    pub kind: Option<String>,
+    pub entered: i64,
+    pub completed: i64,
+    pub skipped: i64,
+    pub skipped_by_reason: Vec<Reason>,
+    /// Left the workflow at this step (its goal held).
+    pub exited: i64,
+    /// Messages: written to the outbox, accepted by a relay, failed for good, opened, clicked.
+    pub sent: i64,
+    pub delivered: i64,
+    pub failed: i64,
+    pub opened: i64,
+    pub clicked: i64,
+    /// Withdrew consent after this step's message.
+    pub unsubscribed: i64,
+    /// opened / delivered and clicked / delivered.
+    pub open_rate: Option<f64>,
+    pub click_rate: Option<f64>,
+    /// Enrollments at this step now (waiting, or due), whatever the date range.
+    pub waiting_now: i64,
+}
+
+/// A workflow's statistics for a date range.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WorkflowStats {
+    pub workflow: String,
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+    pub enrolled: i64,
+    pub completed: i64,
+    pub exited: i64,
+    /// Enrollments in progress now.
+    pub active_now: i64,
+    /// The current version's steps in document order, then any step counted in the range that
+    /// the current version no longer has.
+    pub steps: Vec<StepStats>,
+}
+
+/// A step's kind, as its YAML key names it.
+pub fn kind_of(step: &crate::workflow::model::Step) -> Option<String> {
+    match serde_json::to_value(&step.action).ok()? {
+        serde_json::Value::Object(map) => map.keys().next().cloned(),
+        serde_json::Value::String(name) => Some(name),
+        _ => None,
+    }
+}
+
+/// A workflow's counts for a date range, from the rollups, and who is where now, from the index
+/// of live enrollments. `steps` are the current version's steps (id and kind) in order.
+pub async fn workflow(db: &Db, id: &str, steps: &[(String, Option<String>)], days: Days) -> Result<WorkflowStats> {
+    let mut query = step_day::Entity::find()
+        .select_only()
+        .column(Column::StepId)
+        .column(Column::Measure)
+        .column(Column::Detail)
+        .expr(super::sum(Column::N))
+        .filter(Column::WorkflowId.eq(id))
+        .group_by(Column::StepId)
+        .group_by(Column::Measure)
+        .group_by(Column::Detail);
+    let (from, to) = days.keys();
+    if let Some(from) = from {
+        query = query.filter(Column::Day.gte(from));
+    }
+    if let Some(to) = to {
+        query = query.filter(Column::Day.lte(to));
+    }
+    let rows: Vec<(String, String, String, i64)> = query.into_tuple().all(db.conn()).await?;
+    let live: Vec<(Option<String>, i64)> = enrollment::Entity::find()
+        .select_only()
+        .column(enrollment::Column::StepId)
+        .expr(Expr::cust("COUNT(*)"))
+        .filter(enrollment::Column::WorkflowId.eq(id))
+        .filter(enrollment::Column::EndedAt.is_null())
+        .group_by(enrollment::Column::StepId)
+        .into_tuple()
+        .all(db.conn())
+        .await?;
+
+    let mut by_step: BTreeMap<String, StepStats> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for (step, kind) in steps {
+        order.push(step.clone());
+        by_step.insert(step.clone(), StepStats { step: step.clone(), kind: kind.clone(), ..StepStats::default() });
+    }
+    let mut stats = WorkflowStats {
+        workflow: id.to_owned(),
+        from: days.from,
+        to: days.to,
+        enrolled: 0,
+        completed: 0,
+        exited: 0,
+        active_now: live.iter().map(|(_, n)| n).sum(),
+        steps: Vec::new(),
+    };
+    let mut entry = |step: &str, order: &mut Vec<String>| -> StepStats {
+        by_step.remove(step).unwrap_or_else(|| {
+            order.push(step.to_owned());
+            StepStats { step: step.to_owned(), ..StepStats::default() }
+        })
+    };
+    let mut touched: BTreeMap<String, StepStats> = BTreeMap::new();
+    for (step, what, detail, n) in rows {
+        if step.is_empty() {
+            match what.as_str() {
+                measure::ENROLLED => stats.enrolled += n,
+                measure::COMPLETED => stats.completed += n,
+                measure::EXITED => stats.exited += n,
+                _ => {}
+            }
+            continue;
+        }
+        let mut s = touched.remove(&step).unwrap_or_else(|| entry(&step, &mut order));
+        match what.as_str() {
+            measure::ENTERED => s.entered += n,
+            measure::COMPLETED => s.completed += n,
+            measure::SKIPPED => {
+                s.skipped += n;
+                s.skipped_by_reason.push(Reason { reason: detail, count: n });
+            }
+            measure::EXITED => s.exited += n,
+            measure::SENT => s.sent += n,
+            measure::DELIVERED => s.delivered += n,
+            measure::FAILED => s.failed += n,
+            measure::OPENED => s.opened += n,
+            measure::CLICKED => s.clicked += n,
+            measure::UNSUBSCRIBED => s.unsubscribed += n,
+            _ => {}
+        }
+        touched.insert(step, s);
+    }
+    for (step, n) in live {
+        let step = step.unwrap_or_default();
+        let mut s = touched.remove(&step).unwrap_or_else(|| entry(&step, &mut order));
+        s.waiting_now += n;
+        touched.insert(step, s);
+    }
+    for step in order {
+        let Some(mut s) = touched.remove(&step).or_else(|| by_step.remove(&step)) else { continue };
+        s.skipped_by_reason.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
+        s.open_rate = ratio(s.opened, s.delivered);
+        s.click_rate = ratio(s.clicked, s.delivered);
+        stats.steps.push(s);
+    }
+    Ok(stats)
+}

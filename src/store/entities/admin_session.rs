@@ -1,0 +1,19 @@
+use sea_orm::entity::prelude::*;
+
+/// A dashboard login (`admin_sessions`).
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "admin_sessions")]
+pub struct Model {
+    /// SHA-256 (hex) of the secret in the browser's cookie; the secret itself is never stored.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    /// Who logged in: `token:NAME`, or `admin` for the configured bootstrap token.
+    pub actor: String,
+    pub created_at: DateTimeUtc,
+    pub expires_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
