@@ -7,6 +7,7 @@
 //! - [`http`]: the admin API and health endpoints,
 //! - [`config`], [`cli`], [`app`]: start-up and the one binary's subcommands.
 
+pub mod admin;
 pub mod app;
 pub mod audience;
 pub mod cli;

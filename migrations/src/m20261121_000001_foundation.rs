@@ -28,7 +28,7 @@ fn index(name: &'static str, table: &'static str, columns: &[&'static str]) -> I
 
 /// On SQLite, narrow tables keyed by something other than an integer are stored WITHOUT ROWID:
 /// the primary key is the table, so every insert updates one B-tree fewer.
-fn compact(manager: &SchemaManager, mut table: TableCreateStatement) -> TableCreateStatement {
+pub(crate) fn compact(manager: &SchemaManager, mut table: TableCreateStatement) -> TableCreateStatement {
     if manager.get_database_backend() == sea_orm_migration::sea_orm::DbBackend::Sqlite {
         table.extra("WITHOUT ROWID");
     }

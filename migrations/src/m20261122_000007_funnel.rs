@@ -5,6 +5,9 @@
 
 use sea_orm_migration::{prelude::*, schema::*};
 
+// Rollups are read in key order and never by rowid: on SQLite they are clustered by their key.
+use crate::m20261121_000001_foundation::compact;
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -12,7 +15,8 @@ pub struct Migration;
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .create_table(
+            .create_table(compact(
+                manager,
                 Table::create()
                     .table("funnel_daily")
                     .col(string("day"))
@@ -29,13 +33,14 @@ impl MigrationTrait for Migration {
                     .col(big_integer("goals").default(0))
                     .primary_key(Index::create().col("day").col("page").col("source").col("medium").col("campaign"))
                     .to_owned(),
-            )
+            ))
             .await?;
         // One count per workflow, day, step (empty: the workflow as a whole), measure and detail
         // (a skip's reason; otherwise empty). Keyed by workflow first: a workflow's stats read
         // one contiguous range.
         manager
-            .create_table(
+            .create_table(compact(
+                manager,
                 Table::create()
                     .table("step_daily")
                     .col(string("workflow_id"))
@@ -48,7 +53,7 @@ impl MigrationTrait for Migration {
                         Index::create().col("workflow_id").col("day").col("step_id").col("measure").col("detail"),
                     )
                     .to_owned(),
-            )
+            ))
             .await?;
         // Who is at which step of a workflow now: counted from this index alone.
         manager
@@ -58,7 +63,8 @@ impl MigrationTrait for Migration {
             )
             .await?;
         manager
-            .create_table(
+            .create_table(compact(
+                manager,
                 Table::create()
                     .table("delivery_daily")
                     .col(string("day"))
@@ -71,7 +77,7 @@ impl MigrationTrait for Migration {
                     .col(big_integer("latency_ms").default(0))
                     .primary_key(Index::create().col("day").col("channel").col("relay"))
                     .to_owned(),
-            )
+            ))
             .await
     }
 

@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tracking::routes())
         .merge(bounces::routes())
         .merge(sms::routes())
+        .merge(crate::admin::routes(state.clone()))
         // After routing, so requests are labelled by their route, never by their raw path.
         .route_layer(middleware::from_fn(metrics::track))
         .fallback(not_found)

@@ -172,13 +172,7 @@ pub async fn workflow(
     }
     let current = state.engine.registry().current();
     let found = current.get(&id).ok_or(Error::NotFound { what: "workflow" })?;
-    let steps: Vec<(String, Option<String>)> = found
-        .program
-        .workflow
-        .all_steps()
-        .into_iter()
-        .map(|step| (step.id.clone(), stats::steps::kind_of(step)))
-        .collect();
+    let steps = stats::steps::steps_of(&found.program.workflow);
     let figures = stats::steps::workflow(&state.db, &id, &steps, days).await?;
     if !csv {
         return Ok(Json(figures).into_response());

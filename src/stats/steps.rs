@@ -187,8 +187,13 @@ pub struct WorkflowStats {
     pub steps: Vec<StepStats>,
 }
 
+/// A workflow's steps in document order, each with its kind.
+pub fn steps_of(workflow: &crate::workflow::model::Workflow) -> Vec<(String, Option<String>)> {
+    workflow.all_steps().into_iter().map(|step| (step.id.clone(), kind_of(step))).collect()
+}
+
 /// A step's kind, as its YAML key names it.
-pub fn kind_of(step: &crate::workflow::model::Step) -> Option<String> {
+fn kind_of(step: &crate::workflow::model::Step) -> Option<String> {
     match serde_json::to_value(&step.action).ok()? {
         serde_json::Value::Object(map) => map.keys().next().cloned(),
         serde_json::Value::String(name) => Some(name),

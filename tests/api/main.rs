@@ -11,6 +11,8 @@ mod archive;
 mod auth;
 mod bounces;
 mod broadcasts;
+mod browser;
+mod dashboard;
 mod email;
 mod engine;
 mod lists;

@@ -1,0 +1,160 @@
+//! Headless Chromium driven over the DevTools protocol (a WebSocket, JSON commands): enough to
+//! open pages, run a line of script in them, resize the window and take screenshots.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub struct Browser {
+    child: Child,
+    socket: Socket,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn executable() -> String {
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        if Command::new(name).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+            return name.to_owned();
+        }
+    }
+    panic!("the dashboard tests need Chromium: apt-get install -y chromium (.ci/run installs it)");
+}
+
+impl Browser {
+    /// Starts a headless Chromium with a fresh profile and attaches to its first tab.
+    pub async fn start() -> Self {
+        let profile = tempfile::tempdir().unwrap();
+        let child = Command::new(executable())
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--hide-scrollbars",
+                "--remote-debugging-port=0",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Chromium writes the port it listens on into the profile.
+        let marker = profile.path().join("DevToolsActivePort");
+        let mut port = None;
+        for _ in 0..300 {
+            if let Some(first) = std::fs::read_to_string(&marker).ok().and_then(|t| t.lines().next().map(str::to_owned))
+                && let Ok(p) = first.trim().parse::<u16>()
+            {
+                port = Some(p);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let port = port.expect("Chromium did not start its DevTools server within 15 s");
+        let mut tab = None;
+        for _ in 0..100 {
+            let targets: Value = match reqwest::get(format!("http://127.0.0.1:{port}/json/list")).await {
+                Ok(response) => response.json().await.unwrap_or_default(),
+                Err(_) => Value::Null,
+            };
+            tab = targets
+                .as_array()
+                .and_then(|all| all.iter().find(|t| t["type"] == "page"))
+                .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_owned));
+            if tab.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let url = tab.expect("Chromium has no tab");
+        let (socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+        let mut browser = Self { child, socket, next_id: 0, _profile: profile };
+        browser.call("Page.enable", json!({})).await;
+        browser
+    }
+
+    /// Sends a command and waits for its answer (events in between are skipped).
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let text = json!({"id": id, "method": method, "params": params}).to_string();
+        self.socket.send(Message::Text(text.into())).await.unwrap();
+        let wait = async {
+            while let Some(message) = self.socket.next().await {
+                let Ok(Message::Text(text)) = message else { continue };
+                let value: Value = serde_json::from_str(&text).unwrap_or_default();
+                if value["id"] == id {
+                    assert!(value.get("error").is_none(), "{method}: {value}");
+                    return value["result"].clone();
+                }
+            }
+            panic!("Chromium closed the connection during {method}");
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait).await.unwrap_or_else(|_| panic!("{method} took over 30 s"))
+    }
+
+    /// The value of a JavaScript expression in the page.
+    pub async fn eval(&mut self, expression: &str) -> Value {
+        let result = self.call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true})).await;
+        assert!(result.get("exceptionDetails").is_none(), "{expression}: {result}");
+        result["result"]["value"].clone()
+    }
+
+    /// Waits until the page at `path` has loaded (its path, or its path and query when `path`
+    /// has one).
+    pub async fn wait_for(&mut self, path: &str) {
+        let at = if path.contains('?') { "location.pathname + location.search" } else { "location.pathname" };
+        for _ in 0..400 {
+            let state = self.eval(&format!("[document.readyState, {at}]")).await;
+            if state[0] == "complete" && state[1] == path {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let at = self.eval("location.href").await;
+        panic!("{path} did not load; the browser is at {at}");
+    }
+
+    /// Opens `url` and waits until the page at `expect` (a path) has loaded.
+    pub async fn open(&mut self, url: &str, expect: &str) {
+        self.call("Page.navigate", json!({"url": url})).await;
+        self.wait_for(expect).await;
+    }
+
+    /// Sets the window to a size: a laptop (1280 × 900) or a phone (390 × 844, touch, scaled).
+    pub async fn resize(&mut self, width: u32, height: u32, mobile: bool) {
+        let scale = if mobile { 2 } else { 1 };
+        let params = json!({"width": width, "height": height, "deviceScaleFactor": scale, "mobile": mobile});
+        self.call("Emulation.setDeviceMetricsOverride", params).await;
+    }
+
+    /// A PNG of the whole page, saved under `target/tmp/dashboard-screenshots/NAME.png`.
+    pub async fn screenshot(&mut self, name: &str) -> PathBuf {
+        use base64::Engine as _;
+        let shot = self.call("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true})).await;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}

@@ -1,0 +1,317 @@
+//! The dashboard: no page without a session, sessions that end (logout, expiry, a revoked
+//! token), and in headless Chromium every page shows the figures the API gives, with
+//! screenshots at laptop and phone sizes in `target/tmp/dashboard-screenshots/`.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::browser::Browser;
+use crate::helpers::{Backend, TestApp, expect_json, with_each_backend};
+
+with_each_backend!(only_a_session_opens_the_dashboard_and_sessions_end, the_dashboard_shows_what_the_api_counts);
+
+const PAGES: &str = "pages:
+  - slug: guide
+    title: Get the free guide
+    list: guide-leads
+    double_opt_in: false
+    goal: purchased
+";
+
+const WELCOME: &str = "name: Welcome
+trigger: { subscribed: guide-leads }
+steps:
+  - id: hello
+    email: { subject: Your guide, template: emails/guide.html }
+  - id: pause
+    wait: 2d
+  - id: later
+    email: { subject: More, template: emails/welcome.html }
+";
+
+const PRIVATE: [&str; 7] = [
+    "/admin",
+    "/admin/pages/guide",
+    "/admin/workflows",
+    "/admin/workflows/welcome",
+    "/admin/delivery",
+    "/admin/subscribers?q=ada",
+    "/admin/subscribers/0190a7c1-2222-7333-8444-555566667777",
+];
+
+/// A form-encoded body.
+fn form(request: reqwest::RequestBuilder, pairs: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    let body: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+    request.header("content-type", "application/x-www-form-urlencoded").body(body)
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent("Mozilla/5.0 (X11; Linux x86_64) dashboard test")
+        .build()
+        .unwrap()
+}
+
+/// Logs in with `token` and returns the session cookie (`name=value`).
+async fn log_in(app: &TestApp, token: &str) -> String {
+    let request = no_redirects().post(app.url("/admin/login"));
+    let response = form(request, &[("token", token), ("next", "/admin/workflows")]).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()["location"], "/admin/workflows");
+    let cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=43200"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "served over plain HTTP here: {cookie}");
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+async fn get_with(app: &TestApp, path: &str, cookie: &str) -> reqwest::Response {
+    no_redirects().get(app.url(path)).header("cookie", cookie).send().await.unwrap()
+}
+
+fn sent_to_login(response: &reqwest::Response) -> bool {
+    response.status() == StatusCode::SEE_OTHER
+        && response.headers()["location"].to_str().is_ok_and(|l| l.starts_with("/admin/login"))
+}
+
+async fn only_a_session_opens_the_dashboard_and_sessions_end(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    app.create_list("guide-leads").await;
+    app.install_workflow("pages", PAGES).await;
+    app.install_workflow("welcome", WELCOME).await;
+    let client = no_redirects();
+    for path in PRIVATE {
+        let response = client.get(app.url(path)).send().await.unwrap();
+        assert!(sent_to_login(&response), "{path}: {}", response.status());
+        // An API token is no session: the dashboard wants its login.
+        let bearer = client.get(app.url(path)).bearer_auth(&app.token).send().await.unwrap();
+        assert!(sent_to_login(&bearer), "{path} with a bearer token");
+    }
+    let first = client.get(app.url("/admin/workflows?from=2026-03-01")).send().await.unwrap();
+    assert_eq!(first.headers()["location"], "/admin/login?next=%2Fadmin%2Fworkflows%3Ffrom%3D2026-03-01");
+    let login = client.get(app.url("/admin/login?next=%2Fadmin%2Fdelivery")).send().await.unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    assert_eq!(login.headers()["x-frame-options"], "DENY");
+    let page = login.text().await.unwrap();
+    assert!(page.contains("name=\"next\" value=\"/admin/delivery\""), "{page}");
+
+    let wrong = form(client.post(app.url("/admin/login")), &[("token", "not-a-token")]).send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    assert!(wrong.text().await.unwrap().contains("That token is not valid."));
+    let pairs = [("token", app.token.as_str()), ("next", "https://evil.example/")];
+    let elsewhere = form(client.post(app.url("/admin/login")), &pairs).send().await.unwrap();
+    assert_eq!(elsewhere.headers()["location"], "/admin", "never sent to another site");
+
+    let cookie = log_in(&app, &app.token).await;
+    for path in PRIVATE {
+        let page = get_with(&app, path, &cookie).await;
+        // A subscriber who does not exist: the dashboard's own "not found" page.
+        let expected = if path.starts_with("/admin/subscribers/") { StatusCode::NOT_FOUND } else { StatusCode::OK };
+        assert_eq!(page.status(), expected, "{path}");
+        assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        assert_eq!(page.headers()["cache-control"], "no-store");
+        assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+        let html = page.text().await.unwrap();
+        assert!(!html.contains("<script"), "{path} works without JavaScript");
+    }
+    for missing in ["/admin/pages/nope", "/admin/workflows/nope"] {
+        let page = get_with(&app, missing, &cookie).await;
+        assert_eq!(page.status(), StatusCode::NOT_FOUND, "{missing}");
+        assert!(page.text().await.unwrap().contains("Back to the overview"));
+    }
+    let bad_range = get_with(&app, "/admin?from=yesterday", &cookie).await;
+    assert_eq!(bad_range.status(), StatusCode::OK);
+    assert!(bad_range.text().await.unwrap().contains("Dates look like 2026-03-01."));
+
+    // Logging out ends the session on the server: the old cookie opens nothing.
+    let out = client.post(app.url("/admin/logout")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert!(sent_to_login(&get_with(&app, "/admin", &cookie).await));
+
+    // A session ends after admin_session_ttl (12 hours).
+    let cookie = log_in(&app, &app.token).await;
+    app.clock.advance(chrono::Duration::hours(11));
+    assert_eq!(get_with(&app, "/admin", &cookie).await.status(), StatusCode::OK);
+    app.clock.advance(chrono::Duration::hours(2));
+    assert!(sent_to_login(&get_with(&app, "/admin", &cookie).await));
+
+    // Revoking the token a session was opened with ends the session.
+    let now = ownlist::clock::Clock::now(app.clock.as_ref());
+    let token = ownlist::tokens::create(&app.db, now, "dashboard").await.unwrap();
+    let cookie = log_in(&app, &token).await;
+    assert_eq!(get_with(&app, "/admin", &cookie).await.status(), StatusCode::OK);
+    ownlist::tokens::revoke(&app.db, "dashboard").await.unwrap();
+    assert!(sent_to_login(&get_with(&app, "/admin", &cookie).await));
+    let forged = get_with(&app, "/admin", "ownlist_admin=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
+    assert!(sent_to_login(&forged));
+}
+
+/// Visitors from Instagram and one from nowhere, two signups, a first email delivered and
+/// opened, one purchase (the page's goal).
+async fn some_traffic(app: &TestApp) -> Vec<String> {
+    app.create_list("guide-leads").await;
+    app.install_workflow("pages", PAGES).await;
+    app.install_workflow("welcome", WELCOME).await;
+    let visitor = no_redirects();
+    for query in ["?utm_source=ig&utm_campaign=spring", "?utm_source=ig", "?utm_source=ig", ""] {
+        let view = visitor.get(app.url(&format!("/p/guide{query}"))).send().await.unwrap();
+        assert_eq!(view.status(), StatusCode::OK);
+    }
+    let mut ids = Vec::new();
+    for (email, name) in [("ada@example.com", "Ada <b>Lovelace</b>"), ("bob@example.com", "Bob")] {
+        let token = expect_json(visitor.get(app.url("/p/guide/token")).send().await.unwrap(), StatusCode::OK).await;
+        app.clock.advance(chrono::Duration::seconds(5));
+        let body = json!({"_form": token["token"], "email": email, "first_name": name, "consent": ["email"], "utm_source": "ig"});
+        let signed = visitor.post(app.url("/p/guide")).json(&body).send().await.unwrap();
+        assert_eq!(signed.status(), StatusCode::ACCEPTED);
+        let found = expect_json(app.get(&format!("/api/v1/subscribers?q={email}")).await, StatusCode::OK).await;
+        ids.push(found["data"][0]["id"].as_str().unwrap().to_owned());
+    }
+    app.tick().await;
+    assert_eq!(app.email.send_due().await.unwrap(), 2);
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let ada: uuid::Uuid = ids[0].parse().unwrap();
+    let message = ownlist::store::entities::outbox::Entity::find()
+        .filter(ownlist::store::entities::outbox::Column::SubscriberId.eq(ada))
+        .one(app.db.conn())
+        .await
+        .unwrap()
+        .unwrap();
+    let html = crate::helpers::bodies(app, message.id).await.0.unwrap();
+    let start = html.find("/t/o/").unwrap();
+    let pixel = html[start..].split('"').next().unwrap();
+    assert_eq!(visitor.get(app.url(pixel)).send().await.unwrap().status(), StatusCode::OK);
+    let bought = app.post("/api/v1/events", &json!({"email": "ada@example.com", "name": "purchased"})).await;
+    assert_eq!(bought.status(), StatusCode::CREATED);
+    app.tick().await;
+    ids
+}
+
+/// The `data-figure` values of the page in the browser.
+async fn figures(browser: &mut Browser) -> Value {
+    browser
+        .eval("Object.fromEntries([...document.querySelectorAll('[data-figure]')].map(e => [e.dataset.figure, e.textContent.trim()]))")
+        .await
+}
+
+async fn text_of(browser: &mut Browser, selector: &str) -> String {
+    let script = format!("document.querySelector({}).textContent.trim()", json!(selector));
+    browser.eval(&script).await.as_str().unwrap_or_default().to_owned()
+}
+
+/// What every page must be: charts with words, no script, no sideways scrolling on a phone.
+async fn check_page(browser: &mut Browser, name: &str) {
+    let accessible = browser
+        .eval("[...document.querySelectorAll('svg')].every(s => s.getAttribute('role') === 'img' && s.querySelector('title') && s.querySelector('desc'))")
+        .await;
+    assert_eq!(accessible, true, "{name}: every chart is an image with a title and a description");
+    assert_eq!(browser.eval("document.scripts.length").await, 0, "{name}: no script");
+    assert_eq!(browser.eval("document.querySelectorAll('img:not([alt])').length").await, 0);
+    browser.screenshot(&format!("{name}-laptop")).await;
+    browser.resize(390, 844, true).await;
+    let fits = browser.eval("document.documentElement.scrollWidth <= window.innerWidth + 1").await;
+    assert_eq!(fits, true, "{name}: nothing runs off a phone's screen");
+    browser.screenshot(&format!("{name}-phone")).await;
+    browser.resize(1280, 900, false).await;
+}
+
+async fn the_dashboard_shows_what_the_api_counts(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let ids = some_traffic(&app).await;
+    let tag = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let mut browser = Browser::start().await;
+
+    // Any page leads to the login, and the login back to it.
+    browser.open(&app.url("/admin/workflows"), "/admin/login").await;
+    browser.screenshot(&format!("{tag}-login")).await;
+    let submit = format!(
+        "document.querySelector('#token').value = {}; document.querySelector('form[action=\"/admin/login\"]').submit(); true",
+        json!(app.token)
+    );
+    browser.eval(&submit).await;
+    browser.wait_for("/admin/workflows").await;
+
+    // The overview: the last 30 days of the funnel.
+    browser.open(&app.url("/admin"), "/admin").await;
+    let funnel = expect_json(app.get("/api/v1/stats/funnel?from=2026-02-01&to=2026-03-02").await, StatusCode::OK).await;
+    let shown = figures(&mut browser).await;
+    for (figure, total) in [("views", "views"), ("signups", "signups"), ("confirmed", "confirmed"), ("goals", "goals")]
+    {
+        assert_eq!(shown[figure], funnel["totals"][total].to_string(), "{figure}: {shown}");
+    }
+    assert_eq!(shown["views"], "4");
+    assert_eq!(shown["confirmed"], "2");
+    assert_eq!(shown["goals"], "1");
+    for stage in funnel["stages"].as_array().unwrap() {
+        let cell = text_of(&mut browser, &format!("[data-stage=\"{}\"]", stage["stage"].as_str().unwrap())).await;
+        assert_eq!(cell, stage["count"].to_string(), "{stage}");
+    }
+    assert_eq!(text_of(&mut browser, "[data-page=\"guide\"]").await, "4");
+    assert_eq!(text_of(&mut browser, "[data-source=\"instagram\"]").await, "3");
+    check_page(&mut browser, &format!("{tag}-overview")).await;
+
+    // A landing page, by source.
+    browser.open(&app.url("/admin/pages/guide"), "/admin/pages/guide").await;
+    let page =
+        expect_json(app.get("/api/v1/stats/funnel?page=guide&from=2026-02-01&to=2026-03-02").await, StatusCode::OK)
+            .await;
+    let shown = figures(&mut browser).await;
+    assert_eq!(shown["views"], page["totals"]["views"].to_string());
+    assert_eq!(shown["confirmed"], page["totals"]["confirmed"].to_string());
+    assert_eq!(text_of(&mut browser, "[data-source-confirmed=\"instagram\"]").await, "2");
+    check_page(&mut browser, &format!("{tag}-page")).await;
+
+    // The workflows, and one step by step.
+    browser.open(&app.url("/admin/workflows"), "/admin/workflows").await;
+    let stats =
+        expect_json(app.get("/api/v1/stats/workflows/welcome?from=2026-02-01&to=2026-03-02").await, StatusCode::OK)
+            .await;
+    assert_eq!(text_of(&mut browser, "[data-workflow=\"welcome\"]").await, stats["enrolled"].to_string());
+    check_page(&mut browser, &format!("{tag}-workflows")).await;
+    browser.open(&app.url("/admin/workflows/welcome"), "/admin/workflows/welcome").await;
+    assert_eq!(figures(&mut browser).await["active"], stats["active_now"].to_string());
+    for step in stats["steps"].as_array().unwrap() {
+        let id = step["step"].as_str().unwrap();
+        for figure in ["entered", "completed", "skipped", "exited"] {
+            let cell = text_of(&mut browser, &format!("[data-step=\"{id}\"] [data-figure=\"{figure}\"]")).await;
+            assert_eq!(cell, step[figure].to_string(), "{id} {figure}");
+        }
+    }
+    assert_eq!(text_of(&mut browser, "[data-step=\"hello\"] [data-figure=\"delivered\"]").await, "2");
+    assert!(text_of(&mut browser, "[data-step=\"hello\"] [data-figure=\"opened\"]").await.starts_with("1 (50.0%)"));
+    assert_eq!(text_of(&mut browser, "[data-step=\"pause\"] [data-figure=\"waiting\"]").await, "2");
+    check_page(&mut browser, &format!("{tag}-workflow")).await;
+
+    // Delivery health.
+    browser.open(&app.url("/admin/delivery"), "/admin/delivery").await;
+    let delivery =
+        expect_json(app.get("/api/v1/stats/delivery?from=2026-02-01&to=2026-03-02").await, StatusCode::OK).await;
+    let file = delivery["relays"].as_array().unwrap().iter().find(|r| r["relay"] == "file").unwrap().clone();
+    assert_eq!(text_of(&mut browser, "[data-sent=\"file\"]").await, file["sent"].to_string());
+    assert_eq!(text_of(&mut browser, "[data-queued=\"email\"]").await, "0");
+    check_page(&mut browser, &format!("{tag}-delivery")).await;
+
+    // A subscriber and their timeline; a name with HTML in it is shown as text.
+    browser.open(&app.url("/admin/subscribers?q=ada"), "/admin/subscribers?q=ada").await;
+    check_page(&mut browser, &format!("{tag}-lookup")).await;
+    browser.eval("document.querySelector('main table a').click(); true").await;
+    browser.wait_for(&format!("/admin/subscribers/{}", ids[0])).await;
+    let kinds = browser.eval("[...document.querySelectorAll('tr[data-kind]')].map(r => r.dataset.kind)").await;
+    let api =
+        expect_json(app.get(&format!("/api/v1/subscribers/{}/timeline?limit=500", ids[0])).await, StatusCode::OK).await;
+    let api_kinds: Vec<Value> = api["data"].as_array().unwrap().iter().map(|e| e["kind"].clone()).collect();
+    assert_eq!(kinds, Value::Array(api_kinds), "the same timeline, newest first");
+    assert!(kinds.as_array().unwrap().contains(&json!("goal_reached")));
+    assert_eq!(browser.eval("document.querySelectorAll('main b').length").await, 0, "escaped");
+    check_page(&mut browser, &format!("{tag}-subscriber")).await;
+
+    // Logging out from the page: the dashboard is closed again.
+    browser.eval("document.querySelector('form[action=\"/admin/logout\"] button').click(); true").await;
+    browser.wait_for("/admin/login").await;
+    browser.open(&app.url("/admin"), "/admin/login").await;
+}
