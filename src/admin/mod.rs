@@ -321,7 +321,7 @@ async fn funnel_context(state: &AppState, filter: &Filter, labels: &[String]) ->
 
 async fn overview(State(state): State<AppState>, Query(query): Query<RangeQuery>) -> Shown {
     let (days, labels, problem) = range(&query, state.clock.now().date_naive());
-    let filter = Filter { page: None, source: None, days };
+    let filter = Filter { days, ..Filter::default() };
     let funnel = funnel_context(&state, &filter, &labels).await?;
     let context =
         json!({"title": "Overview", "section": "overview", "range": range_context(&days, problem), "funnel": funnel});
@@ -335,7 +335,7 @@ async fn landing_page(
 ) -> Shown {
     let declared = state.engine.pages().get(&slug);
     let (days, labels, problem) = range(&query, state.clock.now().date_naive());
-    let filter = Filter { page: Some(slug.clone()), source: None, days };
+    let filter = Filter { page: Some(slug.clone()), days, ..Filter::default() };
     let funnel = funnel_context(&state, &filter, &labels).await?;
     if declared.is_none() && funnel["totals"]["views"] == 0 && funnel["totals"]["signups"] == 0 {
         return Err(error_page(StatusCode::NOT_FOUND, "No such landing page."));

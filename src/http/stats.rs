@@ -39,13 +39,17 @@ pub struct FunnelQuery {
     pub page: Option<String>,
     /// One source, such as `instagram` (default: all).
     pub source: Option<String>,
+    /// One medium (`utm_medium`), such as `social`.
+    pub medium: Option<String>,
+    /// One campaign (`utm_campaign`).
+    pub campaign: Option<String>,
     /// First day, `YYYY-MM-DD` (UTC), inclusive.
     pub from: Option<String>,
     /// Last day, inclusive.
     pub to: Option<String>,
     /// `json` (default) or `csv`.
     pub format: Option<String>,
-    /// With `format=csv`: a row per `stage` (default), `day`, `page` or `source`.
+    /// With `format=csv`: a row per `stage` (default), `day`, `page`, `source`, `medium` or `campaign`.
     pub by: Option<String>,
 }
 
@@ -120,13 +124,21 @@ pub async fn funnel(State(state): State<AppState>, ApiQuery(query): ApiQuery<Fun
     let mut errors = Vec::new();
     let (days, csv) = range(query.from.as_deref(), query.to.as_deref(), query.format.as_deref(), &mut errors);
     let by = query.by.as_deref().unwrap_or("stage");
-    if !matches!(by, "stage" | "day" | "page" | "source") {
-        errors.push(FieldError::new("by", format!("'{by}' is not stage, day, page or source")));
+    if !matches!(by, "stage" | "day" | "page" | "source" | "medium" | "campaign") {
+        errors.push(FieldError::new("by", format!("'{by}' is not stage, day, page, source, medium or campaign")));
     }
     if !errors.is_empty() {
         return Err(Error::Invalid(errors).into());
     }
-    let filter = Filter { page: query.page, source: query.source, days };
+    // An empty value (as a form sends for a field left blank) filters nothing.
+    let given = |v: Option<String>| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let filter = Filter {
+        page: given(query.page),
+        source: given(query.source),
+        medium: given(query.medium),
+        campaign: given(query.campaign),
+        days,
+    };
     let funnel = stats::funnel::funnel(&state.db, &filter).await?;
     if !csv {
         return Ok(Json(funnel).into_response());
@@ -140,6 +152,8 @@ pub async fn funnel(State(state): State<AppState>, ApiQuery(query): ApiQuery<Fun
         "day" => keyed("day", &funnel.by_day),
         "page" => keyed("page", &funnel.by_page),
         "source" => keyed("source", &funnel.by_source),
+        "medium" => keyed("medium", &funnel.by_medium),
+        "campaign" => keyed("campaign", &funnel.by_campaign),
         _ => stats::csv(
             &["stage", "count", "conversion"],
             funnel

@@ -195,6 +195,8 @@ pub async fn goal_reached(
 pub struct Filter {
     pub page: Option<String>,
     pub source: Option<String>,
+    pub medium: Option<String>,
+    pub campaign: Option<String>,
     pub days: Days,
 }
 
@@ -254,7 +256,7 @@ pub struct Keyed {
 }
 
 /// The funnel for a filter: its stages, the views machines made (not part of it), and the same
-/// counts by day, by page and by source (most viewed first; an unknown source is empty).
+/// counts by day, by page, source, medium and campaign (most viewed first; unknown is empty).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Funnel {
     pub page: Option<String>,
@@ -267,6 +269,8 @@ pub struct Funnel {
     pub by_day: Vec<Keyed>,
     pub by_page: Vec<Keyed>,
     pub by_source: Vec<Keyed>,
+    pub by_medium: Vec<Keyed>,
+    pub by_campaign: Vec<Keyed>,
 }
 
 type Sums = (i64, i64, i64, i64, i64, i64, i64);
@@ -283,6 +287,12 @@ fn selected(filter: &Filter) -> sea_orm::Select<funnel_day::Entity> {
     }
     if let Some(source) = &filter.source {
         query = query.filter(Column::Source.eq(source.as_str()));
+    }
+    if let Some(medium) = &filter.medium {
+        query = query.filter(Column::Medium.eq(medium.as_str()));
+    }
+    if let Some(campaign) = &filter.campaign {
+        query = query.filter(Column::Campaign.eq(campaign.as_str()));
     }
     let (from, to) = filter.days.keys();
     if let Some(from) = from {
@@ -309,30 +319,36 @@ fn with_sums(query: sea_orm::Select<funnel_day::Entity>) -> sea_orm::Select<funn
 }
 
 /// Sums the rollups a filter selects, in the database, in two small answers however many rows a
-/// year of traffic left: per day, and per page and source.
+/// year of traffic left: per day, and per page, source, medium and campaign.
 pub async fn funnel(db: &Db, filter: &Filter) -> Result<Funnel> {
     type DayRow = (String, i64, i64, i64, i64, i64, i64, i64);
-    type PageSourceRow = (String, String, i64, i64, i64, i64, i64, i64, i64);
+    type KeyRow = (String, String, String, String, i64, i64, i64, i64, i64, i64, i64);
     let days: Vec<DayRow> = with_sums(selected(filter).column(Column::Day))
         .group_by(Column::Day)
         .order_by_asc(Column::Day)
         .into_tuple()
         .all(db.conn())
         .await?;
-    let pairs: Vec<PageSourceRow> = with_sums(selected(filter).column(Column::Page).column(Column::Source))
+    let keys = [Column::Page, Column::Source, Column::Medium, Column::Campaign];
+    let keyed_rows: Vec<KeyRow> = with_sums(keys.into_iter().fold(selected(filter), |q, c| q.column(c)))
         .group_by(Column::Page)
         .group_by(Column::Source)
+        .group_by(Column::Medium)
+        .group_by(Column::Campaign)
         .into_tuple()
         .all(db.conn())
         .await?;
     let by_day: Vec<(String, Counts)> =
         days.into_iter().map(|(day, a, b, c, d, e, f, g)| (day, counts((a, b, c, d, e, f, g)))).collect();
-    let mut by_page: std::collections::HashMap<String, Counts> = std::collections::HashMap::new();
-    let mut by_source: std::collections::HashMap<String, Counts> = std::collections::HashMap::new();
-    for (page, source, a, b, c, d, e, f, g) in pairs {
+    type ByKey = std::collections::HashMap<String, Counts>;
+    let (mut by_page, mut by_source, mut by_medium, mut by_campaign) =
+        (ByKey::new(), ByKey::new(), ByKey::new(), ByKey::new());
+    for (page, source, medium, campaign, a, b, c, d, e, f, g) in keyed_rows {
         let sums = counts((a, b, c, d, e, f, g));
         by_page.entry(page).or_default().add(&sums);
         by_source.entry(source).or_default().add(&sums);
+        by_medium.entry(medium).or_default().add(&sums);
+        by_campaign.entry(campaign).or_default().add(&sums);
     }
     let mut totals = Counts::default();
     for (_, counts) in &by_day {
@@ -362,6 +378,8 @@ pub async fn funnel(db: &Db, filter: &Filter) -> Result<Funnel> {
         by_day: by_day.into_iter().map(keyed).collect(),
         by_page: ranked(by_page),
         by_source: ranked(by_source),
+        by_medium: ranked(by_medium),
+        by_campaign: ranked(by_campaign),
     })
 }
 

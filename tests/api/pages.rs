@@ -716,6 +716,10 @@ async fn the_funnel_counts_views_signups_and_confirmations_by_page_source_and_da
     let guide = expect_json(app.get("/api/v1/stats/funnel?page=guide&source=instagram").await, StatusCode::OK).await;
     assert_eq!(stages(&guide)[..3], [("views".into(), 2), ("signups".into(), 1), ("confirmed".into(), 1)]);
     assert_eq!(guide["stages"][4]["conversion"], 1.0, "clicked of opened");
+    let spring = expect_json(app.get("/api/v1/stats/funnel?campaign=spring&medium=").await, StatusCode::OK).await;
+    assert_eq!(stages(&spring)[..3], [("views".into(), 2), ("signups".into(), 1), ("confirmed".into(), 1)]);
+    assert_eq!(all["by_campaign"][0]["key"], "spring", "{all}");
+    assert_eq!(all["by_campaign"][0]["views"], 2);
     let tiktok = expect_json(app.get("/api/v1/stats/funnel?source=tiktok").await, StatusCode::OK).await;
     assert_eq!(stages(&tiktok)[0], ("views".into(), 1));
     let earlier =
