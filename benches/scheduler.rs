@@ -6,6 +6,9 @@
 //!
 //!   cargo bench --bench scheduler -- [ENROLLMENTS]      (default 1,000,000)
 
+#[path = "support.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -15,10 +18,10 @@ use ownlist::app::App;
 use ownlist::clock::{ManualClock, SharedClock};
 use ownlist::config::Config;
 use ownlist::store::bulk::{OnDuplicate, insert_statement};
-use ownlist::store::entities::{enrollment, subscriber};
+use ownlist::store::entities::enrollment;
 use sea_orm::ActiveValue::Set;
 use sea_orm::ConnectionTrait;
-use serde_json::json;
+use support::subscriber_row;
 use uuid::Uuid;
 
 /// The backlog's due times are spread over the SPREAD seconds before the start.
@@ -71,7 +74,7 @@ fn main() -> anyhow::Result<()> {
             let mut enrollments = Vec::with_capacity(end - chunk_start);
             for i in chunk_start..end {
                 let id = Uuid::now_v7();
-                subscribers.push(subscriber_row(id, i, start));
+                subscribers.push(subscriber_row(id, i, start, None, None));
                 let (workflow, due) = if i < n {
                     ("bench", start - Duration::seconds(i64::try_from(i).unwrap_or(0) % SPREAD))
                 } else {
@@ -175,31 +178,4 @@ fn main() -> anyhow::Result<()> {
 
 fn elapsed(since: Instant) -> Duration {
     Duration::milliseconds(i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX))
-}
-
-fn subscriber_row(id: Uuid, i: usize, at: DateTime<Utc>) -> subscriber::ActiveModel {
-    subscriber::ActiveModel {
-        id: Set(id),
-        email: Set(Some(format!("user{i}@example.com"))),
-        email_key: Set(Some(format!("user{i}@example.com"))),
-        phone: Set(None),
-        first_name: Set(None),
-        last_name: Set(None),
-        timezone: Set(None),
-        locale: Set(None),
-        attributes: Set(json!({})),
-        status: Set("active".into()),
-        email_state: Set("subscribed".into()),
-        sms_state: Set("none".into()),
-        source: Set(None),
-        medium: Set(None),
-        campaign: Set(None),
-        referrer: Set(None),
-        landing_page: Set(None),
-        content: Set(None),
-        term: Set(None),
-        click_id: Set(None),
-        created_at: Set(at),
-        updated_at: Set(at),
-    }
 }

@@ -8,17 +8,21 @@
 //! The rollups are written directly (a year of live traffic would take a year); their sizes are
 //! what the counting code makes of such a year: a row per day and key that saw anything.
 
+#[path = "support.rs"]
+mod support;
+
 use std::time::Instant;
 
-use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use chrono::{Duration, NaiveDate, TimeZone, Utc};
 use ownlist::app::App;
 use ownlist::clock::{ManualClock, SharedClock};
 use ownlist::config::Config;
 use ownlist::store::bulk::{OnDuplicate, insert_statement};
-use ownlist::store::entities::{delivery_day, enrollment, event, funnel_day, step_day, subscriber};
+use ownlist::store::entities::{delivery_day, enrollment, event, funnel_day, step_day};
 use sea_orm::ActiveValue::Set;
 use sea_orm::ConnectionTrait;
 use serde_json::json;
+use support::subscriber_row;
 use uuid::Uuid;
 
 const TOKEN: &str = "stats-bench-admin-token-0123456789";
@@ -89,7 +93,13 @@ fn main() -> anyhow::Result<()> {
             for i in chunk_start..end {
                 let id = Uuid::now_v7();
                 let joined = today - Duration::minutes(i64::try_from(i).unwrap_or(0) % (DAYS * 24 * 60));
-                people.push(person(id, i, joined));
+                people.push(subscriber_row(
+                    id,
+                    i,
+                    joined,
+                    Some(SOURCES[i % 7]),
+                    Some(format!("https://shop.example/p/page{}", i % PAGES)),
+                ));
                 for k in 0..10 {
                     events.push(event::ActiveModel {
                         id: Set(Uuid::now_v7()),
@@ -259,33 +269,5 @@ fn step_row(workflow: &str, day: &str, step: &str, measure: &str, detail: &str, 
         measure: Set(measure.to_owned()),
         detail: Set(detail.to_owned()),
         n: Set(n),
-    }
-}
-
-fn person(id: Uuid, i: usize, at: DateTime<Utc>) -> subscriber::ActiveModel {
-    let page = i % PAGES;
-    subscriber::ActiveModel {
-        id: Set(id),
-        email: Set(Some(format!("user{i}@example.com"))),
-        email_key: Set(Some(format!("user{i}@example.com"))),
-        phone: Set(None),
-        first_name: Set(None),
-        last_name: Set(None),
-        timezone: Set(None),
-        locale: Set(None),
-        attributes: Set(json!({})),
-        status: Set("active".into()),
-        email_state: Set("subscribed".into()),
-        sms_state: Set("none".into()),
-        source: Set(Some(SOURCES[i % 7].to_owned())),
-        medium: Set(Some("social".into())),
-        campaign: Set(None),
-        referrer: Set(None),
-        landing_page: Set(Some(format!("https://shop.example/p/page{page}"))),
-        content: Set(None),
-        term: Set(None),
-        click_id: Set(None),
-        created_at: Set(at),
-        updated_at: Set(at),
     }
 }
