@@ -135,7 +135,8 @@ impl App {
         let sms = SmsSender::new(self.db.clone(), self.clock.clone(), setup).with_bell(bell).with_max_age(max_age);
         let sms = Arc::new(if shared { sms.with_leases(instance, lease) } else { sms });
         let signup_limit = Arc::new(crate::pages::guard::RateLimit::new(self.config.signups_per_ip));
-        Ok(Service { app: self, engine, webhooks, email, sms, signup_limit })
+        let login_limit = Arc::new(crate::pages::guard::RateLimit::new(crate::admin::FAILED_LOGINS_PER_HOUR));
+        Ok(Service { app: self, engine, webhooks, email, sms, signup_limit, login_limit })
     }
 }
 
@@ -149,6 +150,8 @@ pub struct Service {
     pub sms: Arc<SmsSender>,
     /// Landing-page signups per client address, shared by every router this service makes.
     pub signup_limit: Arc<crate::pages::guard::RateLimit>,
+    /// Failed dashboard logins per client address, likewise.
+    pub login_limit: Arc<crate::pages::guard::RateLimit>,
 }
 
 impl Service {
@@ -159,6 +162,7 @@ impl Service {
             config: self.app.config.clone(),
             engine: self.engine.clone(),
             signup_limit: self.signup_limit.clone(),
+            login_limit: self.login_limit.clone(),
         })
     }
 

@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use axum::Router;
-use axum::extract::{Form, Path, Query, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -51,6 +53,9 @@ static TERA: LazyLock<Result<tera::Tera, String>> = LazyLock::new(|| {
     tera.add_raw_templates(TEMPLATES.iter().copied()).map_err(|e| format!("{e:?}"))?;
     Ok(tera)
 });
+
+/// Failed logins from one address in an hour, after which it must wait (429).
+pub const FAILED_LOGINS_PER_HOUR: u32 = 20;
 
 /// How many days the pages show when no range is asked for.
 const DEFAULT_DAYS: i64 = 30;
@@ -176,11 +181,32 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(socket): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let next = safe_next(form.next.as_deref());
+    let now = state.clock.now();
+    let ip = crate::http::pages::client_address(&state, &headers, Some(socket));
+    let page = |status: StatusCode, error: &str| {
+        let context = json!({"title": "Log in", "section": "", "next": next, "error": error});
+        render("login.html", status, context)
+    };
+    // Guessing is slowed down: past the limit of failures, an address waits, token or not.
+    if let Some(wait) = ip.and_then(|ip| state.login_limit.blocked(ip, now)) {
+        let mut response = page(StatusCode::TOO_MANY_REQUESTS, "Too many failed logins from here. Try again later.");
+        if let Ok(seconds) = HeaderValue::from_str(&wait.num_seconds().to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, seconds);
+        }
+        return response;
+    }
     let refused = || {
-        let context = json!({"title": "Log in", "section": "", "next": next, "error": "That token is not valid."});
-        render("login.html", StatusCode::UNAUTHORIZED, context)
+        if let Some(ip) = ip {
+            let _ = state.login_limit.hit(ip, now);
+        }
+        page(StatusCode::UNAUTHORIZED, "That token is not valid.")
     };
     let token = form.token.trim();
     if token.is_empty() || token.len() > 200 {
@@ -192,7 +218,7 @@ async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Re
         Err(e) => return failed(e),
     };
     let ttl = state.config.admin_session_ttl;
-    let secret = match session::open(&state.db, &actor.label(), state.clock.now(), ttl).await {
+    let secret = match session::open(&state.db, &actor.label(), now, ttl).await {
         Ok(secret) => secret,
         Err(e) => return failed(e),
     };

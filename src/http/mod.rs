@@ -13,7 +13,7 @@ mod health;
 mod lists;
 mod metrics;
 pub mod openapi;
-mod pages;
+pub(crate) mod pages;
 mod preferences;
 mod sms;
 mod stats;
@@ -47,6 +47,8 @@ pub struct AppState {
     pub engine: Arc<crate::workflow::engine::Engine>,
     /// Landing-page signups per client address (per process).
     pub signup_limit: Arc<crate::pages::guard::RateLimit>,
+    /// Failed dashboard logins per client address (per process).
+    pub login_limit: Arc<crate::pages::guard::RateLimit>,
 }
 
 /// The largest JSON body accepted.

@@ -61,15 +61,20 @@ fn text_header(headers: &HeaderMap, name: header::HeaderName, max: usize) -> Opt
     headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.chars().take(max).collect())
 }
 
-/// The client's address: the socket's, or the last `X-Forwarded-For` entry behind a proxy.
 fn client_ip(state: &AppState, request: &Request) -> Option<IpAddr> {
+    let socket = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| *addr);
+    client_address(state, request.headers(), socket)
+}
+
+/// The client's address: the socket's, or the last `X-Forwarded-For` entry behind a proxy.
+pub(crate) fn client_address(state: &AppState, headers: &HeaderMap, socket: Option<SocketAddr>) -> Option<IpAddr> {
     if state.config.trust_proxy
-        && let Some(forwarded) = request.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok())
+        && let Some(forwarded) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
         && let Some(last) = forwarded.rsplit(',').next().and_then(|ip| ip.trim().parse().ok())
     {
         return Some(last);
     }
-    request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip())
+    socket.map(|addr| addr.ip())
 }
 
 /// Everything a page template gets.

@@ -81,6 +81,19 @@ impl RateLimit {
         Self { per_hour, seen: Mutex::new(HashMap::new()) }
     }
 
+    /// Whether `ip` is past the limit now (without counting anything), and for how long.
+    pub fn blocked(&self, ip: IpAddr, now: DateTime<Utc>) -> Option<Duration> {
+        if self.per_hour == 0 {
+            return None;
+        }
+        let window = Duration::hours(1);
+        let seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let recent: Vec<&DateTime<Utc>> =
+            seen.get(&ip).map(|times| times.iter().filter(|t| now - **t < window).collect()).unwrap_or_default();
+        (recent.len() >= self.per_hour as usize)
+            .then(|| recent.first().map_or(window, |first| **first + window - now).max(Duration::seconds(1)))
+    }
+
     /// Counts a signup from `ip`; past the limit, how long until one more is allowed.
     pub fn hit(&self, ip: IpAddr, now: DateTime<Utc>) -> Result<(), Duration> {
         if self.per_hour == 0 {

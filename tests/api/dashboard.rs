@@ -146,6 +146,21 @@ async fn only_a_session_opens_the_dashboard_and_sessions_end(backend: Backend) {
     assert!(sent_to_login(&get_with(&app, "/admin", &cookie).await));
     let forged = get_with(&app, "/admin", "ownlist_admin=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
     assert!(sent_to_login(&forged));
+
+    // Guessing is slowed down: after 20 failures in an hour, an address waits, even
+    // with the right token, and then may try again.
+    for _ in 0..20 {
+        let wrong = form(client.post(app.url("/admin/login")), &[("token", "still-not-it")]).send().await.unwrap();
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    }
+    let right = [("token", app.token.as_str())];
+    let blocked = form(client.post(app.url("/admin/login")), &right).send().await.unwrap();
+    assert_eq!(blocked.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(blocked.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 0);
+    assert!(blocked.headers().get("set-cookie").is_none());
+    app.clock.advance(chrono::Duration::minutes(61));
+    let later = form(client.post(app.url("/admin/login")), &right).send().await.unwrap();
+    assert_eq!(later.status(), StatusCode::SEE_OTHER);
 }
 
 /// Visitors from Instagram and one from nowhere, two signups, a first email delivered and
