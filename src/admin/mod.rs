@@ -348,7 +348,16 @@ async fn funnel_context(state: &AppState, filter: &Filter, labels: &[String]) ->
 async fn overview(State(state): State<AppState>, Query(query): Query<RangeQuery>) -> Shown {
     let (days, labels, problem) = range(&query, state.clock.now().date_naive());
     let filter = Filter { days, ..Filter::default() };
-    let funnel = funnel_context(&state, &filter, &labels).await?;
+    let mut funnel = funnel_context(&state, &filter, &labels).await?;
+    // Every declared page is listed, those without a visit in the range too (last).
+    if let Some(pages) = funnel["pages"].as_array_mut() {
+        for page in state.engine.pages().all() {
+            if !pages.iter().any(|p| p["key"] == page.slug.as_str()) {
+                pages.push(json!({"key": page.slug, "views": 0, "signups": 0, "confirmed": 0, "goals": 0,
+                                  "conversion": percent(None)}));
+            }
+        }
+    }
     let context =
         json!({"title": "Overview", "section": "overview", "range": range_context(&days, problem), "funnel": funnel});
     Ok(render("overview.html", StatusCode::OK, context))

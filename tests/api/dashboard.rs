@@ -104,6 +104,8 @@ async fn only_a_session_opens_the_dashboard_and_sessions_end(backend: Backend) {
     assert_eq!(elsewhere.headers()["location"], "/admin", "never sent to another site");
 
     let cookie = log_in(&app, &app.token).await;
+    let overview = get_with(&app, "/admin", &cookie).await.text().await.unwrap();
+    assert!(overview.contains("href=\"/admin/pages/guide?"), "a declared page is listed before its first visit");
     for path in PRIVATE {
         let page = get_with(&app, path, &cookie).await;
         // A subscriber who does not exist: the dashboard's own "not found" page.
