@@ -467,8 +467,8 @@ impl<S: Carrier> Worker<S> {
                 mark_bounced(&txn, subscriber, channel, &reason, now).await?;
             }
         }
-        attempts.flush(&txn, day).await?;
         steps.flush(&txn).await?;
+        attempts.flush(&txn, day).await?;
         txn.commit().await?;
         Ok(())
     }

@@ -63,13 +63,14 @@ pub async fn record_click(db: &Db, id: Uuid, index: usize, now: DateTime<Utc>) -
         .exec(&txn)
         .await?;
     let day = now.date_naive();
+    // The funnel's row before the step's, as everywhere (one lock order, no deadlock).
+    crate::stats::first_engagement(&txn, message.subscriber_id, kind::EMAIL_CLICKED, crate::stats::Count::Clicked, day)
+        .await?;
     if marked.rows_affected == 1 {
         crate::stats::steps::message_step(&txn, &message, day, crate::stats::steps::measure::CLICKED).await?;
     }
     let mut data = about(&message);
     data["url"] = json!(url);
-    crate::stats::first_engagement(&txn, message.subscriber_id, kind::EMAIL_CLICKED, crate::stats::Count::Clicked, day)
-        .await?;
     records::event(message.subscriber_id, kind::EMAIL_CLICKED, data, now).insert(&txn).await?;
     records::trigger(message.subscriber_id, trigger::CHANGED, "", json!({}), now).insert(&txn).await?;
     txn.commit().await?;
@@ -86,8 +87,8 @@ async fn first_open(txn: &sea_orm::DatabaseTransaction, message: &outbox::Model,
         .await?;
     if marked.rows_affected == 1 {
         let (opened, day) = (crate::stats::Count::Opened, now.date_naive());
-        crate::stats::steps::message_step(txn, message, day, crate::stats::steps::measure::OPENED).await?;
         crate::stats::first_engagement(txn, message.subscriber_id, kind::EMAIL_OPENED, opened, day).await?;
+        crate::stats::steps::message_step(txn, message, day, crate::stats::steps::measure::OPENED).await?;
         records::event(message.subscriber_id, kind::EMAIL_OPENED, about(message), now).insert(txn).await?;
         records::trigger(message.subscriber_id, trigger::CHANGED, "", json!({}), now).insert(txn).await?;
     }

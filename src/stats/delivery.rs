@@ -1,8 +1,6 @@
 //! Delivery statistics per relay or provider (`delivery_daily`): every attempt a delivery worker
 //! makes is counted, with its duration, in the transaction that records the attempts' answers.
 
-use std::collections::HashMap;
-
 use chrono::NaiveDate;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
@@ -38,9 +36,10 @@ impl Try {
     }
 }
 
-/// Attempts gathered for one write, summed per relay.
+/// Attempts gathered for one write, summed per relay, written in key order (see
+/// [`super::steps::Tally`]).
 #[derive(Debug, Default)]
-pub struct Attempts(HashMap<(String, String), [i64; 5]>);
+pub struct Attempts(std::collections::BTreeMap<(String, String), [i64; 5]>);
 
 impl Attempts {
     pub fn add(&mut self, channel: &str, tries: &[Try]) {

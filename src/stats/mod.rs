@@ -7,7 +7,9 @@
 //!   why), exited, and the messages the step produced and what became of them;
 //! - [`delivery`]: relays and providers (`delivery_daily`): sent, failed, retried, latency.
 //!
-//! Days are UTC days, stored as `YYYY-MM-DD`.
+//! Days are UTC days, stored as `YYYY-MM-DD`. A transaction that bumps several rollups bumps the
+//! funnel's rows first, then the steps', then the relays', each in key order: on PostgreSQL,
+//! instances then take the rows' locks in one order and cannot deadlock on them.
 
 pub mod delivery;
 pub mod funnel;

@@ -2,7 +2,7 @@
 //! engine advances enrollments and while their messages are delivered, opened, clicked and
 //! answered with an unsubscribe, written in the same transaction as what they count.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
@@ -46,9 +46,11 @@ pub mod measure {
 /// The longest reason kept as a skip's detail.
 const DETAIL_CHARS: usize = 200;
 
-/// Step counts gathered in a transaction and written before it commits, one row per key.
+/// Step counts gathered in a transaction and written before it commits, one row per key, in key
+/// order: transactions of several instances then take the rows' locks in the same order, and
+/// cannot deadlock on them (PostgreSQL).
 #[derive(Debug, Default)]
-pub struct Tally(HashMap<(String, String, String, &'static str, String), i64>);
+pub struct Tally(BTreeMap<(String, String, String, &'static str, String), i64>);
 
 impl Tally {
     /// Counts one for a workflow's step (`""`: the workflow) on a day.
