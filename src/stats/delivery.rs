@@ -36,22 +36,42 @@ impl Try {
     }
 }
 
+/// One relay's attempts in a write, or in a range of days.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    sent: i64,
+    failed: i64,
+    retried: i64,
+    attempts: i64,
+    latency_ms: i64,
+}
+
+impl Figures {
+    fn add(&mut self, other: Figures) {
+        self.sent += other.sent;
+        self.failed += other.failed;
+        self.retried += other.retried;
+        self.attempts += other.attempts;
+        self.latency_ms = self.latency_ms.saturating_add(other.latency_ms);
+    }
+}
+
 /// Attempts gathered for one write, summed per relay, written in key order (see
 /// [`super::steps::Tally`]).
 #[derive(Debug, Default)]
-pub struct Attempts(std::collections::BTreeMap<(String, String), [i64; 5]>);
+pub struct Attempts(std::collections::BTreeMap<(String, String), Figures>);
 
 impl Attempts {
     pub fn add(&mut self, channel: &str, tries: &[Try]) {
         for t in tries {
-            let row = self.0.entry((channel.to_owned(), t.relay.clone())).or_default();
-            match t.outcome {
-                Outcome::Sent => row[0] += 1,
-                Outcome::Failed => row[1] += 1,
-                Outcome::Retried => row[2] += 1,
-            }
-            row[3] += 1;
-            row[4] = row[4].saturating_add(t.millis);
+            let one = Figures {
+                sent: i64::from(t.outcome == Outcome::Sent),
+                failed: i64::from(t.outcome == Outcome::Failed),
+                retried: i64::from(t.outcome == Outcome::Retried),
+                attempts: 1,
+                latency_ms: t.millis,
+            };
+            self.0.entry((channel.to_owned(), t.relay.clone())).or_default().add(one);
         }
     }
 
@@ -65,15 +85,15 @@ impl Attempts {
         let rows: Vec<delivery_day::ActiveModel> = self
             .0
             .into_iter()
-            .map(|((channel, relay), [sent, failed, retried, attempts, latency])| delivery_day::ActiveModel {
+            .map(|((channel, relay), f)| delivery_day::ActiveModel {
                 day: Set(day.clone()),
                 channel: Set(channel),
                 relay: Set(relay),
-                sent: Set(sent),
-                failed: Set(failed),
-                retried: Set(retried),
-                attempts: Set(attempts),
-                latency_ms: Set(latency),
+                sent: Set(f.sent),
+                failed: Set(f.failed),
+                retried: Set(f.retried),
+                attempts: Set(f.attempts),
+                latency_ms: Set(f.latency_ms),
             })
             .collect();
         let add = |column: Column| {
@@ -146,37 +166,33 @@ pub async fn delivery(db: &Db, days: Days) -> Result<DeliveryStats> {
         query = query.filter(Column::Day.lte(to));
     }
     let rows: Vec<Row> = query.into_tuple().all(db.conn()).await?;
-    let mut relays: std::collections::BTreeMap<(String, String), [i64; 5]> = std::collections::BTreeMap::new();
-    let mut by_day: std::collections::BTreeMap<String, [i64; 3]> = std::collections::BTreeMap::new();
-    for (day, channel, relay, sent, failed, retried, attempts, latency) in rows {
-        let r = relays.entry((channel, relay)).or_default();
-        for (total, n) in r.iter_mut().zip([sent, failed, retried, attempts, latency]) {
-            *total += n;
-        }
-        let d = by_day.entry(day).or_default();
-        for (total, n) in d.iter_mut().zip([sent, failed, retried]) {
-            *total += n;
-        }
+    let mut relays: std::collections::BTreeMap<(String, String), Figures> = std::collections::BTreeMap::new();
+    let mut by_day: std::collections::BTreeMap<String, Figures> = std::collections::BTreeMap::new();
+    for (day, channel, relay, sent, failed, retried, attempts, latency_ms) in rows {
+        let f = Figures { sent, failed, retried, attempts, latency_ms };
+        relays.entry((channel, relay)).or_default().add(f);
+        by_day.entry(day).or_default().add(f);
     }
     Ok(DeliveryStats {
         from: days.from,
         to: days.to,
         relays: relays
             .into_iter()
-            .map(|((channel, relay), [sent, failed, retried, attempts, latency])| RelayStats {
+            .map(|((channel, relay), f)| RelayStats {
                 channel,
                 relay,
-                sent,
-                failed,
-                retried,
-                attempts,
-                mean_latency_ms: (attempts > 0).then(|| (latency as f64 / attempts as f64 * 10.0).round() / 10.0),
-                success_rate: ratio(sent, attempts),
+                sent: f.sent,
+                failed: f.failed,
+                retried: f.retried,
+                attempts: f.attempts,
+                mean_latency_ms: (f.attempts > 0)
+                    .then(|| (f.latency_ms as f64 / f.attempts as f64 * 10.0).round() / 10.0),
+                success_rate: ratio(f.sent, f.attempts),
             })
             .collect(),
         by_day: by_day
             .into_iter()
-            .map(|(day, [sent, failed, retried])| DayStats { day, sent, failed, retried })
+            .map(|(day, f)| DayStats { day, sent: f.sent, failed: f.failed, retried: f.retried })
             .collect(),
     })
 }

@@ -896,7 +896,6 @@ impl Engine {
                 Flow::WaitUntil(_) => break,
             }
         }
-        let row_workflow = run.row.workflow_id.clone();
         let mut row = run.row.clone();
         match flow {
             Flow::WaitUntil(at) => row.next_run_at = Some(at),
@@ -919,9 +918,8 @@ impl Engine {
         writes.events.append(&mut run.events);
         writes.triggers.append(&mut run.triggers);
         writes.tags.append(&mut run.tags);
-        let (day, workflow) = (now.date_naive(), &row_workflow);
-        for (step, what, detail) in run.tally.drain(..) {
-            writes.steps.add(day, workflow, &step, what, &detail);
+        for (step, what, detail) in &run.tally {
+            writes.steps.add(now.date_naive(), &run.row.workflow_id, step, what, detail);
         }
         Ok(())
     }
@@ -1540,8 +1538,6 @@ async fn armed_state(txn: &DatabaseTransaction, id: &str, now: DateTime<Utc>) ->
     Ok(None)
 }
 
-/// Ends one batch of a schedule's or date trigger's pass: a full batch stores the last subscriber
-/// reached, a short one marks the tick done; then commits. Returns whether the pass goes on.
 /// Counts enrollments a transaction made in a workflow, in its step statistics.
 async fn count_enrolled(txn: &DatabaseTransaction, workflow: &str, n: u64, now: DateTime<Utc>) -> Result<()> {
     let mut tally = Tally::default();
@@ -1551,6 +1547,8 @@ async fn count_enrolled(txn: &DatabaseTransaction, workflow: &str, n: u64, now: 
     tally.flush(txn).await
 }
 
+/// Ends one batch of a schedule's or date trigger's pass: a full batch stores the last subscriber
+/// reached, a short one marks the tick done; then commits. Returns whether the pass goes on.
 async fn save_progress(
     txn: DatabaseTransaction,
     state: schedule_run::Model,
