@@ -190,4 +190,19 @@ async fn delivery_counts_each_relays_sends_failures_and_retries(backend: Backend
     // The per-step view sees the same deliveries.
     let steps = expect_json(app.get("/api/v1/stats/workflows/hello").await, StatusCode::OK).await;
     assert_eq!(step(&steps, "hello")["delivered"], 2);
+
+    // A refusal for good counts as failed, for the relay and for the step.
+    second.refuse(Some("554 5.7.1 message rejected"));
+    let body = json!({"email": "cy@example.com", "lists": ["members"], "consent": {"email": true}});
+    app.create_subscriber(body).await;
+    app.tick().await;
+    assert_eq!(app.email.send_due().await.unwrap(), 1);
+    let stats = expect_json(app.get("/api/v1/stats/delivery").await, StatusCode::OK).await;
+    let refusing = stats["relays"].as_array().unwrap().iter().find(|r| r["relay"] == second.address).unwrap().clone();
+    assert_eq!((refusing["sent"].as_i64(), refusing["failed"].as_i64()), (Some(2), Some(1)), "{refusing}");
+    let steps = expect_json(app.get("/api/v1/stats/workflows/hello").await, StatusCode::OK).await;
+    assert_eq!(
+        (step(&steps, "hello")["delivered"].as_i64(), step(&steps, "hello")["failed"].as_i64()),
+        (Some(2), Some(1))
+    );
 }
