@@ -257,7 +257,7 @@ pub async fn insert(
         };
         let bodies: Vec<_> =
             bodies.into_iter().zip(&ids).filter(|(_, id)| kept.contains(id)).map(|(body, _)| body).collect();
-        if let Some(statement) = insert_statement(backend, bodies, OnDuplicate::Fail) {
+        if let Some(statement) = crate::store::bulk::insert_bound_statement(backend, bodies) {
             crate::store::bulk::execute(txn, statement).await?;
         }
         written.extend(kept);

@@ -1404,59 +1404,88 @@ fn first_line(error: &tera::Error) -> String {
 }
 
 /// A plain-text rendering of simple HTML email: links as `text (url)`, paragraphs as lines.
+/// Tags are dropped, the common entities decoded, runs of white space made one space, and blank
+/// lines kept single. One pass over the HTML and one over the text (a broadcast derives the
+/// plain part of every message this way).
 pub fn html_to_text(html: &str) -> String {
     let mut out = String::with_capacity(html.len());
     let mut rest = html;
-    let mut pending_href: Option<String> = None;
+    let mut pending_href: Option<&str> = None;
     while let Some(start) = rest.find('<') {
-        out.push_str(&rest[..start]);
+        push_decoded(&mut out, &rest[..start]);
         let Some(end) = rest[start..].find('>') else {
             rest = "";
             break;
         };
         let tag = &rest[start + 1..start + end];
-        let name =
-            tag.trim_start_matches('/').split(|c: char| c.is_whitespace()).next().unwrap_or("").to_ascii_lowercase();
-        if tag.starts_with('/') {
-            if name == "a"
-                && let Some(href) = pending_href.take()
-            {
-                out.push_str(&format!(" ({href})"));
-            }
-            if matches!(name.as_str(), "p" | "h1" | "h2" | "h3" | "div" | "li" | "tr") {
-                out.push('\n');
-            }
-        } else if name == "a" {
-            pending_href = tag.split("href=\"").nth(1).and_then(|h| h.split('"').next()).map(str::to_owned);
-        } else if matches!(name.as_str(), "br" | "hr") {
+        let closing = tag.starts_with('/');
+        let name = tag.trim_start_matches('/').split(|c: char| c.is_whitespace()).next().unwrap_or("");
+        let name = name.strip_suffix('/').unwrap_or(name);
+        let is = |candidates: &[&str]| candidates.iter().any(|c| name.eq_ignore_ascii_case(c));
+        if closing
+            && is(&["a"])
+            && let Some(href) = pending_href.take()
+        {
+            out.push_str(" (");
+            push_decoded(&mut out, href);
+            out.push(')');
+        }
+        if !closing && is(&["a"]) {
+            pending_href = tag.split("href=\"").nth(1).and_then(|h| h.split('"').next());
+        }
+        // A block's start and end break the line; so do <br> and <hr>.
+        if is(&["p", "h1", "h2", "h3", "h4", "div", "li", "tr", "table", "br", "hr"]) {
             out.push('\n');
         }
         rest = &rest[start + end + 1..];
     }
-    out.push_str(rest);
-    let decoded = out
-        .replace("&nbsp;", " ")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&");
-    let lines: Vec<String> = decoded.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
-    let mut text = String::new();
+    push_decoded(&mut out, rest);
+    let mut text = String::with_capacity(out.len());
     let mut blank = false;
-    for line in lines {
-        if line.is_empty() {
+    for line in out.split('\n') {
+        let before = text.len();
+        for word in line.split_whitespace() {
+            if text.len() > before {
+                text.push(' ');
+            }
+            text.push_str(word);
+        }
+        if text.len() > before {
+            text.push('\n');
+            blank = false;
+        } else {
             if !blank && !text.is_empty() {
                 text.push('\n');
             }
             blank = true;
-        } else {
-            text.push_str(&line);
-            text.push('\n');
-            blank = false;
         }
     }
-    text.trim().to_owned()
+    let kept = text.trim_end().len();
+    text.truncate(kept);
+    text
+}
+
+/// Appends `text` with the entities HTML email commonly holds decoded (`&nbsp;` as a space);
+/// any other `&` is kept as it is.
+fn push_decoded(out: &mut String, text: &str) {
+    const ENTITIES: [(&str, &str); 6] =
+        [("&nbsp;", " "), ("&lt;", "<"), ("&gt;", ">"), ("&quot;", "\""), ("&#39;", "'"), ("&amp;", "&")];
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        match ENTITIES.iter().find(|(entity, _)| tail.starts_with(entity)) {
+            Some((entity, decoded)) => {
+                out.push_str(decoded);
+                rest = &tail[entity.len()..];
+            }
+            None => {
+                out.push('&');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
 }
 
 /// The address to send a subscriber on `channel`, or why nothing may be sent there.
@@ -1724,5 +1753,8 @@ mod tests {
             html_to_text(html),
             "Hi Ada,\n\nHere is your guide\n\nDownload it here (https://x.test/g.pdf).\n\nTom & Jerry"
         );
+        let html = "<DIV>  a&nbsp;&nbsp;b \r\n c</DIV><BR/>&amp;lt; is &lt;, &quot;q&quot; &#39;s&#39; &x; &\n\n\n\
+                    <A HREF=\"no\">x</A> <a class=\"k\" href=\"https://x.test/?a=1&amp;b=2\">go</a><p>cut <b";
+        assert_eq!(html_to_text(html), "a b\nc\n\n&lt; is <, \"q\" 's' &x; &\n\nx go (https://x.test/?a=1&b=2)\ncut");
     }
 }
