@@ -35,18 +35,26 @@ pub struct Tracking {
 }
 
 impl Tracking {
-    fn link(&self, path: &str, message: Uuid, now: DateTime<Utc>) -> String {
-        self.signer.url(&self.base_url, path, Purpose::Track, message, now + chrono::Duration::days(TRACKING_DAYS))
+    /// The token of a message's tracking links (the same for its pixel and every link).
+    fn token(&self, message: Uuid, now: DateTime<Utc>) -> String {
+        self.signer.sign(Purpose::Track, message, now + chrono::Duration::days(TRACKING_DAYS))
     }
 
     /// The click URL for link `index` of a message: the token names the message, the index one
     /// of the links recorded for it, so nothing else can be reached through it.
     pub fn click_url(&self, message: Uuid, index: usize, now: DateTime<Utc>) -> String {
-        format!("{}/{index}", self.link("t/c", message, now))
+        format!("{}/{index}", crate::links::link(&self.base_url, "t/c", &self.token(message, now)))
     }
 
     pub fn open_url(&self, message: Uuid, now: DateTime<Utc>) -> String {
-        self.link("t/o", message, now)
+        crate::links::link(&self.base_url, "t/o", &self.token(message, now))
+    }
+
+    /// The original of a click URL of this instance, from the message's recorded links.
+    pub fn clicked_target<'a>(base_url: &url::Url, href: &str, links: &'a [String]) -> Option<&'a str> {
+        let rest = href.strip_prefix(base_url.as_str())?.strip_prefix("t/c/")?;
+        let (_, index) = rest.rsplit_once('/')?;
+        links.get(index.parse::<usize>().ok()?).map(String::as_str)
     }
 
     /// Links ownlist itself serves (unsubscribe, preferences) are never rewritten: they must keep
@@ -60,7 +68,9 @@ impl Tracking {
     /// added; returns the new HTML and the links in index order.
     pub fn rewrite(&self, html: &str, message: Uuid, now: DateTime<Utc>) -> (String, Vec<String>) {
         let mut links: Vec<String> = Vec::new();
-        let mut out = String::with_capacity(html.len() + 512);
+        let mut out = String::with_capacity(html.len() + 1024);
+        let token = self.token(message, now);
+        let click = crate::links::link(&self.base_url, "t/c", &token);
         let lower = html.to_ascii_lowercase();
         let mut done = 0;
         while let Some(at) = find_href(&lower, done) {
@@ -75,7 +85,9 @@ impl Tracking {
                         links.len() - 1
                     }
                 };
-                out.push_str(&self.click_url(message, index, now));
+                out.push_str(&click);
+                out.push('/');
+                out.push_str(&index.to_string());
             } else {
                 out.push_str(value);
             }
@@ -84,10 +96,16 @@ impl Tracking {
         out.push_str(&html[done..]);
         let pixel = format!(
             "<img src=\"{}\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\">",
-            self.open_url(message, now)
+            crate::links::link(&self.base_url, "t/o", &token)
         );
-        match out.to_ascii_lowercase().rfind("</body>") {
-            Some(at) => out.insert_str(at, &pixel),
+        match lower.rfind("</body>") {
+            // After the last link the input was copied as it is, so the body's end is as far
+            // from the output's end as it was from the input's.
+            Some(at) if at >= done => out.insert_str(out.len() - (html.len() - at), &pixel),
+            Some(_) => match out.to_ascii_lowercase().rfind("</body>") {
+                Some(at) => out.insert_str(at, &pixel),
+                None => out.push_str(&pixel),
+            },
             None => out.push_str(&pixel),
         }
         (out, links)
@@ -291,6 +309,13 @@ mod tests {
         assert!(out.contains("mailto:hi@example.com") && out.contains("https://news.example.com/u/TOKEN"));
         assert!(out.contains("data-href=\"https://no.example\""), "only href attributes: {out}");
         assert!(out.contains(&format!("<img src=\"{}\"", t.open_url(id, now))) && out.ends_with("</body></html>"));
+        let clicked = |href: &str| Tracking::clicked_target(&t.base_url, href, &links);
+        assert_eq!(clicked(&t.click_url(id, 1, now)), Some("https://shop.example/b"));
+        assert_eq!(clicked(&t.click_url(id, 2, now)), None, "no such link");
+        assert_eq!(clicked("https://elsewhere.example/t/c/TOKEN/0"), None, "not this instance's");
+        // A link after the body's end: the pixel still goes before it.
+        let (odd, _) = t.rewrite("<body>x</body><a href=\"https://shop.example/c\">c</a>", id, now);
+        assert!(odd.starts_with("<body>x<img src=") && odd.contains("</body><a href="), "{odd}");
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl Letterhead {
                 .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("List-Id"), format!("<{list}.{domain}>")));
         }
         let built = match &body.html {
-            Some(html) => builder.multipart(MultiPart::alternative_plain_html(body.text.clone(), html.clone())),
+            Some(html) => builder.multipart(MultiPart::alternative_plain_html(plain_part(&self.base_url, message, body, html), html.clone())),
             None => builder.singlepart(SinglePart::plain(body.text.clone())),
         };
         let mut built = built.map_err(|e| format!("cannot build the message: {e}"))?;
@@ -107,6 +107,18 @@ impl Letterhead {
         }
         Ok(built)
     }
+}
+
+/// The plain part of an HTML email: the stored text, or (when none was stored: the template had
+/// no text part) the HTML as text, each tracking link shown as the URL it stands for.
+fn plain_part(base_url: &url::Url, message: &outbox::Model, body: &outbox_body::Model, html: &str) -> String {
+    if !body.text.trim().is_empty() {
+        return body.text.clone();
+    }
+    let links: Vec<String> = message.links.clone().and_then(|l| serde_json::from_value(l).ok()).unwrap_or_default();
+    crate::workflow::engine::html_to_text_with(html, |href| {
+        super::compose::Tracking::clicked_target(base_url, href, &links)
+    })
 }
 
 /// DKIM signing for `domain` with the key published at `selector._domainkey.domain`. The key is

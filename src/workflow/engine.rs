@@ -1385,10 +1385,13 @@ fn render(
             let rendered = tera.render(name, &context).map_err(|e| first_line(&e))?;
             if name.ends_with(".html") || name.ends_with(".htm") {
                 let text_name = format!("{}.txt", name.trim_end_matches(".html").trim_end_matches(".htm"));
+                // Without a text template the plain part is left empty here and derived from
+                // the stored HTML when the message is sent (see `email::Letterhead::build`):
+                // the same text, not stored twice.
                 let text = if tera.contains_template(&text_name) {
                     tera.render(&text_name, &context).map_err(|e| first_line(&e))?
                 } else {
-                    html_to_text(&rendered)
+                    String::new()
                 };
                 (Some(rendered), text)
             } else {
@@ -1405,9 +1408,15 @@ fn first_line(error: &tera::Error) -> String {
 
 /// A plain-text rendering of simple HTML email: links as `text (url)`, paragraphs as lines.
 /// Tags are dropped, the common entities decoded, runs of white space made one space, and blank
-/// lines kept single. One pass over the HTML and one over the text (a broadcast derives the
-/// plain part of every message this way).
+/// lines kept single. One pass over the HTML and one over the text (the plain part of every
+/// email without a text template is derived this way when it is sent).
 pub fn html_to_text(html: &str) -> String {
+    html_to_text_with(html, |_| None)
+}
+
+/// [`html_to_text`] with each link's URL as `original` gives it (the URL a tracking link stands
+/// for), or as written when it gives none.
+pub fn html_to_text_with<'a>(html: &str, original: impl Fn(&str) -> Option<&'a str>) -> String {
     let mut out = String::with_capacity(html.len());
     let mut rest = html;
     let mut pending_href: Option<&str> = None;
@@ -1427,7 +1436,10 @@ pub fn html_to_text(html: &str) -> String {
             && let Some(href) = pending_href.take()
         {
             out.push_str(" (");
-            push_decoded(&mut out, href);
+            match original(href) {
+                Some(url) => out.push_str(url),
+                None => push_decoded(&mut out, href),
+            }
             out.push(')');
         }
         if !closing && is(&["a"]) {

@@ -102,6 +102,9 @@ async fn a_two_week_drip_runs_on_the_test_clock(app: TestApp) {
     assert_eq!(message.recipient, "ada@example.com");
     let (html, text) = crate::helpers::bodies(&app, message.id).await;
     assert!(html.as_deref().unwrap().contains("Here is your guide"));
+    assert_eq!(text, "", "derived from the HTML when sent");
+    assert_eq!(app.email.send_due().await.unwrap(), 1);
+    let text = crate::helpers::sent_text(&app, message.id);
     assert!(text.contains("Download it here: the free guide (https://example.com/guide.pdf)"), "{text}");
     assert!(html.as_deref().unwrap().contains("/u/"), "an unsubscribe link is rendered");
 

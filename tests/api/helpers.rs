@@ -295,3 +295,31 @@ pub async fn bodies(app: &TestApp, message: uuid::Uuid) -> (Option<String>, Stri
         ownlist::store::entities::outbox_body::Entity::find_by_id(message).one(app.db.conn()).await.unwrap().unwrap();
     (body.html, body.text)
 }
+
+/// The plain-text part of a message as sent by the `file` transport (quoted-printable decoded).
+pub fn sent_text(app: &TestApp, message: uuid::Uuid) -> String {
+    let raw = std::fs::read_to_string(app.data_dir.join("mail").join(format!("{message}.eml"))).unwrap();
+    let part = raw.split("Content-Type: text/plain").nth(1).expect("a plain-text part");
+    let (head, rest) = part.split_once("\r\n\r\n").unwrap();
+    let body = rest.split("\r\n--").next().unwrap();
+    if !head.contains("quoted-printable") {
+        return body.replace("\r\n", "\n");
+    }
+    let unwrapped = body.replace("=\r\n", "");
+    let bytes = unwrapped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], std::str::from_utf8(&bytes[(i + 1).min(bytes.len())..(i + 3).min(bytes.len())])) {
+            (b'=', Ok(hex)) if hex.len() == 2 && u8::from_str_radix(hex, 16).is_ok() => {
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap().replace("\r\n", "\n")
+}

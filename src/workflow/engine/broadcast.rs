@@ -456,7 +456,8 @@ fn render_broadcast(
                     .render_str(html.as_deref().unwrap_or_default(), &tera_context, true)
                     .map_err(|e| super::first_line(&e))?;
                 if b.text.is_none() {
-                    rendered.text = super::html_to_text(&html).trim().to_owned();
+                    // Derived from the HTML when sent (as for a template without a text part).
+                    rendered.text = String::new();
                 }
                 rendered.html = Some(html);
                 Ok(rendered)
