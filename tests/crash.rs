@@ -202,7 +202,7 @@ fn a_crash_at_any_instant_loses_no_message_and_repeats_none_on_postgres() {
 
 const READERS: usize = 1500;
 /// The most messages one process has in flight at once.
-const IN_FLIGHT: usize = ownlist::delivery::CONCURRENCY;
+const IN_FLIGHT: usize = ownlist::delivery::IN_FLIGHT;
 
 /// A list of READERS with email consent and a broadcast to them; returns the broadcast's id.
 fn start_broadcast(address: &str) -> String {

@@ -41,7 +41,7 @@ pub const CONCURRENCY: usize = 16;
 /// process): the most that a crash can send twice. Answers are written several to a
 /// transaction while the next messages go out, so a send does not wait for the write of the
 /// one before it; this bounds how far the sending may run ahead of the writing.
-pub const IN_FLIGHT: usize = 64;
+pub const IN_FLIGHT: usize = 256;
 
 /// The wait after the `attempts`-th failed attempt: 1 minute doubling to 1 hour, plus up to a
 /// quarter more. The extra is drawn from the message id and the attempt, so messages that failed
