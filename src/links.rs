@@ -160,7 +160,9 @@ mod tests {
 
     #[test]
     fn links_written_out_match_links_resolved() {
-        for base in ["https://news.example.com/", "https://x.example/app/", "https://x.example/app", "http://[::1]:8080/"] {
+        for base in
+            ["https://news.example.com/", "https://x.example/app/", "https://x.example/app", "http://[::1]:8080/"]
+        {
             let base = url::Url::parse(base).unwrap();
             let resolved = base.join("t/c/TOKEN").unwrap().to_string();
             assert_eq!(link(&base, "t/c", "TOKEN"), resolved, "{base}");
@@ -184,4 +186,3 @@ mod tests {
         assert_eq!(signer.verify(Purpose::Unsubscribe, "garbage", now), Err(LinkError::Invalid));
     }
 }
-

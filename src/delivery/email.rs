@@ -98,7 +98,10 @@ impl Letterhead {
                 .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("List-Id"), format!("<{list}.{domain}>")));
         }
         let built = match &body.html {
-            Some(html) => builder.multipart(MultiPart::alternative_plain_html(plain_part(&self.base_url, message, body, html), html.clone())),
+            Some(html) => builder.multipart(MultiPart::alternative_plain_html(
+                plain_part(&self.base_url, message, body, html),
+                html.clone(),
+            )),
             None => builder.singlepart(SinglePart::plain(body.text.clone())),
         };
         let mut built = built.map_err(|e| format!("cannot build the message: {e}"))?;
