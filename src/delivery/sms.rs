@@ -359,7 +359,9 @@ pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -
     let txn = db.begin_write().await?;
     let found = outbox::Entity::find()
         .filter(outbox::Column::ProviderRef.eq(&report.provider_ref))
-        .filter(outbox::Column::Channel.eq(Texter::CHANNEL))
+        // A literal, not a parameter: it is what lets the partial index on SMS messages' provider
+        // references serve the lookup (migration m9).
+        .filter(sea_orm::sea_query::Expr::cust("channel = 'sms'"))
         .one(&txn)
         .await?;
     let Some(message) = found else { return Ok(false) };

@@ -319,6 +319,18 @@ async fn without_providers_sms_is_written_to_files() {
     expect_problem(no_twilio, StatusCode::NOT_FOUND, "not_configured").await;
 }
 
+#[tokio::test]
+async fn delivery_reports_find_their_message_through_the_sms_only_index() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    // The lookup `record_status` makes, as SQLite plans it.
+    let sql = "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE provider_ref = ? AND channel = 'sms'";
+    let statement = Statement::from_sql_and_values(app.db.backend(), sql, ["SM1".into()]);
+    let rows = app.db.conn().query_all_raw(statement).await.unwrap();
+    let plan: Vec<String> = rows.iter().map(|r| r.try_get::<String>("", "detail").unwrap()).collect();
+    assert!(plan.iter().any(|step| step.contains("USING INDEX outbox_sms_provider_ref")), "{plan:?}");
+}
+
 async fn malformed_webhooks_get_a_4xx_and_change_nothing(backend: Backend) {
     let fake = FakeProvider::start().await;
     let generic = SmsProviderConfig::Http {
