@@ -19,8 +19,9 @@ use lettre::address::Envelope;
 use lettre::message::dkim::{
     DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm, DkimSigningKey,
 };
+use lettre::message::header::{self, ContentTransferEncoding, ContentType};
 use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::{Body, Mailbox};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -97,14 +98,26 @@ impl Letterhead {
             builder = builder
                 .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("List-Id"), format!("<{list}.{domain}>")));
         }
-        let built = match &body.html {
-            Some(html) => builder.multipart(MultiPart::alternative_plain_html(
-                plain_part(&self.base_url, message, body, html),
-                html.clone(),
-            )),
-            None => builder.singlepart(SinglePart::plain(body.text.clone())),
+        // The body is written in its wire form here (see `mime`); lettre writes the headers.
+        let (content_type, encoding, raw) = match &body.html {
+            Some(html) => {
+                let boundary = format!("=_{}", message.id.simple());
+                let text = plain_part(&self.base_url, message, body, html);
+                let content_type = format!("multipart/alternative; boundary=\"{boundary}\"");
+                (content_type, ContentTransferEncoding::SevenBit, super::mime::alternative(&text, html, &boundary))
+            }
+            None => (
+                "text/plain; charset=utf-8".to_owned(),
+                ContentTransferEncoding::QuotedPrintable,
+                super::mime::plain(&body.text),
+            ),
         };
-        let mut built = built.map_err(|e| format!("cannot build the message: {e}"))?;
+        let content_type = ContentType::parse(&content_type).map_err(|e| format!("cannot build the message: {e}"))?;
+        let mut built = builder
+            .header(header::MIME_VERSION_1_0)
+            .header(content_type)
+            .body(Body::dangerous_pre_encoded(raw, encoding))
+            .map_err(|e| format!("cannot build the message: {e}"))?;
         if let Some(dkim) = &self.dkim {
             built.sign(dkim);
         }

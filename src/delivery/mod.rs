@@ -8,6 +8,7 @@
 
 pub mod compose;
 pub mod email;
+pub mod mime;
 pub mod sms;
 pub mod smtp;
 pub mod tracking;

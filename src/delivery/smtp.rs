@@ -204,12 +204,35 @@ async fn pipelined(
     }
     let result = match replies.into_iter().find(Result::is_err) {
         Some(refused) => refused,
-        None => connection.message(message).await,
+        None => send_data(connection, message).await,
     };
     if result.is_err() {
         connection.abort().await;
     }
     result
+}
+
+/// The message after `DATA`: dot-stuffed (a no-op for bodies from `mime`), with the closing
+/// `.`, in one write. (lettre's `message` copies it byte by byte and writes the `.` apart.)
+async fn send_data(
+    connection: &mut AsyncSmtpConnection,
+    message: &[u8],
+) -> Result<Response, lettre::transport::smtp::Error> {
+    let stuffed = super::mime::dot_stuffed(message);
+    match std::str::from_utf8(&stuffed) {
+        Ok(text) => connection.command(Terminated(text)).await,
+        Err(_) => connection.message(message).await,
+    }
+}
+
+/// Message text followed by the end-of-data line.
+struct Terminated<'a>(&'a str);
+
+impl std::fmt::Display for Terminated<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)?;
+        f.write_str("\r\n.\r\n")
+    }
 }
 
 /// A TLS stream set up by lettre, seen as the tokio stream lettre's connection reads.

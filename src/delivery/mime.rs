@@ -1,0 +1,155 @@
+//! Message bodies written directly in their wire form: quoted-printable parts (RFC 2045) in a
+//! `multipart/alternative` (RFC 2046), CRLF line ends, and no line starting with a `.`, so the
+//! SMTP exchange sends the bytes as they are (no dot-stuffing pass) in one write.
+//!
+//! lettre still writes the headers (their encodings and folding) and signs with DKIM; it gets
+//! these bodies pre-encoded. Building a message this way takes one pass over each part, where
+//! lettre's own path scanned each part to choose an encoding, encoded it, normalised its line
+//! ends, copied it into the message, and copied it again while dot-stuffing.
+
+/// The MIME body of a message with a plain and an HTML part, plain first (the HTML last: the
+/// part mail clients prefer). `boundary` must not occur in quoted-printable text: one starting
+/// with `=_` cannot, as an encoded `=` is always followed by a hex digit or a line end.
+pub fn alternative(text: &str, html: &str, boundary: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + html.len() + html.len() / 16 + 512);
+    for (content_type, part) in [("text/plain", text), ("text/html", html)] {
+        out.extend_from_slice(b"--");
+        out.extend_from_slice(boundary.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(content_type.as_bytes());
+        out.extend_from_slice(b"; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n");
+        quoted_printable(part.as_bytes(), &mut out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"--");
+    out.extend_from_slice(boundary.as_bytes());
+    out.extend_from_slice(b"--\r\n");
+    out
+}
+
+/// A single plain-text body, quoted-printable.
+pub fn plain(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + text.len() / 16 + 8);
+    quoted_printable(text.as_bytes(), &mut out);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Appends `input` quoted-printable encoded: printable ASCII as it is, everything else (and `=`)
+/// as `=XX`; line breaks (LF or CRLF) as CRLF; white space at a line's end encoded; lines of at
+/// most 76 characters (soft breaks `=` CRLF between); a `.` that would start a line encoded.
+pub fn quoted_printable(input: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for (index, line) in input.split(|&b| b == b'\n').enumerate() {
+        if index > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut column = 0;
+        for (position, &byte) in line.iter().enumerate() {
+            let last = position + 1 == line.len();
+            let mut literal = match byte {
+                b' ' | b'\t' => !last,
+                b'=' => false,
+                33..=126 => true,
+                _ => false,
+            };
+            // The last character of a line may take column 76; any other leaves room for `=`.
+            let room = if last { 76 } else { 75 };
+            if column + if literal { 1 } else { 3 } > room {
+                out.extend_from_slice(b"=\r\n");
+                column = 0;
+            }
+            if byte == b'.' && column == 0 {
+                literal = false;
+            }
+            if literal {
+                out.push(byte);
+                column += 1;
+            } else {
+                out.extend_from_slice(&[b'=', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
+                column += 3;
+            }
+        }
+    }
+}
+
+/// `message` made safe to send after SMTP `DATA` (RFC 5321 §4.5.2): a `.` starting a line is
+/// doubled. Borrowed as it is when no line starts with one (always, for bodies from this module).
+pub fn dot_stuffed(message: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let starts = |at: usize| at == 0 || message[..at].ends_with(b"\r\n");
+    let dots: Vec<usize> = memchr::memchr_iter(b'.', message).filter(|&at| starts(at)).collect();
+    if dots.is_empty() {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out = Vec::with_capacity(message.len() + dots.len());
+    let mut done = 0;
+    for at in dots {
+        out.extend_from_slice(&message[done..at]);
+        out.push(b'.');
+        done = at;
+    }
+    out.extend_from_slice(&message[done..]);
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qp(input: &str) -> String {
+        let mut out = Vec::new();
+        quoted_printable(input.as_bytes(), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Decodes quoted-printable (soft breaks removed, `=XX` as bytes, CRLF as LF).
+    fn decode(encoded: &str) -> String {
+        let joined = encoded.replace("=\r\n", "");
+        let bytes = joined.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'=' {
+                out.push(u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap(), 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap().replace("\r\n", "\n")
+    }
+
+    #[test]
+    fn quoted_printable_keeps_lines_short_and_round_trips() {
+        assert_eq!(qp("a=b, café"), "a=3Db, caf=C3=A9");
+        assert_eq!(qp("ends with space \nand tab\t"), "ends with space=20\r\nand tab=09");
+        assert_eq!(qp(".starts\r\n.again"), "=2Estarts\r\n=2Eagain");
+        let long = format!("{}é{}.x {}", "a".repeat(74), "b".repeat(80), "c".repeat(200));
+        let encoded = qp(&long);
+        assert!(encoded.split("\r\n").all(|l| l.len() <= 76), "{encoded}");
+        assert!(encoded.split("\r\n").all(|l| !l.starts_with('.')), "{encoded}");
+        assert!(!encoded.contains("=_"), "no boundary can clash");
+        for sample in [long.as_str(), "x\n\ny", "tail\n", "=\u{1F600}= ", &"é".repeat(100), &".".repeat(200)] {
+            assert_eq!(decode(&qp(sample)), sample.replace("\r\n", "\n"), "{sample:?}");
+            assert!(qp(sample).split("\r\n").all(|l| l.len() <= 76 && !l.starts_with('.')), "{sample:?}");
+        }
+    }
+
+    #[test]
+    fn parts_come_plain_first_and_never_start_a_line_with_a_dot() {
+        let body = alternative("Hi\n.\nbye", "<p>Hi</p>", "=_b");
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert!(text.starts_with("--=_b\r\nContent-Type: text/plain; charset=utf-8\r\n"), "{text}");
+        assert!(text.find("text/plain").unwrap() < text.find("text/html").unwrap());
+        assert!(text.ends_with("\r\n--=_b--\r\n"), "{text}");
+        assert!(matches!(dot_stuffed(&body), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn dot_stuffing_doubles_only_dots_that_start_lines() {
+        assert_eq!(&*dot_stuffed(b".a\r\nb.c\r\n..d\n.e"), b"..a\r\nb.c\r\n...d\n.e");
+        assert_eq!(&*dot_stuffed(b"no dots at line starts."), b"no dots at line starts.");
+    }
+}
