@@ -244,7 +244,7 @@ pub async fn insert(
 ) -> crate::error::Result<Vec<Uuid>> {
     use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
-    use crate::store::bulk::{OnDuplicate, insert_statement};
+    use crate::store::bulk::OnDuplicate;
     let backend = txn.get_database_backend();
     let mut written = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(100) {
@@ -257,7 +257,7 @@ pub async fn insert(
             })
             .collect();
         let count = messages.len() as u64;
-        let inserted = match insert_statement(backend, messages, OnDuplicate::Ignore) {
+        let inserted = match crate::store::bulk::insert_bound_statement(backend, messages, OnDuplicate::Ignore) {
             Some(statement) => crate::store::bulk::execute(txn, statement).await?,
             None => 0,
         };
@@ -275,7 +275,7 @@ pub async fn insert(
         };
         let bodies: Vec<_> =
             bodies.into_iter().zip(&ids).filter(|(_, id)| kept.contains(id)).map(|(body, _)| body).collect();
-        if let Some(statement) = crate::store::bulk::insert_bound_statement(backend, bodies) {
+        if let Some(statement) = crate::store::bulk::insert_bound_statement(backend, bodies, OnDuplicate::Fail) {
             crate::store::bulk::execute(txn, statement).await?;
         }
         written.extend(kept);

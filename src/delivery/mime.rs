@@ -40,39 +40,55 @@ pub fn plain(text: &str) -> Vec<u8> {
 /// most 76 characters (soft breaks `=` CRLF between); a `.` that would start a line encoded.
 pub fn quoted_printable(input: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // An output line is put together here and appended whole: one copy per line, not per byte.
+    let mut line_out = [0u8; 80];
     for (index, line) in input.split(|&b| b == b'\n').enumerate() {
         if index > 0 {
             out.extend_from_slice(b"\r\n");
         }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let mut column = 0;
+        let mut len = 0;
         for (position, &byte) in line.iter().enumerate() {
             let last = position + 1 == line.len();
-            let mut literal = match byte {
-                b' ' | b'\t' => !last,
-                b'=' => false,
-                33..=126 => true,
-                _ => false,
-            };
+            let mut literal = PRINTABLE[usize::from(byte)] || (!last && (byte == b' ' || byte == b'\t'));
             // The last character of a line may take column 76; any other leaves room for `=`.
             let room = if last { 76 } else { 75 };
-            if column + if literal { 1 } else { 3 } > room {
-                out.extend_from_slice(b"=\r\n");
-                column = 0;
+            if len + if literal { 1 } else { 3 } > room {
+                line_out[len] = b'=';
+                out.extend_from_slice(&line_out[..=len]);
+                out.extend_from_slice(b"\r\n");
+                len = 0;
             }
-            if byte == b'.' && column == 0 {
+            if byte == b'.' && len == 0 {
                 literal = false;
             }
             if literal {
-                out.push(byte);
-                column += 1;
+                line_out[len] = byte;
+                len += 1;
             } else {
-                out.extend_from_slice(&[b'=', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
-                column += 3;
+                line_out[len..len + 3].copy_from_slice(&[
+                    b'=',
+                    HEX[usize::from(byte >> 4)],
+                    HEX[usize::from(byte & 15)],
+                ]);
+                len += 3;
             }
         }
+        out.extend_from_slice(&line_out[..len]);
     }
 }
+
+/// The bytes quoted-printable writes as they are: printable ASCII but `=` (white space is decided
+/// by its place in the line).
+const PRINTABLE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 33;
+    while byte <= 126 {
+        table[byte] = byte != b'=' as usize;
+        byte += 1;
+    }
+    table
+};
 
 /// `message` made safe to send after SMTP `DATA` (RFC 5321 §4.5.2): a `.` starting a line is
 /// doubled. Borrowed as it is when no line starts with one (always, for bodies from this module).

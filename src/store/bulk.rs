@@ -56,13 +56,26 @@ where
 }
 
 /// One INSERT for all `rows` with bound parameters on every backend: for rows carrying large
-/// text (message bodies) binding is cheaper on SQLite than a literal, which its parser reads
-/// byte by byte. The statement is prepared once and cached per batch size.
-pub fn insert_bound_statement<A>(backend: DbBackend, rows: Vec<A>) -> Option<Statement>
+/// text (message bodies, their links) binding is cheaper on SQLite than a literal, which its
+/// parser reads byte by byte. The statement is prepared once and cached per batch size.
+pub fn insert_bound_statement<A>(backend: DbBackend, rows: Vec<A>, on_duplicate: OnDuplicate) -> Option<Statement>
 where
     A: ActiveModelTrait,
 {
-    (!rows.is_empty()).then(|| <A::Entity as EntityTrait>::insert_many(rows).build(backend))
+    if rows.is_empty() {
+        return None;
+    }
+    let insert = <A::Entity as EntityTrait>::insert_many(rows);
+    Some(match (on_duplicate, backend) {
+        (OnDuplicate::Fail, _) => insert.build(backend),
+        // As in `sqlite_insert`: OR IGNORE needs no statement journal, ON CONFLICT does.
+        (OnDuplicate::Ignore, DbBackend::Sqlite) => {
+            let mut statement = insert.build(backend);
+            statement.sql = statement.sql.replacen("INSERT INTO", "INSERT OR IGNORE INTO", 1);
+            statement
+        }
+        (OnDuplicate::Ignore, _) => insert.on_conflict_do_nothing().build(backend),
+    })
 }
 
 /// `INSERT INTO "t" ("a", …) VALUES (…), (…)` with every value written as a literal.
