@@ -40,53 +40,60 @@ pub fn plain(text: &str) -> Vec<u8> {
 /// most 76 characters (soft breaks `=` CRLF between); a `.` that would start a line encoded.
 pub fn quoted_printable(input: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    // An output line is put together here and appended whole: one copy per line, not per byte.
-    let mut line_out = [0u8; 80];
+    let blank = |byte: u8| byte == b' ' || byte == b'\t';
     for (index, line) in input.split(|&b| b == b'\n').enumerate() {
         if index > 0 {
             out.extend_from_slice(b"\r\n");
         }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let mut len = 0;
-        for (position, &byte) in line.iter().enumerate() {
+        let (mut position, mut column) = (0, 0);
+        while position < line.len() {
+            if column == 0 && line[position] == b'.' {
+                out.extend_from_slice(b"=2E");
+                (position, column) = (position + 1, 3);
+                continue;
+            }
+            // The longest run of bytes written as they are that fits: up to column 75, or 76
+            // when it ends the line (no soft break follows), never ending the line in white space.
+            let room = 75 - column;
+            let most = (line.len() - position).min(room + 1);
+            let mut run = line[position..position + most].iter().take_while(|&&b| SAFE[usize::from(b)]).count();
+            if run == room + 1 && position + run != line.len() {
+                run = room;
+            }
+            if run > 0 && position + run == line.len() && blank(line[line.len() - 1]) {
+                run -= 1;
+            }
+            if run > 0 {
+                out.extend_from_slice(&line[position..position + run]);
+                (position, column) = (position + run, column + run);
+                continue;
+            }
+            let byte = line[position];
             let last = position + 1 == line.len();
-            let mut literal = PRINTABLE[usize::from(byte)] || (!last && (byte == b' ' || byte == b'\t'));
-            // The last character of a line may take column 76; any other leaves room for `=`.
-            let room = if last { 76 } else { 75 };
-            if len + if literal { 1 } else { 3 } > room {
-                line_out[len] = b'=';
-                out.extend_from_slice(&line_out[..=len]);
-                out.extend_from_slice(b"\r\n");
-                len = 0;
+            let width = if SAFE[usize::from(byte)] && !(last && blank(byte)) { 1 } else { 3 };
+            if column + width > if last { 76 } else { 75 } {
+                out.extend_from_slice(b"=\r\n");
+                column = 0;
+                continue;
             }
-            if byte == b'.' && len == 0 {
-                literal = false;
-            }
-            if literal {
-                line_out[len] = byte;
-                len += 1;
-            } else {
-                line_out[len..len + 3].copy_from_slice(&[
-                    b'=',
-                    HEX[usize::from(byte >> 4)],
-                    HEX[usize::from(byte & 15)],
-                ]);
-                len += 3;
-            }
+            out.extend_from_slice(&[b'=', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
+            (position, column) = (position + 1, column + 3);
         }
-        out.extend_from_slice(&line_out[..len]);
     }
 }
 
-/// The bytes quoted-printable writes as they are: printable ASCII but `=` (white space is decided
-/// by its place in the line).
-const PRINTABLE: [bool; 256] = {
+/// The bytes quoted-printable may write as they are: printable ASCII but `=`, and space and tab
+/// (encoded all the same where they would end a line).
+const SAFE: [bool; 256] = {
     let mut table = [false; 256];
     let mut byte = 33;
     while byte <= 126 {
         table[byte] = byte != b'=' as usize;
         byte += 1;
     }
+    table[b' ' as usize] = true;
+    table[b'\t' as usize] = true;
     table
 };
 
@@ -150,6 +157,28 @@ mod tests {
         for sample in [long.as_str(), "x\n\ny", "tail\n", "=\u{1F600}= ", &"é".repeat(100), &".".repeat(200)] {
             assert_eq!(decode(&qp(sample)), sample.replace("\r\n", "\n"), "{sample:?}");
             assert!(qp(sample).split("\r\n").all(|l| l.len() <= 76 && !l.starts_with('.')), "{sample:?}");
+        }
+    }
+
+    #[test]
+    fn quoted_printable_round_trips_any_mix_of_awkward_characters() {
+        let pieces = ["a", " ", "\t", ".", "=", "é", "\n", "\r\n", "xyz", "😀", "=_"];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let mut sample = String::new();
+            for _ in 0..(seed % 300) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                sample.push_str(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            let encoded = qp(&sample);
+            assert_eq!(decode(&encoded), sample.replace("\r\n", "\n"), "{sample:?} → {encoded:?}");
+            for line in encoded.split("\r\n") {
+                assert!(line.len() <= 76 && !line.starts_with('.'), "{line:?} in {encoded:?}");
+                assert!(!line.ends_with(' ') && !line.ends_with('\t'), "trailing white space: {line:?}");
+                assert!(line.is_ascii() && !line.contains("=_"), "{line:?}");
+            }
         }
     }
 

@@ -429,7 +429,7 @@ impl<S: Carrier> Worker<S> {
     /// statistics.
     async fn record_all(&self, answers: Vec<Attempted>, now: DateTime<Utc>) -> Result<()> {
         use crate::stats::steps::measure;
-        use crate::store::bulk::{OnDuplicate, insert_statement, update_statement};
+        use crate::store::bulk::{OnDuplicate, insert_bound_statement, update_bound_statement};
         use outbox::Column as C;
         let mut updates = Vec::with_capacity(answers.len());
         let mut events = Vec::with_capacity(answers.len());
@@ -458,9 +458,9 @@ impl<S: Carrier> Worker<S> {
         if self.leases.is_some() {
             columns.extend([C::LeaseUntil, C::LeaseOwner]);
         }
-        let statements: Vec<sea_orm::Statement> = update_statement(backend, updates, &columns)
+        let statements: Vec<sea_orm::Statement> = update_bound_statement(backend, updates, &columns)
             .into_iter()
-            .chain(insert_statement(backend, events, OnDuplicate::Ignore))
+            .chain(insert_bound_statement(backend, events, OnDuplicate::Ignore))
             .collect();
         let txn = self.db.begin_write().await?;
         for statement in statements {
