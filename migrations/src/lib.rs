@@ -14,7 +14,7 @@ mod m20261122_000005_operations;
 mod m20261122_000006_scale_out;
 mod m20261122_000007_funnel;
 mod m20261122_000008_admin_sessions;
-mod m20261122_000009_sms_provider_ref;
+mod m20261122_000009_outbox_indexes;
 
 pub struct Migrator;
 
@@ -30,7 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000006_scale_out::Migration),
             Box::new(m20261122_000007_funnel::Migration),
             Box::new(m20261122_000008_admin_sessions::Migration),
-            Box::new(m20261122_000009_sms_provider_ref::Migration),
+            Box::new(m20261122_000009_outbox_indexes::Migration),
         ]
     }
 }

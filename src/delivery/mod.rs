@@ -282,7 +282,7 @@ impl<S: Carrier> Worker<S> {
         }
         let mut query = outbox::Entity::find()
             .filter(outbox::Column::Channel.eq(S::CHANNEL))
-            .filter(outbox::Column::Status.eq("queued"))
+            .filter(crate::store::queued())
             .filter(outbox::Column::DueAt.lte(now));
         if let Some((due, id)) = after {
             query = query.filter(

@@ -216,7 +216,7 @@ pub async fn outbox(db: &Db, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<D
         .select_only()
         .column(outbox::Column::Channel)
         .expr(Expr::cust("COUNT(*)"))
-        .filter(outbox::Column::Status.eq("queued"))
+        .filter(crate::store::queued())
         .group_by(outbox::Column::Channel)
         .into_tuple()
         .all(conn)
@@ -225,7 +225,7 @@ pub async fn outbox(db: &Db, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<D
     for channel in ["email", "sms", "webhook"] {
         let due = outbox::Entity::find()
             .filter(outbox::Column::Channel.eq(channel))
-            .filter(outbox::Column::Status.eq("queued"))
+            .filter(crate::store::queued())
             .filter(outbox::Column::DueAt.lte(now));
         let count = due.clone().count(conn).await?;
         let oldest = due.order_by_asc(outbox::Column::DueAt).one(conn).await?;

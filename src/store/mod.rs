@@ -119,6 +119,13 @@ impl Db {
     }
 }
 
+/// `status = 'queued'` for outbox queries, written as a literal: the claim index holds only
+/// queued messages (migration m9), and a database can use such a partial index only when the
+/// query names the same constant.
+pub fn queued() -> sea_orm::sea_query::SimpleExpr {
+    sea_orm::sea_query::Expr::cust("status = 'queued'")
+}
+
 /// Whether a database error is a unique-constraint violation.
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))

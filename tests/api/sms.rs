@@ -320,15 +320,27 @@ async fn without_providers_sms_is_written_to_files() {
 }
 
 #[tokio::test]
-async fn delivery_reports_find_their_message_through_the_sms_only_index() {
+async fn outbox_lookups_use_the_partial_indexes() {
     use sea_orm::{ConnectionTrait, Statement};
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
-    // The lookup `record_status` makes, as SQLite plans it.
-    let sql = "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE provider_ref = ? AND channel = 'sms'";
-    let statement = Statement::from_sql_and_values(app.db.backend(), sql, ["SM1".into()]);
-    let rows = app.db.conn().query_all_raw(statement).await.unwrap();
-    let plan: Vec<String> = rows.iter().map(|r| r.try_get::<String>("", "detail").unwrap()).collect();
-    assert!(plan.iter().any(|step| step.contains("USING INDEX outbox_sms_provider_ref")), "{plan:?}");
+    let db = &app.db;
+    let plan = |sql: &str, values: Vec<sea_orm::Value>| {
+        let statement = Statement::from_sql_and_values(db.backend(), format!("EXPLAIN QUERY PLAN {sql}"), values);
+        async move {
+            let rows = db.conn().query_all_raw(statement).await.unwrap();
+            rows.iter().map(|r| r.try_get::<String>("", "detail").unwrap()).collect::<Vec<_>>().join("; ")
+        }
+    };
+    // The lookup `record_status` makes for a delivery report.
+    let report = plan("SELECT id FROM outbox WHERE provider_ref = ? AND channel = 'sms'", vec!["SM1".into()]).await;
+    assert!(report.contains("INDEX outbox_sms_provider_ref"), "{report}");
+    // A delivery worker's claim: only queued messages are in its index.
+    let claim = plan(
+        "SELECT id FROM outbox WHERE channel = ? AND status = 'queued' AND due_at <= ? ORDER BY due_at, id LIMIT 200",
+        vec!["email".into(), "2026-03-02T09:00:00Z".into()],
+    )
+    .await;
+    assert!(claim.contains("INDEX outbox_queued") && !claim.contains("TEMP B-TREE"), "{claim}");
 }
 
 async fn malformed_webhooks_get_a_4xx_and_change_nothing(backend: Backend) {
