@@ -32,29 +32,38 @@ write_news_template "$work/templates"
 ls -l "$work/templates/emails/news.html" >&2
 openssl genrsa -traditional -out "$work/dkim.pem" 2048 2>/dev/null
 
-# One run: prints "seconds messages rss_kb".
-run() {
-  local name=$1
-  shift
-  local dir="$work/$name"
+# A fresh database in DIR with the news list and the subscribers of CSV, and `ownlist serve` on
+# it with the settings given (VAR=value …) added: sets `server` (its pid) and `address`.
+serve_fresh() {
+  local dir=$1 csv=$2
+  shift 2
   mkdir -p "$dir"
   env OWNLIST_DATA_DIR="$dir/data" OWNLIST_LOG=warn ./target/release/ownlist migrate >/dev/null
   sqlite3 "$dir/data/ownlist.db" "INSERT INTO lists (id, slug, name, double_opt_in, created_at, updated_at) VALUES (randomblob(16), 'news', 'News', 0, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z');"
-  env OWNLIST_DATA_DIR="$dir/data" OWNLIST_LOG=warn ./target/release/ownlist import "$work/subscribers.csv" --list news >/dev/null 2>&1
+  env OWNLIST_DATA_DIR="$dir/data" OWNLIST_LOG=warn ./target/release/ownlist import "$csv" --list news >/dev/null 2>&1
   env OWNLIST_DATA_DIR="$dir/data" OWNLIST_LOG=warn OWNLIST_LISTEN=127.0.0.1:0 OWNLIST_ADMIN_TOKEN="$token" \
     OWNLIST_BASE_URL=https://news.example.com/ OWNLIST_EMAIL_FROM="Shop <news@example.com>" \
-    OWNLIST_SMTP_URL="smtp://127.0.0.1:$port" OWNLIST_TEMPLATES_DIR="$work/templates" \
-    OWNLIST_WORKFLOWS_DIR="$work/workflows" "$@" \
+    OWNLIST_TEMPLATES_DIR="$work/templates" OWNLIST_WORKFLOWS_DIR="$work/workflows" "$@" \
     ./target/release/ownlist serve > "$dir/serve.out" 2> "$dir/serve.err" &
   server=$!
-  local address seconds sent
   address=$(served_address "$dir/serve.out")
-  read -r seconds sent _ < <(broadcast_and_wait "$address" "$token")
-  local rss
-  rss=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
+}
+
+stop_server() {
   kill "$server"
   wait "$server" 2>/dev/null || true
   server=""
+}
+
+# One run through the sink, with the settings given: prints "seconds messages rss_kb".
+run() {
+  local name=$1
+  shift
+  serve_fresh "$work/$name" "$work/subscribers.csv" OWNLIST_SMTP_URL="smtp://127.0.0.1:$port" "$@"
+  local seconds sent rss
+  read -r seconds sent _ < <(broadcast_and_wait "$address" "$token")
+  rss=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
+  stop_server
   echo "$seconds $sent $rss"
 }
 
@@ -65,21 +74,13 @@ sample_size() {
   local dir="$work/sample"
   mkdir -p "$dir"
   head -2 "$work/subscribers.csv" > "$dir/one.csv"
-  env OWNLIST_DATA_DIR="$dir/data" OWNLIST_LOG=warn ./target/release/ownlist migrate >/dev/null
-  sqlite3 "$dir/data/ownlist.db" "INSERT INTO lists (id, slug, name, double_opt_in, created_at, updated_at) VALUES (randomblob(16), 'news', 'News', 0, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z');"
-  env OWNLIST_DATA_DIR="$dir/data" OWNLIST_LOG=warn ./target/release/ownlist import "$dir/one.csv" --list news >/dev/null 2>&1
-  env OWNLIST_DATA_DIR="$dir/data" OWNLIST_LOG=warn OWNLIST_LISTEN=127.0.0.1:0 OWNLIST_ADMIN_TOKEN="$token" \
-    OWNLIST_BASE_URL=https://news.example.com/ OWNLIST_EMAIL_FROM="Shop <news@example.com>" \
-    OWNLIST_TEMPLATES_DIR="$work/templates" OWNLIST_WORKFLOWS_DIR="$work/workflows" \
-    ./target/release/ownlist serve > "$dir/serve.out" 2> "$dir/serve.err" &
-  server=$!
-  broadcast_and_wait "$(served_address "$dir/serve.out")" "$token" >/dev/null
-  kill "$server"
-  wait "$server" 2>/dev/null || true
-  server=""
+  serve_fresh "$dir" "$dir/one.csv"
+  broadcast_and_wait "$address" "$token" >/dev/null
+  stop_server
   stat -c %s "$dir"/data/mail/*.eml
 }
-size=$(sample_size)
+sample_size > "$work/size"
+size=$(cat "$work/size")
 
 echo "ownlist, DKIM off…" >&2
 read -r off_s off_n off_rss < <(run dkim-off)
@@ -87,7 +88,7 @@ if [ "${BENCH_SKIP_DKIM:-0}" = 1 ]; then
   read -r on_s on_n on_rss <<< "$off_s $off_n 0"
 else
   echo "ownlist, DKIM on…" >&2
-  read -r on_s on_n on_rss < <(run dkim-on env OWNLIST_DKIM_DOMAIN=example.com OWNLIST_DKIM_SELECTOR=news OWNLIST_DKIM_KEY_FILE="$work/dkim.pem")
+  read -r on_s on_n on_rss < <(run dkim-on OWNLIST_DKIM_DOMAIN=example.com OWNLIST_DKIM_SELECTOR=news OWNLIST_DKIM_KEY_FILE="$work/dkim.pem")
 fi
 
 echo "smtp-source: $subscribers messages of $size bytes, 16 sessions, each connection kept (-d)…" >&2
