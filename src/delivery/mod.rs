@@ -369,7 +369,7 @@ impl<S: Carrier> Worker<S> {
         type Permit = tokio::sync::OwnedSemaphorePermit;
         let window = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Attempted, Permit)>();
-        let failed = std::sync::atomic::AtomicBool::new(false);
+        let failed = &std::sync::atomic::AtomicBool::new(false);
         let sending = async {
             let tx = tx;
             let count = batches
@@ -381,6 +381,11 @@ impl<S: Carrier> Worker<S> {
                     let (tx, window) = (tx.clone(), window.clone());
                     async move {
                         let Ok(permit) = window.acquire_owned().await else { return false };
+                        // Stopping, or the answers cannot be written: start nothing more (a
+                        // message may have waited here for its place while that happened).
+                        if *stop.borrow() || failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            return false;
+                        }
                         // A lease about to end: leave the message for whoever claims it next.
                         if let (Some(until), Some((_, lease))) = (message.lease_until, &self.leases)
                             && self.clock.now() + *lease / 2 > until
