@@ -152,7 +152,7 @@ async fn to_file(dir: &std::path::Path, id: uuid::Uuid, extension: &str, bytes: 
 type Attempted = (outbox::Model, Answer, Vec<Try>);
 
 /// What one attempt came to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Answer {
     /// Accepted; the detail (a status, a provider's reply) goes into the timeline. A
     /// `provider_ref` string in it (the provider's id for the message) is kept on the message,
@@ -415,7 +415,7 @@ impl<S: Carrier> Worker<S> {
             while rx.recv_many(&mut group, IN_FLIGHT).await > 0 {
                 let (answers, permits): (Vec<_>, Vec<_>) = group.drain(..).unzip();
                 if outcome.is_ok() {
-                    outcome = self.record_all(answers, self.clock.now()).await;
+                    outcome = self.record_retrying(answers).await;
                     if outcome.is_err() {
                         failed.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -427,6 +427,23 @@ impl<S: Carrier> Worker<S> {
         let (count, recorded) = tokio::join!(sending, recording);
         recorded?;
         Ok(count)
+    }
+
+    /// [`Self::record_all`], tried again when the database gives up on the transaction for a
+    /// reason of the moment (PostgreSQL breaking a deadlock, SQLite busy), so the answers of
+    /// messages already sent are not dropped: without them the messages would be sent again.
+    async fn record_retrying(&self, answers: Vec<Attempted>) -> Result<()> {
+        let mut waited = 0;
+        loop {
+            match self.record_all(answers.clone(), self.clock.now()).await {
+                Err(e) if waited < 5 && crate::store::is_transient(&e) => {
+                    waited += 1;
+                    tracing::warn!(error = %e, channel = S::CHANNEL, "recording answers: trying again");
+                    tokio::time::sleep(Duration::from_millis(20 * waited)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Records answers on their messages and in the timeline, in one transaction: one UPDATE

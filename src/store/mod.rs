@@ -126,6 +126,14 @@ pub fn queued() -> sea_orm::sea_query::SimpleExpr {
     sea_orm::sea_query::Expr::cust("status = 'queued'")
 }
 
+/// Whether a transaction failed for a reason of the moment, so that running it again may work:
+/// PostgreSQL broke a deadlock or a serialization conflict, or SQLite stayed busy.
+pub fn is_transient(err: &crate::error::Error) -> bool {
+    let crate::error::Error::Database(db) = err else { return false };
+    let text = db.to_string();
+    ["deadlock detected", "could not serialize access", "database is locked"].iter().any(|t| text.contains(t))
+}
+
 /// Whether a database error is a unique-constraint violation.
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
@@ -161,4 +169,20 @@ pub async fn hold_lease(
         .await?;
     txn.commit().await?;
     Ok(updated.rows_affected == 1)
+}
+
+#[cfg(test)]
+mod transient_tests {
+    use super::is_transient;
+    use crate::error::Error;
+
+    #[test]
+    fn deadlocks_and_busy_databases_are_worth_another_try() {
+        let db = |text: &str| Error::Database(sea_orm::DbErr::Custom(text.to_owned()));
+        assert!(is_transient(&db("error returned from database: deadlock detected")));
+        assert!(is_transient(&db("could not serialize access due to concurrent update")));
+        assert!(is_transient(&db("(code: 5) database is locked")));
+        assert!(!is_transient(&db("UNIQUE constraint failed: outbox.id")));
+        assert!(!is_transient(&Error::NotFound { what: "message" }));
+    }
 }
