@@ -35,19 +35,12 @@ pub struct Tracking {
 }
 
 impl Tracking {
-    /// The token of a message's tracking links (the same for its pixel and every link).
-    fn token(&self, message: Uuid, now: DateTime<Utc>) -> String {
-        self.signer.sign(Purpose::Track, message, now + chrono::Duration::days(TRACKING_DAYS))
-    }
-
-    /// The click URL for link `index` of a message: the token names the message, the index one
-    /// of the links recorded for it, so nothing else can be reached through it.
-    pub fn click_url(&self, message: Uuid, index: usize, now: DateTime<Utc>) -> String {
-        format!("{}/{index}", crate::links::link(&self.base_url, "t/c", &self.token(message, now)))
-    }
-
-    pub fn open_url(&self, message: Uuid, now: DateTime<Utc>) -> String {
-        crate::links::link(&self.base_url, "t/o", &self.token(message, now))
+    /// A message's click URL prefix (`…/t/c/{token}`; a link's index follows it) and its open
+    /// pixel's URL: one signed token names the message in both, so nothing else can be reached
+    /// through them.
+    pub fn urls(&self, message: Uuid, now: DateTime<Utc>) -> (String, String) {
+        let token = self.signer.sign(Purpose::Track, message, now + chrono::Duration::days(TRACKING_DAYS));
+        (crate::links::link(&self.base_url, "t/c", &token), crate::links::link(&self.base_url, "t/o", &token))
     }
 
     /// The original of a click URL of this instance, from the message's recorded links.
@@ -69,8 +62,7 @@ impl Tracking {
     pub fn rewrite(&self, html: &str, message: Uuid, now: DateTime<Utc>) -> (String, Vec<String>) {
         let mut links: Vec<String> = Vec::new();
         let mut out = String::with_capacity(html.len() + 1024);
-        let token = self.token(message, now);
-        let click = crate::links::link(&self.base_url, "t/c", &token);
+        let (click, open) = self.urls(message, now);
         let lower = html.to_ascii_lowercase();
         let mut done = 0;
         while let Some(at) = find_href(&lower, done) {
@@ -96,7 +88,7 @@ impl Tracking {
         out.push_str(&html[done..]);
         let pixel = format!(
             "<img src=\"{}\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\">",
-            crate::links::link(&self.base_url, "t/o", &token)
+            open
         );
         match lower.rfind("</body>") {
             // After the last link the input was copied as it is, so the body's end is as far
@@ -303,15 +295,17 @@ mod tests {
             <a href=\"https://shop.example/a?x=1&amp;y=2\">A again</a> <a href=\"mailto:hi@example.com\">mail</a>\
             <a href=\"https://news.example.com/u/TOKEN\">unsubscribe</a><p data-href=\"https://no.example\">x</p></body></html>";
         let (out, links) = t.rewrite(html, id, now);
+        let (click, open) = t.urls(id, now);
+        let click_url = |index: usize| format!("{click}/{index}");
         assert_eq!(links, vec!["https://shop.example/a?x=1&y=2", "https://shop.example/b"]);
-        assert_eq!(out.matches(&t.click_url(id, 0, now)).count(), 2, "{out}");
-        assert_eq!(out.matches(&t.click_url(id, 1, now)).count(), 1, "{out}");
+        assert_eq!(out.matches(&click_url(0)).count(), 2, "{out}");
+        assert_eq!(out.matches(&click_url(1)).count(), 1, "{out}");
         assert!(out.contains("mailto:hi@example.com") && out.contains("https://news.example.com/u/TOKEN"));
         assert!(out.contains("data-href=\"https://no.example\""), "only href attributes: {out}");
-        assert!(out.contains(&format!("<img src=\"{}\"", t.open_url(id, now))) && out.ends_with("</body></html>"));
+        assert!(out.contains(&format!("<img src=\"{}\"", open)) && out.ends_with("</body></html>"));
         let clicked = |href: &str| Tracking::clicked_target(&t.base_url, href, &links);
-        assert_eq!(clicked(&t.click_url(id, 1, now)), Some("https://shop.example/b"));
-        assert_eq!(clicked(&t.click_url(id, 2, now)), None, "no such link");
+        assert_eq!(clicked(&click_url(1)), Some("https://shop.example/b"));
+        assert_eq!(clicked(&click_url(2)), None, "no such link");
         assert_eq!(clicked("https://elsewhere.example/t/c/TOKEN/0"), None, "not this instance's");
         // A link after the body's end: the pixel still goes before it.
         let (odd, _) = t.rewrite("<body>x</body><a href=\"https://shop.example/c\">c</a>", id, now);

@@ -152,7 +152,7 @@ async fn to_file(dir: &std::path::Path, id: uuid::Uuid, extension: &str, bytes: 
 type Attempted = (outbox::Model, Answer, Vec<Try>);
 
 /// What one attempt came to.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Answer {
     /// Accepted; the detail (a status, a provider's reply) goes into the timeline. A
     /// `provider_ref` string in it (the provider's id for the message) is kept on the message,
@@ -435,7 +435,7 @@ impl<S: Carrier> Worker<S> {
     async fn record_retrying(&self, answers: Vec<Attempted>) -> Result<()> {
         let mut waited = 0;
         loop {
-            match self.record_all(answers.clone(), self.clock.now()).await {
+            match self.record_all(&answers, self.clock.now()).await {
                 Err(e) if waited < 5 && crate::store::is_transient(&e) => {
                     waited += 1;
                     tracing::warn!(error = %e, channel = S::CHANNEL, "recording answers: trying again");
@@ -449,7 +449,7 @@ impl<S: Carrier> Worker<S> {
     /// Records answers on their messages and in the timeline, in one transaction: one UPDATE
     /// for the messages and one INSERT for the timeline entries, and the day's delivery and step
     /// statistics.
-    async fn record_all(&self, answers: Vec<Attempted>, now: DateTime<Utc>) -> Result<()> {
+    async fn record_all(&self, answers: &[Attempted], now: DateTime<Utc>) -> Result<()> {
         use crate::stats::steps::measure;
         use crate::store::bulk::{OnDuplicate, insert_bound_statement, update_bound_statement};
         use outbox::Column as C;
@@ -460,7 +460,7 @@ impl<S: Carrier> Worker<S> {
         let mut steps = crate::stats::steps::Tally::default();
         let day = now.date_naive();
         for (message, answer, tries) in answers {
-            attempts.add(S::CHANNEL, &tries);
+            attempts.add(S::CHANNEL, tries);
             let produced_by = message.workflow_id.clone().zip(message.step_id.clone());
             let (message, event, bounce) = outcome::<S>(message, answer, now, self.max_age);
             let ended = match &message.status {
@@ -560,8 +560,8 @@ type Claimed = (outbox::Model, Option<outbox_body::Model>);
 /// the time it is due moves, and nothing goes into the timeline.
 #[allow(clippy::type_complexity)]
 fn outcome<S: Carrier>(
-    message: outbox::Model,
-    answer: Answer,
+    message: &outbox::Model,
+    answer: &Answer,
     now: DateTime<Utc>,
     max_age: chrono::Duration,
 ) -> (outbox::ActiveModel, Option<crate::store::entities::event::ActiveModel>, Option<(uuid::Uuid, String)>) {
@@ -571,12 +571,12 @@ fn outcome<S: Carrier>(
     let age = now - message.created_at;
     let mut active = outbox::ActiveModel {
         id: Set(id),
-        status: Set(message.status),
+        status: Set(message.status.clone()),
         attempts: Set(message.attempts),
         due_at: Set(message.due_at),
         sent_at: Set(message.sent_at),
-        last_error: Set(message.last_error),
-        provider_ref: Set(message.provider_ref),
+        last_error: Set(message.last_error.clone()),
+        provider_ref: Set(message.provider_ref.clone()),
         updated_at: Set(now),
         lease_until: Set(None),
         lease_owner: Set(None),
@@ -585,7 +585,7 @@ fn outcome<S: Carrier>(
     let mut bounced = None;
     let (outcome, detail) = match answer {
         Answer::Hold(until) => {
-            active.due_at = Set(until);
+            active.due_at = Set(*until);
             return (active, None, None);
         }
         Answer::Delivered(detail) => {
@@ -595,7 +595,7 @@ fn outcome<S: Carrier>(
             active.status = Set("sent".into());
             active.sent_at = Set(Some(now));
             active.last_error = Set(None);
-            ("sent", detail)
+            ("sent", detail.clone())
         }
         Answer::Retry(error) if age < max_age => {
             let wait = backoff(id, attempts);
