@@ -15,6 +15,7 @@ mod m20261122_000006_scale_out;
 mod m20261122_000007_funnel;
 mod m20261122_000008_admin_sessions;
 mod m20261122_000009_outbox_indexes;
+mod m20261201_000010_packed_bodies;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000007_funnel::Migration),
             Box::new(m20261122_000008_admin_sessions::Migration),
             Box::new(m20261122_000009_outbox_indexes::Migration),
+            Box::new(m20261201_000010_packed_bodies::Migration),
         ]
     }
 }

@@ -47,7 +47,10 @@ pub const TABLES: &[(&str, &str)] = &[
     ("pending_triggers", "triggers not yet turned into enrollments"),
     ("broadcasts", "one-off messages to lists"),
     ("outbox", "every message: recipient, subject, status, attempts, provider reference, opens and clicks"),
-    ("outbox_bodies", "each message's HTML and text as sent"),
+    (
+        "outbox_bodies",
+        "each message's HTML and text as sent (the HTML as text here, stored compressed), and where its tracked links lead",
+    ),
     ("signup_confirmations", "double opt-in confirmations sent, and when they were confirmed"),
     ("page_counts", "per landing page and day: rejected bot submissions"),
     ("audit_log", "admin API changes: who, what, when"),

@@ -197,7 +197,7 @@ pub fn row(
         (html, _, _) => (html, None),
     };
     let segments = (draft.channel == Channel::Sms.as_str()).then(|| sms_segments(&draft.text) as i32);
-    let body = outbox_body::ActiveModel { outbox_id: Set(id), html: Set(html), text: Set(draft.text) };
+    let body = outbox_body::Model::new(id, html.as_deref(), draft.text, links).into_row();
     let message = outbox::ActiveModel {
         id: Set(id),
         idempotency_key: Set(key),
@@ -213,7 +213,6 @@ pub fn row(
         created_at: Set(now),
         updated_at: Set(now),
         list_slug: Set(draft.list_slug),
-        links: Set(links),
         segments: Set(segments),
         enrollment_id: Set(None),
         workflow_id: Set(None),
@@ -234,13 +233,31 @@ pub async fn insert(
     txn: &sea_orm::DatabaseTransaction,
     rows: Vec<(outbox::ActiveModel, outbox_body::ActiveModel)>,
 ) -> crate::error::Result<Vec<Uuid>> {
-    use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+    write(txn, prepare(sea_orm::ConnectionTrait::get_database_backend(txn), rows)).await
+}
 
-    use crate::store::bulk::OnDuplicate;
-    let backend = txn.get_database_backend();
-    let mut written = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(100) {
-        let (messages, bodies): (Vec<_>, Vec<_>) = chunk.iter().cloned().unzip();
+/// Messages and their bodies as the statements that insert them, built before the transaction
+/// that runs them (see [`write`]), so a big batch holds the write lock only while it is written.
+#[derive(Debug)]
+pub struct Prepared(Vec<Chunk>);
+
+/// Up to 100 messages: their ids, the INSERT of the messages, and their bodies (as rows too, for
+/// when some message was there already and its body must be left out).
+#[derive(Debug)]
+struct Chunk {
+    ids: Vec<Uuid>,
+    messages: sea_orm::Statement,
+    bodies: sea_orm::Statement,
+    body_rows: Vec<outbox_body::ActiveModel>,
+}
+
+/// The statements for `rows` on `backend` (CPU work: no database is touched).
+pub fn prepare(backend: sea_orm::DbBackend, rows: Vec<(outbox::ActiveModel, outbox_body::ActiveModel)>) -> Prepared {
+    use crate::store::bulk::{OnDuplicate, insert_bound_statement};
+    let mut chunks = Vec::with_capacity(rows.len().div_ceil(100));
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let (messages, body_rows): (Vec<_>, Vec<_>) = rows.by_ref().take(100).unzip();
         let ids: Vec<Uuid> = messages
             .iter()
             .filter_map(|m| match &m.id {
@@ -248,27 +265,44 @@ pub async fn insert(
                 sea_orm::ActiveValue::NotSet => None,
             })
             .collect();
-        let count = messages.len() as u64;
-        let inserted = match crate::store::bulk::insert_bound_statement(backend, messages, OnDuplicate::Ignore) {
-            Some(statement) => crate::store::bulk::execute(txn, statement).await?,
-            None => 0,
+        let (Some(messages), Some(bodies)) = (
+            insert_bound_statement(backend, messages, OnDuplicate::Ignore),
+            insert_bound_statement(backend, body_rows.clone(), OnDuplicate::Fail),
+        ) else {
+            continue;
         };
+        chunks.push(Chunk { ids, messages, bodies, body_rows });
+    }
+    Prepared(chunks)
+}
+
+/// Runs prepared inserts in `txn`; returns the ids written (a message whose idempotency key is
+/// taken is skipped, with its body).
+pub async fn write(txn: &sea_orm::DatabaseTransaction, prepared: Prepared) -> crate::error::Result<Vec<Uuid>> {
+    use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+
+    use crate::store::bulk::{OnDuplicate, execute, insert_bound_statement};
+    let backend = txn.get_database_backend();
+    let mut written = Vec::new();
+    for Chunk { ids, messages, bodies, body_rows } in prepared.0 {
+        let inserted = execute(txn, messages).await?;
+        if inserted == ids.len() as u64 {
+            execute(txn, bodies).await?;
+            written.extend(ids);
+            continue;
+        }
         // Keys already taken (a step or broadcast written before) left no row: no body either.
-        let kept: Vec<Uuid> = if inserted == count {
-            ids.clone()
-        } else {
-            outbox::Entity::find()
-                .select_only()
-                .column(outbox::Column::Id)
-                .filter(outbox::Column::Id.is_in(ids.clone()))
-                .into_tuple()
-                .all(txn)
-                .await?
-        };
+        let kept: Vec<Uuid> = outbox::Entity::find()
+            .select_only()
+            .column(outbox::Column::Id)
+            .filter(outbox::Column::Id.is_in(ids.clone()))
+            .into_tuple()
+            .all(txn)
+            .await?;
         let bodies: Vec<_> =
-            bodies.into_iter().zip(&ids).filter(|(_, id)| kept.contains(id)).map(|(body, _)| body).collect();
-        if let Some(statement) = crate::store::bulk::insert_bound_statement(backend, bodies, OnDuplicate::Fail) {
-            crate::store::bulk::execute(txn, statement).await?;
+            body_rows.into_iter().zip(&ids).filter(|(_, id)| kept.contains(id)).map(|(body, _)| body).collect();
+        if let Some(statement) = insert_bound_statement(backend, bodies, OnDuplicate::Fail) {
+            execute(txn, statement).await?;
         }
         written.extend(kept);
     }

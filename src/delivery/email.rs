@@ -99,10 +99,11 @@ impl Letterhead {
                 .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("List-Id"), format!("<{list}.{domain}>")));
         }
         // The body is written in its wire form here (see `mime`); lettre writes the headers.
-        let (content_type, encoding, raw) = match &body.html {
+        let html = body.html().map_err(|e| e.to_string())?;
+        let (content_type, encoding, raw) = match html.as_deref() {
             Some(html) => {
                 let boundary = format!("=_{}", message.id.simple());
-                let text = plain_part(&self.base_url, message, body, html);
+                let text = plain_part(&self.base_url, body, html);
                 let content_type = format!("multipart/alternative; boundary=\"{boundary}\"");
                 (content_type, ContentTransferEncoding::SevenBit, super::mime::alternative(&text, html, &boundary))
             }
@@ -127,11 +128,11 @@ impl Letterhead {
 
 /// The plain part of an HTML email: the stored text, or (when none was stored: the template had
 /// no text part) the HTML as text, each tracking link shown as the URL it stands for.
-fn plain_part(base_url: &url::Url, message: &outbox::Model, body: &outbox_body::Model, html: &str) -> String {
+fn plain_part(base_url: &url::Url, body: &outbox_body::Model, html: &str) -> String {
     if !body.text.trim().is_empty() {
         return body.text.clone();
     }
-    let links: Vec<String> = message.links.clone().and_then(|l| serde_json::from_value(l).ok()).unwrap_or_default();
+    let links: Vec<String> = body.links.clone().and_then(|l| serde_json::from_value(l).ok()).unwrap_or_default();
     crate::workflow::engine::html_to_text_with(html, |href| {
         super::compose::Tracking::clicked_target(base_url, href, &links)
     })

@@ -484,7 +484,9 @@ impl<S: Carrier> Worker<S> {
             .into_iter()
             .chain(insert_bound_statement(backend, events, OnDuplicate::Ignore))
             .collect();
+        let started = std::time::Instant::now();
         let txn = self.db.begin_write().await?;
+        let locked = started.elapsed();
         for statement in statements {
             crate::store::bulk::execute(&txn, statement).await?;
         }
@@ -495,7 +497,9 @@ impl<S: Carrier> Worker<S> {
         }
         steps.flush(&txn).await?;
         attempts.flush(&txn, day).await?;
+        let wrote = started.elapsed();
         txn.commit().await?;
+        tracing::debug!(channel = S::CHANNEL, answers = answers.len(), ?locked, ?wrote, took = ?started.elapsed(), "answers recorded");
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::audience::records::{self, kind, trigger};
 use crate::error::Result;
 use crate::store::Db;
-use crate::store::entities::outbox;
+use crate::store::entities::{outbox, outbox_body};
 
 /// What a click leads to.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,9 +47,10 @@ pub async fn record_open(db: &Db, id: Uuid, now: DateTime<Utc>) -> Result<bool> 
 pub async fn record_click(db: &Db, id: Uuid, index: usize, now: DateTime<Utc>) -> Result<Click> {
     let txn = db.begin_write().await?;
     let Some(message) = outbox::Entity::find_by_id(id).one(&txn).await? else { return Ok(Click::Unknown) };
-    let target = message
-        .links
+    let body = outbox_body::Entity::find_by_id(id).one(&txn).await?;
+    let target = body
         .as_ref()
+        .and_then(|body| body.links.as_ref())
         .and_then(|links| links.get(index))
         .and_then(Value::as_str)
         .filter(|url| url.starts_with("https://") || url.starts_with("http://"))

@@ -278,10 +278,16 @@ impl Engine {
         self.templates.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// Ticks twice a second until `stop` says so (so a step runs well within a second or two of
-    /// its time); errors are logged and retried next tick.
-    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
+    /// Runs until `stop` says so: workflows ticking twice a second (so a step runs well within a
+    /// second or two of its time), and beside them the writing of due broadcasts, looked for
+    /// twice a second too; errors are logged and retried. A big broadcast is written by its own
+    /// loop, so drips keep moving while it is written.
+    pub async fn run(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
+        tokio::join!(self.run_workflows(stop.clone()), self.run_broadcasts(stop));
+    }
+
+    async fn run_workflows(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        self.every_half_second(stop, || async {
             // With several instances, the workflows in force are those stored last by any of
             // them (a reload on one is run by whichever leads).
             if self.leadership.is_some()
@@ -289,12 +295,44 @@ impl Engine {
             {
                 tracing::error!(error = %e, "cannot read the stored workflows; retrying");
             }
-            match self.tick().await {
+            match self.tick_workflows().await {
                 Ok(report) if report.advanced > 0 || report.triggers > 0 => {
                     tracing::debug!(?report, "workflow engine tick");
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "workflow engine tick failed; retrying"),
+            }
+        })
+        .await;
+    }
+
+    async fn run_broadcasts(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        let watching = stop.clone();
+        self.every_half_second(stop, || async {
+            let keep_going = || !*watching.borrow();
+            match self.leading().await {
+                Ok(true) => {
+                    if let Err(e) = self.fan_out(keep_going).await {
+                        tracing::error!(error = %e, "writing a broadcast failed; retrying");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "cannot take the engine lease; retrying"),
+            }
+        })
+        .await;
+    }
+
+    /// Runs `work` now and then half a second after each run ends, until `stop` says so.
+    async fn every_half_second<F: std::future::Future<Output = ()>>(
+        &self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        work: impl Fn() -> F,
+    ) {
+        loop {
+            work().await;
+            if *stop.borrow() {
+                return;
             }
             tokio::select! {
                 _ = stop.changed() => return,
@@ -306,8 +344,18 @@ impl Engine {
         }
     }
 
-    /// Does all the work that is due now: triggers first, then enrollments, until none is left.
+    /// Does all the work that is due now: triggers first, then enrollments, until none is left;
+    /// then writes the due broadcasts.
     pub async fn tick(&self) -> Result<TickReport> {
+        let mut report = self.tick_workflows().await?;
+        if self.leading().await? {
+            report.broadcast_to = self.fan_out(|| true).await?;
+        }
+        Ok(report)
+    }
+
+    /// The workflows' part of [`Self::tick`]: triggers, then enrollments, until none is left.
+    async fn tick_workflows(&self) -> Result<TickReport> {
         let mut report = TickReport::default();
         loop {
             // Each round renews the lease, so a long tick keeps it, and a process that lost it
@@ -321,16 +369,13 @@ impl Engine {
             let more = more || more_dates;
             let (triggers, enrolled) = self.process_triggers().await?;
             let advanced = self.run_due().await?;
-            // One batch of each due broadcast per round, so drips keep moving during a big send.
-            let (broadcast_to, more_broadcasts) = self.fan_out().await?;
             report.triggers += triggers;
             report.enrolled += enrolled + scheduled;
             report.advanced += advanced;
-            report.broadcast_to += broadcast_to;
-            if advanced > 0 || broadcast_to > 0 {
+            if advanced > 0 {
                 self.bell.ring();
             }
-            if triggers == 0 && advanced == 0 && !more && !more_broadcasts {
+            if triggers == 0 && advanced == 0 && !more {
                 return Ok(report);
             }
         }

@@ -238,14 +238,14 @@ fn init_logging() {
 }
 
 /// A database of its own on the test PostgreSQL server, dropped afterwards.
-struct PostgresDatabase {
+pub struct PostgresDatabase {
     admin_url: String,
     name: String,
-    url: String,
+    pub url: String,
 }
 
 impl PostgresDatabase {
-    async fn create(admin_url: &str) -> Self {
+    pub async fn create(admin_url: &str) -> Self {
         let name = format!("ownlist_test_{}", uuid::Uuid::now_v7().simple());
         let admin = Db::connect(admin_url).await.unwrap();
         admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.unwrap();
@@ -288,12 +288,21 @@ pub async fn kinds(app: &TestApp, subscriber: &str) -> Vec<String> {
     timeline(app, subscriber).await.iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect()
 }
 
+/// The bodies of an outbox message as stored.
+pub async fn stored_body(app: &TestApp, message: uuid::Uuid) -> ownlist::store::entities::outbox_body::Model {
+    use sea_orm::EntityTrait;
+    ownlist::store::entities::outbox_body::Entity::find_by_id(message).one(app.db.conn()).await.unwrap().unwrap()
+}
+
 /// The bodies of an outbox message: (HTML, text).
 pub async fn bodies(app: &TestApp, message: uuid::Uuid) -> (Option<String>, String) {
-    use sea_orm::EntityTrait;
-    let body =
-        ownlist::store::entities::outbox_body::Entity::find_by_id(message).one(app.db.conn()).await.unwrap().unwrap();
-    (body.html, body.text)
+    let body = stored_body(app, message).await;
+    (body.html().unwrap().map(|html| html.into_owned()), body.text)
+}
+
+/// Where the click-tracking links of an outbox message lead, as stored with it.
+pub async fn tracked_links(app: &TestApp, message: uuid::Uuid) -> Option<serde_json::Value> {
+    stored_body(app, message).await.links
 }
 
 /// The plain-text part of a message as sent by the `file` transport (quoted-printable decoded).

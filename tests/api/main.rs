@@ -16,6 +16,7 @@ mod dashboard;
 mod email;
 mod engine;
 mod lists;
+mod migrations;
 mod operations;
 mod pages;
 mod sms;

@@ -25,8 +25,6 @@ pub struct Model {
     pub broadcast_id: Option<Uuid>,
     /// The list the message is sent to, for `List-Id` (list mail only).
     pub list_slug: Option<String>,
-    /// The links the message's tracked links redirect to, in order (a click token names an index).
-    pub links: Option<Json>,
     /// SMS only: how many segments the body takes.
     pub segments: Option<i32>,
     /// The provider's id for the message (an SMS provider's message SID), for status callbacks.

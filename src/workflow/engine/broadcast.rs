@@ -29,8 +29,11 @@ use crate::store::entities::{broadcast, membership, outbox, outbox_body, subscri
 use crate::workflow::model::Condition;
 use crate::workflow::templates::TemplateChecker;
 
-/// Subscribers turned into messages per transaction.
-const FAN_OUT_BATCH: u64 = 500;
+/// Subscribers turned into messages per transaction. (Delivery benchmark, with the next batch
+/// rendered while one is written: 500 wrote the broadcast faster, but each transaction held the
+/// write lock long enough to hold up recording what was sent: 2,540 msg/s end to end; 250 gave
+/// 2,780.)
+const FAN_OUT_BATCH: u64 = 250;
 
 /// A broadcast to create.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -322,9 +325,14 @@ impl Engine {
         })
     }
 
-    /// Writes the next batch of messages of each broadcast that is due; returns how many
-    /// subscribers were processed, and whether any broadcast has more to write.
-    pub(super) async fn fan_out(&self) -> Result<(u64, bool)> {
+    /// Writes the messages of every broadcast that is due, one broadcast after another, until
+    /// none is left or `keep_going` says to stop (checked before each batch); returns how many
+    /// subscribers were processed.
+    ///
+    /// A broadcast is written in batches of subscribers, each batch in one transaction with the
+    /// broadcast's cursor. The next batch is read and rendered while the one before it is being
+    /// written, so the writing (SQLite's one writer) never waits for reading or rendering.
+    pub(super) async fn fan_out(&self, keep_going: impl Fn() -> bool) -> Result<u64> {
         let now = self.clock.now();
         let due = broadcast::Entity::find()
             .filter(broadcast::Column::Status.is_in(["scheduled", "queueing"]))
@@ -332,20 +340,41 @@ impl Engine {
             .order_by_asc(broadcast::Column::SendAt)
             .all(self.db.conn())
             .await?;
-        let (mut processed, mut more) = (0, false);
+        let mut processed = 0;
         for b in due {
-            let (n, rest) = self.fan_out_batch(b, now).await?;
-            processed += n;
-            more |= rest;
+            processed += self.fan_out_broadcast(b, &keep_going).await?;
         }
-        Ok((processed, more))
+        Ok(processed)
     }
 
-    /// One batch of a broadcast: read the next members (no lock held), filter and render them
-    /// (rendering on the blocking pool), then write their messages and move the cursor in one
-    /// short transaction, unless the broadcast moved on meanwhile (cancelled, or another batch
-    /// written): then this batch is dropped and nothing is written twice.
-    async fn fan_out_batch(&self, b: broadcast::Model, now: DateTime<Utc>) -> Result<(u64, bool)> {
+    /// Writes one broadcast's messages from its cursor on (see [`Self::fan_out`]).
+    async fn fan_out_broadcast(&self, b: broadcast::Model, keep_going: &impl Fn() -> bool) -> Result<u64> {
+        let mut processed = 0;
+        let mut next = if keep_going() { Some(self.prepare_batch(&b, b.cursor).await?) } else { None };
+        while let Some(batch) = next.take() {
+            if !self.leading().await? {
+                break;
+            }
+            let (cursor, finished, count) = (batch.cursor_after, batch.finished, batch.members);
+            let written = self.write_batch(&b, batch);
+            let following = async {
+                if finished || !keep_going() { Ok(None) } else { self.prepare_batch(&b, cursor).await.map(Some) }
+            };
+            let (written, following) = tokio::join!(written, following);
+            if !written? {
+                break;
+            }
+            processed += count;
+            self.bell.ring();
+            next = following?;
+        }
+        Ok(processed)
+    }
+
+    /// The next batch of a broadcast after `cursor`, read (no lock held), filtered and rendered
+    /// (on the blocking pool), not yet written.
+    async fn prepare_batch(&self, b: &broadcast::Model, cursor: Option<Uuid>) -> Result<Batch> {
+        let now = self.clock.now();
         let conn = self.db.conn();
         let mut members = membership::Entity::find()
             .select_only()
@@ -354,7 +383,7 @@ impl Engine {
             .filter(membership::Column::Status.eq(MembershipStatus::Confirmed.as_str()))
             .order_by_asc(membership::Column::SubscriberId)
             .limit(FAN_OUT_BATCH);
-        if let Some(cursor) = b.cursor {
+        if let Some(cursor) = cursor {
             members = members.filter(membership::Column::SubscriberId.gt(cursor));
         }
         if let Some(tag) = &b.tag {
@@ -388,33 +417,70 @@ impl Engine {
             people = kept;
         }
         let (templates, links, batch) = (self.templates(), (self.signer.clone(), self.base_url.clone()), b.clone());
-        let rendered =
-            tokio::task::spawn_blocking(move || render_batch(&templates, &links, &batch, &people, &channels, now))
-                .await
-                .map_err(|e| crate::error::Error::Other(anyhow::anyhow!("rendering a broadcast batch failed: {e}")))?;
+        let backend = self.db.backend();
+        let rendered = tokio::task::spawn_blocking(move || {
+            let (rows, unrenderable) = render_batch(&templates, &links, &batch, &people, &channels, now);
+            (compose::prepare(backend, rows), unrenderable)
+        })
+        .await
+        .map_err(|e| crate::error::Error::Other(anyhow::anyhow!("rendering a broadcast batch failed: {e}")))?;
         let (rows, unrenderable) = rendered;
-        skipped += unrenderable;
-
-        let txn = self.db.begin_write().await?;
-        let Some(current) = broadcast::Entity::find_by_id(b.id).one(&txn).await? else { return Ok((0, false)) };
-        if !matches!(current.status.as_str(), "scheduled" | "queueing") || current.cursor != b.cursor {
-            return Ok((0, matches!(current.status.as_str(), "scheduled" | "queueing")));
-        }
-        let written = compose::insert(&txn, rows).await?.len() as i64;
-        let finished = (ids.len() as u64) < FAN_OUT_BATCH;
-        let mut active = current.clone().into_active_model();
-        active.cursor = Set(ids.last().copied().or(current.cursor));
-        active.queued = Set(current.queued + written);
-        active.skipped = Set(current.skipped + skipped);
-        active.status = Set(if finished { "queued" } else { "queueing" }.into());
-        if finished {
-            active.queued_at = Set(Some(now));
-        }
-        active.updated_at = Set(now);
-        active.update(&txn).await?;
-        txn.commit().await?;
-        Ok((ids.len() as u64, !finished))
+        Ok(Batch {
+            cursor_before: cursor,
+            cursor_after: ids.last().copied().or(cursor),
+            finished: (ids.len() as u64) < FAN_OUT_BATCH,
+            members: ids.len() as u64,
+            rows,
+            skipped: skipped + unrenderable,
+            now,
+        })
     }
+
+    /// Writes a prepared batch and moves the broadcast's cursor past it, in one short
+    /// transaction, unless the broadcast moved on meanwhile (cancelled, or this batch written by
+    /// another instance): then nothing is written (never anything twice) and it answers false.
+    async fn write_batch(&self, b: &broadcast::Model, batch: Batch) -> Result<bool> {
+        let started = std::time::Instant::now();
+        let txn = self.db.begin_write().await?;
+        let locked = started.elapsed();
+        let Some(current) = broadcast::Entity::find_by_id(b.id).one(&txn).await? else { return Ok(false) };
+        if !matches!(current.status.as_str(), "scheduled" | "queueing") || current.cursor != batch.cursor_before {
+            return Ok(false);
+        }
+        let written = compose::write(&txn, batch.rows).await?.len() as i64;
+        let mut active = current.clone().into_active_model();
+        active.cursor = Set(batch.cursor_after);
+        active.queued = Set(current.queued + written);
+        active.skipped = Set(current.skipped + batch.skipped);
+        active.status = Set(if batch.finished { "queued" } else { "queueing" }.into());
+        if batch.finished {
+            active.queued_at = Set(Some(batch.now));
+        }
+        active.updated_at = Set(batch.now);
+        active.update(&txn).await?;
+        let wrote = started.elapsed();
+        txn.commit().await?;
+        tracing::debug!(broadcast = %b.id, written, ?locked, ?wrote, took = ?started.elapsed(), "broadcast batch written");
+        Ok(true)
+    }
+}
+
+/// A batch of a broadcast, read and rendered, waiting to be written.
+struct Batch {
+    /// The broadcast's cursor this batch follows (it is written only if the cursor is still there).
+    cursor_before: Option<Uuid>,
+    /// The last member of the batch: the cursor once it is written.
+    cursor_after: Option<Uuid>,
+    /// Whether it is the broadcast's last batch.
+    finished: bool,
+    /// Members read (before the condition filter).
+    members: u64,
+    /// Its messages, as the statements that write them.
+    rows: compose::Prepared,
+    /// Member and channel pairs not sent to.
+    skipped: i64,
+    /// When it was rendered: its messages' creation time.
+    now: DateTime<Utc>,
 }
 
 /// What a broadcast's templates see for one subscriber.

@@ -1,0 +1,72 @@
+//! Schema changes keep what was stored before them.
+
+use migration::MigratorTrait;
+use ownlist::store::Db;
+use ownlist::store::entities::{outbox, outbox_body};
+use sea_orm::sea_query::{Alias, Query};
+use sea_orm::{ConnectionTrait, EntityTrait};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{Backend, PostgresDatabase, with_each_backend};
+
+/// A message written before bodies were compressed (migration 10): its HTML stays readable and
+/// its tracked links move from the message to its bodies.
+async fn messages_written_before_compressed_bodies_keep_their_html_and_links(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _database) = match backend {
+        Backend::Sqlite => (format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display()), None),
+        Backend::Postgres => {
+            let Ok(admin) = std::env::var("OWNLIST_TEST_DATABASE_URL") else {
+                eprintln!("OWNLIST_TEST_DATABASE_URL is not set: PostgreSQL half skipped");
+                return;
+            };
+            let database = PostgresDatabase::create(&admin).await;
+            (database.url.clone(), Some(database))
+        }
+    };
+    let db = Db::connect(&url).await.unwrap();
+    migration::Migrator::up(db.conn(), Some(9)).await.unwrap();
+    let (id, subscriber, now) = (Uuid::now_v7(), Uuid::now_v7(), chrono::Utc::now());
+    let links = json!(["https://shop.example/a", "https://shop.example/b"]);
+    let html = "<p>Hello Ada, <a href=\"https://news.example/t/c/TOKEN/0\">see</a></p>";
+    let message = Query::insert()
+        .into_table(Alias::new("outbox"))
+        .columns(
+            ["id", "idempotency_key", "subscriber_id", "channel", "recipient", "status", "due_at", "created_at"]
+                .into_iter()
+                .chain(["updated_at", "links"])
+                .map(Alias::new),
+        )
+        .values_panic([
+            id.into(),
+            "broadcast:old".into(),
+            subscriber.into(),
+            "email".into(),
+            "ada@example.com".into(),
+            "queued".into(),
+            now.into(),
+            now.into(),
+            now.into(),
+            links.clone().into(),
+        ])
+        .to_owned();
+    let body = Query::insert()
+        .into_table(Alias::new("outbox_bodies"))
+        .columns(["outbox_id", "html", "text"].map(Alias::new))
+        .values_panic([id.into(), html.into(), "".into()])
+        .to_owned();
+    for statement in [message, body] {
+        db.conn().execute(&statement).await.unwrap();
+    }
+
+    db.migrate().await.unwrap();
+    let stored = outbox_body::Entity::find_by_id(id).one(db.conn()).await.unwrap().unwrap();
+    assert_eq!(stored.html().unwrap().as_deref(), Some(html), "the old HTML is read as it was");
+    assert_eq!(stored.links, Some(links), "the links moved to the bodies");
+    let message = outbox::Entity::find_by_id(id).one(db.conn()).await.unwrap().unwrap();
+    assert_eq!((message.recipient.as_str(), message.status.as_str()), ("ada@example.com", "queued"));
+    db.close().await.unwrap();
+}
+
+with_each_backend!(messages_written_before_compressed_bodies_keep_their_html_and_links);
