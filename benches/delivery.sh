@@ -13,7 +13,8 @@
 # (ownlist's concurrency), each keeping its connection for the next message (`-d`), as ownlist's
 # pooled connections do. Prints both rates and their ratio.
 # Needs postfix (smtp-sink, smtp-source), sqlite3, openssl and curl. BENCH_SKIP_DKIM=1 skips the
-# DKIM-on run (for quick comparisons while working on the fast path).
+# DKIM-on run (for quick comparisons while working on the fast path); BENCH_POLL=S polls the
+# broadcast's progress every S seconds (0.2 by default; each poll counts the broadcast's messages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/lib.sh

@@ -47,7 +47,7 @@ broadcast_and_wait() {
   while true; do
     body=$(curl -sf -H "Authorization: Bearer $token" "$api/$id") || body=""
     [[ $body =~ \"status\":\"done\" ]] && break
-    sleep 0.2
+    sleep "${BENCH_POLL:-0.2}"
   done
   end=$(date +%s.%N)
   [[ $body =~ \"sent\":([0-9]+) ]] && sent=${BASH_REMATCH[1]}

@@ -44,10 +44,10 @@ impl Tracking {
     }
 
     /// The original of a click URL of this instance, from the message's recorded links.
-    pub fn clicked_target<'a>(base_url: &url::Url, href: &str, links: &'a [String]) -> Option<&'a str> {
+    pub fn clicked_target<'a>(base_url: &url::Url, href: &str, links: &[&'a str]) -> Option<&'a str> {
         let rest = href.strip_prefix(base_url.as_str())?.strip_prefix("t/c/")?;
         let (_, index) = rest.rsplit_once('/')?;
-        links.get(index.parse::<usize>().ok()?).map(String::as_str)
+        links.get(index.parse::<usize>().ok()?).copied()
     }
 
     /// Links ownlist itself serves (unsubscribe, preferences) are never rewritten: they must keep
@@ -337,6 +337,7 @@ mod tests {
         assert!(out.contains("mailto:hi@example.com") && out.contains("https://news.example.com/u/TOKEN"));
         assert!(out.contains("data-href=\"https://no.example\""), "only href attributes: {out}");
         assert!(out.contains(&format!("<img src=\"{}\"", open)) && out.ends_with("</body></html>"));
+        let links: Vec<&str> = links.iter().map(String::as_str).collect();
         let clicked = |href: &str| Tracking::clicked_target(&t.base_url, href, &links);
         assert_eq!(clicked(&click_url(1)), Some("https://shop.example/b"));
         assert_eq!(clicked(&click_url(2)), None, "no such link");

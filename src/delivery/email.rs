@@ -132,7 +132,10 @@ fn plain_part(base_url: &url::Url, body: &outbox_body::Model, html: &str) -> Str
     if !body.text.trim().is_empty() {
         return body.text.clone();
     }
-    let links: Vec<String> = body.links.clone().and_then(|l| serde_json::from_value(l).ok()).unwrap_or_default();
+    let links: Vec<&str> = match body.links.as_ref().and_then(serde_json::Value::as_array) {
+        Some(links) => links.iter().filter_map(serde_json::Value::as_str).collect(),
+        None => Vec::new(),
+    };
     crate::workflow::engine::html_to_text_with(html, |href| {
         super::compose::Tracking::clicked_target(base_url, href, &links)
     })

@@ -2,11 +2,12 @@
 //! as workflow messages.
 //!
 //! Creating a broadcast checks it fully (list, channels, templates rendered once for a sample
-//! subscriber) and stores it; nothing else. The engine's tick then fans it out in batches of
-//! subscribers in id order: each batch's messages are rendered and written to the outbox in one
-//! transaction with the broadcast's cursor, so a crash resumes after the last whole batch and a
-//! message is never written twice (its idempotency key is broadcast, subscriber and channel).
-//! Delivery workers start sending the first batch while the rest is still being written.
+//! subscriber) and stores it; nothing else. The engine's broadcast loop (beside its workflow
+//! tick) then fans it out in batches of subscribers in id order: each batch's messages are
+//! rendered and written to the outbox in one transaction with the broadcast's cursor, so a crash
+//! resumes after the last whole batch and a message is never written twice (its idempotency key
+//! is broadcast, subscriber and channel). The next batch is read and rendered while one is
+//! written. Delivery workers start sending the first batch while the rest is still being written.
 
 use std::collections::BTreeMap;
 
