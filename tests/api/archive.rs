@@ -74,6 +74,11 @@ async fn everything_exported_comes_back_whole_into_an_empty_instance(backend: Ba
     assert_eq!(first["email"], "ada@example.com");
     assert_eq!(first["attributes"]["plan"], "pro");
     assert!(std::fs::read_to_string(out.join("subscribers.csv")).unwrap().contains("ada@example.com"));
+    // Message bodies are stored compressed but exported with their HTML as text.
+    let bodies = std::fs::read_to_string(out.join("outbox_bodies.jsonl")).unwrap();
+    let body: Value = serde_json::from_str(bodies.lines().find(|l| l.contains("<p>Hi Ada</p>")).unwrap()).unwrap();
+    assert!(body["html"].as_str().unwrap().starts_with("<p>Hi Ada</p>"), "{body}");
+    assert!(body.get("html_lz4").is_none() && body["links"].is_array(), "{body}");
     let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(readme.contains("| `consents.jsonl` | 1 |") || readme.contains("`consents.jsonl`"), "{readme}");
     assert!(archive::export_all(&source.db, now, &out).await.is_err(), "never into a folder that is not empty");
@@ -104,6 +109,12 @@ async fn everything_exported_comes_back_whole_into_an_empty_instance(backend: Ba
     was.as_object_mut().unwrap().remove("exported_at");
     is.as_object_mut().unwrap().remove("exported_at");
     assert_eq!(was, is, "the same person, consents and timeline");
+    let id: uuid::Uuid = body["outbox_id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        crate::helpers::bodies(&target, id).await,
+        crate::helpers::bodies(&source, id).await,
+        "bodies come back"
+    );
     // The erased address stays suppressed in the new home.
     let again = target.post("/api/v1/subscribers", &json!({"email": "gone@example.com"})).await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
