@@ -33,8 +33,8 @@ use crate::workflow::templates::TemplateChecker;
 /// Subscribers turned into messages per transaction. (Delivery benchmark, with the next batch
 /// rendered while one is written: 500 wrote the broadcast faster, but each transaction held the
 /// write lock long enough to hold up recording what was sent: 2,540 msg/s end to end; 250 gave
-/// 2,780.)
-const FAN_OUT_BATCH: u64 = 250;
+/// 2,780–2,870, 125 gave 2,940–3,020.)
+const FAN_OUT_BATCH: u64 = 125;
 
 /// A broadcast to create.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
