@@ -309,15 +309,8 @@ impl Engine {
     async fn run_broadcasts(&self, stop: tokio::sync::watch::Receiver<bool>) {
         let watching = stop.clone();
         self.every_half_second(stop, || async {
-            let keep_going = || !*watching.borrow();
-            match self.leading().await {
-                Ok(true) => {
-                    if let Err(e) = self.fan_out(keep_going).await {
-                        tracing::error!(error = %e, "writing a broadcast failed; retrying");
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "cannot take the engine lease; retrying"),
+            if let Err(e) = self.fan_out(|| !*watching.borrow()).await {
+                tracing::error!(error = %e, "writing a broadcast failed; retrying");
             }
         })
         .await;
@@ -348,9 +341,7 @@ impl Engine {
     /// then writes the due broadcasts.
     pub async fn tick(&self) -> Result<TickReport> {
         let mut report = self.tick_workflows().await?;
-        if self.leading().await? {
-            report.broadcast_to = self.fan_out(|| true).await?;
-        }
+        report.broadcast_to = self.fan_out(|| true).await?;
         Ok(report)
     }
 

@@ -327,13 +327,16 @@ impl Engine {
     }
 
     /// Writes the messages of every broadcast that is due, one broadcast after another, until
-    /// none is left or `keep_going` says to stop (checked before each batch); returns how many
-    /// subscribers were processed.
+    /// none is left, `keep_going` says to stop, or this process no longer leads the engine (both
+    /// checked before each batch); returns how many subscribers were processed.
     ///
     /// A broadcast is written in batches of subscribers, each batch in one transaction with the
     /// broadcast's cursor. The next batch is read and rendered while the one before it is being
     /// written, so the writing (SQLite's one writer) never waits for reading or rendering.
     pub(super) async fn fan_out(&self, keep_going: impl Fn() -> bool) -> Result<u64> {
+        if !self.leading().await? {
+            return Ok(0);
+        }
         let now = self.clock.now();
         let due = broadcast::Entity::find()
             .filter(broadcast::Column::Status.is_in(["scheduled", "queueing"]))
