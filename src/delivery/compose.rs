@@ -267,7 +267,7 @@ pub fn prepare(backend: sea_orm::DbBackend, rows: Vec<(outbox::ActiveModel, outb
             .collect();
         let (Some(messages), Some(bodies)) = (
             insert_bound_statement(backend, messages, OnDuplicate::Ignore),
-            insert_bound_statement(backend, body_rows.clone(), OnDuplicate::Fail),
+            insert_bound_statement(backend, body_rows.clone(), OnDuplicate::Fail).map(|b| for_written(backend, b)),
         ) else {
             continue;
         };
@@ -276,13 +276,60 @@ pub fn prepare(backend: sea_orm::DbBackend, rows: Vec<(outbox::ActiveModel, outb
     Prepared(chunks)
 }
 
+/// On SQLite, the INSERT of bodies made to insert only those whose message is there:
+/// `INSERT INTO … SELECT * FROM (VALUES …) WHERE EXISTS (the message)`, so it can run in the same
+/// call as the messages' INSERT OR IGNORE (see [`write`]) and still leave out the bodies of
+/// messages whose key was taken. Elsewhere (or if the statement is not of the expected form) as
+/// it is.
+fn for_written(backend: sea_orm::DbBackend, mut bodies: sea_orm::Statement) -> sea_orm::Statement {
+    if backend != sea_orm::DbBackend::Sqlite {
+        return bodies;
+    }
+    let Some((head, values)) = bodies.sql.split_once(" VALUES ") else { return bodies };
+    let Some(columns) = head.split_once('(').map(|(_, c)| c.trim_end_matches(')')) else { return bodies };
+    let Some(position) = columns.split(", ").position(|c| c == "\"outbox_id\"") else { return bodies };
+    bodies.sql = format!(
+        "{head} SELECT * FROM (VALUES {values}) WHERE EXISTS \
+         (SELECT 1 FROM \"outbox\" WHERE \"outbox\".\"id\" = column{})",
+        position + 1
+    );
+    bodies
+}
+
 /// Runs prepared inserts in `txn`; returns the ids written (a message whose idempotency key is
 /// taken is skipped, with its body).
+///
+/// On SQLite every statement goes to the database in one call (see `bulk::joined`): the
+/// messages' INSERT OR IGNORE, and the bodies of those written (see [`for_written`]). When
+/// fewer rows than all were written, the ids kept are read back.
 pub async fn write(txn: &sea_orm::DatabaseTransaction, prepared: Prepared) -> crate::error::Result<Vec<Uuid>> {
     use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
-    use crate::store::bulk::{OnDuplicate, execute, insert_bound_statement};
+    use crate::store::bulk::{OnDuplicate, execute, insert_bound_statement, joined};
     let backend = txn.get_database_backend();
+    if backend == sea_orm::DbBackend::Sqlite {
+        let ids: Vec<Uuid> = prepared.0.iter().flat_map(|chunk| chunk.ids.iter().copied()).collect();
+        let statements = prepared.0.into_iter().flat_map(|chunk| [chunk.messages, chunk.bodies]).collect();
+        let mut changed = 0;
+        for statement in joined(backend, statements) {
+            changed += execute(txn, statement).await?;
+        }
+        if changed == 2 * ids.len() as u64 {
+            return Ok(ids);
+        }
+        let mut kept = Vec::with_capacity(ids.len());
+        for part in ids.chunks(500) {
+            let found: Vec<Uuid> = outbox::Entity::find()
+                .select_only()
+                .column(outbox::Column::Id)
+                .filter(outbox::Column::Id.is_in(part.to_vec()))
+                .into_tuple()
+                .all(txn)
+                .await?;
+            kept.extend(part.iter().filter(|id| found.contains(id)));
+        }
+        return Ok(kept);
+    }
     let mut written = Vec::new();
     for Chunk { ids, messages, bodies, body_rows } in prepared.0 {
         let inserted = execute(txn, messages).await?;

@@ -280,8 +280,8 @@ impl<S: Carrier> Worker<S> {
         if let Some((instance, lease)) = &self.leases {
             return self.claim_leased(now, instance, *lease).await;
         }
-        let mut query = outbox::Entity::find()
-            .filter(outbox::Column::Channel.eq(S::CHANNEL))
+        let mut query = with_bodies()
+            .filter(channel_is(S::CHANNEL))
             .filter(crate::store::queued())
             .filter(outbox::Column::DueAt.lte(now));
         if let Some((due, id)) = after {
@@ -291,26 +291,12 @@ impl<S: Carrier> Worker<S> {
                     .add(sea_orm::Condition::all().add(outbox::Column::DueAt.eq(due)).add(outbox::Column::Id.gt(id))),
             );
         }
-        let due = query
+        Ok(query
             .order_by_asc(outbox::Column::DueAt)
             .order_by_asc(outbox::Column::Id)
             .limit(BATCH)
             .all(self.db.conn())
-            .await?;
-        self.with_bodies(due).await
-    }
-
-    /// The claimed messages with their bodies (`None` for a message whose body is missing).
-    async fn with_bodies(&self, due: Vec<outbox::Model>) -> Result<Vec<Claimed>> {
-        let ids: Vec<uuid::Uuid> = due.iter().map(|m| m.id).collect();
-        let mut bodies: std::collections::HashMap<uuid::Uuid, outbox_body::Model> = outbox_body::Entity::find()
-            .filter(outbox_body::Column::OutboxId.is_in(ids))
-            .all(self.db.conn())
-            .await?
-            .into_iter()
-            .map(|b| (b.outbox_id, b))
-            .collect();
-        Ok(due.into_iter().map(|m| (bodies.remove(&m.id), m)).map(|(b, m)| (m, b)).collect())
+            .await?)
     }
 
     /// Claims the next due messages that no live lease holds (PostgreSQL).
@@ -328,13 +314,12 @@ impl<S: Carrier> Worker<S> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let due = outbox::Entity::find()
+        Ok(with_bodies()
             .filter(outbox::Column::Id.is_in(ids))
             .order_by_asc(outbox::Column::DueAt)
             .order_by_asc(outbox::Column::Id)
             .all(self.db.conn())
-            .await?;
-        self.with_bodies(due).await
+            .await?)
     }
 
     /// Gives back the leases of claimed messages not attempted (on stopping), so another
@@ -451,7 +436,7 @@ impl<S: Carrier> Worker<S> {
     /// statistics.
     async fn record_all(&self, answers: &[Attempted], now: DateTime<Utc>) -> Result<()> {
         use crate::stats::steps::measure;
-        use crate::store::bulk::{OnDuplicate, insert_bound_statement, update_bound_statement};
+        use crate::store::bulk::{OnDuplicate, insert_bound_statement, joined, padded, update_bound_statement};
         use outbox::Column as C;
         let mut updates = Vec::with_capacity(answers.len());
         let mut events = Vec::with_capacity(answers.len());
@@ -480,10 +465,17 @@ impl<S: Carrier> Worker<S> {
         if self.leases.is_some() {
             columns.extend([C::LeaseUntil, C::LeaseOwner]);
         }
+        // On SQLite: the rows padded to a multiple of 32, so the statements come in eight shapes
+        // each prepared once (a statement per count of answers was prepared anew nearly every
+        // time), and sent as one with the day's figures (see `bulk::joined`).
+        let sqlite = backend == sea_orm::DbBackend::Sqlite;
+        let (updates, events) = if sqlite { (padded(updates, 32), padded(events, 32)) } else { (updates, events) };
         let statements: Vec<sea_orm::Statement> = update_bound_statement(backend, updates, &columns)
             .into_iter()
             .chain(insert_bound_statement(backend, events, OnDuplicate::Ignore))
+            .chain(attempts.statement(backend, day))
             .collect();
+        let statements = joined(backend, statements);
         let started = std::time::Instant::now();
         let txn = self.db.begin_write().await?;
         let locked = started.elapsed();
@@ -496,7 +488,6 @@ impl<S: Carrier> Worker<S> {
             }
         }
         steps.flush(&txn).await?;
-        attempts.flush(&txn, day).await?;
         let wrote = started.elapsed();
         txn.commit().await?;
         tracing::debug!(channel = S::CHANNEL, answers = answers.len(), ?locked, ?wrote, took = ?started.elapsed(), "answers recorded");
@@ -558,6 +549,25 @@ impl<S: Carrier> Worker<S> {
 
 /// A claimed message and its bodies (`None` if they are missing, which fails it).
 type Claimed = (outbox::Model, Option<outbox_body::Model>);
+
+/// Outbox messages each with its bodies, read in one query (`None` for a message whose bodies
+/// are missing).
+fn with_bodies() -> sea_orm::SelectTwo<outbox::Entity, outbox_body::Entity> {
+    use sea_orm::{EntityTrait, QuerySelect};
+    let bodies = outbox::Entity::belongs_to(outbox_body::Entity)
+        .from(outbox::Column::Id)
+        .to(outbox_body::Column::OutboxId)
+        .into();
+    outbox::Entity::find().join(sea_orm::JoinType::LeftJoin, bodies).select_also(outbox_body::Entity)
+}
+
+/// `channel = '…'` written as a literal, as [`crate::store::queued`] is: SQLite re-plans a
+/// statement whose bound value a partial index's condition names (`outbox_sms_provider_ref`
+/// is `WHERE channel = 'sms'`) every time it is bound again; a literal is planned once.
+fn channel_is(channel: &'static str) -> sea_orm::sea_query::SimpleExpr {
+    debug_assert!(channel.bytes().all(|b| b.is_ascii_lowercase()));
+    sea_orm::sea_query::Expr::cust(format!("\"outbox\".\"channel\" = '{channel}'"))
+}
 
 /// What an answer does: the message's new state (its id and every column `record_all`
 /// writes), its timeline entry, and the subscriber to mark bounced. A hold is no attempt: only

@@ -77,9 +77,18 @@ impl Attempts {
 
     /// Adds the counts to the day's rollups, within the caller's transaction.
     pub async fn flush(self, conn: &impl ConnectionTrait, day: NaiveDate) -> Result<()> {
+        if let Some(statement) = self.statement(conn.get_database_backend(), day) {
+            conn.execute_raw(statement).await?;
+        }
+        Ok(())
+    }
+
+    /// The statement [`Self::flush`] runs (none when nothing was counted).
+    pub fn statement(self, backend: sea_orm::DbBackend, day: NaiveDate) -> Option<sea_orm::Statement> {
         use sea_orm::ActiveValue::Set;
+        use sea_orm::QueryTrait;
         if self.0.is_empty() {
-            return Ok(());
+            return None;
         }
         let day = day_key(day);
         let rows: Vec<delivery_day::ActiveModel> = self
@@ -105,8 +114,7 @@ impl Attempts {
             let (column, value) = add(column);
             on_conflict.value(column, value);
         }
-        delivery_day::Entity::insert_many(rows).on_conflict(on_conflict).exec_without_returning(conn).await?;
-        Ok(())
+        Some(delivery_day::Entity::insert_many(rows).on_conflict(on_conflict).build(backend))
     }
 }
 

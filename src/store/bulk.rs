@@ -37,6 +37,37 @@ pub async fn execute(conn: &impl sea_orm::ConnectionTrait, statement: Statement)
     Ok(result.rows_affected())
 }
 
+/// `rows` made a multiple of `multiple` long by repeating the last row, so that statements
+/// built for them come in few shapes, each prepared once and then reused from the statement
+/// cache. Only for statements a repeated row leaves as they are: `INSERT OR IGNORE` (the copy is
+/// ignored) and [`update_bound_statement`] (the row is set to the same values twice).
+pub fn padded<T: Clone>(mut rows: Vec<T>, multiple: usize) -> Vec<T> {
+    if let Some(last) = rows.last().cloned() {
+        let short = (multiple - rows.len() % multiple) % multiple;
+        rows.extend(std::iter::repeat_n(last, short));
+    }
+    rows
+}
+
+/// `statements` as one (SQLite runs a string of statements in one call, binding their
+/// parameters in order), so a transaction sends them to the database's thread once rather
+/// than waiting for each in turn while it holds the write lock. Other backends: as they are.
+pub fn joined(backend: DbBackend, statements: Vec<Statement>) -> Vec<Statement> {
+    if backend != DbBackend::Sqlite || statements.len() < 2 {
+        return statements;
+    }
+    let mut sql = String::with_capacity(statements.iter().map(|s| s.sql.len() + 2).sum());
+    let mut values = Vec::new();
+    for statement in statements {
+        if !sql.is_empty() {
+            sql.push_str(";\n");
+        }
+        sql.push_str(&statement.sql);
+        values.extend(statement.values.map(|v| v.0).unwrap_or_default());
+    }
+    vec![Statement::from_sql_and_values(backend, sql, values)]
+}
+
 /// One INSERT for all `rows` (callers keep batches under the backend's parameter limits).
 pub fn insert_statement<A>(backend: DbBackend, rows: Vec<A>, on_duplicate: OnDuplicate) -> Option<Statement>
 where
@@ -266,6 +297,14 @@ mod tests {
 
     use super::*;
     use crate::store::entities::event;
+
+    #[test]
+    fn padding_repeats_the_last_row_up_to_a_multiple() {
+        assert_eq!(padded(Vec::<u8>::new(), 32), Vec::<u8>::new());
+        assert_eq!(padded(vec![1, 2, 3], 4), [1, 2, 3, 3]);
+        assert_eq!(padded(vec![1, 2, 3, 4], 4), [1, 2, 3, 4]);
+        assert_eq!(padded(vec![7], 32).len(), 32);
+    }
 
     #[test]
     fn sqlite_literals_use_the_bound_encodings_and_escape_quotes() {
