@@ -303,7 +303,7 @@ fn for_written(backend: sea_orm::DbBackend, mut bodies: sea_orm::Statement) -> s
 /// messages' INSERT OR IGNORE, and the bodies of those written (see [`for_written`]). When
 /// fewer rows than all were written, the ids kept are read back.
 pub async fn write(txn: &sea_orm::DatabaseTransaction, prepared: Prepared) -> crate::error::Result<Vec<Uuid>> {
-    use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+    use sea_orm::ConnectionTrait;
 
     use crate::store::bulk::{OnDuplicate, execute, insert_bound_statement, joined};
     let backend = txn.get_database_backend();
@@ -319,14 +319,7 @@ pub async fn write(txn: &sea_orm::DatabaseTransaction, prepared: Prepared) -> cr
         }
         let mut kept = Vec::with_capacity(ids.len());
         for part in ids.chunks(500) {
-            let found: Vec<Uuid> = outbox::Entity::find()
-                .select_only()
-                .column(outbox::Column::Id)
-                .filter(outbox::Column::Id.is_in(part.to_vec()))
-                .into_tuple()
-                .all(txn)
-                .await?;
-            kept.extend(part.iter().filter(|id| found.contains(id)));
+            kept.extend(existing(txn, part).await?);
         }
         return Ok(kept);
     }
@@ -339,13 +332,7 @@ pub async fn write(txn: &sea_orm::DatabaseTransaction, prepared: Prepared) -> cr
             continue;
         }
         // Keys already taken (a step or broadcast written before) left no row: no body either.
-        let kept: Vec<Uuid> = outbox::Entity::find()
-            .select_only()
-            .column(outbox::Column::Id)
-            .filter(outbox::Column::Id.is_in(ids.clone()))
-            .into_tuple()
-            .all(txn)
-            .await?;
+        let kept = existing(txn, &ids).await?;
         let bodies: Vec<_> =
             body_rows.into_iter().zip(&ids).filter(|(_, id)| kept.contains(id)).map(|(body, _)| body).collect();
         if let Some(statement) = insert_bound_statement(backend, bodies, OnDuplicate::Fail) {
@@ -354,6 +341,19 @@ pub async fn write(txn: &sea_orm::DatabaseTransaction, prepared: Prepared) -> cr
         written.extend(kept);
     }
     Ok(written)
+}
+
+/// Those of `ids` (a chunk's) whose message is in the outbox, in their order.
+async fn existing(txn: &sea_orm::DatabaseTransaction, ids: &[Uuid]) -> crate::error::Result<Vec<Uuid>> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+    let found: Vec<Uuid> = outbox::Entity::find()
+        .select_only()
+        .column(outbox::Column::Id)
+        .filter(outbox::Column::Id.is_in(ids.to_vec()))
+        .into_tuple()
+        .all(txn)
+        .await?;
+    Ok(ids.iter().copied().filter(|id| found.contains(id)).collect())
 }
 
 #[cfg(test)]

@@ -68,6 +68,13 @@ pub fn joined(backend: DbBackend, statements: Vec<Statement>) -> Vec<Statement> 
     vec![Statement::from_sql_and_values(backend, sql, values)]
 }
 
+/// `ON CONFLICT DO NOTHING` without a target: a row breaking any unique constraint is skipped,
+/// as SQLite's `INSERT OR IGNORE` does. (sea-orm's `on_conflict_do_nothing` names the primary
+/// key, so on PostgreSQL a message whose idempotency key was taken failed the whole statement.)
+fn any_conflict() -> sea_orm::sea_query::OnConflict {
+    sea_orm::sea_query::OnConflict::new().do_nothing().to_owned()
+}
+
 /// One INSERT for all `rows` (callers keep batches under the backend's parameter limits).
 pub fn insert_statement<A>(backend: DbBackend, rows: Vec<A>, on_duplicate: OnDuplicate) -> Option<Statement>
 where
@@ -80,7 +87,7 @@ where
         let insert = <A::Entity as EntityTrait>::insert_many(rows);
         return Some(match on_duplicate {
             OnDuplicate::Fail => insert.build(backend),
-            OnDuplicate::Ignore => insert.on_conflict_do_nothing().build(backend),
+            OnDuplicate::Ignore => insert.on_conflict(any_conflict()).build(backend),
         });
     }
     Some(Statement::from_string(DbBackend::Sqlite, sqlite_insert(rows, on_duplicate)))
@@ -105,7 +112,7 @@ where
             statement.sql = statement.sql.replacen("INSERT INTO", "INSERT OR IGNORE INTO", 1);
             statement
         }
-        (OnDuplicate::Ignore, _) => insert.on_conflict_do_nothing().build(backend),
+        (OnDuplicate::Ignore, _) => insert.on_conflict(any_conflict()).build(backend),
     })
 }
 

@@ -14,6 +14,7 @@ on_both_databases!(
     a_scheduled_broadcast_waits_for_its_time_and_can_be_cancelled,
     a_tag_or_condition_narrows_a_broadcast,
     a_big_broadcast_sent_while_it_is_still_being_written_arrives_once_each,
+    messages_whose_keys_are_taken_are_left_out_with_their_bodies,
 );
 
 async fn member(app: &TestApp, email: &str, extra: Value) -> String {
@@ -228,4 +229,44 @@ async fn a_big_broadcast_sent_while_it_is_still_being_written_arrives_once_each(
     let links = crate::helpers::tracked_links(&app, one.id).await;
     assert!(links.is_none() && !html.contains("/t/o/"), "tracking off for this broadcast");
     assert_eq!(std::fs::read_dir(app.data_dir.join("mail")).unwrap().count(), 1200);
+}
+
+/// Writing messages (as a step or a broadcast batch does) whose idempotency keys are taken
+/// writes only the others, and no body for those left out: on SQLite every INSERT goes in one
+/// call and the ids written are then read back; on PostgreSQL chunk by chunk.
+async fn messages_whose_keys_are_taken_are_left_out_with_their_bodies(app: TestApp) {
+    use ownlist::delivery::compose::{self, Draft};
+    let now = chrono::Utc::now();
+    let rows = |keys: std::ops::Range<usize>| -> Vec<_> {
+        keys.map(|n| {
+            let draft = Draft {
+                channel: "email",
+                recipient: format!("reader{n}@example.com"),
+                subject: Some("Hi".into()),
+                html: Some(format!("<p>Message {n}</p>")),
+                text: String::new(),
+                list_slug: None,
+            };
+            compose::row(uuid::Uuid::now_v7(), format!("test:{n}"), uuid::Uuid::now_v7(), draft, None, now, now)
+        })
+        .collect()
+    };
+    let txn = app.db.begin_write().await.unwrap();
+    assert_eq!(compose::insert(&txn, rows(0..150)).await.unwrap().len(), 150);
+    txn.commit().await.unwrap();
+    // 50 keys taken (in the first chunk of 100), 100 new ones across both chunks.
+    let again = rows(100..250);
+    let new: Vec<uuid::Uuid> = again.iter().skip(50).map(|(message, _)| message.id.clone().unwrap()).collect();
+    let txn = app.db.begin_write().await.unwrap();
+    assert_eq!(compose::insert(&txn, again).await.unwrap(), new, "only the new ones, in order");
+    txn.commit().await.unwrap();
+    assert_eq!(app.count("outbox").await, 250);
+    assert_eq!(app.count("outbox_bodies").await, 250, "no body for a message left out");
+    let orphans =
+        outbox::Entity::find().filter(outbox::Column::Id.is_in(new.clone())).all(app.db.conn()).await.unwrap();
+    assert_eq!(orphans.len(), 100);
+    for id in &new[..3] {
+        let (html, _) = crate::helpers::bodies(&app, *id).await;
+        assert!(html.is_some_and(|h| h.starts_with("<p>Message ")), "each written message has its body");
+    }
 }
