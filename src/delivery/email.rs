@@ -174,20 +174,17 @@ impl Letterhead {
     ) -> Result<Option<(Envelope, Vec<u8>)>, String> {
         use std::io::Write;
         let subject = message.subject.as_deref().unwrap_or_default();
-        let simple_subject = !subject.is_empty()
+        // Words of at least one character, one space between them.
+        let single_spaced = |s: &str| !s.is_empty() && !s.starts_with(' ') && !s.ends_with(' ') && !s.contains("  ");
+        let simple_subject = single_spaced(subject)
             && subject.len() <= 60
             && subject.bytes().all(|b| (0x20..0x7f).contains(&b))
-            && !subject.starts_with(' ')
-            && !subject.ends_with(' ')
-            && !subject.contains("  ")
             && !subject.contains("=?");
-        let simple_name = self.from.name.as_deref().is_none_or(|name| {
-            !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ')
-                && !name.starts_with(' ')
-                && !name.ends_with(' ')
-                && !name.contains("  ")
-        });
+        let simple_name = self
+            .from
+            .name
+            .as_deref()
+            .is_none_or(|name| single_spaced(name) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' '));
         let to = match message.recipient.parse::<lettre::Address>() {
             Ok(to)
                 if simple_subject

@@ -10,13 +10,7 @@
 /// The MIME body of a message with a plain and an HTML part, plain first (the HTML last: the
 /// part mail clients prefer). `boundary` must not occur in quoted-printable text: one starting
 /// with `=_` cannot, as an encoded `=` is always followed by a hex digit or a line end.
-pub fn alternative(text: &str, html: &str, boundary: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_alternative(&mut out, text, html, boundary);
-    out
-}
-
-/// [`alternative`], appended to `out`.
+/// It is appended to `out`.
 pub fn write_alternative(out: &mut Vec<u8>, text: &str, html: &str, boundary: &str) {
     out.reserve(text.len() + html.len() + (text.len() + html.len()) / 16 + 512);
     for (content_type, part) in [("text/plain", text), ("text/html", html)] {
@@ -204,7 +198,8 @@ mod tests {
 
     #[test]
     fn parts_come_plain_first_and_never_start_a_line_with_a_dot() {
-        let body = alternative("Hi\n.\nbye", "<p>Hi</p>", "=_b");
+        let mut body = Vec::new();
+        write_alternative(&mut body, "Hi\n.\nbye", "<p>Hi</p>", "=_b");
         let text = String::from_utf8(body.clone()).unwrap();
         assert!(text.starts_with("--=_b\r\nContent-Type: text/plain; charset=utf-8\r\n"), "{text}");
         assert!(text.find("text/plain").unwrap() < text.find("text/html").unwrap());

@@ -3,7 +3,7 @@
 
 use chrono::NaiveDate;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use serde::Serialize;
 
 use super::{Days, day_key, ratio, sum};
@@ -75,15 +75,8 @@ impl Attempts {
         }
     }
 
-    /// Adds the counts to the day's rollups, within the caller's transaction.
-    pub async fn flush(self, conn: &impl ConnectionTrait, day: NaiveDate) -> Result<()> {
-        if let Some(statement) = self.statement(conn.get_database_backend(), day) {
-            conn.execute_raw(statement).await?;
-        }
-        Ok(())
-    }
-
-    /// The statement [`Self::flush`] runs (none when nothing was counted).
+    /// The statement that adds the counts to the day's rollups (none when nothing was counted),
+    /// for the caller to run in its transaction.
     pub fn statement(self, backend: sea_orm::DbBackend, day: NaiveDate) -> Option<sea_orm::Statement> {
         use sea_orm::ActiveValue::Set;
         use sea_orm::QueryTrait;
