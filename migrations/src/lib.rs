@@ -16,6 +16,7 @@ mod m20261122_000007_funnel;
 mod m20261122_000008_admin_sessions;
 mod m20261122_000009_outbox_indexes;
 mod m20261201_000010_packed_bodies;
+mod m20261202_000011_body_dictionaries;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000008_admin_sessions::Migration),
             Box::new(m20261122_000009_outbox_indexes::Migration),
             Box::new(m20261201_000010_packed_bodies::Migration),
+            Box::new(m20261202_000011_body_dictionaries::Migration),
         ]
     }
 }

@@ -24,8 +24,8 @@ use crate::error::{Error, Result};
 use crate::store::Db;
 use crate::store::entities::{
     audit_entry, broadcast, consent, delivery_day, enrollment, event, funnel_day, list, membership, outbox,
-    outbox_body, page_count, pending_trigger, schedule_run, signup_confirmation, step_day, subscriber, subscriber_tag,
-    suppression, workflow, workflow_version,
+    outbox_body, outbox_dictionary, page_count, pending_trigger, schedule_run, signup_confirmation, step_day,
+    subscriber, subscriber_tag, suppression, workflow, workflow_version,
 };
 
 /// The files, in the order an import writes them (each row's references come before it).
@@ -79,18 +79,47 @@ where
     E: EntityTrait,
     E::Model: Serialize + Send + Sync,
 {
+    dump_as::<E>(txn, dir, name, |row, out| serde_json::to_writer(out, row)).await
+}
+
+/// Writes every row of `E` into `{name}.jsonl`, each as `write` writes it as JSON.
+async fn dump_as<E>(
+    txn: &DatabaseTransaction,
+    dir: &Path,
+    name: &str,
+    write: impl Fn(&E::Model, &mut BufWriter<std::fs::File>) -> serde_json::Result<()>,
+) -> Result<u64>
+where
+    E: EntityTrait,
+    E::Model: Send + Sync,
+{
     let path = dir.join(format!("{name}.jsonl"));
     let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
     let mut out = BufWriter::new(file);
     let mut stream = E::find().stream(txn).await?;
     let mut n = 0;
     while let Some(row) = stream.try_next().await? {
-        serde_json::to_writer(&mut out, &row).map_err(|e| Error::Other(anyhow::anyhow!("{name}: {e}")))?;
+        write(&row, &mut out).map_err(|e| Error::Other(anyhow::anyhow!("{name}: {e}")))?;
         out.write_all(b"\n").map_err(|e| io(&path, e))?;
         n += 1;
     }
     out.flush().map_err(|e| io(&path, e))?;
     Ok(n)
+}
+
+/// The message bodies, readable: the HTML as text and the links spelled out, whether they are
+/// stored alone or against a dictionary (dictionaries are a way of storing, not exported).
+async fn dump_bodies(txn: &DatabaseTransaction, dir: &Path, name: &str) -> Result<u64> {
+    let dictionaries: std::collections::HashMap<uuid::Uuid, outbox_dictionary::Model> =
+        outbox_dictionary::Entity::find().all(txn).await?.into_iter().map(|d| (d.id, d)).collect();
+    dump_as::<outbox_body::Entity>(txn, dir, name, |body, out| {
+        let dictionary = body.dictionary_id.and_then(|id| dictionaries.get(&id));
+        let readable = body.readable(dictionary).map_err(|e| {
+            <serde_json::Error as serde::ser::Error>::custom(format!("message {}: {e}", body.outbox_id))
+        })?;
+        serde_json::to_writer(out, &readable)
+    })
+    .await
 }
 
 fn malformed(detail: String) -> Error {
@@ -125,7 +154,7 @@ pub async fn export_all(db: &Db, now: DateTime<Utc>, dir: &Path) -> Result<Manif
             "pending_triggers" => dump::<pending_trigger::Entity>(&txn, dir, name).await?,
             "broadcasts" => dump::<broadcast::Entity>(&txn, dir, name).await?,
             "outbox" => dump::<outbox::Entity>(&txn, dir, name).await?,
-            "outbox_bodies" => dump::<outbox_body::Entity>(&txn, dir, name).await?,
+            "outbox_bodies" => dump_bodies(&txn, dir, name).await?,
             "signup_confirmations" => dump::<signup_confirmation::Entity>(&txn, dir, name).await?,
             "page_counts" => dump::<page_count::Entity>(&txn, dir, name).await?,
             "audit_log" => dump::<audit_entry::Entity>(&txn, dir, name).await?,

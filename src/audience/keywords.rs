@@ -147,7 +147,7 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, help: &str)
             text: text.to_owned(),
             list_slug: None,
         };
-        let row = compose::row(Uuid::now_v7(), key, id, draft, None, now, now);
+        let row = compose::row(Uuid::now_v7(), key, id, draft, None, None, now, now);
         compose::insert(&txn, vec![row]).await?;
     }
     txn.commit().await?;

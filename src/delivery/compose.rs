@@ -179,25 +179,53 @@ pub fn sms_segments(text: &str) -> u32 {
     }
 }
 
-/// The outbox rows for a draft: the message (queued, due at `due`) and its bodies.
+/// An email's HTML as stored, with its links rewritten for click tracking when tracked, and the
+/// links it tracks (JSON, in index order).
+fn tracked(
+    html: Option<String>,
+    channel: &str,
+    tracking: Option<&Tracking>,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> (Option<String>, Option<serde_json::Value>) {
+    match (html, tracking, channel) {
+        (Some(html), Some(tracking), "email") => {
+            let (html, links) = tracking.rewrite(&html, id, now);
+            (Some(html), Some(json!(links)))
+        }
+        (html, _, _) => (html, None),
+    }
+}
+
+/// A dictionary for the bodies of messages like `draft` (see [`outbox_body::Dictionary`]):
+/// its HTML as a message would store it, tracked links and all. `None` when it has no HTML.
+pub fn dictionary(
+    id: Uuid,
+    draft: &Draft,
+    tracking: Option<&Tracking>,
+    now: DateTime<Utc>,
+) -> Option<outbox_body::Dictionary> {
+    let (html, links) = tracked(draft.html.clone(), draft.channel, tracking, id, now);
+    Some(outbox_body::Dictionary { id, html: html?, links, created_at: now })
+}
+
+/// The outbox rows for a draft: the message (queued, due at `due`) and its bodies, compressed
+/// against `dictionary` when one is given.
+// Each argument is one fact about the message, given by callers that differ in all of them.
+#[allow(clippy::too_many_arguments)]
 pub fn row(
     id: Uuid,
     key: String,
     subscriber_id: Uuid,
     draft: Draft,
     tracking: Option<&Tracking>,
+    dictionary: Option<&outbox_body::Dictionary>,
     due: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> (outbox::ActiveModel, outbox_body::ActiveModel) {
-    let (html, links) = match (draft.html, tracking, draft.channel) {
-        (Some(html), Some(tracking), "email") => {
-            let (html, links) = tracking.rewrite(&html, id, now);
-            (Some(html), Some(json!(links)))
-        }
-        (html, _, _) => (html, None),
-    };
+    let (html, links) = tracked(draft.html, draft.channel, tracking, id, now);
     let segments = (draft.channel == Channel::Sms.as_str()).then(|| sms_segments(&draft.text) as i32);
-    let body = outbox_body::Model::new(id, html.as_deref(), draft.text, links).into_row();
+    let body = outbox_body::Model::new(id, html.as_deref(), draft.text, links, dictionary).into_row();
     let message = outbox::ActiveModel {
         id: Set(id),
         idempotency_key: Set(key),

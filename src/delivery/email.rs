@@ -26,11 +26,11 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::smtp::{Endpoint, Failure, Pool, Security};
-use super::{Answer, Breaker, Carrier, Outcome, Try, Worker};
+use super::{Answer, Body as Bodies, Breaker, Carrier, Outcome, Try, Worker};
 use crate::clock::SharedClock;
 use crate::links::{Purpose, Signer};
 use crate::store::Db;
-use crate::store::entities::{outbox, outbox_body};
+use crate::store::entities::outbox;
 
 /// How long one SMTP conversation may take before the relay counts as failing.
 const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -63,12 +63,7 @@ impl Letterhead {
     }
 
     /// The MIME message for an outbox row, or why it cannot be one (a permanent failure).
-    pub fn build(
-        &self,
-        message: &outbox::Model,
-        body: &outbox_body::Model,
-        now: DateTime<Utc>,
-    ) -> Result<Message, String> {
+    pub fn build(&self, message: &outbox::Model, body: &Bodies, now: DateTime<Utc>) -> Result<Message, String> {
         let to: Mailbox = message.recipient.parse().map_err(|e| format!("bad recipient address: {e}"))?;
         let domain = self.from.email.domain();
         let list_unsubscribe = self.list_unsubscribe(message, now);
@@ -112,7 +107,7 @@ impl Letterhead {
     pub fn wire(
         &self,
         message: &outbox::Model,
-        body: &outbox_body::Model,
+        body: &Bodies,
         now: DateTime<Utc>,
     ) -> Result<(Envelope, Vec<u8>), String> {
         if self.dkim.is_none()
@@ -139,8 +134,8 @@ impl Letterhead {
     }
 
     /// The Content-Type and encoding of the MIME body [`Self::write_body`] writes.
-    fn body_type(message: &outbox::Model, body: &outbox_body::Model) -> (String, ContentTransferEncoding) {
-        if body.html_lz4.is_some() || body.html.is_some() {
+    fn body_type(message: &outbox::Model, body: &Bodies) -> (String, ContentTransferEncoding) {
+        if body.has_html() {
             let boundary = boundary(message);
             (format!("multipart/alternative; boundary=\"{boundary}\""), ContentTransferEncoding::SevenBit)
         } else {
@@ -149,13 +144,13 @@ impl Letterhead {
     }
 
     /// Appends the MIME body in its wire form to `out`.
-    fn write_body(&self, message: &outbox::Model, body: &outbox_body::Model, out: &mut Vec<u8>) -> Result<(), String> {
+    fn write_body(&self, message: &outbox::Model, body: &Bodies, out: &mut Vec<u8>) -> Result<(), String> {
         match body.html().map_err(|e| e.to_string())?.as_deref() {
             Some(html) => {
-                let text = plain_part(&self.base_url, body, html);
+                let text = plain_part(&self.base_url, body, html).map_err(|e| e.to_string())?;
                 super::mime::write_alternative(out, &text, html, &boundary(message));
             }
-            None => super::mime::write_plain(out, &body.text),
+            None => super::mime::write_plain(out, body.text()),
         }
         Ok(())
     }
@@ -169,7 +164,7 @@ impl Letterhead {
     fn written(
         &self,
         message: &outbox::Model,
-        body: &outbox_body::Model,
+        body: &Bodies,
         now: DateTime<Utc>,
     ) -> Result<Option<(Envelope, Vec<u8>)>, String> {
         use std::io::Write;
@@ -200,8 +195,7 @@ impl Letterhead {
             .map_err(|e| format!("cannot build the message: {e}"))?;
         let domain = self.from.email.domain();
         let list_unsubscribe = self.list_unsubscribe(message, now);
-        let mut out =
-            Vec::with_capacity(2048 + body.html_lz4.as_ref().map_or(0, |h| h.len() * 8) + body.text.len() * 2);
+        let mut out = Vec::with_capacity(2048 + body.stored.html_len() * 2 + body.text().len() * 2);
         let header_error = |e: std::io::Error| format!("cannot build the message: {e}");
         match &self.from.name {
             Some(name) => write!(out, "From: {name} <{}>\r\n", self.from.email),
@@ -242,17 +236,18 @@ fn boundary(message: &outbox::Model) -> String {
 
 /// The plain part of an HTML email: the stored text, or (when none was stored: the template had
 /// no text part) the HTML as text, each tracking link shown as the URL it stands for.
-fn plain_part(base_url: &url::Url, body: &outbox_body::Model, html: &str) -> String {
-    if !body.text.trim().is_empty() {
-        return body.text.clone();
+fn plain_part(
+    base_url: &url::Url,
+    body: &Bodies,
+    html: &str,
+) -> Result<String, crate::store::entities::outbox_body::Damaged> {
+    if !body.text().trim().is_empty() {
+        return Ok(body.text().to_owned());
     }
-    let links: Vec<&str> = match body.links.as_ref().and_then(serde_json::Value::as_array) {
-        Some(links) => links.iter().filter_map(serde_json::Value::as_str).collect(),
-        None => Vec::new(),
-    };
-    crate::workflow::engine::html_to_text_with(html, |href| {
+    let links = body.links()?;
+    Ok(crate::workflow::engine::html_to_text_with(html, |href| {
         super::compose::Tracking::clicked_target(base_url, href, &links)
-    })
+    }))
 }
 
 /// DKIM signing for `domain` with the key published at `selector._domainkey.domain`. The key is
@@ -499,7 +494,7 @@ impl Carrier for Mailer {
     async fn attempt(
         &self,
         message: &outbox::Model,
-        body: &outbox_body::Model,
+        body: &Bodies,
         now: DateTime<Utc>,
         tries: &mut Vec<Try>,
     ) -> Answer {
@@ -597,6 +592,7 @@ pub fn hard_bounce(code: Option<u16>, text: &str) -> bool {
 mod tests {
     use super::hard_bounce;
     use super::*;
+    use crate::store::entities::outbox_body;
 
     fn letterhead(from: &str, mailto: Option<&str>) -> Letterhead {
         Letterhead {
@@ -663,8 +659,14 @@ mod tests {
                 let message = message(subject, "ada@example.org", list);
                 let links = Some(serde_json::json!(["https://shop.example.com/a?b=c"]));
                 for body in [
-                    outbox_body::Model::new(message.id, Some(html), String::new(), links.clone()),
-                    outbox_body::Model::new(message.id, None, "Just text, café.\n.\nBye".into(), None),
+                    Bodies::alone(outbox_body::Model::new(message.id, Some(html), String::new(), links.clone(), None)),
+                    Bodies::alone(outbox_body::Model::new(
+                        message.id,
+                        None,
+                        "Just text, café.\n.\nBye".into(),
+                        None,
+                        None,
+                    )),
                 ] {
                     let (envelope, written) = letterhead.written(&message, &body, at).unwrap().expect("plain headers");
                     let built = letterhead.build(&message, &body, at).unwrap();
@@ -682,7 +684,7 @@ mod tests {
     #[test]
     fn headers_that_need_encoding_are_left_to_lettre() {
         let at = Utc::now();
-        let body = |m: &outbox::Model| outbox_body::Model::new(m.id, None, "Hi".into(), None);
+        let body = |m: &outbox::Model| Bodies::alone(outbox_body::Model::new(m.id, None, "Hi".into(), None, None));
         let plain = letterhead("Shop <news@example.com>", None);
         for message in [
             message("Café news", "ada@example.org", None),

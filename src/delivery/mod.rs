@@ -30,7 +30,7 @@ use crate::audience::values::Channel;
 use crate::clock::SharedClock;
 use crate::error::Result;
 use crate::store::Db;
-use crate::store::entities::{outbox, outbox_body};
+use crate::store::entities::{outbox, outbox_body, outbox_dictionary};
 
 /// How long a message that keeps failing for a temporary reason is retried (`retry_max_age`).
 pub const DEFAULT_MAX_AGE_HOURS: i64 = 48;
@@ -170,6 +170,95 @@ pub enum Answer {
     Bounce(String),
 }
 
+/// A claimed message's bodies, readable: the stored row and the dictionary it was compressed
+/// against, if any (see [`outbox_body::Model`]).
+#[derive(Debug, Clone)]
+pub struct Body {
+    pub stored: outbox_body::Model,
+    pub dictionary: Option<Arc<outbox_dictionary::Model>>,
+}
+
+impl Body {
+    /// Bodies stored alone, without a dictionary.
+    pub fn alone(stored: outbox_body::Model) -> Self {
+        Self { stored, dictionary: None }
+    }
+
+    /// The HTML part, if the message has one.
+    pub fn html(&self) -> std::result::Result<Option<std::borrow::Cow<'_, str>>, outbox_body::Damaged> {
+        self.stored.html(self.dictionary.as_deref())
+    }
+
+    /// Whether the message has an HTML part.
+    pub fn has_html(&self) -> bool {
+        self.stored.has_html()
+    }
+
+    /// Where the message's click-tracking links lead, in order.
+    pub fn links(&self) -> std::result::Result<Vec<&str>, outbox_body::Damaged> {
+        let links = self.stored.links(self.dictionary.as_deref())?;
+        Ok(links.and_then(Value::as_array).map(|l| l.iter().filter_map(Value::as_str).collect()).unwrap_or_default())
+    }
+
+    /// The plain-text part as stored (empty for HTML email without a text template: it is
+    /// derived from the HTML when sent).
+    pub fn text(&self) -> &str {
+        &self.stored.text
+    }
+}
+
+/// The dictionaries of claimed messages' bodies, kept once read: they never change. At most
+/// [`Dictionaries::KEPT`] are kept (a sending process works through a few broadcasts at a time).
+#[derive(Debug, Default)]
+struct Dictionaries(std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Arc<outbox_dictionary::Model>>>);
+
+impl Dictionaries {
+    const KEPT: usize = 64;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<uuid::Uuid, Arc<outbox_dictionary::Model>>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The claimed messages with their bodies made readable: the dictionaries they need, read
+    /// (those not kept yet, in one query). A body whose dictionary is gone is left without it,
+    /// and fails as damaged when read.
+    async fn attach(&self, db: &Db, claimed: Vec<Claimed>) -> Result<Vec<Ready>> {
+        let missing: Vec<uuid::Uuid> = {
+            let kept = self.lock();
+            let mut missing: Vec<uuid::Uuid> = claimed
+                .iter()
+                .filter_map(|(_, body)| body.as_ref()?.dictionary_id)
+                .filter(|id| !kept.contains_key(id))
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            missing
+        };
+        if !missing.is_empty() {
+            let found = outbox_dictionary::Entity::find()
+                .filter(outbox_dictionary::Column::Id.is_in(missing))
+                .all(db.conn())
+                .await?;
+            let mut kept = self.lock();
+            if kept.len() + found.len() > Self::KEPT {
+                kept.clear();
+            }
+            kept.extend(found.into_iter().map(|d| (d.id, Arc::new(d))));
+        }
+        let kept = self.lock();
+        Ok(claimed
+            .into_iter()
+            .map(|(message, body)| {
+                let body = body.map(|stored| {
+                    let dictionary = stored.dictionary_id.and_then(|id| kept.get(&id).cloned());
+                    Body { stored, dictionary }
+                });
+                (message, body)
+            })
+            .collect())
+    }
+}
+
 /// One channel's way of sending an outbox message.
 pub trait Carrier: Sync + std::marker::Send {
     /// The outbox `channel` this sender drains, also the prefix of its timeline entries.
@@ -178,7 +267,7 @@ pub trait Carrier: Sync + std::marker::Send {
     fn attempt(
         &self,
         message: &outbox::Model,
-        body: &outbox_body::Model,
+        body: &Body,
         now: DateTime<Utc>,
         tries: &mut Vec<Try>,
     ) -> impl Future<Output = Answer> + std::marker::Send;
@@ -194,6 +283,7 @@ pub struct Worker<S> {
     max_age: chrono::Duration,
     /// Several instances (PostgreSQL): this process's id and how long its claims last.
     leases: Option<(String, chrono::Duration)>,
+    dictionaries: Dictionaries,
 }
 
 /// How long a claimed message stays reserved for the process that claimed it, by default.
@@ -240,6 +330,7 @@ impl<S: Carrier> Worker<S> {
             bell: Doorbell::new(),
             max_age: chrono::Duration::hours(DEFAULT_MAX_AGE_HOURS),
             leases: None,
+            dictionaries: Dictionaries::default(),
         }
     }
 
@@ -276,10 +367,16 @@ impl<S: Carrier> Worker<S> {
     /// The next due messages of the channel with their bodies, in (due time, id) order after
     /// `after`: a pass through a backlog claims each batch after the previous one, so the next
     /// batch can be read while the current one is being sent.
-    async fn claim(&self, now: DateTime<Utc>, after: Option<(DateTime<Utc>, uuid::Uuid)>) -> Result<Vec<Claimed>> {
-        if let Some((instance, lease)) = &self.leases {
-            return self.claim_leased(now, instance, *lease).await;
-        }
+    async fn claim(&self, now: DateTime<Utc>, after: Option<(DateTime<Utc>, uuid::Uuid)>) -> Result<Vec<Ready>> {
+        let claimed = match &self.leases {
+            Some((instance, lease)) => self.claim_leased(now, instance, *lease).await?,
+            None => self.claim_next(now, after).await?,
+        };
+        self.dictionaries.attach(&self.db, claimed).await
+    }
+
+    /// The next due messages after `after` (one instance: no leases).
+    async fn claim_next(&self, now: DateTime<Utc>, after: Option<(DateTime<Utc>, uuid::Uuid)>) -> Result<Vec<Claimed>> {
         let mut query = with_bodies()
             .filter(channel_is(S::CHANNEL))
             .filter(crate::store::queued())
@@ -348,7 +445,7 @@ impl<S: Carrier> Worker<S> {
     /// after a crash.
     async fn send_all(
         &self,
-        batches: impl futures_util::Stream<Item = Vec<Claimed>> + std::marker::Send,
+        batches: impl futures_util::Stream<Item = Vec<Ready>> + std::marker::Send,
         stop: &tokio::sync::watch::Receiver<bool>,
     ) -> Result<u64> {
         type Permit = tokio::sync::OwnedSemaphorePermit;
@@ -526,7 +623,7 @@ impl<S: Carrier> Worker<S> {
     /// bounded), and the messages sent as one stream, so no batch waits for the last of the one
     /// before it.
     async fn pass(&self, stop: &tokio::sync::watch::Receiver<bool>) -> Result<()> {
-        let (batches, waiting) = tokio::sync::mpsc::channel::<Vec<Claimed>>(1);
+        let (batches, waiting) = tokio::sync::mpsc::channel::<Vec<Ready>>(1);
         let claiming = async move {
             let mut after = None;
             while !*stop.borrow() {
@@ -547,8 +644,11 @@ impl<S: Carrier> Worker<S> {
     }
 }
 
-/// A claimed message and its bodies (`None` if they are missing, which fails it).
+/// A claimed message and its bodies as stored (`None` if they are missing, which fails it).
 type Claimed = (outbox::Model, Option<outbox_body::Model>);
+
+/// A claimed message and its bodies, readable (`None` if they are missing, which fails it).
+type Ready = (outbox::Model, Option<Body>);
 
 /// Outbox messages each with its bodies, read in one query (`None` for a message whose bodies
 /// are missing).

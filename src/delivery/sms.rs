@@ -30,7 +30,7 @@ use crate::audience::subscribers::mark_bounced;
 use crate::audience::values::Channel;
 use crate::clock::SharedClock;
 use crate::store::Db;
-use crate::store::entities::{outbox, outbox_body, subscriber};
+use crate::store::entities::{outbox, subscriber};
 use crate::workflow::timing::window_opens_at;
 
 /// Twilio error codes that say the number cannot receive SMS at all (a hard bounce).
@@ -195,7 +195,7 @@ impl Carrier for Texter {
     async fn attempt(
         &self,
         message: &outbox::Model,
-        body: &outbox_body::Model,
+        body: &super::Body,
         now: DateTime<Utc>,
         tries: &mut Vec<Try>,
     ) -> Answer {
@@ -212,11 +212,11 @@ impl Carrier for Texter {
         match &self.transport {
             SmsTransport::File(dir) => {
                 let record = json!({
-                    "id": message.id, "to": message.recipient, "body": body.text, "segments": message.segments,
+                    "id": message.id, "to": message.recipient, "body": body.text(), "segments": message.segments,
                 });
                 super::to_file(dir, message.id, "json", record.to_string().as_bytes(), tries).await
             }
-            SmsTransport::Providers(providers) => self.send_through(providers, message, &body.text, now, tries).await,
+            SmsTransport::Providers(providers) => self.send_through(providers, message, body.text(), now, tries).await,
         }
     }
 }

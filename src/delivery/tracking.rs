@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::audience::records::{self, kind, trigger};
 use crate::error::Result;
 use crate::store::Db;
-use crate::store::entities::{outbox, outbox_body};
+use crate::store::entities::{outbox, outbox_body, outbox_dictionary};
 
 /// What a click leads to.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,9 +48,13 @@ pub async fn record_click(db: &Db, id: Uuid, index: usize, now: DateTime<Utc>) -
     let txn = db.begin_write().await?;
     let Some(message) = outbox::Entity::find_by_id(id).one(&txn).await? else { return Ok(Click::Unknown) };
     let body = outbox_body::Entity::find_by_id(id).one(&txn).await?;
+    let dictionary = match body.as_ref().and_then(|body| body.dictionary_id) {
+        Some(dictionary) => outbox_dictionary::Entity::find_by_id(dictionary).one(&txn).await?,
+        None => None,
+    };
     let target = body
         .as_ref()
-        .and_then(|body| body.links.as_ref())
+        .and_then(|body| body.links(dictionary.as_ref()).ok().flatten())
         .and_then(|links| links.get(index))
         .and_then(Value::as_str)
         .filter(|url| url.starts_with("https://") || url.starts_with("http://"))

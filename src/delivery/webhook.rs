@@ -17,7 +17,7 @@ use sha2::Sha256;
 use super::{Answer, Carrier, Outcome, Try, Worker};
 use crate::clock::SharedClock;
 use crate::store::Db;
-use crate::store::entities::{outbox, outbox_body};
+use crate::store::entities::outbox;
 
 /// Where signing secrets come from (the environment, or a map in tests).
 pub type Secrets = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -59,11 +59,11 @@ impl Carrier for Webhooks {
     async fn attempt(
         &self,
         message: &outbox::Model,
-        body: &outbox_body::Model,
+        body: &super::Body,
         now: DateTime<Utc>,
         tries: &mut Vec<Try>,
     ) -> Answer {
-        let Ok(payload) = serde_json::from_str::<Value>(&body.text) else {
+        let Ok(payload) = serde_json::from_str::<Value>(body.text()) else {
             return Answer::Fail("the queued payload is not JSON".into());
         };
         let variable = payload.get("secret_env").and_then(Value::as_str).unwrap_or_default();

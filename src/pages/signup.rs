@@ -367,7 +367,7 @@ pub async fn submit(
             };
             let draft = confirmation_message(settings, templates, page, person, &confirmation, now)?;
             let key = format!("confirm:{}", confirmation.id);
-            let row = compose::row(Uuid::now_v7(), key, id, draft, None, now, now);
+            let row = compose::row(Uuid::now_v7(), key, id, draft, None, None, now, now);
             confirmation.into_active_model().insert(&txn).await?;
             compose::insert(&txn, vec![row]).await?;
             sent += 1;

@@ -1224,7 +1224,7 @@ impl Engine {
     ) -> Result<()> {
         let (id, now, channel) = (Uuid::now_v7(), run.now, draft.channel);
         let (mut row, body) =
-            compose::row(id, format!("{}:{}", run.row.id, step.id), subscriber_id, draft, tracked, now, now);
+            compose::row(id, format!("{}:{}", run.row.id, step.id), subscriber_id, draft, tracked, None, now, now);
         row.enrollment_id = Set(Some(run.row.id));
         row.workflow_id = Set(Some(run.row.workflow_id.clone()));
         row.step_id = Set(Some(step.id.clone()));

@@ -79,6 +79,16 @@ async fn a_broadcast_reaches_every_consenting_member_once_and_reports_progress(a
     let stored = crate::helpers::stored_body(&app, bob.id).await;
     let packed = stored.html_lz4.as_ref().map_or(usize::MAX, Vec::len);
     assert!(stored.html.is_none() && packed < html.len(), "the HTML is stored compressed: {packed} bytes");
+    // Compressed against the broadcast's dictionary: its HTML rendered for a sample subscriber
+    // (no one's data), which also holds the links every message shares.
+    let dictionary = crate::helpers::stored_dictionary(&app, bob.id).await.expect("a dictionary");
+    assert_eq!(dictionary.id.to_string(), id, "a broadcast's dictionary has its id");
+    assert!(dictionary.html.contains("Hello Sample,") && dictionary.html.contains("/t/c/"), "{}", dictionary.html);
+    assert!(!dictionary.html.contains("Bob") && !dictionary.html.contains("Ada"), "{}", dictionary.html);
+    assert_eq!(dictionary.links, Some(json!(["https://shop.example/new"])));
+    assert!(stored.links.is_none(), "the shared links are stored once, with the dictionary");
+    let ada_message = messages.iter().find(|m| m.recipient == "ada@example.com").unwrap();
+    assert_eq!(crate::helpers::stored_body(&app, ada_message.id).await.dictionary_id, Some(dictionary.id));
     assert_eq!(bob.list_slug.as_deref(), Some("news"));
     assert_eq!(text, "", "the plain part is derived from the HTML when sent, not stored twice");
 
@@ -247,7 +257,7 @@ async fn messages_whose_keys_are_taken_are_left_out_with_their_bodies(app: TestA
                 text: String::new(),
                 list_slug: None,
             };
-            compose::row(uuid::Uuid::now_v7(), format!("test:{n}"), uuid::Uuid::now_v7(), draft, None, now, now)
+            compose::row(uuid::Uuid::now_v7(), format!("test:{n}"), uuid::Uuid::now_v7(), draft, None, None, now, now)
         })
         .collect()
     };

@@ -294,15 +294,29 @@ pub async fn stored_body(app: &TestApp, message: uuid::Uuid) -> ownlist::store::
     ownlist::store::entities::outbox_body::Entity::find_by_id(message).one(app.db.conn()).await.unwrap().unwrap()
 }
 
+/// The dictionary an outbox message's bodies are stored against, if any.
+pub async fn stored_dictionary(
+    app: &TestApp,
+    message: uuid::Uuid,
+) -> Option<ownlist::store::entities::outbox_dictionary::Model> {
+    use sea_orm::EntityTrait;
+    let id = stored_body(app, message).await.dictionary_id?;
+    ownlist::store::entities::outbox_dictionary::Entity::find_by_id(id).one(app.db.conn()).await.unwrap()
+}
+
 /// The bodies of an outbox message: (HTML, text).
 pub async fn bodies(app: &TestApp, message: uuid::Uuid) -> (Option<String>, String) {
     let body = stored_body(app, message).await;
-    (body.html().unwrap().map(|html| html.into_owned()), body.text)
+    let dictionary = stored_dictionary(app, message).await;
+    (body.html(dictionary.as_ref()).unwrap().map(|html| html.into_owned()), body.text)
 }
 
-/// Where the click-tracking links of an outbox message lead, as stored with it.
+/// Where the click-tracking links of an outbox message lead, as stored with it (or with its
+/// dictionary).
 pub async fn tracked_links(app: &TestApp, message: uuid::Uuid) -> Option<serde_json::Value> {
-    stored_body(app, message).await.links
+    let body = stored_body(app, message).await;
+    let dictionary = stored_dictionary(app, message).await;
+    body.links(dictionary.as_ref()).unwrap().cloned()
 }
 
 /// The plain-text part of a message as sent by the `file` transport (quoted-printable decoded).

@@ -62,7 +62,7 @@ async fn messages_written_before_compressed_bodies_keep_their_html_and_links(bac
 
     db.migrate().await.unwrap();
     let stored = outbox_body::Entity::find_by_id(id).one(db.conn()).await.unwrap().unwrap();
-    assert_eq!(stored.html().unwrap().as_deref(), Some(html), "the old HTML is read as it was");
+    assert_eq!(stored.html(None).unwrap().as_deref(), Some(html), "the old HTML is read as it was");
     assert_eq!(stored.links, Some(links), "the links moved to the bodies");
     let message = outbox::Entity::find_by_id(id).one(db.conn()).await.unwrap().unwrap();
     assert_eq!((message.recipient.as_str(), message.status.as_str()), ("ada@example.com", "queued"));
@@ -70,3 +70,47 @@ async fn messages_written_before_compressed_bodies_keep_their_html_and_links(bac
 }
 
 with_each_backend!(messages_written_before_compressed_bodies_keep_their_html_and_links);
+
+/// Going back before dictionaries (migration 11) is refused while a body needs one (older
+/// versions could not read it), and works once none does.
+async fn going_back_before_dictionaries_is_refused_while_bodies_need_them(backend: Backend) {
+    use ownlist::store::entities::outbox_dictionary;
+    use sea_orm::{ActiveModelTrait, IntoActiveModel};
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _database) = match backend {
+        Backend::Sqlite => (format!("sqlite://{}?mode=rwc", dir.path().join("new.db").display()), None),
+        Backend::Postgres => {
+            let Ok(admin) = std::env::var("OWNLIST_TEST_DATABASE_URL") else {
+                eprintln!("OWNLIST_TEST_DATABASE_URL is not set: PostgreSQL half skipped");
+                return;
+            };
+            let database = PostgresDatabase::create(&admin).await;
+            (database.url.clone(), Some(database))
+        }
+    };
+    let db = Db::connect(&url).await.unwrap();
+    db.migrate().await.unwrap();
+    let now = chrono::Utc::now();
+    let dictionary = outbox_dictionary::Model {
+        id: Uuid::now_v7(),
+        html: "<p>Hello Sample</p>".into(),
+        links: None,
+        created_at: now,
+    };
+    dictionary.clone().into_active_model().insert(db.conn()).await.unwrap();
+    let id = Uuid::now_v7();
+    let body = outbox_body::Model::new(id, Some("<p>Hello Ada</p>"), String::new(), None, Some(&dictionary));
+    body.clone().into_row().insert(db.conn()).await.unwrap();
+
+    let refused = migration::Migrator::down(db.conn(), Some(1)).await.unwrap_err().to_string();
+    assert!(refused.contains("restore a backup"), "{refused}");
+    let stored = outbox_body::Entity::find_by_id(id).one(db.conn()).await.unwrap().unwrap();
+    assert_eq!(stored.html(Some(&dictionary)).unwrap().as_deref(), Some("<p>Hello Ada</p>"), "nothing was lost");
+
+    outbox_body::Entity::delete_by_id(id).exec(db.conn()).await.unwrap();
+    migration::Migrator::down(db.conn(), Some(1)).await.unwrap();
+    db.migrate().await.unwrap();
+    db.close().await.unwrap();
+}
+
+with_each_backend!(going_back_before_dictionaries_is_refused_while_bodies_need_them);

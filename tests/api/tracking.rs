@@ -14,6 +14,7 @@ on_both_databases!(
     a_click_redirects_only_to_the_recorded_link_and_feeds_the_clicked_branch,
     an_open_is_recorded_once_and_feeds_the_opened_branch,
     tracking_can_be_turned_off_per_workflow_and_per_step,
+    a_broadcast_click_leads_where_its_dictionary_says,
 );
 
 const FOLLOW_UP: &str = "name: Guide\ntrigger: { subscribed: guide-leads }\nsteps:\n  - id: deliver\n    email: { subject: Your guide, template: emails/guide.html }\n  - id: pause\n    wait: 1d\n  - id: check\n    if: { CONDITION: deliver }\n    then:\n      - id: yes\n        tag: engaged\n    else:\n      - id: no\n        tag: cold\n";
@@ -174,4 +175,36 @@ async fn tracking_can_be_turned_off_for_everything() {
         assert!(!html.contains("/t/o/") && html.contains("https://example.com/guide.pdf"), "{html}");
         assert_eq!(crate::helpers::tracked_links(&app, message.id).await, None);
     }
+}
+
+/// A broadcast's messages keep their shared links once, with the dictionary their bodies are
+/// stored against: a click still leads where that message's link did, and nowhere else.
+async fn a_broadcast_click_leads_where_its_dictionary_says(app: TestApp) {
+    app.create_list("news").await;
+    let ada = app
+        .create_subscriber(json!({"email": "ada@example.com", "lists": ["news"], "consent": {"email": true}}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let html = "<p>Hi {{ subscriber.email }}: <a href=\"https://shop.example/a\">a</a> <a href=\"https://shop.example/b\">b</a></p>";
+    let body = json!({"list": "news", "subject": "News", "html": html});
+    expect_json(app.post("/api/v1/broadcasts", &body).await, StatusCode::CREATED).await;
+    app.tick().await;
+    let message = outbox::Entity::find().one(app.db.conn()).await.unwrap().unwrap();
+    assert!(crate::helpers::stored_body(&app, message.id).await.links.is_none(), "the links are the dictionary's");
+    let html = crate::helpers::bodies(&app, message.id).await.0.unwrap();
+    let clicks = links_to(&html, "http://127.0.0.1:8080/t/c/");
+    assert_eq!(clicks.len(), 2, "{html}");
+    let client = no_redirects();
+    for (click, target) in clicks.iter().zip(["https://shop.example/a", "https://shop.example/b"]) {
+        let answer = client.get(app.url(&local_path(click))).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::FOUND);
+        assert_eq!(answer.headers()["location"], target);
+    }
+    let first = local_path(&clicks[0]);
+    let (token, _) = first.trim_start_matches("/t/c/").split_once('/').unwrap();
+    let answer = client.get(app.url(&format!("/t/c/{token}/2"))).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND, "no third link");
+    assert_eq!(kinds(&app, &ada).await.iter().filter(|k| *k == "email_clicked").count(), 2);
 }

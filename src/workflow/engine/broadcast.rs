@@ -10,6 +10,7 @@
 //! written. Delivery workers start sending the first batch while the rest is still being written.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
@@ -26,7 +27,9 @@ use crate::audience::lists;
 use crate::audience::values::{Channel, MembershipStatus, normalize_tag};
 use crate::delivery::compose::{self, Draft};
 use crate::error::{Error, FieldError, Result};
-use crate::store::entities::{broadcast, membership, outbox, outbox_body, subscriber, subscriber_tag};
+use crate::store::entities::{
+    broadcast, membership, outbox, outbox_body, outbox_dictionary, subscriber, subscriber_tag,
+};
 use crate::workflow::model::Condition;
 use crate::workflow::templates::TemplateChecker;
 
@@ -214,12 +217,8 @@ impl Engine {
         if errors.is_empty() {
             // A trial render for a sample subscriber: a template that cannot render (an unknown
             // variable, a syntax error) is refused now rather than skipped for everyone later.
-            let sample = json!({
-                "id": Uuid::nil(), "email": "sample@example.com", "phone": "+15555550100",
-                "first_name": "Sample", "last_name": "Subscriber", "timezone": null, "locale": null, "attributes": {},
-            });
             let links = (self.signer.clone(), self.base_url.clone());
-            let context = broadcast_context(&links, &row, sample, Uuid::nil(), now);
+            let context = broadcast_context(&links, &row, sample_subscriber(), Uuid::nil(), now);
             for channel in &channels {
                 if let Err(problem) = render_broadcast(&templates, &row, *channel, &context) {
                     let field = match (channel, &row.template) {
@@ -356,15 +355,22 @@ impl Engine {
     /// Writes one broadcast's messages from its cursor on (see [`Self::fan_out`]).
     async fn fan_out_broadcast(&self, b: broadcast::Model, keep_going: &impl Fn() -> bool) -> Result<u64> {
         let mut processed = 0;
-        let mut next = if keep_going() { Some(self.prepare_batch(&b, b.cursor).await?) } else { None };
+        // The dictionary its bodies are compressed against: written with its first batch.
+        let dictionary = outbox_dictionary::Entity::find_by_id(b.id).one(self.db.conn()).await?.map(Arc::new);
+        let mut next = if keep_going() { Some(self.prepare_batch(&b, b.cursor, dictionary).await?) } else { None };
         while let Some(batch) = next.take() {
             if !self.leading().await? {
                 break;
             }
             let (cursor, finished, count) = (batch.cursor_after, batch.finished, batch.members);
+            let dictionary = batch.dictionary.clone();
             let written = self.write_batch(&b, batch);
             let following = async {
-                if finished || !keep_going() { Ok(None) } else { self.prepare_batch(&b, cursor).await.map(Some) }
+                if finished || !keep_going() {
+                    Ok(None)
+                } else {
+                    self.prepare_batch(&b, cursor, dictionary).await.map(Some)
+                }
             };
             let (written, following) = tokio::join!(written, following);
             if !written? {
@@ -378,8 +384,14 @@ impl Engine {
     }
 
     /// The next batch of a broadcast after `cursor`, read (no lock held), filtered and rendered
-    /// (on the blocking pool), not yet written.
-    async fn prepare_batch(&self, b: &broadcast::Model, cursor: Option<Uuid>) -> Result<Batch> {
+    /// (on the blocking pool), not yet written; its bodies compressed against `dictionary`, or
+    /// against one made now (see [`sample_dictionary`]) and written with the batch.
+    async fn prepare_batch(
+        &self,
+        b: &broadcast::Model,
+        cursor: Option<Uuid>,
+        dictionary: Option<Arc<outbox_dictionary::Model>>,
+    ) -> Result<Batch> {
         let now = self.clock.now();
         let conn = self.db.conn();
         let mut members = membership::Entity::find()
@@ -425,13 +437,24 @@ impl Engine {
         let (templates, links, batch) = (self.templates(), (self.signer.clone(), self.base_url.clone()), b.clone());
         let backend = self.db.backend();
         let rendered = tokio::task::spawn_blocking(move || {
-            let (rows, unrenderable) = render_batch(&templates, &links, &batch, &people, &channels, now);
-            (compose::prepare(backend, rows), unrenderable)
+            let (dictionary, made) = match dictionary {
+                Some(dictionary) => (Some(dictionary), false),
+                None => {
+                    let made = sample_dictionary(&templates, &links, &batch, &channels, now).map(Arc::new);
+                    let is_new = made.is_some();
+                    (made, is_new)
+                }
+            };
+            let (rows, unrenderable) =
+                render_batch(&templates, &links, &batch, &people, &channels, dictionary.as_deref(), now);
+            (compose::prepare(backend, rows), unrenderable, dictionary, made)
         })
         .await
         .map_err(|e| crate::error::Error::Other(anyhow::anyhow!("rendering a broadcast batch failed: {e}")))?;
-        let (rows, unrenderable) = rendered;
+        let (rows, unrenderable, dictionary, made) = rendered;
         Ok(Batch {
+            dictionary,
+            new_dictionary: made,
             cursor_before: cursor,
             cursor_after: ids.last().copied().or(cursor),
             finished: (ids.len() as u64) < FAN_OUT_BATCH,
@@ -452,6 +475,11 @@ impl Engine {
         let Some(current) = broadcast::Entity::find_by_id(b.id).one(&txn).await? else { return Ok(false) };
         if !matches!(current.status.as_str(), "scheduled" | "queueing") || current.cursor != batch.cursor_before {
             return Ok(false);
+        }
+        if let (true, Some(dictionary)) = (batch.new_dictionary, &batch.dictionary) {
+            // A plain INSERT: were there one already (written meanwhile by another instance),
+            // this batch's bodies would not match it, and the transaction must fail.
+            outbox_dictionary::Model::clone(dictionary).into_active_model().insert(&txn).await?;
         }
         let written = compose::write(&txn, batch.rows).await?.len() as i64;
         let mut active = current.clone().into_active_model();
@@ -487,6 +515,47 @@ struct Batch {
     skipped: i64,
     /// When it was rendered: its messages' creation time.
     now: DateTime<Utc>,
+    /// The dictionary its email bodies are compressed against, if any.
+    dictionary: Option<Arc<outbox_dictionary::Model>>,
+    /// Whether the dictionary was made for this batch (and is written with it).
+    new_dictionary: bool,
+}
+
+/// The subscriber a broadcast is rendered for when it is checked and for its dictionary: no one's
+/// data.
+fn sample_subscriber() -> Value {
+    json!({
+        "id": Uuid::nil(), "email": "sample@example.com", "phone": "+15555550100",
+        "first_name": "Sample", "last_name": "Subscriber", "timezone": null, "locale": null, "attributes": {},
+    })
+}
+
+/// The dictionary a broadcast's email bodies are stored against (see
+/// [`outbox_body::Dictionary`]): its HTML rendered for the sample subscriber, links tracked as
+/// in its messages. It has the broadcast's id, and holds no subscriber's data. `None` when the
+/// broadcast sends no HTML email.
+fn sample_dictionary(
+    templates: &TemplateChecker,
+    links: &(crate::links::Signer, url::Url),
+    b: &broadcast::Model,
+    channels: &[Channel],
+    now: DateTime<Utc>,
+) -> Option<outbox_dictionary::Model> {
+    if !channels.contains(&Channel::Email) {
+        return None;
+    }
+    let context = broadcast_context(links, b, sample_subscriber(), Uuid::nil(), now);
+    let rendered = render_broadcast(templates, b, Channel::Email, &context).ok()?;
+    let tracking = b.track.then(|| compose::Tracking { signer: links.0.clone(), base_url: links.1.clone() });
+    let draft = Draft {
+        channel: Channel::Email.as_str(),
+        recipient: String::new(),
+        subject: rendered.subject,
+        html: rendered.html,
+        text: rendered.text,
+        list_slug: None,
+    };
+    compose::dictionary(b.id, &draft, tracking.as_ref(), now)
 }
 
 /// What a broadcast's templates see for one subscriber.
@@ -546,6 +615,7 @@ fn render_batch(
     b: &broadcast::Model,
     people: &[subscriber::Model],
     channels: &[Channel],
+    dictionary: Option<&outbox_dictionary::Model>,
     now: DateTime<Utc>,
 ) -> (Vec<(outbox::ActiveModel, outbox_body::ActiveModel)>, i64) {
     let tracking = b.track.then(|| compose::Tracking { signer: links.0.clone(), base_url: links.1.clone() });
@@ -568,7 +638,8 @@ fn render_batch(
                 list_slug: Some(b.list_slug.clone()),
             };
             let key = format!("broadcast:{}:{}:{channel}", b.id, s.id);
-            let (mut row, body) = compose::row(Uuid::now_v7(), key, s.id, draft, tracking.as_ref(), now, now);
+            let (mut row, body) =
+                compose::row(Uuid::now_v7(), key, s.id, draft, tracking.as_ref(), dictionary, now, now);
             row.broadcast_id = Set(Some(b.id));
             rows.push((row, body));
         }
