@@ -1,6 +1,7 @@
-//! Message bodies written directly in their wire form: quoted-printable parts (RFC 2045) in a
-//! `multipart/alternative` (RFC 2046), CRLF line ends, and no line starting with a `.`, so the
-//! SMTP exchange sends the bytes as they are (no dot-stuffing pass) in one write.
+//! Message bodies written directly in their wire form: parts (RFC 2045) in a
+//! `multipart/alternative` (RFC 2046), each as it is (`7bit`) when it can be, quoted-printable
+//! otherwise; CRLF line ends, and no line starting with a `.`, so the SMTP exchange sends the
+//! bytes as they are (no dot-stuffing pass) in one write.
 //!
 //! lettre still writes the headers (their encodings and folding) and signs with DKIM; it gets
 //! these bodies pre-encoded. Building a message this way takes one pass over each part, where
@@ -8,23 +9,64 @@
 //! ends, copied it into the message, and copied it again while dot-stuffing.
 
 /// The MIME body of a message with a plain and an HTML part, plain first (the HTML last: the
-/// part mail clients prefer). `boundary` must not occur in quoted-printable text: one starting
-/// with `=_` cannot, as an encoded `=` is always followed by a hex digit or a line end.
-/// It is appended to `out`.
+/// part mail clients prefer), each `7bit` when [`fits_7bit`] (written as it is, with CRLF line
+/// ends: the usual case for HTML email, and one pass cheaper than encoding) and quoted-printable
+/// otherwise. `boundary` must not occur in quoted-printable text: one starting with `=_` cannot,
+/// as an encoded `=` is always followed by a hex digit or a line end (and a `7bit` part must not
+/// hold it, which [`fits_7bit`] checks). It is appended to `out`.
 pub fn write_alternative(out: &mut Vec<u8>, text: &str, html: &str, boundary: &str) {
     out.reserve(text.len() + html.len() + (text.len() + html.len()) / 16 + 512);
     for (content_type, part) in [("text/plain", text), ("text/html", html)] {
+        let as_it_is = fits_7bit(part.as_bytes(), boundary.as_bytes());
         out.extend_from_slice(b"--");
         out.extend_from_slice(boundary.as_bytes());
         out.extend_from_slice(b"\r\nContent-Type: ");
         out.extend_from_slice(content_type.as_bytes());
-        out.extend_from_slice(b"; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n");
-        quoted_printable(part.as_bytes(), out);
+        out.extend_from_slice(b"; charset=utf-8\r\nContent-Transfer-Encoding: ");
+        if as_it_is {
+            out.extend_from_slice(b"7bit\r\n\r\n");
+            with_crlf(part.as_bytes(), out);
+        } else {
+            out.extend_from_slice(b"quoted-printable\r\n\r\n");
+            quoted_printable(part.as_bytes(), out);
+        }
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"--");
     out.extend_from_slice(boundary.as_bytes());
     out.extend_from_slice(b"--\r\n");
+}
+
+/// Whether `part` may go as it is, `7bit` (RFC 2045 §2.7, RFC 5322 §2.1.1): ASCII without NUL,
+/// CR only before LF, lines of at most 998 bytes; and, for sending it in one write without
+/// dot-stuffing, no line starting with `.`; and not holding `boundary`.
+pub fn fits_7bit(part: &[u8], boundary: &[u8]) -> bool {
+    const LONGEST: usize = 998;
+    if !part.is_ascii() || memchr::memchr(0, part).is_some() || part.first() == Some(&b'.') {
+        return false;
+    }
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', part).chain([part.len()]) {
+        let line = &part[start..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > LONGEST || memchr::memchr(b'\r', line).is_some() || part.get(end + 1) == Some(&b'.') {
+            return false;
+        }
+        start = end + 1;
+    }
+    memchr::memmem::find(part, boundary).is_none()
+}
+
+/// Appends `part` with every line ending as CRLF (a lone LF becomes CRLF).
+fn with_crlf(part: &[u8], out: &mut Vec<u8>) {
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', part) {
+        let line = &part[start..end];
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.extend_from_slice(b"\r\n");
+        start = end + 1;
+    }
+    out.extend_from_slice(&part[start..]);
 }
 
 /// A single plain-text body, quoted-printable, appended to `out`.
@@ -202,9 +244,64 @@ mod tests {
         write_alternative(&mut body, "Hi\n.\nbye", "<p>Hi</p>", "=_b");
         let text = String::from_utf8(body.clone()).unwrap();
         assert!(text.starts_with("--=_b\r\nContent-Type: text/plain; charset=utf-8\r\n"), "{text}");
+        assert!(
+            text.contains(
+                "text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nHi\r\n=2E\r\n"
+            )
+        );
+        assert!(text.contains("text/html; charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n\r\n<p>Hi</p>\r\n"));
         assert!(text.find("text/plain").unwrap() < text.find("text/html").unwrap());
         assert!(text.ends_with("\r\n--=_b--\r\n"), "{text}");
         assert!(matches!(dot_stuffed(&body), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn only_short_ascii_lines_without_a_leading_dot_or_the_boundary_go_as_they_are() {
+        let boundary = b"=_b";
+        for fits in ["<p>Hi</p>", "a\nb\r\nc\n", "", "tail. \nin..side.", &"x".repeat(998)] {
+            assert!(fits_7bit(fits.as_bytes(), boundary), "{fits:?}");
+        }
+        for not in [
+            "café",
+            ".first",
+            "a\n.b",
+            "a\r\n.b",
+            "bare\rcarriage",
+            "nul\0",
+            "--=_b",
+            &"x".repeat(999),
+            &format!("short\n{}\n", "y".repeat(999)),
+        ] {
+            assert!(!fits_7bit(not.as_bytes(), boundary), "{not:?}");
+        }
+        let mut out = Vec::new();
+        with_crlf(b"a\nb\r\n\nc", &mut out);
+        assert_eq!(out, b"a\r\nb\r\n\r\nc");
+    }
+
+    #[test]
+    fn a_part_goes_as_it_is_or_quoted_printable_and_reads_back_the_same() {
+        let pieces = ["a", " ", ".", "=", "é", "\n", "\r\n", "<p>", "=_b", "\t"];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            let mut sample = String::new();
+            for _ in 0..(seed % 200) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                sample.push_str(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            let mut body = Vec::new();
+            write_alternative(&mut body, "x", &sample, "=_b");
+            let body = String::from_utf8(body).unwrap();
+            let html = &body[body.find("text/html").unwrap()..];
+            let (head, rest) = html.split_once("\r\n\r\n").unwrap();
+            let encoded = rest.strip_suffix("\r\n--=_b--\r\n").unwrap();
+            let read = if head.ends_with("7bit") { encoded.replace("\r\n", "\n") } else { decode(encoded) };
+            assert_eq!(read, sample.replace("\r\n", "\n"), "{sample:?} → {encoded:?}");
+            assert!(encoded.split("\r\n").all(|l| !l.starts_with('.') && !l.contains("--=_b")), "{encoded:?}");
+            assert!(matches!(dot_stuffed(body.as_bytes()), std::borrow::Cow::Borrowed(_)));
+        }
     }
 
     #[test]
