@@ -1453,12 +1453,12 @@ pub fn html_to_text(html: &str) -> String {
 /// [`html_to_text`] with each link's URL as `original` gives it (the URL a tracking link stands
 /// for), or as written when it gives none.
 pub fn html_to_text_with<'a>(html: &str, original: impl Fn(&str) -> Option<&'a str>) -> String {
-    let mut out = String::with_capacity(html.len());
+    let mut out = PlainText::with_capacity(html.len());
     let mut rest = html;
     let mut pending_href: Option<&str> = None;
-    while let Some(start) = rest.find('<') {
+    while let Some(start) = memchr::memchr(b'<', rest.as_bytes()) {
         push_decoded(&mut out, &rest[..start]);
-        let Some(end) = rest[start..].find('>') else {
+        let Some(end) = memchr::memchr(b'>', &rest.as_bytes()[start..]) else {
             rest = "";
             break;
         };
@@ -1476,50 +1476,100 @@ pub fn html_to_text_with<'a>(html: &str, original: impl Fn(&str) -> Option<&'a s
                 Some(url) => out.push_str(url),
                 None => push_decoded(&mut out, href),
             }
-            out.push(')');
+            out.push_str(")");
         }
         if !closing && is(&["a"]) {
             pending_href = tag.split("href=\"").nth(1).and_then(|h| h.split('"').next());
         }
         // A block's start and end break the line; so do <br> and <hr>.
         if is(&["p", "h1", "h2", "h3", "h4", "div", "li", "tr", "table", "br", "hr"]) {
-            out.push('\n');
+            out.push_str("\n");
         }
         rest = &rest[start + end + 1..];
     }
     push_decoded(&mut out, rest);
-    let mut text = String::with_capacity(out.len());
-    let mut blank = false;
-    for line in out.split('\n') {
-        let before = text.len();
-        for word in line.split_whitespace() {
-            if text.len() > before {
-                text.push(' ');
+    out.finish()
+}
+
+/// Text written as readable lines as it comes: each line's words one space apart, lines with
+/// no words kept as one blank line between others, no white space at the end (what splitting
+/// into lines and words and joining them again gives, in one pass).
+struct PlainText {
+    text: String,
+    /// The current line has a word.
+    words: bool,
+    /// White space followed the current line's last word.
+    space: bool,
+    /// The last line ended was blank.
+    blank: bool,
+}
+
+impl PlainText {
+    fn with_capacity(capacity: usize) -> Self {
+        Self { text: String::with_capacity(capacity), words: false, space: false, blank: false }
+    }
+
+    fn push_str(&mut self, s: &str) {
+        let bytes = s.as_bytes();
+        let mut at = 0;
+        while at < bytes.len() {
+            // A run of ASCII word bytes goes in as it is.
+            let run = bytes[at..].iter().take_while(|&&b| b > b' ' && b < 0x80).count();
+            if run > 0 {
+                if self.space {
+                    self.text.push(' ');
+                    self.space = false;
+                }
+                self.text.push_str(&s[at..at + run]);
+                self.words = true;
+                at += run;
+                continue;
             }
-            text.push_str(word);
-        }
-        if text.len() > before {
-            text.push('\n');
-            blank = false;
-        } else {
-            if !blank && !text.is_empty() {
-                text.push('\n');
+            let Some(c) = s[at..].chars().next() else { break };
+            at += c.len_utf8();
+            if c == '\n' {
+                self.end_line();
+            } else if c.is_whitespace() {
+                self.space = self.words;
+            } else {
+                if self.space {
+                    self.text.push(' ');
+                    self.space = false;
+                }
+                self.text.push(c);
+                self.words = true;
             }
-            blank = true;
         }
     }
-    let kept = text.trim_end().len();
-    text.truncate(kept);
-    text
+
+    fn end_line(&mut self) {
+        if self.words {
+            self.text.push('\n');
+            self.blank = false;
+        } else {
+            if !self.blank && !self.text.is_empty() {
+                self.text.push('\n');
+            }
+            self.blank = true;
+        }
+        (self.words, self.space) = (false, false);
+    }
+
+    fn finish(mut self) -> String {
+        self.end_line();
+        let kept = self.text.trim_end().len();
+        self.text.truncate(kept);
+        self.text
+    }
 }
 
 /// Appends `text` with the entities HTML email commonly holds decoded (`&nbsp;` as a space);
 /// any other `&` is kept as it is.
-fn push_decoded(out: &mut String, text: &str) {
+fn push_decoded(out: &mut PlainText, text: &str) {
     const ENTITIES: [(&str, &str); 6] =
         [("&nbsp;", " "), ("&lt;", "<"), ("&gt;", ">"), ("&quot;", "\""), ("&#39;", "'"), ("&amp;", "&")];
     let mut rest = text;
-    while let Some(at) = rest.find('&') {
+    while let Some(at) = memchr::memchr(b'&', rest.as_bytes()) {
         out.push_str(&rest[..at]);
         let tail = &rest[at..];
         match ENTITIES.iter().find(|(entity, _)| tail.starts_with(entity)) {
@@ -1528,7 +1578,7 @@ fn push_decoded(out: &mut String, text: &str) {
                 rest = &tail[entity.len()..];
             }
             None => {
-                out.push('&');
+                out.push_str("&");
                 rest = &tail[1..];
             }
         }
@@ -1804,5 +1854,46 @@ mod tests {
         let html = "<DIV>  a&nbsp;&nbsp;b \r\n c</DIV><BR/>&amp;lt; is &lt;, &quot;q&quot; &#39;s&#39; &x; &\n\n\n\
                     <A HREF=\"no\">x</A> <a class=\"k\" href=\"https://x.test/?a=1&amp;b=2\">go</a><p>cut <b";
         assert_eq!(html_to_text(html), "a b\nc\n\n&lt; is <, \"q\" 's' &x; &\n\nx go (https://x.test/?a=1&b=2)\ncut");
+    }
+
+    /// Lines and words joined again, as the plain text is meant to read (the reference the
+    /// one-pass writer is held to).
+    fn joined_lines(raw: &str) -> String {
+        let mut text = String::new();
+        let mut blank = false;
+        for line in raw.split('\n') {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.is_empty() {
+                if !blank && !text.is_empty() {
+                    text.push('\n');
+                }
+                blank = true;
+            } else {
+                text.push_str(&words.join(" "));
+                text.push('\n');
+                blank = false;
+            }
+        }
+        text.trim_end().to_owned()
+    }
+
+    #[test]
+    fn plain_text_reads_as_its_lines_and_words_joined_again() {
+        let pieces = ["a", "word", " ", "  ", "\t", "\n", "\r\n", "\u{a0}", "é", "\u{2028}", "\n\n\n", "😀", "."];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..3000 {
+            let mut raw = String::new();
+            for _ in 0..(seed % 40) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                raw.push_str(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            let mut written = PlainText::with_capacity(0);
+            for part in raw.split_inclusive(' ') {
+                written.push_str(part);
+            }
+            assert_eq!(written.finish(), joined_lines(&raw), "{raw:?}");
+        }
     }
 }
