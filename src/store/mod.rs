@@ -59,6 +59,10 @@ impl Db {
                         .pragma("cache_size", "-4096")
                         // Statement journals of multi-row writes in memory, not in temp files.
                         .pragma("temp_store", "memory")
+                        // Rows come from the connection's thread through a channel: room for a
+                        // whole batch (a delivery claim, a fan-out's members), so that thread
+                        // never stops to wait for the reader, nor wakes it row after row.
+                        .row_buffer_size(1024)
                 });
         } else {
             options.max_connections(16);
