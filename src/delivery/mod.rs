@@ -43,6 +43,10 @@ pub const CONCURRENCY: usize = 16;
 /// transaction while the next messages go out, so a send does not wait for the write of the
 /// one before it; this bounds how far the sending may run ahead of the writing.
 pub const IN_FLIGHT: usize = 256;
+/// How long answers are gathered, at most, before they are written (while sends are under way
+/// and fewer than half of IN_FLIGHT have come): on the delivery benchmark, transactions of about
+/// a hundred answers instead of thirty took 7% less CPU per message.
+const GATHER: Duration = Duration::from_millis(10);
 
 /// The wait after the `attempts`-th failed attempt: 1 minute doubling to 1 hour, plus up to a
 /// quarter more. The extra is drawn from the message id and the attempt, so messages that failed
@@ -321,7 +325,7 @@ impl<S> std::fmt::Debug for Worker<S> {
     }
 }
 
-impl<S: Carrier> Worker<S> {
+impl<S: Carrier + 'static> Worker<S> {
     pub fn with(db: Db, clock: SharedClock, sender: S) -> Self {
         Self {
             db,
@@ -358,7 +362,7 @@ impl<S: Carrier> Worker<S> {
     }
 
     /// Attempts a batch of due messages of the channel; returns how many were attempted.
-    pub async fn send_due(&self) -> Result<u64> {
+    pub async fn send_due(self: &Arc<Self>) -> Result<u64> {
         let (_, never) = tokio::sync::watch::channel(false);
         let batch = self.claim(self.clock.now(), None).await?;
         self.send_all(futures_util::stream::iter([batch]), &never).await
@@ -438,63 +442,72 @@ impl<S: Carrier> Worker<S> {
     /// once `stop` says so (those under way finish and are recorded); returns how many were
     /// attempted.
     ///
-    /// A send's answer goes to the recorder, which writes every answer that has come in one
-    /// transaction while the next messages are sent. A message holds one of IN_FLIGHT permits
-    /// from before its attempt until its answer is written: at any instant at most IN_FLIGHT
-    /// messages are sent (or being sent) but not recorded, and only those can be sent again
-    /// after a crash.
+    /// Each attempt is a task of its own, so the attempts (building a message is CPU work) run
+    /// on every core of the runtime, not only on the one polling this function. A send's answer
+    /// goes to the recorder, which writes every answer that has come in one transaction while
+    /// the next messages are sent. A message holds one of IN_FLIGHT permits from before its
+    /// attempt until its answer is written: at any instant at most IN_FLIGHT messages are sent
+    /// (or being sent) but not recorded, and only those can be sent again after a crash. Every
+    /// attempt started is recorded before this returns: the recorder reads until the last task
+    /// has handed in its answer.
     async fn send_all(
-        &self,
+        self: &Arc<Self>,
         batches: impl futures_util::Stream<Item = Vec<Ready>> + std::marker::Send,
         stop: &tokio::sync::watch::Receiver<bool>,
     ) -> Result<u64> {
         type Permit = tokio::sync::OwnedSemaphorePermit;
         let window = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let sending = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Attempted, Permit)>();
         let failed = &std::sync::atomic::AtomicBool::new(false);
-        let sending = async {
+        let starting = async {
             let tx = tx;
-            let count = batches
-                .flat_map(futures_util::stream::iter)
-                .take_while(|_| {
-                    std::future::ready(!*stop.borrow() && !failed.load(std::sync::atomic::Ordering::Relaxed))
-                })
-                .map(|(message, body)| {
-                    let (tx, window) = (tx.clone(), window.clone());
-                    async move {
-                        let Ok(permit) = window.acquire_owned().await else { return false };
-                        // Stopping, or the answers cannot be written: start nothing more (a
-                        // message may have waited here for its place while that happened).
-                        if *stop.borrow() || failed.load(std::sync::atomic::Ordering::Relaxed) {
-                            return false;
-                        }
-                        // A lease about to end: leave the message for whoever claims it next.
-                        if let (Some(until), Some((_, lease))) = (message.lease_until, &self.leases)
-                            && self.clock.now() + *lease / 2 > until
-                        {
-                            return false;
-                        }
-                        let mut tries = Vec::new();
-                        let answer = match &body {
-                            Some(body) => self.sender.attempt(&message, body, self.clock.now(), &mut tries).await,
-                            None => Answer::Fail("the message's body is missing".into()),
-                        };
-                        // The recorder lives until every sender is done: this cannot fail.
-                        let _ = tx.send(((message, answer, tries), permit));
-                        true
-                    }
-                })
-                .buffer_unordered(CONCURRENCY)
-                .filter(|attempted| std::future::ready(*attempted))
-                .count()
-                .await;
-            drop(tx);
-            count as u64
+            let mut messages = std::pin::pin!(batches.flat_map(futures_util::stream::iter));
+            while let Some((message, body)) = messages.next().await {
+                let (Ok(slot), Ok(permit)) =
+                    (sending.clone().acquire_owned().await, window.clone().acquire_owned().await)
+                else {
+                    break;
+                };
+                // Stopping, or the answers cannot be written: start nothing more (a message may
+                // have waited here for its place while that happened).
+                if *stop.borrow() || failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                // A lease about to end: leave the message for whoever claims it next.
+                if let (Some(until), Some((_, lease))) = (message.lease_until, &self.leases)
+                    && self.clock.now() + *lease / 2 > until
+                {
+                    continue;
+                }
+                let (worker, tx) = (self.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let mut tries = Vec::new();
+                    let answer = match &body {
+                        Some(body) => worker.sender.attempt(&message, body, worker.clock.now(), &mut tries).await,
+                        None => Answer::Fail("the message's body is missing".into()),
+                    };
+                    drop(slot);
+                    // The recorder reads until every task has dropped its sender: this cannot fail.
+                    let _ = tx.send(((message, answer, tries), permit));
+                });
+            }
         };
         let recording = async {
-            let mut outcome = Ok(());
+            let (mut outcome, mut count) = (Ok(()), 0u64);
             let mut group = Vec::with_capacity(IN_FLIGHT);
             while rx.recv_many(&mut group, IN_FLIGHT).await > 0 {
+                // While sends are under way, wait a little for more answers: each transaction
+                // rewrites the pages it touches (the table's last pages, the indexes'), so a few
+                // large ones write much less than many small ones.
+                let deadline = tokio::time::Instant::now() + GATHER;
+                while group.len() < IN_FLIGHT / 2 && sending.available_permits() < CONCURRENCY {
+                    match tokio::time::timeout_at(deadline, rx.recv_many(&mut group, IN_FLIGHT)).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                count += group.len() as u64;
                 let (answers, permits): (Vec<_>, Vec<_>) = group.drain(..).unzip();
                 if outcome.is_ok() {
                     outcome = self.record_retrying(answers).await;
@@ -504,11 +517,9 @@ impl<S: Carrier> Worker<S> {
                 }
                 drop(permits);
             }
-            outcome
+            outcome.map(|()| count)
         };
-        let (count, recorded) = tokio::join!(sending, recording);
-        recorded?;
-        Ok(count)
+        tokio::join!(starting, recording).1
     }
 
     /// [`Self::record_all`], tried again when the database gives up on the transaction for a
@@ -622,7 +633,7 @@ impl<S: Carrier> Worker<S> {
     /// claimed while the ones before it are being sent (at most two wait, so memory stays
     /// bounded), and the messages sent as one stream, so no batch waits for the last of the one
     /// before it.
-    async fn pass(&self, stop: &tokio::sync::watch::Receiver<bool>) -> Result<()> {
+    async fn pass(self: &Arc<Self>, stop: &tokio::sync::watch::Receiver<bool>) -> Result<()> {
         let (batches, waiting) = tokio::sync::mpsc::channel::<Vec<Ready>>(1);
         let claiming = async move {
             let mut after = None;

@@ -1,5 +1,7 @@
 //! Email delivery through the `file` transport: the message bytes as a mail client would read them.
 
+use std::sync::Arc;
+
 use reqwest::StatusCode;
 use sea_orm::EntityTrait;
 use serde_json::json;
@@ -124,13 +126,13 @@ async fn a_transport_failure_is_retried_later_and_recorded(app: TestApp) {
 }
 
 /// An email worker sending through these relays, in this order.
-fn smtp_sender(app: &TestApp, relays: &[&SmtpSink]) -> EmailSender {
+fn smtp_sender(app: &TestApp, relays: &[&SmtpSink]) -> Arc<EmailSender> {
     let urls: Vec<String> = relays.iter().map(|sink| sink.url()).collect();
     sender_through(app, &urls)
 }
 
 /// An email worker sending through relays given by URL.
-fn sender_through(app: &TestApp, urls: &[String]) -> EmailSender {
+fn sender_through(app: &TestApp, urls: &[String]) -> Arc<EmailSender> {
     let letterhead = Letterhead {
         from: "Shop <news@shop.example>".parse().unwrap(),
         base_url: url::Url::parse("https://shop.example/").unwrap(),
@@ -139,7 +141,7 @@ fn sender_through(app: &TestApp, urls: &[String]) -> EmailSender {
         unsubscribe_mailto: Some("leave@shop.example".parse().unwrap()),
     };
     let relays = urls.iter().map(|url| Relay::from_url(url).unwrap()).collect();
-    EmailSender::new(app.db.clone(), app.clock.clone(), letterhead, Transport::Smtp(relays))
+    Arc::new(EmailSender::new(app.db.clone(), app.clock.clone(), letterhead, Transport::Smtp(relays)))
 }
 
 async fn message(app: &TestApp, id: uuid::Uuid) -> outbox::Model {

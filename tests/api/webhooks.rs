@@ -62,11 +62,11 @@ async fn a_webhook_step_posts_signed_json_and_retries_until_it_succeeds(app: Tes
     let (url, received) = receiver(vec![503, 500]).await;
     app.install_workflow("hook", &workflow(&url)).await;
     let id = sign_up(&app).await;
-    let sender = WebhookSender::new(
+    let sender = Arc::new(WebhookSender::new(
         app.db.clone(),
         app.clock.clone(),
         Arc::new(|name: &str| (name == "CRM_SECRET").then(|| "s3cret".to_owned())),
-    );
+    ));
 
     assert_eq!(sender.send_due().await.unwrap(), 1);
     assert_eq!(sender.send_due().await.unwrap(), 0, "not before the backoff");
@@ -103,7 +103,7 @@ async fn a_webhook_without_its_secret_fails_and_says_why(app: TestApp) {
     let (url, received) = receiver(vec![]).await;
     app.install_workflow("hook", &workflow(&url)).await;
     let id = sign_up(&app).await;
-    let sender = WebhookSender::new(app.db.clone(), app.clock.clone(), Arc::new(|_: &str| None));
+    let sender = Arc::new(WebhookSender::new(app.db.clone(), app.clock.clone(), Arc::new(|_: &str| None)));
     assert_eq!(sender.send_due().await.unwrap(), 1);
     app.clock.advance(Duration::hours(2));
     assert_eq!(sender.send_due().await.unwrap(), 0, "failed for good");
