@@ -381,7 +381,7 @@ impl<S: Carrier + 'static> Worker<S> {
 
     /// The next due messages after `after` (one instance: no leases).
     async fn claim_next(&self, now: DateTime<Utc>, after: Option<(DateTime<Utc>, uuid::Uuid)>) -> Result<Vec<Claimed>> {
-        let mut query = with_bodies()
+        let mut query = outbox::with_bodies()
             .filter(channel_is(S::CHANNEL))
             .filter(crate::store::queued())
             .filter(outbox::Column::DueAt.lte(now));
@@ -392,12 +392,8 @@ impl<S: Carrier + 'static> Worker<S> {
                     .add(sea_orm::Condition::all().add(outbox::Column::DueAt.eq(due)).add(outbox::Column::Id.gt(id))),
             );
         }
-        Ok(query
-            .order_by_asc(outbox::Column::DueAt)
-            .order_by_asc(outbox::Column::Id)
-            .limit(BATCH)
-            .all(self.db.conn())
-            .await?)
+        let query = query.order_by_asc(outbox::Column::DueAt).order_by_asc(outbox::Column::Id).limit(BATCH);
+        Ok(outbox::all_with_bodies(query, self.db.conn()).await?)
     }
 
     /// Claims the next due messages that no live lease holds (PostgreSQL).
@@ -415,12 +411,11 @@ impl<S: Carrier + 'static> Worker<S> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(with_bodies()
+        let query = outbox::with_bodies()
             .filter(outbox::Column::Id.is_in(ids))
             .order_by_asc(outbox::Column::DueAt)
-            .order_by_asc(outbox::Column::Id)
-            .all(self.db.conn())
-            .await?)
+            .order_by_asc(outbox::Column::Id);
+        Ok(outbox::all_with_bodies(query, self.db.conn()).await?)
     }
 
     /// Gives back the leases of claimed messages not attempted (on stopping), so another
@@ -660,17 +655,6 @@ type Claimed = (outbox::Model, Option<outbox_body::Model>);
 
 /// A claimed message and its bodies, readable (`None` if they are missing, which fails it).
 type Ready = (outbox::Model, Option<Body>);
-
-/// Outbox messages each with its bodies, read in one query (`None` for a message whose bodies
-/// are missing).
-fn with_bodies() -> sea_orm::SelectTwo<outbox::Entity, outbox_body::Entity> {
-    use sea_orm::{EntityTrait, QuerySelect};
-    let bodies = outbox::Entity::belongs_to(outbox_body::Entity)
-        .from(outbox::Column::Id)
-        .to(outbox_body::Column::OutboxId)
-        .into();
-    outbox::Entity::find().join(sea_orm::JoinType::LeftJoin, bodies).select_also(outbox_body::Entity)
-}
 
 /// `channel = '…'` written as a literal, as [`crate::store::queued`] is: SQLite re-plans a
 /// statement whose bound value a partial index's condition names (`outbox_sms_provider_ref`

@@ -123,6 +123,29 @@ impl Db {
     }
 }
 
+/// A row's columns read one after the other, by position.
+pub struct Positional<'a> {
+    row: &'a sea_orm::QueryResult,
+    at: usize,
+}
+
+impl<'a> Positional<'a> {
+    pub fn new(row: &'a sea_orm::QueryResult) -> Self {
+        Self { row, at: 0 }
+    }
+
+    /// The next column's value.
+    pub fn take<T: sea_orm::TryGetable>(&mut self) -> Result<T, DbErr> {
+        self.at += 1;
+        self.row.try_get_by_index(self.at - 1)
+    }
+
+    /// Passes over `n` columns.
+    pub fn skip(&mut self, n: usize) {
+        self.at += n;
+    }
+}
+
 /// `status = 'queued'` for outbox queries, written as a literal: the claim index holds only
 /// queued messages (migration m9), and a database can use such a partial index only when the
 /// query names the same constant.

@@ -15,6 +15,7 @@ on_both_databases!(
     a_tag_or_condition_narrows_a_broadcast,
     a_big_broadcast_sent_while_it_is_still_being_written_arrives_once_each,
     messages_whose_keys_are_taken_are_left_out_with_their_bodies,
+    messages_read_column_by_column_are_the_messages_sea_orm_reads,
 );
 
 async fn member(app: &TestApp, email: &str, extra: Value) -> String {
@@ -279,4 +280,35 @@ async fn messages_whose_keys_are_taken_are_left_out_with_their_bodies(app: TestA
         let (html, _) = crate::helpers::bodies(&app, *id).await;
         assert!(html.is_some_and(|h| h.starts_with("<p>Message ")), "each written message has its body");
     }
+}
+
+/// The delivery workers read their claims by column position (`outbox::all_with_bodies`):
+/// the same messages and bodies as sea-orm's reading by name, sent or queued, with bodies or
+/// without.
+async fn messages_read_column_by_column_are_the_messages_sea_orm_reads(app: TestApp) {
+    use sea_orm::QueryOrder;
+    app.create_list("news").await;
+    member(&app, "ada@example.com", json!({})).await;
+    member(&app, "bob@example.com", json!({"first_name": "Bob"})).await;
+    broadcast(&app, json!({"list": "news", "subject": "Sent", "html": NEWS})).await;
+    app.tick().await;
+    assert_eq!(app.email.send_due().await.unwrap(), 2);
+    broadcast(
+        &app,
+        json!({"list": "news", "subject": "Queued", "html": NEWS, "text": "Plain {{ subscriber.first_name }}"}),
+    )
+    .await;
+    app.tick().await;
+    let queued = outbox::Entity::find().filter(outbox::Column::Status.eq("queued")).one(app.db.conn()).await.unwrap();
+    let lost = queued.expect("a queued message").id;
+    ownlist::store::entities::outbox_body::Entity::delete_by_id(lost).exec(app.db.conn()).await.unwrap();
+
+    let query = || outbox::with_bodies().order_by_asc(outbox::Column::Id);
+    let by_position = outbox::all_with_bodies(query(), app.db.conn()).await.unwrap();
+    let by_name = query().all(app.db.conn()).await.unwrap();
+    assert_eq!(by_position.len(), 4);
+    assert_eq!(by_position, by_name);
+    assert!(by_position.iter().any(|(m, _)| m.sent_at.is_some() && m.status == "sent"), "{by_position:?}");
+    assert!(by_position.iter().any(|(m, body)| m.id == lost && body.is_none()), "{by_position:?}");
+    assert!(by_position.iter().any(|(_, body)| body.as_ref().is_some_and(|b| b.dictionary_id.is_some())));
 }

@@ -42,3 +42,63 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+/// Messages each with its bodies, read in one query: `None` for a message whose bodies are
+/// missing. Read the rows with [`all_with_bodies`].
+pub fn with_bodies() -> sea_orm::SelectTwo<Entity, super::outbox_body::Entity> {
+    use sea_orm::QuerySelect;
+    let bodies =
+        Entity::belongs_to(super::outbox_body::Entity).from(Column::Id).to(super::outbox_body::Column::OutboxId).into();
+    Entity::find().join(sea_orm::JoinType::LeftJoin, bodies).select_also(super::outbox_body::Entity)
+}
+
+/// The rows of a [`with_bodies`] query, each column read by its position (the query selects
+/// the message's columns, then the bodies', each table's in the order of its model's fields).
+/// sea-orm's own reading looks each column up by a name it formats for every row: for the
+/// delivery workers' claims that was a twentieth of the CPU a message takes.
+pub async fn all_with_bodies(
+    query: sea_orm::SelectTwo<Entity, super::outbox_body::Entity>,
+    db: &impl ConnectionTrait,
+) -> Result<Vec<(Model, Option<super::outbox_body::Model>)>, DbErr> {
+    let rows = db.query_all_raw(sea_orm::QueryTrait::build(&query, db.get_database_backend())).await?;
+    rows.iter()
+        .map(|row| {
+            let mut columns = crate::store::Positional::new(row);
+            let message = Model::read(&mut columns)?;
+            let body = super::outbox_body::Model::read_joined(&mut columns)?;
+            Ok((message, body))
+        })
+        .collect()
+}
+
+impl Model {
+    /// The message from the next columns of a row, in the order of the fields.
+    fn read(columns: &mut crate::store::Positional<'_>) -> Result<Self, DbErr> {
+        Ok(Self {
+            id: columns.take()?,
+            idempotency_key: columns.take()?,
+            subscriber_id: columns.take()?,
+            enrollment_id: columns.take()?,
+            workflow_id: columns.take()?,
+            step_id: columns.take()?,
+            channel: columns.take()?,
+            recipient: columns.take()?,
+            subject: columns.take()?,
+            status: columns.take()?,
+            attempts: columns.take()?,
+            last_error: columns.take()?,
+            sent_at: columns.take()?,
+            due_at: columns.take()?,
+            created_at: columns.take()?,
+            updated_at: columns.take()?,
+            broadcast_id: columns.take()?,
+            list_slug: columns.take()?,
+            segments: columns.take()?,
+            provider_ref: columns.take()?,
+            opened_at: columns.take()?,
+            clicked_at: columns.take()?,
+            lease_until: columns.take()?,
+            lease_owner: columns.take()?,
+        })
+    }
+}

@@ -44,6 +44,23 @@ impl ActiveModelBehavior for ActiveModel {}
 pub struct Damaged(String);
 
 impl Model {
+    /// The bodies from the next columns of a row, in the order of the fields, after a left
+    /// join: `None` (its columns skipped) when the row has none.
+    pub(crate) fn read_joined(columns: &mut crate::store::Positional<'_>) -> Result<Option<Self>, DbErr> {
+        let Some(outbox_id) = columns.take::<Option<Uuid>>()? else {
+            columns.skip(5);
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            outbox_id,
+            html: columns.take()?,
+            html_lz4: columns.take()?,
+            text: columns.take()?,
+            links: columns.take()?,
+            dictionary_id: columns.take()?,
+        }))
+    }
+
     /// A body as it is stored: the HTML compressed, against `dictionary` when one is given (then
     /// links the same as the dictionary's are not stored again).
     pub fn new(
