@@ -10,21 +10,27 @@ use uuid::Uuid;
 
 use crate::helpers::{Backend, PostgresDatabase, with_each_backend};
 
+/// The URL of an empty database on `backend` (a file in `dir`, or a new PostgreSQL database kept
+/// while the guard lives); `None` when PostgreSQL is not configured.
+async fn empty_database(backend: Backend, dir: &tempfile::TempDir) -> Option<(String, Option<PostgresDatabase>)> {
+    match backend {
+        Backend::Sqlite => Some((format!("sqlite://{}?mode=rwc", dir.path().join("ownlist.db").display()), None)),
+        Backend::Postgres => {
+            let Ok(admin) = std::env::var("OWNLIST_TEST_DATABASE_URL") else {
+                eprintln!("OWNLIST_TEST_DATABASE_URL is not set: PostgreSQL half skipped");
+                return None;
+            };
+            let database = PostgresDatabase::create(&admin).await;
+            Some((database.url.clone(), Some(database)))
+        }
+    }
+}
+
 /// A message written before bodies were compressed (migration 10): its HTML stays readable and
 /// its tracked links move from the message to its bodies.
 async fn messages_written_before_compressed_bodies_keep_their_html_and_links(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (url, _database) = match backend {
-        Backend::Sqlite => (format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display()), None),
-        Backend::Postgres => {
-            let Ok(admin) = std::env::var("OWNLIST_TEST_DATABASE_URL") else {
-                eprintln!("OWNLIST_TEST_DATABASE_URL is not set: PostgreSQL half skipped");
-                return;
-            };
-            let database = PostgresDatabase::create(&admin).await;
-            (database.url.clone(), Some(database))
-        }
-    };
+    let Some((url, _database)) = empty_database(backend, &dir).await else { return };
     let db = Db::connect(&url).await.unwrap();
     migration::Migrator::up(db.conn(), Some(9)).await.unwrap();
     let (id, subscriber, now) = (Uuid::now_v7(), Uuid::now_v7(), chrono::Utc::now());
@@ -77,17 +83,7 @@ async fn going_back_before_dictionaries_is_refused_while_bodies_need_them(backen
     use ownlist::store::entities::outbox_dictionary;
     use sea_orm::{ActiveModelTrait, IntoActiveModel};
     let dir = tempfile::tempdir().unwrap();
-    let (url, _database) = match backend {
-        Backend::Sqlite => (format!("sqlite://{}?mode=rwc", dir.path().join("new.db").display()), None),
-        Backend::Postgres => {
-            let Ok(admin) = std::env::var("OWNLIST_TEST_DATABASE_URL") else {
-                eprintln!("OWNLIST_TEST_DATABASE_URL is not set: PostgreSQL half skipped");
-                return;
-            };
-            let database = PostgresDatabase::create(&admin).await;
-            (database.url.clone(), Some(database))
-        }
-    };
+    let Some((url, _database)) = empty_database(backend, &dir).await else { return };
     let db = Db::connect(&url).await.unwrap();
     db.migrate().await.unwrap();
     let now = chrono::Utc::now();
