@@ -100,8 +100,7 @@ impl TestApp {
         let database = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {
-                let admin_url = std::env::var("OWNLIST_TEST_DATABASE_URL").ok()?;
-                let database = PostgresDatabase::create(&admin_url).await;
+                let database = PostgresDatabase::from_env().await?;
                 config.database_url = database.url.clone();
                 Some(database)
             }
@@ -245,6 +244,12 @@ pub struct PostgresDatabase {
 }
 
 impl PostgresDatabase {
+    /// A new database on the server `OWNLIST_TEST_DATABASE_URL` names; `None` when it is not set.
+    pub async fn from_env() -> Option<Self> {
+        let admin_url = std::env::var("OWNLIST_TEST_DATABASE_URL").ok()?;
+        Some(Self::create(&admin_url).await)
+    }
+
     pub async fn create(admin_url: &str) -> Self {
         let name = format!("ownlist_test_{}", uuid::Uuid::now_v7().simple());
         let admin = Db::connect(admin_url).await.unwrap();

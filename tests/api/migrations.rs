@@ -16,11 +16,10 @@ async fn empty_database(backend: Backend, dir: &tempfile::TempDir) -> Option<(St
     match backend {
         Backend::Sqlite => Some((format!("sqlite://{}?mode=rwc", dir.path().join("ownlist.db").display()), None)),
         Backend::Postgres => {
-            let Ok(admin) = std::env::var("OWNLIST_TEST_DATABASE_URL") else {
+            let Some(database) = PostgresDatabase::from_env().await else {
                 eprintln!("OWNLIST_TEST_DATABASE_URL is not set: PostgreSQL half skipped");
                 return None;
             };
-            let database = PostgresDatabase::create(&admin).await;
             Some((database.url.clone(), Some(database)))
         }
     }

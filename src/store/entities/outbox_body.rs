@@ -48,7 +48,7 @@ impl Model {
     /// join: `None` (its columns skipped) when the row has none.
     pub(crate) fn read_joined(columns: &mut crate::store::Positional<'_>) -> Result<Option<Self>, DbErr> {
         let Some(outbox_id) = columns.take::<Option<Uuid>>()? else {
-            columns.skip(5);
+            columns.skip(<Column as sea_orm::Iterable>::iter().count() - 1);
             return Ok(None);
         };
         Ok(Some(Self {
