@@ -44,34 +44,27 @@ impl App {
         Ok(Self { config: Arc::new(config), db, clock })
     }
 
-    /// Loads and checks the workflow files (refusing to start on any invalid one) and prepares
-    /// the engine: everything `serve` runs.
+    /// Loads the workflow files and prepares the engine: everything `serve` runs. A file with
+    /// problems does not stop it: its workflow keeps its last valid version and its pages stay
+    /// up, and the problems are logged and reported (`/readyz`, the API, the dashboard).
     pub async fn start(self) -> anyhow::Result<Service> {
         let registry = Arc::new(Registry::open(self.db.clone()).await.context("cannot read the stored workflows")?);
-        let mut pages = Vec::new();
-        let templates = if self.config.workflows_dir.is_dir() {
-            let outcome = loader::load(&self.db, &registry, self.clock.now(), &self.config)
+        let load = if self.config.workflows_dir.is_dir() {
+            let load = loader::load(&self.db, &registry, self.clock.now(), &self.config)
                 .await
                 .context("cannot store the workflows")?;
-            match outcome {
-                Ok((loaded, templates, found)) => {
-                    tracing::info!(workflows = ?loaded.workflows, pages = ?loaded.pages, moved = loaded.moves.len(), "workflows loaded");
-                    pages = found;
-                    templates
-                }
-                Err(refused) => {
-                    let lines: Vec<String> = refused.diagnostics.iter().map(ToString::to_string).collect();
-                    anyhow::bail!(
-                        "the workflow files are invalid; fix them (`ownlist workflows check`) and start again:\n{}",
-                        lines.join("\n")
-                    );
-                }
-            }
+            let r = &load.reloaded;
+            tracing::info!(workflows = ?r.workflows, pages = ?r.pages, lists_created = ?r.lists_created, moved = r.moves.len(), problems = r.problems.len(), "workflows loaded");
+            Some(load)
         } else {
             tracing::warn!(dir = %self.config.workflows_dir.display(), "no workflows folder: no workflow runs");
-            Arc::new(TemplateChecker::load(&self.config.templates_dir))
+            None
         };
         let secret = self.config.secret.clone().unwrap_or_default();
+        let templates = match &load {
+            Some(load) => load.templates.clone(),
+            None => Arc::new(TemplateChecker::load(&self.config.templates_dir)),
+        };
         let engine = Engine::new(
             self.db.clone(),
             self.clock.clone(),
@@ -89,7 +82,9 @@ impl App {
         let lease = self.config.claim_lease;
         let engine_ttl = lease.min(chrono::Duration::seconds(crate::workflow::engine::ENGINE_LEASE_SECONDS));
         let engine = if shared { engine.with_leadership(instance.clone(), engine_ttl) } else { engine };
-        engine.set_pages(pages);
+        if let Some(load) = load {
+            engine.take_load(load);
+        }
         let engine = Arc::new(if self.config.tracking { engine } else { engine.without_tracking() });
         let webhooks = WebhookSender::new(self.db.clone(), self.clock.clone(), Arc::new(crate::config::webhook_secret));
         let max_age = self.config.retry_max_age;
@@ -177,19 +172,16 @@ impl Service {
     }
 }
 
-/// Re-reads the workflow folder; an invalid edit changes nothing (the last valid version runs).
+/// Re-reads the workflow folder: valid files are loaded, invalid ones change nothing (their
+/// last valid version runs); the problems come back with what was done.
 pub async fn reload(
     db: &Db,
     config: &Config,
     engine: &Engine,
     now: chrono::DateTime<chrono::Utc>,
-) -> crate::error::Result<Result<loader::Reloaded, loader::Refused>> {
-    let outcome = loader::load(db, engine.registry(), now, config).await?;
-    Ok(outcome.map(|(reloaded, templates, pages)| {
-        engine.set_templates(templates);
-        engine.set_pages(pages);
-        reloaded
-    }))
+) -> crate::error::Result<loader::Reloaded> {
+    let load = loader::load(db, engine.registry(), now, config).await?;
+    Ok(engine.take_load(load))
 }
 
 /// Reads the signing secret from the data dir, or creates it there (mode 0600) on first run.

@@ -70,6 +70,11 @@ enum Command {
         /// The new file (it must not exist yet).
         file: PathBuf,
     },
+    /// Print a shell completion script: `ownlist completions bash > /etc/bash_completion.d/ownlist`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +126,12 @@ enum TokenCommand {
 /// Exit codes: 0 success, 1 done with rejected rows, 2 bad configuration or usage, 3 failure.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Completions { shell }) = cli.command {
+        // Needs no configuration: it only describes the command line.
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "ownlist", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("OWNLIST_")).collect();
     let config = match Config::load(cli.config.as_deref(), &env) {
         Ok(config) => config,
@@ -177,6 +188,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Export { all: Some(dir), .. } => export_all(App::open(config, clock).await?, &dir).await,
         Command::Export { out, .. } => export_file(App::open(config, clock).await?, out).await,
         Command::Backup { file } => backup(config, clock, &file).await,
+        Command::Completions { .. } => Ok(ExitCode::SUCCESS),
         Command::Workflows(WorkflowCommand::Check { dir }) => check_workflows(&config, dir).await,
         Command::Workflows(WorkflowCommand::Plan { dir }) => plan_workflows(config, dir).await,
         Command::Workflows(WorkflowCommand::Simulate { file, subscriber, events, opens, clicks, start, days }) => {
@@ -344,14 +356,13 @@ async fn watch_workflows(service: crate::app::Service, mut stop: tokio::sync::wa
         seen = now_seen;
         let now = service.app.clock.now();
         match crate::app::reload(&service.app.db, &config, &service.engine, now).await {
-            Ok(Ok(reloaded)) => {
-                tracing::info!(workflows = ?reloaded.workflows, moved = reloaded.moves.len(), "workflows reloaded")
-            }
-            Ok(Err(refused)) => {
-                for diagnostic in &refused.diagnostics {
-                    tracing::error!(%diagnostic, "workflow edit refused; the last valid version keeps running");
-                }
-            }
+            Ok(reloaded) => tracing::info!(
+                workflows = ?reloaded.workflows,
+                lists_created = ?reloaded.lists_created,
+                moved = reloaded.moves.len(),
+                problems = reloaded.problems.len(),
+                "workflows reloaded"
+            ),
             Err(e) => tracing::error!(error = %e, "workflow reload failed"),
         }
     }
@@ -493,12 +504,19 @@ async fn check_workflows(config: &Config, dir: Option<PathBuf>) -> anyhow::Resul
         lists: lists.as_ref(),
         sms_max_segments: config.sms_max_segments,
     };
-    let (workflows, pages, diagnostics) = crate::workflow::check_dir(&dir, &context);
-    for diagnostic in &diagnostics {
+    let folder = crate::workflow::check_dir(&dir, &context);
+    for diagnostic in &folder.diagnostics {
         println!("{diagnostic}");
     }
+    let diagnostics = folder.diagnostics;
     if diagnostics.is_empty() {
-        eprintln!("{} workflow(s) and {} landing page(s) OK in {}", workflows.len(), pages.len(), dir.display());
+        eprintln!(
+            "{} workflow(s), {} landing page(s) and {} declared list(s) OK in {}",
+            folder.workflows.len(),
+            folder.pages.len(),
+            folder.lists.len(),
+            dir.display()
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("{} problem(s) found", diagnostics.len());
@@ -523,13 +541,22 @@ async fn known_lists(config: &Config) -> Option<std::collections::BTreeSet<Strin
 async fn plan_workflows(config: Config, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = dir.unwrap_or_else(|| config.workflows_dir.clone());
     let app = App::open(config, Arc::new(SystemClock)).await?;
-    let (workflows, _, _, diagnostics) = crate::workflow::loader::check_folder(&app.db, &dir, &app.config).await?;
-    if !diagnostics.is_empty() {
-        for diagnostic in &diagnostics {
+    let (folder, _) = crate::workflow::loader::check_folder(&app.db, &dir, &app.config).await?;
+    if !folder.diagnostics.is_empty() {
+        for diagnostic in &folder.diagnostics {
             println!("{diagnostic}");
         }
-        eprintln!("{} problem(s) found: this change would be refused", diagnostics.len());
+        eprintln!(
+            "{} problem(s) found: the files with problems would change nothing (their last valid version keeps running)",
+            folder.diagnostics.len()
+        );
         return Ok(ExitCode::from(1));
+    }
+    let workflows = folder.workflows;
+    let existing: std::collections::BTreeSet<String> =
+        crate::audience::lists::all(&app.db).await?.into_iter().map(|l| l.slug).collect();
+    for list in folder.lists.iter().filter(|l| !existing.contains(&l.slug)) {
+        println!("list {}: new, created as '{}'", list.slug, list.name);
     }
     let registry = crate::workflow::registry::Registry::open(app.db.clone()).await?;
     let current = registry.current();

@@ -66,7 +66,8 @@ fn the_shipped_funnels_pass_and_mean_what_they_say() {
         lists: Some(&lists),
         sms_max_segments: ownlist::workflow::check::DEFAULT_SMS_MAX_SEGMENTS,
     };
-    let (workflows, _, diagnostics) = check_dir(&repo().join("workflows"), &context);
+    let folder = check_dir(&repo().join("workflows"), &context);
+    let (workflows, diagnostics) = (folder.workflows, folder.diagnostics);
     assert!(diagnostics.is_empty(), "{diagnostics:#?}");
     let ids: Vec<&str> = workflows.iter().map(|w| w.id.as_str()).collect();
     assert_eq!(ids, ["instagram-guide", "weekly-digest", "welcome"]);

@@ -17,6 +17,7 @@ mod m20261122_000008_admin_sessions;
 mod m20261122_000009_outbox_indexes;
 mod m20261201_000010_packed_bodies;
 mod m20261202_000011_body_dictionaries;
+mod m20261207_000012_declared_pages;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000009_outbox_indexes::Migration),
             Box::new(m20261201_000010_packed_bodies::Migration),
             Box::new(m20261202_000011_body_dictionaries::Migration),
+            Box::new(m20261207_000012_declared_pages::Migration),
         ]
     }
 }

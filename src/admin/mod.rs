@@ -132,7 +132,7 @@ fn failed(e: crate::error::Error) -> Response {
 /// Only with a session: anything else is sent to the login page (which brings them back).
 async fn require_session(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let found = match session::from_headers(request.headers()) {
-        Some(secret) => session::find(&state.db, &secret, state.clock.now()).await,
+        Some(secret) => session::find(&state.db, &secret, state.config.admin_token.as_deref(), state.clock.now()).await,
         None => Ok(None),
     };
     match found {
@@ -218,7 +218,7 @@ async fn login(
         Err(e) => return failed(e),
     };
     let ttl = state.config.admin_session_ttl;
-    let secret = match session::open(&state.db, &actor.label(), now, ttl).await {
+    let secret = match session::open(&state.db, &actor, state.config.admin_token.as_deref(), now, ttl).await {
         Ok(secret) => secret,
         Err(e) => return failed(e),
     };
@@ -408,7 +408,10 @@ async fn workflows(State(state): State<AppState>, Query(query): Query<RangeQuery
             "active_now": figures.active_now,
         }));
     }
-    let context = json!({"title": "Workflows", "section": "workflows", "range": range_context(&days, problem), "workflows": rows});
+    let context = json!({
+        "title": "Workflows", "section": "workflows", "range": range_context(&days, problem), "workflows": rows,
+        "problems": state.engine.problems(),
+    });
     Ok(render("workflows.html", StatusCode::OK, context))
 }
 

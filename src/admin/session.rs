@@ -9,6 +9,9 @@ use rand::RngCore;
 use sea_orm::ActiveValue::Set;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter};
 
+use subtle::ConstantTimeEq;
+
+use crate::audience::Actor;
 use crate::audience::values::sha256_hex;
 use crate::error::Result;
 use crate::store::Db;
@@ -17,18 +20,29 @@ use crate::store::entities::{admin_session, api_token};
 /// The cookie's name.
 pub const COOKIE: &str = "ownlist_admin";
 
-/// Opens a session for `actor` (an [`crate::audience::Actor`] label) and returns the secret
-/// for the cookie. Sessions that have ended are cleared on the way.
-pub async fn open(db: &Db, actor: &str, now: DateTime<Utc>, ttl: chrono::Duration) -> Result<String> {
+/// Opens a session for `actor` and returns the secret for the cookie. A login with the
+/// bootstrap token (`bootstrap`, the configured `admin_token`) is tied to that token. Sessions
+/// that have ended are cleared on the way.
+pub async fn open(
+    db: &Db,
+    actor: &Actor,
+    bootstrap: Option<&str>,
+    now: DateTime<Utc>,
+    ttl: chrono::Duration,
+) -> Result<String> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let secret = URL_SAFE_NO_PAD.encode(bytes);
     admin_session::Entity::delete_many().filter(admin_session::Column::ExpiresAt.lte(now)).exec(db.conn()).await?;
     admin_session::ActiveModel {
         id: Set(sha256_hex(&secret)),
-        actor: Set(actor.to_owned()),
+        actor: Set(actor.label()),
         created_at: Set(now),
         expires_at: Set(now + ttl),
+        token_digest: Set(match actor {
+            Actor::Bootstrap => bootstrap.map(sha256_hex),
+            _ => None,
+        }),
     }
     .insert(db.conn())
     .await?;
@@ -36,13 +50,25 @@ pub async fn open(db: &Db, actor: &str, now: DateTime<Utc>, ttl: chrono::Duratio
 }
 
 /// Who a cookie's secret belongs to: a session that has not ended, opened with a token that has
-/// not been revoked since.
-pub async fn find(db: &Db, secret: &str, now: DateTime<Utc>) -> Result<Option<admin_session::Model>> {
+/// not been revoked since (for the bootstrap token: that is still `bootstrap`, the configured one).
+pub async fn find(
+    db: &Db,
+    secret: &str,
+    bootstrap: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Option<admin_session::Model>> {
     let Some(session) = admin_session::Entity::find_by_id(sha256_hex(secret)).one(db.conn()).await? else {
         return Ok(None);
     };
     if session.expires_at <= now {
         return Ok(None);
+    }
+    if session.actor == Actor::Bootstrap.label() {
+        let same = match (&session.token_digest, bootstrap) {
+            (Some(digest), Some(token)) => bool::from(digest.as_bytes().ct_eq(sha256_hex(token).as_bytes())),
+            _ => false,
+        };
+        return Ok(same.then_some(session));
     }
     if let Some(name) = session.actor.strip_prefix("token:") {
         let alive = api_token::Entity::find().filter(api_token::Column::Name.eq(name)).one(db.conn()).await?;

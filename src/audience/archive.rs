@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::store::Db;
 use crate::store::entities::{
     audit_entry, broadcast, consent, delivery_day, enrollment, event, funnel_day, list, membership, outbox,
-    outbox_body, outbox_dictionary, page_count, pending_trigger, schedule_run, signup_confirmation, step_day,
+    outbox_body, outbox_dictionary, page, page_count, pending_trigger, schedule_run, signup_confirmation, step_day,
     subscriber, subscriber_tag, suppression, workflow, workflow_version,
 };
 
@@ -42,6 +42,7 @@ pub const TABLES: &[(&str, &str)] = &[
     ("events", "every subscriber's timeline: kind, data, time"),
     ("workflows", "the workflows in force: id, current version, paused"),
     ("workflow_versions", "every version of every workflow ever loaded, as its checked definition"),
+    ("pages", "the landing pages in force, as last loaded from valid workflow files"),
     ("enrollments", "who is where in which workflow"),
     ("schedule_runs", "the progress of scheduled and date-triggered workflows"),
     ("pending_triggers", "triggers not yet turned into enrollments"),
@@ -149,6 +150,7 @@ pub async fn export_all(db: &Db, now: DateTime<Utc>, dir: &Path) -> Result<Manif
             "events" => dump::<event::Entity>(&txn, dir, name).await?,
             "workflows" => dump::<workflow::Entity>(&txn, dir, name).await?,
             "workflow_versions" => dump::<workflow_version::Entity>(&txn, dir, name).await?,
+            "pages" => dump::<page::Entity>(&txn, dir, name).await?,
             "enrollments" => dump::<enrollment::Entity>(&txn, dir, name).await?,
             "schedule_runs" => dump::<schedule_run::Entity>(&txn, dir, name).await?,
             "pending_triggers" => dump::<pending_trigger::Entity>(&txn, dir, name).await?,
@@ -269,6 +271,7 @@ pub async fn import_all(db: &Db, dir: &Path) -> Result<Vec<(String, u64)>> {
             "events" => load::<event::Entity>(&txn, dir, name).await?,
             "workflows" => load::<workflow::Entity>(&txn, dir, name).await?,
             "workflow_versions" => load::<workflow_version::Entity>(&txn, dir, name).await?,
+            "pages" => load::<page::Entity>(&txn, dir, name).await?,
             "enrollments" => load::<enrollment::Entity>(&txn, dir, name).await?,
             "schedule_runs" => load::<schedule_run::Entity>(&txn, dir, name).await?,
             "pending_triggers" => load::<pending_trigger::Entity>(&txn, dir, name).await?,

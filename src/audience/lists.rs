@@ -117,6 +117,66 @@ pub async fn create(db: &Db, now: DateTime<Utc>, input: NewList) -> Result<ListV
     Ok(view(model, MemberCounts::default()))
 }
 
+/// A list as a workflow file declares it (`lists:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    pub slug: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub double_opt_in: bool,
+}
+
+/// Creates the declared lists that are missing and brings the name, description and double
+/// opt-in of the others to what is declared. Never deletes a list or touches its members.
+/// Returns the slugs created and the slugs changed.
+pub async fn declare(
+    conn: &impl ConnectionTrait,
+    now: DateTime<Utc>,
+    declared: &[Declared],
+) -> Result<(Vec<String>, Vec<String>)> {
+    let (mut created, mut changed) = (Vec::new(), Vec::new());
+    if declared.is_empty() {
+        return Ok((created, changed));
+    }
+    let slugs: Vec<String> = declared.iter().map(|d| d.slug.clone()).collect();
+    let existing: HashMap<String, list::Model> = list::Entity::find()
+        .filter(list::Column::Slug.is_in(slugs))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|m| (m.slug.clone(), m))
+        .collect();
+    for d in declared {
+        match existing.get(&d.slug) {
+            None => {
+                list::ActiveModel {
+                    id: Set(Uuid::now_v7()),
+                    slug: Set(d.slug.clone()),
+                    name: Set(d.name.clone()),
+                    description: Set(d.description.clone()),
+                    double_opt_in: Set(d.double_opt_in),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                }
+                .insert(conn)
+                .await?;
+                created.push(d.slug.clone());
+            }
+            Some(m) if m.name != d.name || m.description != d.description || m.double_opt_in != d.double_opt_in => {
+                let mut model: list::ActiveModel = m.clone().into();
+                model.name = Set(d.name.clone());
+                model.description = Set(d.description.clone());
+                model.double_opt_in = Set(d.double_opt_in);
+                model.updated_at = Set(now);
+                model.update(conn).await?;
+                changed.push(d.slug.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    Ok((created, changed))
+}
+
 pub async fn find(conn: &impl ConnectionTrait, slug: &str) -> Result<list::Model> {
     list::Entity::find().filter(list::Column::Slug.eq(slug)).one(conn).await?.ok_or(Error::NotFound { what: "list" })
 }

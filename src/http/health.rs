@@ -29,7 +29,7 @@ pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
 /// Readiness: 200 when the database answers and every migration this build knows is applied
 /// (a process started on an older schema, or before `ownlist migrate`, is not ready).
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, description = "Ready: the database answers and its schema is current"),
+    (status = 200, description = "Ready: the database answers and its schema is current; `workflow_problems` lists what the last load of the workflow files found wrong"),
     (status = 503, description = "Not ready", body = super::error::Problem),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
@@ -43,7 +43,11 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         ));
     }
     match migration::Migrator::get_pending_migrations_read_only(state.db.conn()).await {
-        Ok(pending) if pending.is_empty() => Ok(Json(json!({"status": "ready"}))),
+        Ok(pending) if pending.is_empty() => {
+            // Problems in workflow files do not make the service unready (pages, links and the
+            // last valid workflows keep working), but they are said here for monitoring.
+            Ok(Json(json!({"status": "ready", "workflow_problems": state.engine.problems()})))
+        }
         Ok(pending) => {
             let names: Vec<String> = pending.iter().map(|m| m.name().to_owned()).collect();
             Err(ApiError::new(

@@ -43,6 +43,9 @@ pub struct WorkflowView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkflowPage {
     pub data: Vec<WorkflowView>,
+    /// What the last load of the workflow folder found wrong (each file named changed nothing:
+    /// its workflow runs its last valid version); empty when every file is valid.
+    pub problems: Vec<crate::workflow::loader::Problem>,
 }
 
 async fn view(state: &AppState, id: &str) -> ApiResult<WorkflowView> {
@@ -68,7 +71,7 @@ pub async fn all(State(state): State<AppState>) -> ApiResult<Json<WorkflowPage>>
     for id in ids {
         data.push(view(&state, &id).await?);
     }
-    Ok(Json(WorkflowPage { data }))
+    Ok(Json(WorkflowPage { data, problems: state.engine.problems() }))
 }
 
 /// One workflow.
@@ -102,24 +105,19 @@ pub async fn resume(State(state): State<AppState>, ApiPath(id): ApiPath<String>)
     Ok(Json(view(&state, &id).await?))
 }
 
-/// Re-reads the workflow files; an invalid edit is refused (422, every problem listed) and the
-/// last valid version keeps running.
+/// Re-reads the workflow files: the valid ones are loaded; an invalid file changes nothing (422,
+/// every problem listed) and its last valid version keeps running.
 #[utoipa::path(post, path = "/api/v1/workflows/reload", tag = "workflows", security(("bearer" = [])), responses(
     (status = 200, body = Reloaded),
-    (status = 422, description = "Invalid files; `errors` has one entry per problem, `field` is file:line:column", body = Problem),
+    (status = 422, description = "Some files are invalid: they changed nothing (their last valid version keeps running) while the valid ones were loaded; `errors` has one entry per problem, `field` is file:line:column", body = Problem),
 ))]
 pub async fn reload(State(state): State<AppState>) -> ApiResult<Json<Reloaded>> {
-    match crate::app::reload(&state.db, &state.config, &state.engine, state.clock.now()).await? {
-        Ok(reloaded) => Ok(Json(reloaded)),
-        Err(refused) => Err(Error::Invalid(
-            refused
-                .diagnostics
-                .iter()
-                .map(|d| FieldError::new(format!("{}:{}:{}", d.file.display(), d.line, d.column), d.message.clone()))
-                .collect(),
-        )
-        .into()),
+    let reloaded = crate::app::reload(&state.db, &state.config, &state.engine, state.clock.now()).await?;
+    if reloaded.problems.is_empty() {
+        return Ok(Json(reloaded));
     }
+    Err(Error::Invalid(reloaded.problems.iter().map(|p| FieldError::new(p.at.clone(), p.message.clone())).collect())
+        .into())
 }
 
 /// Records something a subscriber did (by id, email or phone); may start or wake workflows.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_saphyr::Spanned;
 
-use super::format::{self, CONDITION_KEYS, FILE_KEYS, PAGE_KEYS, STEP_KEYS, TRIGGER_KEYS};
+use super::format::{self, CONDITION_KEYS, FILE_KEYS, LIST_KEYS, PAGE_KEYS, STEP_KEYS, TRIGGER_KEYS};
 use super::model::{
     Action, AttributeTest, Condition, Reentry, SendWindow, SmsBody, Step, Trigger, WaitUntil, Workflow,
 };
@@ -83,12 +83,27 @@ fn sample_context() -> tera::Context {
     tera::Context::from_serialize(&sample).unwrap_or_default()
 }
 
-/// Checks the workflow file at `path` whose text is `text`.
-/// What one file declares: a workflow, landing pages, or both.
+/// What one file declares: a workflow, landing pages, lists, or several of these.
 #[derive(Debug, Clone)]
 pub struct Checked {
     pub workflow: Option<Workflow>,
     pub pages: Vec<Page>,
+    pub lists: Vec<DeclaredList>,
+}
+
+/// A list declared under `lists:`: loading creates it when missing and keeps its name,
+/// description and double opt-in as written (it never deletes a list or touches its members).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct DeclaredList {
+    pub slug: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub double_opt_in: bool,
+    /// The file that declares it (for messages).
+    #[serde(skip)]
+    pub file: PathBuf,
+    #[serde(skip)]
+    pub line: u64,
 }
 
 /// Checks the workflow file at `path` whose text is `text`: it must declare a workflow.
@@ -119,9 +134,13 @@ pub fn check_file(path: &Path, text: &str, context: &Context<'_>) -> Result<Chec
         emails_so_far: BTreeSet::new(),
         all_emails: BTreeSet::new(),
     };
+    let lists = raw.lists.take().map(|lists| checker.lists(&lists)).unwrap_or_default();
     let pages = raw.pages.take().map(|pages| checker.pages(&pages)).unwrap_or_default();
-    let pages_only = !pages.is_empty() && raw.name.is_none() && raw.trigger.is_none() && raw.steps.is_none();
-    let workflow = if pages_only {
+    let declarations_only = (!pages.is_empty() || !lists.is_empty())
+        && raw.name.is_none()
+        && raw.trigger.is_none()
+        && raw.steps.is_none();
+    let workflow = if declarations_only {
         None
     } else {
         if let Err(message) = validate_slug(&id) {
@@ -132,7 +151,23 @@ pub fn check_file(path: &Path, text: &str, context: &Context<'_>) -> Result<Chec
         }
         Some(checker.file_(id, raw))
     };
-    if checker.diagnostics.is_empty() { Ok(Checked { workflow, pages }) } else { Err(checker.diagnostics) }
+    if checker.diagnostics.is_empty() { Ok(Checked { workflow, pages, lists }) } else { Err(checker.diagnostics) }
+}
+
+/// The lists a file declares, when its `lists:` is valid (whatever the rest of the file says);
+/// nothing when it is not, or when the file is not YAML at all.
+fn declared_lists(path: &Path, text: &str, context: &Context<'_>) -> Vec<DeclaredList> {
+    let Ok(raw) = serde_saphyr::from_str::<format::Declarations>(text) else { return Vec::new() };
+    let mut checker = Checker {
+        file: path,
+        context,
+        diagnostics: Vec::new(),
+        step_ids: BTreeMap::new(),
+        emails_so_far: BTreeSet::new(),
+        all_emails: BTreeSet::new(),
+    };
+    let lists = raw.lists.map(|lists| checker.lists(&lists)).unwrap_or_default();
+    if checker.diagnostics.is_empty() { lists } else { Vec::new() }
 }
 
 fn collect_emails(steps: &[Spanned<format::Step>], out: &mut BTreeSet<String>) {
@@ -166,7 +201,7 @@ fn suggestion(message: &str) -> String {
     if !(message.starts_with("unknown field") || message.starts_with("unknown variant")) {
         return String::new();
     }
-    let pools: [&[&str]; 5] = [FILE_KEYS, TRIGGER_KEYS, STEP_KEYS, CONDITION_KEYS, PAGE_KEYS];
+    let pools: [&[&str]; 6] = [FILE_KEYS, TRIGGER_KEYS, STEP_KEYS, CONDITION_KEYS, PAGE_KEYS, LIST_KEYS];
     let listed: Vec<&str> = message
         .split_once("expected one of ")
         .map(|(_, list)| list.split(',').map(|s| s.trim().trim_matches('`')).collect())
@@ -423,6 +458,42 @@ impl Checker<'_> {
         out
     }
 
+    fn lists(&mut self, raw: &[Spanned<format::List>]) -> Vec<DeclaredList> {
+        let mut out: Vec<DeclaredList> = Vec::new();
+        for list in raw {
+            let l = &list.value;
+            let slug = l.slug.value.trim().to_owned();
+            if let Err(message) = validate_slug(&slug) {
+                self.report(at(&l.slug), format!("a list's slug: {message}"));
+                continue;
+            }
+            if out.iter().any(|d| d.slug == slug) {
+                self.report(at(&l.slug), format!("list '{slug}' is declared twice in this file"));
+                continue;
+            }
+            let name = l.name.value.trim().to_owned();
+            if name.is_empty() || name.chars().count() > 200 {
+                self.report(at(&l.name), "a list's name is 1 to 200 characters");
+            }
+            let description = l.description.as_ref().and_then(|d| {
+                let text = d.value.trim();
+                if text.chars().count() > 2000 {
+                    self.report(at(d), "a list's description is at most 2,000 characters");
+                }
+                (!text.is_empty()).then(|| text.to_owned())
+            });
+            out.push(DeclaredList {
+                slug,
+                name,
+                description,
+                double_opt_in: l.double_opt_in.unwrap_or(true),
+                file: self.file.to_path_buf(),
+                line: at(&l.slug).line,
+            });
+        }
+        out
+    }
+
     fn field(&mut self, name: &Spanned<String>) -> Option<Field> {
         match Field::parse(&name.value) {
             Some(Field::Attribute(key)) => match validate_attribute_key(&key) {
@@ -471,7 +542,12 @@ impl Checker<'_> {
         {
             let known: Vec<&str> = lists.iter().map(String::as_str).collect();
             let hint = closest(&name, &known).map(|b| format!(" (did you mean '{b}'?)")).unwrap_or_default();
-            self.report(at(slug), format!("unknown list '{name}'{hint}; create it with POST /api/v1/lists"));
+            self.report(
+                at(slug),
+                format!(
+                    "unknown list '{name}'{hint}; declare it under `lists:` in a workflow file (or create it with POST /api/v1/lists)"
+                ),
+            );
         }
         name
     }
@@ -902,47 +978,130 @@ impl Checker<'_> {
     }
 }
 
-/// Checks every `.yaml`/`.yml` file in `dir` (and its subfolders), in name order.
-pub fn check_dir(dir: &Path, context: &Context<'_>) -> (Vec<Workflow>, Vec<Page>, Vec<Diagnostic>) {
-    let mut files = Vec::new();
-    collect_files(dir, &mut files);
-    files.sort();
-    let mut workflows: Vec<Workflow> = Vec::new();
-    let mut pages: Vec<Page> = Vec::new();
-    let mut diagnostics = Vec::new();
-    let at_top = |path: &PathBuf, message: String| Diagnostic { file: path.clone(), line: 1, column: 1, message };
-    for path in files {
+/// A workflow folder checked file by file: what its valid files declare, and every problem.
+#[derive(Debug, Clone, Default)]
+pub struct Folder {
+    /// The workflows of the valid files.
+    pub workflows: Vec<Workflow>,
+    /// The landing pages of the valid files.
+    pub pages: Vec<Page>,
+    /// Every list declared by a file whose `lists:` is valid (even when the rest of it is not).
+    pub lists: Vec<DeclaredList>,
+    /// Every problem, each at `file:line:column`.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Every file read, in order, with whether it was valid.
+    pub files: Vec<FileState>,
+}
+
+/// One file of a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileState {
+    pub path: PathBuf,
+    /// Its path inside the folder, with `/` (how stored pages name it).
+    pub name: String,
+    /// Its workflow id (the file name without `.yaml`), whether or not it declares a workflow.
+    pub id: String,
+    pub valid: bool,
+}
+
+impl Folder {
+    /// The ids of the files with problems: their workflows keep the version last loaded.
+    pub fn invalid_ids(&self) -> BTreeSet<String> {
+        self.files.iter().filter(|f| !f.valid).map(|f| f.id.clone()).collect()
+    }
+}
+
+/// Checks every `.yaml`/`.yml` file under `dir`. Lists declared in any file count as existing
+/// for every file, beside `context.lists`.
+pub fn check_dir(dir: &Path, context: &Context<'_>) -> Folder {
+    let mut paths = Vec::new();
+    collect_files(dir, &mut paths);
+    paths.sort();
+    let mut folder = Folder::default();
+    let mut texts = Vec::new();
+    for path in paths {
+        let name = path
+            .strip_prefix(dir)
+            .unwrap_or(&path)
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
         match std::fs::read_to_string(&path) {
-            Err(e) => diagnostics.push(at_top(&path, format!("cannot read the file: {e}"))),
-            Ok(text) => match check_file(&path, &text, context) {
-                Ok(checked) => {
-                    if let Some(workflow) = checked.workflow {
-                        if workflows.iter().any(|w| w.id == workflow.id) {
-                            let message =
-                                format!("another file is already named '{}': workflow ids must be unique", workflow.id);
-                            diagnostics.push(at_top(&path, message));
-                        } else {
-                            workflows.push(workflow);
+            Ok(text) => {
+                for list in declared_lists(&path, &text, context) {
+                    match folder.lists.iter().find(|d| d.slug == list.slug) {
+                        Some(first) if first.name != list.name
+                            || first.description != list.description
+                            || first.double_opt_in != list.double_opt_in =>
+                        {
+                            let message = format!(
+                                "list '{}' is also declared in {}:{} with other settings: declare it once",
+                                list.slug,
+                                first.file.display(),
+                                first.line
+                            );
+                            folder.diagnostics.push(Diagnostic { file: path.clone(), line: list.line, column: 1, message });
                         }
-                    }
-                    for page in checked.pages {
-                        match pages.iter().find(|p| p.slug == page.slug) {
-                            Some(other) => diagnostics.push(at_top(
-                                &path,
-                                format!(
-                                    "page '{}' is also declared in {}: page slugs must be unique",
-                                    page.slug, other.file
-                                ),
-                            )),
-                            None => pages.push(page),
-                        }
+                        Some(_) => {}
+                        None => folder.lists.push(list),
                     }
                 }
-                Err(found) => diagnostics.extend(found),
-            },
+                texts.push((path, name, id, Ok(text)));
+            }
+            Err(e) => texts.push((path, name, id, Err(format!("cannot read the file: {e}")))),
         }
     }
-    (workflows, pages, diagnostics)
+    let mut known = context.lists.cloned().unwrap_or_default();
+    known.extend(folder.lists.iter().map(|l| l.slug.clone()));
+    let context = Context {
+        templates: context.templates,
+        lists: context.lists.map(|_| &known),
+        sms_max_segments: context.sms_max_segments,
+    };
+    let at_top = |path: &PathBuf, message: String| Diagnostic { file: path.clone(), line: 1, column: 1, message };
+    for (path, name, id, text) in texts {
+        let mut problems: Vec<Diagnostic> =
+            folder.diagnostics.iter().filter(|d| d.file == path).cloned().collect();
+        let checked = match text {
+            Err(message) => {
+                problems.push(at_top(&path, message));
+                None
+            }
+            Ok(text) => match check_file(&path, &text, &context) {
+                Ok(checked) => Some(checked),
+                Err(found) => {
+                    problems.extend(found);
+                    None
+                }
+            },
+        };
+        if let Some(checked) = &checked {
+            if let Some(workflow) = &checked.workflow
+                && folder.workflows.iter().any(|w| w.id == workflow.id)
+            {
+                let message = format!("another file is already named '{}': workflow ids must be unique", workflow.id);
+                problems.push(at_top(&path, message));
+            }
+            for page in &checked.pages {
+                if let Some(other) = folder.pages.iter().find(|p| p.slug == page.slug) {
+                    let message =
+                        format!("page '{}' is also declared in {}: page slugs must be unique", page.slug, other.file);
+                    problems.push(at_top(&path, message));
+                }
+            }
+        }
+        let valid = problems.is_empty();
+        if let (true, Some(checked)) = (valid, checked) {
+            folder.workflows.extend(checked.workflow);
+            folder.pages.extend(checked.pages);
+        }
+        folder.diagnostics.retain(|d| d.file != path);
+        folder.diagnostics.extend(problems);
+        folder.files.push(FileState { path, name, id, valid });
+    }
+    folder
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -94,6 +94,8 @@ pub struct Engine {
     bell: crate::delivery::Doorbell,
     /// The landing pages declared in the workflow files, replaced with them on a reload.
     pages: crate::pages::Pages,
+    /// The problems the last load of the workflow folder found (none: every file is valid).
+    problems: std::sync::RwLock<Vec<super::loader::Problem>>,
     /// Several instances on one database (PostgreSQL): this process's id, under which it holds
     /// the `engine` lease while it runs the engine (one instance at a time does).
     leadership: Option<(String, chrono::Duration)>,
@@ -215,6 +217,7 @@ impl Engine {
             backlog_cursor: std::sync::Mutex::new(None),
             bell: crate::delivery::Doorbell::new(),
             pages: crate::pages::Pages::default(),
+            problems: std::sync::RwLock::new(Vec::new()),
             leadership: None,
         }
     }
@@ -267,6 +270,19 @@ impl Engine {
     /// The landing pages in force.
     pub fn pages(&self) -> &crate::pages::Pages {
         &self.pages
+    }
+
+    /// Takes what a load of the workflow folder produced: its templates, pages and problems.
+    pub fn take_load(&self, load: super::loader::Load) -> super::loader::Reloaded {
+        self.set_templates(load.templates);
+        self.set_pages(load.pages);
+        *self.problems.write().unwrap_or_else(std::sync::PoisonError::into_inner) = load.reloaded.problems.clone();
+        load.reloaded
+    }
+
+    /// The problems the last load of the workflow folder found.
+    pub fn problems(&self) -> Vec<super::loader::Problem> {
+        self.problems.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The signer of public links and the base URL they start with.

@@ -21,9 +21,11 @@ pub const FILE_KEYS: &[&str] = &[
     "tracking",
     "steps",
     "pages",
+    "lists",
 ];
 
-/// A workflow file: a workflow (`name`, `trigger`, `steps`, …), landing pages (`pages:`), or both.
+/// A workflow file: a workflow (`name`, `trigger`, `steps`, …), landing pages (`pages:`), the
+/// lists they use (`lists:`), or any of these together.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
@@ -40,6 +42,29 @@ pub struct File {
     pub steps: Option<Spanned<Vec<Spanned<Step>>>>,
     #[serde(default)]
     pub pages: Option<Vec<Spanned<Page>>>,
+    #[serde(default)]
+    pub lists: Option<Vec<Spanned<List>>>,
+}
+
+/// Only the `lists:` of a file (everything else is ignored): read from every file first, so
+/// that a list declared in one file may be used in another.
+#[derive(Debug, Deserialize)]
+pub struct Declarations {
+    #[serde(default)]
+    pub lists: Option<Vec<Spanned<List>>>,
+}
+
+pub const LIST_KEYS: &[&str] = &["slug", "name", "description", "double_opt_in"];
+
+/// A list declared in a file: created when missing, its name, description and double opt-in
+/// kept as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct List {
+    pub slug: Spanned<String>,
+    pub name: Spanned<String>,
+    pub description: Option<Spanned<String>>,
+    pub double_opt_in: Option<bool>,
 }
 
 pub const PAGE_KEYS: &[&str] = &[

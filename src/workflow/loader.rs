@@ -1,70 +1,149 @@
-//! Loading the workflow folder into the registry: check everything, and only if every file is
-//! valid, store what changed. An invalid edit is refused whole and the last valid version keeps
-//! running.
+//! Loading the workflow folder: every file is checked on its own. What the valid files declare
+//! is stored (lists created or updated, a new version of each changed workflow, their landing
+//! pages); a file with problems changes nothing: its workflow keeps the last valid version and
+//! its pages stay as they were. Every problem is reported, and kept for `/readyz`, the API and
+//! the dashboard, until a load finds it mended.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde::Serialize;
 
 use super::registry::{Move, Registry};
 use super::templates::TemplateChecker;
-use super::{Context, Diagnostic, Workflow, check_dir};
-use crate::error::Result;
+use super::{Context, Diagnostic, Folder, check_dir};
+use crate::audience::lists::{self, Declared};
+use crate::error::{Error, Result};
 use crate::pages::Page;
 use crate::store::Db;
+use crate::store::entities::page;
 
-/// The outcome of a successful load.
+/// What a load did.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Reloaded {
     /// Workflow ids now in force.
     pub workflows: Vec<String>,
     /// Landing pages now served (their slugs).
     pub pages: Vec<String>,
+    /// Lists created because a file declares them.
+    pub lists_created: Vec<String>,
+    /// Declared lists whose name, description or double opt-in changed.
+    pub lists_updated: Vec<String>,
     /// Enrollments moved onto new versions.
     #[schema(value_type = Vec<Object>)]
     pub moves: Vec<Move>,
+    /// Every problem found; the files they are in changed nothing.
+    pub problems: Vec<Problem>,
 }
 
-/// A load that found problems: nothing was changed.
-#[derive(Debug, Clone)]
-pub struct Refused {
-    pub diagnostics: Vec<Diagnostic>,
+/// A problem in a workflow file, where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `file:line:column`.
+    pub at: String,
+    pub message: String,
 }
 
-/// Checks the folder against the templates and the lists in the database.
+impl From<&Diagnostic> for Problem {
+    fn from(d: &Diagnostic) -> Self {
+        Self { at: format!("{}:{}:{}", d.file.display(), d.line, d.column), message: d.message.clone() }
+    }
+}
+
+/// A load's outcome: what it did, the templates to render with, the pages to serve.
+pub struct Load {
+    pub reloaded: Reloaded,
+    pub templates: Arc<TemplateChecker>,
+    pub pages: Vec<Page>,
+}
+
+/// Checks the folder against the templates and the lists in the database (and those the files
+/// declare).
 pub async fn check_folder(
     db: &Db,
     workflows: &Path,
     config: &crate::config::Config,
-) -> Result<(Vec<Workflow>, Vec<Page>, TemplateChecker, Vec<Diagnostic>)> {
+) -> Result<(Folder, TemplateChecker)> {
     let checker = TemplateChecker::load(&config.templates_dir);
-    let lists: BTreeSet<String> = crate::audience::lists::all(db).await?.into_iter().map(|l| l.slug).collect();
+    let lists: BTreeSet<String> = lists::all(db).await?.into_iter().map(|l| l.slug).collect();
     let context = Context { templates: &checker, lists: Some(&lists), sms_max_segments: config.sms_max_segments };
-    let (found, pages, diagnostics) = check_dir(workflows, &context);
-    Ok((found, pages, checker, diagnostics))
+    let folder = check_dir(workflows, &context);
+    Ok((folder, checker))
 }
 
-/// Checks and, when valid, stores the folder's workflows; returns the templates to render with.
-pub async fn load(
-    db: &Db,
-    registry: &Registry,
-    now: DateTime<Utc>,
-    config: &crate::config::Config,
-) -> Result<std::result::Result<(Reloaded, Arc<TemplateChecker>, Vec<Page>), Refused>> {
-    let (found, pages, checker, diagnostics) = check_folder(db, &config.workflows_dir, config).await?;
-    if !diagnostics.is_empty() {
-        return Ok(Err(Refused { diagnostics }));
+/// Checks the folder and stores what its valid files declare, in one transaction.
+pub async fn load(db: &Db, registry: &Registry, now: DateTime<Utc>, config: &crate::config::Config) -> Result<Load> {
+    let (folder, checker) = check_folder(db, &config.workflows_dir, config).await?;
+    let declared: Vec<Declared> = folder
+        .lists
+        .iter()
+        .map(|l| Declared {
+            slug: l.slug.clone(),
+            name: l.name.clone(),
+            description: l.description.clone(),
+            double_opt_in: l.double_opt_in,
+        })
+        .collect();
+    let txn = db.begin_write().await?;
+    let (lists_created, lists_updated) = lists::declare(&txn, now, &declared).await?;
+    let moves = registry.store(&txn, now, &folder.workflows, &folder.invalid_ids()).await?;
+    store_pages(&txn, now, &folder).await?;
+    txn.commit().await?;
+    registry.refresh().await?;
+    let pages = stored_pages(db).await?;
+    for diagnostic in &folder.diagnostics {
+        tracing::error!(%diagnostic, "workflow file invalid: it changes nothing until mended (its last valid version runs)");
     }
-    let moves = registry.sync(now, &found).await?;
     let reloaded = Reloaded {
-        workflows: found.iter().map(|w| w.id.clone()).collect(),
+        workflows: registry.current().into_keys().collect(),
         pages: pages.iter().map(|p| p.slug.clone()).collect(),
+        lists_created,
+        lists_updated,
         moves,
+        problems: folder.diagnostics.iter().map(Problem::from).collect(),
     };
-    Ok(Ok((reloaded, Arc::new(checker), pages)))
+    Ok(Load { reloaded, templates: Arc::new(checker), pages })
+}
+
+/// The pages of each valid file replace the ones stored for it; a file that is gone takes its
+/// pages with it; an invalid file's stay.
+async fn store_pages(txn: &impl ConnectionTrait, now: DateTime<Utc>, folder: &Folder) -> Result<()> {
+    let present: Vec<String> = folder.files.iter().map(|f| f.name.clone()).collect();
+    let valid: Vec<String> = folder.files.iter().filter(|f| f.valid).map(|f| f.name.clone()).collect();
+    page::Entity::delete_many().filter(page::Column::File.is_not_in(present)).exec(txn).await?;
+    page::Entity::delete_many().filter(page::Column::File.is_in(valid)).exec(txn).await?;
+    let slugs: Vec<String> = folder.pages.iter().map(|p| p.slug.clone()).collect();
+    // A valid file's page takes its slug over from an invalid file that had it.
+    page::Entity::delete_many().filter(page::Column::Slug.is_in(slugs)).exec(txn).await?;
+    for p in &folder.pages {
+        let file = folder
+            .files
+            .iter()
+            .find(|f| f.path.display().to_string() == p.file)
+            .map_or_else(|| p.file.clone(), |f| f.name.clone());
+        let definition = serde_json::to_value(p).map_err(|e| Error::Other(e.into()))?;
+        page::ActiveModel { slug: Set(p.slug.clone()), file: Set(file), definition: Set(definition), updated_at: Set(now) }
+            .insert(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The landing pages in force, as last loaded.
+pub async fn stored_pages(db: &Db) -> Result<Vec<Page>> {
+    let rows = page::Entity::find().order_by_asc(page::Column::Slug).all(db.conn()).await?;
+    let mut pages = Vec::with_capacity(rows.len());
+    for row in rows {
+        match serde_json::from_value::<Page>(row.definition) {
+            Ok(page) => pages.push(page),
+            Err(e) => tracing::error!(slug = %row.slug, error = %e, "a stored landing page is unreadable; not served"),
+        }
+    }
+    Ok(pages)
 }
 
 /// A cheap fingerprint of a folder (names, sizes, modification times) to notice edits.

@@ -24,5 +24,5 @@ pub mod simulate;
 pub mod templates;
 pub mod timing;
 
-pub use check::{Checked, Context, Diagnostic, check, check_dir, check_file};
+pub use check::{Checked, Context, DeclaredList, Diagnostic, FileState, Folder, check, check_dir, check_file};
 pub use model::Workflow;

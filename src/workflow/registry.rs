@@ -4,12 +4,15 @@
 //! Versions live in the database, so every instance runs the same one, and an enrollment always
 //! names the version it runs. Loading files that did not change stores nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder,
+};
 use serde::Serialize;
 use serde_json::json;
 
@@ -182,8 +185,23 @@ impl Registry {
     /// it), `removed` for workflows whose file is gone. Returns the moves made.
     pub async fn sync(&self, now: DateTime<Utc>, workflows: &[Workflow]) -> Result<Vec<Move>> {
         let txn = self.db.begin_write().await?;
+        let moves = self.store(&txn, now, workflows, &BTreeSet::new()).await?;
+        txn.commit().await?;
+        self.refresh().await?;
+        Ok(moves)
+    }
+
+    /// [`Self::sync`] inside the caller's transaction (the caller refreshes after committing).
+    /// Workflows named in `keep` (their file is there but invalid) keep the version they have.
+    pub async fn store(
+        &self,
+        txn: &DatabaseTransaction,
+        now: DateTime<Utc>,
+        workflows: &[Workflow],
+        keep: &BTreeSet<String>,
+    ) -> Result<Vec<Move>> {
         let stored: HashMap<String, workflow::Model> =
-            workflow::Entity::find().all(&txn).await?.into_iter().map(|w| (w.id.clone(), w)).collect();
+            workflow::Entity::find().all(txn).await?.into_iter().map(|w| (w.id.clone(), w)).collect();
         let mut all_moves = Vec::new();
         for w in workflows {
             let hash = digest(w);
@@ -196,13 +214,13 @@ impl Registry {
                         created_at: Set(now),
                         updated_at: Set(now),
                     }
-                    .insert(&txn)
+                    .insert(txn)
                     .await?;
                     1
                 }
                 Some(row) => {
                     let current =
-                        workflow_version::Entity::find_by_id((w.id.clone(), row.current_version)).one(&txn).await?;
+                        workflow_version::Entity::find_by_id((w.id.clone(), row.current_version)).one(txn).await?;
                     let unchanged = current.is_some_and(|v| v.digest == hash);
                     let mut active = row.clone().into_active_model();
                     if row.status == Status::Removed.as_str() {
@@ -211,13 +229,13 @@ impl Registry {
                     if unchanged {
                         if row.status == Status::Removed.as_str() {
                             active.updated_at = Set(now);
-                            active.update(&txn).await?;
+                            active.update(txn).await?;
                         }
                         continue;
                     }
                     active.current_version = Set(row.current_version + 1);
                     active.updated_at = Set(now);
-                    active.update(&txn).await?;
+                    active.update(txn).await?;
                     row.current_version + 1
                 }
             };
@@ -228,25 +246,23 @@ impl Registry {
                 digest: Set(hash),
                 created_at: Set(now),
             }
-            .insert(&txn)
+            .insert(txn)
             .await?;
             if version > 1 {
                 let next = Program::new(w.clone(), version);
-                let moves = self.moves(&txn, &w.id, &next).await?;
-                self.apply_moves(&txn, now, &next, &moves).await?;
+                let moves = self.moves(txn, &w.id, &next).await?;
+                self.apply_moves(txn, now, &next, &moves).await?;
                 all_moves.extend(moves);
             }
         }
         for (id, row) in &stored {
-            if row.status != Status::Removed.as_str() && !workflows.iter().any(|w| &w.id == id) {
+            if row.status != Status::Removed.as_str() && !keep.contains(id) && !workflows.iter().any(|w| &w.id == id) {
                 let mut active = row.clone().into_active_model();
                 active.status = Set(Status::Removed.as_str().to_owned());
                 active.updated_at = Set(now);
-                active.update(&txn).await?;
+                active.update(txn).await?;
             }
         }
-        txn.commit().await?;
-        self.refresh().await?;
         Ok(all_moves)
     }
 

@@ -8,7 +8,45 @@ use serde_json::{Value, json};
 use crate::browser::Browser;
 use crate::helpers::{Backend, TestApp, expect_json, with_each_backend};
 
-with_each_backend!(only_a_session_opens_the_dashboard_and_sessions_end, the_dashboard_shows_what_the_api_counts);
+with_each_backend!(
+    only_a_session_opens_the_dashboard_and_sessions_end,
+    the_dashboard_shows_what_the_api_counts,
+    the_bootstrap_token_opens_a_session_that_ends_when_the_setting_changes,
+    the_workflows_page_lists_the_problems_of_invalid_files,
+);
+
+const BOOTSTRAP: &str = "bootstrap-admin-token-0123456789";
+
+async fn the_bootstrap_token_opens_a_session_that_ends_when_the_setting_changes(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |c| c.admin_token = Some(BOOTSTRAP.into())).await else { return };
+    let cookie = log_in(&app, BOOTSTRAP).await;
+    for path in ["/admin", "/admin/workflows", "/admin/delivery"] {
+        let page = get_with(&app, path, &cookie).await;
+        assert_eq!(page.status(), StatusCode::OK, "{path} with a bootstrap session");
+    }
+    // The session is tied to the token it was opened with: another setting, or none, ends it.
+    use ownlist::admin::session;
+    use ownlist::clock::Clock;
+    let secret = cookie.split_once('=').unwrap().1;
+    let now = app.clock.now();
+    assert!(session::find(&app.db, secret, Some(BOOTSTRAP), now).await.unwrap().is_some());
+    assert!(session::find(&app.db, secret, Some("another-bootstrap-token-0123"), now).await.unwrap().is_none());
+    assert!(session::find(&app.db, secret, None, now).await.unwrap().is_none());
+}
+
+async fn the_workflows_page_lists_the_problems_of_invalid_files(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let cookie = log_in(&app, &app.token).await;
+    std::fs::write(app.workflows_dir.join("broken.yaml"), "name: Broken\ntrigger: { event: x }\nsteps:\n  - id: a\n    wait: forever\n")
+        .unwrap();
+    let response = app.request(reqwest::Method::POST, "/api/v1/workflows/reload").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = get_with(&app, "/admin/workflows", &cookie).await.text().await.unwrap();
+    assert!(page.contains("Problems in the workflow files"), "{page}");
+    assert!(page.contains("broken.yaml:5:11"), "{page}");
+    let listed = expect_json(app.get("/api/v1/workflows").await, StatusCode::OK).await;
+    assert!(listed["problems"][0]["at"].as_str().unwrap().ends_with("broken.yaml:5:11"), "{listed}");
+}
 
 const PAGES: &str = "pages:
   - slug: guide
@@ -235,6 +273,9 @@ async fn check_page(browser: &mut Browser, name: &str) {
 }
 
 async fn the_dashboard_shows_what_the_api_counts(backend: Backend) {
+    if !crate::tools::chromium("the_dashboard_shows_what_the_api_counts") {
+        return;
+    }
     let Some(app) = TestApp::spawn(backend).await else { return };
     let ids = some_traffic(&app).await;
     let tag = match backend {

@@ -317,6 +317,9 @@ fn dkimpy_verifies(message: &std::path::Path, record: &str) -> bool {
 
 #[tokio::test]
 async fn messages_carry_a_dkim_signature_a_real_verifier_accepts() {
+    if !crate::tools::dkim_tools("messages_carry_a_dkim_signature_a_real_verifier_accepts") {
+        return;
+    }
     let keys = tempfile::tempdir().unwrap();
     let (key_file, record) = dkim_key(keys.path());
     for backend in [crate::helpers::Backend::Sqlite, crate::helpers::Backend::Postgres] {
@@ -533,6 +536,10 @@ fn ed25519_key(dir: &std::path::Path) -> (std::path::PathBuf, String) {
 
 #[tokio::test]
 async fn a_real_mta_takes_the_message_with_every_header_and_a_signature_dkimpy_accepts() {
+    let test = "a_real_mta_takes_the_message_with_every_header_and_a_signature_dkimpy_accepts";
+    if !crate::tools::smtp_sink(test) || !crate::tools::dkim_tools(test) {
+        return;
+    }
     let keys = tempfile::tempdir().unwrap();
     let rsa = dkim_key(keys.path());
     let ed25519 = ed25519_key(keys.path());

@@ -6,6 +6,8 @@
 mod fake_sms;
 mod helpers;
 mod smtp_sink;
+#[path = "../support/tools.rs"]
+mod tools;
 
 mod archive;
 mod auth;

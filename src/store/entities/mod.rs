@@ -15,6 +15,7 @@ pub mod membership;
 pub mod outbox;
 pub mod outbox_body;
 pub mod outbox_dictionary;
+pub mod page;
 pub mod page_count;
 pub mod pending_trigger;
 pub mod schedule_run;

@@ -1,0 +1,42 @@
+//! Outside tools a few tests drive (a real MTA, a browser, a second DKIM verifier). `./test.sh`
+//! installs them and sets `OWNLIST_TEST_REQUIRE_TOOLS`, so a missing one fails the test there; under
+//! plain `cargo test` a test whose tool is missing says so and what to install, and is skipped.
+#![allow(dead_code)]
+
+use std::process::{Command, Stdio};
+
+/// Whether `program args…` runs; when it does not, `test` is skipped (or fails under `./test.sh`)
+/// with `install` as the line to run.
+pub fn present(test: &str, program: &str, args: &[&str], install: &str) -> bool {
+    let runs = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if runs {
+        return true;
+    }
+    let message = format!("{test} needs {program}: {install} (./test.sh installs it)");
+    assert!(std::env::var_os("OWNLIST_TEST_REQUIRE_TOOLS").is_none(), "{message}");
+    eprintln!("SKIPPED: {message}");
+    false
+}
+
+/// Postfix's smtp-sink.
+pub fn smtp_sink(test: &str) -> bool {
+    // smtp-sink without arguments prints its usage and exits 1: `which` tells whether it is there.
+    present(test, "sh", &["-c", "command -v smtp-sink"], "apt-get install -y postfix")
+}
+
+/// openssl and Python's dkimpy (DKIM keys, and a verifier that is not ours).
+pub fn dkim_tools(test: &str) -> bool {
+    present(test, "openssl", &["version"], "apt-get install -y openssl")
+        && present(test, "python3", &["-c", "import dkim, nacl"], "python3 -m pip install dkimpy pynacl")
+}
+
+/// Headless Chromium.
+pub fn chromium(test: &str) -> bool {
+    present(test, "sh", &["-c", "command -v chromium || command -v chromium-browser"], "apt-get install -y chromium")
+}
