@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test, after making sure the outside tools some of them drive are here:
 #   Postfix's smtp-sink (a real MTA), headless Chromium (the dashboard in a browser), openssl (DKIM
-#   keys), sqlite3 and Python's dkimpy (a second, independent DKIM verifier), and, when
-#   OWNLIST_TEST_DATABASE_URL is set, PostgreSQL running and psql.
+#   keys, made as an operator makes them), sqlite3, and, when OWNLIST_TEST_DATABASE_URL is set,
+#   PostgreSQL running and psql.
 # As root on Debian or Ubuntu it installs what is missing; elsewhere it stops at once with the
 # exact command to run. Extra arguments go to `cargo test` (a test name, say).
 #
@@ -17,8 +17,6 @@ command -v smtp-sink >/dev/null 2>&1 || packages+=(postfix)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || packages+=(chromium)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 command -v sqlite3 >/dev/null 2>&1 || packages+=(sqlite3)
-command -v python3 >/dev/null 2>&1 || packages+=(python3)
-python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 if [ -n "${OWNLIST_TEST_DATABASE_URL:-}" ]; then
   command -v psql >/dev/null 2>&1 || packages+=(postgresql-client)
   case "$OWNLIST_TEST_DATABASE_URL" in
@@ -41,18 +39,10 @@ if [ "${#packages[@]}" -gt 0 ]; then
   fi
 fi
 
-if ! python3 -c "import dkim, nacl" 2>/dev/null; then
-  echo "== installing dkimpy and pynacl (Python)"
-  python3 -m pip install --quiet dkimpy pynacl 2>/dev/null ||
-    python3 -m pip install --quiet --break-system-packages dkimpy pynacl || {
-      echo "test.sh: install Python's dkimpy and pynacl: python3 -m pip install dkimpy pynacl" >&2
-      exit 2
-    }
-fi
-
 if [ -n "${OWNLIST_TEST_DATABASE_URL:-}" ] && command -v pg_isready >/dev/null 2>&1; then
-  host=$(python3 -c 'import sys, urllib.parse as u; p = u.urlparse(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or 5432)' "$OWNLIST_TEST_DATABASE_URL")
-  read -r pg_host pg_port <<<"$host"
+  pg_host=$(sed -E 's#^[a-z]+://([^@/]*@)?([^:/?]+).*#\2#' <<<"$OWNLIST_TEST_DATABASE_URL")
+  pg_port=$(sed -nE 's#^[a-z]+://([^@/]*@)?[^:/?]+:([0-9]+).*#\2#p' <<<"$OWNLIST_TEST_DATABASE_URL")
+  pg_port=${pg_port:-5432}
   if ! pg_isready -q -h "$pg_host" -p "$pg_port" && command -v pg_ctlcluster >/dev/null 2>&1; then
     echo "== starting PostgreSQL"
     for version in $(ls /etc/postgresql 2>/dev/null); do

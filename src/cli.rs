@@ -210,6 +210,17 @@ async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
     println!("ownlist is serving on http://{bound}/");
     println!("  database:  {}", redact(&app.config.database_url));
     println!("  admin API: {base}/api/v1  (OpenAPI document: {base}/api/v1/openapi.json)");
+    println!("  dashboard: {base}/admin");
+    for page in service.engine.pages().all() {
+        println!("  landing page: {base}/p/{}", page.slug);
+    }
+    let problems = service.engine.problems();
+    if !problems.is_empty() {
+        println!(
+            "  workflow files: {} problem(s), logged above and listed at {base}/readyz; those files changed nothing",
+            problems.len()
+        );
+    }
     if app.config.admin_token.is_none() && !tokens::any_exist(&app.db).await? {
         println!(
             "  no admin token yet: run `ownlist tokens create admin` and send it as 'Authorization: Bearer TOKEN'"

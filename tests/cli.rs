@@ -326,7 +326,11 @@ fn workflows_check_prints_file_line_column_and_fails_on_any_problem() {
 
     let ok = check(dir.path());
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
-    assert!(text(&ok.stderr).contains("3 workflow(s) and 1 landing page(s) OK"), "{}", text(&ok.stderr));
+    assert!(
+        text(&ok.stderr).contains("3 workflow(s), 1 landing page(s) and 2 declared list(s) OK"),
+        "{}",
+        text(&ok.stderr)
+    );
     assert!(text(&ok.stderr).contains("list names were not checked"), "no database yet");
 
     // With a database, list names are checked against it.
@@ -350,7 +354,7 @@ fn workflows_check_prints_file_line_column_and_fails_on_any_problem() {
         lines[0].starts_with("workflows/welcome.yaml:5:15: unknown list 'newsleter' (did you mean 'newsletter'?)"),
         "{stdout}"
     );
-    assert!(lines[1].starts_with("workflows/welcome.yaml:12:11: '1 day' has an unknown unit"), "{stdout}");
+    assert!(lines[1].starts_with("workflows/welcome.yaml:17:11: '1 day' has an unknown unit"), "{stdout}");
     assert!(text(&bad.stderr).contains("2 problem(s) found"));
 
     let missing = run(ownlist(dir.path()).args(["workflows", "check", "nowhere"]));

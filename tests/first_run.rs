@@ -104,12 +104,13 @@ fn readable(raw: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'=' && i + 2 < bytes.len() {
-            if let Ok(byte) = u8::from_str_radix(&joined[i + 1..i + 3], 16) {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'='
+            && i + 2 < bytes.len()
+            && let Ok(byte) = u8::from_str_radix(&joined[i + 1..i + 3], 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -200,7 +201,8 @@ async fn a_fresh_folder_serves_the_shipped_funnel_from_signup_to_enrollment() {
     // The newcomer makes an admin token, as the README says, and sees Nina in the funnel.
     let made = ownlist(dir.path()).args(["tokens", "create", "first-run"]).output().unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let token = String::from_utf8_lossy(&made.stdout).split_whitespace().find(|w| w.starts_with("ol_")).map(str::to_owned);
+    let token =
+        String::from_utf8_lossy(&made.stdout).split_whitespace().find(|w| w.starts_with("ol_")).map(str::to_owned);
     let token = token.unwrap_or_else(|| panic!("no token printed: {}", String::from_utf8_lossy(&made.stdout)));
     // The engine enrolls her on its next round (it runs every second or so).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -234,8 +236,9 @@ async fn a_fresh_folder_serves_the_shipped_funnel_from_signup_to_enrollment() {
     assert_eq!(found["data"][0]["channels"]["email"], "subscribed", "{found}");
 }
 
-/// A workflow file with a syntax error does not take the public side down: the server starts,
-/// the shipped page and an unsubscribe link keep working, and `/readyz` names the problem.
+/// A workflow file with a syntax error (and a broken page template) does not take the public side
+/// down: the server starts, the shipped page and an unsubscribe link keep working, and `/readyz`
+/// names the problems.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_workflow_file_leaves_pages_and_unsubscribe_links_working() {
     let dir = a_fresh_folder();
@@ -247,13 +250,15 @@ async fn a_broken_workflow_file_leaves_pages_and_unsubscribe_links_working() {
     let text = std::fs::read_to_string(&guide).unwrap();
     std::fs::write(&guide, text.replace("steps:\n", "steps:\n  - id: [unclosed\n")).unwrap();
     std::fs::write(dir.path().join("workflows/new.yaml"), "name: New\ntrigger: { event: x\n").unwrap();
+    std::fs::write(dir.path().join("templates/pages/default.html"), "{% if %}<form>broken</form>").unwrap();
 
     let (_server, address) = serve(dir.path(), true);
     let base = format!("http://{address}");
     let client = reqwest::Client::builder().user_agent("Mozilla/5.0 first-run test").build().unwrap();
     let page = client.get(format!("{base}/p/guide")).send().await.unwrap();
     assert_eq!(page.status(), 200, "the page of a broken file stays up");
-    assert!(page.text().await.unwrap().contains("<form"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<form") && html.contains("name=\"email\""), "the built-in template: {html}");
     let ready: serde_json::Value = client.get(format!("{base}/readyz")).send().await.unwrap().json().await.unwrap();
     let problems = ready["workflow_problems"].as_array().unwrap();
     assert!(problems.iter().any(|p| p["at"].as_str().unwrap().contains("instagram-guide.yaml:")), "{ready}");
@@ -261,7 +266,8 @@ async fn a_broken_workflow_file_leaves_pages_and_unsubscribe_links_working() {
 
     // A subscriber's unsubscribe link works.
     let made = ownlist(dir.path()).args(["tokens", "create", "ops"]).output().unwrap();
-    let token = String::from_utf8_lossy(&made.stdout).split_whitespace().find(|w| w.starts_with("ol_")).unwrap().to_owned();
+    let token =
+        String::from_utf8_lossy(&made.stdout).split_whitespace().find(|w| w.starts_with("ol_")).unwrap().to_owned();
     let created = client
         .post(format!("{base}/api/v1/subscribers"))
         .bearer_auth(&token)

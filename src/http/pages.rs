@@ -125,8 +125,25 @@ fn context(
     tera::Context::from_serialize(&value).unwrap_or_default()
 }
 
-fn render(state: &AppState, name: &str, context: &tera::Context, status: StatusCode) -> Response {
-    match state.engine.templates().tera().render(name, context) {
+/// The shipped page templates, built into the binary: what a page falls back to when its own
+/// template is missing or broken, so that a mistake in `templates/` never takes a form down.
+static BUILT_IN: std::sync::LazyLock<Option<tera::Tera>> = std::sync::LazyLock::new(|| {
+    let mut tera = tera::Tera::new();
+    let added = tera.add_raw_templates([
+        ("pages/_style.html", include_str!("../../templates/pages/_style.html")),
+        ("pages/default.html", include_str!("../../templates/pages/default.html")),
+        ("pages/thank-you.html", include_str!("../../templates/pages/thank-you.html")),
+    ]);
+    added.map(|()| tera).map_err(|e| tracing::error!(error = %e, "the built-in page templates do not parse")).ok()
+});
+
+/// Renders the template `name`, or when it cannot be rendered, the built-in `fallback`.
+fn render(state: &AppState, name: &str, fallback: &str, context: &tera::Context, status: StatusCode) -> Response {
+    let rendered = state.engine.templates().tera().render(name, context).or_else(|e| {
+        tracing::error!(template = name, error = %e, "a page template failed to render; the built-in one is shown");
+        BUILT_IN.as_ref().map_or(Err(e), |built_in| built_in.render(fallback, context))
+    });
+    match rendered {
         Ok(body) => (status, [(header::CACHE_CONTROL, "no-store")], Html(body)).into_response(),
         Err(e) => {
             tracing::error!(template = name, error = %e, "a page template failed to render");
@@ -177,7 +194,7 @@ async fn show(
     let token = state.engine.links().0.form_token(&page.slug, state.clock.now());
     let hidden = attribution_fields(&query, &headers);
     let context = context(&page, &token, &hidden, &BTreeMap::new(), &BTreeSet::new(), &BTreeMap::new(), None);
-    render(&state, &page.template, &context, StatusCode::OK)
+    render(&state, &page.template, crate::pages::DEFAULT_TEMPLATE, &context, StatusCode::OK)
 }
 
 async fn thanks(State(state): State<AppState>, Path(slug): Path<String>) -> Response {
@@ -187,7 +204,7 @@ async fn thanks(State(state): State<AppState>, Path(slug): Path<String>) -> Resp
         ThankYou::Template(name) => {
             let context =
                 context(&page, "", &BTreeMap::new(), &BTreeMap::new(), &BTreeSet::new(), &BTreeMap::new(), None);
-            render(&state, name, &context, StatusCode::OK)
+            render(&state, name, crate::pages::DEFAULT_THANK_YOU, &context, StatusCode::OK)
         }
     }
 }
@@ -433,7 +450,13 @@ async fn handle(
                 .collect();
             let message = "Please check the fields marked below.";
             let context = context(page, &token, &hidden, &values, &ticked, &errors, Some(message));
-            return Ok(render(state, &page.template, &context, StatusCode::UNPROCESSABLE_ENTITY));
+            return Ok(render(
+                state,
+                &page.template,
+                crate::pages::DEFAULT_TEMPLATE,
+                &context,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ));
         }
     };
     let outcome = signup::submit(&state.db, &settings(state), &state.engine.templates(), now, page, valid).await?;

@@ -136,10 +136,8 @@ pub fn check_file(path: &Path, text: &str, context: &Context<'_>) -> Result<Chec
     };
     let lists = raw.lists.take().map(|lists| checker.lists(&lists)).unwrap_or_default();
     let pages = raw.pages.take().map(|pages| checker.pages(&pages)).unwrap_or_default();
-    let declarations_only = (!pages.is_empty() || !lists.is_empty())
-        && raw.name.is_none()
-        && raw.trigger.is_none()
-        && raw.steps.is_none();
+    let declarations_only =
+        (!pages.is_empty() || !lists.is_empty()) && raw.name.is_none() && raw.trigger.is_none() && raw.steps.is_none();
     let workflow = if declarations_only {
         None
     } else {
@@ -1032,9 +1030,10 @@ pub fn check_dir(dir: &Path, context: &Context<'_>) -> Folder {
             Ok(text) => {
                 for list in declared_lists(&path, &text, context) {
                     match folder.lists.iter().find(|d| d.slug == list.slug) {
-                        Some(first) if first.name != list.name
-                            || first.description != list.description
-                            || first.double_opt_in != list.double_opt_in =>
+                        Some(first)
+                            if first.name != list.name
+                                || first.description != list.description
+                                || first.double_opt_in != list.double_opt_in =>
                         {
                             let message = format!(
                                 "list '{}' is also declared in {}:{} with other settings: declare it once",
@@ -1042,7 +1041,12 @@ pub fn check_dir(dir: &Path, context: &Context<'_>) -> Folder {
                                 first.file.display(),
                                 first.line
                             );
-                            folder.diagnostics.push(Diagnostic { file: path.clone(), line: list.line, column: 1, message });
+                            folder.diagnostics.push(Diagnostic {
+                                file: path.clone(),
+                                line: list.line,
+                                column: 1,
+                                message,
+                            });
                         }
                         Some(_) => {}
                         None => folder.lists.push(list),
@@ -1062,8 +1066,7 @@ pub fn check_dir(dir: &Path, context: &Context<'_>) -> Folder {
     };
     let at_top = |path: &PathBuf, message: String| Diagnostic { file: path.clone(), line: 1, column: 1, message };
     for (path, name, id, text) in texts {
-        let mut problems: Vec<Diagnostic> =
-            folder.diagnostics.iter().filter(|d| d.file == path).cloned().collect();
+        let mut problems: Vec<Diagnostic> = folder.diagnostics.iter().filter(|d| d.file == path).cloned().collect();
         let checked = match text {
             Err(message) => {
                 problems.push(at_top(&path, message));

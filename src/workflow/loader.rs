@@ -126,9 +126,14 @@ async fn store_pages(txn: &impl ConnectionTrait, now: DateTime<Utc>, folder: &Fo
             .find(|f| f.path.display().to_string() == p.file)
             .map_or_else(|| p.file.clone(), |f| f.name.clone());
         let definition = serde_json::to_value(p).map_err(|e| Error::Other(e.into()))?;
-        page::ActiveModel { slug: Set(p.slug.clone()), file: Set(file), definition: Set(definition), updated_at: Set(now) }
-            .insert(txn)
-            .await?;
+        page::ActiveModel {
+            slug: Set(p.slug.clone()),
+            file: Set(file),
+            definition: Set(definition),
+            updated_at: Set(now),
+        }
+        .insert(txn)
+        .await?;
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ async fn everything_exported_comes_back_whole_into_an_empty_instance(backend: Ba
     let Some(target) = TestApp::spawn(backend).await else { return };
     source.create_list("news").await;
     source.install_workflow("drip", DRIP).await;
+    source.install_workflow("pages", "pages:\n  - slug: join\n    title: Join\n    list: news\n").await;
     let ada = source
         .create_subscriber(json!({"email": "ada@example.com", "first_name": "Ada", "lists": ["news"], "tags": ["vip"],
             "attributes": {"plan": "pro", "n": 3}, "consent": {"email": true, "text": "Yes please."},

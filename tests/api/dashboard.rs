@@ -37,8 +37,11 @@ async fn the_bootstrap_token_opens_a_session_that_ends_when_the_setting_changes(
 async fn the_workflows_page_lists_the_problems_of_invalid_files(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else { return };
     let cookie = log_in(&app, &app.token).await;
-    std::fs::write(app.workflows_dir.join("broken.yaml"), "name: Broken\ntrigger: { event: x }\nsteps:\n  - id: a\n    wait: forever\n")
-        .unwrap();
+    std::fs::write(
+        app.workflows_dir.join("broken.yaml"),
+        "name: Broken\ntrigger: { event: x }\nsteps:\n  - id: a\n    wait: forever\n",
+    )
+    .unwrap();
     let response = app.request(reqwest::Method::POST, "/api/v1/workflows/reload").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let page = get_with(&app, "/admin/workflows", &cookie).await.text().await.unwrap();

@@ -41,11 +41,16 @@ async fn lists_declared_in_workflow_files_are_created_and_kept_as_declared(app: 
     app.create_subscriber(json!({"email": "ada@example.com", "lists": ["leads"], "consent": {"email": true}})).await;
 
     // A change in the file is applied to the list; its members stay.
-    let renamed = DECLARES.replace("name: Leads", "name: Shop leads").replace("    description: From the shop's Instagram\n", "    double_opt_in: false\n");
+    let renamed = DECLARES
+        .replace("name: Leads", "name: Shop leads")
+        .replace("    description: From the shop's Instagram\n", "    double_opt_in: false\n");
     let loaded = app.install_workflow("shop", &renamed).await;
     assert_eq!(loaded["lists_updated"], json!(["leads"]), "{loaded}");
     let list = expect_json(app.get("/api/v1/lists/leads").await, StatusCode::OK).await;
-    assert_eq!((list["name"].as_str(), list["description"].is_null(), list["double_opt_in"].as_bool()), (Some("Shop leads"), true, Some(false)));
+    assert_eq!(
+        (list["name"].as_str(), list["description"].is_null(), list["double_opt_in"].as_bool()),
+        (Some("Shop leads"), true, Some(false))
+    );
     assert_eq!(list["members"]["confirmed"], 1);
 
     // Loading the same files again changes nothing; dropping the declaration deletes nothing.
@@ -56,7 +61,8 @@ async fn lists_declared_in_workflow_files_are_created_and_kept_as_declared(app: 
     assert_eq!(list["members"]["confirmed"], 1, "the list and its members stay");
 
     // A list neither stored nor declared is an error at its line, with a hint from the declared ones.
-    std::fs::write(app.workflows_dir.join("typo.yaml"), USES.replace("leads", "laeds").replace("hello", "typo")).unwrap();
+    std::fs::write(app.workflows_dir.join("typo.yaml"), USES.replace("leads", "laeds").replace("hello", "typo"))
+        .unwrap();
     let response = app.request(reqwest::Method::POST, "/api/v1/workflows/reload").send().await.unwrap();
     let problem = expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     assert!(problem["errors"][0]["field"].as_str().unwrap().ends_with("typo.yaml:2:24"), "{problem}");
@@ -89,8 +95,13 @@ async fn an_invalid_file_keeps_its_workflow_and_pages_while_valid_files_load(app
     assert!(ready["workflow_problems"][0]["at"].as_str().unwrap().contains("shop.yaml:"), "{ready}");
 
     // The broken file's workflow keeps its version; a workflow never valid does not run.
-    std::fs::write(app.workflows_dir.join("hello.yaml"), "name: Hello\ntrigger: { subscribed: leads }\nsteps: []\n").unwrap();
-    std::fs::write(app.workflows_dir.join("never.yaml"), "name: Never\ntrigger: { event: x }\nsteps:\n  - id: a\n    wait: forever\n").unwrap();
+    std::fs::write(app.workflows_dir.join("hello.yaml"), "name: Hello\ntrigger: { subscribed: leads }\nsteps: []\n")
+        .unwrap();
+    std::fs::write(
+        app.workflows_dir.join("never.yaml"),
+        "name: Never\ntrigger: { event: x }\nsteps:\n  - id: a\n    wait: forever\n",
+    )
+    .unwrap();
     app.request(reqwest::Method::POST, "/api/v1/workflows/reload").send().await.unwrap();
     let listed = expect_json(app.get("/api/v1/workflows").await, StatusCode::OK).await;
     let ids: Vec<&str> = listed["data"].as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap()).collect();

@@ -1,4 +1,4 @@
-//! Outside tools a few tests drive (a real MTA, a browser, a second DKIM verifier). `./test.sh`
+//! Outside tools a few tests drive (a real MTA, a browser, openssl). `./test.sh`
 //! installs them and sets `OWNLIST_TEST_REQUIRE_TOOLS`, so a missing one fails the test there; under
 //! plain `cargo test` a test whose tool is missing says so and what to install, and is skipped.
 #![allow(dead_code)]
@@ -30,10 +30,9 @@ pub fn smtp_sink(test: &str) -> bool {
     present(test, "sh", &["-c", "command -v smtp-sink"], "apt-get install -y postfix")
 }
 
-/// openssl and Python's dkimpy (DKIM keys, and a verifier that is not ours).
-pub fn dkim_tools(test: &str) -> bool {
+/// openssl (DKIM keys as operators make them).
+pub fn openssl(test: &str) -> bool {
     present(test, "openssl", &["version"], "apt-get install -y openssl")
-        && present(test, "python3", &["-c", "import dkim, nacl"], "python3 -m pip install dkimpy pynacl")
 }
 
 /// Headless Chromium.
