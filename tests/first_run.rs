@@ -130,6 +130,20 @@ fn first_file(dir: &Path) -> std::path::PathBuf {
     }
 }
 
+/// An admin API answer.
+async fn get_json(client: &reqwest::Client, url: &str, token: &str) -> serde_json::Value {
+    client.get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+}
+
+/// Makes an admin token with the command line, as the README says, and returns it.
+fn admin_token(dir: &Path, name: &str) -> String {
+    let made = ownlist(dir).args(["tokens", "create", name]).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let printed = String::from_utf8_lossy(&made.stdout).into_owned();
+    let token = printed.split_whitespace().find(|w| w.starts_with("ol_")).map(str::to_owned);
+    token.unwrap_or_else(|| panic!("no token printed: {printed}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fresh_folder_serves_the_shipped_funnel_from_signup_to_enrollment() {
     let dir = a_fresh_folder();
@@ -199,23 +213,11 @@ async fn a_fresh_folder_serves_the_shipped_funnel_from_signup_to_enrollment() {
     assert!(confirmed.text().await.unwrap().contains("you are subscribed"));
 
     // The newcomer makes an admin token, as the README says, and sees Nina in the funnel.
-    let made = ownlist(dir.path()).args(["tokens", "create", "first-run"]).output().unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let token =
-        String::from_utf8_lossy(&made.stdout).split_whitespace().find(|w| w.starts_with("ol_")).map(str::to_owned);
-    let token = token.unwrap_or_else(|| panic!("no token printed: {}", String::from_utf8_lossy(&made.stdout)));
+    let token = admin_token(dir.path(), "first-run");
     // The engine enrolls her on its next round (it runs every second or so).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let funnel: serde_json::Value = client
-            .get(format!("{base}/api/v1/workflows/instagram-guide"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let funnel = get_json(&client, &format!("{base}/api/v1/workflows/instagram-guide"), &token).await;
         let by_status = funnel["enrollments"]["by_status"].as_object().unwrap();
         let enrolled: u64 = by_status.values().filter_map(serde_json::Value::as_u64).sum();
         if enrolled == 1 {
@@ -224,15 +226,7 @@ async fn a_fresh_folder_serves_the_shipped_funnel_from_signup_to_enrollment() {
         assert!(Instant::now() < deadline, "not enrolled within 20 s: {funnel}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let found: serde_json::Value = client
-        .get(format!("{base}/api/v1/subscribers?q=newcomer"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let found = get_json(&client, &format!("{base}/api/v1/subscribers?q=newcomer"), &token).await;
     assert_eq!(found["data"][0]["channels"]["email"], "subscribed", "{found}");
 }
 
@@ -265,9 +259,7 @@ async fn a_broken_workflow_file_leaves_pages_and_unsubscribe_links_working() {
     assert!(problems.iter().any(|p| p["at"].as_str().unwrap().contains("new.yaml:")), "{ready}");
 
     // A subscriber's unsubscribe link works.
-    let made = ownlist(dir.path()).args(["tokens", "create", "ops"]).output().unwrap();
-    let token =
-        String::from_utf8_lossy(&made.stdout).split_whitespace().find(|w| w.starts_with("ol_")).unwrap().to_owned();
+    let token = admin_token(dir.path(), "ops");
     let created = client
         .post(format!("{base}/api/v1/subscribers"))
         .bearer_auth(&token)
@@ -285,14 +277,6 @@ async fn a_broken_workflow_file_leaves_pages_and_unsubscribe_links_working() {
     let link = format!("{base}/u/{}", signer.sign(ownlist::links::Purpose::Unsubscribe, id, expires));
     let unsubscribed = client.post(&link).body("").send().await.unwrap();
     assert_eq!(unsubscribed.status(), 200, "{link}");
-    let after: serde_json::Value = client
-        .get(format!("{base}/api/v1/subscribers/{id}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after = get_json(&client, &format!("{base}/api/v1/subscribers/{id}"), &token).await;
     assert_eq!(after["channels"]["email"], "unsubscribed", "{after}");
 }

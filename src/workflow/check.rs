@@ -126,14 +126,7 @@ pub fn check_file(path: &Path, text: &str, context: &Context<'_>) -> Result<Chec
         Ok(raw) => raw,
         Err(e) => return Err(vec![yaml_diagnostic(path, &e)]),
     };
-    let mut checker = Checker {
-        file: path,
-        context,
-        diagnostics: Vec::new(),
-        step_ids: BTreeMap::new(),
-        emails_so_far: BTreeSet::new(),
-        all_emails: BTreeSet::new(),
-    };
+    let mut checker = Checker::new(path, context);
     let lists = raw.lists.take().map(|lists| checker.lists(&lists)).unwrap_or_default();
     let pages = raw.pages.take().map(|pages| checker.pages(&pages)).unwrap_or_default();
     let declarations_only =
@@ -156,14 +149,7 @@ pub fn check_file(path: &Path, text: &str, context: &Context<'_>) -> Result<Chec
 /// nothing when it is not, or when the file is not YAML at all.
 fn declared_lists(path: &Path, text: &str, context: &Context<'_>) -> Vec<DeclaredList> {
     let Ok(raw) = serde_saphyr::from_str::<format::Declarations>(text) else { return Vec::new() };
-    let mut checker = Checker {
-        file: path,
-        context,
-        diagnostics: Vec::new(),
-        step_ids: BTreeMap::new(),
-        emails_so_far: BTreeSet::new(),
-        all_emails: BTreeSet::new(),
-    };
+    let mut checker = Checker::new(path, context);
     let lists = raw.lists.map(|lists| checker.lists(&lists)).unwrap_or_default();
     if checker.diagnostics.is_empty() { lists } else { Vec::new() }
 }
@@ -211,7 +197,18 @@ fn suggestion(message: &str) -> String {
     }
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    fn new(file: &'a Path, context: &'a Context<'a>) -> Self {
+        Self {
+            file,
+            context,
+            diagnostics: Vec::new(),
+            step_ids: BTreeMap::new(),
+            emails_so_far: BTreeSet::new(),
+            all_emails: BTreeSet::new(),
+        }
+    }
+
     fn report(&mut self, at: At, message: impl Into<String>) {
         self.diagnostics.push(Diagnostic {
             file: self.file.to_path_buf(),

@@ -296,7 +296,11 @@ fn describe_event(kind: &str, data: &Value, messages: &[outbox::Model], tz: chro
     };
     Some(match kind {
         "workflow_entered" => format!("entered (version {})", data["version"]),
-        "workflow_not_entered" => format!("not entered: {}", s("reason")),
+        "workflow_not_entered" => format!(
+            "not entered: {} (describe the subscriber with --subscriber, e.g. \
+             '{{\"email\":\"ada@example.com\",\"attribution\":{{\"source\":\"instagram\"}}}}')",
+            s("reason")
+        ),
         "message_queued" => {
             let subject = messages
                 .iter()

