@@ -566,8 +566,8 @@ async fn plan_workflows(config: Config, dir: Option<PathBuf>) -> anyhow::Result<
     let workflows = folder.workflows;
     let existing: std::collections::BTreeSet<String> =
         crate::audience::lists::all(&app.db).await?.into_iter().map(|l| l.slug).collect();
-    for list in folder.lists.iter().filter(|l| !existing.contains(&l.slug)) {
-        println!("list {}: new, created as '{}'", list.slug, list.name);
+    for declared in folder.lists.iter().map(|l| &l.list).filter(|l| !existing.contains(&l.slug)) {
+        println!("list {}: new, created as '{}'", declared.slug, declared.name);
     }
     let registry = crate::workflow::registry::Registry::open(app.db.clone()).await?;
     let current = registry.current();

@@ -240,6 +240,43 @@ fn unknown_lists_are_named_with_a_suggestion() {
     assert_one(&GOOD.replace("tag: engaged", "join: vip"), "workflows/test.yaml:12:", "unknown list 'vip'");
 }
 
+/// The problems of a folder holding `yaml` as `test.yaml`, as `test.yaml:LINE:COLUMN: message`.
+fn diagnose_folder(yaml: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("test.yaml"), yaml).unwrap();
+    let templates = shipped_templates();
+    let lists = lists();
+    let context = Context {
+        templates: &templates,
+        lists: Some(&lists),
+        sms_max_segments: ownlist::workflow::check::DEFAULT_SMS_MAX_SEGMENTS,
+    };
+    let folder = check_dir(dir.path(), &context);
+    let prefix = format!("{}/", dir.path().display());
+    folder.diagnostics.iter().map(|d| d.to_string().replacen(&prefix, "", 1)).collect()
+}
+
+#[test]
+fn declared_lists_are_checked_where_they_are_written() {
+    let declare = |lists: &str| format!("{GOOD}lists:\n{lists}").replace("tag: engaged", "join: vip");
+    let expect = |yaml: &str, start: &str, text: &str| {
+        let found = diagnose_folder(yaml);
+        assert!(found.iter().any(|d| d.starts_with(start) && d.contains(text)), "{start} {text}: {found:#?}");
+    };
+    assert_eq!(diagnose_folder(&declare("  - { slug: vip, name: VIPs }\n")), Vec::<String>::new());
+    expect(&declare("  - { slug: Big Spenders, name: VIPs }\n"), "test.yaml:14:", "a list's slug");
+    expect(&declare("  - { slug: vip, name: '  ' }\n"), "test.yaml:14:", "a list's name is empty");
+    expect(
+        &declare("  - { slug: vip, name: VIPs }\n  - { slug: vip, name: Other }\n"),
+        "test.yaml:15:",
+        "list 'vip' is declared twice in this file",
+    );
+    expect(&declare("  - { slug: vip, nmae: VIPs }\n"), "test.yaml:", "(did you mean `name`?)");
+    // Joining a list nobody declared is still an error, with a hint from the declared ones.
+    let typo = declare("  - { slug: vip, name: VIPs }\n").replace("join: vip", "join: vipp");
+    expect(&typo, "test.yaml:12:", "unknown list 'vipp' (did you mean 'vip'?)");
+}
+
 #[test]
 fn steps_need_exactly_one_action() {
     assert_one(

@@ -15,7 +15,10 @@ use super::model::{
 };
 use super::templates::TemplateChecker;
 use super::timing::{Span, parse_clock, parse_weekday, translate_cron};
-use crate::audience::values::{Channel, normalize_tag, validate_attribute_key, validate_slug, validate_timezone};
+use crate::audience::lists::Declared;
+use crate::audience::values::{
+    Channel, normalize_tag, normalize_text, validate_attribute_key, validate_slug, validate_timezone,
+};
 use crate::config::closest;
 use crate::pages::{self, Field, Page, ThankYou};
 
@@ -91,18 +94,12 @@ pub struct Checked {
     pub lists: Vec<DeclaredList>,
 }
 
-/// A list declared under `lists:`: loading creates it when missing and keeps its name,
-/// description and double opt-in as written (it never deletes a list or touches its members).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+/// A list declared under `lists:`, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeclaredList {
-    pub slug: String,
-    pub name: String,
-    pub description: Option<String>,
-    pub double_opt_in: bool,
-    /// The file that declares it (for messages).
-    #[serde(skip)]
+    pub list: Declared,
+    /// The file that declares it, and the line of its slug (for messages).
     pub file: PathBuf,
-    #[serde(skip)]
     pub line: u64,
 }
 
@@ -462,26 +459,29 @@ impl<'a> Checker<'a> {
                 self.report(at(&l.slug), format!("a list's slug: {message}"));
                 continue;
             }
-            if out.iter().any(|d| d.slug == slug) {
+            if out.iter().any(|d| d.list.slug == slug) {
                 self.report(at(&l.slug), format!("list '{slug}' is declared twice in this file"));
                 continue;
             }
-            let name = l.name.value.trim().to_owned();
-            if name.is_empty() || name.chars().count() > 200 {
-                self.report(at(&l.name), "a list's name is 1 to 200 characters");
-            }
-            let description = l.description.as_ref().and_then(|d| {
-                let text = d.value.trim();
-                if text.chars().count() > 2000 {
-                    self.report(at(d), "a list's description is at most 2,000 characters");
+            let name = match normalize_text(&l.name.value, 200) {
+                Ok(Some(name)) => name,
+                Ok(None) => {
+                    self.report(at(&l.name), "a list's name is empty");
+                    String::new()
                 }
-                (!text.is_empty()).then(|| text.to_owned())
+                Err(message) => {
+                    self.report(at(&l.name), format!("a list's name {message}"));
+                    String::new()
+                }
+            };
+            let description = l.description.as_ref().and_then(|d| {
+                normalize_text(&d.value, 2000)
+                    .map_err(|message| self.report(at(d), format!("a list's description {message}")))
+                    .ok()
+                    .flatten()
             });
             out.push(DeclaredList {
-                slug,
-                name,
-                description,
-                double_opt_in: l.double_opt_in.unwrap_or(true),
+                list: Declared { slug, name, description, double_opt_in: l.double_opt_in.unwrap_or(true) },
                 file: self.file.to_path_buf(),
                 line: at(&l.slug).line,
             });
@@ -1026,15 +1026,11 @@ pub fn check_dir(dir: &Path, context: &Context<'_>) -> Folder {
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 for list in declared_lists(&path, &text, context) {
-                    match folder.lists.iter().find(|d| d.slug == list.slug) {
-                        Some(first)
-                            if first.name != list.name
-                                || first.description != list.description
-                                || first.double_opt_in != list.double_opt_in =>
-                        {
+                    match folder.lists.iter().find(|d| d.list.slug == list.list.slug) {
+                        Some(first) if first.list != list.list => {
                             let message = format!(
                                 "list '{}' is also declared in {}:{} with other settings: declare it once",
-                                list.slug,
+                                list.list.slug,
                                 first.file.display(),
                                 first.line
                             );
@@ -1055,7 +1051,7 @@ pub fn check_dir(dir: &Path, context: &Context<'_>) -> Folder {
         }
     }
     let mut known = context.lists.cloned().unwrap_or_default();
-    known.extend(folder.lists.iter().map(|l| l.slug.clone()));
+    known.extend(folder.lists.iter().map(|l| l.list.slug.clone()));
     let context = Context {
         templates: context.templates,
         lists: context.lists.map(|_| &known),

@@ -78,16 +78,7 @@ pub async fn check_folder(
 /// Checks the folder and stores what its valid files declare, in one transaction.
 pub async fn load(db: &Db, registry: &Registry, now: DateTime<Utc>, config: &crate::config::Config) -> Result<Load> {
     let (folder, checker) = check_folder(db, &config.workflows_dir, config).await?;
-    let declared: Vec<Declared> = folder
-        .lists
-        .iter()
-        .map(|l| Declared {
-            slug: l.slug.clone(),
-            name: l.name.clone(),
-            description: l.description.clone(),
-            double_opt_in: l.double_opt_in,
-        })
-        .collect();
+    let declared: Vec<Declared> = folder.lists.iter().map(|l| l.list.clone()).collect();
     let txn = db.begin_write().await?;
     let (lists_created, lists_updated) = lists::declare(&txn, now, &declared).await?;
     let moves = registry.store(&txn, now, &folder.workflows, &folder.invalid_ids()).await?;
