@@ -45,7 +45,7 @@ pub struct WorkflowPage {
     pub data: Vec<WorkflowView>,
     /// What the last load of the workflow folder found wrong (each file named changed nothing:
     /// its workflow runs its last valid version); empty when every file is valid.
-    pub problems: Vec<crate::workflow::loader::Problem>,
+    pub problems: Vec<crate::workflow::loader::FileProblem>,
 }
 
 async fn view(state: &AppState, id: &str) -> ApiResult<WorkflowView> {

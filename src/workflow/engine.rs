@@ -95,7 +95,7 @@ pub struct Engine {
     /// The landing pages declared in the workflow files, replaced with them on a reload.
     pages: crate::pages::Pages,
     /// The problems the last load of the workflow folder found (none: every file is valid).
-    problems: std::sync::RwLock<Vec<super::loader::Problem>>,
+    problems: std::sync::RwLock<Vec<super::loader::FileProblem>>,
     /// Several instances on one database (PostgreSQL): this process's id, under which it holds
     /// the `engine` lease while it runs the engine (one instance at a time does).
     leadership: Option<(String, chrono::Duration)>,
@@ -281,7 +281,7 @@ impl Engine {
     }
 
     /// The problems the last load of the workflow folder found.
-    pub fn problems(&self) -> Vec<super::loader::Problem> {
+    pub fn problems(&self) -> Vec<super::loader::FileProblem> {
         self.problems.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 

@@ -37,18 +37,18 @@ pub struct Reloaded {
     #[schema(value_type = Vec<Object>)]
     pub moves: Vec<Move>,
     /// Every problem found; the files they are in changed nothing.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<FileProblem>,
 }
 
 /// A problem in a workflow file, where it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Problem {
+pub struct FileProblem {
     /// `file:line:column`.
     pub at: String,
     pub message: String,
 }
 
-impl From<&Diagnostic> for Problem {
+impl From<&Diagnostic> for FileProblem {
     fn from(d: &Diagnostic) -> Self {
         Self { at: format!("{}:{}:{}", d.file.display(), d.line, d.column), message: d.message.clone() }
     }
@@ -95,7 +95,7 @@ pub async fn load(db: &Db, registry: &Registry, now: DateTime<Utc>, config: &cra
         lists_created,
         lists_updated,
         moves,
-        problems: folder.diagnostics.iter().map(Problem::from).collect(),
+        problems: folder.diagnostics.iter().map(FileProblem::from).collect(),
     };
     Ok(Load { reloaded, templates: Arc::new(checker), pages })
 }
