@@ -167,8 +167,8 @@ impl Service {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let service = self.router().into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, service).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
+        let limits = http::serve::limits(&self.app.config);
+        http::serve::serve(listener, self.router(), limits, shutdown).await.context("HTTP server failed")
     }
 }
 

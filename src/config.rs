@@ -52,7 +52,12 @@ struct RawSettings {
     metrics_token: Option<String>,
     claim_lease: Option<String>,
     admin_session_ttl: Option<String>,
+    max_connections: Option<toml::Value>,
+    header_timeout: Option<String>,
 }
+
+/// Open HTTP connections at once when `max_connections` is not set.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
 
 /// Signups per IP address per hour when `signups_per_ip` is not set.
 pub const DEFAULT_SIGNUPS_PER_IP: u32 = 10;
@@ -93,6 +98,8 @@ pub const SETTINGS: &[&str] = &[
     "confirm_every",
     "form_min_fill",
     "signups_per_ip",
+    "max_connections",
+    "header_timeout",
     "trust_proxy",
     "metrics_token",
     "claim_lease",
@@ -150,6 +157,11 @@ pub struct Config {
     pub form_min_fill: chrono::Duration,
     /// Signups allowed per IP address per hour (0: no limit; default 10).
     pub signups_per_ip: u32,
+    /// HTTP connections open at once; past it a new one is answered 503 and closed at once.
+    pub max_connections: u32,
+    /// How long a client has to send a request's headers, and how long an idle keep-alive
+    /// connection is kept (default 10 s).
+    pub header_timeout: chrono::Duration,
     /// Read the client's address from the last `X-Forwarded-For` entry (behind a reverse proxy).
     pub trust_proxy: bool,
     /// When set, `GET /metrics` wants it as `Authorization: Bearer …`.
@@ -282,6 +294,8 @@ impl Config {
             confirm_every: chrono::Duration::hours(24),
             form_min_fill: chrono::Duration::seconds(3),
             signups_per_ip: DEFAULT_SIGNUPS_PER_IP,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: chrono::Duration::seconds(10),
             trust_proxy: false,
             metrics_token: None,
             claim_lease: chrono::Duration::seconds(crate::delivery::DEFAULT_CLAIM_LEASE_SECONDS),
@@ -485,6 +499,17 @@ impl Config {
             chrono::Duration::hours(12),
             chrono::Duration::minutes(1),
         )?;
+        let header_timeout =
+            span("header_timeout", raw.header_timeout, chrono::Duration::seconds(10), chrono::Duration::seconds(1))?;
+        let max_connections = match raw.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(value) => value
+                .as_integer()
+                .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| ConfigError::new(name("max_connections"), format!("'{value}' is not a whole number ≥ 1")))?,
+        };
         let signups_per_ip = match raw.signups_per_ip {
             None => DEFAULT_SIGNUPS_PER_IP,
             Some(value) => value
@@ -546,6 +571,8 @@ impl Config {
             confirm_every,
             form_min_fill,
             signups_per_ip,
+            max_connections,
+            header_timeout,
             trust_proxy,
             metrics_token: raw.metrics_token,
             claim_lease,
@@ -714,6 +741,8 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
             "confirm_every" => raw.confirm_every = value,
             "form_min_fill" => raw.form_min_fill = value,
             "signups_per_ip" => raw.signups_per_ip = value.map(toml::Value::String),
+            "max_connections" => raw.max_connections = value.map(toml::Value::String),
+            "header_timeout" => raw.header_timeout = value,
             "trust_proxy" => raw.trust_proxy = value.map(toml::Value::String),
             "metrics_token" => raw.metrics_token = value,
             "claim_lease" => raw.claim_lease = value,

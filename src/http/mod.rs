@@ -15,6 +15,7 @@ mod metrics;
 pub mod openapi;
 pub(crate) mod pages;
 mod preferences;
+pub mod serve;
 mod sms;
 mod stats;
 mod subscribers;

@@ -16,6 +16,7 @@ mod broadcasts;
 mod browser;
 mod dashboard;
 mod email;
+mod hardening;
 mod engine;
 mod lists;
 mod migrations;

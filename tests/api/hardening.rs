@@ -1,0 +1,63 @@
+//! What an internet-facing service must withstand: idle and slow sockets, too many connections.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{Backend, TestApp, with_each_backend};
+
+with_each_backend!(idle_and_slow_connections_are_closed_and_excess_ones_refused_at_once);
+
+/// Reads what the server sends until it closes the connection (within `within`).
+async fn until_closed(stream: &mut TcpStream, within: Duration) -> String {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(within, stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server kept the connection open for more than {within:?}");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn idle_and_slow_connections_are_closed_and_excess_ones_refused_at_once(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |c| {
+        c.header_timeout = chrono::Duration::seconds(1);
+        c.max_connections = 4;
+    })
+    .await
+    else {
+        return;
+    };
+    let address = app.base.trim_start_matches("http://").to_owned();
+
+    // Headers that never end: the connection is closed after the header timeout.
+    let mut slow = TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    until_closed(&mut slow, Duration::from_secs(5)).await;
+
+    // A keep-alive connection left idle after its answer is closed after the same time.
+    let mut idle = TcpStream::connect(&address).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answered = until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+
+    // Four connections that send nothing hold every slot: the fifth is answered 503 at once.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(&address).await.unwrap());
+    }
+    let mut fifth = TcpStream::connect(&address).await.unwrap();
+    let refused = until_closed(&mut fifth, Duration::from_millis(900)).await;
+    assert!(refused.starts_with("HTTP/1.1 503") && refused.contains("Retry-After: 1"), "{refused}");
+
+    // Once they go, the service answers again.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(response) = app.client.get(app.url("/healthz")).send().await
+            && response.status() == 200
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "/healthz did not answer after the connections closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
