@@ -508,7 +508,9 @@ impl Config {
                 .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
                 .and_then(|n| u32::try_from(n).ok())
                 .filter(|n| *n >= 1)
-                .ok_or_else(|| ConfigError::new(name("max_connections"), format!("'{value}' is not a whole number ≥ 1")))?,
+                .ok_or_else(|| {
+                    ConfigError::new(name("max_connections"), format!("'{value}' is not a whole number ≥ 1"))
+                })?,
         };
         let signups_per_ip = match raw.signups_per_ip {
             None => DEFAULT_SIGNUPS_PER_IP,

@@ -7,8 +7,7 @@
 //! withdraws email consent at once (state `complained`); a soft bounce is noted in the timeline
 //! only. Every report is checked before any is applied; applying one twice changes nothing more.
 
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -63,8 +62,13 @@ fn authorised(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     if crate::tokens::same_secret(presented, secret) { Ok(()) } else { Err(ApiError::unauthorized()) }
 }
 
-async fn bounces(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
-    authorised(&state, &headers)?;
+/// The largest batch of reports read (1,000 reports of a few hundred bytes each).
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+async fn bounces(State(state): State<AppState>, request: Request) -> ApiResult<Json<Value>> {
+    // The secret is checked from the headers before a byte of the body is read.
+    authorised(&state, request.headers())?;
+    let body = super::extract::body_at_most(request, MAX_BODY_BYTES).await?;
     let reports = match serde_json::from_slice::<Reports>(&body) {
         Ok(Reports::Many(reports)) => reports,
         Ok(Reports::One(report)) => vec![report],

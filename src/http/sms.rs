@@ -11,8 +11,7 @@
 //! refused with 403 and changes nothing.
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -35,6 +34,33 @@ fn forbidden(detail: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "invalid_signature", detail)
 }
 
+/// The largest body a provider's webhook may send (Twilio's are a few hundred bytes).
+pub const MAX_WEBHOOK_BYTES: usize = 64 * 1024;
+
+/// The configured Twilio auth tokens (none: the Twilio webhooks are off).
+fn twilio_tokens(state: &AppState) -> Vec<&str> {
+    state
+        .config
+        .sms_providers
+        .iter()
+        .filter_map(|p| match p {
+            SmsProviderConfig::Twilio { auth_token, .. } => Some(auth_token.as_str()),
+            SmsProviderConfig::Http { .. } => None,
+        })
+        .collect()
+}
+
+/// What can be checked of a Twilio request before its body is read: Twilio is configured and
+/// the request carries a signature of the right shape (base64 of an HMAC-SHA1, 28 characters).
+fn twilio_headers(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if twilio_tokens(state).is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_configured", "no Twilio provider is configured"));
+    }
+    let given = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let shaped = given.len() == 28 && given.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+    if shaped { Ok(()) } else { Err(forbidden("an X-Twilio-Signature header is required")) }
+}
+
 /// The form fields of a Twilio request, once its signature is checked against every configured
 /// Twilio auth token.
 fn signed_form(
@@ -43,15 +69,7 @@ fn signed_form(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Vec<(String, String)>, ApiError> {
-    let tokens: Vec<&str> = state
-        .config
-        .sms_providers
-        .iter()
-        .filter_map(|p| match p {
-            SmsProviderConfig::Twilio { auth_token, .. } => Some(auth_token.as_str()),
-            SmsProviderConfig::Http { .. } => None,
-        })
-        .collect();
+    let tokens = twilio_tokens(state);
     if tokens.is_empty() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_configured", "no Twilio provider is configured"));
     }
@@ -72,7 +90,10 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-async fn inbound(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn inbound(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    twilio_headers(&state, request.headers())?;
+    let headers = request.headers().clone();
+    let body = super::extract::body_at_most(request, MAX_WEBHOOK_BYTES).await?;
     let fields = signed_form(&state, "webhooks/sms/twilio", &headers, &body)?;
     let (Some(id), Some(from)) = (field(&fields, "MessageSid"), field(&fields, "From")) else {
         return Err(ApiError::new(
@@ -98,12 +119,14 @@ struct GenericStatus {
     error: Option<String>,
 }
 
-async fn status(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn status(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let headers = request.headers().clone();
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let report = if json {
+    // Who is calling is checked from the headers, before the body is read.
+    if json {
         let bearer = super::auth::bearer(&headers).unwrap_or_default();
         let known = state.config.sms_providers.iter().any(|p| match p {
             SmsProviderConfig::Http { token: Some(token), .. } => same_secret(token, bearer),
@@ -112,6 +135,11 @@ async fn status(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
         if !known {
             return Err(forbidden("send the provider's token as 'Authorization: Bearer TOKEN'"));
         }
+    } else {
+        twilio_headers(&state, &headers)?;
+    }
+    let body = super::extract::body_at_most(request, MAX_WEBHOOK_BYTES).await?;
+    let report = if json {
         let report: GenericStatus = serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -7,7 +7,10 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{Backend, TestApp, with_each_backend};
 
-with_each_backend!(idle_and_slow_connections_are_closed_and_excess_ones_refused_at_once);
+with_each_backend!(
+    idle_and_slow_connections_are_closed_and_excess_ones_refused_at_once,
+    webhooks_refuse_a_caller_from_its_headers_before_reading_a_body,
+);
 
 /// Reads what the server sends until it closes the connection (within `within`).
 async fn until_closed(stream: &mut TcpStream, within: Duration) -> String {
@@ -60,4 +63,46 @@ async fn idle_and_slow_connections_are_closed_and_excess_ones_refused_at_once(ba
         assert!(std::time::Instant::now() < deadline, "/healthz did not answer after the connections closed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Sends a request's headers (announcing a large body that never comes) and returns the answer.
+async fn headers_only(address: &str, head: &str) -> String {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut answer)).await;
+    let n = read.expect("answered before the body was sent").unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+async fn webhooks_refuse_a_caller_from_its_headers_before_reading_a_body(backend: Backend) {
+    let provider = ownlist::config::SmsProviderConfig::Twilio {
+        base_url: url::Url::parse("http://127.0.0.1:9/").unwrap(),
+        account_sid: "AC0123".into(),
+        auth_token: "twilio-auth-token".into(),
+        from: "+14155550100".into(),
+    };
+    let Some(app) = TestApp::spawn_with(backend, |c| c.sms_providers = vec![provider]).await else { return };
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let big = "Content-Length: 1000000\r\n";
+    let bounces = format!("POST /webhooks/bounces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{big}\r\n");
+    assert!(headers_only(&address, &bounces).await.starts_with("HTTP/1.1 401"), "no secret: refused at once");
+    let twilio = format!(
+        "POST /webhooks/sms/twilio HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n{big}\r\n"
+    );
+    assert!(headers_only(&address, &twilio).await.starts_with("HTTP/1.1 403"), "no signature: refused at once");
+    let status =
+        format!("POST /webhooks/sms/status HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{big}\r\n");
+    assert!(headers_only(&address, &status).await.starts_with("HTTP/1.1 403"), "no provider token: refused at once");
+    // A signed-looking Twilio request may not send more than 64 KiB.
+    let signed = format!(
+        "POST /webhooks/sms/twilio HTTP/1.1\r\nHost: x\r\nX-Twilio-Signature: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n{big}\r\n",
+        "A".repeat(27) + "="
+    );
+    assert!(headers_only(&address, &signed).await.starts_with("HTTP/1.1 413"), "too large for a Twilio webhook");
+    let secret = crate::helpers::BOUNCE_SECRET;
+    let authorised = format!(
+        "POST /webhooks/bounces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
+    );
+    assert!(headers_only(&address, &authorised).await.starts_with("HTTP/1.1 413"), "over 1 MiB");
 }
