@@ -1005,24 +1005,26 @@ pub enum Bounce {
 
 /// Applies a bounce or complaint reported for a subscriber's email address. Applying the same
 /// report twice changes nothing more (a soft bounce is noted again).
-pub async fn record_bounce(db: &Db, now: DateTime<Utc>, id: Uuid, bounce: Bounce, reason: &str) -> Result<()> {
+pub async fn apply_bounce(
+    txn: &DatabaseTransaction,
+    now: DateTime<Utc>,
+    id: Uuid,
+    bounce: Bounce,
+    reason: &str,
+) -> Result<()> {
     match bounce {
-        Bounce::Hard => {
-            let txn = db.begin_write().await?;
-            mark_bounced(&txn, id, Channel::Email, reason, now).await?;
-            txn.commit().await?;
-        }
+        Bounce::Hard => mark_bounced(txn, id, Channel::Email, reason, now).await?,
         Bounce::Soft => {
             let data = json!({"channel": Channel::Email, "reason": reason});
-            let txn = db.begin_write().await?;
-            records::event(id, kind::SOFT_BOUNCE, data, now).insert(&txn).await?;
-            txn.commit().await?;
+            records::event(id, kind::SOFT_BOUNCE, data, now).insert(txn).await?;
         }
         Bounce::Complaint => {
             let source = if reason.is_empty() { "complaint".to_owned() } else { format!("complaint: {reason}") };
             let origin =
                 ConsentOrigin { method: ConsentMethod::Complaint, source: Some(source), ip: None, user_agent: None };
-            withdraw_email(db, now, id, &origin, ChannelState::Complained).await?;
+            if let Some(current) = subscriber::Entity::find_by_id(id).one(txn).await? {
+                change_channel(txn, now, current, Channel::Email, ChannelState::Complained, &origin).await?;
+            }
         }
     }
     Ok(())

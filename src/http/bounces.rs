@@ -5,7 +5,8 @@
 //! Body: one report or an array of up to 1,000: `{"address": "ada@example.com", "type": "hard" |
 //! "soft" | "complaint", "reason": "…"}`. A hard bounce marks the address bounced; a complaint
 //! withdraws email consent at once (state `complained`); a soft bounce is noted in the timeline
-//! only. Every report is checked before any is applied; applying one twice changes nothing more.
+//! only. Every report is checked before any is applied, and a batch is applied in one
+//! transaction (all of it or, on an error, none); applying one twice changes nothing more.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use crate::audience::subscribers::{Bounce, id_by_email, record_bounce};
+use crate::audience::subscribers::{Bounce, apply_bounce, id_by_email};
 use crate::audience::values::EmailAddress;
 
 const MAX_REPORTS: usize = 1000;
@@ -100,8 +101,10 @@ async fn bounces(State(state): State<AppState>, request: Request) -> ApiResult<J
     }
     let now = state.clock.now();
     let (mut applied, mut unknown) = (0u64, 0u64);
+    // The whole batch in one transaction: all of it is applied, or (on an error) none of it.
+    let txn = state.db.begin_write().await.map_err(crate::error::Error::from)?;
     for (address, report) in checked {
-        let Some(id) = id_by_email(state.db.conn(), &address).await? else {
+        let Some(id) = id_by_email(&txn, &address).await? else {
             unknown += 1;
             continue;
         };
@@ -110,8 +113,9 @@ async fn bounces(State(state): State<AppState>, request: Request) -> ApiResult<J
             Kind::Soft => Bounce::Soft,
             Kind::Complaint => Bounce::Complaint,
         };
-        record_bounce(&state.db, now, id, kind, report.reason.as_deref().unwrap_or_default()).await?;
+        apply_bounce(&txn, now, id, kind, report.reason.as_deref().unwrap_or_default()).await?;
         applied += 1;
     }
+    txn.commit().await.map_err(crate::error::Error::from)?;
     Ok(Json(json!({"applied": applied, "unknown_addresses": unknown})))
 }
