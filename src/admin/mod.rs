@@ -158,10 +158,36 @@ fn urlencoding(text: &str) -> String {
 
 /// Where to go after logging in: a dashboard path, never another site.
 fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(path) if path.starts_with("/admin") && !path.starts_with("//") && !path.contains('\\') => path.to_owned(),
-        _ => "/admin".to_owned(),
+    let Some(next) = next else { return "/admin".to_owned() };
+    let path = next.split(['?', '#']).next().unwrap_or_default();
+    let dashboard = path == "/admin" || path.starts_with("/admin/");
+    // Printable ASCII only (no CR, LF, NUL or spaces to break a header), no backslash, and no
+    // `.` or `..` segment, written plainly or percent-encoded, that could climb out of /admin.
+    let plain = next.len() <= 1000 && next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+    let climbs = path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    });
+    if dashboard && plain && !climbs { next.to_owned() } else { "/admin".to_owned() }
+}
+
+/// Whether a login form was posted from the dashboard's own page: a browser says where a form
+/// comes from (`Sec-Fetch-Site`, `Origin`), and a form on another site must not log a visitor
+/// in to a session of its choosing. Clients that send neither header (scripts) are let through.
+fn same_site(headers: &HeaderMap, base_url: &url::Url) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site")
+        && !matches!(site, "same-origin" | "none")
+    {
+        return false;
     }
+    let Some(origin) = text("origin") else { return true };
+    let Ok(origin) = url::Url::parse(origin) else { return false };
+    let host = |u: &url::Url| u.host_str().map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(80)));
+    let ours = host(base_url);
+    let requested = text("host").map(|h| if h.contains(':') { h.to_owned() } else { format!("{h}:80") });
+    let theirs = host(&origin);
+    theirs.is_some() && (theirs == ours || theirs == requested)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,6 +227,9 @@ async fn login(
             response.headers_mut().insert(header::RETRY_AFTER, seconds);
         }
         return response;
+    }
+    if !same_site(&headers, &state.config.base_url) {
+        return page(StatusCode::FORBIDDEN, "Log in from this dashboard's own login page.");
     }
     let refused = || {
         if let Some(ip) = ip {
@@ -588,9 +617,42 @@ mod tests {
     #[test]
     fn only_dashboard_paths_are_followed_after_login() {
         assert_eq!(safe_next(Some("/admin/workflows?from=2026-03-01")), "/admin/workflows?from=2026-03-01");
-        for evil in ["https://evil.example/", "//evil.example/admin", "/p/guide", "/admin\\..", ""] {
-            assert_eq!(safe_next(Some(evil)), "/admin", "{evil}");
+        assert_eq!(safe_next(Some("/admin")), "/admin");
+        for evil in [
+            "https://evil.example/",
+            "//evil.example/admin",
+            "/p/guide",
+            "/admin\\..",
+            "",
+            "/admin/../../p/x",
+            "/admin/%2E%2e/p/x",
+            "/admin/./../p",
+            "/adminx",
+            "/admin/\r\nSet-Cookie: x=1",
+            "/admin/\0",
+            "/admin/a b",
+        ] {
+            assert_eq!(safe_next(Some(evil)), "/admin", "{evil:?}");
         }
+    }
+
+    #[test]
+    fn a_login_form_posted_from_another_site_is_refused() {
+        let base = url::Url::parse("https://lists.example.com/").unwrap();
+        let with = |pairs: &[(&'static str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_str(value).unwrap());
+            }
+            same_site(&headers, &base)
+        };
+        assert!(with(&[]), "a script sends neither header");
+        assert!(with(&[("sec-fetch-site", "same-origin"), ("origin", "https://lists.example.com")]));
+        assert!(with(&[("origin", "http://127.0.0.1:8080"), ("host", "127.0.0.1:8080")]), "as the browser asked it");
+        assert!(!with(&[("sec-fetch-site", "cross-site")]));
+        assert!(!with(&[("sec-fetch-site", "same-site"), ("origin", "https://evil.example.com")]));
+        assert!(!with(&[("origin", "https://evil.example")]));
+        assert!(!with(&[("origin", "null")]));
     }
 
     #[test]

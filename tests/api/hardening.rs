@@ -10,6 +10,7 @@ use crate::helpers::{Backend, TestApp, with_each_backend};
 with_each_backend!(
     idle_and_slow_connections_are_closed_and_excess_ones_refused_at_once,
     webhooks_refuse_a_caller_from_its_headers_before_reading_a_body,
+    the_dashboard_login_refuses_other_sites_and_never_follows_a_bad_next,
 );
 
 /// Reads what the server sends until it closes the connection (within `within`).
@@ -105,4 +106,31 @@ async fn webhooks_refuse_a_caller_from_its_headers_before_reading_a_body(backend
         "POST /webhooks/bounces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
     );
     assert!(headers_only(&address, &authorised).await.starts_with("HTTP/1.1 413"), "over 1 MiB");
+}
+
+async fn the_dashboard_login_refuses_other_sites_and_never_follows_a_bad_next(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let login = |next: &str, origin: Option<&str>| {
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([("token", app.token.as_str()), ("next", next)])
+            .finish();
+        let mut request =
+            client.post(app.url("/admin/login")).header("content-type", "application/x-www-form-urlencoded").body(body);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin).header("sec-fetch-site", "cross-site");
+        }
+        request.send()
+    };
+    // A form on another site cannot log a visitor in: refused before any session is stored.
+    let forged = login("/admin", Some("https://evil.example")).await.unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(forged.headers().get("set-cookie").is_none());
+    assert_eq!(app.count("admin_sessions").await, 0);
+    // A `next` with a line break, a NUL or a climb out of /admin is replaced by /admin.
+    for next in ["/admin/\r\nSet-Cookie: stolen=1", "/admin/\u{0}", "/admin/../../p/guide", "/admin/%2e%2e/p/guide"] {
+        let response = login(next, None).await.unwrap();
+        assert_eq!(response.status(), 303, "{next:?}");
+        assert_eq!(response.headers()["location"], "/admin", "{next:?}");
+    }
 }
