@@ -109,7 +109,7 @@ async fn save(State(state): State<AppState>, Path(token): Path<String>, headers:
         Err(e) => return bad_link(e),
     };
     let (mut lists, mut channels) = (BTreeSet::new(), BTreeSet::new());
-    let mut everything_off = false;
+    let (mut everything_off, mut saving) = (false, false);
     for (key, value) in url::form_urlencoded::parse(body.as_bytes()) {
         match key.as_ref() {
             "list" => {
@@ -121,8 +121,18 @@ async fn save(State(state): State<AppState>, Path(token): Path<String>, headers:
                 }
             }
             "everything" => everything_off = value == "off",
+            "save" => saving = true,
             _ => {}
         }
+    }
+    // Only the page's own forms change anything: a post that is neither (an empty one, say) must
+    // not read as "nothing ticked" and withdraw everything.
+    if !saving && !everything_off {
+        return html(
+            StatusCode::BAD_REQUEST,
+            "Nothing was changed",
+            "<p>Open the link again and use the page's buttons to save your choices.</p>",
+        );
     }
     if everything_off {
         lists.clear();

@@ -33,7 +33,14 @@ pub(super) fn html(status: StatusCode, title: &str, body: &str) -> Response {
          button{{font:inherit;padding:.6rem 1.2rem;border:0;border-radius:.4rem;background:#1a56db;color:#fff;cursor:pointer}}\
          button:focus{{outline:3px solid #93b4f5}}</style></head><body><h1>{title}</h1>{body}</body></html>"
     );
-    (status, [(header::CACHE_CONTROL, "no-store")], Html(page)).into_response()
+    // Never framed (their buttons change consent: no clickjacking), never indexed.
+    let headers = [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+        (header::HeaderName::from_static("x-robots-tag"), "noindex"),
+    ];
+    (status, headers, Html(page)).into_response()
 }
 
 /// Text made safe to place in HTML.

@@ -11,6 +11,7 @@ with_each_backend!(
     idle_and_slow_connections_are_closed_and_excess_ones_refused_at_once,
     webhooks_refuse_a_caller_from_its_headers_before_reading_a_body,
     the_dashboard_login_refuses_other_sites_and_never_follows_a_bad_next,
+    consent_pages_are_never_framed_and_an_empty_post_changes_nothing,
 );
 
 /// Reads what the server sends until it closes the connection (within `within`).
@@ -133,4 +134,39 @@ async fn the_dashboard_login_refuses_other_sites_and_never_follows_a_bad_next(ba
         assert_eq!(response.status(), 303, "{next:?}");
         assert_eq!(response.headers()["location"], "/admin", "{next:?}");
     }
+}
+
+async fn consent_pages_are_never_framed_and_an_empty_post_changes_nothing(backend: Backend) {
+    use ownlist::clock::Clock;
+    use ownlist::links::Purpose;
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    app.create_list("news").await;
+    let ada = app
+        .create_subscriber(
+            serde_json::json!({"email": "ada@example.com", "lists": ["news"], "consent": {"email": true}}),
+        )
+        .await;
+    let id: uuid::Uuid = ada["id"].as_str().unwrap().parse().unwrap();
+    let expires = app.clock.now() + chrono::Duration::days(30);
+    let (signer, _) = app.engine.links();
+    let preferences = format!("/preferences/{}", signer.sign(Purpose::Preferences, id, expires));
+    let unsubscribe = format!("/u/{}", signer.sign(Purpose::Unsubscribe, id, expires));
+    for path in [preferences.as_str(), unsubscribe.as_str(), "/c/not-a-token"] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.headers()["x-frame-options"], "DENY", "{path}");
+        assert_eq!(response.headers()["content-security-policy"], "frame-ancestors 'none'", "{path}");
+    }
+    // A post with neither the page's save nor its "everything" button changes nothing.
+    let empty = app
+        .client
+        .post(app.url(&preferences))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 400);
+    let after = app.get(&format!("/api/v1/subscribers/{id}")).await.json::<serde_json::Value>().await.unwrap();
+    assert_eq!(after["channels"]["email"], "subscribed", "{after}");
+    assert_eq!(after["lists"][0]["status"], "confirmed", "{after}");
 }
