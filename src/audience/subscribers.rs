@@ -975,7 +975,9 @@ pub async fn change_channel_with(
     if !granting {
         crate::stats::steps::unsubscribed(txn, id, channel.as_str(), now.date_naive()).await?;
     }
-    let data = json!({"channel": channel, "by": origin.source, "state": to});
+    // `from`: what the channel was; a channel withdrawn while only pending was never confirmed.
+    let from = stored(&state, ChannelState::None);
+    let data = json!({"channel": channel, "by": origin.source, "state": to, "from": from.as_str()});
     let kind = if granting { kind::CONSENT_GRANTED } else { kind::CONSENT_REVOKED };
     records::event(id, kind, data, now).insert(txn).await?;
     records::trigger(id, trigger::CHANGED, "", json!({}), now).insert(txn).await?;
@@ -1163,6 +1165,7 @@ pub async fn update(
                 return Err(Error::field(format!("consent.{channel}"), format!("{channel} consent needs an address")));
             }
             let next = if granted { ChannelState::Subscribed } else { ChannelState::Unsubscribed };
+            let before = *state;
             if *state != next {
                 if !granted && matches!(*state, ChannelState::Subscribed | ChannelState::Pending) {
                     count_unsubscribe(&current, channel, origin.method);
@@ -1172,7 +1175,8 @@ pub async fn update(
                 revoked |= !granted;
                 consents.push(records::consent(id, channel, granted, &origin, &wording, now));
                 let kind = if granted { kind::CONSENT_GRANTED } else { kind::CONSENT_REVOKED };
-                events.push(records::event(id, kind, json!({"channel": channel, "by": actor.label()}), now));
+                let data = json!({"channel": channel, "by": actor.label(), "state": next, "from": before.as_str()});
+                events.push(records::event(id, kind, data, now));
             }
         }
         // Reachable on some channel means active; withdrawing the last channel means unsubscribed.

@@ -32,6 +32,8 @@ pub struct ChannelChoice {
     pub channel: Channel,
     pub address: String,
     pub state: ChannelState,
+    /// Switched off, but confirmed when it was: it may be switched back on here.
+    pub reopenable: bool,
 }
 
 impl ChannelChoice {
@@ -39,10 +41,28 @@ impl ChannelChoice {
         matches!(self.state, ChannelState::Subscribed | ChannelState::Pending)
     }
 
-    /// Whether the person can switch it here (a bounced or complained address cannot be reopened).
+    /// Whether the person can switch it here: off when it is on; back on only when it was
+    /// confirmed before it was switched off (never a channel whose owner did not confirm it, nor
+    /// a bounced or complained address).
     pub fn switchable(&self) -> bool {
-        matches!(self.state, ChannelState::Subscribed | ChannelState::Pending | ChannelState::Unsubscribed)
+        self.on() || self.reopenable
     }
+}
+
+/// Whether `channel` was confirmed (subscribed) when it was last withdrawn: only such a channel
+/// may be switched back on from the preference page. One withdrawn while it was still pending
+/// (its owner never confirmed it) needs a new signup and its confirmation.
+async fn reopenable(conn: &impl sea_orm::ConnectionTrait, id: Uuid, channel: Channel) -> Result<bool> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    let withdrawals = crate::store::entities::event::Entity::find()
+        .filter(crate::store::entities::event::Column::SubscriberId.eq(id))
+        .filter(crate::store::entities::event::Column::Kind.eq(kind::CONSENT_REVOKED))
+        .order_by_desc(crate::store::entities::event::Column::Id)
+        .limit(50)
+        .all(conn)
+        .await?;
+    let last = withdrawals.iter().find(|e| e.data["channel"].as_str() == Some(channel.as_str()));
+    Ok(last.is_some_and(|e| e.data["from"].as_str() == Some(ChannelState::Subscribed.as_str())))
 }
 
 /// What the page shows.
@@ -80,7 +100,8 @@ pub async fn choices(db: &Db, id: Uuid) -> Result<Option<Choices>> {
         if let Some(address) = address
             && state != ChannelState::None
         {
-            channels.push(ChannelChoice { channel, address, state });
+            let reopenable = state == ChannelState::Unsubscribed && reopenable(conn, id, channel).await?;
+            channels.push(ChannelChoice { channel, address, state, reopenable });
         }
     }
     Ok(Some(Choices { first_name: person.first_name, lists, channels }))
@@ -137,10 +158,14 @@ pub async fn save(
         };
         let on = matches!(state, ChannelState::Subscribed | ChannelState::Pending);
         let wanted = channels_on.contains(&channel);
-        // Only back on after an unsubscribe: a pending double opt-in still needs its confirmation.
+        // Off: a subscribed channel, or a pending one (its request withdrawn). Back on: only one
+        // that was confirmed when it was switched off; a pending double opt-in still needs its
+        // own confirmation, whoever ticks its box here.
         let to = match (on, wanted, state) {
             (true, false, _) => ChannelState::Unsubscribed,
-            (false, true, ChannelState::Unsubscribed) => ChannelState::Subscribed,
+            (false, true, ChannelState::Unsubscribed) if reopenable(&txn, id, channel).await? => {
+                ChannelState::Subscribed
+            }
             _ => continue,
         };
         if change_channel(&txn, now, person, channel, to, &origin).await? {

@@ -22,6 +22,7 @@ with_each_backend!(
     a_texted_yes_confirms_an_sms_signup,
     a_single_opt_in_page_takes_json_from_the_origins_it_lists,
     the_preference_page_switches_lists_and_channels_and_records_each_change,
+    the_preference_page_cannot_switch_on_a_channel_its_owner_never_confirmed,
     the_funnel_counts_views_signups_and_confirmations_by_page_source_and_day,
 );
 
@@ -610,6 +611,35 @@ async fn the_preference_page_switches_lists_and_channels_and_records_each_change
     forged.push(if path.ends_with('A') { 'B' } else { 'A' });
     assert_eq!(page_html(&app, &forged).await.0, StatusCode::NOT_FOUND);
     assert_eq!(form(&app, &forged, &[("everything", "off")]).await.status(), StatusCode::NOT_FOUND);
+}
+
+/// Someone signs up with their own email and another person's phone, ticking both boxes, and
+/// confirms the email: the phone's owner never said YES, so no path through the preference page
+/// may turn texts on (unticking withdraws the pending request; ticking again does nothing).
+async fn the_preference_page_cannot_switch_on_a_channel_its_owner_never_confirmed(backend: Backend) {
+    let Some(app) = spawn(backend, |_| {}).await else { return };
+    let fields =
+        [("email", "mallory@example.com"), ("phone", "(415) 555-2671"), ("consent_email", "on"), ("consent_sms", "on")];
+    assert_eq!(sign_up(&app, "guide", "", &fields).await.status(), StatusCode::SEE_OTHER);
+    let mallory = person_by_email(&app, "mallory@example.com").await;
+    let email = confirmations(&app, mallory.id).await.into_iter().find(|m| m.channel == "email").unwrap();
+    let confirmed = browser().get(app.url(&confirm_path(&app, &email).await)).send().await.unwrap();
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    let v = view(&app, mallory.id).await;
+    assert_eq!((v["channels"]["email"].as_str(), v["channels"]["sms"].as_str()), (Some("subscribed"), Some("pending")));
+
+    let secret = std::fs::read_to_string(app.data_dir.join("secret")).unwrap();
+    let signer = ownlist::links::Signer::new(secret.trim());
+    let expires = ownlist::clock::Clock::now(app.clock.as_ref()) + chrono::Duration::days(30);
+    let path = format!("/preferences/{}", signer.sign(ownlist::links::Purpose::Preferences, mallory.id, expires));
+    form(&app, &path, &[("save", "1"), ("list", "guide-leads"), ("channel", "email")]).await;
+    assert_eq!(view(&app, mallory.id).await["channels"]["sms"], "unsubscribed", "the pending request is withdrawn");
+    let (_, html) = page_html(&app, &path).await;
+    assert!(html.contains("value=\"sms\" disabled"), "texts cannot be ticked again here: {html}");
+    form(&app, &path, &[("save", "1"), ("list", "guide-leads"), ("channel", "email"), ("channel", "sms")]).await;
+    let v = view(&app, mallory.id).await;
+    assert_eq!(v["channels"]["sms"], "unsubscribed", "never confirmed: not switched on: {v}");
+    assert_eq!(app.count("consents WHERE granted = true AND method = 'preferences'").await, 0);
 }
 
 async fn the_funnel_counts_views_signups_and_confirmations_by_page_source_and_day(backend: Backend) {
