@@ -61,12 +61,38 @@ pub async fn update(
     Ok(Json(lists::update(&state.db, state.clock.now(), &slug, patch).await?))
 }
 
-/// Deletes a list and its memberships (the subscribers stay).
+/// Deletes a list and its memberships (the subscribers stay); refused while a landing page or a
+/// workflow uses it.
 #[utoipa::path(delete, path = "/api/v1/lists/{slug}", tag = "lists", security(("bearer" = [])), params(("slug" = String, Path)), responses(
     (status = 204),
     (status = 404, body = Problem),
+    (status = 409, description = "`list_in_use`: pages or workflows use it (named in `detail`)", body = Problem),
 ))]
 pub async fn remove(State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> ApiResult<StatusCode> {
+    let users = users_of(&state, &slug);
+    if !users.is_empty() {
+        return Err(crate::error::Error::Conflict {
+            code: "list_in_use",
+            detail: format!("list '{slug}' is used by {}: change those files first, then delete it", users.join(", ")),
+            existing_id: None,
+            field: None,
+        }
+        .into());
+    }
     lists::delete(&state.db, &slug).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The landing pages and workflows in force that name the list `slug`.
+fn users_of(state: &AppState, slug: &str) -> Vec<String> {
+    let pages = state.engine.pages().all().into_iter().filter(|p| p.list == slug).map(|p| format!("page '{}'", p.slug));
+    let workflows = state
+        .engine
+        .registry()
+        .current()
+        .into_iter()
+        .filter(|(_, w)| w.status != crate::workflow::registry::Status::Removed)
+        .filter(|(_, w)| w.program.workflow.lists().contains(slug))
+        .map(|(id, _)| format!("workflow '{id}'"));
+    pages.chain(workflows).collect()
 }

@@ -117,7 +117,45 @@ pub enum AttributeTest {
     Exists(bool),
 }
 
+impl Condition {
+    /// The lists this condition names, added to `out`.
+    fn lists(&self, out: &mut std::collections::BTreeSet<String>) {
+        match self {
+            Condition::List(slug) => {
+                out.insert(slug.clone());
+            }
+            Condition::All(all) | Condition::Any(all) => all.iter().for_each(|c| c.lists(out)),
+            Condition::Not(inner) => inner.lists(out),
+            _ => {}
+        }
+    }
+}
+
 impl Workflow {
+    /// Every list the workflow names: its trigger, filter, goal, conditions and join/leave steps.
+    pub fn lists(&self) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        match &self.trigger {
+            Trigger::Subscribed { list } | Trigger::Schedule { list, .. } => {
+                out.insert(list.clone());
+            }
+            _ => {}
+        }
+        for condition in self.filter.iter().chain(&self.exit_when) {
+            condition.lists(&mut out);
+        }
+        for step in self.all_steps() {
+            match &step.action {
+                Action::Join(slug) | Action::Leave(slug) => {
+                    out.insert(slug.clone());
+                }
+                Action::If { condition, .. } => condition.lists(&mut out),
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// Every step, depth first, in document order.
     pub fn all_steps(&self) -> Vec<&Step> {
         fn walk<'a>(steps: &'a [Step], out: &mut Vec<&'a Step>) {

@@ -9,7 +9,23 @@ on_both_databases!(
     malformed_bodies_get_clear_4xx,
     lists_declared_in_workflow_files_are_created_and_kept_as_declared,
     an_invalid_file_keeps_its_workflow_and_pages_while_valid_files_load,
+    a_list_in_use_by_a_page_or_a_workflow_cannot_be_deleted,
 );
+
+async fn a_list_in_use_by_a_page_or_a_workflow_cannot_be_deleted(app: TestApp) {
+    app.install_workflow("shop", DECLARES).await;
+    app.install_workflow("hello", USES).await;
+    let refused = expect_problem(app.delete("/api/v1/lists/leads").await, StatusCode::CONFLICT, "list_in_use").await;
+    let detail = refused["detail"].as_str().unwrap();
+    assert!(detail.contains("page 'join'") && detail.contains("workflow 'hello'"), "{detail}");
+    let page = app.client.get(app.url("/p/join")).header("user-agent", "Mozilla/5.0 test").send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK, "the page still works");
+    // Once nothing uses it, it can go.
+    std::fs::remove_file(app.workflows_dir.join("shop.yaml")).unwrap();
+    std::fs::remove_file(app.workflows_dir.join("hello.yaml")).unwrap();
+    app.install_workflow("other", "lists:\n  - { slug: other, name: Other }\n").await;
+    assert_eq!(app.delete("/api/v1/lists/leads").await.status(), StatusCode::NO_CONTENT);
+}
 
 const DECLARES: &str = "lists:
   - slug: leads
