@@ -86,7 +86,12 @@ impl App {
             engine.take_load(load);
         }
         let engine = Arc::new(if self.config.tracking { engine } else { engine.without_tracking() });
-        let webhooks = WebhookSender::new(self.db.clone(), self.clock.clone(), Arc::new(crate::config::webhook_secret));
+        let webhooks = WebhookSender::allowing(
+            self.db.clone(),
+            self.clock.clone(),
+            Arc::new(crate::config::webhook_secret),
+            self.config.webhook_allow.clone(),
+        );
         let max_age = self.config.retry_max_age;
         let webhooks = webhooks.with_bell(bell.clone()).with_max_age(max_age);
         let webhooks = Arc::new(if shared { webhooks.with_leases(instance.clone(), lease) } else { webhooks });

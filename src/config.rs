@@ -54,6 +54,7 @@ struct RawSettings {
     admin_session_ttl: Option<String>,
     max_connections: Option<toml::Value>,
     header_timeout: Option<String>,
+    webhook_allow: Option<toml::Value>,
 }
 
 /// Open HTTP connections at once when `max_connections` is not set.
@@ -100,6 +101,7 @@ pub const SETTINGS: &[&str] = &[
     "signups_per_ip",
     "max_connections",
     "header_timeout",
+    "webhook_allow",
     "trust_proxy",
     "metrics_token",
     "claim_lease",
@@ -162,6 +164,9 @@ pub struct Config {
     /// How long a client has to send a request's headers, and how long an idle keep-alive
     /// connection is kept (default 10 s).
     pub header_timeout: chrono::Duration,
+    /// Networks that webhook steps may reach although they are loopback, link-local or private
+    /// (none by default: such addresses are refused).
+    pub webhook_allow: Vec<ipnet::IpNet>,
     /// Read the client's address from the last `X-Forwarded-For` entry (behind a reverse proxy).
     pub trust_proxy: bool,
     /// When set, `GET /metrics` wants it as `Authorization: Bearer …`.
@@ -296,6 +301,7 @@ impl Config {
             signups_per_ip: DEFAULT_SIGNUPS_PER_IP,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: chrono::Duration::seconds(10),
+            webhook_allow: Vec::new(),
             trust_proxy: false,
             metrics_token: None,
             claim_lease: chrono::Duration::seconds(crate::delivery::DEFAULT_CLAIM_LEASE_SECONDS),
@@ -512,6 +518,31 @@ impl Config {
                     ConfigError::new(name("max_connections"), format!("'{value}' is not a whole number ≥ 1"))
                 })?,
         };
+        let webhook_allow = match raw.webhook_allow {
+            None => Vec::new(),
+            Some(value) => {
+                let items: Vec<String> = match &value {
+                    toml::Value::Array(items) => {
+                        items.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect()
+                    }
+                    other => other.as_str().unwrap_or_default().split(',').map(str::to_owned).collect(),
+                };
+                let mut networks = Vec::new();
+                for item in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
+                    let network = item
+                        .parse::<ipnet::IpNet>()
+                        .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            ConfigError::new(
+                                name("webhook_allow"),
+                                format!("'{item}' is not an address or network such as 10.0.0.0/8"),
+                            )
+                        })?;
+                    networks.push(network);
+                }
+                networks
+            }
+        };
         let signups_per_ip = match raw.signups_per_ip {
             None => DEFAULT_SIGNUPS_PER_IP,
             Some(value) => value
@@ -575,6 +606,7 @@ impl Config {
             signups_per_ip,
             max_connections,
             header_timeout,
+            webhook_allow,
             trust_proxy,
             metrics_token: raw.metrics_token,
             claim_lease,
@@ -610,6 +642,10 @@ pub enum LogFormat {
 /// A webhook's signing secret, from the environment variable its workflow step names. (Secrets
 /// stay out of workflow files, which live in git.)
 pub fn webhook_secret(variable: &str) -> Option<String> {
+    // ownlist's own settings (its secret, tokens, database URL) are never sent anywhere.
+    if variable.starts_with("OWNLIST_") {
+        return None;
+    }
     std::env::var(variable).ok().filter(|v| !v.is_empty())
 }
 
@@ -745,6 +781,7 @@ fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -> Result<()
             "signups_per_ip" => raw.signups_per_ip = value.map(toml::Value::String),
             "max_connections" => raw.max_connections = value.map(toml::Value::String),
             "header_timeout" => raw.header_timeout = value,
+            "webhook_allow" => raw.webhook_allow = value.map(toml::Value::String),
             "trust_proxy" => raw.trust_proxy = value.map(toml::Value::String),
             "metrics_token" => raw.metrics_token = value,
             "claim_lease" => raw.claim_lease = value,

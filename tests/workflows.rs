@@ -278,6 +278,13 @@ fn declared_lists_are_checked_where_they_are_written() {
 }
 
 #[test]
+fn a_webhook_secret_may_not_be_one_of_ownlists_settings() {
+    let hook = GOOD
+        .replace("    wait: 2d", "    webhook: { url: \"https://crm.example.com/hook\", secret_env: OWNLIST_SECRET }");
+    assert_one(&hook, "workflows/test.yaml:7:", "'OWNLIST_SECRET' is one of ownlist's own settings");
+}
+
+#[test]
 fn steps_need_exactly_one_action() {
     assert_one(
         &GOOD.replace("    wait: 2d", "    wait: 2d\n    tag: x"),

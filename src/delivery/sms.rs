@@ -168,11 +168,31 @@ pub struct SmsSetup {
     pub base_url: url::Url,
 }
 
+/// The most of a provider's answer that is read (its JSON is a few hundred bytes).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// A response's body when it is at most `limit` bytes; `None` (and the rest left unread) when it
+/// is longer or breaks off.
+async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return None;
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() <= limit => body.extend_from_slice(&chunk),
+            Ok(Some(_)) | Err(_) => return None,
+            Ok(None) => return Some(body),
+        }
+    }
+}
+
 impl SmsSender {
     pub fn new(db: Db, clock: SharedClock, setup: SmsSetup) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("ownlist/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
@@ -312,7 +332,10 @@ impl Texter {
             Err(e) => return Reply::Failing(e.without_url().to_string()),
         };
         let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let body: Value = match read_at_most(response, MAX_ANSWER_BYTES).await {
+            Some(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            None => Value::Null,
+        };
         let twilio = matches!(provider.kind, Kind::Twilio { .. });
         match status {
             200..=299 => {

@@ -5,6 +5,11 @@
 //! recompute it and reject stale timestamps. Retries: on network errors, 408, 429 and 5xx, with
 //! exponential backoff (1 min doubling to 1 h) until the retry age (48 h); any other answer, or a
 //! missing secret, fails the message at once.
+//!
+//! Where a request may go: never to a loopback, link-local (cloud metadata at 169.254.169.254),
+//! private, shared or unspecified address, checked on every address the name resolves to, at
+//! connect time, unless the operator allows that network (`webhook_allow`). Redirects are not
+//! followed (the signature would go with them), and the answer's body is never read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +31,77 @@ pub type Secrets = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 pub struct Webhooks {
     client: reqwest::Client,
     secrets: Secrets,
+    allowed: Arc<Vec<ipnet::IpNet>>,
+}
+
+/// Whether a webhook may reach `ip`: a public address, or one in a network the operator allows.
+pub fn reachable(ip: std::net::IpAddr, allowed: &[ipnet::IpNet]) -> bool {
+    use std::net::IpAddr;
+    if allowed.iter().any(|net| net.contains(&ip)) {
+        return true;
+    }
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// The resolver guard's refusal somewhere in a request error's causes, if it is one.
+fn guard_refusal(error: &reqwest::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if text.contains("resolves only to loopback") {
+            return Some(text);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// Resolves names for webhook requests, keeping only the addresses a webhook may reach.
+struct GuardedResolver {
+    allowed: Arc<Vec<ipnet::IpNet>>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allowed = self.allowed.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let kept: Vec<std::net::SocketAddr> = found.filter(|a| reachable(a.ip(), &allowed)).collect();
+            if kept.is_empty() {
+                let message =
+                    format!("{host} resolves only to loopback, link-local or private addresses (see webhook_allow)");
+                return Err(message.into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(kept.into_iter());
+            Ok(addrs)
+        })
+    }
 }
 
 /// The webhook worker.
@@ -40,16 +116,27 @@ pub fn signature(secret: &str, at: DateTime<Utc>, body: &str) -> String {
 }
 
 impl WebhookSender {
+    /// A sender that reaches public addresses only.
     pub fn new(db: Db, clock: SharedClock, secrets: Secrets) -> Self {
+        Self::allowing(db, clock, secrets, Vec::new())
+    }
+
+    /// A sender that may also reach the loopback, link-local or private networks in `allowed`.
+    pub fn allowing(db: Db, clock: SharedClock, secrets: Secrets, allowed: Vec<ipnet::IpNet>) -> Self {
         // reqwest is built without a crypto provider of its own: make sure ring is installed
         // (a no-op when the binary already did), or building the client would panic.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let allowed = Arc::new(allowed);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver { allowed: allowed.clone() }))
             .user_agent(concat!("ownlist/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
-        Worker::with(db, clock, Webhooks { client, secrets })
+        Worker::with(db, clock, Webhooks { client, secrets, allowed })
     }
 }
 
@@ -67,9 +154,20 @@ impl Carrier for Webhooks {
             return Answer::Fail("the queued payload is not JSON".into());
         };
         let variable = payload.get("secret_env").and_then(Value::as_str).unwrap_or_default();
-        let Some(secret) = (self.secrets)(variable) else {
+        let Some(secret) = (self.secrets)(variable).filter(|_| !variable.starts_with("OWNLIST_")) else {
             return Answer::Fail(format!("the signing secret variable {variable} is not set"));
         };
+        // A name is checked when it is resolved; an address written in the URL, here.
+        let literal = url::Url::parse(&message.recipient).ok().and_then(|u| match u.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        });
+        if let Some(ip) = literal
+            && !reachable(ip, &self.allowed)
+        {
+            return Answer::Fail(format!("{ip} is a loopback, link-local or private address (see webhook_allow)"));
+        }
         let body = json!({
             "id": message.id,
             "workflow": payload.get("workflow"),
@@ -95,10 +193,14 @@ impl Carrier for Webhooks {
                 let status = response.status().as_u16();
                 if status == 408 || status == 429 || status >= 500 {
                     Answer::Retry(format!("HTTP {status}"))
+                } else if response.status().is_redirection() {
+                    Answer::Fail(format!("HTTP {status}: redirects are not followed; use the final URL"))
                 } else {
                     Answer::Fail(format!("HTTP {status}"))
                 }
             }
+            // Refused by the resolver's guard: retrying would not change where the name points.
+            Err(e) if guard_refusal(&e).is_some() => Answer::Fail(guard_refusal(&e).unwrap_or_default()),
             Err(e) => Answer::Retry(format!("{}", e.without_url())),
         };
         let outcome = match &answer {

@@ -851,6 +851,11 @@ impl<'a> Checker<'a> {
                     at(&w.secret_env),
                     format!("'{env}' is not an environment variable name such as CRM_WEBHOOK_SECRET"),
                 );
+            } else if env.starts_with("OWNLIST_") {
+                self.report(
+                    at(&w.secret_env),
+                    format!("'{env}' is one of ownlist's own settings: a webhook's secret needs a variable of its own"),
+                );
             }
             return Some(Action::Webhook {
                 url: w.url.value.trim().to_owned(),

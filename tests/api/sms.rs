@@ -18,7 +18,22 @@ with_each_backend!(
     marketing_sms_waits_for_the_sending_hours_in_the_subscribers_zone,
     the_generic_http_provider_sends_json_and_takes_reports_with_its_token,
     malformed_webhooks_get_a_4xx_and_change_nothing,
+    a_providers_answer_is_read_only_up_to_a_bound,
 );
+
+/// An answer of a few hundred kilobytes is not read (nor parsed): the message counts as taken
+/// on the status alone, without the provider's reference.
+async fn a_providers_answer_is_read_only_up_to_a_bound(backend: Backend) {
+    let fake = FakeProvider::start().await;
+    let Some(app) = spawn(backend, vec![twilio(&fake)]).await else { return };
+    app.install_workflow("nudge", NUDGE).await;
+    ada(&app, json!({})).await;
+    app.tick().await;
+    fake.answer(201, json!({"sid": "SMhuge", "padding": "x".repeat(300_000)}));
+    assert_eq!(app.sms.send_due().await.unwrap(), 1);
+    let message = outbox::Entity::find().one(app.db.conn()).await.unwrap().unwrap();
+    assert_eq!((message.status.as_str(), message.provider_ref.as_deref()), ("sent", None));
+}
 
 const AUTH_TOKEN: &str = "twilio-auth-token-for-tests";
 const NUDGE: &str = "name: Nudge\ntrigger: { subscribed: texts }\nsteps:\n  - id: hello\n    sms: { text: \"Hi {{ subscriber.first_name }}, the shop is open.\" }\n";
