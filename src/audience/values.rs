@@ -24,7 +24,16 @@ impl EmailAddress {
         }
         let parsed =
             lettre::Address::from_str(address).map_err(|_| format!("'{address}' is not a valid email address"))?;
-        if !parsed.domain().contains('.') && !parsed.domain().starts_with('[') {
+        // RFC 5322 allows quoted local parts ("a b"@example.com) and address literals
+        // (a@[127.0.0.1]); mail providers and relays do not take them, so no message would arrive.
+        if parsed.user().contains(['"', ' ', '\\']) || address.chars().any(char::is_control) {
+            return Err(format!("'{address}' has quotes or spaces before the @: write it as the mailbox shows it"));
+        }
+        if parsed.domain().starts_with('[') {
+            return Err(format!("'{address}' names an IP address instead of a domain"));
+        }
+        let tld = parsed.domain().rsplit('.').next().unwrap_or_default();
+        if !parsed.domain().contains('.') || tld.len() < 2 || tld.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!("'{address}' has no top-level domain"));
         }
         Ok(Self { address: address.to_owned(), key: address.to_lowercase() })
@@ -254,6 +263,12 @@ mod tests {
         assert_eq!(a.key(), "ada@example.com");
         assert!(EmailAddress::parse("not-an-address").is_err());
         assert!(EmailAddress::parse("a@localhost").is_err());
+        // What no mail provider delivers to is refused, with a word on why.
+        for unreachable in ["\"a b\"@example.com", "\"ada\"@example.com", "a@[127.0.0.1]", "a@10.0.0.1", "a@example.c"]
+        {
+            assert!(EmailAddress::parse(unreachable).is_err(), "{unreachable}");
+        }
+        assert!(EmailAddress::parse("o'brien+news@mail.example.co.uk").is_ok());
     }
 
     #[test]

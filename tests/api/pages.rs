@@ -23,6 +23,7 @@ with_each_backend!(
     a_single_opt_in_page_takes_json_from_the_origins_it_lists,
     the_preference_page_switches_lists_and_channels_and_records_each_change,
     the_preference_page_cannot_switch_on_a_channel_its_owner_never_confirmed,
+    addresses_no_message_could_reach_are_refused_at_the_form,
     the_funnel_counts_views_signups_and_confirmations_by_page_source_and_day,
 );
 
@@ -640,6 +641,15 @@ async fn the_preference_page_cannot_switch_on_a_channel_its_owner_never_confirme
     let v = view(&app, mallory.id).await;
     assert_eq!(v["channels"]["sms"], "unsubscribed", "never confirmed: not switched on: {v}");
     assert_eq!(app.count("consents WHERE granted = true AND method = 'preferences'").await, 0);
+}
+
+async fn addresses_no_message_could_reach_are_refused_at_the_form(backend: Backend) {
+    let Some(app) = spawn(backend, |_| {}).await else { return };
+    for address in ["\"a b\"@example.com", "a@[127.0.0.1]"] {
+        let response = sign_up(&app, "guide", "", &[("email", address), ("consent_email", "on")]).await;
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{address}");
+    }
+    assert_eq!(app.count("subscribers").await, 0, "nothing was written");
 }
 
 async fn the_funnel_counts_views_signups_and_confirmations_by_page_source_and_day(backend: Backend) {
