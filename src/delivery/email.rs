@@ -67,10 +67,21 @@ impl Letterhead {
         let to: Mailbox = message.recipient.parse().map_err(|e| format!("bad recipient address: {e}"))?;
         let domain = self.from.email.domain();
         let list_unsubscribe = self.list_unsubscribe(message, now);
-        let mut builder = Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject(message.subject.clone().unwrap_or_default())
+        let mut builder = Message::builder().from(self.from.clone()).to(to);
+        let subject = message.subject.clone().unwrap_or_default();
+        builder = if subject.contains("=?") {
+            // Text that looks like an encoded word (a first name such as `=?utf-8?b?…?=`) would be
+            // decoded by mail clients into whatever it hides: encoded whole, it reads as typed.
+            let encoded = encoded_words(&subject);
+            builder.raw_header(HeaderValue::dangerous_new_pre_encoded(
+                HeaderName::new_from_ascii_str("Subject"),
+                subject,
+                encoded,
+            ))
+        } else {
+            builder.subject(subject)
+        };
+        let mut builder = builder
             .message_id(Some(format!("<{}@{domain}>", message.id)))
             .date(SystemTime::from(now))
             .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("List-Unsubscribe"), list_unsubscribe))
@@ -572,6 +583,27 @@ async fn send_through(
     Answer::Retry(failures.join("; "))
 }
 
+/// `text` as RFC 2047 encoded words (UTF-8, base64), each within the 75-character limit, folded
+/// onto continuation lines.
+fn encoded_words(text: &str) -> String {
+    use base64::Engine;
+    let encode = |chunk: &str| format!("=?utf-8?b?{}?=", base64::engine::general_purpose::STANDARD.encode(chunk));
+    let mut words = Vec::new();
+    let mut chunk = String::new();
+    for c in text.chars() {
+        // 45 bytes of UTF-8 are 60 of base64: 72 characters a word with its delimiters.
+        if chunk.len() + c.len_utf8() > 45 {
+            words.push(encode(&chunk));
+            chunk.clear();
+        }
+        chunk.push(c);
+    }
+    if !chunk.is_empty() {
+        words.push(encode(&chunk));
+    }
+    words.join("\r\n ")
+}
+
 /// Whether a permanent SMTP refusal says the address does not exist (a hard bounce), rather than
 /// refusing this message (content, policy, size). An enhanced status code (RFC 3463) decides:
 /// 5.1.x (bad address) and 5.2.1 (mailbox disabled) are hard; without one, 550, 551 and 553 are.
@@ -679,6 +711,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_subject_that_looks_encoded_is_encoded_so_it_reads_as_typed() {
+        use base64::Engine;
+        let at = Utc::now();
+        let typed = "Welcome =?utf-8?b?QWRtaW46IHJlc2V0IHlvdXIgcGFzc3dvcmQ=?= and a long tail of words after it";
+        let message = message(typed, "ada@example.org", None);
+        let body = Bodies::alone(outbox_body::Model::new(message.id, None, "Hi".into(), None, None));
+        let built = letterhead("Shop <news@example.com>", None).build(&message, &body, at).unwrap();
+        let (headers, _) = parts(&built.formatted());
+        let subject = &headers.iter().find(|(name, _)| name == "Subject").unwrap().1;
+        let mut decoded = Vec::new();
+        for word in subject.split(' ') {
+            let inner = word.strip_prefix("=?utf-8?b?").and_then(|w| w.strip_suffix("?=")).unwrap();
+            assert!(word.len() <= 75, "{word}");
+            decoded.extend(base64::engine::general_purpose::STANDARD.decode(inner).unwrap());
+        }
+        assert_eq!(String::from_utf8(decoded).unwrap(), typed);
     }
 
     #[test]
