@@ -987,10 +987,9 @@ pub async fn change_channel_with(
 /// Counts a withdrawn channel for `/metrics`, by the page and source of the subscriber's first
 /// touch (the page from the landing page's address).
 fn count_unsubscribe(current: &subscriber::Model, channel: Channel, via: ConsentMethod) {
-    let source = current.source.clone().unwrap_or_else(|| "direct".into());
+    let source = crate::pages::attribution::source_label(current.source.as_deref());
     let page = crate::stats::first_touch_page(current.landing_page.as_deref()).unwrap_or_default();
-    let labels =
-        [("channel", channel.as_str()), ("via", via.as_str()), ("page", page.as_str()), ("source", source.as_str())];
+    let labels = [("channel", channel.as_str()), ("via", via.as_str()), ("page", page.as_str()), ("source", source)];
     crate::metrics::inc("ownlist_unsubscribes_total", &labels);
 }
 

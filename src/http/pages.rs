@@ -425,7 +425,7 @@ async fn handle(
         .or_else(|| if json { text_header(headers, header::REFERER, 2000) } else { None });
     let landing = format!("{}p/{}", state.engine.links().1, page.slug);
     let touch = attribution::touch(&query, referrer.as_deref(), &landing);
-    let source = touch.source.clone().unwrap_or_else(|| "direct".into());
+    let source = attribution::source_label(touch.source.as_deref());
     let from = crate::stats::Source::of(touch.source.as_deref(), touch.medium.as_deref(), touch.campaign.as_deref());
     let submission = Submission {
         values: values.clone(),

@@ -519,7 +519,7 @@ async fn confirm(
             .exec(txn)
             .await?;
         let Some(person) = subscriber::Entity::find_by_id(row.subscriber_id).one(txn).await? else { continue };
-        let source = person.source.clone().unwrap_or_else(|| "direct".into());
+        let source = crate::pages::attribution::source_label(person.source.as_deref());
         let from =
             crate::stats::Source::of(person.source.as_deref(), person.medium.as_deref(), person.campaign.as_deref());
         let state = match channel {

@@ -99,6 +99,14 @@ pub async fn record(db: &Db, day: NaiveDate, page: &str, from: &Source, what: Co
     Ok(())
 }
 
+/// Distinct sources (source, medium and campaign together) counted apart per page and day; the
+/// rest are counted as [`OTHER`]. Visitors choose UTM values freely: without a budget, made-up
+/// values would each add a row, and the dashboard would list them all.
+pub const SOURCES_PER_PAGE_AND_DAY: u64 = 100;
+
+/// Where sources past the day's budget are counted.
+pub const OTHER: &str = "other";
+
 /// Adds one to a day's count for a page and source, within the caller's transaction.
 pub async fn bump(
     conn: &impl sea_orm::ConnectionTrait,
@@ -108,7 +116,33 @@ pub async fn bump(
     what: Count,
 ) -> Result<()> {
     use sea_orm::ActiveValue::Set;
+    use sea_orm::{PaginatorTrait, QueryFilter};
     let column = what.column();
+    let key = |q: sea_orm::Select<funnel_day::Entity>, from: &Source| {
+        q.filter(Column::Day.eq(day_key(day)))
+            .filter(Column::Page.eq(page))
+            .filter(Column::Source.eq(from.source.as_str()))
+            .filter(Column::Medium.eq(from.medium.as_str()))
+            .filter(Column::Campaign.eq(from.campaign.as_str()))
+    };
+    // A source already counted today goes on being counted; a new one only within the budget.
+    let known = key(funnel_day::Entity::find(), from).count(conn).await? > 0;
+    let folded;
+    let from = if known {
+        from
+    } else {
+        let today = funnel_day::Entity::find()
+            .filter(Column::Day.eq(day_key(day)))
+            .filter(Column::Page.eq(page))
+            .count(conn)
+            .await?;
+        if today >= SOURCES_PER_PAGE_AND_DAY {
+            folded = Source { source: OTHER.into(), medium: OTHER.into(), campaign: OTHER.into() };
+            &folded
+        } else {
+            from
+        }
+    };
     let row = funnel_day::ActiveModel {
         day: Set(day_key(day)),
         page: Set(page.to_owned()),

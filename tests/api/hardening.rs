@@ -12,6 +12,7 @@ with_each_backend!(
     webhooks_refuse_a_caller_from_its_headers_before_reading_a_body,
     the_dashboard_login_refuses_other_sites_and_never_follows_a_bad_next,
     consent_pages_are_never_framed_and_an_empty_post_changes_nothing,
+    made_up_sources_are_folded_past_a_daily_budget_and_never_become_metric_labels,
 );
 
 /// Reads what the server sends until it closes the connection (within `within`).
@@ -169,4 +170,24 @@ async fn consent_pages_are_never_framed_and_an_empty_post_changes_nothing(backen
     let after = app.get(&format!("/api/v1/subscribers/{id}")).await.json::<serde_json::Value>().await.unwrap();
     assert_eq!(after["channels"]["email"], "subscribed", "{after}");
     assert_eq!(after["lists"][0]["status"], "confirmed", "{after}");
+}
+
+async fn made_up_sources_are_folded_past_a_daily_budget_and_never_become_metric_labels(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    app.create_list("leads").await;
+    app.install_workflow("pages", "pages:\n  - slug: join\n    title: Join\n    list: leads\n").await;
+    let budget = ownlist::stats::funnel::SOURCES_PER_PAGE_AND_DAY;
+    let visits = budget + 30;
+    for i in 0..visits {
+        let path = format!("/p/join?utm_source=person{i}%40example.com");
+        let page = app.client.get(app.url(&path)).header("user-agent", "Mozilla/5.0 test").send().await.unwrap();
+        assert_eq!(page.status(), 200);
+    }
+    let rows = app.count("funnel_daily WHERE page = 'join'").await;
+    assert_eq!(rows, i64::try_from(budget + 1).unwrap(), "the budget's sources and one 'other'");
+    assert_eq!(app.count("funnel_daily WHERE page = 'join' AND source = 'other'").await, 1);
+    let funnel = app.get("/api/v1/stats/funnel").await.json::<serde_json::Value>().await.unwrap();
+    assert_eq!(funnel["totals"]["views"], visits, "every view is counted: {funnel}");
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("example.com"), "no visitor's value is a label");
 }
