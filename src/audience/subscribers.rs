@@ -223,6 +223,7 @@ pub struct Page<T> {
 
 /// Filters for listing subscribers.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriberFilter {
     /// Members of this list (pending or confirmed).
@@ -238,6 +239,7 @@ pub struct SubscriberFilter {
 
 /// Paging through a timeline.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageRequest {
     pub limit: Option<u64>,

@@ -77,6 +77,7 @@ async fn write(state: &AppState, entry: audit_entry::ActiveModel) -> crate::erro
 
 /// Paging through the audit log.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// 1 to 1000, default 50.

@@ -73,5 +73,129 @@ impl Modify for BearerAuth {
 }
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+    let document = std::sync::Arc::new(document());
+    Router::new().route("/openapi.json", get(move || async move { Json(document.as_ref().clone()) }))
+}
+
+/// The document as served: the annotations' output with what holds for every operation written
+/// in once: each `operationId` unique (the resource, then the handler: `lists_create`), every
+/// error an `application/problem+json` body, a 401 on each operation that wants a token, and a
+/// 400 and 415 on each that takes a JSON body.
+pub fn document() -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+    let problem = json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}});
+    let error = |description: &str| json!({"description": description, "content": problem.clone()});
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return doc };
+    for (path, item) in paths.iter_mut() {
+        let resource = path.trim_start_matches("/api/v1/").split('/').next().unwrap_or_default().replace('-', "_");
+        let Some(item) = item.as_object_mut() else { continue };
+        for operation in item.values_mut().filter_map(Value::as_object_mut) {
+            if let Some(Value::String(id)) = operation.get_mut("operationId")
+                && !path.starts_with(&format!("/{id}"))
+                && !id.starts_with(&format!("{resource}_"))
+            {
+                *id = format!("{resource}_{id}");
+            }
+            let secured = operation.get("security").and_then(Value::as_array).is_some_and(|s| !s.is_empty());
+            let takes_json = operation
+                .get("requestBody")
+                .and_then(|b| b.get("content"))
+                .and_then(Value::as_object)
+                .is_some_and(|c| c.contains_key("application/json"));
+            let queried = operation
+                .get("parameters")
+                .and_then(Value::as_array)
+                .is_some_and(|ps| ps.iter().any(|p| p.get("in").and_then(Value::as_str) == Some("query")));
+            let responses = operation.entry("responses").or_insert_with(|| json!({}));
+            let Some(responses) = responses.as_object_mut() else { continue };
+            for (status, response) in responses.iter_mut() {
+                let is_error = status.starts_with('4') || status.starts_with('5');
+                if let (true, Some(content)) = (is_error, response.get_mut("content").and_then(Value::as_object_mut))
+                    && let Some(body) = content.remove("application/json")
+                {
+                    content.insert("application/problem+json".into(), body);
+                }
+            }
+            if secured {
+                responses.entry("401").or_insert_with(|| error("No token, or one that is not valid"));
+            }
+            if queried {
+                responses.entry("400").or_insert_with(|| error("A query parameter is not valid"));
+            }
+            if takes_json {
+                responses.entry("400").or_insert_with(|| error("The body is not JSON"));
+                responses.entry("413").or_insert_with(|| error("The body is larger than the limit"));
+                responses.entry("415").or_insert_with(|| error("The body is not application/json"));
+                responses.entry("422").or_insert_with(|| error("A field is not valid; `errors` names each"));
+            }
+        }
+    }
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    /// Every `$ref` in `value`.
+    fn refs(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("$ref", Value::String(r)) => out.push(r.clone()),
+                        _ => refs(v, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    /// What validators of OpenAPI 3.1 documents check, and what the document promises: path
+    /// parameters that name a `{…}` of their path (and each such one declared), one operation per
+    /// `operationId`, every `$ref` resolved, errors as problem+json, 401 where a token is wanted.
+    #[test]
+    fn the_document_is_consistent() {
+        let doc = super::document();
+        assert_eq!(doc["openapi"].as_str().map(|v| v.starts_with("3.1")), Some(true));
+        let schemas: BTreeSet<String> = doc["components"]["schemas"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| format!("#/components/schemas/{k}"))
+            .collect();
+        let mut all_refs = Vec::new();
+        refs(&doc, &mut all_refs);
+        for r in &all_refs {
+            assert!(schemas.contains(r), "unresolved {r}");
+        }
+        let mut ids = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let templated: BTreeSet<&str> = path.split('{').skip(1).filter_map(|rest| rest.split('}').next()).collect();
+            for (method, op) in item.as_object().unwrap() {
+                let id = op["operationId"].as_str().unwrap();
+                assert!(ids.insert(id.to_owned()), "operationId {id} is used twice");
+                let params = op["parameters"].as_array().cloned().unwrap_or_default();
+                let in_path: BTreeSet<&str> =
+                    params.iter().filter(|p| p["in"] == "path").map(|p| p["name"].as_str().unwrap()).collect();
+                assert_eq!(in_path, templated, "{method} {path}: path parameters");
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    if status.starts_with('4') || status.starts_with('5') {
+                        for content_type in
+                            response["content"].as_object().map(|c| c.keys().collect()).unwrap_or(vec![])
+                        {
+                            assert_eq!(content_type, "application/problem+json", "{method} {path} {status}");
+                        }
+                    }
+                }
+                let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+                assert_eq!(secured, op["responses"].get("401").is_some(), "{method} {path}: 401");
+            }
+        }
+    }
 }

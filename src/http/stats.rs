@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FunnelQuery {
     /// One landing page's slug (default: all).
@@ -54,6 +55,7 @@ pub struct FunnelQuery {
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RangeQuery {
     /// First day, `YYYY-MM-DD` (UTC), inclusive.

@@ -32,6 +32,7 @@ pub fn routes(max_import_bytes: u64) -> Router<AppState> {
 pub struct ImportLimit(u64);
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
     /// Every imported subscriber joins this list.

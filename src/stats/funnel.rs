@@ -245,6 +245,7 @@ pub struct Stage {
 
 /// The funnel's counts for one day, page or source.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = FunnelCounts)]
 pub struct Counts {
     pub views: i64,
     pub signups: i64,

@@ -345,6 +345,7 @@ impl Registry {
 
 /// Enrollments of a workflow: live ones per step, ended ones per outcome.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[schema(as = EnrollmentCounts)]
 pub struct Counts {
     /// Live enrollments by the step they are at.
     pub at_step: BTreeMap<String, u64>,
