@@ -462,7 +462,7 @@ async fn handle(
     let outcome = signup::submit(&state.db, &settings(state), &state.engine.templates(), now, page, valid).await?;
     tracing::info!(page = %page.slug, ?outcome, "signup");
     if !matches!(outcome, signup::Outcome::Unchanged) {
-        crate::metrics::inc("ownlist_signups_total", &[("page", &page.slug), ("source", &source)]);
+        crate::metrics::inc("ownlist_signups_total", &[("page", &page.slug), ("source", source)]);
         let day = now.date_naive();
         crate::stats::record(&state.db, day, &page.slug, &from, crate::stats::Count::Signup).await?;
     }

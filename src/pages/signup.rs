@@ -558,7 +558,7 @@ async fn confirm(
                 .insert(txn)
                 .await?;
             // The funnel's "confirmed": the signup's list joined, once however many channels.
-            crate::metrics::inc("ownlist_signup_confirmations_total", &[("page", &row.page), ("source", &source)]);
+            crate::metrics::inc("ownlist_signup_confirmations_total", &[("page", &row.page), ("source", source)]);
             crate::stats::bump(txn, now.date_naive(), &row.page, &from, crate::stats::Count::Confirmed).await?;
         }
         let data =
