@@ -79,8 +79,9 @@ pub fn routes() -> Router<AppState> {
 
 /// The document as served: the annotations' output with what holds for every operation written
 /// in once: each `operationId` unique (the resource, then the handler: `lists_create`), every
-/// error an `application/problem+json` body, a 401 on each operation that wants a token, and a
-/// 400 and 415 on each that takes a JSON body.
+/// error an `application/problem+json` body, a 401 on each operation that wants a token, a 400
+/// (and 422) where a path or query parameter can be malformed, and a 400, 413, 415 and 422 on each
+/// that takes a JSON body.
 pub fn document() -> serde_json::Value {
     use serde_json::{Value, json};
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
@@ -103,10 +104,13 @@ pub fn document() -> serde_json::Value {
                 .and_then(|b| b.get("content"))
                 .and_then(Value::as_object)
                 .is_some_and(|c| c.contains_key("application/json"));
-            let queried = operation
-                .get("parameters")
-                .and_then(Value::as_array)
-                .is_some_and(|ps| ps.iter().any(|p| p.get("in").and_then(Value::as_str) == Some("query")));
+            let parameters_in = |place: &str| {
+                operation
+                    .get("parameters")
+                    .and_then(Value::as_array)
+                    .is_some_and(|ps| ps.iter().any(|p| p.get("in").and_then(Value::as_str) == Some(place)))
+            };
+            let (queried, addressed) = (parameters_in("query"), parameters_in("path"));
             let responses = operation.entry("responses").or_insert_with(|| json!({}));
             let Some(responses) = responses.as_object_mut() else { continue };
             for (status, response) in responses.iter_mut() {
@@ -122,6 +126,12 @@ pub fn document() -> serde_json::Value {
             }
             if queried {
                 responses.entry("400").or_insert_with(|| error("A query parameter is not valid"));
+                responses.entry("422").or_insert_with(|| error("A query parameter is out of range; `field` names it"));
+            }
+            if addressed {
+                responses
+                    .entry("400")
+                    .or_insert_with(|| error("A path parameter is not valid (an id that is no UUID)"));
             }
             if takes_json {
                 responses.entry("400").or_insert_with(|| error("The body is not JSON"));
