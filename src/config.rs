@@ -458,17 +458,22 @@ impl Config {
                 ConfigError::new(name("timezone"), format!("'{text}' is not an IANA time zone like Europe/Rome"))
             })?,
         };
-        let sms_max_segments = match raw.sms_max_segments {
-            None => DEFAULT_MAX_SEGMENTS,
-            Some(value) => value
-                .as_integer()
-                .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
-                .and_then(|n| u32::try_from(n).ok())
-                .filter(|n| (1..=10).contains(n))
-                .ok_or_else(|| {
-                    ConfigError::new(name("sms_max_segments"), format!("'{value}' is not a number from 1 to 10"))
-                })?,
-        };
+        // A whole number in a range, written as a number in the file or as text in the environment.
+        let whole =
+            |key: &str, value: Option<toml::Value>, default: u32, range: std::ops::RangeInclusive<u32>, hint: &str| {
+                let Some(value) = value else { return Ok(default) };
+                value
+                    .as_integer()
+                    .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| range.contains(n))
+                    .ok_or_else(|| {
+                        let shown = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+                        ConfigError::new(name(key), format!("'{shown}' is not {hint}"))
+                    })
+            };
+        let sms_max_segments =
+            whole("sms_max_segments", raw.sms_max_segments, DEFAULT_MAX_SEGMENTS, 1..=10, "a number from 1 to 10")?;
         let retry_max_age = match raw.retry_max_age {
             None => chrono::Duration::hours(crate::delivery::DEFAULT_MAX_AGE_HOURS),
             Some(text) => crate::workflow::timing::Span::parse(&text, false)
@@ -507,17 +512,8 @@ impl Config {
         )?;
         let header_timeout =
             span("header_timeout", raw.header_timeout, chrono::Duration::seconds(10), chrono::Duration::seconds(1))?;
-        let max_connections = match raw.max_connections {
-            None => DEFAULT_MAX_CONNECTIONS,
-            Some(value) => value
-                .as_integer()
-                .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
-                .and_then(|n| u32::try_from(n).ok())
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| {
-                    ConfigError::new(name("max_connections"), format!("'{value}' is not a whole number ≥ 1"))
-                })?,
-        };
+        let max_connections =
+            whole("max_connections", raw.max_connections, DEFAULT_MAX_CONNECTIONS, 1..=u32::MAX, "a whole number ≥ 1")?;
         let webhook_allow = match raw.webhook_allow {
             None => Vec::new(),
             Some(value) => {
@@ -543,16 +539,13 @@ impl Config {
                 networks
             }
         };
-        let signups_per_ip = match raw.signups_per_ip {
-            None => DEFAULT_SIGNUPS_PER_IP,
-            Some(value) => value
-                .as_integer()
-                .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| {
-                    ConfigError::new(name("signups_per_ip"), format!("'{value}' is not a whole number (0: no limit)"))
-                })?,
-        };
+        let signups_per_ip = whole(
+            "signups_per_ip",
+            raw.signups_per_ip,
+            DEFAULT_SIGNUPS_PER_IP,
+            0..=u32::MAX,
+            "a whole number (0: no limit)",
+        )?;
         let trust_proxy = match raw.trust_proxy {
             None => false,
             Some(value) => value

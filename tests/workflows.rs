@@ -21,7 +21,8 @@ fn lists() -> BTreeSet<String> {
 }
 
 /// Checks `yaml` as `workflows/test.yaml` against the shipped templates and lists.
-fn diagnose(yaml: &str) -> Vec<String> {
+/// Runs `f` with the shipped templates and the test lists as what a check may look at.
+fn with_context<T>(f: impl FnOnce(&Context<'_>) -> T) -> T {
     let templates = shipped_templates();
     let lists = lists();
     let context = Context {
@@ -29,10 +30,14 @@ fn diagnose(yaml: &str) -> Vec<String> {
         lists: Some(&lists),
         sms_max_segments: ownlist::workflow::check::DEFAULT_SMS_MAX_SEGMENTS,
     };
-    match check(Path::new("workflows/test.yaml"), yaml, &context) {
+    f(&context)
+}
+
+fn diagnose(yaml: &str) -> Vec<String> {
+    with_context(|context| match check(Path::new("workflows/test.yaml"), yaml, context) {
         Ok(_) => Vec::new(),
         Err(found) => found.iter().map(Diagnostic::to_string).collect(),
-    }
+    })
 }
 
 fn assert_one(yaml: &str, expected_start: &str, expected_text: &str) {
@@ -244,14 +249,7 @@ fn unknown_lists_are_named_with_a_suggestion() {
 fn diagnose_folder(yaml: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("test.yaml"), yaml).unwrap();
-    let templates = shipped_templates();
-    let lists = lists();
-    let context = Context {
-        templates: &templates,
-        lists: Some(&lists),
-        sms_max_segments: ownlist::workflow::check::DEFAULT_SMS_MAX_SEGMENTS,
-    };
-    let folder = check_dir(dir.path(), &context);
+    let folder = with_context(|context| check_dir(dir.path(), context));
     let prefix = format!("{}/", dir.path().display());
     folder.diagnostics.iter().map(|d| d.to_string().replacen(&prefix, "", 1)).collect()
 }
@@ -431,15 +429,10 @@ const PAGE: &str = r#"pages:
 
 /// Checks `yaml` as `workflows/test.yaml` (a workflow, pages or both).
 fn diagnose_file(yaml: &str) -> Result<ownlist::workflow::Checked, Vec<String>> {
-    let templates = shipped_templates();
-    let lists = lists();
-    let context = Context {
-        templates: &templates,
-        lists: Some(&lists),
-        sms_max_segments: ownlist::workflow::check::DEFAULT_SMS_MAX_SEGMENTS,
-    };
-    ownlist::workflow::check_file(Path::new("workflows/test.yaml"), yaml, &context)
-        .map_err(|found| found.iter().map(Diagnostic::to_string).collect())
+    with_context(|context| {
+        ownlist::workflow::check_file(Path::new("workflows/test.yaml"), yaml, context)
+            .map_err(|found| found.iter().map(Diagnostic::to_string).collect())
+    })
 }
 
 fn assert_page_problem(yaml: &str, expected_start: &str, expected_text: &str) {
