@@ -39,6 +39,7 @@ pub struct NewEvent {
     pub email: Option<String>,
     pub phone: Option<String>,
     /// What happened, e.g. `purchased`.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub name: String,
     #[serde(default)]
     #[schema(value_type = Object)]

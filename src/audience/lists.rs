@@ -19,7 +19,9 @@ use crate::store::{Db, is_unique_violation};
 #[serde(deny_unknown_fields)]
 pub struct NewList {
     /// URL-safe identifier: lower-case letters, digits and dashes.
+    #[schema(pattern = "^[a-z0-9]+(-[a-z0-9]+)*$", max_length = 64)]
     pub slug: String,
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub name: String,
     pub description: Option<String>,
     /// Whether signups through landing pages must confirm by email (default true).
@@ -29,7 +31,9 @@ pub struct NewList {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListPatch {
+    #[schema(pattern = "^[a-z0-9]+(-[a-z0-9]+)*$", max_length = 64)]
     pub slug: Option<String>,
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub name: Option<String>,
     /// `null` clears the description.
     #[serde(default, deserialize_with = "super::subscribers::present")]

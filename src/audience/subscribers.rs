@@ -233,6 +233,7 @@ pub struct SubscriberFilter {
     /// Case-insensitive substring of email, phone or name.
     pub q: Option<String>,
     /// 1 to 1000, default 50.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
     pub cursor: Option<String>,
 }
@@ -242,6 +243,7 @@ pub struct SubscriberFilter {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageRequest {
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
     pub cursor: Option<String>,
 }
@@ -717,10 +719,10 @@ fn escape_like(text: &str) -> String {
 pub async fn list(db: &Db, filter: SubscriberFilter) -> Result<Page<SubscriberView>> {
     let limit = page_limit(filter.limit)?;
     let mut condition = Condition::all();
-    if let Some(cursor) = &filter.cursor {
+    if let Some(cursor) = filter.cursor.as_ref().filter(|c| !c.is_empty()) {
         condition = condition.add(subscriber::Column::Id.gt(decode_cursor(cursor)?));
     }
-    if let Some(slug) = &filter.list {
+    if let Some(slug) = filter.list.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         let found = lists::find(db.conn(), slug).await.map_err(|e| match e {
             Error::NotFound { .. } => Error::field("list", format!("unknown list '{slug}'")),
             other => other,
@@ -733,7 +735,7 @@ pub async fn list(db: &Db, filter: SubscriberFilter) -> Result<Page<SubscriberVi
             .to_owned();
         condition = condition.add(subscriber::Column::Id.in_subquery(members));
     }
-    if let Some(tag) = &filter.tag {
+    if let Some(tag) = filter.tag.as_deref().filter(|t| !t.trim().is_empty()) {
         let tagged = Query::select()
             .column(subscriber_tag::Column::SubscriberId)
             .from(subscriber_tag::Entity)
@@ -782,7 +784,7 @@ pub async fn timeline(db: &Db, id: Uuid, page: PageRequest) -> Result<Page<Event
     find(db.conn(), id).await?;
     let limit = page_limit(page.limit)?;
     let mut query = event::Entity::find().filter(event::Column::SubscriberId.eq(id));
-    if let Some(cursor) = &page.cursor {
+    if let Some(cursor) = page.cursor.as_ref().filter(|c| !c.is_empty()) {
         query = query.filter(event::Column::Id.lt(decode_cursor(cursor)?));
     }
     let mut rows = query.order_by_desc(event::Column::Id).limit(limit + 1).all(db.conn()).await?;

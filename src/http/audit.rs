@@ -81,6 +81,7 @@ async fn write(state: &AppState, entry: audit_entry::ActiveModel) -> crate::erro
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// 1 to 1000, default 50.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
     pub cursor: Option<String>,
 }
@@ -113,7 +114,7 @@ pub struct AuditPage {
 pub async fn list(State(state): State<AppState>, ApiQuery(query): ApiQuery<AuditQuery>) -> ApiResult<Json<AuditPage>> {
     let limit = page_limit(query.limit)?;
     let mut find = audit_entry::Entity::find().order_by_desc(audit_entry::Column::Id).limit(limit + 1);
-    if let Some(cursor) = &query.cursor {
+    if let Some(cursor) = query.cursor.as_ref().filter(|c| !c.is_empty()) {
         find = find.filter(audit_entry::Column::Id.lt(decode_cursor(cursor)?));
     }
     let mut rows = find.all(state.db.conn()).await.map_err(crate::error::Error::from)?;

@@ -67,7 +67,8 @@ pub struct RangeQuery {
 }
 
 fn day(field: &str, value: Option<&str>, errors: &mut Vec<FieldError>) -> Option<NaiveDate> {
-    let value = value?;
+    // `?from=` (empty) is as good as leaving it out.
+    let value = value.filter(|v| !v.trim().is_empty())?;
     match NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d") {
         Ok(day) => Some(day),
         Err(_) => {
@@ -86,7 +87,7 @@ fn range(from: Option<&str>, to: Option<&str>, format: Option<&str>, errors: &mu
     {
         errors.push(FieldError::new("to", "is before from"));
     }
-    let csv = match format {
+    let csv = match format.map(str::trim).filter(|f| !f.is_empty()) {
         None | Some("json") => false,
         Some("csv") => true,
         Some(other) => {
@@ -125,7 +126,7 @@ fn counts_row(key: &str, c: &Counts, conversion: Option<f64>) -> Vec<String> {
 pub async fn funnel(State(state): State<AppState>, ApiQuery(query): ApiQuery<FunnelQuery>) -> ApiResult<Response> {
     let mut errors = Vec::new();
     let (days, csv) = range(query.from.as_deref(), query.to.as_deref(), query.format.as_deref(), &mut errors);
-    let by = query.by.as_deref().unwrap_or("stage");
+    let by = query.by.as_deref().map(str::trim).filter(|b| !b.is_empty()).unwrap_or("stage");
     if !matches!(by, "stage" | "day" | "page" | "source" | "medium" | "campaign") {
         errors.push(FieldError::new("by", format!("'{by}' is not stage, day, page, source, medium or campaign")));
     }

@@ -13,6 +13,7 @@ with_each_backend!(
     the_dashboard_login_refuses_other_sites_and_never_follows_a_bad_next,
     consent_pages_are_never_framed_and_an_empty_post_changes_nothing,
     made_up_sources_are_folded_past_a_daily_budget_and_never_become_metric_labels,
+    empty_query_values_are_taken_as_left_out,
 );
 
 /// Reads what the server sends until it closes the connection (within `within`).
@@ -190,4 +191,19 @@ async fn made_up_sources_are_folded_past_a_daily_budget_and_never_become_metric_
     assert_eq!(funnel["totals"]["views"], visits, "every view is counted: {funnel}");
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(!metrics.contains("example.com"), "no visitor's value is a label");
+}
+
+/// `?from=` and the like, as forms and generated clients send them, mean "not given".
+async fn empty_query_values_are_taken_as_left_out(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    for path in [
+        "/api/v1/subscribers?list=&q=&cursor=",
+        "/api/v1/audit?cursor=",
+        "/api/v1/stats/funnel?from=&to=&format=&by=",
+        "/api/v1/stats/delivery?from=&format=",
+    ] {
+        assert_eq!(app.get(path).await.status(), 200, "{path}");
+    }
+    let bad = app.get("/api/v1/stats/funnel?from=yesterday").await;
+    assert_eq!(bad.status(), 422, "a value that is given must still be right");
 }
