@@ -118,30 +118,31 @@ pub async fn bump(
     use sea_orm::ActiveValue::Set;
     use sea_orm::{PaginatorTrait, QueryFilter};
     let column = what.column();
-    let key = |q: sea_orm::Select<funnel_day::Entity>, from: &Source| {
-        q.filter(Column::Day.eq(day_key(day)))
-            .filter(Column::Page.eq(page))
-            .filter(Column::Source.eq(from.source.as_str()))
-            .filter(Column::Medium.eq(from.medium.as_str()))
-            .filter(Column::Campaign.eq(from.campaign.as_str()))
-    };
-    // A source already counted today goes on being counted; a new one only within the budget.
-    let known = key(funnel_day::Entity::find(), from).count(conn).await? > 0;
+    // A source already counted today is counted on in one statement; a new one is added only
+    // within the day's budget.
+    let bumped = funnel_day::Entity::update_many()
+        .col_expr(column, Expr::col((funnel_day::Entity, column)).add(Expr::val(1)))
+        .filter(Column::Day.eq(day_key(day)))
+        .filter(Column::Page.eq(page))
+        .filter(Column::Source.eq(from.source.as_str()))
+        .filter(Column::Medium.eq(from.medium.as_str()))
+        .filter(Column::Campaign.eq(from.campaign.as_str()))
+        .exec(conn)
+        .await?;
+    if bumped.rows_affected > 0 {
+        return Ok(());
+    }
+    let today = funnel_day::Entity::find()
+        .filter(Column::Day.eq(day_key(day)))
+        .filter(Column::Page.eq(page))
+        .count(conn)
+        .await?;
     let folded;
-    let from = if known {
-        from
+    let from = if today >= SOURCES_PER_PAGE_AND_DAY {
+        folded = Source { source: OTHER.into(), medium: OTHER.into(), campaign: OTHER.into() };
+        &folded
     } else {
-        let today = funnel_day::Entity::find()
-            .filter(Column::Day.eq(day_key(day)))
-            .filter(Column::Page.eq(page))
-            .count(conn)
-            .await?;
-        if today >= SOURCES_PER_PAGE_AND_DAY {
-            folded = Source { source: OTHER.into(), medium: OTHER.into(), campaign: OTHER.into() };
-            &folded
-        } else {
-            from
-        }
+        from
     };
     let row = funnel_day::ActiveModel {
         day: Set(day_key(day)),
