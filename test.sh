@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test, after making sure the outside tools some of them drive are here:
 #   Postfix's smtp-sink (a real MTA), headless Chromium (the dashboard in a browser), openssl (DKIM
-#   keys, made as an operator makes them), sqlite3, and, when OWNLIST_TEST_DATABASE_URL is set,
-#   PostgreSQL running and psql.
+#   keys, made as an operator makes them), sqlite3, schemathesis and openapi-spec-validator (the API
+#   against its OpenAPI document; in a Python venv under target/tools), and, when
+#   OWNLIST_TEST_DATABASE_URL is set, PostgreSQL running and psql.
 # As root on Debian or Ubuntu it installs what is missing; elsewhere it stops at once with the
 # exact command to run. Extra arguments go to `cargo test` (a test name, say).
 #
@@ -17,6 +18,11 @@ command -v smtp-sink >/dev/null 2>&1 || packages+=(postfix)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || packages+=(chromium)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 command -v sqlite3 >/dev/null 2>&1 || packages+=(sqlite3)
+python_tools=target/tools
+if [ ! -x "$python_tools/bin/schemathesis" ] || [ ! -x "$python_tools/bin/openapi-spec-validator" ]; then
+  command -v python3 >/dev/null 2>&1 || packages+=(python3)
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
+fi
 if [ -n "${OWNLIST_TEST_DATABASE_URL:-}" ]; then
   command -v psql >/dev/null 2>&1 || packages+=(postgresql-client)
   case "$OWNLIST_TEST_DATABASE_URL" in
@@ -37,6 +43,14 @@ if [ "${#packages[@]}" -gt 0 ]; then
     echo "  sudo apt-get install -y ${packages[*]}" >&2
     exit 2
   fi
+fi
+
+if [ ! -x "$python_tools/bin/schemathesis" ] || [ ! -x "$python_tools/bin/openapi-spec-validator" ]; then
+  echo "== installing schemathesis and openapi-spec-validator in $python_tools"
+  rm -rf "$python_tools"
+  python3 -m venv "$python_tools"
+  "$python_tools/bin/pip" install -q --disable-pip-version-check \
+    "schemathesis==4.32.5" "openapi-spec-validator==0.9.0"
 fi
 
 if [ -n "${OWNLIST_TEST_DATABASE_URL:-}" ] && command -v pg_isready >/dev/null 2>&1; then

@@ -36,7 +36,9 @@ pub fn validate_name(name: &str) -> std::result::Result<(), String> {
 pub struct NewEvent {
     /// Who it happened to: their id, or their email or phone.
     pub subscriber_id: Option<Uuid>,
+    #[schema(schema_with = super::values::schema::email)]
     pub email: Option<String>,
+    #[schema(pattern = "^(\\+[1-9][0-9]{6,14})?$")]
     pub phone: Option<String>,
     /// What happened, e.g. `purchased`.
     #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]

@@ -45,19 +45,27 @@ where
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Attribution {
+    #[schema(max_length = 100, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub source: Option<String>,
+    #[schema(max_length = 100, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub medium: Option<String>,
+    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub campaign: Option<String>,
+    #[schema(max_length = 2000, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub referrer: Option<String>,
+    #[schema(max_length = 2000, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub landing_page: Option<String>,
     /// utm_content.
     #[serde(default)]
+    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub content: Option<String>,
     /// utm_term.
     #[serde(default)]
+    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub term: Option<String>,
     /// The click id a network added to the link, as `fbclid=…` (also fbclid, igshid, ttclid, gclid).
     #[serde(default)]
+    #[schema(max_length = 600, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub click_id: Option<String>,
 }
 
@@ -77,21 +85,31 @@ pub struct ConsentInput {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSubscriber {
+    /// An email or a phone (or both) is required.
+    #[schema(schema_with = super::values::schema::email)]
     pub email: Option<String>,
     /// E.164, e.g. +14155550123.
+    #[schema(pattern = "^(\\+[1-9][0-9]{6,14})?$")]
     pub phone: Option<String>,
+    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub first_name: Option<String>,
+    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub last_name: Option<String>,
     /// IANA time zone, e.g. Europe/Rome.
+    #[schema(max_length = 64)]
     pub timezone: Option<String>,
+    /// A language tag such as `it` or `pt-BR`.
+    #[schema(pattern = "^([A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*)?$")]
     pub locale: Option<String>,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub attributes: Map<String, Value>,
     /// Slugs of lists to join (as confirmed members).
     #[serde(default)]
+    #[schema(schema_with = super::values::schema::slugs)]
     pub lists: Vec<String>,
     #[serde(default)]
+    #[schema(schema_with = super::values::schema::tags)]
     pub tags: Vec<String>,
     #[serde(default)]
     pub consent: ConsentInput,
@@ -104,29 +122,31 @@ pub struct NewSubscriber {
 #[serde(deny_unknown_fields)]
 pub struct SubscriberPatch {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = super::values::schema::email)]
     pub email: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^(\\+[1-9][0-9]{6,14})?$")]
     pub phone: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub first_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200, pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$")]
     pub last_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 64)]
     pub timezone: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^([A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*)?$")]
     pub locale: Option<Option<String>>,
     /// Merged into the stored attributes; a `null` value removes that attribute.
     #[schema(value_type = Option<Object>)]
     pub attributes: Option<Map<String, Value>>,
     /// The complete set of tags: missing ones are removed, new ones added.
+    #[schema(schema_with = super::values::schema::tags_or_null)]
     pub tags: Option<Vec<String>>,
     /// The complete set of lists: new ones are joined (confirmed), missing ones left.
+    #[schema(schema_with = super::values::schema::slugs_or_null)]
     pub lists: Option<Vec<String>>,
     /// Only `unsubscribed` may be set here: it withdraws every channel and list at once.
     pub status: Option<SubscriberStatus>,
@@ -227,6 +247,7 @@ pub struct Page<T> {
 #[serde(deny_unknown_fields)]
 pub struct SubscriberFilter {
     /// Members of this list (pending or confirmed).
+    #[param(pattern = "^([a-z0-9]([a-z0-9-]*[a-z0-9])?)?$", max_length = 64)]
     pub list: Option<String>,
     pub tag: Option<String>,
     pub status: Option<SubscriberStatus>,
@@ -235,6 +256,8 @@ pub struct SubscriberFilter {
     /// 1 to 1000, default 50.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
+    /// Pass the `next_cursor` of the page before.
+    #[param(pattern = "^([A-Za-z0-9_-]{21}[AQgw])?$")]
     pub cursor: Option<String>,
 }
 
@@ -245,6 +268,8 @@ pub struct SubscriberFilter {
 pub struct PageRequest {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
+    /// Pass the `next_cursor` of the page before.
+    #[param(pattern = "^([A-Za-z0-9_-]{21}[AQgw])?$")]
     pub cursor: Option<String>,
 }
 

@@ -103,6 +103,85 @@ pub fn validate_slug(slug: &str) -> Result<(), String> {
     }
 }
 
+/// The OpenAPI shapes of these values. A pattern states what a parser here accepts; what no
+/// schema can state (a number valid in its country, a list that exists) answers 422.
+pub mod schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    use utoipa::openapi::{Array, Object};
+
+    /// A list's slug, as `validate_slug` takes it.
+    pub const SLUG: &str = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$";
+    /// A tag, as `normalize_tag` takes it: something besides spaces, no control characters, commas
+    /// or semicolons.
+    pub const TAG: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F,;]*[^\\s\\u0000-\\u001F\\u007F-\\u009F,;][^\\u0000-\\u001F\\u007F-\\u009F,;]*$";
+
+    /// Free text such as a name, as `normalize_text` takes it: no control characters but tabs.
+    pub const TEXT: &str = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$";
+    /// Free text that is required: as `TEXT`, with something besides spaces.
+    pub const NAME: &str = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u0008\\u000A-\\u001F\\u007F-\\u009F]*$";
+    /// A phone number in E.164 (empty: none).
+    pub const PHONE: &str = "^(\\+[1-9][0-9]{6,14})?$";
+    /// A language tag in its common shapes (empty: none).
+    pub const LOCALE: &str = "^([A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*)?$";
+    /// A list's slug in a query, where empty means not given.
+    pub const SLUG_OR_EMPTY: &str = "^([a-z0-9]([a-z0-9-]*[a-z0-9])?)?$";
+    /// A page cursor (16 bytes in URL-safe base64), where empty means the first page.
+    pub const CURSOR: &str = "^([A-Za-z0-9_-]{21}[AQgw])?$";
+    /// An event's name.
+    pub const EVENT: &str = "^[A-Za-z0-9_.-]{1,64}$";
+    /// A day, `YYYY-MM-DD`, in a query (empty: not given).
+    pub const DAY_OR_EMPTY: &str = "^([0-9]{4}-[0-9]{2}-[0-9]{2})?$";
+
+    /// Every pattern the API's document uses: the document test holds the two together.
+    pub const ALL: [&str; 10] = [SLUG, TAG, TEXT, NAME, PHONE, LOCALE, SLUG_OR_EMPTY, CURSOR, EVENT, DAY_OR_EMPTY];
+
+    /// An email address, or empty or `null` for none.
+    pub fn email() -> utoipa::openapi::Schema {
+        use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, SchemaFormat};
+        let address = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email)))
+            .max_length(Some(254));
+        let empty = ObjectBuilder::new().schema_type(Type::String).max_length(Some(0));
+        utoipa::openapi::Schema::AnyOf(
+            AnyOfBuilder::new().item(address).item(empty).item(ObjectBuilder::new().schema_type(Type::Null)).build(),
+        )
+    }
+
+    fn strings(pattern: &str, max_length: usize) -> Object {
+        ObjectBuilder::new().schema_type(Type::String).pattern(Some(pattern)).max_length(Some(max_length)).build()
+    }
+
+    fn array_of(item: Object, nullable: bool) -> Array {
+        let kind =
+            if nullable { SchemaType::from_iter([Type::Array, Type::Null]) } else { SchemaType::new(Type::Array) };
+        ArrayBuilder::new().schema_type(kind).items(item).build()
+    }
+
+    pub fn tags() -> Array {
+        array_of(strings(TAG, 64), false)
+    }
+
+    pub fn tags_or_null() -> Array {
+        array_of(strings(TAG, 64), true)
+    }
+
+    pub fn slugs() -> Array {
+        array_of(strings(SLUG, 64), false)
+    }
+
+    pub fn slugs_or_null() -> Array {
+        array_of(strings(SLUG, 64), true)
+    }
+
+    /// `email`, `sms` or both.
+    pub fn channels_or_null() -> Array {
+        let channel = ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["email", "sms"])).build();
+        let kind = SchemaType::from_iter([Type::Array, Type::Null]);
+        ArrayBuilder::new().schema_type(kind).items(channel).min_items(Some(1)).max_items(Some(2)).build()
+    }
+}
+
 /// A tag: 1 to 64 characters, no control characters, no separators used in CSV cells.
 pub fn normalize_tag(tag: &str) -> Result<String, String> {
     let tag = tag.trim();
@@ -255,6 +334,63 @@ pub fn stored<T: FromStr>(text: &str, default: T) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the OpenAPI document promises is what the parsers take.
+    #[test]
+    fn the_documented_patterns_agree_with_the_parsers() {
+        let compiled = |p: &str| regex::Regex::new(p).unwrap();
+        let long = "x".repeat(65);
+        let samples = [
+            "vip",
+            " vip ",
+            "",
+            "  ",
+            "\t",
+            "a,b",
+            "a;b",
+            "a\u{7}b",
+            "a\u{85}",
+            "Città",
+            "a b",
+            "a\tb",
+            "\u{2003}x ",
+            "new-leads",
+            "-a",
+            "a-",
+            "A",
+            "a--b",
+            &long,
+        ];
+        let (tag, slug, text, name) =
+            (compiled(schema::TAG), compiled(schema::SLUG), compiled(schema::TEXT), compiled(schema::NAME));
+        // What the document allows is taken, and what it refuses is refused (but the parsers trim
+        // first, so a refused character at either end may be trimmed away instead).
+        let agree = |documented: bool, taken: bool, s: &str, what: &str| {
+            assert!(documented == taken || (taken && s.trim() != s), "{what} {s:?}: {documented} vs {taken}");
+        };
+        for s in samples {
+            let chars = s.chars().count();
+            agree(tag.is_match(s) && chars <= 64, normalize_tag(s).is_ok(), s, "tag");
+            agree(slug.is_match(s) && chars <= 64, validate_slug(s).is_ok(), s, "slug");
+            agree(text.is_match(s), normalize_text(s, 200).is_ok(), s, "text");
+            agree(name.is_match(s), normalize_text(s, 200).is_ok_and(|v| v.is_some()), s, "name");
+        }
+        let cursor = compiled(schema::CURSOR);
+        for id in [uuid::Uuid::nil(), uuid::Uuid::max(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7()] {
+            let encoded = super::super::subscribers::encode_cursor(id);
+            assert!(cursor.is_match(&encoded), "{encoded}");
+        }
+        for any in ["AAAAAAAAAAAAAAAAAAAAAw", "zzzzzzzzzzzzzzzzzzzzzQ", "-_-_-_-_-_-_-_-_-_-_-g"] {
+            assert!(cursor.is_match(any));
+            assert!(super::super::subscribers::decode_cursor(any).is_ok(), "{any}");
+        }
+        let phone = compiled(schema::PHONE);
+        assert!(phone.is_match(PhoneNumber::parse("+39 06 6988 1234").unwrap().as_str()));
+        let locale = compiled(schema::LOCALE);
+        for l in ["it", "pt-BR", "zh-Hant-TW", "de_DE", "x", "english", "en-"] {
+            assert_eq!(locale.is_match(l), validate_locale(l).is_ok(), "locale {l:?}");
+        }
+    }
 
     #[test]
     fn email_keys_are_case_insensitive() {

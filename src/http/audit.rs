@@ -83,6 +83,8 @@ pub struct AuditQuery {
     /// 1 to 1000, default 50.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
+    /// Pass the `next_cursor` of the page before.
+    #[param(pattern = "^([A-Za-z0-9_-]{21}[AQgw])?$")]
     pub cursor: Option<String>,
 }
 

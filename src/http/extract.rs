@@ -14,27 +14,24 @@ pub struct ApiJson<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
+    /// JSON that does not parse is a 400; JSON that parses but does not fit (a missing field, a
+    /// number for a string, an unknown kind of condition) is a 422 that names the field.
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(&rejection)),
-        }
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(rejection) => return Err(json_rejection(&rejection)),
+        };
+        serde_path_to_error::deserialize(value).map(Self).map_err(|e| {
+            let field = e.path().to_string();
+            let detail = e.into_inner().to_string();
+            let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", format!("{field}: {detail}"));
+            if field == "." { error } else { error.with_field(field) }
+        })
     }
 }
 
 fn json_rejection(rejection: &JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::JsonDataError(e) => {
-            let detail = e.body_text();
-            let detail =
-                detail.strip_prefix("Failed to deserialize the JSON body into the target type: ").unwrap_or(&detail);
-            let field = detail.split_once(": ").map(|(path, _)| path.to_owned()).filter(|p| !p.contains(' '));
-            let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail.to_owned());
-            match field {
-                Some(field) => error.with_field(field),
-                None => error,
-            }
-        }
         JsonRejection::JsonSyntaxError(e) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text()),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

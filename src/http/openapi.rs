@@ -141,7 +141,31 @@ pub fn document() -> serde_json::Value {
             }
         }
     }
+    link_created(&mut doc, "/api/v1/subscribers", "subscribers", &["one", "update", "erase", "export", "timeline"]);
+    link_created(&mut doc, "/api/v1/broadcasts", "broadcasts", &["one", "cancel"]);
+    link_created(&mut doc, "/api/v1/lists", "lists", &["one", "update", "remove"]);
     doc
+}
+
+/// OpenAPI links from a `201 Created` to the operations on what it created, so that a client
+/// (or a tool such as schemathesis) knows where the new `id` (or a list's `slug`) goes.
+fn link_created(doc: &mut serde_json::Value, path: &str, resource: &str, operations: &[&str]) {
+    let key = if resource == "lists" { "slug" } else { "id" };
+    let links: serde_json::Map<String, serde_json::Value> = operations
+        .iter()
+        .map(|op| {
+            let link = serde_json::json!({
+                "operationId": format!("{resource}_{op}"),
+                "parameters": {key: format!("$response.body#/{key}")},
+            });
+            (op.to_string(), link)
+        })
+        .collect();
+    if let Some(created) = doc.pointer_mut(&format!("/paths/{}/post/responses/201", path.replace('/', "~1")))
+        && let Some(created) = created.as_object_mut()
+    {
+        created.insert("links".into(), links.into());
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +230,54 @@ mod tests {
                 let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
                 assert_eq!(secured, op["responses"].get("401").is_some(), "{method} {path}: 401");
             }
+        }
+        // Every link leads to an operation that takes the parameter it fills.
+        let mut links = 0;
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                for response in op["responses"].as_object().unwrap().values() {
+                    for link in response["links"].as_object().into_iter().flat_map(|l| l.values()) {
+                        let target = doc["paths"]
+                            .as_object()
+                            .unwrap()
+                            .values()
+                            .flat_map(|i| i.as_object().unwrap().values())
+                            .find(|o| o["operationId"] == link["operationId"])
+                            .unwrap_or_else(|| panic!("no operation {}", link["operationId"]));
+                        for name in link["parameters"].as_object().unwrap().keys() {
+                            assert!(
+                                target["parameters"].as_array().unwrap().iter().any(|p| p["name"] == *name),
+                                "{} takes no {name}",
+                                link["operationId"]
+                            );
+                        }
+                        links += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(links, 10);
+        // Every pattern is one of those the parsers are tested against.
+        let mut patterns = Vec::new();
+        collect_patterns(&doc, &mut patterns);
+        assert!(patterns.len() > 20, "{}", patterns.len());
+        for pattern in patterns {
+            assert!(crate::audience::values::schema::ALL.contains(&pattern.as_str()), "unknown pattern {pattern}");
+        }
+    }
+
+    fn collect_patterns(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("pattern", serde_json::Value::String(p)) => out.push(p.clone()),
+                        _ => collect_patterns(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| collect_patterns(v, out)),
+            _ => {}
         }
     }
 }

@@ -45,12 +45,16 @@ pub struct FunnelQuery {
     /// One campaign (`utm_campaign`).
     pub campaign: Option<String>,
     /// First day, `YYYY-MM-DD` (UTC), inclusive.
+    #[param(pattern = "^([0-9]{4}-[0-9]{2}-[0-9]{2})?$")]
     pub from: Option<String>,
     /// Last day, inclusive.
+    #[param(pattern = "^([0-9]{4}-[0-9]{2}-[0-9]{2})?$")]
     pub to: Option<String>,
     /// `json` (default) or `csv`.
+    #[param(schema_with = report_format)]
     pub format: Option<String>,
     /// With `format=csv`: a row per `stage` (default), `day`, `page`, `source`, `medium` or `campaign`.
+    #[param(schema_with = funnel_rows)]
     pub by: Option<String>,
 }
 
@@ -59,12 +63,31 @@ pub struct FunnelQuery {
 #[serde(deny_unknown_fields)]
 pub struct RangeQuery {
     /// First day, `YYYY-MM-DD` (UTC), inclusive.
+    #[param(pattern = "^([0-9]{4}-[0-9]{2}-[0-9]{2})?$")]
     pub from: Option<String>,
     /// Last day, inclusive.
+    #[param(pattern = "^([0-9]{4}-[0-9]{2}-[0-9]{2})?$")]
     pub to: Option<String>,
     /// `json` (default) or `csv`.
+    #[param(schema_with = report_format)]
     pub format: Option<String>,
 }
+
+/// The words a closed query parameter takes, for the OpenAPI document.
+fn words(words: &[&str]) -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(words.iter().copied())).build()
+}
+
+fn report_format() -> utoipa::openapi::Object {
+    words(&["", "json", "csv"])
+}
+
+fn funnel_rows() -> utoipa::openapi::Object {
+    words(&FUNNEL_ROWS)
+}
+
+const FUNNEL_ROWS: [&str; 7] = ["", "stage", "day", "page", "source", "medium", "campaign"];
 
 fn day(field: &str, value: Option<&str>, errors: &mut Vec<FieldError>) -> Option<NaiveDate> {
     // `?from=` (empty) is as good as leaving it out.
@@ -120,14 +143,14 @@ fn counts_row(key: &str, c: &Counts, conversion: Option<f64>) -> Vec<String> {
 
 /// The funnel of landing pages: views → signups → confirmed → opened → clicked → goal reached.
 #[utoipa::path(get, path = "/api/v1/stats/funnel", tag = "stats", security(("bearer" = [])), params(FunnelQuery), responses(
-    (status = 200, body = Funnel, description = "The funnel; with `format=csv`, `text/csv`"),
+    (status = 200, description = "The funnel; with `format=csv`, `text/csv`", content((Funnel = "application/json"), (String = "text/csv"))),
     (status = 422, description = "A bad date, format or grouping", body = super::error::Problem),
 ))]
 pub async fn funnel(State(state): State<AppState>, ApiQuery(query): ApiQuery<FunnelQuery>) -> ApiResult<Response> {
     let mut errors = Vec::new();
     let (days, csv) = range(query.from.as_deref(), query.to.as_deref(), query.format.as_deref(), &mut errors);
     let by = query.by.as_deref().map(str::trim).filter(|b| !b.is_empty()).unwrap_or("stage");
-    if !matches!(by, "stage" | "day" | "page" | "source" | "medium" | "campaign") {
+    if !FUNNEL_ROWS.contains(&by) {
         errors.push(FieldError::new("by", format!("'{by}' is not stage, day, page, source, medium or campaign")));
     }
     if !errors.is_empty() {
@@ -173,7 +196,7 @@ pub async fn funnel(State(state): State<AppState>, ApiQuery(query): ApiQuery<Fun
 /// delivered, failed, opened, clicked, unsubscribes after the step, and who waits there now.
 #[utoipa::path(get, path = "/api/v1/stats/workflows/{id}", tag = "stats", security(("bearer" = [])),
     params(("id" = String, Path, description = "The workflow's id (its file name)"), RangeQuery), responses(
-    (status = 200, body = WorkflowStats, description = "The workflow's figures; with `format=csv`, a row per step"),
+    (status = 200, description = "The workflow's figures; with `format=csv`, a row per step", content((WorkflowStats = "application/json"), (String = "text/csv"))),
     (status = 404, description = "No such workflow", body = super::error::Problem),
     (status = 422, description = "A bad date or format", body = super::error::Problem),
 ))]
@@ -238,7 +261,7 @@ pub async fn workflow(
 /// Each relay's and provider's attempts: sent, failed for good, failed for now (retried), mean
 /// latency; and all of them by day.
 #[utoipa::path(get, path = "/api/v1/stats/delivery", tag = "stats", security(("bearer" = [])), params(RangeQuery), responses(
-    (status = 200, body = DeliveryStats, description = "The figures; with `format=csv`, a row per relay or provider"),
+    (status = 200, description = "The figures; with `format=csv`, a row per relay or provider", content((DeliveryStats = "application/json"), (String = "text/csv"))),
     (status = 422, description = "A bad date or format", body = super::error::Problem),
 ))]
 pub async fn delivery(State(state): State<AppState>, ApiQuery(query): ApiQuery<RangeQuery>) -> ApiResult<Response> {

@@ -35,7 +35,8 @@ pub struct ImportLimit(u64);
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
-    /// Every imported subscriber joins this list.
+    /// Every imported subscriber joins this list (its slug).
+    #[param(pattern = "^([a-z0-9]([a-z0-9-]*[a-z0-9])?)?$", max_length = 64)]
     pub list: Option<String>,
 }
 

@@ -5,7 +5,11 @@ use serde_json::{Value, json};
 
 use crate::helpers::{BOUNCE_SECRET, Backend, TestApp, expect_json, expect_problem, kinds, on_both_databases};
 
-on_both_databases!(bounces_and_complaints_change_what_may_be_sent, a_bad_report_changes_nothing);
+on_both_databases!(
+    bounces_and_complaints_change_what_may_be_sent,
+    a_bad_report_changes_nothing,
+    a_batch_that_fails_half_way_is_not_applied_at_all,
+);
 
 async fn report(app: &TestApp, secret: &str, body: &Value) -> reqwest::Response {
     reqwest::Client::new().post(app.url("/webhooks/bounces")).bearer_auth(secret).json(body).send().await.unwrap()
@@ -68,6 +72,40 @@ async fn a_bad_report_changes_nothing(app: TestApp) {
         .unwrap();
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     assert_eq!(channels(&app, &id).await, ("subscribed".into(), "active".into()));
+}
+
+/// The database refuses the second report's write (a trigger stands in for a full disk or a lost
+/// connection): the first report, already written in the same transaction, is rolled back with it.
+async fn a_batch_that_fails_half_way_is_not_applied_at_all(app: TestApp) {
+    let (first, _) = subscriber(&app, "first@example.com").await;
+    let (second, _) = subscriber(&app, "second@example.com").await;
+    let trigger = match app.backend {
+        Backend::Sqlite => vec![
+            "CREATE TRIGGER second_bounce_fails BEFORE INSERT ON events \
+             WHEN NEW.kind = 'bounced' AND (SELECT count(*) FROM events WHERE kind = 'bounced') >= 1 \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+        ],
+        Backend::Postgres => vec![
+            "CREATE FUNCTION second_bounce_fails() RETURNS trigger AS $$ BEGIN \
+             IF (SELECT count(*) FROM events WHERE kind = 'bounced') >= 1 THEN RAISE EXCEPTION 'injected failure'; \
+             END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER second_bounce_fails BEFORE INSERT ON events FOR EACH ROW \
+             WHEN (NEW.kind = 'bounced') EXECUTE FUNCTION second_bounce_fails()",
+        ],
+    };
+    for sql in trigger {
+        app.db.execute_unprepared(sql).await.unwrap();
+    }
+    let batch = json!([
+        {"address": "first@example.com", "type": "hard"},
+        {"address": "second@example.com", "type": "hard"},
+    ]);
+    let answer = report(&app, BOUNCE_SECRET, &batch).await;
+    assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR, "the processor is told to send the batch again");
+    assert_eq!(channels(&app, &first).await, ("subscribed".into(), "active".into()), "the first report is rolled back");
+    assert_eq!(channels(&app, &second).await, ("subscribed".into(), "active".into()));
+    assert_eq!(app.count("events WHERE kind = 'bounced'").await, 0);
+    assert_eq!(app.count("consents WHERE granted = false").await, 0);
 }
 
 #[tokio::test]

@@ -142,6 +142,14 @@ async fn a_broadcast_is_checked_before_it_is_stored(app: TestApp) {
     )
     .await;
     assert!(problem["detail"].as_str().unwrap().contains("colour"), "{problem}");
+    // JSON that parses but is no condition is a 422 naming the field, not a 400 "malformed".
+    let problem = expect_problem(
+        app.post("/api/v1/broadcasts", &json!({"list": "news", "subject": "s", "html": "x", "condition": {}})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+    )
+    .await;
+    assert_eq!(problem["field"], "condition", "{problem}");
     assert_eq!(app.count("broadcasts").await, 0, "nothing stored for a refused broadcast");
     let missing = app.get(&format!("/api/v1/broadcasts/{}", uuid::Uuid::now_v7())).await;
     expect_problem(missing, StatusCode::NOT_FOUND, "broadcast_not_found").await;

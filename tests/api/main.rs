@@ -14,6 +14,7 @@ mod auth;
 mod bounces;
 mod broadcasts;
 mod browser;
+mod contract;
 mod dashboard;
 mod email;
 mod engine;

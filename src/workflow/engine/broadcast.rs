@@ -44,8 +44,13 @@ const FAN_OUT_BATCH: u64 = 250;
 #[serde(deny_unknown_fields)]
 pub struct NewBroadcast {
     /// The list's slug: its confirmed members who consented to a channel get the message there.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length = 64)]
     pub list: String,
     /// Only members with this tag.
+    #[schema(
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F,;]*[^\\s\\u0000-\\u001F\\u007F-\\u009F,;][^\\u0000-\\u001F\\u007F-\\u009F,;]*$",
+        max_length = 64
+    )]
     pub tag: Option<String>,
     /// Only members for whom this holds: a condition as in a workflow's `if:` (JSON), such as
     /// `{"attribute": {"name": "plan", "test": {"equals": "pro"}}}` or `{"all": [...]}`.
@@ -53,6 +58,7 @@ pub struct NewBroadcast {
     #[schema(value_type = Option<Object>)]
     pub condition: Option<Condition>,
     /// `email`, `sms` or both; default `["email"]`.
+    #[schema(schema_with = crate::audience::values::schema::channels_or_null)]
     pub channels: Option<Vec<String>>,
     /// The email subject (a tera template); required for email.
     pub subject: Option<String>,
