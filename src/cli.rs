@@ -427,9 +427,19 @@ async fn import_file(app: App, file: PathBuf, list: Option<String>) -> anyhow::R
     let handle = tokio::fs::File::open(&file).await.with_context(|| format!("cannot open {}", file.display()))?;
     let reader = tokio::io::BufReader::with_capacity(256 * 1024, handle);
     let options = import::ImportOptions { list, actor: Actor::Cli };
-    let report = import::import_csv(&app.db, app.clock.clone(), reader, options)
-        .await
-        .with_context(|| format!("{}", file.display()))?;
+    let report = match import::import_csv(&app.db, app.clock.clone(), reader, options).await {
+        Ok(report) => report,
+        Err(crate::error::Error::Interrupted { done, cause }) => {
+            eprintln!("{}: stopped part way: {cause}", file.display());
+            eprintln!(
+                "stored before it: imported {}, updated {}; no row after them. Import the file again once this is \
+                 fixed: stored rows are updated, not duplicated.",
+                done["imported"], done["updated"]
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(anyhow::Error::from(e).context(file.display().to_string())),
+    };
     let seconds = started.elapsed().as_secs_f64();
     let rows = report.imported + report.updated + report.skipped;
     for error in &report.errors {

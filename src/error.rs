@@ -33,6 +33,9 @@ pub enum Error {
     Conflict { code: &'static str, detail: String, existing_id: Option<Uuid>, field: Option<&'static str> },
     #[error("database error: {0}")]
     Database(#[from] sea_orm::DbErr),
+    /// A long operation (an import) stopped part way: `done` is what was stored before `cause`.
+    #[error("stopped part way: {cause}")]
+    Interrupted { done: serde_json::Value, cause: Box<Error> },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }

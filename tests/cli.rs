@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/small_disk.rs"]
+mod small_disk;
 #[path = "support/tools.rs"]
 mod tools;
 use process::Process;
@@ -234,6 +236,43 @@ fn tokens_scenario(database: &Database) {
     assert_eq!(text(&listed.stdout), "");
     let missing = run(ownlist(dir.path()).args(["tokens", "revoke", "ci-bot"]));
     assert_eq!(missing.status.code(), Some(3));
+}
+
+/// The disk fills during `ownlist import`: it says what was stored, exits 1, and what it says
+/// stored is stored; run again once there is room, it stores the rest with no duplicate.
+#[test]
+fn cli_import_on_a_full_disk_says_what_was_stored_and_fails() {
+    let test = "cli_import_on_a_full_disk_says_what_was_stored_and_fails";
+    if !tools::present(test, "sqlite3", &["-version"], "apt-get install -y sqlite3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = small_disk::SmallDisk::mount(test, &dir.path().join("disk"), 48) else { return };
+    let mut csv = String::from("email,first_name\n");
+    for i in 0..20_000 {
+        csv.push_str(&format!("reader{i}@example.com,Reader number {i} with a name that takes room\n"));
+    }
+    std::fs::write(dir.path().join("people.csv"), csv).unwrap();
+    let url = format!("sqlite://{}?mode=rwc", disk.0.join("ownlist.db").display());
+    let migrated = run(ownlist(dir.path()).env("OWNLIST_DATABASE_URL", &url).arg("migrate"));
+    assert!(migrated.status.success(), "{}", text(&migrated.stderr));
+    disk.fill(256 * 1024);
+    let imported = run(ownlist(dir.path()).env("OWNLIST_DATABASE_URL", &url).args(["import", "people.csv"]));
+    let stderr = text(&imported.stderr);
+    assert_eq!(imported.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped part way"), "{stderr}");
+    let said: i64 =
+        stderr.split("stored before it: imported ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+    let count = |url: &str| {
+        let file = url.trim_start_matches("sqlite://").trim_end_matches("?mode=rwc").to_owned();
+        let out = Command::new("sqlite3").arg(file).arg("SELECT count(*) FROM subscribers").output().unwrap();
+        text(&out.stdout).trim().parse::<i64>().unwrap()
+    };
+    assert_eq!(count(&url), said, "what it said stored is stored: {stderr}");
+    disk.free();
+    let again = run(ownlist(dir.path()).env("OWNLIST_DATABASE_URL", &url).args(["import", "people.csv"]));
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(count(&url), 20_000);
 }
 
 #[test]

@@ -338,25 +338,46 @@ where
         tracing::debug!(?busy, "import planning finished");
         Ok::<Vec<String>, Error>(planner.lists_created)
     });
+    // A batch that cannot be written stops the import; what was committed before it is reported
+    // with the error, so no row is acknowledged that is not stored.
     let writing = tokio::spawn(async move {
         let mut busy = std::time::Duration::ZERO;
         while let Some(prepared) = to_write.recv().await {
             let t = std::time::Instant::now();
-            executor.execute(prepared).await?;
+            if let Err(e) = executor.execute(prepared).await {
+                return (executor.report, Some(e));
+            }
             busy += t.elapsed();
         }
         tracing::debug!(?busy, "import writing finished");
-        Ok::<ImportReport, Error>(executor.report)
+        (executor.report, None)
     });
     let mut rejected = ImportReport::default();
     let read = read_rows(&mut reader, &mut record, &header, &mut rejected, &batches).await;
     drop(batches);
     let stopped = |e: tokio::task::JoinError| Error::Other(anyhow::anyhow!("import stage stopped: {e}"));
     let lists_created = planning.await.map_err(stopped)?;
-    let written = writing.await.map_err(stopped)?;
-    read?;
-    let mut report = written?;
-    report.lists_created = lists_created?;
+    let (mut report, written) = writing.await.map_err(stopped)?;
+    // The first failure of the three stages, if any (the others stopped because of it).
+    let failure = match (written, lists_created, read) {
+        (Some(e), lists, _) => {
+            report.lists_created = lists.unwrap_or_default();
+            Some(e)
+        }
+        (None, Err(e), _) => Some(e),
+        (None, Ok(lists), read) => {
+            report.lists_created = lists;
+            read.err()
+        }
+    };
+    if let Some(cause) = failure {
+        let stored = report.imported + report.updated + report.suppressed > 0 || !report.lists_created.is_empty();
+        if !stored {
+            return Err(cause);
+        }
+        let done = serde_json::to_value(&report).unwrap_or_default();
+        return Err(Error::Interrupted { done, cause: Box::new(cause) });
+    }
     report.skipped += rejected.skipped;
     report.errors_total += rejected.errors_total;
     report.errors.extend(rejected.errors);

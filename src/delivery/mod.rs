@@ -288,6 +288,11 @@ pub struct Worker<S> {
     /// Several instances (PostgreSQL): this process's id and how long its claims last.
     leases: Option<(String, chrono::Duration)>,
     dictionaries: Dictionaries,
+    /// Answers of messages sent whose writing failed (a full disk, a lost database): kept until
+    /// they are written, and nothing is claimed meanwhile, since those messages are still queued
+    /// in the database and would be sent again. At most IN_FLIGHT: the first failure starts no
+    /// more sends, and only those under way then come in after it.
+    unrecorded: std::sync::Mutex<Vec<Attempted>>,
 }
 
 /// How long a claimed message stays reserved for the process that claimed it, by default.
@@ -335,6 +340,7 @@ impl<S: Carrier + 'static> Worker<S> {
             max_age: chrono::Duration::hours(DEFAULT_MAX_AGE_HOURS),
             leases: None,
             dictionaries: Dictionaries::default(),
+            unrecorded: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -363,6 +369,7 @@ impl<S: Carrier + 'static> Worker<S> {
 
     /// Attempts a batch of due messages of the channel; returns how many were attempted.
     pub async fn send_due(self: &Arc<Self>) -> Result<u64> {
+        self.write_unrecorded().await?;
         let (_, never) = tokio::sync::watch::channel(false);
         let batch = self.claim(self.clock.now(), None).await?;
         self.send_all(futures_util::stream::iter([batch]), &never).await
@@ -418,19 +425,44 @@ impl<S: Carrier + 'static> Worker<S> {
         Ok(outbox::all_with_bodies(query, self.db.conn()).await?)
     }
 
-    /// Gives back the leases of claimed messages not attempted (on stopping), so another
-    /// instance can send them at once rather than when the leases end.
+    /// Gives back the leases of claimed messages not attempted (on stopping, or after a pass
+    /// failed), so another instance can send them at once rather than when the leases end. The
+    /// messages sent whose answers are not written yet keep theirs: they must not be sent again.
     async fn release_leases(&self) -> Result<()> {
         let Some((instance, _)) = &self.leases else { return Ok(()) };
         use sea_orm::sea_query::Expr;
+        let sent: Vec<uuid::Uuid> = self.held().iter().map(|(message, _, _)| message.id).collect();
         outbox::Entity::update_many()
             .col_expr(outbox::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
             .col_expr(outbox::Column::LeaseOwner, Expr::value(Option::<String>::None))
             .filter(outbox::Column::LeaseOwner.eq(instance.as_str()))
             .filter(outbox::Column::Status.eq("queued"))
+            .filter(outbox::Column::Id.is_not_in(sent))
             .exec(self.db.conn())
             .await?;
         Ok(())
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Vec<Attempted>> {
+        self.unrecorded.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes the answers kept after a failure, if any; until that works, nothing new is sent.
+    async fn write_unrecorded(&self) -> Result<()> {
+        let answers = std::mem::take(&mut *self.held());
+        if answers.is_empty() {
+            return Ok(());
+        }
+        match self.record_retrying(&answers).await {
+            Ok(()) => {
+                tracing::info!(channel = S::CHANNEL, answers = answers.len(), "kept answers written");
+                Ok(())
+            }
+            Err(e) => {
+                self.held().extend(answers);
+                Err(e)
+            }
+        }
     }
 
     /// Attempts the messages of the batches as they come, CONCURRENCY at a time, starting none
@@ -505,10 +537,12 @@ impl<S: Carrier + 'static> Worker<S> {
                 count += group.len() as u64;
                 let (answers, permits): (Vec<_>, Vec<_>) = group.drain(..).unzip();
                 if outcome.is_ok() {
-                    outcome = self.record_retrying(answers).await;
-                    if outcome.is_err() {
-                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    outcome = self.record_retrying(&answers).await;
+                }
+                if outcome.is_err() {
+                    // Kept, not dropped: without its answer a sent message would be sent again.
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.held().extend(answers);
                 }
                 drop(permits);
             }
@@ -520,10 +554,10 @@ impl<S: Carrier + 'static> Worker<S> {
     /// [`Self::record_all`], tried again when the database gives up on the transaction for a
     /// reason of the moment (PostgreSQL breaking a deadlock, SQLite busy), so the answers of
     /// messages already sent are not dropped: without them the messages would be sent again.
-    async fn record_retrying(&self, answers: Vec<Attempted>) -> Result<()> {
+    async fn record_retrying(&self, answers: &[Attempted]) -> Result<()> {
         let mut waited = 0;
         loop {
-            match self.record_all(&answers, self.clock.now()).await {
+            match self.record_all(answers, self.clock.now()).await {
                 Err(e) if waited < 5 && crate::store::is_transient(&e) => {
                     waited += 1;
                     tracing::warn!(error = %e, channel = S::CHANNEL, "recording answers: trying again");
@@ -602,22 +636,38 @@ impl<S: Carrier + 'static> Worker<S> {
     /// records those under way, and returns.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut bell = self.bell.listen();
+        let mut failures = 0u32;
         loop {
             bell.mark_unchanged();
-            if let Err(e) = self.pass(&stop).await {
-                tracing::error!(error = %e, channel = S::CHANNEL, "delivery failed; retrying");
+            let mut pause = Duration::from_secs(1);
+            match self.pass(&stop).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    // Each failure in a row waits twice as long (to half a minute), and what
+                    // this process claimed but did not attempt goes back to the other instances.
+                    failures = failures.saturating_add(1);
+                    pause = Duration::from_millis(500 << failures.min(6));
+                    tracing::error!(error = %e, channel = S::CHANNEL, ?pause, "delivery failed; trying again");
+                    if let Err(e) = self.release_leases().await {
+                        tracing::warn!(error = %e, channel = S::CHANNEL, "could not give back claimed messages");
+                    }
+                }
             }
             if *stop.borrow() {
                 break;
             }
             tokio::select! {
                 _ = stop.changed() => break,
-                _ = bell.changed() => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = bell.changed(), if failures == 0 => {}
+                () = tokio::time::sleep(pause) => {}
             }
             if *stop.borrow() {
                 break;
             }
+        }
+        if let Err(e) = self.write_unrecorded().await {
+            let lost = self.held().len();
+            tracing::error!(error = %e, channel = S::CHANNEL, lost, "stopping with answers that cannot be written: those messages may be sent again");
         }
         if let Err(e) = self.release_leases().await {
             tracing::warn!(error = %e, channel = S::CHANNEL, "could not give back claimed messages");
@@ -629,6 +679,7 @@ impl<S: Carrier + 'static> Worker<S> {
     /// bounded), and the messages sent as one stream, so no batch waits for the last of the one
     /// before it.
     async fn pass(self: &Arc<Self>, stop: &tokio::sync::watch::Receiver<bool>) -> Result<()> {
+        self.write_unrecorded().await?;
         let (batches, waiting) = tokio::sync::mpsc::channel::<Vec<Ready>>(1);
         let claiming = async move {
             let mut after = None;

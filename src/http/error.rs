@@ -30,6 +30,10 @@ pub struct Problem {
     /// The subscriber that already has this address, for `subscriber_exists`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub existing_id: Option<Uuid>,
+    /// What was stored before an operation stopped part way, for `import_interrupted`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub stored: Option<serde_json::Value>,
 }
 
 #[derive(Debug)]
@@ -39,14 +43,21 @@ pub struct ApiError {
     detail: String,
     field: Option<String>,
     errors: Vec<FieldError>,
+    /// The members few problems have, boxed so that every `Result` stays small.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Debug, Default)]
+struct Extra {
     existing_id: Option<Uuid>,
+    stored: Option<serde_json::Value>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { status, code: code.into(), detail: detail.into(), field: None, errors: Vec::new(), existing_id: None }
+        Self { status, code: code.into(), detail: detail.into(), field: None, errors: Vec::new(), extra: None }
     }
 
     pub fn unauthorized() -> Self {
@@ -59,6 +70,12 @@ impl ApiError {
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
+        self
+    }
+
+    /// What was stored before the request stopped part way.
+    pub fn stored(mut self, done: serde_json::Value) -> Self {
+        self.extra.get_or_insert_default().stored = Some(done);
         self
     }
 
@@ -83,9 +100,34 @@ impl From<Error> for ApiError {
                 Self::new(StatusCode::NOT_FOUND, format!("{what}_not_found"), format!("no such {what}"))
             }
             Error::Conflict { code, detail, existing_id, field } => {
-                Self { existing_id, field: field.map(str::to_owned), ..Self::new(StatusCode::CONFLICT, code, detail) }
+                let extra = Some(Box::new(Extra { existing_id, stored: None }));
+                Self { extra, field: field.map(str::to_owned), ..Self::new(StatusCode::CONFLICT, code, detail) }
             }
-            Error::Database(e) => internal(&e),
+            Error::Database(e) if crate::store::is_storage_full(&e) => {
+                crate::store::count_error(&e);
+                tracing::error!(error = %e, "the database's storage is full");
+                Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "storage_full",
+                    "the database's disk is full: nothing of this request was stored; send it again once there is space",
+                )
+            }
+            Error::Database(e) => {
+                crate::store::count_error(&e);
+                internal(&e)
+            }
+            Error::Interrupted { done, cause } => {
+                let why = match &*cause {
+                    Error::Database(e) if crate::store::is_storage_full(e) => "the database's disk is full".to_owned(),
+                    other => other.to_string(),
+                };
+                let status = Self::from(*cause).status;
+                let detail = format!(
+                    "stopped part way ({why}): what `stored` counts was stored, no row after it; send it again \
+                     once fixed (what was stored is updated, not duplicated)"
+                );
+                Self::new(status, "import_interrupted", detail).stored(done)
+            }
             Error::Other(e) => internal(&*e),
         }
     }
@@ -121,7 +163,8 @@ impl IntoResponse for ApiError {
             detail: self.detail,
             field: self.field,
             errors: self.errors,
-            existing_id: self.existing_id,
+            existing_id: self.extra.as_ref().and_then(|e| e.existing_id),
+            stored: self.extra.and_then(|e| e.stored),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (self.status, body).into_response();

@@ -42,6 +42,27 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
             "the database does not answer",
         ));
     }
+    if let Some(free) = state.db.disk_free()
+        && free < crate::store::DISK_FREE_MIN
+    {
+        tracing::warn!(free, "readiness: the database's disk is nearly full");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "disk_full",
+            format!("{free} bytes are free where the database lives: writes fail or are about to"),
+        ));
+    }
+    // A full disk or a read-only file system leaves reads working: only a write tells.
+    if let Err(e) = state.db.probe_write(state.clock.now()).await {
+        tracing::warn!(error = %e, "readiness: the database refuses writes");
+        crate::store::count_error(&e);
+        let detail = if crate::store::is_storage_full(&e) {
+            "the database's disk is full: nothing can be stored".to_owned()
+        } else {
+            format!("the database refuses writes: {e}")
+        };
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "writes_failing", detail));
+    }
     match migration::Migrator::get_pending_migrations_read_only(state.db.conn()).await {
         Ok(pending) if pending.is_empty() => {
             // Problems in workflow files do not make the service unready (pages, links and the

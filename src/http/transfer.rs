@@ -87,6 +87,7 @@ pub async fn import_csv(
     match import::import_csv(&state.db, state.clock.clone(), reader, options).await {
         Ok(report) => Ok(Json(report)),
         Err(Error::Malformed { .. }) if exceeded.load(Ordering::SeqCst) => Err(too_large(limit)),
+        Err(Error::Interrupted { done, .. }) if exceeded.load(Ordering::SeqCst) => Err(too_large(limit).stored(done)),
         Err(e) => Err(e.into()),
     }
 }

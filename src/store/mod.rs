@@ -23,7 +23,13 @@ pub struct Db {
     /// has written, so writing always through the same one keeps the cache warm from one batch
     /// to the next. On PostgreSQL it is the pool.
     writer: DatabaseConnection,
+    /// The folder of the SQLite database file (none on PostgreSQL, whose disk is the server's).
+    folder: Option<std::path::PathBuf>,
 }
+
+/// Below this much free space where the SQLite file lives, the instance is not ready: writes may
+/// fail at any moment (a small one can still fit in room the write-ahead log already has).
+pub const DISK_FREE_MIN: u64 = 1024 * 1024;
 
 impl Db {
     /// Connects to `url`. For SQLite the file (and its folder) is created when missing, in WAL
@@ -68,6 +74,13 @@ impl Db {
             options.max_connections(16);
         }
         let sqlite = url.starts_with("sqlite:");
+        let folder = if sqlite {
+            let parsed: SqliteConnectOptions =
+                url.parse().map_err(|e| DbErr::Custom(format!("invalid SQLite URL: {e}")))?;
+            parsed.get_filename().parent().map(|p| if p.as_os_str().is_empty() { ".".into() } else { p.to_owned() })
+        } else {
+            None
+        };
         let mut writer_options = options.clone();
         let conn = Database::connect(options).await?;
         let writer = if sqlite {
@@ -82,7 +95,7 @@ impl Db {
         } else {
             conn.clone()
         };
-        Ok(Self { conn, writer })
+        Ok(Self { conn, writer, folder })
     }
 
     pub fn conn(&self) -> &DatabaseConnection {
@@ -101,11 +114,47 @@ impl Db {
     /// Starts a transaction that will write. On SQLite it takes the write lock up front, so two
     /// writers never deadlock upgrading from a read lock.
     pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        if self.backend() == DbBackend::Sqlite {
+            self.reopen_writer_if_stranded().await?;
+        }
         let options = TransactionOptions {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             ..TransactionOptions::default()
         };
         self.writer.begin_with_options(options).await
+    }
+
+    /// SQLite rolls a transaction back by itself when the disk is full (or on an I/O error), and a
+    /// COMMIT or ROLLBACK that fails leaves the driver counting a transaction SQLite may or may not
+    /// still hold. A connection in that state turns every later transaction into a savepoint of
+    /// one that never commits: writes are acknowledged and lost, and the lock it keeps blocks
+    /// every other connection. Between transactions the writer is idle, so a transaction it still
+    /// counts is such a leftover: the connection is closed (SQLite rolls back whatever it held)
+    /// and the pool opens a fresh one.
+    async fn reopen_writer_if_stranded(&self) -> Result<(), DbErr> {
+        use sea_orm::sqlx::Connection;
+        let pool = self.writer.get_sqlite_connection_pool();
+        let connection = pool.acquire().await.map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())))?;
+        if connection.is_in_transaction() {
+            tracing::warn!("a failed write left the database connection inside a transaction: it is reopened");
+            crate::metrics::inc("ownlist_database_connections_reopened_total", &[]);
+            if let Err(e) = connection.close().await {
+                tracing::warn!(error = %e, "closing the stranded database connection");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes (and commits) a row, to learn whether writes work now: a full disk or a read-only
+    /// file system fails here while reads still answer.
+    pub async fn probe_write(&self, now: chrono::DateTime<chrono::Utc>) -> Result<(), DbErr> {
+        hold_lease(self, "write-probe", "write-probe", now, chrono::Duration::zero()).await.map(|_| ())
+    }
+
+    /// Free bytes on the file system of the SQLite database (`None` on PostgreSQL, or when the
+    /// system does not say).
+    pub fn disk_free(&self) -> Option<u64> {
+        self.folder.as_ref().and_then(|folder| fs4::available_space(folder).ok())
     }
 
     /// Answers whether the database responds.
@@ -159,6 +208,27 @@ pub fn is_transient(err: &crate::error::Error) -> bool {
     let crate::error::Error::Database(db) = err else { return false };
     let text = db.to_string();
     ["deadlock detected", "could not serialize access", "database is locked"].iter().any(|t| text.contains(t))
+}
+
+/// Whether a database error says its storage is full: SQLite's `SQLITE_FULL`, PostgreSQL's
+/// `disk_full` (53100) or an operating system's ENOSPC.
+pub fn is_storage_full(err: &DbErr) -> bool {
+    let text = err.to_string();
+    ["database or disk is full", "No space left on device", "could not extend file", "(code: 13)", "53100"]
+        .iter()
+        .any(|t| text.contains(t))
+}
+
+/// Counts a database error in the metrics (`ownlist_database_errors_total`), by kind.
+pub fn count_error(err: &DbErr) {
+    let kind = if is_storage_full(err) {
+        "storage_full"
+    } else if err.to_string().contains("database is locked") {
+        "busy"
+    } else {
+        "other"
+    };
+    crate::metrics::inc("ownlist_database_errors_total", &[("kind", kind)]);
 }
 
 /// Whether a database error is a unique-constraint violation.

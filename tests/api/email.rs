@@ -25,6 +25,7 @@ on_both_databases!(
     a_failing_relay_is_skipped_for_its_cooldown_then_used_again,
     a_rate_limited_relay_gets_messages_evenly_spaced,
     the_unsubscribe_header_works_in_one_click_and_its_page_changes_nothing,
+    answers_that_cannot_be_written_are_kept_and_nothing_is_sent_twice,
 );
 
 const GUIDE: &str = "name: Guide\ntrigger: { subscribed: guide-leads }\nsteps:\n  - id: deliver\n    email: { subject: \"Your guide, {{ subscriber.first_name }}\", template: emails/guide.html }\n";
@@ -45,6 +46,51 @@ async fn queue_the_guide(app: &TestApp) -> (String, outbox::Model) {
     let queued = outbox::Entity::find().all(app.db.conn()).await.unwrap();
     assert_eq!(queued.len(), 1, "the guide is queued");
     (ada, queued.into_iter().next().unwrap())
+}
+
+/// Makes the database refuse to mark a message sent, as a full disk would (SQLite rolls the
+/// transaction back; PostgreSQL answers `disk_full`); `false` lifts it.
+pub async fn refuse_answers(app: &TestApp, refuse: bool) {
+    use crate::helpers::Backend;
+    let statements: &[&str] = match (app.backend, refuse) {
+        (Backend::Sqlite, true) => &["CREATE TRIGGER disk_full BEFORE UPDATE ON outbox WHEN NEW.status = 'sent' \
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"],
+        (Backend::Sqlite, false) => &["DROP TRIGGER disk_full"],
+        (Backend::Postgres, true) => &[
+            "CREATE FUNCTION disk_full() RETURNS trigger AS $$ BEGIN \
+             RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; END $$ \
+             LANGUAGE plpgsql",
+            "CREATE TRIGGER disk_full BEFORE UPDATE ON outbox FOR EACH ROW WHEN (NEW.status = 'sent') \
+             EXECUTE FUNCTION disk_full()",
+        ],
+        (Backend::Postgres, false) => &["DROP TRIGGER disk_full ON outbox", "DROP FUNCTION disk_full()"],
+    };
+    for sql in statements {
+        app.db.execute_unprepared(sql).await.unwrap();
+    }
+}
+
+/// A message is sent but its answer cannot be written: the answer is kept, nothing more is
+/// claimed (the message is still queued in the database), and once writes work again the answer
+/// is written and the message is not sent a second time.
+async fn answers_that_cannot_be_written_are_kept_and_nothing_is_sent_twice(app: TestApp) {
+    let (_, queued) = queue_the_guide(&app).await;
+    let relay = SmtpSink::start().await;
+    let sender = smtp_sender(&app, &[&relay]);
+    refuse_answers(&app, true).await;
+    assert!(sender.send_due().await.is_err(), "the answer could not be written");
+    assert_eq!(relay.taken().len(), 1);
+    assert_eq!(message(&app, queued.id).await.status, "queued", "nothing was written");
+    // While the answer cannot be written, nothing is claimed: the message would go out again.
+    assert!(sender.send_due().await.is_err());
+    assert!(sender.send_due().await.is_err());
+    assert_eq!(relay.taken().len(), 1, "sent once, though still queued in the database");
+    refuse_answers(&app, false).await;
+    assert_eq!(sender.send_due().await.unwrap(), 0, "the kept answer is written; nothing is left to send");
+    assert_eq!(message(&app, queued.id).await.status, "sent");
+    assert_eq!(relay.taken().len(), 1);
+    assert_eq!(sender.send_due().await.unwrap(), 0);
+    assert_eq!(relay.taken().len(), 1);
 }
 
 /// The header fields of a message, unfolded.

@@ -5,6 +5,8 @@
 
 mod fake_sms;
 mod helpers;
+#[path = "../support/small_disk.rs"]
+mod small_disk;
 mod smtp_sink;
 #[path = "../support/tools.rs"]
 mod tools;
@@ -18,6 +20,7 @@ mod contract;
 mod dashboard;
 mod email;
 mod engine;
+mod faults;
 mod hardening;
 mod lists;
 mod migrations;
