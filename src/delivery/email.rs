@@ -359,7 +359,7 @@ impl Pacing {
 }
 
 /// The default cool-down of a failing relay.
-const DEFAULT_COOLDOWN_SECONDS: i64 = 60;
+const DEFAULT_COOLDOWN_SECONDS: i64 = 20;
 
 impl Relay {
     /// A relay from a URL: `smtp://host:port` (plain, or `?tls=required` / `?tls=opportunistic`
@@ -502,6 +502,20 @@ impl EmailSender {
 impl Carrier for Mailer {
     const CHANNEL: &'static str = "email";
 
+    fn paused_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match &self.transport {
+            Transport::File(_) => None,
+            Transport::Smtp(relays) => super::all_closed_until(relays.iter().map(|r| &*r.breaker), now),
+        }
+    }
+
+    fn recoveries(&self) -> u64 {
+        match &self.transport {
+            Transport::File(_) => 0,
+            Transport::Smtp(relays) => relays.iter().map(|r| r.breaker.recoveries()).sum(),
+        }
+    }
+
     async fn attempt(
         &self,
         message: &outbox::Model,
@@ -542,10 +556,10 @@ async fn send_through(
     now: DateTime<Utc>,
     tries: &mut Vec<Try>,
 ) -> Answer {
-    let mut failures = Vec::new();
+    let (mut failures, mut skipped) = (Vec::new(), super::Skipped::default());
     for relay in relays {
-        if !relay.breaker.available(now) {
-            failures.push(format!("{}: cooling down after a failure", relay.name));
+        if let super::Admit::Skip(until) = relay.breaker.admit(now) {
+            skipped.until(until);
             continue;
         }
         if let Some(pacing) = &relay.pacing {
@@ -577,10 +591,7 @@ async fn send_through(
             }
         }
     }
-    if failures.is_empty() {
-        return Answer::Retry("no SMTP relay is configured".into());
-    }
-    Answer::Retry(failures.join("; "))
+    skipped.answer(failures, "no SMTP relay is configured")
 }
 
 /// `text` as RFC 2047 encoded words (UTF-8, base64), each within the 75-character limit, folded

@@ -65,43 +65,138 @@ pub fn backoff(id: uuid::Uuid, attempts: i32) -> chrono::Duration {
 #[derive(Debug)]
 pub struct Breaker {
     cooldown: chrono::Duration,
-    open_until: std::sync::Mutex<Option<DateTime<Utc>>>,
+    state: std::sync::Mutex<BreakerState>,
     /// Whether its state has been shown in the metrics yet (then only changes are).
     shown: std::sync::atomic::AtomicBool,
+    /// How many times it has closed again after being open.
+    recoveries: std::sync::atomic::AtomicU64,
 }
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    /// Open (skipped) until then; `None`: closed.
+    open_until: Option<DateTime<Utc>>,
+    /// When the one attempt let through after the cool-down (the probe) started.
+    probing_since: Option<DateTime<Utc>>,
+}
+
+/// Whether a relay or provider may be tried now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Try it (it is closed, or this attempt is the probe after its cool-down).
+    Go,
+    /// Skip it; it may be tried again from then.
+    Skip(DateTime<Utc>),
+}
+
+/// When the first of these breakers lets an attempt through, if none does now (`None` also when
+/// there are none: a message then fails as having nowhere to go).
+pub fn all_closed_until<'a>(breakers: impl Iterator<Item = &'a Breaker>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let mut earliest: Option<DateTime<Utc>> = None;
+    for breaker in breakers {
+        let until = breaker.closed_until(now)?;
+        earliest = Some(earliest.map_or(until, |e| e.min(until)));
+    }
+    earliest
+}
+
+/// The relays or providers skipped for one message, and the earliest any of them reopens.
+#[derive(Debug, Default)]
+pub struct Skipped(Option<DateTime<Utc>>);
+
+impl Skipped {
+    pub fn until(&mut self, until: DateTime<Utc>) {
+        self.0 = Some(self.0.map_or(until, |earliest| earliest.min(until)));
+    }
+
+    /// The answer once every relay was tried or skipped: if none was tried (all cooling down),
+    /// the message waits for the first to reopen, which is no attempt (no backoff, no timeline
+    /// entry); otherwise it is retried later.
+    pub fn answer(self, failures: Vec<String>, none_configured: &str) -> Answer {
+        match (failures.is_empty(), self.0) {
+            (true, Some(until)) => Answer::Hold(until),
+            (true, None) => Answer::Retry(none_configured.to_owned()),
+            (false, _) => Answer::Retry(failures.join("; ")),
+        }
+    }
+}
+
+/// How long a probe may take before another attempt may probe instead (longer than any one
+/// attempt's timeouts).
+const PROBE_AT_MOST: chrono::Duration = chrono::Duration::seconds(60);
+/// How long others wait while a probe is under way.
+const WHILE_PROBING: chrono::Duration = chrono::Duration::seconds(1);
 
 impl Breaker {
     pub fn new(cooldown: chrono::Duration) -> Self {
-        Self { cooldown, open_until: std::sync::Mutex::new(None), shown: std::sync::atomic::AtomicBool::new(false) }
+        Self {
+            cooldown,
+            state: std::sync::Mutex::new(BreakerState::default()),
+            shown: std::sync::atomic::AtomicBool::new(false),
+            recoveries: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<DateTime<Utc>>> {
-        self.open_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether it may be tried now (closed, or its cool-down is over).
-    pub fn available(&self, now: DateTime<Utc>) -> bool {
-        self.lock().is_none_or(|until| now >= until)
+    /// Whether to try it now. After a cool-down one attempt (the probe) goes through and decides
+    /// for the others, which are skipped meanwhile: a relay that still fails, or that never
+    /// answers, costs one attempt per cool-down, not a whole window of them.
+    pub fn admit(&self, now: DateTime<Utc>) -> Admit {
+        let mut state = self.lock();
+        match (state.open_until, state.probing_since) {
+            (None, _) => Admit::Go,
+            (Some(until), _) if now < until => Admit::Skip(until),
+            (Some(_), Some(since)) if now - since < PROBE_AT_MOST => Admit::Skip(now + WHILE_PROBING),
+            (Some(_), _) => {
+                state.probing_since = Some(now);
+                Admit::Go
+            }
+        }
+    }
+
+    /// How many times it has worked again after failing.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When it may be tried again, if not now (without starting a probe).
+    pub fn closed_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let state = self.lock();
+        match (state.open_until, state.probing_since) {
+            (None, _) => None,
+            (Some(until), _) if now < until => Some(until),
+            (Some(_), Some(since)) if now - since < PROBE_AT_MOST => Some(now + WHILE_PROBING),
+            (Some(_), _) => None,
+        }
     }
 
     pub fn failed(&self, name: &str, now: DateTime<Utc>) {
-        let mut open_until = self.lock();
-        if open_until.is_none() || !self.shown.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        let mut state = self.lock();
+        if state.open_until.is_none() || !self.shown.swap(true, std::sync::atomic::Ordering::Relaxed) {
             crate::metrics::set("ownlist_circuit_open", &[("relay", name)], 1.0);
         }
-        if open_until.is_none_or(|until| now >= until) {
+        if state.open_until.is_none_or(|until| now >= until) {
             tracing::warn!(%name, cooldown_s = self.cooldown.num_seconds(), "failing: skipped for its cool-down");
         }
-        *open_until = Some(now + self.cooldown);
+        state.open_until = Some(now + self.cooldown);
+        state.probing_since = None;
     }
 
     pub fn worked(&self, name: &str) {
         // The gauge is written when the state changes (and once at first use), not per message.
-        let was_open = self.lock().take().is_some();
+        let was_open = {
+            let mut state = self.lock();
+            state.probing_since = None;
+            state.open_until.take().is_some()
+        };
         if was_open || !self.shown.swap(true, std::sync::atomic::Ordering::Relaxed) {
             crate::metrics::set("ownlist_circuit_open", &[("relay", name)], 0.0);
         }
         if was_open {
+            self.recoveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(%name, "works again");
         }
     }
@@ -275,6 +370,17 @@ pub trait Carrier: Sync + std::marker::Send {
         now: DateTime<Utc>,
         tries: &mut Vec<Try>,
     ) -> impl Future<Output = Answer> + std::marker::Send;
+
+    /// When at least one relay or provider may be tried again, if none may now: the worker
+    /// claims nothing until then.
+    fn paused_until(&self, _now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        None
+    }
+
+    /// How many times, in all, a relay or provider has worked again after failing.
+    fn recoveries(&self) -> u64 {
+        0
+    }
 }
 
 /// Drains one channel of the outbox with its sender.
@@ -293,6 +399,8 @@ pub struct Worker<S> {
     /// in the database and would be sent again. At most IN_FLIGHT: the first failure starts no
     /// more sends, and only those under way then come in after it.
     unrecorded: std::sync::Mutex<Vec<Attempted>>,
+    /// The sender's recoveries already acted on.
+    recoveries_seen: std::sync::atomic::AtomicU64,
 }
 
 /// How long a claimed message stays reserved for the process that claimed it, by default.
@@ -341,6 +449,7 @@ impl<S: Carrier + 'static> Worker<S> {
             leases: None,
             dictionaries: Dictionaries::default(),
             unrecorded: std::sync::Mutex::new(Vec::new()),
+            recoveries_seen: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -369,7 +478,9 @@ impl<S: Carrier + 'static> Worker<S> {
 
     /// Attempts a batch of due messages of the channel; returns how many were attempted.
     pub async fn send_due(self: &Arc<Self>) -> Result<u64> {
-        self.write_unrecorded().await?;
+        if !self.ready_to_claim().await? {
+            return Ok(0);
+        }
         let (_, never) = tokio::sync::watch::channel(false);
         let batch = self.claim(self.clock.now(), None).await?;
         self.send_all(futures_util::stream::iter([batch]), &never).await
@@ -440,6 +551,50 @@ impl<S: Carrier + 'static> Worker<S> {
             .filter(outbox::Column::Id.is_not_in(sent))
             .exec(self.db.conn())
             .await?;
+        Ok(())
+    }
+
+    /// What comes before claiming: the answers kept after a failure are written (until they
+    /// are, nothing is claimed), nothing is claimed while every relay cools down, and retries
+    /// are made due when a relay works again. `false`: claim nothing now.
+    async fn ready_to_claim(&self) -> Result<bool> {
+        self.write_unrecorded().await?;
+        if let Some(until) = self.sender.paused_until(self.clock.now()) {
+            tracing::debug!(channel = S::CHANNEL, %until, "every relay is cooling down: nothing claimed");
+            return Ok(false);
+        }
+        self.retry_now_after_a_recovery().await?;
+        Ok(true)
+    }
+
+    /// When a relay works again after failing, the messages waiting out a backoff are due at
+    /// once: their tries failed because the relays did (or, for a few, for a reason of their
+    /// own, which costs them one early try), and an outage should end when the relay is back,
+    /// not when the longest backoff does.
+    async fn retry_now_after_a_recovery(&self) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let recoveries = self.sender.recoveries();
+        if self.recoveries_seen.load(Relaxed) == recoveries {
+            return Ok(());
+        }
+        use sea_orm::sea_query::Expr;
+        let now = self.clock.now();
+        let txn = self.db.begin_write().await?;
+        let moved = outbox::Entity::update_many()
+            .col_expr(outbox::Column::DueAt, Expr::value(now))
+            .filter(channel_is(S::CHANNEL))
+            .filter(crate::store::queued())
+            .filter(outbox::Column::Attempts.gt(0))
+            .filter(outbox::Column::DueAt.gt(now))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        self.recoveries_seen.store(recoveries, Relaxed);
+        tracing::info!(
+            channel = S::CHANNEL,
+            messages = moved.rows_affected,
+            "a relay works again: retries are due now"
+        );
         Ok(())
     }
 
@@ -679,7 +834,9 @@ impl<S: Carrier + 'static> Worker<S> {
     /// bounded), and the messages sent as one stream, so no batch waits for the last of the one
     /// before it.
     async fn pass(self: &Arc<Self>, stop: &tokio::sync::watch::Receiver<bool>) -> Result<()> {
-        self.write_unrecorded().await?;
+        if !self.ready_to_claim().await? {
+            return Ok(());
+        }
         let (batches, waiting) = tokio::sync::mpsc::channel::<Vec<Ready>>(1);
         let claiming = async move {
             let mut after = None;
@@ -790,6 +947,35 @@ fn outcome<S: Carrier>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_a_cool_down_one_probe_decides_for_the_others() {
+        let t0 = Utc::now();
+        let breaker = Breaker::new(chrono::Duration::seconds(20));
+        assert_eq!(breaker.admit(t0), Admit::Go);
+        breaker.failed("relay", t0);
+        let reopens = t0 + chrono::Duration::seconds(20);
+        assert_eq!(breaker.admit(t0), Admit::Skip(reopens));
+        assert_eq!(breaker.closed_until(t0), Some(reopens));
+        // The cool-down is over: the first attempt probes, the others wait a moment for it.
+        assert_eq!(breaker.closed_until(reopens), None, "asking does not start a probe");
+        assert_eq!(breaker.admit(reopens), Admit::Go);
+        assert_eq!(breaker.admit(reopens), Admit::Skip(reopens + chrono::Duration::seconds(1)));
+        // A probe that fails opens it for another cool-down.
+        breaker.failed("relay", reopens);
+        assert_eq!(breaker.admit(reopens), Admit::Skip(reopens + chrono::Duration::seconds(20)));
+        // A probe that never ends is given up after a minute: another may probe.
+        let later = reopens + chrono::Duration::seconds(20);
+        assert_eq!(breaker.admit(later), Admit::Go);
+        assert!(matches!(breaker.admit(later + chrono::Duration::seconds(59)), Admit::Skip(_)));
+        assert_eq!(breaker.admit(later + chrono::Duration::seconds(60)), Admit::Go);
+        // A probe that works closes it for everyone.
+        let recoveries = breaker.recoveries();
+        breaker.worked("relay");
+        assert_eq!(breaker.admit(later), Admit::Go);
+        assert_eq!(breaker.admit(later), Admit::Go);
+        assert_eq!(breaker.recoveries(), recoveries + 1);
+    }
 
     #[test]
     fn backoff_doubles_to_an_hour_with_up_to_a_quarter_more_spread_by_message() {

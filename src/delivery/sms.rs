@@ -35,7 +35,7 @@ use crate::workflow::timing::window_opens_at;
 
 /// Twilio error codes that say the number cannot receive SMS at all (a hard bounce).
 const UNREACHABLE_NUMBER_CODES: &[i64] = &[21211, 21214, 21217, 21407, 21421, 21612, 21614, 30003, 30005, 30006];
-const DEFAULT_COOLDOWN_SECONDS: i64 = 60;
+const DEFAULT_COOLDOWN_SECONDS: i64 = 20;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One SMS provider.
@@ -212,6 +212,20 @@ impl SmsSender {
 impl Carrier for Texter {
     const CHANNEL: &'static str = "sms";
 
+    fn paused_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match &self.transport {
+            SmsTransport::File(_) => None,
+            SmsTransport::Providers(providers) => super::all_closed_until(providers.iter().map(|p| &p.breaker), now),
+        }
+    }
+
+    fn recoveries(&self) -> u64 {
+        match &self.transport {
+            SmsTransport::File(_) => 0,
+            SmsTransport::Providers(providers) => providers.iter().map(|p| p.breaker.recoveries()).sum(),
+        }
+    }
+
     async fn attempt(
         &self,
         message: &outbox::Model,
@@ -262,10 +276,10 @@ impl Texter {
         now: DateTime<Utc>,
         tries: &mut Vec<Try>,
     ) -> Answer {
-        let mut failures = Vec::new();
+        let (mut failures, mut skipped) = (Vec::new(), super::Skipped::default());
         for provider in providers {
-            if !provider.breaker.available(now) {
-                failures.push(format!("{}: cooling down after a failure", provider.name));
+            if let super::Admit::Skip(until) = provider.breaker.admit(now) {
+                skipped.until(until);
                 continue;
             }
             let started = std::time::Instant::now();
@@ -292,10 +306,7 @@ impl Texter {
                 }
             }
         }
-        if failures.is_empty() {
-            return Answer::Retry("no SMS provider is configured".into());
-        }
-        Answer::Retry(failures.join("; "))
+        skipped.answer(failures, "no SMS provider is configured")
     }
 
     async fn send_one(&self, provider: &Provider, message: &outbox::Model, text: &str) -> Reply {

@@ -21,6 +21,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             Ok(axum::Json(value)) => value,
             Err(rejection) => return Err(json_rejection(&rejection)),
         };
+        if let Some(field) = nul_at(&value, "") {
+            let detail = format!("{field}: contains a NUL character, which cannot be stored");
+            let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail);
+            return Err(if field.is_empty() { error } else { error.with_field(field) });
+        }
         serde_path_to_error::deserialize(value).map(Self).map_err(|e| {
             let field = e.path().to_string();
             let detail = e.into_inner().to_string();
@@ -45,6 +50,20 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
     }
 }
 
+/// Where a NUL character is in a JSON value (in a string or a key), as a field path.
+fn nul_at(value: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Some(at.to_owned()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_at(v, &format!("{at}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+            if k.contains('\0') { Some(path) } else { nul_at(v, &path) }
+        }),
+        _ => None,
+    }
+}
+
 /// A query string.
 pub struct ApiQuery<T>(pub T);
 
@@ -52,6 +71,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.uri.query().is_some_and(|q| q.contains("%00")) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "a query value contains a NUL character (%00), which no stored value has",
+            ));
+        }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => {

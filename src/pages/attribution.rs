@@ -80,8 +80,10 @@ fn social(source: &str) -> bool {
 /// One touch: the page's query parameters (`params`), the `Referer` header and the page's own
 /// URL (`landing`). utm_source wins; then a referrer from a known network; then a click id.
 pub fn touch(params: &BTreeMap<String, String>, referrer: Option<&str>, landing: &str) -> Attribution {
-    let get = |name: &str| params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()).map(str::to_owned);
-    let referrer = referrer.map(str::trim).filter(|r| !r.is_empty()).map(|r| r.chars().take(2000).collect::<String>());
+    // A visitor writes these: control characters (a NUL, which PostgreSQL cannot store) go.
+    let printable = |v: &str| v.chars().filter(|c| !c.is_control()).collect::<String>().trim().to_owned();
+    let get = |name: &str| params.get(name).map(|v| printable(v)).filter(|v| !v.is_empty());
+    let referrer = referrer.map(printable).filter(|r| !r.is_empty()).map(|r| r.chars().take(2000).collect::<String>());
     let referrer_host =
         referrer.as_deref().and_then(|r| url::Url::parse(r).ok()).and_then(|u| u.host_str().map(str::to_owned));
     let click = CLICK_IDS.iter().find_map(|(name, network)| get(name).map(|value| (*name, *network, value)));

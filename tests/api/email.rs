@@ -26,6 +26,7 @@ on_both_databases!(
     a_rate_limited_relay_gets_messages_evenly_spaced,
     the_unsubscribe_header_works_in_one_click_and_its_page_changes_nothing,
     answers_that_cannot_be_written_are_kept_and_nothing_is_sent_twice,
+    an_outage_of_the_only_relay_holds_messages_and_ends_when_it_is_back,
 );
 
 const GUIDE: &str = "name: Guide\ntrigger: { subscribed: guide-leads }\nsteps:\n  - id: deliver\n    email: { subject: \"Your guide, {{ subscriber.first_name }}\", template: emails/guide.html }\n";
@@ -495,6 +496,47 @@ async fn a_failing_relay_is_skipped_for_its_cooldown_then_used_again(app: TestAp
     }
     assert_eq!((first.taken().len(), second.taken().len()), (2, 3), "back to the preferred relay");
     assert_eq!(app.count("outbox WHERE status = 'sent'").await, 5);
+}
+
+/// The only relay is down. Once it is known to fail, messages are held (no attempt, no backoff,
+/// no timeline entry) and nothing is claimed while it cools down; after each cool-down one
+/// message probes it; once it works again, everything, the messages waiting out a backoff too,
+/// goes out at once: within seconds of its return on the test clock, not minutes.
+async fn an_outage_of_the_only_relay_holds_messages_and_ends_when_it_is_back(app: TestApp) {
+    let relay = SmtpSink::start().await;
+    relay.refuse(Some("421 4.3.2 down for maintenance"));
+    let sender = sender_through(&app, &[relay.url()]);
+    queue_broadcast(&app, 3).await;
+    assert_eq!(sender.send_due().await.unwrap(), 3, "not known to fail yet: all three are tried");
+    assert_eq!(relay.attempts(), 3);
+
+    queue_broadcast(&app, 0).await;
+    assert_eq!(sender.send_due().await.unwrap(), 0, "cooling down: nothing is claimed");
+    assert_eq!(relay.attempts(), 3);
+
+    app.clock.advance(chrono::Duration::seconds(20));
+    sender.send_due().await.unwrap();
+    assert_eq!(relay.attempts(), 4, "one probe after the cool-down, not the whole batch");
+
+    relay.refuse(None);
+    app.clock.advance(chrono::Duration::seconds(20));
+    let back = app.clock.now();
+    for _ in 0..5 {
+        sender.send_due().await.unwrap();
+        if app.count("outbox WHERE status = 'sent'").await == 6 {
+            break;
+        }
+        app.clock.advance(chrono::Duration::seconds(1));
+    }
+    assert_eq!(app.count("outbox WHERE status = 'sent'").await, 6, "everything went out");
+    assert!(app.clock.now() - back <= chrono::Duration::seconds(3), "within seconds of the relay's return");
+    let ids: std::collections::BTreeSet<String> =
+        relay.taken().iter().map(|m| header(&headers(m), "Message-ID").to_owned()).collect();
+    assert_eq!((relay.taken().len(), ids.len()), (6, 6), "each message arrived once");
+    assert_eq!(app.count("events WHERE kind = 'email_retrying'").await, 4, "only real tries are in the timeline");
+    let attempts: i64 =
+        outbox::Entity::find().all(app.db.conn()).await.unwrap().iter().map(|m| i64::from(m.attempts)).sum();
+    assert_eq!(attempts, 4 + 6, "a hold is no attempt");
 }
 
 async fn a_rate_limited_relay_gets_messages_evenly_spaced(app: TestApp) {

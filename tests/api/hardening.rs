@@ -14,6 +14,7 @@ with_each_backend!(
     consent_pages_are_never_framed_and_an_empty_post_changes_nothing,
     made_up_sources_are_folded_past_a_daily_budget_and_never_become_metric_labels,
     empty_query_values_are_taken_as_left_out,
+    nul_characters_are_refused_or_dropped_never_a_500,
 );
 
 /// Reads what the server sends until it closes the connection (within `within`).
@@ -206,4 +207,38 @@ async fn empty_query_values_are_taken_as_left_out(backend: Backend) {
     }
     let bad = app.get("/api/v1/stats/funnel?from=yesterday").await;
     assert_eq!(bad.status(), 422, "a value that is given must still be right");
+}
+
+/// PostgreSQL stores no NUL character in text or JSON: one sent anywhere is refused (API) or
+/// dropped (a visitor's link), never a 500.
+async fn nul_characters_are_refused_or_dropped_never_a_500(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let query = app.get("/api/v1/stats/funnel?source=a%00b&format=csv").await;
+    assert_eq!(query.status(), 400);
+    let body = serde_json::json!({"email": "ada@example.com", "attributes": {"note": "a\u{0}b"}});
+    let refused = app.post("/api/v1/subscribers", &body).await;
+    assert_eq!(refused.status(), 422);
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(problem["field"], "attributes.note", "{problem}");
+    let key = serde_json::json!({"email": "ada@example.com", "attributes": {"a\u{0}": 1}});
+    assert_eq!(app.post("/api/v1/subscribers", &key).await.status(), 422);
+    app.create_list("guide-leads").await;
+    std::fs::write(
+        app.workflows_dir.join("pages.yaml"),
+        "pages:\n  - slug: guide\n    title: Guide\n    list: guide-leads\n    fields: [email]\n    consent_text: Yes please\n",
+    )
+    .unwrap();
+    let reload = app.request(reqwest::Method::POST, "/api/v1/workflows/reload").send().await.unwrap();
+    assert_eq!(reload.status(), 200, "{}", reload.text().await.unwrap());
+    let page = app
+        .client
+        .get(app.url("/p/guide?utm_source=in%00sta&utm_campaign=%00"))
+        .header("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let funnel = app.get("/api/v1/stats/funnel").await.json::<serde_json::Value>().await.unwrap();
+    assert_eq!(funnel["totals"]["views"], 1, "{funnel}");
+    assert_eq!(funnel["by_source"][0]["key"], "instagram", "the NUL is dropped, 'insta' is read: {funnel}");
 }
