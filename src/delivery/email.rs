@@ -25,15 +25,13 @@ use lettre::message::{Body, Mailbox};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::smtp::{Endpoint, Failure, Pool, Security};
+use super::smtp::{Endpoint, Failure, Pool, Security, Timeouts};
 use super::{Answer, Body as Bodies, Breaker, Carrier, Outcome, Try, Worker};
 use crate::clock::SharedClock;
 use crate::links::{Purpose, Signer};
 use crate::store::Db;
 use crate::store::entities::outbox;
 
-/// How long one SMTP conversation may take before the relay counts as failing.
-const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long an unsubscribe link in a message stays valid.
 const UNSUBSCRIBE_VALID_DAYS: i64 = 365;
 
@@ -365,7 +363,8 @@ impl Relay {
     /// A relay from a URL: `smtp://host:port` (plain, or `?tls=required` / `?tls=opportunistic`
     /// for STARTTLS), `smtps://host:port` (TLS from the start), with `user:password@` to log in;
     /// `rate=N` limits it to N messages per second, `cooldown=S` sets how many seconds a failing
-    /// relay is skipped (default 60). Nothing is contacted until the first message.
+    /// relay is skipped (default 20), `timeout=S` how long its greeting and each reply may take
+    /// (default 10 and 30). Nothing is contacted until the first message.
     pub fn from_url(url: &str) -> Result<Self, String> {
         let parsed = Self::parse(url)?;
         let pacing = parsed.rate.map(|rate| {
@@ -376,7 +375,7 @@ impl Relay {
         });
         Ok(Self {
             name: parsed.name,
-            pool: Arc::new(Pool::new(parsed.endpoint, SMTP_TIMEOUT)),
+            pool: Arc::new(Pool::new(parsed.endpoint, parsed.timeouts)),
             pacing,
             breaker: Arc::new(Breaker::new(parsed.cooldown)),
         })
@@ -394,6 +393,7 @@ impl Relay {
             return Err(format!("'{shown}' is not an smtp:// or smtps:// URL with a host"));
         }
         let (mut rate, mut cooldown) = (None, chrono::Duration::seconds(DEFAULT_COOLDOWN_SECONDS));
+        let mut timeouts = Timeouts::DEFAULT;
         let mut for_lettre = parsed.clone();
         for_lettre.set_query(None);
         for (key, value) in parsed.query_pairs() {
@@ -405,6 +405,12 @@ impl Relay {
                 "cooldown" => match value.parse::<u32>() {
                     Ok(n) => cooldown = chrono::Duration::seconds(n.into()),
                     Err(_) => return Err(format!("'{shown}': cooldown={value} is not a number of seconds")),
+                },
+                "timeout" => match value.parse::<f64>() {
+                    Ok(s) if s.is_finite() && s > 0.0 && s <= 600.0 => {
+                        timeouts = Timeouts::all(std::time::Duration::from_secs_f64(s));
+                    }
+                    _ => return Err(format!("'{shown}': timeout={value} is not a number of seconds up to 600")),
                 },
                 _ => {
                     for_lettre.query_pairs_mut().append_pair(&key, &value);
@@ -423,7 +429,7 @@ impl Relay {
             _ => return Err(format!("'{shown}' is not an smtp:// or smtps:// URL with a host")),
         };
         if let Some((key, _)) = for_lettre.query_pairs().find(|(key, _)| key != "tls") {
-            return Err(format!("'{shown}': unknown parameter '{key}' (relays take tls, rate and cooldown)"));
+            return Err(format!("'{shown}': unknown parameter '{key}' (relays take tls, rate, cooldown and timeout)"));
         }
         let credentials = parsed.password().map(|password| {
             lettre::transport::smtp::authentication::Credentials::new(
@@ -439,7 +445,7 @@ impl Relay {
         let port = parsed.port().unwrap_or(default_port);
         let name = format!("{}:{port}", parsed.host_str().unwrap_or_default());
         let endpoint = Endpoint { host, port, security, credentials, hello };
-        Ok(ParsedRelay { endpoint, name, rate, cooldown })
+        Ok(ParsedRelay { endpoint, name, rate, cooldown, timeouts })
     }
 }
 
@@ -448,6 +454,7 @@ struct ParsedRelay {
     name: String,
     rate: Option<f64>,
     cooldown: chrono::Duration,
+    timeouts: Timeouts,
 }
 
 /// A URL's user or password as written before encoding (`%40` is `@`; `+` stays `+`).

@@ -77,10 +77,51 @@ const CHECK_AFTER_IDLE: Duration = Duration::from_secs(2);
 /// Idle connections kept per relay.
 const MAX_IDLE: usize = super::CONCURRENCY;
 
+/// How long each step of a conversation may take. A relay that accepts connections and never
+/// answers (a tarpit) is found out by the greeting's limit, not by the whole conversation's.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// The TCP connection (and the TLS handshake of `smtps`).
+    pub connect: Duration,
+    /// The 220 greeting and EHLO, and STARTTLS and AUTH after them.
+    pub greeting: Duration,
+    /// Each command's reply (MAIL, RCPT, DATA, NOOP), and the reply to the message itself.
+    pub command: Duration,
+}
+
+impl Timeouts {
+    /// What a relay gets unless its URL says `timeout=`: 5 s to connect, 10 s to greet, 30 s a
+    /// command.
+    pub const DEFAULT: Self =
+        Self { connect: Duration::from_secs(5), greeting: Duration::from_secs(10), command: Duration::from_secs(30) };
+
+    /// `seconds` for the greeting and each command (and at most that to connect).
+    pub fn all(seconds: Duration) -> Self {
+        Self { connect: seconds.min(Self::DEFAULT.connect), greeting: seconds, command: seconds }
+    }
+
+    /// The whole of one message's conversation, at most: a bound over the steps' bounds.
+    fn whole(&self) -> Duration {
+        self.connect + self.greeting * 2 + self.command * 4
+    }
+}
+
+/// `future`, or a transient failure naming `step` once `limit` has passed.
+async fn within<T>(
+    limit: Duration,
+    step: &str,
+    future: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(limit, future).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure::Transient(format!("no answer to {step} within {} s", limit.as_secs_f64()))),
+    }
+}
+
 /// Connections to one relay.
 pub struct Pool {
     endpoint: Endpoint,
-    timeout: Duration,
+    timeouts: Timeouts,
     idle: std::sync::Mutex<Vec<(Connection, Instant)>>,
 }
 
@@ -91,8 +132,8 @@ struct Connection {
 }
 
 impl Pool {
-    pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
-        Self { endpoint, timeout, idle: std::sync::Mutex::new(Vec::new()) }
+    pub fn new(endpoint: Endpoint, timeouts: Timeouts) -> Self {
+        Self { endpoint, timeouts, idle: std::sync::Mutex::new(Vec::new()) }
     }
 
     fn take_idle(&self) -> Option<(Connection, Instant)> {
@@ -106,19 +147,20 @@ impl Pool {
         }
     }
 
-    /// Sends one message (the whole conversation within the timeout).
+    /// Sends one message: each step within its own limit (see [`Timeouts`]), the whole within
+    /// the sum of them.
     pub async fn send(&self, envelope: &Envelope, message: &[u8]) -> Result<String, Failure> {
-        match tokio::time::timeout(self.timeout, self.send_now(envelope, message)).await {
-            Ok(result) => result,
-            Err(_) => Err(Failure::Transient(format!("no answer within {} s", self.timeout.as_secs()))),
-        }
+        within(self.timeouts.whole(), "the whole conversation", self.send_now(envelope, message)).await
     }
 
     async fn send_now(&self, envelope: &Envelope, message: &[u8]) -> Result<String, Failure> {
+        let command = self.timeouts.command;
         let mut connection = loop {
             match self.take_idle() {
                 Some((mut connection, since)) => {
-                    if since.elapsed() < CHECK_AFTER_IDLE || connection.smtp.test_connected().await {
+                    let alive = since.elapsed() < CHECK_AFTER_IDLE
+                        || tokio::time::timeout(command, connection.smtp.test_connected()).await.unwrap_or(false);
+                    if alive {
                         break connection;
                     }
                     connection.smtp.abort().await;
@@ -126,54 +168,73 @@ impl Pool {
                 None => break self.connect().await?,
             }
         };
-        let sent = if connection.pipelining {
-            pipelined(&mut connection.smtp, envelope, message).await
-        } else {
-            connection.smtp.send(envelope, message).await
+        let sending = async {
+            if connection.pipelining {
+                pipelined(&mut connection.smtp, envelope, message, command).await
+            } else {
+                connection.smtp.send(envelope, message).await.map_err(|e| failure(&e))
+            }
         };
-        match sent {
+        // The steps of a message without pipelining are lettre's: they share one limit.
+        let limit = if connection.pipelining { self.timeouts.whole() } else { command * 3 };
+        match within(limit, "the message", sending).await {
             Ok(response) => {
                 self.put_back(connection);
                 let text: Vec<&str> = response.message().collect();
                 Ok(format!("{} {}", response.code(), text.join(" ")))
             }
-            // lettre has already closed a connection that failed mid-transaction.
-            Err(e) => Err(failure(&e)),
+            // lettre has already closed a connection that failed mid-transaction; one that timed
+            // out is dropped here, with whatever the relay still owes it.
+            Err(failure) => Err(failure),
         }
     }
 
     async fn connect(&self) -> Result<Connection, Failure> {
         let Endpoint { host, port, security, credentials, hello } = &self.endpoint;
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
-            .await
-            .map_err(|e| Failure::Transient(format!("cannot connect: {e}")))?;
+        let Timeouts { connect, greeting, .. } = self.timeouts;
+        let tcp = within(connect, "the connection", async {
+            tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|e| Failure::Transient(format!("cannot connect: {e}")))
+        })
+        .await?;
         tcp.set_nodelay(true).map_err(|e| Failure::Transient(format!("cannot set TCP_NODELAY: {e}")))?;
         let tls = || TlsParameters::new(host.clone()).map_err(|e| Failure::Transient(format!("TLS setup: {e}")));
         let stream: Box<dyn AsyncTokioStream> = if *security == Security::Tls {
             #[allow(deprecated)]
             let mut network = lettre::transport::smtp::client::AsyncNetworkStream::use_existing_tokio1(Box::new(tcp));
-            network.upgrade_tls(tls()?).await.map_err(|e| failure(&e))?;
+            let parameters = tls()?;
+            within(connect, "the TLS handshake", async {
+                network.upgrade_tls(parameters).await.map_err(|e| failure(&e))
+            })
+            .await?;
             Box::new(Encrypted(network.compat()))
         } else {
             Box::new(tcp)
         };
-        let mut connection =
-            AsyncSmtpConnection::connect_with_transport(stream, hello).await.map_err(|e| failure(&e))?;
-        match security {
-            Security::StartTlsRequired => connection.starttls(tls()?, hello).await.map_err(|e| failure(&e))?,
-            Security::StartTlsOpportunistic if connection.can_starttls() => {
-                connection.starttls(tls()?, hello).await.map_err(|e| failure(&e))?;
+        let mut connection = within(greeting, "the greeting", async {
+            AsyncSmtpConnection::connect_with_transport(stream, hello).await.map_err(|e| failure(&e))
+        })
+        .await?;
+        within(greeting, "STARTTLS, EHLO and AUTH", async {
+            match security {
+                Security::StartTlsRequired => connection.starttls(tls()?, hello).await.map_err(|e| failure(&e))?,
+                Security::StartTlsOpportunistic if connection.can_starttls() => {
+                    connection.starttls(tls()?, hello).await.map_err(|e| failure(&e))?;
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        // lettre keeps only the EHLO keywords it uses; ask again to learn whether the relay
-        // pipelines (before AUTH: a new EHLO may reset an authenticated session).
-        let ehlo = connection.command(Ehlo::new(hello.clone())).await.map_err(|e| failure(&e))?;
-        let pipelining = ehlo.message().any(|line| line.trim().eq_ignore_ascii_case("PIPELINING"));
-        if let Some(credentials) = credentials {
-            connection.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await.map_err(|e| failure(&e))?;
-        }
-        Ok(Connection { smtp: connection, pipelining })
+            // lettre keeps only the EHLO keywords it uses; ask again to learn whether the relay
+            // pipelines (before AUTH: a new EHLO may reset an authenticated session).
+            let ehlo = connection.command(Ehlo::new(hello.clone())).await.map_err(|e| failure(&e))?;
+            let pipelining = ehlo.message().any(|line| line.trim().eq_ignore_ascii_case("PIPELINING"));
+            if let Some(credentials) = credentials {
+                connection.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await.map_err(|e| failure(&e))?;
+            }
+            Ok(pipelining)
+        })
+        .await
+        .map(|pipelining| Connection { smtp: connection, pipelining })
     }
 }
 
@@ -183,7 +244,8 @@ async fn pipelined(
     connection: &mut AsyncSmtpConnection,
     envelope: &Envelope,
     message: &[u8],
-) -> Result<Response, lettre::transport::smtp::Error> {
+    limit: Duration,
+) -> Result<Response, Failure> {
     let non_ascii = |address: &lettre::Address| !AsRef::<str>::as_ref(address).is_ascii();
     let mut options = Vec::new();
     if envelope.from().is_some_and(non_ascii) || envelope.to().iter().any(non_ascii) {
@@ -198,13 +260,19 @@ async fn pipelined(
     }
     commands.push_str(&Data.to_string());
     // `command` writes everything and reads the first reply (MAIL's); the others follow.
-    let mut replies = vec![connection.command(commands).await];
-    for _ in 0..envelope.to().len() + 1 {
-        replies.push(connection.read_response().await);
-    }
+    let replies = within(limit, "MAIL, RCPT and DATA", async {
+        let mut replies = vec![connection.command(commands).await];
+        for _ in 0..envelope.to().len() + 1 {
+            replies.push(connection.read_response().await);
+        }
+        Ok(replies)
+    })
+    .await?;
     let result = match replies.into_iter().find(Result::is_err) {
-        Some(refused) => refused,
-        None => send_data(connection, message).await,
+        Some(refused) => refused.map_err(|e| failure(&e)),
+        None => {
+            within(limit, "the message", async { send_data(connection, message).await.map_err(|e| failure(&e)) }).await
+        }
     };
     if result.is_err() {
         connection.abort().await;

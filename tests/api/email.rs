@@ -27,6 +27,7 @@ on_both_databases!(
     the_unsubscribe_header_works_in_one_click_and_its_page_changes_nothing,
     answers_that_cannot_be_written_are_kept_and_nothing_is_sent_twice,
     an_outage_of_the_only_relay_holds_messages_and_ends_when_it_is_back,
+    a_relay_that_never_answers_costs_one_probe_per_cool_down,
 );
 
 const GUIDE: &str = "name: Guide\ntrigger: { subscribed: guide-leads }\nsteps:\n  - id: deliver\n    email: { subject: \"Your guide, {{ subscriber.first_name }}\", template: emails/guide.html }\n";
@@ -537,6 +538,52 @@ async fn an_outage_of_the_only_relay_holds_messages_and_ends_when_it_is_back(app
     let attempts: i64 =
         outbox::Entity::find().all(app.db.conn()).await.unwrap().iter().map(|m| i64::from(m.attempts)).sum();
     assert_eq!(attempts, 4 + 6, "a hold is no attempt");
+}
+
+/// A tarpit: it accepts connections and never says a word. Returns its address and how many
+/// connections it has taken.
+async fn tarpit() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = taken.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (address, taken)
+}
+
+/// The preferred relay accepts connections and never answers. It costs the greeting's limit
+/// once, for the messages under way when it started failing; then it is skipped, and after each
+/// cool-down a single message probes it (and goes on to the healthy relay) while the rest go
+/// straight to the healthy one.
+async fn a_relay_that_never_answers_costs_one_probe_per_cool_down(app: TestApp) {
+    let (silent, connections) = tarpit().await;
+    let healthy = SmtpSink::start().await;
+    let sender = sender_through(&app, &[format!("smtp://{silent}?timeout=1"), healthy.url()]);
+    let at = |n: usize| connections.load(std::sync::atomic::Ordering::SeqCst) == n;
+    queue_broadcast(&app, 20).await;
+    assert_eq!(sender.send_due().await.unwrap(), 20);
+    let first_wave = connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=16).contains(&first_wave), "{first_wave}");
+    assert_eq!(healthy.taken().len(), 20, "every message went on to the healthy relay");
+
+    // Cooling down: not one connection to it.
+    queue_broadcast(&app, 0).await;
+    assert_eq!(sender.send_due().await.unwrap(), 20);
+    assert!(at(first_wave));
+
+    // After the cool-down, one probe; the other 19 do not wait for it.
+    app.clock.advance(chrono::Duration::seconds(20));
+    queue_broadcast(&app, 0).await;
+    assert_eq!(sender.send_due().await.unwrap(), 20);
+    assert!(at(first_wave + 1), "one probe: {}", connections.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(healthy.taken().len(), 60);
+    assert_eq!(app.count("outbox WHERE status = 'sent'").await, 60);
 }
 
 async fn a_rate_limited_relay_gets_messages_evenly_spaced(app: TestApp) {
