@@ -72,3 +72,26 @@ prepare() {
   smtp-sink "${user_flag[@]}" "127.0.0.1:$port" 1024 &
   sink=$!
 }
+
+# (Uses `work` and `token` of the script.) A fresh database in DIR with the news list and the subscribers of CSV, and `ownlist serve` on
+# it with the settings given (VAR=value …) added: sets `server` (its pid) and `address`.
+serve_fresh() {
+  local dir=$1 csv=$2
+  shift 2
+  mkdir -p "$dir"
+  env OWNLIST_DATA_DIR="$dir/data" OWNLIST_LOG=warn ./target/release/ownlist migrate >/dev/null
+  sqlite3 "$dir/data/ownlist.db" "INSERT INTO lists (id, slug, name, double_opt_in, created_at, updated_at) VALUES (randomblob(16), 'news', 'News', 0, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z');"
+  env OWNLIST_DATA_DIR="$dir/data" OWNLIST_LOG=warn ./target/release/ownlist import "$csv" --list news >/dev/null 2>&1
+  env OWNLIST_DATA_DIR="$dir/data" OWNLIST_LOG=warn OWNLIST_LISTEN=127.0.0.1:0 OWNLIST_ADMIN_TOKEN="$token" \
+    OWNLIST_BASE_URL=https://news.example.com/ OWNLIST_EMAIL_FROM="Shop <news@example.com>" \
+    OWNLIST_TEMPLATES_DIR="$work/templates" OWNLIST_WORKFLOWS_DIR="$work/workflows" "$@" \
+    ./target/release/ownlist serve > "$dir/serve.out" 2> "$dir/serve.err" &
+  server=$!
+  address=$(served_address "$dir/serve.out")
+}
+
+stop_server() {
+  kill "$server"
+  wait "$server" 2>/dev/null || true
+  server=""
+}

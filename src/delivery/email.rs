@@ -578,6 +578,10 @@ async fn send_through(
             Ok(_) => Outcome::Sent,
             Err(Failure::Permanent { .. }) => Outcome::Failed,
             Err(Failure::Transient(_)) => Outcome::Retried,
+            Err(Failure::Untried) => {
+                skipped.until(now + chrono::Duration::seconds(1));
+                continue;
+            }
         };
         tries.push(super::tried("email", &relay.name, outcome, started.elapsed()));
         match sent {
@@ -596,6 +600,7 @@ async fn send_through(
                 relay.breaker.failed(&relay.name, now);
                 failures.push(format!("{}: {text}", relay.name));
             }
+            Err(Failure::Untried) => {}
         }
     }
     skipped.answer(failures, "no SMTP relay is configured")

@@ -54,12 +54,17 @@ pub enum Failure {
     Permanent { code: Option<u16>, text: String },
     /// Anything else: 4xx, the network, TLS, a timeout.
     Transient(String),
+    /// Not tried: no connection to the relay is known to work, and the one being opened to find
+    /// out has not answered yet. Nothing is known against the relay (its breaker stays as it
+    /// is); the message goes to the next relay.
+    Untried,
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Permanent { text, .. } | Failure::Transient(text) => f.write_str(text),
+            Failure::Untried => f.write_str("not tried: its first connection has not answered yet"),
         }
     }
 }
@@ -118,11 +123,20 @@ async fn within<T>(
     }
 }
 
+/// How long a message waits for the first connection to a relay not known to work before it
+/// goes to the next relay instead.
+const FIRST_CONNECTION_WAIT: Duration = Duration::from_secs(1);
+
 /// Connections to one relay.
 pub struct Pool {
     endpoint: Endpoint,
     timeouts: Timeouts,
     idle: std::sync::Mutex<Vec<(Connection, Instant)>>,
+    /// Whether a connection has worked since the last one that failed. Until one does, one
+    /// connection is opened at a time: a relay that accepts connections and never answers holds
+    /// one message for the greeting's limit, not every message under way.
+    proven: std::sync::atomic::AtomicBool,
+    opening: tokio::sync::Mutex<()>,
 }
 
 /// An open SMTP session, and whether the relay offered `PIPELINING`.
@@ -133,7 +147,13 @@ struct Connection {
 
 impl Pool {
     pub fn new(endpoint: Endpoint, timeouts: Timeouts) -> Self {
-        Self { endpoint, timeouts, idle: std::sync::Mutex::new(Vec::new()) }
+        Self {
+            endpoint,
+            timeouts,
+            idle: std::sync::Mutex::new(Vec::new()),
+            proven: std::sync::atomic::AtomicBool::new(false),
+            opening: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn take_idle(&self) -> Option<(Connection, Instant)> {
@@ -165,7 +185,7 @@ impl Pool {
                     }
                     connection.smtp.abort().await;
                 }
-                None => break self.connect().await?,
+                None => break self.open().await?,
             }
         };
         let sending = async {
@@ -185,8 +205,31 @@ impl Pool {
             }
             // lettre has already closed a connection that failed mid-transaction; one that timed
             // out is dropped here, with whatever the relay still owes it.
-            Err(failure) => Err(failure),
+            Err(failure) => {
+                if matches!(failure, Failure::Transient(_)) {
+                    self.proven.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(failure)
+            }
         }
+    }
+
+    /// A new connection; while none is known to work, one at a time (see `proven`).
+    async fn open(&self) -> Result<Connection, Failure> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _turn = if self.proven.load(Relaxed) {
+            None
+        } else {
+            match tokio::time::timeout(FIRST_CONNECTION_WAIT, self.opening.lock()).await {
+                // The connection before this one worked: no need to wait in turn any more.
+                Ok(_) if self.proven.load(Relaxed) => None,
+                Ok(turn) => Some(turn),
+                Err(_) => return Err(Failure::Untried),
+            }
+        };
+        let opened = self.connect().await;
+        self.proven.store(opened.is_ok(), Relaxed);
+        opened
     }
 
     async fn connect(&self) -> Result<Connection, Failure> {
