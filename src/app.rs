@@ -65,8 +65,10 @@ impl App {
             Some(load) => load.templates.clone(),
             None => Arc::new(TemplateChecker::load(&self.config.templates_dir)),
         };
+        // Delivery and the engine work on connections of their own (see `Db::background`).
+        let background = self.db.background();
         let engine = Engine::new(
-            self.db.clone(),
+            background.clone(),
             self.clock.clone(),
             registry,
             templates,
@@ -87,7 +89,7 @@ impl App {
         }
         let engine = Arc::new(if self.config.tracking { engine } else { engine.without_tracking() });
         let webhooks = WebhookSender::allowing(
-            self.db.clone(),
+            background.clone(),
             self.clock.clone(),
             Arc::new(crate::config::webhook_secret),
             self.config.webhook_allow.clone(),
@@ -114,7 +116,7 @@ impl App {
             Transport::Smtp(relays.map_err(|problem| anyhow::anyhow!("smtp_relays: {problem}"))?)
         };
         tracing::info!(?transport, "email transport");
-        let email = EmailSender::new(self.db.clone(), self.clock.clone(), letterhead, transport)
+        let email = EmailSender::new(background.clone(), self.clock.clone(), letterhead, transport)
             .with_bell(bell.clone())
             .with_max_age(max_age);
         let email = Arc::new(if shared { email.with_leases(instance.clone(), lease) } else { email });
@@ -132,7 +134,7 @@ impl App {
             default_zone: self.config.timezone,
             base_url: self.config.base_url.clone(),
         };
-        let sms = SmsSender::new(self.db.clone(), self.clock.clone(), setup).with_bell(bell).with_max_age(max_age);
+        let sms = SmsSender::new(background.clone(), self.clock.clone(), setup).with_bell(bell).with_max_age(max_age);
         let sms = Arc::new(if shared { sms.with_leases(instance, lease) } else { sms });
         let signup_limit = Arc::new(crate::pages::guard::RateLimit::new(self.config.signups_per_ip));
         let login_limit = Arc::new(crate::pages::guard::RateLimit::new(crate::admin::FAILED_LOGINS_PER_HOUR));

@@ -483,7 +483,9 @@ impl<S: Carrier + 'static> Worker<S> {
         }
         let (_, never) = tokio::sync::watch::channel(false);
         let batch = self.claim(self.clock.now(), None).await?;
-        self.send_all(futures_util::stream::iter([batch]), &never).await
+        let progress = Progress::default();
+        progress.outstanding.store(batch.len(), std::sync::atomic::Ordering::Relaxed);
+        self.send_all(futures_util::stream::iter([batch]), &never, &progress).await
     }
 
     /// The next due messages of the channel with their bodies, in (due time, id) order after
@@ -636,12 +638,14 @@ impl<S: Carrier + 'static> Worker<S> {
         self: &Arc<Self>,
         batches: impl futures_util::Stream<Item = Vec<Ready>> + std::marker::Send,
         stop: &tokio::sync::watch::Receiver<bool>,
+        progress: &Progress,
     ) -> Result<u64> {
         type Permit = tokio::sync::OwnedSemaphorePermit;
+        use std::sync::atomic::Ordering::Relaxed;
         let window = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         let sending = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Attempted, Permit)>();
-        let failed = &std::sync::atomic::AtomicBool::new(false);
+        let failed = &progress.failed;
         let starting = async {
             let tx = tx;
             let mut messages = std::pin::pin!(batches.flat_map(futures_util::stream::iter));
@@ -660,6 +664,7 @@ impl<S: Carrier + 'static> Worker<S> {
                 if let (Some(until), Some((_, lease))) = (message.lease_until, &self.leases)
                     && self.clock.now() + *lease / 2 > until
                 {
+                    progress.outstanding.fetch_sub(1, Relaxed);
                     continue;
                 }
                 let (worker, tx) = (self.clone(), tx.clone());
@@ -690,6 +695,7 @@ impl<S: Carrier + 'static> Worker<S> {
                     }
                 }
                 count += group.len() as u64;
+                progress.outstanding.fetch_sub(group.len(), Relaxed);
                 let (answers, permits): (Vec<_>, Vec<_>) = group.drain(..).unzip();
                 if outcome.is_ok() {
                     outcome = self.record_retrying(&answers).await;
@@ -837,25 +843,56 @@ impl<S: Carrier + 'static> Worker<S> {
         if !self.ready_to_claim().await? {
             return Ok(());
         }
+        use std::sync::atomic::Ordering::Relaxed;
         let (batches, waiting) = tokio::sync::mpsc::channel::<Vec<Ready>>(1);
+        let progress = &Progress::default();
         let claiming = async move {
             let mut after = None;
-            while !*stop.borrow() {
+            let mut bell = self.bell.listen();
+            while !*stop.borrow() && !progress.failed.load(Relaxed) {
+                bell.mark_unchanged();
                 let batch = self.claim(self.clock.now(), after).await?;
-                let Some(last) = batch.last().map(|(m, _)| (m.due_at, m.id)) else { break };
-                let full = batch.len() as u64 == BATCH;
-                after = Some(last);
-                if batches.send(batch).await.is_err() || !full {
+                let claimed = batch.len();
+                if let Some(last) = batch.last().map(|(m, _)| (m.due_at, m.id)) {
+                    after = Some(last);
+                    progress.outstanding.fetch_add(claimed, Relaxed);
+                    if batches.send(batch).await.is_err() {
+                        break;
+                    }
+                }
+                if claimed as u64 == BATCH {
+                    continue;
+                }
+                // Nothing more is due now. While sends are still under way (a slow relay, a
+                // probe waiting out its greeting), look again in a moment rather than when the
+                // slowest of them ends: one slow message must not hold up the messages after it.
+                if progress.outstanding.load(Relaxed) == 0 {
                     break;
+                }
+                tokio::select! {
+                    _ = bell.changed() => {}
+                    () = tokio::time::sleep(LOOK_AGAIN) => {}
                 }
             }
             Ok::<_, crate::error::Error>(())
         };
         let waiting = futures_util::stream::unfold(waiting, |mut rx| async { rx.recv().await.map(|b| (b, rx)) });
-        let (claimed, sent) = tokio::join!(claiming, self.send_all(waiting, stop));
+        let (claimed, sent) = tokio::join!(claiming, self.send_all(waiting, stop, progress));
         sent?;
         claimed
     }
+}
+
+/// How often a pass looks for newly due messages while sends it started are still under way.
+const LOOK_AGAIN: Duration = Duration::from_millis(200);
+
+/// What a pass's claiming knows of its sending.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Messages claimed whose attempt has not ended (or that were not started).
+    outstanding: std::sync::atomic::AtomicUsize,
+    /// The answers could not be written: claim and start nothing more.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// A claimed message and its bodies as stored (`None` if they are missing, which fails it).

@@ -125,7 +125,7 @@ async fn within<T>(
 
 /// How long a message waits for the first connection to a relay not known to work before it
 /// goes to the next relay instead.
-const FIRST_CONNECTION_WAIT: Duration = Duration::from_secs(1);
+const FIRST_CONNECTION_WAIT: Duration = Duration::from_millis(500);
 
 /// Connections to one relay.
 pub struct Pool {
@@ -136,7 +136,9 @@ pub struct Pool {
     /// connection is opened at a time: a relay that accepts connections and never answers holds
     /// one message for the greeting's limit, not every message under way.
     proven: std::sync::atomic::AtomicBool,
+    /// Held while such a connection is being opened, with when it started.
     opening: tokio::sync::Mutex<()>,
+    opening_since: std::sync::Mutex<Option<Instant>>,
 }
 
 /// An open SMTP session, and whether the relay offered `PIPELINING`.
@@ -153,6 +155,7 @@ impl Pool {
             idle: std::sync::Mutex::new(Vec::new()),
             proven: std::sync::atomic::AtomicBool::new(false),
             opening: tokio::sync::Mutex::new(()),
+            opening_since: std::sync::Mutex::new(None),
         }
     }
 
@@ -217,18 +220,35 @@ impl Pool {
     /// A new connection; while none is known to work, one at a time (see `proven`).
     async fn open(&self) -> Result<Connection, Failure> {
         use std::sync::atomic::Ordering::Relaxed;
-        let _turn = if self.proven.load(Relaxed) {
+        let since = || self.opening_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let turn = if self.proven.load(Relaxed) {
             None
         } else {
-            match tokio::time::timeout(FIRST_CONNECTION_WAIT, self.opening.lock()).await {
+            // Once the connection being opened has taken longer than the wait, nobody waits for
+            // it any more: the relay is slow or silent, and the next relay takes the messages.
+            let waited = since().map_or(Duration::ZERO, |started| started.elapsed());
+            let wait = FIRST_CONNECTION_WAIT.saturating_sub(waited);
+            let turn = match self.opening.try_lock() {
+                Ok(turn) => Ok(turn),
+                // (Without a timer: a zero timeout still waits for the timer's next tick.)
+                Err(_) if wait.is_zero() => return Err(Failure::Untried),
+                Err(_) => tokio::time::timeout(wait, self.opening.lock()).await,
+            };
+            match turn {
                 // The connection before this one worked: no need to wait in turn any more.
                 Ok(_) if self.proven.load(Relaxed) => None,
-                Ok(turn) => Some(turn),
+                Ok(turn) => {
+                    *since() = Some(Instant::now());
+                    Some(turn)
+                }
                 Err(_) => return Err(Failure::Untried),
             }
         };
         let opened = self.connect().await;
         self.proven.store(opened.is_ok(), Relaxed);
+        if turn.is_some() {
+            *since() = None;
+        }
         opened
     }
 

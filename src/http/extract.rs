@@ -71,12 +71,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        if parts.uri.query().is_some_and(|q| q.contains("%00")) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                "a query value contains a NUL character (%00), which no stored value has",
-            ));
+        // A NUL character fits a string's shape, but nothing stored has one (PostgreSQL cannot
+        // even compare with it): a 422 naming the parameter.
+        if let Some(query) = parts.uri.query().filter(|q| q.contains("%00"))
+            && let Some((name, _)) =
+                url::form_urlencoded::parse(query.as_bytes()).find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(crate::error::Error::field(
+                name.replace('\0', ""),
+                "contains a NUL character (%00), which no stored value has",
+            )
+            .into());
         }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),

@@ -25,6 +25,14 @@ pub struct Db {
     writer: DatabaseConnection,
     /// The folder of the SQLite database file (none on PostgreSQL, whose disk is the server's).
     folder: Option<std::path::PathBuf>,
+    /// The connections of the background (delivery, the engine), apart from those of requests,
+    /// so that a burst of requests cannot take every connection from them: on SQLite, readers
+    /// of their own (writes share the one writer); on PostgreSQL, a pool of their own.
+    background: DatabaseConnection,
+    /// On SQLite, for requests: one write at a time may wait for the writer. The writer's queue
+    /// is first come, first served, so a background write waits for at most the transaction
+    /// under way and one request's, however many requests are writing.
+    foreground_turn: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 /// Below this much free space where the SQLite file lives, the instance is not ready: writes may
@@ -82,7 +90,10 @@ impl Db {
             None
         };
         let mut writer_options = options.clone();
+        let mut background_options = options.clone();
+        background_options.max_connections(if sqlite { 2 } else { 4 });
         let conn = Database::connect(options).await?;
+        let background = Database::connect(background_options).await?;
         let writer = if sqlite {
             // 16 MiB of page cache for the one writer: the scheduler's batches touch index pages
             // all over a large table. (Readers keep 4 MiB each: with four of them, the delivery
@@ -95,7 +106,21 @@ impl Db {
         } else {
             conn.clone()
         };
-        Ok(Self { conn, writer, folder })
+        let foreground_turn = sqlite.then(|| std::sync::Arc::new(tokio::sync::Semaphore::new(1)));
+        Ok(Self { conn, writer, folder, background, foreground_turn })
+    }
+
+    /// The same database as seen by the background (delivery workers, the engine): its own
+    /// connections, and its writes never queue behind more than one request's.
+    pub fn background(&self) -> Self {
+        let writer = if self.backend() == DbBackend::Sqlite { self.writer.clone() } else { self.background.clone() };
+        Self {
+            conn: self.background.clone(),
+            writer,
+            folder: self.folder.clone(),
+            background: self.background.clone(),
+            foreground_turn: None,
+        }
     }
 
     pub fn conn(&self) -> &DatabaseConnection {
@@ -114,6 +139,10 @@ impl Db {
     /// Starts a transaction that will write. On SQLite it takes the write lock up front, so two
     /// writers never deadlock upgrading from a read lock.
     pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        let _turn = match &self.foreground_turn {
+            Some(turn) => Some(turn.acquire().await.map_err(|e| DbErr::Custom(format!("write turn: {e}")))?),
+            None => None,
+        };
         if self.backend() == DbBackend::Sqlite {
             self.reopen_writer_if_stranded().await?;
         }
@@ -163,6 +192,11 @@ impl Db {
     }
 
     pub async fn close(self) -> Result<(), DbErr> {
+        let sqlite = self.backend() == DbBackend::Sqlite;
+        self.background.close().await?;
+        if sqlite {
+            self.writer.close().await?;
+        }
         self.conn.close().await
     }
 
@@ -269,9 +303,10 @@ pub async fn hold_lease(
 }
 
 #[cfg(test)]
-mod transient_tests {
-    use super::is_transient;
+mod tests {
+    use super::{Db, is_transient};
     use crate::error::Error;
+    use sea_orm::ConnectionTrait;
 
     #[test]
     fn deadlocks_and_busy_databases_are_worth_another_try() {
@@ -281,5 +316,43 @@ mod transient_tests {
         assert!(is_transient(&db("(code: 5) database is locked")));
         assert!(!is_transient(&db("UNIQUE constraint failed: outbox.id")));
         assert!(!is_transient(&Error::NotFound { what: "message" }));
+    }
+
+    /// Requests are writing, five of them waiting: a write of the background (delivery, the
+    /// engine) gets the writer after at most one of them, not after all five.
+    #[tokio::test]
+    async fn a_background_write_waits_for_at_most_one_request_write() {
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}/t.db?mode=rwc", dir.path().display())).await.unwrap();
+        db.execute_unprepared("CREATE TABLE log (who TEXT)").await.unwrap();
+        let background = db.background();
+        let under_way = background.begin_write().await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let write = |db: Db, who: &'static str| {
+            let order = order.clone();
+            tokio::spawn(async move {
+                let txn = db.begin_write().await.unwrap();
+                order.lock().unwrap().push(who);
+                txn.execute_unprepared(&format!("INSERT INTO log VALUES ('{who}')")).await.unwrap();
+                txn.commit().await.unwrap();
+            })
+        };
+        let settle = || async {
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+        };
+        let mut tasks: Vec<_> = (0..5).map(|_| write(db.clone(), "request")).collect();
+        settle().await;
+        tasks.push(write(background.clone(), "background"));
+        settle().await;
+        under_way.commit().await.unwrap();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order.len(), 6);
+        assert!(order.iter().position(|w| *w == "background").unwrap() <= 1, "{order:?}");
     }
 }

@@ -95,6 +95,59 @@ async fn answers_that_cannot_be_written_are_kept_and_nothing_is_sent_twice(app: 
     assert_eq!(relay.taken().len(), 1);
 }
 
+/// Several instances (PostgreSQL): a pass whose answers cannot be written gives back at once
+/// the leases of the messages it claimed and did not send, so other instances need not wait out
+/// the lease; the messages it sent keep theirs until their answers are written, and nothing is
+/// sent twice.
+#[tokio::test]
+async fn a_failed_pass_gives_back_the_leases_of_what_it_did_not_send() {
+    let Some(app) = TestApp::spawn(crate::helpers::Backend::Postgres).await else {
+        eprintln!("OWNLIST_TEST_DATABASE_URL is not set: skipped");
+        return;
+    };
+    queue_broadcast(&app, 600).await;
+    let relay = SmtpSink::start().await;
+    let urls = [relay.url()];
+    let sender = Arc::new(
+        Arc::try_unwrap(sender_through(&app, &urls))
+            .ok()
+            .unwrap()
+            .with_leases("this-instance".into(), chrono::Duration::minutes(5)),
+    );
+    refuse_answers(&app, true).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(sender.clone().run(stopped));
+    let leased = || app.count("outbox WHERE lease_owner IS NOT NULL AND status = 'queued'");
+    let mut released = false;
+    for _ in 0..200 {
+        let sent = relay.taken().len();
+        if sent > 0 && sent < 600 && leased().await == i64::try_from(sent).unwrap() {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        released,
+        "only the sent messages keep their leases: {} sent, {} leased",
+        relay.taken().len(),
+        leased().await
+    );
+    refuse_answers(&app, false).await;
+    for _ in 0..400 {
+        if app.count("outbox WHERE status = 'sent'").await == 600 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    assert_eq!(app.count("outbox WHERE status = 'sent'").await, 600);
+    let ids: std::collections::BTreeSet<String> =
+        relay.taken().iter().map(|m| header(&headers(m), "Message-ID").to_owned()).collect();
+    assert_eq!((relay.taken().len(), ids.len()), (600, 600), "each message arrived once");
+}
+
 /// The header fields of a message, unfolded.
 fn headers(raw: &str) -> Vec<(String, String)> {
     let head = raw.split("\r\n\r\n").next().unwrap().replace("\r\n ", " ").replace("\r\n\t", " ");
@@ -558,7 +611,7 @@ async fn tarpit() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
 }
 
 /// The preferred relay accepts connections and never answers. No connection to it having
-/// worked yet, one message tries it while the others wait a second at most and go on to the
+/// worked yet, one message tries it while the others wait half a second at most and go on to the
 /// healthy relay; then it is skipped, and after each cool-down a single message probes it (and
 /// goes on to the healthy relay) while the rest go straight to the healthy one.
 async fn a_relay_that_never_answers_costs_one_probe_per_cool_down(app: TestApp) {

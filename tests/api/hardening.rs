@@ -214,7 +214,9 @@ async fn empty_query_values_are_taken_as_left_out(backend: Backend) {
 async fn nul_characters_are_refused_or_dropped_never_a_500(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else { return };
     let query = app.get("/api/v1/stats/funnel?source=a%00b&format=csv").await;
-    assert_eq!(query.status(), 400);
+    assert_eq!(query.status(), 422);
+    let problem: serde_json::Value = query.json().await.unwrap();
+    assert_eq!(problem["field"], "source", "{problem}");
     let body = serde_json::json!({"email": "ada@example.com", "attributes": {"note": "a\u{0}b"}});
     let refused = app.post("/api/v1/subscribers", &body).await;
     assert_eq!(refused.status(), 422);
