@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::records::{self, ConsentOrigin, kind};
 use super::subscribers::change_channel;
 use super::values::{Channel, ChannelState, ConsentMethod};
-use crate::delivery::compose::{self, Draft};
+use crate::delivery::compose::{self, Draft, NewMessage};
 use crate::error::Result;
 use crate::store::Db;
 use crate::store::entities::{outbox, subscriber};
@@ -147,7 +147,7 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, help: &str)
             text: text.to_owned(),
             list_slug: None,
         };
-        let row = compose::row(Uuid::now_v7(), key, id, draft, None, None, now, now);
+        let row = NewMessage::new(key, id, draft).rows(now);
         compose::insert(&txn, vec![row]).await?;
     }
     txn.commit().await?;

@@ -209,20 +209,47 @@ pub fn dictionary(
     Some(outbox_body::Dictionary { id, html: html?, links, created_at: now })
 }
 
-/// The outbox rows for a draft: the message (queued, due at `due`) and its bodies, compressed
-/// against `dictionary` when one is given.
-// Each argument is one fact about the message, given by callers that differ in all of them.
-#[allow(clippy::too_many_arguments)]
-pub fn row(
+/// A message to queue: a draft for one subscriber under its idempotency key (a second message
+/// with the same key is never written), with how its bodies are written.
+pub struct NewMessage<'a> {
     id: Uuid,
     key: String,
     subscriber_id: Uuid,
     draft: Draft,
-    tracking: Option<&Tracking>,
-    dictionary: Option<&outbox_body::Dictionary>,
-    due: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> (outbox::ActiveModel, outbox_body::ActiveModel) {
+    tracking: Option<&'a Tracking>,
+    dictionary: Option<&'a outbox_body::Dictionary>,
+}
+
+impl<'a> NewMessage<'a> {
+    pub fn new(key: String, subscriber_id: Uuid, draft: Draft) -> Self {
+        Self { id: Uuid::now_v7(), key, subscriber_id, draft, tracking: None, dictionary: None }
+    }
+
+    /// Its id, as the outbox row will have it.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// With open and click tracking (its links rewritten), when given.
+    pub fn tracked(mut self, tracking: Option<&'a Tracking>) -> Self {
+        self.tracking = tracking;
+        self
+    }
+
+    /// With its HTML stored against `dictionary` (a broadcast's shared parts), when given.
+    pub fn compressed_with(mut self, dictionary: Option<&'a outbox_body::Dictionary>) -> Self {
+        self.dictionary = dictionary;
+        self
+    }
+
+    /// The outbox rows: the message, queued and due `now`, and its bodies.
+    pub fn rows(self, now: DateTime<Utc>) -> (outbox::ActiveModel, outbox_body::ActiveModel) {
+        row(self, now)
+    }
+}
+
+fn row(message: NewMessage<'_>, now: DateTime<Utc>) -> (outbox::ActiveModel, outbox_body::ActiveModel) {
+    let NewMessage { id, key, subscriber_id, draft, tracking, dictionary } = message;
     let (html, links) = tracked(draft.html, draft.channel, tracking, id, now);
     let segments = (draft.channel == Channel::Sms.as_str()).then(|| sms_segments(&draft.text) as i32);
     let body = outbox_body::Model::new(id, html.as_deref(), draft.text, links, dictionary).into_row();
@@ -237,7 +264,7 @@ pub fn row(
         attempts: Set(0),
         last_error: Set(None),
         sent_at: Set(None),
-        due_at: Set(due),
+        due_at: Set(now),
         created_at: Set(now),
         updated_at: Set(now),
         list_slug: Set(draft.list_slug),

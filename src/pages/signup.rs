@@ -23,7 +23,7 @@ use crate::audience::values::{
     Channel, ChannelState, ConsentMethod, EmailAddress, MembershipStatus, PhoneNumber, SubscriberStatus,
     normalize_text, stored,
 };
-use crate::delivery::compose::{self, Draft};
+use crate::delivery::compose::{self, Draft, NewMessage};
 use crate::error::Result;
 use crate::links::{Purpose, Signer};
 use crate::store::Db;
@@ -367,7 +367,7 @@ pub async fn submit(
             };
             let draft = confirmation_message(settings, templates, page, person, &confirmation, now)?;
             let key = format!("confirm:{}", confirmation.id);
-            let row = compose::row(Uuid::now_v7(), key, id, draft, None, None, now, now);
+            let row = NewMessage::new(key, id, draft).rows(now);
             confirmation.into_active_model().insert(&txn).await?;
             compose::insert(&txn, vec![row]).await?;
             sent += 1;

@@ -27,7 +27,7 @@ use crate::audience::records::{self, kind, trigger};
 use crate::audience::subscribers::{membership_row, memberships_of, tag_row, tags_of};
 use crate::audience::values::{Channel, ChannelState, MembershipStatus, SubscriberStatus, stored};
 use crate::clock::SharedClock;
-use crate::delivery::compose::{self, Draft, Tracking};
+use crate::delivery::compose::{self, Draft, NewMessage, Tracking};
 
 mod broadcast;
 use crate::error::Result;
@@ -1238,9 +1238,10 @@ impl Engine {
         draft: Draft,
         tracked: Option<&Tracking>,
     ) -> Result<()> {
-        let (id, now, channel) = (Uuid::now_v7(), run.now, draft.channel);
-        let (mut row, body) =
-            compose::row(id, format!("{}:{}", run.row.id, step.id), subscriber_id, draft, tracked, None, now, now);
+        let channel = draft.channel;
+        let message = NewMessage::new(format!("{}:{}", run.row.id, step.id), subscriber_id, draft).tracked(tracked);
+        let id = message.id();
+        let (mut row, body) = message.rows(run.now);
         row.enrollment_id = Set(Some(run.row.id));
         row.workflow_id = Set(Some(run.row.workflow_id.clone()));
         row.step_id = Set(Some(step.id.clone()));

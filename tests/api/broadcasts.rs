@@ -266,7 +266,7 @@ async fn messages_whose_keys_are_taken_are_left_out_with_their_bodies(app: TestA
                 text: String::new(),
                 list_slug: None,
             };
-            compose::row(uuid::Uuid::now_v7(), format!("test:{n}"), uuid::Uuid::now_v7(), draft, None, None, now, now)
+            compose::NewMessage::new(format!("test:{n}"), uuid::Uuid::now_v7(), draft).rows(now)
         })
         .collect()
     };

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::{Engine, Facts, MessageBody, reachable, render, subscriber_json};
 use crate::audience::lists;
 use crate::audience::values::{Channel, MembershipStatus, normalize_tag};
-use crate::delivery::compose::{self, Draft};
+use crate::delivery::compose::{self, Draft, NewMessage};
 use crate::error::{Error, FieldError, Result};
 use crate::store::entities::{
     broadcast, membership, outbox, outbox_body, outbox_dictionary, subscriber, subscriber_tag,
@@ -642,8 +642,8 @@ fn render_batch(
                 list_slug: Some(b.list_slug.clone()),
             };
             let key = format!("broadcast:{}:{}:{channel}", b.id, s.id);
-            let (mut row, body) =
-                compose::row(Uuid::now_v7(), key, s.id, draft, tracking.as_ref(), dictionary, now, now);
+            let message = NewMessage::new(key, s.id, draft).tracked(tracking.as_ref()).compressed_with(dictionary);
+            let (mut row, body) = message.rows(now);
             row.broadcast_id = Set(Some(b.id));
             rows.push((row, body));
         }
