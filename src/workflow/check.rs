@@ -253,9 +253,7 @@ impl<'a> Checker<'a> {
             Some(r) => match &r.value {
                 format::Reentry::Never => Reentry::Never,
                 format::Reentry::Always => Reentry::Always,
-                format::Reentry::After(d) => Reentry::After(
-                    self.duration(d).unwrap_or_else(|| Span::parse("1d", false).unwrap_or_else(|_| unreachable!())),
-                ),
+                format::Reentry::After(d) => Reentry::After(self.duration(d).unwrap_or(Span::DAY)),
             },
         };
         if matches!(trigger, Trigger::Date { .. }) && reentry == Reentry::Never {
@@ -596,11 +594,7 @@ impl<'a> Checker<'a> {
             self.ok(at(&d.attribute), validate_attribute_key(&attribute));
             let offset = d.offset.as_ref().and_then(|o| self.ok(at(o), Span::parse(&o.value, true)));
             let time = d.at.as_ref().and_then(|t| self.ok(at(t), parse_clock(&t.value)));
-            Trigger::Date {
-                attribute,
-                offset: offset.unwrap_or_else(|| Span::parse("0s", false).unwrap_or_else(|_| unreachable!())),
-                at: time.unwrap_or_default(),
-            }
+            Trigger::Date { attribute, offset: offset.unwrap_or(Span::ZERO), at: time.unwrap_or_default() }
         } else if let Some(schedule) = &trigger.value.schedule {
             let s = &schedule.value;
             self.ok(at(&s.cron), translate_cron(&s.cron.value));

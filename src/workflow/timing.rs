@@ -15,6 +15,11 @@ pub struct Span {
 }
 
 impl Span {
+    /// No time at all.
+    pub const ZERO: Self = Self { seconds: 0 };
+    /// One day.
+    pub const DAY: Self = Self { seconds: 86_400 };
+
     pub fn seconds(self) -> i64 {
         self.seconds
     }
@@ -245,6 +250,12 @@ mod tests {
     use chrono::{Datelike, TimeZone, Utc};
 
     use super::*;
+
+    #[test]
+    fn the_named_spans_are_what_their_words_parse_to() {
+        assert_eq!(Span::parse("1d", false), Ok(Span::DAY));
+        assert_eq!(Span::parse("0s", false), Ok(Span::ZERO));
+    }
 
     #[test]
     fn durations_parse_and_print() {
