@@ -179,18 +179,6 @@ impl Service {
     }
 }
 
-/// Re-reads the workflow folder: valid files are loaded, invalid ones change nothing (their
-/// last valid version runs); the problems come back with what was done.
-pub async fn reload(
-    db: &Db,
-    config: &Config,
-    engine: &Engine,
-    now: chrono::DateTime<chrono::Utc>,
-) -> crate::error::Result<loader::Reloaded> {
-    let load = loader::load(db, engine.registry(), now, config).await?;
-    Ok(engine.take_load(load))
-}
-
 /// Reads the signing secret from the data dir, or creates it there (mode 0600) on first run.
 fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("secret");

@@ -366,7 +366,7 @@ async fn watch_workflows(service: crate::app::Service, mut stop: tokio::sync::wa
         }
         seen = now_seen;
         let now = service.app.clock.now();
-        match crate::app::reload(&service.app.db, &config, &service.engine, now).await {
+        match crate::workflow::loader::reload(&service.app.db, &config, &service.engine, now).await {
             Ok(reloaded) => tracing::info!(
                 workflows = ?reloaded.workflows,
                 lists_created = ?reloaded.lists_created,

@@ -112,7 +112,7 @@ pub async fn resume(State(state): State<AppState>, ApiPath(id): ApiPath<String>)
     (status = 422, description = "Some files are invalid: they changed nothing (their last valid version keeps running) while the valid ones were loaded; `errors` has one entry per problem, `field` is file:line:column", body = Problem),
 ))]
 pub async fn reload(State(state): State<AppState>) -> ApiResult<Json<Reloaded>> {
-    let reloaded = crate::app::reload(&state.db, &state.config, &state.engine, state.clock.now()).await?;
+    let reloaded = crate::workflow::loader::reload(&state.db, &state.config, &state.engine, state.clock.now()).await?;
     if reloaded.problems.is_empty() {
         return Ok(Json(reloaded));
     }

@@ -129,6 +129,18 @@ async fn store_pages(txn: &impl ConnectionTrait, now: DateTime<Utc>, folder: &Fo
     Ok(())
 }
 
+/// Re-reads the workflow folder into the running engine: valid files are loaded, invalid ones
+/// change nothing (their last valid version runs); the problems come back with what was done.
+pub async fn reload(
+    db: &Db,
+    config: &crate::config::Config,
+    engine: &super::engine::Engine,
+    now: DateTime<Utc>,
+) -> Result<Reloaded> {
+    let load = load(db, engine.registry(), now, config).await?;
+    Ok(engine.take_load(load))
+}
+
 /// The landing pages in force, as last loaded.
 pub async fn stored_pages(db: &Db) -> Result<Vec<Page>> {
     let rows = page::Entity::find().order_by_asc(page::Column::Slug).all(db.conn()).await?;
