@@ -574,14 +574,14 @@ async fn send_through(
         }
         let started = std::time::Instant::now();
         let sent = relay.pool.send(envelope, bytes).await;
+        if let Err(Failure::Untried) = sent {
+            skipped.until(now + chrono::Duration::seconds(1));
+            continue;
+        }
         let outcome = match &sent {
             Ok(_) => Outcome::Sent,
             Err(Failure::Permanent { .. }) => Outcome::Failed,
-            Err(Failure::Transient(_)) => Outcome::Retried,
-            Err(Failure::Untried) => {
-                skipped.until(now + chrono::Duration::seconds(1));
-                continue;
-            }
+            Err(Failure::Transient(_) | Failure::Untried) => Outcome::Retried,
         };
         tries.push(super::tried("email", &relay.name, outcome, started.elapsed()));
         match sent {
@@ -596,11 +596,10 @@ async fn send_through(
                 let reason = format!("{}: {text}", relay.name);
                 return if hard_bounce(code, &text) { Answer::Bounce(reason) } else { Answer::Fail(reason) };
             }
-            Err(Failure::Transient(text)) => {
+            Err(failure) => {
                 relay.breaker.failed(&relay.name, now);
-                failures.push(format!("{}: {text}", relay.name));
+                failures.push(format!("{}: {failure}", relay.name));
             }
-            Err(Failure::Untried) => {}
         }
     }
     skipped.answer(failures, "no SMTP relay is configured")

@@ -80,6 +80,19 @@ struct BreakerState {
     probing_since: Option<DateTime<Utc>>,
 }
 
+impl BreakerState {
+    /// When an attempt may go through, if not now: after the cool-down, or while a probe is
+    /// under way, a moment later.
+    fn closed_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match (self.open_until, self.probing_since) {
+            (None, _) => None,
+            (Some(until), _) if now < until => Some(until),
+            (Some(_), Some(since)) if now - since < PROBE_AT_MOST => Some(now + WHILE_PROBING),
+            (Some(_), _) => None,
+        }
+    }
+}
+
 /// Whether a relay or provider may be tried now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
@@ -146,12 +159,13 @@ impl Breaker {
     /// answers, costs one attempt per cool-down, not a whole window of them.
     pub fn admit(&self, now: DateTime<Utc>) -> Admit {
         let mut state = self.lock();
-        match (state.open_until, state.probing_since) {
-            (None, _) => Admit::Go,
-            (Some(until), _) if now < until => Admit::Skip(until),
-            (Some(_), Some(since)) if now - since < PROBE_AT_MOST => Admit::Skip(now + WHILE_PROBING),
-            (Some(_), _) => {
-                state.probing_since = Some(now);
+        match state.closed_until(now) {
+            Some(until) => Admit::Skip(until),
+            None => {
+                // Open, its cool-down over: this attempt is the probe.
+                if state.open_until.is_some() {
+                    state.probing_since = Some(now);
+                }
                 Admit::Go
             }
         }
@@ -164,13 +178,7 @@ impl Breaker {
 
     /// When it may be tried again, if not now (without starting a probe).
     pub fn closed_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let state = self.lock();
-        match (state.open_until, state.probing_since) {
-            (None, _) => None,
-            (Some(until), _) if now < until => Some(until),
-            (Some(_), Some(since)) if now - since < PROBE_AT_MOST => Some(now + WHILE_PROBING),
-            (Some(_), _) => None,
-        }
+        self.lock().closed_until(now)
     }
 
     pub fn failed(&self, name: &str, now: DateTime<Utc>) {

@@ -45,16 +45,17 @@ impl Db {
     pub async fn connect(url: &str) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(url.to_owned());
         options.sqlx_logging(false).connect_timeout(Duration::from_secs(10));
+        let mut folder = None;
         if url.starts_with("sqlite:") {
             let parsed: SqliteConnectOptions =
                 url.parse().map_err(|e| DbErr::Custom(format!("invalid SQLite URL: {e}")))?;
-            if let Some(parent) = parsed.get_filename().parent()
-                && !parent.as_os_str().is_empty()
-            {
+            let parent = parsed.get_filename().parent().filter(|p| !p.as_os_str().is_empty());
+            if let Some(parent) = parent {
                 std::fs::create_dir_all(parent).map_err(|e| {
                     DbErr::Custom(format!("cannot create the database folder {}: {e}", parent.display()))
                 })?;
             }
+            folder = Some(parent.map_or_else(|| ".".into(), std::path::Path::to_path_buf));
             options
                 // WAL lets readers run beside the one writer; write transactions are IMMEDIATE
                 // (see `begin_write`) so they queue on the busy timeout instead of failing.
@@ -82,13 +83,6 @@ impl Db {
             options.max_connections(16);
         }
         let sqlite = url.starts_with("sqlite:");
-        let folder = if sqlite {
-            let parsed: SqliteConnectOptions =
-                url.parse().map_err(|e| DbErr::Custom(format!("invalid SQLite URL: {e}")))?;
-            parsed.get_filename().parent().map(|p| if p.as_os_str().is_empty() { ".".into() } else { p.to_owned() })
-        } else {
-            None
-        };
         let mut writer_options = options.clone();
         let mut background_options = options.clone();
         background_options.max_connections(if sqlite { 2 } else { 4 });
