@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use ownlist::app::App;
-use ownlist::clock::{ManualClock, SharedClock};
 use ownlist::config::Config;
+use ownlist::core::clock::{ManualClock, SharedClock};
 use ownlist::store::bulk::{OnDuplicate, insert_statement};
 use ownlist::store::entities::enrollment;
 use sea_orm::ActiveValue::Set;
@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let dir = tempfile::tempdir()?;
-        let mut config = Config::defaults_in(dir.path());
+        let mut config = Config::defaults_in(dir.path())?;
         std::fs::create_dir_all(&config.workflows_dir)?;
         for id in ["bench", "probe"] {
             let file = format!("name: {id}\ntrigger: {{ event: {id} }}\n{STEPS}");

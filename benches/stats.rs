@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
 use ownlist::app::App;
-use ownlist::clock::{ManualClock, SharedClock};
 use ownlist::config::Config;
+use ownlist::core::clock::{ManualClock, SharedClock};
 use ownlist::store::bulk::{OnDuplicate, insert_statement};
 use ownlist::store::entities::{delivery_day, enrollment, event, funnel_day, step_day};
 use sea_orm::ActiveValue::Set;
@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let dir = tempfile::tempdir()?;
-        let mut config = Config::defaults_in(dir.path());
+        let mut config = Config::defaults_in(dir.path())?;
         std::fs::create_dir_all(&config.workflows_dir)?;
         for w in 0..WORKFLOWS {
             std::fs::write(config.workflows_dir.join(format!("flow{w}.yaml")), workflow_yaml(w))?;

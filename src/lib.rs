@@ -7,19 +7,17 @@
 //! - [`http`]: the admin API and health endpoints,
 //! - [`config`], [`cli`], [`app`]: start-up and the one binary's subcommands.
 
-pub mod admin;
 pub mod app;
 pub mod audience;
-pub mod cli;
-pub mod clock;
 pub mod config;
+pub mod core;
 pub mod delivery;
-pub mod error;
-pub mod http;
-pub mod links;
-pub mod metrics;
+pub mod inbound_sms;
+pub mod outbox;
 pub mod pages;
+pub mod rollups;
 pub mod stats;
 pub mod store;
 pub mod tokens;
+pub mod web;
 pub mod workflow;

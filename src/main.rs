@@ -10,5 +10,5 @@ use std::process::ExitCode;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    ownlist::cli::main()
+    ownlist::app::cli::main()
 }

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::audience::Actor;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::store::entities::api_token;
 use crate::store::{Db, is_unique_violation};
 

@@ -468,9 +468,9 @@ fn workflows_plan_shows_where_live_enrollments_would_go() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         use ownlist::audience::{Actor, events, subscribers};
-        let mut config = ownlist::config::Config::defaults_in(dir.path());
+        let mut config = ownlist::config::Config::defaults_in(dir.path()).unwrap();
         config.templates_dir = repo.join("templates");
-        let clock: ownlist::clock::SharedClock = std::sync::Arc::new(ownlist::clock::SystemClock);
+        let clock: ownlist::core::clock::SharedClock = std::sync::Arc::new(ownlist::core::clock::SystemClock);
         let service = ownlist::app::App::open(config, clock.clone()).await.unwrap().start().await.unwrap();
         for email in ["a@example.com", "b@example.com"] {
             let input = subscribers::NewSubscriber { email: Some(email.into()), ..Default::default() };

@@ -271,10 +271,10 @@ async fn a_broken_workflow_file_leaves_pages_and_unsubscribe_links_working() {
     let id = created.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     // The link every email to them carries: signed with the secret this instance made itself.
     let secret = std::fs::read_to_string(dir.path().join("data/secret")).unwrap();
-    let signer = ownlist::links::Signer::new(secret.trim());
+    let signer = ownlist::core::links::Signer::new(secret.trim());
     let id: uuid::Uuid = id.parse().unwrap();
     let expires = chrono::Utc::now() + chrono::Duration::days(30);
-    let link = format!("{base}/u/{}", signer.sign(ownlist::links::Purpose::Unsubscribe, id, expires));
+    let link = format!("{base}/u/{}", signer.sign(ownlist::core::links::Purpose::Unsubscribe, id, expires));
     let unsubscribed = client.post(&link).body("").send().await.unwrap();
     assert_eq!(unsubscribed.status(), 200, "{link}");
     let after = get_json(&client, &format!("{base}/api/v1/subscribers/{id}"), &token).await;

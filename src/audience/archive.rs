@@ -20,7 +20,7 @@ use sea_orm::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::store::Db;
 use crate::store::entities::{
     audit_entry, broadcast, consent, delivery_day, enrollment, event, funnel_day, list, membership, outbox,

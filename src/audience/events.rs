@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::Actor;
 use super::records::{self, trigger};
 use super::subscribers::{Checker, EventView};
-use super::values::MAX_ATTRIBUTES_BYTES;
-use crate::error::{Error, FieldError, Result};
+use crate::core::error::{Error, FieldError, Result};
+use crate::core::values::MAX_ATTRIBUTES_BYTES;
 use crate::store::Db;
 use crate::store::entities::subscriber;
 
@@ -36,7 +36,7 @@ pub fn validate_name(name: &str) -> std::result::Result<(), String> {
 pub struct NewEvent {
     /// Who it happened to: their id, or their email or phone.
     pub subscriber_id: Option<Uuid>,
-    #[schema(schema_with = super::values::schema::email)]
+    #[schema(schema_with = crate::core::values::schema::email)]
     pub email: Option<String>,
     #[schema(pattern = "^(\\+[1-9][0-9]{6,14})?$")]
     pub phone: Option<String>,

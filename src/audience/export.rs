@@ -9,7 +9,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
 use super::subscribers::{MembershipView, memberships_and_tags};
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::store::Db;
 use crate::store::entities::subscriber;
 

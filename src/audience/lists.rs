@@ -10,8 +10,8 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::values::{MembershipStatus, normalize_text, validate_slug};
-use crate::error::{Error, FieldError, Result};
+use crate::core::error::{Error, FieldError, Result};
+use crate::core::values::{MembershipStatus, normalize_text, validate_slug};
 use crate::store::entities::{list, membership};
 use crate::store::{Db, is_unique_violation};
 

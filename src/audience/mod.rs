@@ -5,14 +5,14 @@
 //! the HTTP layer and the CLI are two front ends over the same functions.
 
 pub mod archive;
+pub mod engagement;
 pub mod events;
 pub mod export;
+pub mod goals;
 pub mod import;
-pub mod keywords;
 pub mod lists;
 pub mod records;
 pub mod subscribers;
-pub mod values;
 
 /// Who asked for a change: recorded in the timeline and consent records.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use sea_orm::ActiveValue::Set;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::values::{Channel, ConsentMethod, sha256_hex};
+use crate::core::values::{Channel, ConsentMethod, sha256_hex};
 use crate::store::entities::{consent, event, pending_trigger};
 
 /// What can happen to a subscriber, as written in the timeline.

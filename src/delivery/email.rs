@@ -27,8 +27,8 @@ use uuid::Uuid;
 
 use super::smtp::{Endpoint, Failure, Pool, Security, Timeouts};
 use super::{Answer, Body as Bodies, Breaker, Carrier, Outcome, Try, Worker};
-use crate::clock::SharedClock;
-use crate::links::{Purpose, Signer};
+use crate::core::clock::SharedClock;
+use crate::core::links::{Purpose, Signer};
 use crate::store::Db;
 use crate::store::entities::outbox;
 
@@ -254,8 +254,8 @@ fn plain_part(
         return Ok(body.text().to_owned());
     }
     let links = body.links()?;
-    Ok(crate::workflow::engine::html_to_text_with(html, |href| {
-        super::compose::Tracking::clicked_target(base_url, href, &links)
+    Ok(crate::core::text::html_to_text_with(html, |href| {
+        crate::outbox::compose::Tracking::clicked_target(base_url, href, &links)
     }))
 }
 

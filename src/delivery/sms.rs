@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, NaiveTime, Utc, Weekday};
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use sea_orm::ActiveValue::Set;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter};
 use serde_json::{Value, json};
@@ -27,11 +27,11 @@ use serde_json::{Value, json};
 use super::{Answer, Breaker, Carrier, Outcome, Try, Worker};
 use crate::audience::records::{self, kind};
 use crate::audience::subscribers::mark_bounced;
-use crate::audience::values::Channel;
-use crate::clock::SharedClock;
+use crate::core::clock::SharedClock;
+use crate::core::timing::window_opens_at;
+use crate::core::values::Channel;
 use crate::store::Db;
 use crate::store::entities::{outbox, subscriber};
-use crate::workflow::timing::window_opens_at;
 
 /// Twilio error codes that say the number cannot receive SMS at all (a hard bounce).
 const UNREACHABLE_NUMBER_CODES: &[i64] = &[21211, 21214, 21217, 21407, 21421, 21612, 21614, 30003, 30005, 30006];
@@ -389,7 +389,7 @@ pub struct StatusReport {
 /// Records a delivery report: delivered into the timeline; undelivered or failed fails the
 /// message (already counted as sent when the provider took it), and a number that cannot get SMS
 /// marks the channel bounced. Returns false for a message ownlist does not know.
-pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -> crate::error::Result<bool> {
+pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -> crate::core::error::Result<bool> {
     let txn = db.begin_write().await?;
     let found = outbox::Entity::find()
         .filter(outbox::Column::ProviderRef.eq(&report.provider_ref))
@@ -436,8 +436,7 @@ pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -
 pub fn twilio_signature(auth_token: &str, url: &str, fields: &[(String, String)]) -> String {
     let mut sorted: Vec<&(String, String)> = fields.iter().collect();
     sorted.sort();
-    // HMAC takes a key of any length, so this cannot fail.
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes()).unwrap_or_else(|_| unreachable!());
+    let mut mac = crate::core::hmac::hmac_sha1(auth_token.as_bytes());
     mac.update(url.as_bytes());
     for (name, value) in sorted {
         mac.update(name.as_bytes());

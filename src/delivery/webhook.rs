@@ -15,12 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 use super::{Answer, Carrier, Outcome, Try, Worker};
-use crate::clock::SharedClock;
+use crate::core::clock::SharedClock;
 use crate::store::Db;
 use crate::store::entities::outbox;
 
@@ -109,8 +108,7 @@ pub type WebhookSender = Worker<Webhooks>;
 
 /// The value of the signature header for `body` sent at `at`.
 pub fn signature(secret: &str, at: DateTime<Utc>, body: &str) -> String {
-    // HMAC takes a key of any length, so this cannot fail.
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!());
+    let mut mac = crate::core::hmac::hmac_sha256(secret.as_bytes());
     mac.update(format!("{}.{body}", at.timestamp()).as_bytes());
     format!("t={},v1={}", at.timestamp(), hex::encode(mac.finalize().into_bytes()))
 }

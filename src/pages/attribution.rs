@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::audience::subscribers::Attribution;
+use crate::rollups::funnel::HOSTS;
 
 /// Query parameters a landing page keeps (and carries through its form as hidden fields).
 pub const PARAMS: &[&str] =
@@ -13,50 +14,11 @@ pub const PARAMS: &[&str] =
 const CLICK_IDS: &[(&str, &str)] =
     &[("igshid", "instagram"), ("ttclid", "tiktok"), ("fbclid", "facebook"), ("gclid", "google")];
 
-/// Referrer hosts (or their parents) and the source they mean.
-const HOSTS: &[(&str, &str)] = &[
-    ("instagram.com", "instagram"),
-    ("facebook.com", "facebook"),
-    ("fb.com", "facebook"),
-    ("fb.me", "facebook"),
-    ("messenger.com", "facebook"),
-    ("whatsapp.com", "whatsapp"),
-    ("tiktok.com", "tiktok"),
-    ("t.co", "x"),
-    ("twitter.com", "x"),
-    ("x.com", "x"),
-    ("youtube.com", "youtube"),
-    ("youtu.be", "youtube"),
-    ("linkedin.com", "linkedin"),
-    ("lnkd.in", "linkedin"),
-    ("pinterest.com", "pinterest"),
-    ("reddit.com", "reddit"),
-    ("threads.net", "threads"),
-    ("google.com", "google"),
-    ("bing.com", "bing"),
-    ("duckduckgo.com", "duckduckgo"),
-];
-
 /// Common spellings of a source in `utm_source`, and the name used here.
 const ALIASES: &[(&str, &str)] =
     &[("ig", "instagram"), ("insta", "instagram"), ("fb", "facebook"), ("tt", "tiktok"), ("twitter", "x")];
 
 const SEARCH: &[&str] = &["google", "bing", "duckduckgo"];
-
-/// A source as a metric label: one of the known networks, `direct`, `email`, or `other`. A
-/// visitor chooses `utm_source` freely (an email address typed into a link, say): metrics, open
-/// to scraping and kept by monitoring for months, carry no value a visitor wrote.
-pub fn source_label(source: Option<&str>) -> &'static str {
-    let Some(source) = source.map(str::trim).filter(|s| !s.is_empty()) else { return "direct" };
-    let lower = source.to_ascii_lowercase();
-    let known = HOSTS.iter().map(|(_, name)| *name).chain(["direct", "email", "sms"]);
-    for name in known {
-        if lower == name {
-            return name;
-        }
-    }
-    "other"
-}
 
 /// The source a referrer's host means (`l.instagram.com` → `instagram`), or the host itself.
 fn source_of_host(host: &str) -> String {
@@ -149,14 +111,5 @@ mod tests {
         assert_eq!((t.source.as_deref(), t.medium.as_deref()), (Some("blog.example.org"), Some("referral")));
         let t = touch(&params(&[]), None, "https://x/p/g");
         assert_eq!((t.source, t.medium), (None, None), "a direct visit has no source");
-    }
-
-    #[test]
-    fn metric_labels_are_known_sources_or_other() {
-        assert_eq!(source_label(Some("instagram")), "instagram");
-        assert_eq!(source_label(Some("Instagram")), "instagram");
-        assert_eq!(source_label(None), "direct");
-        assert_eq!(source_label(Some("ada@example.com")), "other");
-        assert_eq!(source_label(Some("l.instagram.com")), "other");
     }
 }

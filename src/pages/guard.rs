@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::links::Signer;
+use crate::core::links::Signer;
 
 /// The honeypot's field name: a plausible one, so form-filling bots fill it.
 pub const HONEYPOT: &str = "website";

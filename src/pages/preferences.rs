@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use crate::audience::records::{self, ConsentOrigin, kind, trigger};
 use crate::audience::subscribers::change_channel;
-use crate::audience::values::{Channel, ChannelState, ConsentMethod, MembershipStatus, stored};
-use crate::error::Result;
+use crate::core::error::Result;
+use crate::core::values::{Channel, ChannelState, ConsentMethod, MembershipStatus, stored};
 use crate::store::Db;
 use crate::store::entities::{list, membership, subscriber};
 

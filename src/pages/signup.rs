@@ -15,19 +15,19 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, I
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{Field, Page};
 use crate::audience::lists;
 use crate::audience::records::{self, ConsentOrigin, ConsentWording, trigger};
 use crate::audience::subscribers::{Attribution, Profile, membership_row, new_subscriber_row};
-use crate::audience::values::{
+use crate::core::error::Result;
+use crate::core::links::{Purpose, Signer};
+use crate::core::values::{
     Channel, ChannelState, ConsentMethod, EmailAddress, MembershipStatus, PhoneNumber, SubscriberStatus,
     normalize_text, stored,
 };
-use crate::delivery::compose::{self, Draft, NewMessage};
-use crate::error::Result;
-use crate::links::{Purpose, Signer};
+use crate::outbox::compose::{self, Draft, NewMessage};
 use crate::store::Db;
 use crate::store::entities::{membership, page_count, signup_confirmation, subscriber};
+use crate::workflow::page::{Field, Page};
 use crate::workflow::templates::TemplateChecker;
 
 /// Timeline entries of signups.
@@ -317,8 +317,16 @@ pub async fn submit(
             records::trigger(id, trigger::SUBSCRIBED, &list.slug, json!({"page": page.slug}), now).insert(&txn).await?;
             // Single opt-in: confirmed at once.
             let a = &profile.attribution;
-            let from = crate::stats::Source::of(a.source.as_deref(), a.medium.as_deref(), a.campaign.as_deref());
-            crate::stats::bump(&txn, now.date_naive(), &page.slug, &from, crate::stats::Count::Confirmed).await?;
+            let from =
+                crate::rollups::funnel::Source::of(a.source.as_deref(), a.medium.as_deref(), a.campaign.as_deref());
+            crate::rollups::funnel::bump(
+                &txn,
+                now.date_naive(),
+                &page.slug,
+                &from,
+                crate::rollups::funnel::Count::Confirmed,
+            )
+            .await?;
         }
     }
     let data = json!({
@@ -410,7 +418,7 @@ fn confirmation_message(
             let text = if tera.contains_template(&text_name) {
                 render(&text_name)?
             } else {
-                crate::workflow::engine::html_to_text(&html)
+                crate::core::text::html_to_text(&html)
             };
             Draft {
                 channel: Channel::Email.as_str(),
@@ -519,9 +527,12 @@ async fn confirm(
             .exec(txn)
             .await?;
         let Some(person) = subscriber::Entity::find_by_id(row.subscriber_id).one(txn).await? else { continue };
-        let source = crate::pages::attribution::source_label(person.source.as_deref());
-        let from =
-            crate::stats::Source::of(person.source.as_deref(), person.medium.as_deref(), person.campaign.as_deref());
+        let source = crate::rollups::funnel::source_label(person.source.as_deref());
+        let from = crate::rollups::funnel::Source::of(
+            person.source.as_deref(),
+            person.medium.as_deref(),
+            person.campaign.as_deref(),
+        );
         let state = match channel {
             Channel::Email => stored(&person.email_state, ChannelState::None),
             Channel::Sms => stored(&person.sms_state, ChannelState::None),
@@ -558,8 +569,15 @@ async fn confirm(
                 .insert(txn)
                 .await?;
             // The funnel's "confirmed": the signup's list joined, once however many channels.
-            crate::metrics::inc("ownlist_signup_confirmations_total", &[("page", &row.page), ("source", source)]);
-            crate::stats::bump(txn, now.date_naive(), &row.page, &from, crate::stats::Count::Confirmed).await?;
+            crate::core::metrics::inc("ownlist_signup_confirmations_total", &[("page", &row.page), ("source", source)]);
+            crate::rollups::funnel::bump(
+                txn,
+                now.date_naive(),
+                &row.page,
+                &from,
+                crate::rollups::funnel::Count::Confirmed,
+            )
+            .await?;
         }
         let data =
             json!({"page": row.page, "page_version": row.page_version, "channel": row.channel, "by": origin.source});

@@ -1,5 +1,4 @@
-//! Analytics from daily rollups, each updated in the transaction of what it counts, so a stats
-//! request sums a few rows per day instead of scanning the timeline or the outbox:
+//! Analytics: the read side of the daily rollups ([`crate::rollups`]), summed per range of days:
 //!
 //! - [`funnel`]: landing pages (`funnel_daily`): views, signups, confirmations, first opens and
 //!   clicks, goals, per day, page and traffic source;
@@ -7,9 +6,7 @@
 //!   why), exited, and the messages the step produced and what became of them;
 //! - [`delivery`]: relays and providers (`delivery_daily`): sent, failed, retried, latency.
 //!
-//! Days are UTC days, stored as `YYYY-MM-DD`. A transaction that bumps several rollups bumps the
-//! funnel's rows first, then the steps', then the relays', each in key order: on PostgreSQL,
-//! instances then take the rows' locks in one order and cannot deadlock on them.
+//! Days are UTC days, stored as `YYYY-MM-DD`.
 
 pub mod delivery;
 pub mod funnel;
@@ -17,14 +14,8 @@ pub mod steps;
 
 use chrono::NaiveDate;
 
-pub use funnel::{
-    Count, Filter, Funnel, Source, bump, first_engagement, first_touch_page, goal_reached, is_bot, record,
-};
-
-/// The key a rollup row has for a day.
-pub fn day_key(day: NaiveDate) -> String {
-    day.format("%Y-%m-%d").to_string()
-}
+pub use crate::rollups::day_key;
+pub use funnel::{Filter, Funnel};
 
 /// A range of days, both ends inclusive and optional.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -160,7 +160,7 @@ impl Db {
         let connection = pool.acquire().await.map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())))?;
         if connection.is_in_transaction() {
             tracing::warn!("a failed write left the database connection inside a transaction: it is reopened");
-            crate::metrics::inc("ownlist_database_connections_reopened_total", &[]);
+            crate::core::metrics::inc("ownlist_database_connections_reopened_total", &[]);
             if let Err(e) = connection.close().await {
                 tracing::warn!(error = %e, "closing the stranded database connection");
             }
@@ -232,8 +232,8 @@ pub fn queued() -> sea_orm::sea_query::SimpleExpr {
 
 /// Whether a transaction failed for a reason of the moment, so that running it again may work:
 /// PostgreSQL broke a deadlock or a serialization conflict, or SQLite stayed busy.
-pub fn is_transient(err: &crate::error::Error) -> bool {
-    let crate::error::Error::Database(db) = err else { return false };
+pub fn is_transient(err: &crate::core::error::Error) -> bool {
+    let crate::core::error::Error::Database(db) = err else { return false };
     let text = db.to_string();
     ["deadlock detected", "could not serialize access", "database is locked"].iter().any(|t| text.contains(t))
 }
@@ -256,7 +256,7 @@ pub fn count_error(err: &DbErr) {
     } else {
         "other"
     };
-    crate::metrics::inc("ownlist_database_errors_total", &[("kind", kind)]);
+    crate::core::metrics::inc("ownlist_database_errors_total", &[("kind", kind)]);
 }
 
 /// Whether a database error is a unique-constraint violation.
@@ -299,7 +299,7 @@ pub async fn hold_lease(
 #[cfg(test)]
 mod tests {
     use super::{Db, is_transient};
-    use crate::error::Error;
+    use crate::core::error::Error;
     use sea_orm::ConnectionTrait;
 
     #[test]

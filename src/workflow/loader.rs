@@ -17,10 +17,10 @@ use super::registry::{Move, Registry};
 use super::templates::TemplateChecker;
 use super::{Context, Diagnostic, Folder, check_dir};
 use crate::audience::lists::{self, Declared};
-use crate::error::{Error, Result};
-use crate::pages::Page;
+use crate::core::error::{Error, Result};
 use crate::store::Db;
 use crate::store::entities::page;
+use crate::workflow::page::Page;
 
 /// What a load did.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -61,23 +61,28 @@ pub struct Load {
     pub pages: Vec<Page>,
 }
 
+/// What loading the workflow folder needs to know (from the configuration).
+#[derive(Debug, Clone)]
+pub struct LoadSettings {
+    pub workflows_dir: std::path::PathBuf,
+    pub templates_dir: std::path::PathBuf,
+    /// The most segments an SMS step's text may take.
+    pub sms_max_segments: u32,
+}
+
 /// Checks the folder against the templates and the lists in the database (and those the files
 /// declare).
-pub async fn check_folder(
-    db: &Db,
-    workflows: &Path,
-    config: &crate::config::Config,
-) -> Result<(Folder, TemplateChecker)> {
-    let checker = TemplateChecker::load(&config.templates_dir);
+pub async fn check_folder(db: &Db, workflows: &Path, settings: &LoadSettings) -> Result<(Folder, TemplateChecker)> {
+    let checker = TemplateChecker::load(&settings.templates_dir);
     let lists: BTreeSet<String> = lists::all(db).await?.into_iter().map(|l| l.slug).collect();
-    let context = Context { templates: &checker, lists: Some(&lists), sms_max_segments: config.sms_max_segments };
+    let context = Context { templates: &checker, lists: Some(&lists), sms_max_segments: settings.sms_max_segments };
     let folder = check_dir(workflows, &context);
     Ok((folder, checker))
 }
 
 /// Checks the folder and stores what its valid files declare, in one transaction.
-pub async fn load(db: &Db, registry: &Registry, now: DateTime<Utc>, config: &crate::config::Config) -> Result<Load> {
-    let (folder, checker) = check_folder(db, &config.workflows_dir, config).await?;
+pub async fn load(db: &Db, registry: &Registry, now: DateTime<Utc>, settings: &LoadSettings) -> Result<Load> {
+    let (folder, checker) = check_folder(db, &settings.workflows_dir, settings).await?;
     let declared: Vec<Declared> = folder.lists.iter().map(|l| l.list.clone()).collect();
     let txn = db.begin_write().await?;
     let (lists_created, lists_updated) = lists::declare(&txn, now, &declared).await?;
@@ -133,11 +138,11 @@ async fn store_pages(txn: &impl ConnectionTrait, now: DateTime<Utc>, folder: &Fo
 /// change nothing (their last valid version runs); the problems come back with what was done.
 pub async fn reload(
     db: &Db,
-    config: &crate::config::Config,
+    settings: &LoadSettings,
     engine: &super::engine::Engine,
     now: DateTime<Utc>,
 ) -> Result<Reloaded> {
-    let load = load(db, engine.registry(), now, config).await?;
+    let load = load(db, engine.registry(), now, settings).await?;
     Ok(engine.take_load(load))
 }
 

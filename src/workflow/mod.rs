@@ -18,11 +18,11 @@ pub mod engine;
 pub mod format;
 pub mod loader;
 pub mod model;
+pub mod page;
 pub mod program;
 pub mod registry;
 pub mod simulate;
 pub mod templates;
-pub mod timing;
 
 pub use check::{Checked, Context, DeclaredList, Diagnostic, FileState, Folder, check, check_dir, check_file};
 pub use model::Workflow;

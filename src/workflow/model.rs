@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use chrono::{NaiveTime, Weekday};
 use serde::{Deserialize, Serialize};
 
-use super::timing::Span;
-use crate::audience::values::Channel;
+use crate::core::timing::Span;
+use crate::core::values::Channel;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workflow {

@@ -152,8 +152,8 @@ fn layout(steps: &[Step], after: Option<String>, nodes: &mut HashMap<String, Nod
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::timing::Span;
     use crate::workflow::model::{Condition, Reentry, Trigger};
-    use crate::workflow::timing::Span;
 
     fn step(id: &str, action: Action) -> Step {
         Step { id: id.into(), action }

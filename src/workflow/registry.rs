@@ -19,8 +19,8 @@ use serde_json::json;
 use super::model::{Action, Workflow};
 use super::program::Program;
 use crate::audience::records;
-use crate::audience::values::sha256_hex;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
+use crate::core::values::sha256_hex;
 use crate::store::Db;
 use crate::store::entities::{enrollment, workflow, workflow_version};
 

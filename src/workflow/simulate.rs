@@ -17,14 +17,14 @@ use super::engine::Engine;
 use super::model::{Action, Condition, Trigger, Workflow};
 use super::registry::Registry;
 use super::templates::TemplateChecker;
-use super::timing::{Span, next_cron_tick, zone};
 use super::{Context, Diagnostic, check};
 use crate::audience::events::{NewEvent, record};
 use crate::audience::lists::{NewList, create as create_list};
 use crate::audience::subscribers::{self, NewSubscriber};
 use crate::audience::{Actor, records};
-use crate::clock::{Clock, ManualClock, SharedClock};
-use crate::links::Signer;
+use crate::core::clock::{Clock, ManualClock, SharedClock};
+use crate::core::links::Signer;
+use crate::core::timing::{Span, next_cron_tick, zone};
 use crate::store::Db;
 use crate::store::entities::{enrollment, event, outbox};
 
@@ -123,13 +123,13 @@ pub async fn simulate(
                 .attributes
                 .get(attribute)
                 .and_then(Value::as_str)
-                .and_then(super::engine::month_day)
+                .and_then(crate::core::timing::month_day)
                 .ok_or_else(|| {
                     anyhow::anyhow!("--subscriber needs the attribute '{attribute}' as YYYY-MM-DD or MM-DD")
                 })?;
             let tz = zone(created.timezone.as_deref(), workflow.timezone.as_deref());
             schedule_tick =
-                super::engine::occurrence_in(anniversary, *offset, *at, tz, start, start + Duration::days(367));
+                crate::core::timing::occurrence_in(anniversary, *offset, *at, tz, start, start + Duration::days(367));
         }
         _ => {}
     }

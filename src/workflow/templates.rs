@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-use crate::config::closest;
+use crate::core::text::closest;
 
 /// The variables every message template is rendered with.
 pub const VARIABLES: &[&str] = &["subscriber", "workflow", "unsubscribe_url", "preferences_url"];

@@ -45,7 +45,7 @@ async fn everything_exported_comes_back_whole_into_an_empty_instance(backend: Ba
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("export");
-    let now = ownlist::clock::Clock::now(source.clock.as_ref());
+    let now = ownlist::core::clock::Clock::now(source.clock.as_ref());
     let manifest = archive::export_all(&source.db, now, &out).await.unwrap();
     let before = counts(&source).await;
     for (table, n) in &before {

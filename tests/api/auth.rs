@@ -1,4 +1,4 @@
-use ownlist::clock::Clock;
+use ownlist::core::clock::Clock;
 use reqwest::StatusCode;
 use serde_json::Value;
 

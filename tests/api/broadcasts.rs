@@ -5,7 +5,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, expect_json, expect_problem, kinds, on_both_databases};
-use ownlist::clock::Clock;
+use ownlist::core::clock::Clock;
 use ownlist::store::entities::outbox;
 
 on_both_databases!(
@@ -254,7 +254,7 @@ async fn a_big_broadcast_sent_while_it_is_still_being_written_arrives_once_each(
 /// writes only the others, and no body for those left out: on SQLite every INSERT goes in one
 /// call and the ids written are then read back; on PostgreSQL chunk by chunk.
 async fn messages_whose_keys_are_taken_are_left_out_with_their_bodies(app: TestApp) {
-    use ownlist::delivery::compose::{self, Draft};
+    use ownlist::outbox::compose::{self, Draft};
     let now = chrono::Utc::now();
     let rows = |keys: std::ops::Range<usize>| -> Vec<_> {
         keys.map(|n| {

@@ -25,8 +25,8 @@ async fn the_bootstrap_token_opens_a_session_that_ends_when_the_setting_changes(
         assert_eq!(page.status(), StatusCode::OK, "{path} with a bootstrap session");
     }
     // The session is tied to the token it was opened with: another setting, or none, ends it.
-    use ownlist::admin::session;
-    use ownlist::clock::Clock;
+    use ownlist::core::clock::Clock;
+    use ownlist::web::admin::session;
     let secret = cookie.split_once('=').unwrap().1;
     let now = app.clock.now();
     assert!(session::find(&app.db, secret, Some(BOOTSTRAP), now).await.unwrap().is_some());
@@ -181,7 +181,7 @@ async fn only_a_session_opens_the_dashboard_and_sessions_end(backend: Backend) {
     assert!(sent_to_login(&get_with(&app, "/admin", &cookie).await));
 
     // Revoking the token a session was opened with ends the session.
-    let now = ownlist::clock::Clock::now(app.clock.as_ref());
+    let now = ownlist::core::clock::Clock::now(app.clock.as_ref());
     let token = ownlist::tokens::create(&app.db, now, "dashboard").await.unwrap();
     let cookie = log_in(&app, &token).await;
     assert_eq!(get_with(&app, "/admin", &cookie).await.status(), StatusCode::OK);

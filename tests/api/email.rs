@@ -8,9 +8,9 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, expect_json, kinds, on_both_databases};
 use crate::smtp_sink::SmtpSink;
-use ownlist::clock::Clock;
+use ownlist::core::clock::Clock;
+use ownlist::core::links::Signer;
 use ownlist::delivery::email::{EmailSender, Letterhead, Relay, Transport};
-use ownlist::links::Signer;
 use ownlist::store::entities::outbox;
 
 on_both_databases!(

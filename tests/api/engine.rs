@@ -4,7 +4,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, expect_json, expect_problem, kinds, on_both_databases, timeline};
-use ownlist::clock::Clock;
+use ownlist::core::clock::Clock;
 use ownlist::store::entities::{enrollment, outbox};
 
 on_both_databases!(

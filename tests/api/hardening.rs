@@ -140,8 +140,8 @@ async fn the_dashboard_login_refuses_other_sites_and_never_follows_a_bad_next(ba
 }
 
 async fn consent_pages_are_never_framed_and_an_empty_post_changes_nothing(backend: Backend) {
-    use ownlist::clock::Clock;
-    use ownlist::links::Purpose;
+    use ownlist::core::clock::Clock;
+    use ownlist::core::links::Purpose;
     let Some(app) = TestApp::spawn(backend).await else { return };
     app.create_list("news").await;
     let ada = app
@@ -178,7 +178,7 @@ async fn made_up_sources_are_folded_past_a_daily_budget_and_never_become_metric_
     let Some(app) = TestApp::spawn(backend).await else { return };
     app.create_list("leads").await;
     app.install_workflow("pages", "pages:\n  - slug: join\n    title: Join\n    list: leads\n").await;
-    let budget = ownlist::stats::funnel::SOURCES_PER_PAGE_AND_DAY;
+    let budget = ownlist::rollups::funnel::SOURCES_PER_PAGE_AND_DAY;
     let visits = budget + 30;
     for i in 0..visits {
         let path = format!("/p/join?utm_source=person{i}%40example.com");

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use ownlist::app::App;
-use ownlist::clock::{Clock, ManualClock, SharedClock};
 use ownlist::config::Config;
+use ownlist::core::clock::{Clock, ManualClock, SharedClock};
 use ownlist::store::Db;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
@@ -93,7 +93,7 @@ impl TestApp {
         let _ = rustls::crypto::ring::default_provider().install_default();
         init_logging();
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::defaults_in(dir.path());
+        let mut config = Config::defaults_in(dir.path()).unwrap();
         std::fs::create_dir_all(&config.workflows_dir).unwrap();
         config.templates_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates");
         let workflows_dir = config.workflows_dir.clone();

@@ -557,10 +557,10 @@ async fn the_preference_page_switches_lists_and_channels_and_records_each_change
         "lists": ["guide-leads", "news"], "consent": {"email": true, "sms": true}});
     let id: uuid::Uuid = app.create_subscriber(body).await["id"].as_str().unwrap().parse().unwrap();
     let secret = std::fs::read_to_string(app.data_dir.join("secret")).unwrap();
-    let signer = ownlist::links::Signer::new(secret.trim());
+    let signer = ownlist::core::links::Signer::new(secret.trim());
     let base = url::Url::parse("http://127.0.0.1:8080/").unwrap();
-    let expires = ownlist::clock::Clock::now(app.clock.as_ref()) + chrono::Duration::days(30);
-    let url = signer.url(&base, "preferences", ownlist::links::Purpose::Preferences, id, expires);
+    let expires = ownlist::core::clock::Clock::now(app.clock.as_ref()) + chrono::Duration::days(30);
+    let url = signer.url(&base, "preferences", ownlist::core::links::Purpose::Preferences, id, expires);
     let path = url.trim_start_matches("http://127.0.0.1:8080");
 
     let (status, html) = page_html(&app, path).await;
@@ -630,9 +630,9 @@ async fn the_preference_page_cannot_switch_on_a_channel_its_owner_never_confirme
     assert_eq!((v["channels"]["email"].as_str(), v["channels"]["sms"].as_str()), (Some("subscribed"), Some("pending")));
 
     let secret = std::fs::read_to_string(app.data_dir.join("secret")).unwrap();
-    let signer = ownlist::links::Signer::new(secret.trim());
-    let expires = ownlist::clock::Clock::now(app.clock.as_ref()) + chrono::Duration::days(30);
-    let path = format!("/preferences/{}", signer.sign(ownlist::links::Purpose::Preferences, mallory.id, expires));
+    let signer = ownlist::core::links::Signer::new(secret.trim());
+    let expires = ownlist::core::clock::Clock::now(app.clock.as_ref()) + chrono::Duration::days(30);
+    let path = format!("/preferences/{}", signer.sign(ownlist::core::links::Purpose::Preferences, mallory.id, expires));
     form(&app, &path, &[("save", "1"), ("list", "guide-leads"), ("channel", "email")]).await;
     assert_eq!(view(&app, mallory.id).await["channels"]["sms"], "unsubscribed", "the pending request is withdrawn");
     let (_, html) = page_html(&app, &path).await;

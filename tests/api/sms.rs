@@ -213,14 +213,14 @@ async fn stop_help_start_and_yes_work_through_the_signed_webhook(backend: Backen
     app.clock.set(chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 3, 2, 23, 0, 0).unwrap());
     assert_eq!(app.sms.send_due().await.unwrap(), 1, "the confirmation goes at once, even at night");
     let texts: Vec<String> = fake.requests().iter().map(|r| r.field("Body").unwrap()).collect();
-    assert_eq!(texts, [ownlist::audience::keywords::STOPPED], "one confirmation, no marketing");
+    assert_eq!(texts, [ownlist::inbound_sms::STOPPED], "one confirmation, no marketing");
 
     text_in(&app, "SMin3", "help").await;
     text_in(&app, "SMin4", "START").await;
     assert_eq!(person(&app, &ada).await["channels"]["sms"], "subscribed");
     app.sms.send_due().await.unwrap();
     let texts: Vec<String> = fake.requests().iter().skip(1).map(|r| r.field("Body").unwrap()).collect();
-    assert_eq!(texts, ["Reply STOP to stop, START to start again.", ownlist::audience::keywords::STARTED]);
+    assert_eq!(texts, ["Reply STOP to stop, START to start again.", ownlist::inbound_sms::STARTED]);
 
     // YES confirms a pending SMS opt-in.
     let mut row = subscriber::Entity::find_by_id(ada.parse::<uuid::Uuid>().unwrap())

@@ -6,8 +6,8 @@ use sea_orm::EntityTrait;
 use serde_json::json;
 
 use crate::helpers::{TestApp, expect_json, kinds, on_both_databases, timeline};
-use ownlist::clock::Clock;
-use ownlist::links::{Purpose, Signer};
+use ownlist::core::clock::Clock;
+use ownlist::core::links::{Purpose, Signer};
 use ownlist::store::entities::outbox;
 
 on_both_databases!(

@@ -24,9 +24,9 @@ use uuid::Uuid;
 
 use super::{Engine, Facts, MessageBody, reachable, render, subscriber_json};
 use crate::audience::lists;
-use crate::audience::values::{Channel, MembershipStatus, normalize_tag};
-use crate::delivery::compose::{self, Draft, NewMessage};
-use crate::error::{Error, FieldError, Result};
+use crate::core::error::{Error, FieldError, Result};
+use crate::core::values::{Channel, MembershipStatus, normalize_tag};
+use crate::outbox::compose::{self, Draft, NewMessage};
 use crate::store::entities::{
     broadcast, membership, outbox, outbox_body, outbox_dictionary, subscriber, subscriber_tag,
 };
@@ -58,7 +58,7 @@ pub struct NewBroadcast {
     #[schema(value_type = Option<Object>)]
     pub condition: Option<Condition>,
     /// `email`, `sms` or both; default `["email"]`.
-    #[schema(schema_with = crate::audience::values::schema::channels_or_null)]
+    #[schema(schema_with = crate::core::values::schema::channels_or_null)]
     pub channels: Option<Vec<String>>,
     /// The email subject (a tera template); required for email.
     pub subject: Option<String>,
@@ -454,7 +454,7 @@ impl Engine {
             (compose::prepare(backend, rows), unrenderable, dictionary, made)
         })
         .await
-        .map_err(|e| crate::error::Error::Other(anyhow::anyhow!("rendering a broadcast batch failed: {e}")))?;
+        .map_err(|e| crate::core::error::Error::Other(anyhow::anyhow!("rendering a broadcast batch failed: {e}")))?;
         let (rows, unrenderable, dictionary, made) = rendered;
         Ok(Batch {
             dictionary,
@@ -540,7 +540,7 @@ fn sample_subscriber() -> Value {
 /// broadcast sends no HTML email.
 fn sample_dictionary(
     templates: &TemplateChecker,
-    links: &(crate::links::Signer, url::Url),
+    links: &(crate::core::links::Signer, url::Url),
     b: &broadcast::Model,
     channels: &[Channel],
     now: DateTime<Utc>,
@@ -564,7 +564,7 @@ fn sample_dictionary(
 
 /// What a broadcast's templates see for one subscriber.
 fn broadcast_context(
-    links: &(crate::links::Signer, url::Url),
+    links: &(crate::core::links::Signer, url::Url),
     b: &broadcast::Model,
     subscriber: Value,
     id: Uuid,
@@ -615,7 +615,7 @@ fn render_broadcast(
 /// and how many member and channel pairs were skipped (no consent or address, unrenderable).
 fn render_batch(
     templates: &TemplateChecker,
-    links: &(crate::links::Signer, url::Url),
+    links: &(crate::core::links::Signer, url::Url),
     b: &broadcast::Model,
     people: &[subscriber::Model],
     channels: &[Channel],

@@ -1,0 +1,64 @@
+//! SMS providers as configured: the Twilio settings and `[[sms_providers]]` tables.
+
+use super::http_url;
+
+/// One SMS provider as configured.
+#[derive(Clone)]
+pub enum SmsProviderConfig {
+    Twilio { base_url: url::Url, account_sid: String, auth_token: String, from: String },
+    Http { url: url::Url, token: Option<String>, from: String },
+}
+
+impl std::fmt::Debug for SmsProviderConfig {
+    // Never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Twilio { base_url, account_sid, from, .. } => {
+                write!(f, "twilio {base_url} account {account_sid} from {from}")
+            }
+            Self::Http { url, from, .. } => write!(f, "http {url} from {from}"),
+        }
+    }
+}
+
+impl SmsProviderConfig {
+    /// The provider, ready to send.
+    pub fn build(&self) -> Result<crate::delivery::sms::Provider, String> {
+        use crate::delivery::sms::Provider;
+        match self {
+            Self::Twilio { base_url, account_sid, auth_token, from } => {
+                Provider::twilio(base_url, account_sid, auth_token, from)
+            }
+            Self::Http { url, token, from } => Ok(Provider::http(url, token.as_deref(), from)),
+        }
+    }
+}
+
+/// One `[[sms_providers]]` table: `type = "twilio"` (base_url, account_sid, auth_token, from) or
+/// `type = "http"` (url, token, from); `from` defaults to `sms_from`.
+pub(super) fn provider(item: &toml::Value, default_from: Option<&str>) -> Result<SmsProviderConfig, String> {
+    let table = item.as_table().ok_or("each provider is a table with a type")?;
+    let text = |key: &str| table.get(key).and_then(toml::Value::as_str).map(str::to_owned);
+    let known: &[&str] = match text("type").as_deref() {
+        Some("twilio") => &["type", "base_url", "account_sid", "auth_token", "from"],
+        Some("http") => &["type", "url", "token", "from"],
+        Some(other) => return Err(format!("type '{other}' is not twilio or http")),
+        None => return Err("type is missing (twilio or http)".into()),
+    };
+    if let Some(unknown) = table.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(format!("unknown key '{unknown}' (a provider takes {})", known.join(", ")));
+    }
+    let from = text("from").or_else(|| default_from.map(str::to_owned)).ok_or("from is missing (or set sms_from)")?;
+    let required = |key: &str| text(key).ok_or_else(|| format!("{key} is missing"));
+    if known.contains(&"account_sid") {
+        let base = text("base_url").unwrap_or_else(|| "https://api.twilio.com/".into());
+        Ok(SmsProviderConfig::Twilio {
+            base_url: http_url(&base)?,
+            account_sid: required("account_sid")?,
+            auth_token: required("auth_token")?,
+            from,
+        })
+    } else {
+        Ok(SmsProviderConfig::Http { url: http_url(&required("url")?)?, token: text("token"), from })
+    }
+}

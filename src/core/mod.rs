@@ -1,0 +1,12 @@
+//! The bottom layer: pure helpers and value types every other part uses. Nothing here names
+//! another module of the crate; it touches no database, no network and no configuration.
+
+pub mod clock;
+pub mod error;
+pub mod hmac;
+pub mod links;
+pub mod metrics;
+pub mod sms_text;
+pub mod text;
+pub mod timing;
+pub mod values;

@@ -1,0 +1,11 @@
+//! What the public reaches without a token: landing pages, confirmation, preference and
+//! unsubscribe links, tracking, provider webhooks (bounces, SMS), health and metrics.
+
+pub(crate) mod bounces;
+pub(crate) mod health;
+pub(crate) mod metrics;
+pub(crate) mod pages;
+pub(crate) mod preferences;
+pub(crate) mod sms;
+pub(crate) mod tracking;
+pub(crate) mod unsubscribe;

@@ -1,0 +1,213 @@
+//! Message steps: a message rendered for a subscriber and written to the outbox.
+
+use super::*;
+use crate::core::error::Result;
+use crate::core::links::{Purpose, Signer};
+use crate::core::timing::{window_opens_at, zone};
+use crate::core::values::{Channel, ChannelState, SubscriberStatus, stored};
+use crate::outbox::compose::{self, Draft, NewMessage, Tracking};
+use crate::rollups::steps::measure;
+use crate::store::entities::subscriber;
+use crate::workflow::model::{Action, Trigger};
+use crate::workflow::program::Node;
+use crate::workflow::templates::TemplateChecker;
+use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
+use sea_orm::DatabaseTransaction;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn message(
+        &self,
+        txn: &DatabaseTransaction,
+        run: &mut Run<'_>,
+        node: &Node,
+        facts: &mut Facts,
+        channel: Channel,
+        subject: Option<&String>,
+        body: MessageBody<'_>,
+    ) -> Result<Flow> {
+        let step = &node.step;
+        let now = run.now;
+        let s = facts.subscriber(txn).await?;
+        let address = match reachable(s, channel) {
+            Ok(address) => address,
+            Err(reason) => {
+                run.note(decision::STEP_SKIPPED, json!({"step": step.id, "channel": channel, "reason": reason}));
+                return Ok(Flow::Goto(node.next.clone()));
+            }
+        };
+        let workflow = &run.program.workflow;
+        if let Some(window) = &workflow.send_window {
+            let tz = zone(s.timezone.as_deref(), workflow.timezone.as_deref());
+            if let Some(opens) = window_opens_at(now, tz, &window.days, window.start, window.end) {
+                // Held, not left: when the window opens the step goes on (it is not entered again).
+                run.row.wait_started_at.get_or_insert(run.logical);
+                run.note(
+                    decision::WAITING,
+                    json!({"step": step.id, "until": opens, "reason": "outside the send window"}),
+                );
+                return Ok(Flow::WaitUntil(opens));
+            }
+        }
+        let context = self.render_context(workflow, s, now);
+        let templates = self.templates();
+        let rendered = match render(&templates, &context, subject, &body) {
+            Ok(rendered) => rendered,
+            Err(problem) => {
+                run.note(
+                    decision::STEP_SKIPPED,
+                    json!({"step": step.id, "reason": format!("the message could not be rendered: {problem}")}),
+                );
+                return Ok(Flow::Goto(node.next.clone()));
+            }
+        };
+        let list_slug = match &workflow.trigger {
+            Trigger::Subscribed { list } => Some(list.clone()),
+            _ => None,
+        };
+        let step_tracking = match &step.action {
+            Action::Email { tracking, .. } => *tracking,
+            _ => None,
+        };
+        let tracked = self.tracking.as_ref().filter(|_| step_tracking.unwrap_or(workflow.tracking));
+        let draft = Draft {
+            channel: channel.as_str(),
+            recipient: address,
+            subject: rendered.subject,
+            html: rendered.html,
+            text: rendered.text,
+            list_slug,
+        };
+        self.enqueue(txn, run, step, s.id, draft, tracked).await?;
+        run.note(decision::STEP_DONE, json!({"step": step.id, "channel": channel}));
+        Ok(Flow::Goto(node.next.clone()))
+    }
+
+    /// Stores a step's message in the outbox, once per enrollment and step.
+    pub(super) async fn enqueue(
+        &self,
+        txn: &DatabaseTransaction,
+        run: &mut Run<'_>,
+        step: &crate::workflow::model::Step,
+        subscriber_id: Uuid,
+        draft: Draft,
+        tracked: Option<&Tracking>,
+    ) -> Result<()> {
+        let channel = draft.channel;
+        let message = NewMessage::new(format!("{}:{}", run.row.id, step.id), subscriber_id, draft).tracked(tracked);
+        let id = message.id();
+        let (mut row, body) = message.rows(run.now);
+        row.enrollment_id = Set(Some(run.row.id));
+        row.workflow_id = Set(Some(run.row.workflow_id.clone()));
+        row.step_id = Set(Some(step.id.clone()));
+        if !compose::insert(txn, vec![(row, body)]).await?.is_empty() {
+            run.note(decision::MESSAGE_QUEUED, json!({"step": step.id, "channel": channel, "message": id}));
+            run.count(&step.id, measure::SENT, String::new());
+        }
+        Ok(())
+    }
+
+    pub(super) fn render_context(
+        &self,
+        workflow: &crate::workflow::model::Workflow,
+        s: &subscriber::Model,
+        now: DateTime<Utc>,
+    ) -> Value {
+        let about = ("workflow", json!({"id": workflow.id, "name": workflow.name}));
+        message_context(&self.signer, &self.base_url, subscriber_json(s), s.id, about, now)
+    }
+}
+
+pub(super) fn render(
+    templates: &TemplateChecker,
+    context: &Value,
+    subject: Option<&String>,
+    body: &MessageBody<'_>,
+) -> std::result::Result<Rendered, String> {
+    let context = tera::Context::from_serialize(context).map_err(|e| e.to_string())?;
+    let tera = templates.tera();
+    let subject = match subject {
+        Some(s) => Some(tera.render_str(s, &context, false).map_err(|e| first_line(&e))?.trim().to_owned()),
+        None => None,
+    };
+    let (html, text) = match body {
+        MessageBody::Inline(text) => (None, tera.render_str(text, &context, false).map_err(|e| first_line(&e))?),
+        MessageBody::Template(name) => {
+            let rendered = tera.render(name, &context).map_err(|e| first_line(&e))?;
+            if name.ends_with(".html") || name.ends_with(".htm") {
+                let text_name = format!("{}.txt", name.trim_end_matches(".html").trim_end_matches(".htm"));
+                // Without a text template the plain part is left empty here and derived from
+                // the stored HTML when the message is sent (see `email::Letterhead::build`):
+                // the same text, not stored twice.
+                let text = if tera.contains_template(&text_name) {
+                    tera.render(&text_name, &context).map_err(|e| first_line(&e))?
+                } else {
+                    String::new()
+                };
+                (Some(rendered), text)
+            } else {
+                (None, rendered)
+            }
+        }
+    };
+    Ok(Rendered { subject, html, text: text.trim().to_owned() })
+}
+
+pub(super) fn first_line(error: &tera::Error) -> String {
+    error.to_string().lines().next().unwrap_or("template error").to_owned()
+}
+
+/// The address to send a subscriber on `channel`, or why nothing may be sent there.
+pub(super) fn reachable(s: &subscriber::Model, channel: Channel) -> std::result::Result<String, String> {
+    let (address, state) = match channel {
+        Channel::Email => (s.email.clone(), stored(&s.email_state, ChannelState::None)),
+        Channel::Sms => (s.phone.clone(), stored(&s.sms_state, ChannelState::None)),
+    };
+    let status = stored(&s.status, SubscriberStatus::Active);
+    match (address, state, status) {
+        (None, _, _) => {
+            Err(format!("they have no {}", if channel == Channel::Email { "email address" } else { "phone number" }))
+        }
+        (_, _, SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced | SubscriberStatus::Complained) => {
+            Err(format!("they are {status}"))
+        }
+        (Some(address), ChannelState::Subscribed, _) => Ok(address),
+        (_, other, _) => Err(format!("{channel} is {other}, not subscribed")),
+    }
+}
+
+/// What a message's templates see: the subscriber, what the message belongs to (`workflow` or
+/// `broadcast`), and the subscriber's signed unsubscribe and preferences links (a year).
+pub(super) fn message_context(
+    signer: &Signer,
+    base_url: &url::Url,
+    subscriber: Value,
+    id: Uuid,
+    about: (&str, Value),
+    now: DateTime<Utc>,
+) -> Value {
+    let expires = now + chrono::Duration::days(365);
+    let link = |path: &str, purpose: Purpose| signer.url(base_url, path, purpose, id, expires);
+    json!({
+        "subscriber": subscriber,
+        about.0: about.1,
+        "unsubscribe_url": link("u", Purpose::Unsubscribe),
+        "preferences_url": link("preferences", Purpose::Preferences),
+    })
+}
+
+pub(super) fn subscriber_json(s: &subscriber::Model) -> Value {
+    json!({
+        "id": s.id,
+        "email": s.email,
+        "phone": s.phone,
+        "first_name": s.first_name,
+        "last_name": s.last_name,
+        "timezone": s.timezone,
+        "locale": s.locale,
+        "attributes": s.attributes,
+    })
+}
