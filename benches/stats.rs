@@ -25,6 +25,8 @@ use serde_json::json;
 use support::subscriber_row;
 use uuid::Uuid;
 
+use ownlist::core::values::OutboxChannel;
+
 const TOKEN: &str = "stats-bench-admin-token-0123456789";
 const DAYS: i64 = 365;
 const PAGES: usize = 10;
@@ -32,8 +34,12 @@ const SOURCES: [&str; 8] = ["instagram", "facebook", "tiktok", "google", "newsle
 const CAMPAIGNS: [&str; 3] = ["spring", "summer", ""];
 const WORKFLOWS: usize = 5;
 const STEPS: [&str; 8] = ["hello", "text", "pause", "story", "check", "ask", "wait-more", "last"];
-const RELAYS: [(&str, &str); 4] =
-    [("email", "smtp-a.example:587"), ("email", "smtp-b.example:587"), ("sms", "twilio"), ("sms", "backup")];
+const RELAYS: [(OutboxChannel, &str); 4] = [
+    (OutboxChannel::Email, "smtp-a.example:587"),
+    (OutboxChannel::Email, "smtp-b.example:587"),
+    (OutboxChannel::Sms, "twilio"),
+    (OutboxChannel::Sms, "backup"),
+];
 
 /// A small deterministic spread of counts.
 fn spread(seed: u64, max: i64) -> i64 {
@@ -234,7 +240,7 @@ async fn seed_rollups(db: &ownlist::store::Db, first_day: NaiveDate) -> anyhow::
             let attempts = 5000 + spread(seed, 5000);
             relays.push(delivery_day::ActiveModel {
                 day: Set(day.clone()),
-                channel: Set(channel.into()),
+                channel: Set(channel),
                 relay: Set(relay.into()),
                 sent: Set(attempts - 60),
                 failed: Set(10),

@@ -22,6 +22,7 @@ use crate::audience::records::{self, ConsentOrigin, kind};
 use crate::audience::subscribers::change_channel;
 use crate::core::error::Result;
 use crate::core::values::{Channel, ChannelState, ConsentMethod};
+use crate::core::values::{OutboxChannel, OutboxStatus};
 use crate::outbox::compose::{self, Draft, NewMessage};
 use crate::store::Db;
 use crate::store::entities::{outbox, subscriber};
@@ -107,11 +108,11 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, help: &str)
             let changed = change_channel(&txn, now, person, Channel::Sms, ChannelState::Unsubscribed, &origin).await?;
             // No marketing after STOP, not even what was already waiting.
             outbox::Entity::update_many()
-                .col_expr(outbox::Column::Status, Expr::value("cancelled"))
+                .col_expr(outbox::Column::Status, Expr::value(OutboxStatus::Cancelled))
                 .col_expr(outbox::Column::UpdatedAt, Expr::value(now))
                 .filter(outbox::Column::SubscriberId.eq(id))
-                .filter(outbox::Column::Channel.eq(Channel::Sms.as_str()))
-                .filter(outbox::Column::Status.eq("queued"))
+                .filter(outbox::Column::Channel.eq(OutboxChannel::Sms))
+                .filter(outbox::Column::Status.eq(OutboxStatus::Queued))
                 .filter(
                     sea_orm::Condition::any()
                         .add(outbox::Column::WorkflowId.is_not_null())
@@ -140,7 +141,7 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, help: &str)
     };
     if let Some(text) = reply {
         let draft = Draft {
-            channel: Channel::Sms.as_str(),
+            channel: OutboxChannel::Sms,
             recipient: phone,
             subject: None,
             html: None,

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::Actor;
 use super::records::{self, trigger};
 use super::subscribers::{Checker, EventView};
-use crate::core::error::{Error, FieldError, Result};
+use crate::core::error::{Error, FieldError, Reason, Result, reason};
 use crate::core::values::MAX_ATTRIBUTES_BYTES;
 use crate::store::Db;
 use crate::store::entities::subscriber;
@@ -21,13 +21,13 @@ pub fn kind_of(name: &str) -> String {
 }
 
 /// Event names: 1 to 64 letters, digits, `_`, `-`, `.`.
-pub fn validate_name(name: &str) -> std::result::Result<(), String> {
+pub fn validate_name(name: &str) -> std::result::Result<(), Reason> {
     let ok = (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     if ok {
         Ok(())
     } else {
-        Err(format!("'{name}' is not an event name: use 1 to 64 letters, digits, '_', '-' or '.'"))
+        Err(reason!("'{name}' is not an event name: use 1 to 64 letters, digits, '_', '-' or '.'"))
     }
 }
 

@@ -9,6 +9,8 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::core::error::{Reason, reason};
+
 pub mod sms;
 pub mod table;
 
@@ -109,7 +111,7 @@ pub struct Dkim {
 
 impl Dkim {
     /// The signing configuration, from the key file.
-    pub fn load(&self) -> Result<lettre::message::dkim::DkimConfig, String> {
+    pub fn load(&self) -> Result<lettre::message::dkim::DkimConfig, Reason> {
         let key = fs::read_to_string(&self.key_file)
             .map_err(|e| format!("cannot read the DKIM key {}: {e}", self.key_file.display()))?;
         crate::delivery::email::dkim_config(&self.selector, &self.domain, &key)
@@ -504,11 +506,11 @@ pub fn webhook_secret(variable: &str) -> Option<String> {
 }
 
 /// An http(s) URL with a host.
-pub(crate) fn http_url(text: &str) -> Result<url::Url, String> {
+pub(crate) fn http_url(text: &str) -> Result<url::Url, Reason> {
     url::Url::parse(text)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| format!("'{text}' is not an http(s) URL"))
+        .ok_or_else(|| reason!("'{text}' is not an http(s) URL"))
 }
 
 fn setting_name(key: &str, file: Option<&Path>) -> String {
@@ -559,16 +561,16 @@ fn unknown_key_hint(message: &str) -> String {
     }
 }
 
-fn check_database_url(url: &str) -> Result<(), String> {
+fn check_database_url(url: &str) -> Result<(), Reason> {
     if url.starts_with("sqlite:") {
         return Ok(());
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return url::Url::parse(url)
             .map(|_| ())
-            .map_err(|e| format!("'{}' is not a valid PostgreSQL URL: {e}", redact(url)));
+            .map_err(|e| reason!("'{}' is not a valid PostgreSQL URL: {e}", redact(url)));
     }
-    Err(format!("'{}' is neither sqlite:… nor postgres://…", redact(url)))
+    Err(reason!("'{}' is neither sqlite:… nor postgres://…", redact(url)))
 }
 
 /// Hides a password in a URL before it is printed.

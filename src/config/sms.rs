@@ -1,6 +1,7 @@
 //! SMS providers as configured: the Twilio settings and `[[sms_providers]]` tables.
 
 use super::http_url;
+use crate::core::error::{Reason, reason};
 
 /// One SMS provider as configured.
 #[derive(Clone)]
@@ -23,7 +24,7 @@ impl std::fmt::Debug for SmsProviderConfig {
 
 impl SmsProviderConfig {
     /// The provider, ready to send.
-    pub fn build(&self) -> Result<crate::delivery::sms::Provider, String> {
+    pub fn build(&self) -> Result<crate::delivery::sms::Provider, Reason> {
         use crate::delivery::sms::Provider;
         match self {
             Self::Twilio { base_url, account_sid, auth_token, from } => {
@@ -36,17 +37,17 @@ impl SmsProviderConfig {
 
 /// One `[[sms_providers]]` table: `type = "twilio"` (base_url, account_sid, auth_token, from) or
 /// `type = "http"` (url, token, from); `from` defaults to `sms_from`.
-pub(super) fn provider(item: &toml::Value, default_from: Option<&str>) -> Result<SmsProviderConfig, String> {
+pub(super) fn provider(item: &toml::Value, default_from: Option<&str>) -> Result<SmsProviderConfig, Reason> {
     let table = item.as_table().ok_or("each provider is a table with a type")?;
     let text = |key: &str| table.get(key).and_then(toml::Value::as_str).map(str::to_owned);
     let known: &[&str] = match text("type").as_deref() {
         Some("twilio") => &["type", "base_url", "account_sid", "auth_token", "from"],
         Some("http") => &["type", "url", "token", "from"],
-        Some(other) => return Err(format!("type '{other}' is not twilio or http")),
+        Some(other) => return Err(reason!("type '{other}' is not twilio or http")),
         None => return Err("type is missing (twilio or http)".into()),
     };
     if let Some(unknown) = table.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(format!("unknown key '{unknown}' (a provider takes {})", known.join(", ")));
+        return Err(reason!("unknown key '{unknown}' (a provider takes {})", known.join(", ")));
     }
     let from = text("from").or_else(|| default_from.map(str::to_owned)).ok_or("from is missing (or set sms_from)")?;
     let required = |key: &str| text(key).ok_or_else(|| format!("{key} is missing"));

@@ -1,4 +1,5 @@
-//! The domain's error type. HTTP status codes are chosen in one place, `http::error`.
+//! The domain's error type. HTTP status codes are chosen in one place, `web::error`; [`Reason`] is why
+//! one value was refused, before anyone knows which field or file it came from.
 
 use serde::Serialize;
 use uuid::Uuid;
@@ -43,6 +44,57 @@ pub enum Error {
 impl Error {
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid(vec![FieldError::new(field, message)])
+    }
+}
+
+/// Why one value was refused (a field, a setting, a line of a workflow, a message that cannot be
+/// sent to someone), in words for whoever wrote it. The caller says where: a [`FieldError`]'s
+/// field, a setting's name, a `file:line:col`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{0}")]
+#[serde(transparent)]
+pub struct Reason(String);
+
+impl Reason {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A [`Reason`] written as `format!` takes it: `Err(reason!("'{text}' is not a slug"))`.
+macro_rules! reason {
+    ($($arg:tt)*) => {
+        $crate::core::error::Reason::new(format!($($arg)*))
+    };
+}
+pub(crate) use reason;
+
+impl std::ops::Deref for Reason {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Reason {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+}
+
+impl From<Reason> for String {
+    fn from(reason: Reason) -> Self {
+        reason.0
     }
 }
 

@@ -8,6 +8,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Datelike, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
 
+use crate::core::error::{Reason, reason};
+
 /// A length of time: a whole number and a unit, `30s`, `15m`, `2h`, `3d`, `1w`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Span {
@@ -29,7 +31,7 @@ impl Span {
     }
 
     /// Parses `30s`, `15m`, `2h`, `3d`, `1w`; with `signed`, also `-1d`.
-    pub fn parse(text: &str, signed: bool) -> Result<Self, String> {
+    pub fn parse(text: &str, signed: bool) -> Result<Self, Reason> {
         let trimmed = text.trim();
         let (negative, body) = match trimmed.strip_prefix('-') {
             Some(rest) if signed => (true, rest),
@@ -46,7 +48,7 @@ impl Span {
             "h" => 3600,
             "d" => 86_400,
             "w" => 604_800,
-            _ => return Err(format!("'{text}' has an unknown unit '{}': {hint}", unit.trim())),
+            _ => return Err(reason!("'{text}' has an unknown unit '{}': {hint}", unit.trim())),
         };
         let seconds = number
             .checked_mul(unit_seconds)
@@ -70,7 +72,7 @@ impl fmt::Display for Span {
 }
 
 /// `mon` … `sun` (any case; full names too).
-pub fn parse_weekday(text: &str) -> Result<Weekday, String> {
+pub fn parse_weekday(text: &str) -> Result<Weekday, Reason> {
     let lower = text.trim().to_ascii_lowercase();
     let day = match lower.get(..3).filter(|_| lower.len() == 3 || Weekday::from_str(&lower).is_ok()) {
         Some("mon") => Weekday::Mon,
@@ -80,46 +82,46 @@ pub fn parse_weekday(text: &str) -> Result<Weekday, String> {
         Some("fri") => Weekday::Fri,
         Some("sat") => Weekday::Sat,
         Some("sun") => Weekday::Sun,
-        _ => return Err(format!("'{text}' is not a weekday: use mon, tue, wed, thu, fri, sat or sun")),
+        _ => return Err(reason!("'{text}' is not a weekday: use mon, tue, wed, thu, fri, sat or sun")),
     };
     Ok(day)
 }
 
 /// `HH:MM` on a 24-hour clock.
-pub fn parse_clock(text: &str) -> Result<NaiveTime, String> {
+pub fn parse_clock(text: &str) -> Result<NaiveTime, Reason> {
     let trimmed = text.trim();
     let valid = trimmed.len() == 5 && trimmed.as_bytes()[2] == b':';
     valid
         .then(|| NaiveTime::parse_from_str(trimmed, "%H:%M").ok())
         .flatten()
-        .ok_or_else(|| format!("'{text}' is not a time of day: use HH:MM on a 24-hour clock, e.g. 09:00"))
+        .ok_or_else(|| reason!("'{text}' is not a time of day: use HH:MM on a 24-hour clock, e.g. 09:00"))
 }
 
 /// A classic five-field cron expression (`minute hour day-of-month month day-of-week`, with
 /// Sunday as 0 or 7), checked and translated into the `cron` crate's dialect (seconds first,
 /// Sunday = 1). Day-of-week is rewritten as day names, so `1-5` stays Monday to Friday.
-pub fn translate_cron(expression: &str) -> Result<cron::Schedule, String> {
+pub fn translate_cron(expression: &str) -> Result<cron::Schedule, Reason> {
     let fields: Vec<&str> = expression.split_whitespace().collect();
     if fields.len() != 5 {
-        return Err(format!(
+        return Err(reason!(
             "'{expression}' has {} fields; write five: minute hour day-of-month month day-of-week (e.g. \"0 9 * * 1-5\")",
             fields.len()
         ));
     }
     let days = weekday_field(fields[4])?;
     let translated = format!("0 {} {} {} {} {days}", fields[0], fields[1], fields[2], fields[3]);
-    cron::Schedule::from_str(&translated).map_err(|e| format!("'{expression}' is not a valid cron expression: {e}"))
+    cron::Schedule::from_str(&translated).map_err(|e| reason!("'{expression}' is not a valid cron expression: {e}"))
 }
 
 const DAY_NAMES: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 
-fn weekday_field(field: &str) -> Result<String, String> {
+fn weekday_field(field: &str) -> Result<String, Reason> {
     if field == "*" || field == "?" {
         return Ok("*".into());
     }
     let bad =
-        || format!("'{field}' is not a day-of-week field: use 0-7 (0 and 7 are Sunday), mon-sun, ranges and lists");
-    let day = |text: &str| -> Result<u8, String> {
+        || reason!("'{field}' is not a day-of-week field: use 0-7 (0 and 7 are Sunday), mon-sun, ranges and lists");
+    let day = |text: &str| -> Result<u8, Reason> {
         match text.parse::<u8>() {
             Ok(n) if n <= 7 => Ok(n % 7),
             Ok(_) => Err(bad()),

@@ -8,8 +8,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::core::error::{Error, Result};
 use sha2::{Digest, Sha256};
+
+use crate::core::error::{Error, Reason, Result, reason};
 
 /// An email address that parsed, with its case-insensitive key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +20,7 @@ pub struct EmailAddress {
 }
 
 impl EmailAddress {
-    pub fn parse(input: &str) -> Result<Self, String> {
+    pub fn parse(input: &str) -> Result<Self, Reason> {
         let address = input.trim();
         if address.is_empty() {
             return Err("is empty".into());
@@ -32,14 +33,14 @@ impl EmailAddress {
         // RFC 5322 allows quoted local parts ("a b"@example.com) and address literals
         // (a@[127.0.0.1]); mail providers and relays do not take them, so no message would arrive.
         if parsed.user().contains(['"', ' ', '\\']) || address.chars().any(char::is_control) {
-            return Err(format!("'{address}' has quotes or spaces before the @: write it as the mailbox shows it"));
+            return Err(reason!("'{address}' has quotes or spaces before the @: write it as the mailbox shows it"));
         }
         if parsed.domain().starts_with('[') {
-            return Err(format!("'{address}' names an IP address instead of a domain"));
+            return Err(reason!("'{address}' names an IP address instead of a domain"));
         }
         let tld = parsed.domain().rsplit('.').next().unwrap_or_default();
         if !parsed.domain().contains('.') || tld.len() < 2 || tld.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("'{address}' has no top-level domain"));
+            return Err(reason!("'{address}' has no top-level domain"));
         }
         Ok(Self { address: address.to_owned(), key: address.to_lowercase() })
     }
@@ -59,13 +60,13 @@ impl EmailAddress {
 pub struct PhoneNumber(String);
 
 impl PhoneNumber {
-    pub fn parse(input: &str) -> Result<Self, String> {
+    pub fn parse(input: &str) -> Result<Self, Reason> {
         Self::parse_in(input, None)
     }
 
     /// Parses a number, reading one without `+` or `00` as a national number of `country`
     /// (ISO 3166, e.g. `US`) when given.
-    pub fn parse_in(input: &str, country: Option<&str>) -> Result<Self, String> {
+    pub fn parse_in(input: &str, country: Option<&str>) -> Result<Self, Reason> {
         let text = input.trim();
         if text.is_empty() {
             return Err("is empty".into());
@@ -79,13 +80,13 @@ impl PhoneNumber {
         };
         let country = country.and_then(|c| c.parse::<phonenumber::country::Id>().ok());
         if !international.starts_with('+') && country.is_none() {
-            return Err(format!("'{text}' must be in international format, like +14155550123"));
+            return Err(reason!("'{text}' must be in international format, like +14155550123"));
         }
         let region = if international.starts_with('+') { None } else { country };
         let number =
             phonenumber::parse(region, &international).map_err(|_| format!("'{text}' is not a phone number"))?;
         if !phonenumber::is_valid(&number) {
-            return Err(format!("'{text}' is not a valid phone number"));
+            return Err(reason!("'{text}' is not a valid phone number"));
         }
         Ok(Self(number.format().mode(phonenumber::Mode::E164).to_string()))
     }
@@ -96,7 +97,7 @@ impl PhoneNumber {
 }
 
 /// A list's slug: lower-case letters, digits and dashes.
-pub fn validate_slug(slug: &str) -> Result<(), String> {
+pub fn validate_slug(slug: &str) -> Result<(), Reason> {
     let ok = (1..=64).contains(&slug.len())
         && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !slug.starts_with('-')
@@ -104,7 +105,7 @@ pub fn validate_slug(slug: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("'{slug}' is not a slug: use 1 to 64 lower-case letters, digits and inner dashes"))
+        Err(reason!("'{slug}' is not a slug: use 1 to 64 lower-case letters, digits and inner dashes"))
     }
 }
 
@@ -188,25 +189,25 @@ pub mod schema {
 }
 
 /// A tag: 1 to 64 characters, no control characters, no separators used in CSV cells.
-pub fn normalize_tag(tag: &str) -> Result<String, String> {
+pub fn normalize_tag(tag: &str) -> Result<String, Reason> {
     let tag = tag.trim();
     if tag.is_empty() || tag.chars().count() > 64 {
-        return Err(format!("'{tag}' is not a tag: use 1 to 64 characters"));
+        return Err(reason!("'{tag}' is not a tag: use 1 to 64 characters"));
     }
     if tag.chars().any(|c| c.is_control() || c == ';' || c == ',') {
-        return Err(format!("'{tag}' is not a tag: no control characters, commas or semicolons"));
+        return Err(reason!("'{tag}' is not a tag: no control characters, commas or semicolons"));
     }
     Ok(tag.to_owned())
 }
 
 /// A free-text field such as a name: trimmed, bounded, empty means absent.
-pub fn normalize_text(value: &str, max_chars: usize) -> Result<Option<String>, String> {
+pub fn normalize_text(value: &str, max_chars: usize) -> Result<Option<String>, Reason> {
     let value = value.trim();
     if value.is_empty() {
         return Ok(None);
     }
     if value.chars().count() > max_chars {
-        return Err(format!("is longer than {max_chars} characters"));
+        return Err(reason!("is longer than {max_chars} characters"));
     }
     if value.chars().any(|c| c.is_control() && c != '\t') {
         return Err("contains control characters".into());
@@ -214,26 +215,26 @@ pub fn normalize_text(value: &str, max_chars: usize) -> Result<Option<String>, S
     Ok(Some(value.to_owned()))
 }
 
-pub fn validate_timezone(tz: &str) -> Result<String, String> {
+pub fn validate_timezone(tz: &str) -> Result<String, Reason> {
     chrono_tz::Tz::from_str(tz.trim())
         .map(|z| z.name().to_owned())
-        .map_err(|_| format!("'{tz}' is not an IANA time zone such as Europe/Rome"))
+        .map_err(|_| reason!("'{tz}' is not an IANA time zone such as Europe/Rome"))
 }
 
 /// A BCP 47 language tag in its common shapes: `en`, `pt-BR`, `zh-Hant-TW`.
-pub fn validate_locale(locale: &str) -> Result<String, String> {
+pub fn validate_locale(locale: &str) -> Result<String, Reason> {
     let locale = locale.trim().replace('_', "-");
     let mut parts = locale.split('-');
     let language_ok =
         parts.next().is_some_and(|l| (2..=3).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphabetic()));
     let rest_ok = parts.all(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
-    if language_ok && rest_ok { Ok(locale) } else { Err(format!("'{locale}' is not a locale such as en or pt-BR")) }
+    if language_ok && rest_ok { Ok(locale) } else { Err(reason!("'{locale}' is not a locale such as en or pt-BR")) }
 }
 
 /// Attribute maps: keys of 1 to 64 characters, at most 16 KiB of JSON in all.
-pub fn validate_attribute_key(key: &str) -> Result<(), String> {
+pub fn validate_attribute_key(key: &str) -> Result<(), Reason> {
     if key.is_empty() || key.chars().count() > 64 || key.chars().any(char::is_control) {
-        return Err(format!("'{key}' is not an attribute name: use 1 to 64 characters"));
+        return Err(reason!("'{key}' is not an attribute name: use 1 to 64 characters"));
     }
     Ok(())
 }
@@ -253,13 +254,31 @@ pub fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// Declares a closed set of words stored as text, with parsing and printing.
+/// Declares a closed set of words stored as text, with parsing and printing; each can be a
+/// column of an entity (stored as its word).
 macro_rules! word_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+            sea_orm::DeriveValueType,
+        )]
         #[serde(rename_all = "snake_case")]
+        #[sea_orm(value_type = "String")]
         pub enum $name { $($variant),+ }
+
+        /// A word is never an auto-increment key (it can still be part of a primary key).
+        impl sea_orm::TryFromU64 for $name {
+            fn try_from_u64(_: u64) -> std::result::Result<Self, sea_orm::DbErr> {
+                Err(sea_orm::DbErr::ConvertFromU64(stringify!($name)))
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -276,11 +295,11 @@ macro_rules! word_enum {
         }
 
         impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = Reason;
+            fn from_str(s: &str) -> Result<Self, Reason> {
                 match s.trim() {
                     $($text => Ok($name::$variant),)+
-                    other => Err(format!(
+                    other => Err(reason!(
                         "'{other}' is not one of {}",
                         [$($text),+].join(", ")
                     )),
@@ -293,6 +312,37 @@ macro_rules! word_enum {
 word_enum!(
     /// A way to reach a subscriber.
     Channel { Email = "email", Sms = "sms" }
+);
+
+word_enum!(
+    /// What carries an outbox message: a subscriber's channel, or a workflow's webhook.
+    OutboxChannel { Email = "email", Sms = "sms", Webhook = "webhook" }
+);
+
+impl OutboxChannel {
+    /// The subscriber's channel this carries, if it is one (a webhook is not).
+    pub fn subscriber_channel(self) -> Option<Channel> {
+        match self {
+            OutboxChannel::Email => Some(Channel::Email),
+            OutboxChannel::Sms => Some(Channel::Sms),
+            OutboxChannel::Webhook => None,
+        }
+    }
+}
+
+impl From<Channel> for OutboxChannel {
+    fn from(channel: Channel) -> Self {
+        match channel {
+            Channel::Email => OutboxChannel::Email,
+            Channel::Sms => OutboxChannel::Sms,
+        }
+    }
+}
+
+word_enum!(
+    /// Where an outbox message is: waiting (or being retried), accepted, given up, or withdrawn
+    /// before it was sent (a broadcast cancelled, an SMS `STOP`).
+    OutboxStatus { Queued = "queued", Sent = "sent", Failed = "failed", Cancelled = "cancelled" }
 );
 
 word_enum!(
@@ -446,7 +496,7 @@ mod tests {
         for state in ChannelState::ALL {
             assert_eq!(state.as_str().parse::<ChannelState>().unwrap(), *state);
         }
-        assert!("maybe".parse::<MembershipStatus>().unwrap_err().contains("pending, confirmed, unsubscribed"));
+        assert!("maybe".parse::<MembershipStatus>().unwrap_err().as_str().contains("pending, confirmed, unsubscribed"));
     }
 
     #[test]

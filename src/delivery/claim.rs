@@ -3,6 +3,7 @@
 use super::*;
 use crate::core::clock::SharedClock;
 use crate::core::error::Result;
+use crate::core::values::OutboxStatus;
 use crate::outbox::Doorbell;
 use crate::store::Db;
 use crate::store::entities::outbox;
@@ -96,7 +97,7 @@ impl<S: Carrier + 'static> Worker<S> {
                    AND (lease_until IS NULL OR lease_until < $4) ORDER BY due_at, id LIMIT $5 \
                    FOR UPDATE SKIP LOCKED) RETURNING id";
         let values: [sea_orm::Value; 5] =
-            [(now + lease).into(), instance.into(), S::CHANNEL.into(), now.into(), (BATCH as i64).into()];
+            [(now + lease).into(), instance.into(), S::CHANNEL.as_str().into(), now.into(), (BATCH as i64).into()];
         let statement = Statement::from_sql_and_values(self.db.backend(), sql, values);
         let rows = self.db.conn().query_all_raw(statement).await?;
         let ids: Vec<uuid::Uuid> = rows.iter().filter_map(|r| r.try_get::<uuid::Uuid>("", "id").ok()).collect();
@@ -121,7 +122,7 @@ impl<S: Carrier + 'static> Worker<S> {
             .col_expr(outbox::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
             .col_expr(outbox::Column::LeaseOwner, Expr::value(Option::<String>::None))
             .filter(outbox::Column::LeaseOwner.eq(instance.as_str()))
-            .filter(outbox::Column::Status.eq("queued"))
+            .filter(outbox::Column::Status.eq(OutboxStatus::Queued))
             .filter(outbox::Column::Id.is_not_in(sent))
             .exec(self.db.conn())
             .await?;
@@ -134,7 +135,7 @@ impl<S: Carrier + 'static> Worker<S> {
     pub(super) async fn ready_to_claim(&self) -> Result<bool> {
         self.write_unrecorded().await?;
         if let Some(until) = self.sender.paused_until(self.clock.now()) {
-            tracing::debug!(channel = S::CHANNEL, %until, "every relay is cooling down: nothing claimed");
+            tracing::debug!(channel = S::CHANNEL.as_str(), %until, "every relay is cooling down: nothing claimed");
             return Ok(false);
         }
         self.retry_now_after_a_recovery().await?;
@@ -165,7 +166,7 @@ impl<S: Carrier + 'static> Worker<S> {
         txn.commit().await?;
         self.recoveries_seen.store(recoveries, Relaxed);
         tracing::info!(
-            channel = S::CHANNEL,
+            channel = S::CHANNEL.as_str(),
             messages = moved.rows_affected,
             "a relay works again: retries are due now"
         );

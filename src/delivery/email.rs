@@ -28,7 +28,9 @@ use uuid::Uuid;
 use super::smtp::{Endpoint, Failure, Pool, Security, Timeouts};
 use super::{Answer, Body as Bodies, Breaker, Carrier, Outcome, Try, Worker};
 use crate::core::clock::SharedClock;
+use crate::core::error::{Reason, reason};
 use crate::core::links::{Purpose, Signer};
+use crate::core::values::OutboxChannel;
 use crate::store::Db;
 use crate::store::entities::outbox;
 
@@ -61,7 +63,7 @@ impl Letterhead {
     }
 
     /// The MIME message for an outbox row, or why it cannot be one (a permanent failure).
-    pub fn build(&self, message: &outbox::Model, body: &Bodies, now: DateTime<Utc>) -> Result<Message, String> {
+    pub fn build(&self, message: &outbox::Model, body: &Bodies, now: DateTime<Utc>) -> Result<Message, Reason> {
         let to: Mailbox = message.recipient.parse().map_err(|e| format!("bad recipient address: {e}"))?;
         let domain = self.from.email.domain();
         let list_unsubscribe = self.list_unsubscribe(message, now);
@@ -153,7 +155,7 @@ impl Letterhead {
     }
 
     /// Appends the MIME body in its wire form to `out`.
-    fn write_body(&self, message: &outbox::Model, body: &Bodies, out: &mut Vec<u8>) -> Result<(), String> {
+    fn write_body(&self, message: &outbox::Model, body: &Bodies, out: &mut Vec<u8>) -> Result<(), Reason> {
         match body.html().map_err(|e| e.to_string())?.as_deref() {
             Some(html) => {
                 let text = plain_part(&self.base_url, body, html).map_err(|e| e.to_string())?;
@@ -264,7 +266,7 @@ fn plain_part(
 /// ed25519-sha256) as PKCS#8 PEM (`openssl genpkey -algorithm ed25519`) or as the base64 of its
 /// 32 private bytes. The signature covers From, To, Subject, Date,
 /// Message-ID, List-Unsubscribe and List-Unsubscribe-Post, relaxed/relaxed.
-pub fn dkim_config(selector: &str, domain: &str, key: &str) -> Result<DkimConfig, String> {
+pub fn dkim_config(selector: &str, domain: &str, key: &str) -> Result<DkimConfig, Reason> {
     let (algorithm, key) = if key.contains("BEGIN RSA PRIVATE KEY") {
         (DkimSigningAlgorithm::Rsa, key.trim().to_owned())
     } else if key.contains("BEGIN PRIVATE KEY") {
@@ -287,7 +289,7 @@ pub fn dkim_config(selector: &str, domain: &str, key: &str) -> Result<DkimConfig
 }
 
 /// The base64 of the 32-byte seed inside an Ed25519 PKCS#8 PEM key (RFC 8410).
-fn ed25519_seed_from_pkcs8(pem: &str) -> Result<String, String> {
+fn ed25519_seed_from_pkcs8(pem: &str) -> Result<String, Reason> {
     use base64::Engine;
     const PREFIX: [u8; 16] =
         [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
@@ -365,7 +367,7 @@ impl Relay {
     /// `rate=N` limits it to N messages per second, `cooldown=S` sets how many seconds a failing
     /// relay is skipped (default 20), `timeout=S` how long its greeting and each reply may take
     /// (default 10 and 30). Nothing is contacted until the first message.
-    pub fn from_url(url: &str) -> Result<Self, String> {
+    pub fn from_url(url: &str) -> Result<Self, Reason> {
         let parsed = Self::parse(url)?;
         let pacing = parsed.rate.map(|rate| {
             Arc::new(Pacing {
@@ -382,15 +384,15 @@ impl Relay {
     }
 
     /// Whether `url` names a relay `from_url` accepts (nothing is started or contacted).
-    pub fn check_url(url: &str) -> Result<(), String> {
+    pub fn check_url(url: &str) -> Result<(), Reason> {
         Self::parse(url).map(|_| ())
     }
 
-    fn parse(url: &str) -> Result<ParsedRelay, String> {
+    fn parse(url: &str) -> Result<ParsedRelay, Reason> {
         let parsed = url::Url::parse(url).map_err(|e| format!("'{url}' is not a URL: {e}"))?;
         let shown = redacted(&parsed);
         if !matches!(parsed.scheme(), "smtp" | "smtps") || parsed.host_str().is_none() {
-            return Err(format!("'{shown}' is not an smtp:// or smtps:// URL with a host"));
+            return Err(reason!("'{shown}' is not an smtp:// or smtps:// URL with a host"));
         }
         let (mut rate, mut cooldown) = (None, chrono::Duration::seconds(DEFAULT_COOLDOWN_SECONDS));
         let mut timeouts = Timeouts::DEFAULT;
@@ -400,17 +402,23 @@ impl Relay {
             match key.as_ref() {
                 "rate" => match value.parse::<f64>() {
                     Ok(n) if n.is_finite() && n > 0.0 && n <= 100_000.0 => rate = Some(n),
-                    _ => return Err(format!("'{shown}': rate={value} is not a number of messages per second")),
+                    _ => {
+                        return Err(reason!("'{shown}': rate={value} is not a number of messages per second"));
+                    }
                 },
                 "cooldown" => match value.parse::<u32>() {
                     Ok(n) => cooldown = chrono::Duration::seconds(n.into()),
-                    Err(_) => return Err(format!("'{shown}': cooldown={value} is not a number of seconds")),
+                    Err(_) => {
+                        return Err(reason!("'{shown}': cooldown={value} is not a number of seconds"));
+                    }
                 },
                 "timeout" => match value.parse::<f64>() {
                     Ok(s) if s.is_finite() && s > 0.0 && s <= 600.0 => {
                         timeouts = Timeouts::all(std::time::Duration::from_secs_f64(s));
                     }
-                    _ => return Err(format!("'{shown}': timeout={value} is not a number of seconds up to 600")),
+                    _ => {
+                        return Err(reason!("'{shown}': timeout={value} is not a number of seconds up to 600"));
+                    }
                 },
                 _ => {
                     for_lettre.query_pairs_mut().append_pair(&key, &value);
@@ -424,12 +432,12 @@ impl Relay {
             ("smtp", Some("required")) => (Security::StartTlsRequired, 587),
             ("smtp", Some("opportunistic")) => (Security::StartTlsOpportunistic, 587),
             (_, Some(other)) => {
-                return Err(format!("'{shown}': tls={other} is not required, opportunistic or none"));
+                return Err(reason!("'{shown}': tls={other} is not required, opportunistic or none"));
             }
-            _ => return Err(format!("'{shown}' is not an smtp:// or smtps:// URL with a host")),
+            _ => return Err(reason!("'{shown}' is not an smtp:// or smtps:// URL with a host")),
         };
         if let Some((key, _)) = for_lettre.query_pairs().find(|(key, _)| key != "tls") {
-            return Err(format!("'{shown}': unknown parameter '{key}' (relays take tls, rate, cooldown and timeout)"));
+            return Err(reason!("'{shown}': unknown parameter '{key}' (relays take tls, rate, cooldown and timeout)"));
         }
         let credentials = parsed.password().map(|password| {
             lettre::transport::smtp::authentication::Credentials::new(
@@ -507,7 +515,7 @@ impl EmailSender {
 }
 
 impl Carrier for Mailer {
-    const CHANNEL: &'static str = "email";
+    const CHANNEL: OutboxChannel = OutboxChannel::Email;
 
     fn paused_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match &self.transport {
@@ -583,7 +591,7 @@ async fn send_through(
             Err(Failure::Permanent { .. }) => Outcome::Failed,
             Err(Failure::Transient(_) | Failure::Untried) => Outcome::Retried,
         };
-        tries.push(super::tried("email", &relay.name, outcome, started.elapsed()));
+        tries.push(super::tried(OutboxChannel::Email, &relay.name, outcome, started.elapsed()));
         match sent {
             Ok(reply) => {
                 relay.breaker.worked(&relay.name);
@@ -646,6 +654,7 @@ pub fn hard_bounce(code: Option<u16>, text: &str) -> bool {
 mod tests {
     use super::hard_bounce;
     use super::*;
+    use crate::core::values::OutboxStatus;
     use crate::store::entities::outbox_body;
 
     fn letterhead(from: &str, mailto: Option<&str>) -> Letterhead {
@@ -667,10 +676,10 @@ mod tests {
             enrollment_id: None,
             workflow_id: None,
             step_id: None,
-            channel: "email".into(),
+            channel: OutboxChannel::Email,
             recipient: recipient.into(),
             subject: Some(subject.into()),
-            status: "queued".into(),
+            status: OutboxStatus::Queued,
             attempts: 0,
             last_error: None,
             sent_at: None,

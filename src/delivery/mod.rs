@@ -14,6 +14,8 @@ mod run;
 use breaker::*;
 use record::*;
 
+use crate::core::values::OutboxChannel;
+
 pub mod email;
 pub mod mime;
 pub mod sms;
@@ -246,7 +248,7 @@ impl Dictionaries {
 /// One channel's way of sending an outbox message.
 pub trait Carrier: Sync + std::marker::Send {
     /// The outbox `channel` this sender drains, also the prefix of its timeline entries.
-    const CHANNEL: &'static str;
+    const CHANNEL: OutboxChannel;
     /// Sends one message, noting each relay or provider tried (for the delivery statistics).
     fn attempt(
         &self,
@@ -320,9 +322,8 @@ type Ready = (outbox::Model, Option<Body>);
 /// `channel = '…'` written as a literal, as [`crate::store::queued`] is: SQLite re-plans a
 /// statement whose bound value a partial index's condition names (`outbox_sms_provider_ref`
 /// is `WHERE channel = 'sms'`) every time it is bound again; a literal is planned once.
-fn channel_is(channel: &'static str) -> sea_orm::sea_query::SimpleExpr {
-    debug_assert!(channel.bytes().all(|b| b.is_ascii_lowercase()));
-    sea_orm::sea_query::Expr::cust(format!("\"outbox\".\"channel\" = '{channel}'"))
+fn channel_is(channel: OutboxChannel) -> sea_orm::sea_query::SimpleExpr {
+    sea_orm::sea_query::Expr::cust(format!("\"outbox\".\"channel\" = '{}'", channel.as_str()))
 }
 
 #[cfg(test)]

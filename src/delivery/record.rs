@@ -4,7 +4,7 @@ use super::*;
 use crate::audience::records;
 use crate::audience::subscribers::mark_bounced;
 use crate::core::error::Result;
-use crate::core::values::Channel;
+use crate::core::values::OutboxStatus;
 pub use crate::rollups::delivery::{Outcome, Try};
 use crate::store::entities::outbox;
 use chrono::{DateTime, Utc};
@@ -21,7 +21,7 @@ impl<S: Carrier + 'static> Worker<S> {
         }
         match self.record_retrying(&answers).await {
             Ok(()) => {
-                tracing::info!(channel = S::CHANNEL, answers = answers.len(), "kept answers written");
+                tracing::info!(channel = S::CHANNEL.as_str(), answers = answers.len(), "kept answers written");
                 Ok(())
             }
             Err(e) => {
@@ -40,7 +40,7 @@ impl<S: Carrier + 'static> Worker<S> {
             match self.record_all(answers, self.clock.now()).await {
                 Err(e) if waited < 5 && crate::store::is_transient(&e) => {
                     waited += 1;
-                    tracing::warn!(error = %e, channel = S::CHANNEL, "recording answers: trying again");
+                    tracing::warn!(error = %e, channel = S::CHANNEL.as_str(), "recording answers: trying again");
                     tokio::time::sleep(Duration::from_millis(20 * waited)).await;
                 }
                 other => return other,
@@ -66,8 +66,8 @@ impl<S: Carrier + 'static> Worker<S> {
             let produced_by = message.workflow_id.clone().zip(message.step_id.clone());
             let (message, event, bounce) = outcome::<S>(message, answer, now, self.max_age);
             let ended = match &message.status {
-                sea_orm::ActiveValue::Set(status) if status == "sent" => Some(measure::DELIVERED),
-                sea_orm::ActiveValue::Set(status) if status == "failed" => Some(measure::FAILED),
+                sea_orm::ActiveValue::Set(OutboxStatus::Sent) => Some(measure::DELIVERED),
+                sea_orm::ActiveValue::Set(OutboxStatus::Failed) => Some(measure::FAILED),
                 _ => None,
             };
             if let (Some((workflow, step)), Some(what)) = (&produced_by, ended) {
@@ -99,7 +99,7 @@ impl<S: Carrier + 'static> Worker<S> {
         for statement in statements {
             crate::store::bulk::execute(&txn, statement).await?;
         }
-        if let Ok(channel) = S::CHANNEL.parse::<Channel>() {
+        if let Some(channel) = S::CHANNEL.subscriber_channel() {
             for (subscriber, reason) in bounces {
                 mark_bounced(&txn, subscriber, channel, &reason, now).await?;
             }
@@ -107,15 +107,15 @@ impl<S: Carrier + 'static> Worker<S> {
         steps.flush(&txn).await?;
         let wrote = started.elapsed();
         txn.commit().await?;
-        tracing::debug!(channel = S::CHANNEL, answers = answers.len(), ?locked, ?wrote, took = ?started.elapsed(), "answers recorded");
+        tracing::debug!(channel = S::CHANNEL.as_str(), answers = answers.len(), ?locked, ?wrote, took = ?started.elapsed(), "answers recorded");
         Ok(())
     }
 }
 
 /// Notes an attempt at a relay or provider: in this process's metrics at once, and as a [`Try`]
 /// for the delivery statistics, written with the message's answer.
-pub(super) fn tried(channel: &str, relay: &str, outcome: Outcome, took: Duration) -> Try {
-    let labels = [("channel", channel), ("relay", relay)];
+pub(super) fn tried(channel: OutboxChannel, relay: &str, outcome: Outcome, took: Duration) -> Try {
+    let labels = [("channel", channel.as_str()), ("relay", relay)];
     crate::core::metrics::observe("ownlist_delivery_duration_seconds", &labels, took.as_secs_f64());
     let name = match outcome {
         Outcome::Sent => "sent",
@@ -142,7 +142,7 @@ pub(super) fn outcome<S: Carrier>(
     let age = now - message.created_at;
     let mut active = outbox::ActiveModel {
         id: Set(id),
-        status: Set(message.status.clone()),
+        status: Set(message.status),
         attempts: Set(message.attempts),
         due_at: Set(message.due_at),
         sent_at: Set(message.sent_at),
@@ -163,7 +163,7 @@ pub(super) fn outcome<S: Carrier>(
             if let Some(reference) = detail.get("provider_ref").and_then(Value::as_str) {
                 active.provider_ref = Set(Some(reference.to_owned()));
             }
-            active.status = Set("sent".into());
+            active.status = Set(OutboxStatus::Sent);
             active.sent_at = Set(Some(now));
             active.last_error = Set(None);
             ("sent", detail.clone())
@@ -176,17 +176,17 @@ pub(super) fn outcome<S: Carrier>(
         }
         Answer::Retry(error) => {
             let error = format!("still failing after {} hours and {attempts} attempts: {error}", age.num_hours());
-            active.status = Set("failed".into());
+            active.status = Set(OutboxStatus::Failed);
             active.last_error = Set(Some(error.clone()));
             ("failed", json!({"error": error, "gave_up": true}))
         }
         Answer::Fail(error) => {
-            active.status = Set("failed".into());
+            active.status = Set(OutboxStatus::Failed);
             active.last_error = Set(Some(error.clone()));
             ("failed", json!({"error": error}))
         }
         Answer::Bounce(error) => {
-            active.status = Set("failed".into());
+            active.status = Set(OutboxStatus::Failed);
             active.last_error = Set(Some(error.clone()));
             bounced = Some((subscriber, error.clone()));
             ("failed", json!({"error": error, "bounce": "hard"}))

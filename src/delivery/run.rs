@@ -125,9 +125,9 @@ impl<S: Carrier + 'static> Worker<S> {
                     // this process claimed but did not attempt goes back to the other instances.
                     failures = failures.saturating_add(1);
                     pause = Duration::from_millis(500 << failures.min(6));
-                    tracing::error!(error = %e, channel = S::CHANNEL, ?pause, "delivery failed; trying again");
+                    tracing::error!(error = %e, channel = S::CHANNEL.as_str(), ?pause, "delivery failed; trying again");
                     if let Err(e) = self.release_leases().await {
-                        tracing::warn!(error = %e, channel = S::CHANNEL, "could not give back claimed messages");
+                        tracing::warn!(error = %e, channel = S::CHANNEL.as_str(), "could not give back claimed messages");
                     }
                 }
             }
@@ -145,10 +145,10 @@ impl<S: Carrier + 'static> Worker<S> {
         }
         if let Err(e) = self.write_unrecorded().await {
             let lost = self.held().len();
-            tracing::error!(error = %e, channel = S::CHANNEL, lost, "stopping with answers that cannot be written: those messages may be sent again");
+            tracing::error!(error = %e, channel = S::CHANNEL.as_str(), lost, "stopping with answers that cannot be written: those messages may be sent again");
         }
         if let Err(e) = self.release_leases().await {
-            tracing::warn!(error = %e, channel = S::CHANNEL, "could not give back claimed messages");
+            tracing::warn!(error = %e, channel = S::CHANNEL.as_str(), "could not give back claimed messages");
         }
     }
 

@@ -28,8 +28,10 @@ use super::{Answer, Breaker, Carrier, Outcome, Try, Worker};
 use crate::audience::records::{self, kind};
 use crate::audience::subscribers::mark_bounced;
 use crate::core::clock::SharedClock;
+use crate::core::error::{Reason, reason};
 use crate::core::timing::window_opens_at;
 use crate::core::values::Channel;
+use crate::core::values::{OutboxChannel, OutboxStatus};
 use crate::store::Db;
 use crate::store::entities::{outbox, subscriber};
 
@@ -59,7 +61,7 @@ impl std::fmt::Debug for Provider {
 
 impl Provider {
     /// A Twilio-compatible provider at `base` (`https://api.twilio.com` for Twilio itself).
-    pub fn twilio(base: &url::Url, account_sid: &str, auth_token: &str, from: &str) -> Result<Self, String> {
+    pub fn twilio(base: &url::Url, account_sid: &str, auth_token: &str, from: &str) -> Result<Self, Reason> {
         let path = format!("2010-04-01/Accounts/{account_sid}/Messages.json");
         let messages_url = base.join(&path).map_err(|e| format!("'{base}': {e}"))?;
         Ok(Self {
@@ -110,13 +112,13 @@ pub struct SendingHours {
 
 impl SendingHours {
     /// `HH:MM-HH:MM`, the start before the end.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, Reason> {
         let problem = || format!("'{text}' is not a range of hours like 08:00-20:00");
         let (start, end) = text.split_once('-').ok_or_else(problem)?;
         let start = NaiveTime::parse_from_str(start.trim(), "%H:%M").map_err(|_| problem())?;
         let end = NaiveTime::parse_from_str(end.trim(), "%H:%M").map_err(|_| problem())?;
         if start >= end {
-            return Err(format!("'{text}': the hours must start before they end"));
+            return Err(reason!("'{text}': the hours must start before they end"));
         }
         Ok(Self { start, end })
     }
@@ -210,7 +212,7 @@ impl SmsSender {
 }
 
 impl Carrier for Texter {
-    const CHANNEL: &'static str = "sms";
+    const CHANNEL: OutboxChannel = OutboxChannel::Sms;
 
     fn paused_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match &self.transport {
@@ -289,7 +291,7 @@ impl Texter {
                 Reply::Refused { .. } => Outcome::Failed,
                 Reply::Failing(_) => Outcome::Retried,
             };
-            tries.push(super::tried("sms", &provider.name, outcome, started.elapsed()));
+            tries.push(super::tried(Self::CHANNEL, &provider.name, outcome, started.elapsed()));
             match reply {
                 Reply::Took(detail) => {
                     provider.breaker.worked(&provider.name);
@@ -408,7 +410,7 @@ pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -
         "delivered" => {
             records::event(subscriber, kind::SMS_DELIVERED, about, now).insert(&txn).await?;
         }
-        "undelivered" | "failed" if message.status != "failed" => {
+        "undelivered" | "failed" if message.status != OutboxStatus::Failed => {
             let unreachable = unreachable_number(report.error_code, report.error.as_deref());
             let reason = format!(
                 "the provider reports the message {}{}",
@@ -416,7 +418,7 @@ pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -
                 report.error_code.map(|c| format!(" (error {c})")).unwrap_or_default()
             );
             let mut active = message.into_active_model();
-            active.status = Set("failed".into());
+            active.status = Set(OutboxStatus::Failed);
             active.last_error = Set(Some(reason.clone()));
             active.updated_at = Set(now);
             active.update(&txn).await?;

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use super::{Answer, Carrier, Outcome, Try, Worker};
 use crate::core::clock::SharedClock;
+use crate::core::values::OutboxChannel;
 use crate::store::Db;
 use crate::store::entities::outbox;
 
@@ -139,7 +140,7 @@ impl WebhookSender {
 }
 
 impl Carrier for Webhooks {
-    const CHANNEL: &'static str = "webhook";
+    const CHANNEL: OutboxChannel = OutboxChannel::Webhook;
 
     async fn attempt(
         &self,
@@ -206,7 +207,7 @@ impl Carrier for Webhooks {
             Answer::Retry(_) | Answer::Hold(_) => Outcome::Retried,
             Answer::Fail(_) | Answer::Bounce(_) => Outcome::Failed,
         };
-        tries.push(super::tried("webhook", "webhook", outcome, started.elapsed()));
+        tries.push(super::tried(Self::CHANNEL, "webhook", outcome, started.elapsed()));
         answer
     }
 }

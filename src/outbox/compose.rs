@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::core::links::{Purpose, Signer};
 use crate::core::sms_text::sms_segments;
-use crate::core::values::Channel;
+use crate::core::values::{OutboxChannel, OutboxStatus};
 use crate::store::entities::{outbox, outbox_body};
 
 /// How long tracking links keep working.
@@ -18,8 +18,7 @@ pub const TRACKING_DAYS: i64 = 365;
 /// A message rendered for one subscriber, not yet stored.
 #[derive(Debug, Clone)]
 pub struct Draft {
-    /// The outbox channel: `email`, `sms` or `webhook`.
-    pub channel: &'static str,
+    pub channel: OutboxChannel,
     pub recipient: String,
     pub subject: Option<String>,
     pub html: Option<String>,
@@ -154,13 +153,13 @@ fn decode_attribute(value: &str) -> String {
 /// links it tracks (JSON, in index order).
 fn tracked(
     html: Option<String>,
-    channel: &str,
+    channel: OutboxChannel,
     tracking: Option<&Tracking>,
     id: Uuid,
     now: DateTime<Utc>,
 ) -> (Option<String>, Option<serde_json::Value>) {
     match (html, tracking, channel) {
-        (Some(html), Some(tracking), "email") => {
+        (Some(html), Some(tracking), OutboxChannel::Email) => {
             let (html, links) = tracking.rewrite(&html, id, now);
             (Some(html), Some(json!(links)))
         }
@@ -222,16 +221,16 @@ impl<'a> NewMessage<'a> {
 fn row(message: NewMessage<'_>, now: DateTime<Utc>) -> (outbox::ActiveModel, outbox_body::ActiveModel) {
     let NewMessage { id, key, subscriber_id, draft, tracking, dictionary } = message;
     let (html, links) = tracked(draft.html, draft.channel, tracking, id, now);
-    let segments = (draft.channel == Channel::Sms.as_str()).then(|| sms_segments(&draft.text) as i32);
+    let segments = (draft.channel == OutboxChannel::Sms).then(|| sms_segments(&draft.text) as i32);
     let body = outbox_body::Model::new(id, html.as_deref(), draft.text, links, dictionary).into_row();
     let message = outbox::ActiveModel {
         id: Set(id),
         idempotency_key: Set(key),
         subscriber_id: Set(subscriber_id),
-        channel: Set(draft.channel.to_owned()),
+        channel: Set(draft.channel),
         recipient: Set(draft.recipient),
         subject: Set(draft.subject),
-        status: Set("queued".into()),
+        status: Set(OutboxStatus::Queued),
         attempts: Set(0),
         last_error: Set(None),
         sent_at: Set(None),

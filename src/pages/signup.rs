@@ -21,7 +21,7 @@ use crate::audience::subscribers::{Attribution, Profile, membership_row, new_sub
 use crate::core::error::Result;
 use crate::core::links::{Purpose, Signer};
 use crate::core::values::{
-    Channel, ChannelState, ConsentMethod, EmailAddress, MembershipStatus, PhoneNumber, SubscriberStatus,
+    Channel, ChannelState, ConsentMethod, EmailAddress, MembershipStatus, OutboxChannel, PhoneNumber, SubscriberStatus,
     normalize_text, stored,
 };
 use crate::outbox::compose::{self, Draft, NewMessage};
@@ -421,7 +421,7 @@ fn confirmation_message(
                 crate::core::text::html_to_text(&html)
             };
             Draft {
-                channel: Channel::Email.as_str(),
+                channel: OutboxChannel::Email,
                 recipient: person.email.clone().unwrap_or_default(),
                 subject: Some(format!("Please confirm: {}", page.title)),
                 html: Some(html),
@@ -430,7 +430,7 @@ fn confirmation_message(
             }
         }
         Channel::Sms => Draft {
-            channel: Channel::Sms.as_str(),
+            channel: OutboxChannel::Sms,
             recipient: person.phone.clone().unwrap_or_default(),
             subject: None,
             html: None,

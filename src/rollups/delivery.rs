@@ -6,6 +6,7 @@ use sea_orm::EntityTrait;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 
 use super::day_key;
+use crate::core::values::OutboxChannel;
 use crate::store::entities::delivery_day::{self, Column};
 
 /// How one attempt at one relay or provider went.
@@ -56,10 +57,10 @@ impl Figures {
 /// Attempts gathered for one write, summed per relay, written in key order (see
 /// [`super::steps::Tally`]).
 #[derive(Debug, Default)]
-pub struct Attempts(std::collections::BTreeMap<(String, String), Figures>);
+pub struct Attempts(std::collections::BTreeMap<(OutboxChannel, String), Figures>);
 
 impl Attempts {
-    pub fn add(&mut self, channel: &str, tries: &[Try]) {
+    pub fn add(&mut self, channel: OutboxChannel, tries: &[Try]) {
         for t in tries {
             let one = Figures {
                 sent: i64::from(t.outcome == Outcome::Sent),
@@ -68,7 +69,7 @@ impl Attempts {
                 attempts: 1,
                 latency_ms: t.millis,
             };
-            self.0.entry((channel.to_owned(), t.relay.clone())).or_default().add(one);
+            self.0.entry((channel, t.relay.clone())).or_default().add(one);
         }
     }
 

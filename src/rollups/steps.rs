@@ -10,6 +10,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder
 
 use super::day_key;
 use crate::core::error::Result;
+use crate::core::values::{Channel, OutboxChannel, OutboxStatus};
 use crate::store::entities::outbox;
 use crate::store::entities::step_day::{self, Column};
 
@@ -120,13 +121,13 @@ pub async fn message_step(
 pub async fn unsubscribed(
     conn: &impl ConnectionTrait,
     subscriber_id: uuid::Uuid,
-    channel: &str,
+    channel: Channel,
     day: NaiveDate,
 ) -> Result<()> {
     let last = outbox::Entity::find()
         .filter(outbox::Column::SubscriberId.eq(subscriber_id))
-        .filter(outbox::Column::Channel.eq(channel))
-        .filter(outbox::Column::Status.eq("sent"))
+        .filter(outbox::Column::Channel.eq(OutboxChannel::from(channel)))
+        .filter(outbox::Column::Status.eq(OutboxStatus::Sent))
         .order_by_desc(outbox::Column::SentAt)
         .one(conn)
         .await?;

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::{Days, ratio, sum};
 use crate::core::error::Result;
+use crate::core::values::OutboxChannel;
 use crate::rollups::delivery::Figures;
 use crate::store::Db;
 use crate::store::entities::delivery_day::{self, Column};
@@ -15,7 +16,7 @@ use crate::store::entities::delivery_day::{self, Column};
 /// One relay's or provider's figures for a date range.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RelayStats {
-    pub channel: String,
+    pub channel: OutboxChannel,
     pub relay: String,
     pub sent: i64,
     pub failed: i64,
@@ -44,7 +45,7 @@ pub struct DayStats {
     pub retried: i64,
 }
 
-type Row = (String, String, String, i64, i64, i64, i64, i64);
+type Row = (String, OutboxChannel, String, i64, i64, i64, i64, i64);
 
 pub async fn delivery(db: &Db, days: Days) -> Result<DeliveryStats> {
     let mut query = delivery_day::Entity::find()
@@ -68,7 +69,7 @@ pub async fn delivery(db: &Db, days: Days) -> Result<DeliveryStats> {
         query = query.filter(Column::Day.lte(to));
     }
     let rows: Vec<Row> = query.into_tuple().all(db.conn()).await?;
-    let mut relays: std::collections::BTreeMap<(String, String), Figures> = std::collections::BTreeMap::new();
+    let mut relays: std::collections::BTreeMap<(OutboxChannel, String), Figures> = std::collections::BTreeMap::new();
     let mut by_day: std::collections::BTreeMap<String, Figures> = std::collections::BTreeMap::new();
     for (day, channel, relay, sent, failed, retried, attempts, latency_ms) in rows {
         let f = Figures { sent, failed, retried, attempts, latency_ms };
@@ -103,7 +104,7 @@ pub async fn delivery(db: &Db, days: Days) -> Result<DeliveryStats> {
 /// has waited.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Depth {
-    pub channel: String,
+    pub channel: OutboxChannel,
     pub queued: i64,
     pub due: i64,
     pub oldest_due_seconds: f64,
@@ -114,7 +115,7 @@ pub async fn outbox(db: &Db, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<D
     use crate::store::entities::outbox;
     use sea_orm::{PaginatorTrait, QueryOrder};
     let conn = db.conn();
-    let queued: Vec<(String, i64)> = outbox::Entity::find()
+    let queued: Vec<(OutboxChannel, i64)> = outbox::Entity::find()
         .select_only()
         .column(outbox::Column::Channel)
         .expr(Expr::cust("COUNT(*)"))
@@ -124,7 +125,7 @@ pub async fn outbox(db: &Db, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<D
         .all(conn)
         .await?;
     let mut out = Vec::new();
-    for channel in ["email", "sms", "webhook"] {
+    for &channel in OutboxChannel::ALL {
         let due = outbox::Entity::find()
             .filter(outbox::Column::Channel.eq(channel))
             .filter(crate::store::queued())
@@ -132,8 +133,8 @@ pub async fn outbox(db: &Db, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<D
         let count = due.clone().count(conn).await?;
         let oldest = due.order_by_asc(outbox::Column::DueAt).one(conn).await?;
         out.push(Depth {
-            channel: channel.to_owned(),
-            queued: queued.iter().find(|(c, _)| c == channel).map_or(0, |(_, n)| *n),
+            channel,
+            queued: queued.iter().find(|(c, _)| *c == channel).map_or(0, |(_, n)| *n),
             due: i64::try_from(count).unwrap_or(i64::MAX),
             oldest_due_seconds: oldest
                 .map_or(0.0, |m| Ord::max((now - m.due_at).num_milliseconds(), 0) as f64 / 1000.0),

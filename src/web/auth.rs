@@ -1,23 +1,27 @@
 //! Bearer-token authentication for the admin API.
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::AppState;
 use super::error::ApiError;
+use crate::config::Config;
+use crate::store::Db;
 use crate::tokens;
 
 /// Lets a request through only with a valid admin token, and records who it is as an `Actor`.
 /// Every failure gives the same 401, whether the token is missing, unknown or revoked.
 pub async fn require_token(
-    State(state): State<AppState>,
+    State(db): State<Db>,
+    State(config): State<Arc<Config>>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let presented = bearer(request.headers()).ok_or_else(ApiError::unauthorized)?;
-    let actor = tokens::authenticate(&state.db, state.config.admin_token.as_deref(), presented)
+    let actor = tokens::authenticate(&db, config.admin_token.as_deref(), presented)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
     request.extensions_mut().insert(actor);

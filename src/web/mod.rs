@@ -28,16 +28,20 @@ use crate::core::clock::SharedClock;
 use crate::store::Db;
 use error::ApiError;
 
-/// What handlers share. Cheap to clone.
-#[derive(Clone)]
+/// What handlers share. Cheap to clone. A handler takes only the parts it needs (`State<Db>`,
+/// `State<SharedClock>`, `State<Arc<Config>>`, `State<Arc<Engine>>`); the rate limits are taken
+/// with the whole state.
+#[derive(Clone, axum::extract::FromRef)]
 pub struct AppState {
     pub db: Db,
     pub clock: SharedClock,
     pub config: Arc<Config>,
     pub engine: Arc<crate::workflow::engine::Engine>,
     /// Landing-page signups per client address (per process).
+    #[from_ref(skip)]
     pub signup_limit: Arc<crate::pages::guard::RateLimit>,
     /// Failed dashboard logins per client address (per process).
+    #[from_ref(skip)]
     pub login_limit: Arc<crate::pages::guard::RateLimit>,
 }
 

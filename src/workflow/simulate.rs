@@ -23,6 +23,7 @@ use crate::audience::lists::{NewList, create as create_list};
 use crate::audience::subscribers::{self, NewSubscriber};
 use crate::audience::{Actor, records};
 use crate::core::clock::{Clock, ManualClock, SharedClock};
+use crate::core::error::Reason;
 use crate::core::links::Signer;
 use crate::core::timing::{Span, next_cron_tick, zone};
 use crate::store::Db;
@@ -41,7 +42,7 @@ pub struct Script {
 
 impl Script {
     /// Parses `NAME@DURATION`.
-    pub fn parse_event(text: &str) -> Result<(String, Span), String> {
+    pub fn parse_event(text: &str) -> Result<(String, Span), Reason> {
         let (name, at) =
             text.split_once('@').ok_or_else(|| format!("'{text}' is not NAME@DURATION, e.g. purchased@2d"))?;
         crate::audience::events::validate_name(name)?;

@@ -259,7 +259,7 @@ async fn messages_whose_keys_are_taken_are_left_out_with_their_bodies(app: TestA
     let rows = |keys: std::ops::Range<usize>| -> Vec<_> {
         keys.map(|n| {
             let draft = Draft {
-                channel: "email",
+                channel: ownlist::core::values::OutboxChannel::Email,
                 recipient: format!("reader{n}@example.com"),
                 subject: Some("Hi".into()),
                 html: Some(format!("<p>Message {n}</p>")),

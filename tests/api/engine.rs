@@ -74,7 +74,7 @@ async fn messages(app: &TestApp, subscriber: &str) -> Vec<(String, String)> {
         .await
         .unwrap()
         .into_iter()
-        .map(|m| (m.step_id.unwrap_or_default(), m.channel))
+        .map(|m| (m.step_id.unwrap_or_default(), m.channel.as_str().to_owned()))
         .collect()
 }
 

@@ -60,7 +60,7 @@ pub(super) fn read_header(record: &ByteRecord) -> Result<Header> {
         let kind = match Known::from_header(&name) {
             Some(known) => ColumnKind::Known(known),
             None => {
-                validate_attribute_key(&name).map_err(malformed)?;
+                validate_attribute_key(&name).map_err(|reason| malformed(reason.into()))?;
                 ColumnKind::Attribute(name.clone())
             }
         };

@@ -127,7 +127,7 @@ pub async fn change_channel_with(
     model.update(txn).await?;
     records::consent(id, channel, granting, origin, wording, now).insert(txn).await?;
     if !granting {
-        crate::rollups::steps::unsubscribed(txn, id, channel.as_str(), now.date_naive()).await?;
+        crate::rollups::steps::unsubscribed(txn, id, channel, now.date_naive()).await?;
     }
     // `from`: what the channel was; a channel withdrawn while only pending was never confirmed.
     let from = stored(&state, ChannelState::None);

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::audience::records::ConsentWording;
-use crate::core::error::{Error, FieldError, Result};
+use crate::core::error::{Error, FieldError, Reason, Result, reason};
 use crate::core::values::{
     Channel, ChannelState, EmailAddress, MAX_ATTRIBUTES_BYTES, PhoneNumber, normalize_tag, normalize_text,
     suppression_hash, validate_attribute_key, validate_locale, validate_timezone,
@@ -13,11 +13,11 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 impl Checker {
-    pub fn check<T>(&mut self, field: &str, result: std::result::Result<T, String>) -> Option<T> {
+    pub fn check<T>(&mut self, field: &str, result: std::result::Result<T, impl Into<Reason>>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
-            Err(message) => {
-                self.errors.push(FieldError::new(field, message));
+            Err(reason) => {
+                self.errors.push(FieldError::new(field, reason.into()));
                 None
             }
         }
@@ -80,10 +80,10 @@ impl Checker {
     }
 }
 
-pub(super) fn attributes_size_ok(attributes: &Map<String, Value>) -> std::result::Result<(), String> {
+pub(super) fn attributes_size_ok(attributes: &Map<String, Value>) -> std::result::Result<(), Reason> {
     let size = serde_json::to_vec(attributes).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > MAX_ATTRIBUTES_BYTES {
-        Err(format!("take {size} bytes as JSON; the limit is {MAX_ATTRIBUTES_BYTES}"))
+        Err(reason!("take {size} bytes as JSON; the limit is {MAX_ATTRIBUTES_BYTES}"))
     } else {
         Ok(())
     }

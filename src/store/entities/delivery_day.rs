@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+use crate::core::values::OutboxChannel;
+
 /// One relay's or provider's attempts on one day (`delivery_daily`).
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "delivery_daily")]
@@ -7,9 +9,8 @@ pub struct Model {
     /// `YYYY-MM-DD` (UTC).
     #[sea_orm(primary_key, auto_increment = false)]
     pub day: String,
-    /// email, sms or webhook.
     #[sea_orm(primary_key, auto_increment = false)]
-    pub channel: String,
+    pub channel: OutboxChannel,
     /// The relay's or provider's name (`file` for the file transport).
     #[sea_orm(primary_key, auto_increment = false)]
     pub relay: String,

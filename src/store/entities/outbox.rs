@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+use crate::core::values::{OutboxChannel, OutboxStatus};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "outbox")]
 pub struct Model {
@@ -11,10 +13,10 @@ pub struct Model {
     pub enrollment_id: Option<Uuid>,
     pub workflow_id: Option<String>,
     pub step_id: Option<String>,
-    pub channel: String,
+    pub channel: OutboxChannel,
     pub recipient: String,
     pub subject: Option<String>,
-    pub status: String,
+    pub status: OutboxStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub sent_at: Option<DateTimeUtc>,

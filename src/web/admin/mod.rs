@@ -20,6 +20,7 @@ use std::sync::LazyLock;
 
 use axum::Router;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -30,8 +31,12 @@ use chrono::{Duration, NaiveDate};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::config::Config;
+use crate::core::clock::SharedClock;
 use crate::stats::{self, Days, Filter};
+use crate::store::Db;
 use crate::web::AppState;
+use crate::workflow::engine::Engine;
 
 const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("templates/base.html")),
@@ -130,9 +135,15 @@ fn failed(e: crate::core::error::Error) -> Response {
 }
 
 /// Only with a session: anything else is sent to the login page (which brings them back).
-async fn require_session(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+async fn require_session(
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
+    State(config): State<Arc<Config>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let found = match session::from_headers(request.headers()) {
-        Some(secret) => session::find(&state.db, &secret, state.config.admin_token.as_deref(), state.clock.now()).await,
+        Some(secret) => session::find(&db, &secret, config.admin_token.as_deref(), clock.now()).await,
         None => Ok(None),
     };
     match found {
@@ -260,13 +271,13 @@ async fn login(
     response
 }
 
-async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn logout(State(db): State<Db>, State(config): State<Arc<Config>>, headers: HeaderMap) -> Response {
     if let Some(secret) = session::from_headers(&headers)
-        && let Err(e) = session::close(&state.db, &secret).await
+        && let Err(e) = session::close(&db, &secret).await
     {
         return failed(e);
     }
-    let secure = state.config.base_url.scheme() == "https";
+    let secure = config.base_url.scheme() == "https";
     let mut response = Redirect::to("/admin/login").into_response();
     if let Ok(cookie) = HeaderValue::from_str(&session::cookie(None, Duration::zero(), secure)) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
@@ -422,14 +433,19 @@ async fn landing_page(
     Ok(render("page.html", StatusCode::OK, context))
 }
 
-async fn workflows(State(state): State<AppState>, Query(query): Query<RangeQuery>) -> Shown {
-    let (days, _, problem) = range(&query, state.clock.now().date_naive());
+async fn workflows(
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
+    State(engine): State<Arc<Engine>>,
+    Query(query): Query<RangeQuery>,
+) -> Shown {
+    let (days, _, problem) = range(&query, clock.now().date_naive());
     let mut rows = Vec::new();
-    for (id, current) in state.engine.registry().current() {
+    for (id, current) in engine.registry().current() {
         if current.status == crate::workflow::registry::Status::Removed {
             continue;
         }
-        let figures = stats::steps::workflow(&state.db, &id, &[], days).await.map_err(failed)?;
+        let figures = stats::steps::workflow(&db, &id, &[], days).await.map_err(failed)?;
         rows.push(json!({
             "id": id, "name": current.program.workflow.name, "version": current.version,
             "status": format!("{:?}", current.status).to_lowercase(),
@@ -439,17 +455,23 @@ async fn workflows(State(state): State<AppState>, Query(query): Query<RangeQuery
     }
     let context = json!({
         "title": "Workflows", "section": "workflows", "range": range_context(&days, problem), "workflows": rows,
-        "problems": state.engine.problems(),
+        "problems": engine.problems(),
     });
     Ok(render("workflows.html", StatusCode::OK, context))
 }
 
-async fn workflow(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<RangeQuery>) -> Shown {
-    let current = state.engine.registry().current();
+async fn workflow(
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Query(query): Query<RangeQuery>,
+) -> Shown {
+    let current = engine.registry().current();
     let found = current.get(&id).ok_or_else(|| error_page(StatusCode::NOT_FOUND, "No such workflow."))?;
-    let (days, _, problem) = range(&query, state.clock.now().date_naive());
+    let (days, _, problem) = range(&query, clock.now().date_naive());
     let steps = stats::steps::steps_of(&found.program.workflow);
-    let figures = stats::steps::workflow(&state.db, &id, &steps, days).await.map_err(failed)?;
+    let figures = stats::steps::workflow(&db, &id, &steps, days).await.map_err(failed)?;
     let mut cards = Vec::new();
     for s in &figures.steps {
         cards.push(json!({
@@ -478,11 +500,11 @@ async fn workflow(State(state): State<AppState>, Path(id): Path<String>, Query(q
     Ok(render("workflow.html", StatusCode::OK, context))
 }
 
-async fn delivery(State(state): State<AppState>, Query(query): Query<RangeQuery>) -> Shown {
-    let now = state.clock.now();
+async fn delivery(State(db): State<Db>, State(clock): State<SharedClock>, Query(query): Query<RangeQuery>) -> Shown {
+    let now = clock.now();
     let (days, labels, problem) = range(&query, now.date_naive());
-    let outbox = stats::delivery::outbox(&state.db, now).await.map_err(failed)?;
-    let figures = stats::delivery::delivery(&state.db, days).await.map_err(failed)?;
+    let outbox = stats::delivery::outbox(&db, now).await.map_err(failed)?;
+    let figures = stats::delivery::delivery(&db, days).await.map_err(failed)?;
     let open: BTreeMap<String, bool> = crate::core::metrics::gauges("ownlist_circuit_open")
         .into_iter()
         .filter_map(|(labels, value)| labels.into_iter().find(|(k, _)| *k == "relay").map(|(_, v)| (v, value > 0.0)))
@@ -539,7 +561,7 @@ struct LookupQuery {
     q: Option<String>,
 }
 
-async fn subscribers(State(state): State<AppState>, Query(query): Query<LookupQuery>) -> Shown {
+async fn subscribers(State(db): State<Db>, Query(query): Query<LookupQuery>) -> Shown {
     let q =
         query.q.as_deref().map(str::trim).filter(|q| !q.is_empty()).map(|q| q.chars().take(200).collect::<String>());
     let found = match &q {
@@ -549,7 +571,7 @@ async fn subscribers(State(state): State<AppState>, Query(query): Query<LookupQu
                 limit: Some(50),
                 ..Default::default()
             };
-            crate::audience::subscribers::list(&state.db, filter).await.map_err(failed)?.data
+            crate::audience::subscribers::list(&db, filter).await.map_err(failed)?.data
         }
         None => Vec::new(),
     };
@@ -565,13 +587,13 @@ fn name_of(s: &crate::audience::subscribers::SubscriberView) -> String {
     [s.first_name.as_deref(), s.last_name.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(" ")
 }
 
-async fn subscriber(State(state): State<AppState>, Path(id): Path<String>) -> Shown {
+async fn subscriber(State(db): State<Db>, Path(id): Path<String>) -> Shown {
     let Ok(id) = id.parse::<uuid::Uuid>() else {
         return Err(error_page(StatusCode::NOT_FOUND, "No such subscriber."));
     };
-    let person = crate::audience::subscribers::get(&state.db, id).await.map_err(failed)?;
+    let person = crate::audience::subscribers::get(&db, id).await.map_err(failed)?;
     let page = crate::audience::subscribers::PageRequest { limit: Some(500), cursor: None };
-    let timeline = crate::audience::subscribers::timeline(&state.db, id, page).await.map_err(failed)?;
+    let timeline = crate::audience::subscribers::timeline(&db, id, page).await.map_err(failed)?;
     let events: Vec<Value> = timeline
         .data
         .iter()

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::audience::Actor;
 use crate::core::values::{decode_cursor, encode_cursor, page_limit};
+use crate::store::Db;
 use crate::store::entities::audit_entry;
 use crate::web::AppState;
 use crate::web::error::ApiResult;
@@ -113,13 +114,13 @@ pub struct AuditPage {
 #[utoipa::path(get, path = "/api/v1/audit", tag = "operations", security(("bearer" = [])), params(AuditQuery), responses(
     (status = 200, body = AuditPage),
 ))]
-pub async fn list(State(state): State<AppState>, ApiQuery(query): ApiQuery<AuditQuery>) -> ApiResult<Json<AuditPage>> {
+pub async fn list(State(db): State<Db>, ApiQuery(query): ApiQuery<AuditQuery>) -> ApiResult<Json<AuditPage>> {
     let limit = page_limit(query.limit)?;
     let mut find = audit_entry::Entity::find().order_by_desc(audit_entry::Column::Id).limit(limit + 1);
     if let Some(cursor) = query.cursor.as_ref().filter(|c| !c.is_empty()) {
         find = find.filter(audit_entry::Column::Id.lt(decode_cursor(cursor)?));
     }
-    let mut rows = find.all(state.db.conn()).await.map_err(crate::core::error::Error::from)?;
+    let mut rows = find.all(db.conn()).await.map_err(crate::core::error::Error::from)?;
     let more = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = if more { rows.last().map(|r| encode_cursor(r.id)) } else { None };

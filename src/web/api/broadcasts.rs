@@ -1,5 +1,7 @@
 //! Broadcasts over HTTP: create one, follow its progress, cancel it.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -11,6 +13,7 @@ use uuid::Uuid;
 use crate::web::AppState;
 use crate::web::error::{ApiResult, Problem};
 use crate::web::extract::{ApiJson, ApiPath};
+use crate::workflow::engine::Engine;
 use crate::workflow::engine::{BroadcastView, NewBroadcast};
 
 /// How many broadcasts `GET /broadcasts` returns (the latest).
@@ -34,18 +37,18 @@ pub struct BroadcastPage {
     (status = 422, description = "Invalid fields (an unknown list, a template that does not render, …)", body = Problem),
 ))]
 pub async fn create(
-    State(state): State<AppState>,
+    State(engine): State<Arc<Engine>>,
     ApiJson(input): ApiJson<NewBroadcast>,
 ) -> ApiResult<impl IntoResponse> {
-    let created = state.engine.create_broadcast(input).await?;
+    let created = engine.create_broadcast(input).await?;
     let location = format!("/api/v1/broadcasts/{}", created.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)))
 }
 
 /// The latest broadcasts (up to 100), newest first, each with its progress.
 #[utoipa::path(get, path = "/api/v1/broadcasts", tag = "broadcasts", security(("bearer" = [])), responses((status = 200, body = BroadcastPage)))]
-pub async fn all(State(state): State<AppState>) -> ApiResult<Json<BroadcastPage>> {
-    Ok(Json(BroadcastPage { data: state.engine.broadcasts(PAGE).await? }))
+pub async fn all(State(engine): State<Arc<Engine>>) -> ApiResult<Json<BroadcastPage>> {
+    Ok(Json(BroadcastPage { data: engine.broadcasts(PAGE).await? }))
 }
 
 /// One broadcast: status and messages queued, sent and failed per channel.
@@ -53,8 +56,8 @@ pub async fn all(State(state): State<AppState>) -> ApiResult<Json<BroadcastPage>
     (status = 200, body = BroadcastView),
     (status = 404, body = Problem),
 ))]
-pub async fn one(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> ApiResult<Json<BroadcastView>> {
-    Ok(Json(state.engine.broadcast(id).await?))
+pub async fn one(State(engine): State<Arc<Engine>>, ApiPath(id): ApiPath<Uuid>) -> ApiResult<Json<BroadcastView>> {
+    Ok(Json(engine.broadcast(id).await?))
 }
 
 /// Stops a broadcast: no further messages are written and unsent ones are cancelled.
@@ -62,6 +65,6 @@ pub async fn one(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> A
     (status = 200, body = BroadcastView),
     (status = 404, body = Problem),
 ))]
-pub async fn cancel(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> ApiResult<Json<BroadcastView>> {
-    Ok(Json(state.engine.cancel_broadcast(id).await?))
+pub async fn cancel(State(engine): State<Arc<Engine>>, ApiPath(id): ApiPath<Uuid>) -> ApiResult<Json<BroadcastView>> {
+    Ok(Json(engine.cancel_broadcast(id).await?))
 }

@@ -6,6 +6,8 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use crate::audience::lists::{self, ListPatch, ListView, NewList};
+use crate::core::clock::SharedClock;
+use crate::store::Db;
 use crate::web::AppState;
 use crate::web::error::{ApiResult, Problem};
 use crate::web::extract::{ApiJson, ApiPath};
@@ -25,16 +27,20 @@ pub struct ListPage {
     (status = 409, description = "The slug is taken", body = Problem),
     (status = 422, description = "Invalid fields", body = Problem),
 ))]
-pub async fn create(State(state): State<AppState>, ApiJson(input): ApiJson<NewList>) -> ApiResult<impl IntoResponse> {
-    let list = lists::create(&state.db, state.clock.now(), input).await?;
+pub async fn create(
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
+    ApiJson(input): ApiJson<NewList>,
+) -> ApiResult<impl IntoResponse> {
+    let list = lists::create(&db, clock.now(), input).await?;
     let location = format!("/api/v1/lists/{}", list.slug);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(list)))
 }
 
 /// Lists every list with its member counts.
 #[utoipa::path(get, path = "/api/v1/lists", tag = "lists", security(("bearer" = [])), responses((status = 200, body = ListPage)))]
-pub async fn all(State(state): State<AppState>) -> ApiResult<Json<ListPage>> {
-    Ok(Json(ListPage { data: lists::all(&state.db).await? }))
+pub async fn all(State(db): State<Db>) -> ApiResult<Json<ListPage>> {
+    Ok(Json(ListPage { data: lists::all(&db).await? }))
 }
 
 /// One list.
@@ -42,8 +48,8 @@ pub async fn all(State(state): State<AppState>) -> ApiResult<Json<ListPage>> {
     (status = 200, body = ListView),
     (status = 404, body = Problem),
 ))]
-pub async fn one(State(state): State<AppState>, ApiPath(slug): ApiPath<String>) -> ApiResult<Json<ListView>> {
-    Ok(Json(lists::get(&state.db, &slug).await?))
+pub async fn one(State(db): State<Db>, ApiPath(slug): ApiPath<String>) -> ApiResult<Json<ListView>> {
+    Ok(Json(lists::get(&db, &slug).await?))
 }
 
 /// Changes a list's slug, name, description or opt-in rule.
@@ -54,11 +60,12 @@ pub async fn one(State(state): State<AppState>, ApiPath(slug): ApiPath<String>) 
     (status = 422, body = Problem),
 ))]
 pub async fn update(
-    State(state): State<AppState>,
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
     ApiPath(slug): ApiPath<String>,
     ApiJson(patch): ApiJson<ListPatch>,
 ) -> ApiResult<Json<ListView>> {
-    Ok(Json(lists::update(&state.db, state.clock.now(), &slug, patch).await?))
+    Ok(Json(lists::update(&db, clock.now(), &slug, patch).await?))
 }
 
 /// Deletes a list and its memberships (the subscribers stay); refused while a landing page or a

@@ -8,6 +8,8 @@
 //!
 //! Days are UTC, `YYYY-MM-DD`, both ends inclusive; `format=csv` gives any of them as CSV.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -21,9 +23,11 @@ use crate::stats::delivery::DeliveryStats;
 use crate::stats::funnel::{Counts, Keyed};
 use crate::stats::steps::WorkflowStats;
 use crate::stats::{self, Days, Filter, Funnel};
+use crate::store::Db;
 use crate::web::AppState;
 use crate::web::error::ApiResult;
 use crate::web::extract::ApiQuery;
+use crate::workflow::engine::Engine;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -146,7 +150,7 @@ fn counts_row(key: &str, c: &Counts, conversion: Option<f64>) -> Vec<String> {
     (status = 200, description = "The funnel; with `format=csv`, `text/csv`", content((Funnel = "application/json"), (String = "text/csv"))),
     (status = 422, description = "A bad date, format or grouping", body = crate::web::error::Problem),
 ))]
-pub async fn funnel(State(state): State<AppState>, ApiQuery(query): ApiQuery<FunnelQuery>) -> ApiResult<Response> {
+pub async fn funnel(State(db): State<Db>, ApiQuery(query): ApiQuery<FunnelQuery>) -> ApiResult<Response> {
     let mut errors = Vec::new();
     let (days, csv) = range(query.from.as_deref(), query.to.as_deref(), query.format.as_deref(), &mut errors);
     let by = query.by.as_deref().map(str::trim).filter(|b| !b.is_empty()).unwrap_or("stage");
@@ -165,7 +169,7 @@ pub async fn funnel(State(state): State<AppState>, ApiQuery(query): ApiQuery<Fun
         campaign: given(query.campaign),
         days,
     };
-    let funnel = stats::funnel::funnel(&state.db, &filter).await?;
+    let funnel = stats::funnel::funnel(&db, &filter).await?;
     if !csv {
         return Ok(Json(funnel).into_response());
     }
@@ -201,7 +205,8 @@ pub async fn funnel(State(state): State<AppState>, ApiQuery(query): ApiQuery<Fun
     (status = 422, description = "A bad date or format", body = crate::web::error::Problem),
 ))]
 pub async fn workflow(
-    State(state): State<AppState>,
+    State(db): State<Db>,
+    State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<RangeQuery>,
 ) -> ApiResult<Response> {
@@ -210,10 +215,10 @@ pub async fn workflow(
     if !errors.is_empty() {
         return Err(Error::Invalid(errors).into());
     }
-    let current = state.engine.registry().current();
+    let current = engine.registry().current();
     let found = current.get(&id).ok_or(Error::NotFound { what: "workflow" })?;
     let steps = stats::steps::steps_of(&found.program.workflow);
-    let figures = stats::steps::workflow(&state.db, &id, &steps, days).await?;
+    let figures = stats::steps::workflow(&db, &id, &steps, days).await?;
     if !csv {
         return Ok(Json(figures).into_response());
     }
@@ -264,19 +269,19 @@ pub async fn workflow(
     (status = 200, description = "The figures; with `format=csv`, a row per relay or provider", content((DeliveryStats = "application/json"), (String = "text/csv"))),
     (status = 422, description = "A bad date or format", body = crate::web::error::Problem),
 ))]
-pub async fn delivery(State(state): State<AppState>, ApiQuery(query): ApiQuery<RangeQuery>) -> ApiResult<Response> {
+pub async fn delivery(State(db): State<Db>, ApiQuery(query): ApiQuery<RangeQuery>) -> ApiResult<Response> {
     let mut errors = Vec::new();
     let (days, csv) = range(query.from.as_deref(), query.to.as_deref(), query.format.as_deref(), &mut errors);
     if !errors.is_empty() {
         return Err(Error::Invalid(errors).into());
     }
-    let figures = stats::delivery::delivery(&state.db, days).await?;
+    let figures = stats::delivery::delivery(&db, days).await?;
     if !csv {
         return Ok(Json(figures).into_response());
     }
     let header = ["channel", "relay", "sent", "failed", "retried", "attempts", "mean_latency_ms", "success_rate"];
     let rows = figures.relays.iter().map(|r| {
-        let mut row = vec![r.channel.clone(), r.relay.clone()];
+        let mut row = vec![r.channel.as_str().to_owned(), r.relay.clone()];
         row.extend([r.sent, r.failed, r.retried, r.attempts].map(|n| n.to_string()));
         row.extend([number(r.mean_latency_ms), number(r.success_rate)]);
         row

@@ -9,6 +9,8 @@ use crate::audience::Actor;
 use crate::audience::subscribers::{
     self, EventView, NewSubscriber, Page, PageRequest, PersonalData, SubscriberFilter, SubscriberPatch, SubscriberView,
 };
+use crate::core::clock::SharedClock;
+use crate::store::Db;
 use crate::web::AppState;
 use crate::web::error::{ApiResult, Problem};
 use crate::web::extract::{ApiJson, ApiPath, ApiQuery};
@@ -28,11 +30,12 @@ pub fn routes() -> Router<AppState> {
     (status = 422, description = "Invalid fields", body = Problem),
 ))]
 pub async fn create(
-    State(state): State<AppState>,
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
     Extension(actor): Extension<Actor>,
     ApiJson(input): ApiJson<NewSubscriber>,
 ) -> ApiResult<impl IntoResponse> {
-    let created = subscribers::create(&state.db, state.clock.now(), &actor, input).await?;
+    let created = subscribers::create(&db, clock.now(), &actor, input).await?;
     let location = format!("/api/v1/subscribers/{}", created.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)))
 }
@@ -44,10 +47,10 @@ pub async fn create(
     (status = 422, body = Problem),
 ))]
 pub async fn list(
-    State(state): State<AppState>,
+    State(db): State<Db>,
     ApiQuery(filter): ApiQuery<SubscriberFilter>,
 ) -> ApiResult<Json<Page<SubscriberView>>> {
-    Ok(Json(subscribers::list(&state.db, filter).await?))
+    Ok(Json(subscribers::list(&db, filter).await?))
 }
 
 /// One subscriber.
@@ -55,8 +58,8 @@ pub async fn list(
     (status = 200, body = SubscriberView),
     (status = 404, body = Problem),
 ))]
-pub async fn one(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> ApiResult<Json<SubscriberView>> {
-    Ok(Json(subscribers::get(&state.db, id).await?))
+pub async fn one(State(db): State<Db>, ApiPath(id): ApiPath<Uuid>) -> ApiResult<Json<SubscriberView>> {
+    Ok(Json(subscribers::get(&db, id).await?))
 }
 
 /// Changes a subscriber: profile fields, attributes (merged), tags and lists (full sets), consent.
@@ -67,12 +70,13 @@ pub async fn one(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> A
     (status = 422, body = Problem),
 ))]
 pub async fn update(
-    State(state): State<AppState>,
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
     Extension(actor): Extension<Actor>,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(patch): ApiJson<SubscriberPatch>,
 ) -> ApiResult<Json<SubscriberView>> {
-    Ok(Json(subscribers::update(&state.db, state.clock.now(), &actor, id, patch).await?))
+    Ok(Json(subscribers::update(&db, clock.now(), &actor, id, patch).await?))
 }
 
 /// Erases a subscriber's personal data (GDPR); only a hash of each address remains, as a suppression.
@@ -81,11 +85,12 @@ pub async fn update(
     (status = 404, body = Problem),
 ))]
 pub async fn erase(
-    State(state): State<AppState>,
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
     Extension(actor): Extension<Actor>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    subscribers::erase(&state.db, state.clock.now(), &actor, id).await?;
+    subscribers::erase(&db, clock.now(), &actor, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -95,11 +100,11 @@ pub async fn erase(
     (status = 404, body = Problem),
 ))]
 pub async fn timeline(
-    State(state): State<AppState>,
+    State(db): State<Db>,
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(page): ApiQuery<PageRequest>,
 ) -> ApiResult<Json<Page<EventView>>> {
-    Ok(Json(subscribers::timeline(&state.db, id, page).await?))
+    Ok(Json(subscribers::timeline(&db, id, page).await?))
 }
 
 /// Everything stored about this subscriber (a data-access request).
@@ -107,8 +112,12 @@ pub async fn timeline(
     (status = 200, body = PersonalData),
     (status = 404, body = Problem),
 ))]
-pub async fn export(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> ApiResult<impl IntoResponse> {
-    let data = subscribers::personal_data(&state.db, state.clock.now(), id).await?;
+pub async fn export(
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<impl IntoResponse> {
+    let data = subscribers::personal_data(&db, clock.now(), id).await?;
     let disposition = format!("attachment; filename=\"subscriber-{id}.json\"");
     Ok(([(header::CONTENT_DISPOSITION, disposition)], Json(data)))
 }

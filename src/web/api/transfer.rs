@@ -16,7 +16,9 @@ use tokio_util::io::StreamReader;
 use crate::audience::Actor;
 use crate::audience::export;
 use crate::audience::import::{self, ImportOptions, ImportReport};
+use crate::core::clock::SharedClock;
 use crate::core::error::Error;
+use crate::store::Db;
 use crate::web::AppState;
 use crate::web::error::{ApiError, ApiResult, Problem};
 use crate::web::extract::ApiQuery;
@@ -51,7 +53,8 @@ pub struct ImportQuery {
         (status = 422, description = "Unknown list", body = Problem),
     ))]
 pub async fn import_csv(
-    State(state): State<AppState>,
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
     Extension(actor): Extension<Actor>,
     Extension(ImportLimit(limit)): Extension<ImportLimit>,
     ApiQuery(query): ApiQuery<ImportQuery>,
@@ -84,7 +87,7 @@ pub async fn import_csv(
     });
     let reader = StreamReader::new(stream);
     let options = ImportOptions { list: query.list, actor };
-    match import::import_csv(&state.db, state.clock.clone(), reader, options).await {
+    match import::import_csv(&db, clock.clone(), reader, options).await {
         Ok(report) => Ok(Json(report)),
         Err(Error::Malformed { .. }) if exceeded.load(Ordering::SeqCst) => Err(too_large(limit)),
         Err(Error::Interrupted { done, .. }) if exceeded.load(Ordering::SeqCst) => Err(too_large(limit).stored(done)),
@@ -104,8 +107,8 @@ fn too_large(limit: u64) -> ApiError {
 #[utoipa::path(get, path = "/api/v1/exports/subscribers.csv", tag = "import and export", security(("bearer" = [])), responses(
     (status = 200, content_type = "text/csv", body = String),
 ))]
-pub async fn export_csv(State(state): State<AppState>) -> impl IntoResponse {
-    let stream = export::subscribers_csv(state.db.clone()).map_ok(Bytes::from).inspect_err(|e| {
+pub async fn export_csv(State(db): State<Db>) -> impl IntoResponse {
+    let stream = export::subscribers_csv(db.clone()).map_ok(Bytes::from).inspect_err(|e| {
         tracing::error!(error = %e, "export failed mid-stream");
     });
     (

@@ -1,5 +1,7 @@
 //! Workflows over HTTP: what runs, how many people are where, pause/resume/reload, and events.
 
+use std::sync::Arc;
+
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -10,10 +12,14 @@ use serde::Serialize;
 use crate::audience::Actor;
 use crate::audience::events::{self, NewEvent};
 use crate::audience::subscribers::EventView;
+use crate::config::Config;
+use crate::core::clock::SharedClock;
 use crate::core::error::{Error, FieldError};
+use crate::store::Db;
 use crate::web::AppState;
 use crate::web::error::{ApiResult, Problem};
 use crate::web::extract::{ApiJson, ApiPath};
+use crate::workflow::engine::Engine;
 use crate::workflow::loader::Reloaded;
 use crate::workflow::registry::{self, Counts, Status};
 
@@ -111,10 +117,13 @@ pub async fn resume(State(state): State<AppState>, ApiPath(id): ApiPath<String>)
     (status = 200, body = Reloaded),
     (status = 422, description = "Some files are invalid: they changed nothing (their last valid version keeps running) while the valid ones were loaded; `errors` has one entry per problem, `field` is file:line:column", body = Problem),
 ))]
-pub async fn reload(State(state): State<AppState>) -> ApiResult<Json<Reloaded>> {
-    let reloaded =
-        crate::workflow::loader::reload(&state.db, &state.config.load_settings(), &state.engine, state.clock.now())
-            .await?;
+pub async fn reload(
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
+    State(config): State<Arc<Config>>,
+    State(engine): State<Arc<Engine>>,
+) -> ApiResult<Json<Reloaded>> {
+    let reloaded = crate::workflow::loader::reload(&db, &config.load_settings(), &engine, clock.now()).await?;
     if reloaded.problems.is_empty() {
         return Ok(Json(reloaded));
     }
@@ -129,10 +138,11 @@ pub async fn reload(State(state): State<AppState>) -> ApiResult<Json<Reloaded>> 
     (status = 422, body = Problem),
 ))]
 pub async fn record_event(
-    State(state): State<AppState>,
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
     Extension(actor): Extension<Actor>,
     ApiJson(input): ApiJson<NewEvent>,
 ) -> ApiResult<impl IntoResponse> {
-    let event = events::record(&state.db, state.clock.now(), &actor, input).await?;
+    let event = events::record(&db, clock.now(), &actor, input).await?;
     Ok((StatusCode::CREATED, Json(event)))
 }

@@ -1,11 +1,16 @@
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use crate::core::clock::SharedClock;
+use crate::store::Db;
 use crate::web::AppState;
 use crate::web::error::{ApiError, ApiResult};
+use crate::workflow::engine::Engine;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
@@ -16,8 +21,8 @@ pub fn routes() -> Router<AppState> {
     (status = 200, description = "The database answers"),
     (status = 503, description = "The database does not answer", body = crate::web::error::Problem),
 ))]
-pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    match state.db.ping().await {
+pub async fn healthz(State(db): State<Db>) -> ApiResult<Json<Value>> {
+    match db.ping().await {
         Ok(()) => Ok(Json(json!({"status": "ok"}))),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unreachable");
@@ -32,9 +37,13 @@ pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     (status = 200, description = "Ready: the database answers and its schema is current; `workflow_problems` lists what the last load of the workflow files found wrong"),
     (status = 503, description = "Not ready", body = crate::web::error::Problem),
 ))]
-pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+pub async fn readyz(
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
+    State(engine): State<Arc<Engine>>,
+) -> ApiResult<Json<Value>> {
     use migration::MigratorTrait;
-    if let Err(e) = state.db.ping().await {
+    if let Err(e) = db.ping().await {
         tracing::warn!(error = %e, "readiness: database unreachable");
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -42,7 +51,7 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
             "the database does not answer",
         ));
     }
-    if let Some(free) = state.db.disk_free()
+    if let Some(free) = db.disk_free()
         && free < crate::store::DISK_FREE_MIN
     {
         tracing::warn!(free, "readiness: the database's disk is nearly full");
@@ -53,7 +62,7 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         ));
     }
     // A full disk or a read-only file system leaves reads working: only a write tells.
-    if let Err(e) = state.db.probe_write(state.clock.now()).await {
+    if let Err(e) = db.probe_write(clock.now()).await {
         tracing::warn!(error = %e, "readiness: the database refuses writes");
         crate::store::count_error(&e);
         let detail = if crate::store::is_storage_full(&e) {
@@ -63,11 +72,11 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         };
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "writes_failing", detail));
     }
-    match migration::Migrator::get_pending_migrations_read_only(state.db.conn()).await {
+    match migration::Migrator::get_pending_migrations_read_only(db.conn()).await {
         Ok(pending) if pending.is_empty() => {
             // Problems in workflow files do not make the service unready (pages, links and the
             // last valid workflows keep working), but they are said here for monitoring.
-            Ok(Json(json!({"status": "ready", "workflow_problems": state.engine.problems()})))
+            Ok(Json(json!({"status": "ready", "workflow_problems": engine.problems()})))
         }
         Ok(pending) => {
             let names: Vec<String> = pending.iter().map(|m| m.name().to_owned()).collect();

@@ -65,7 +65,7 @@ async fn sampled(state: &AppState) -> crate::core::error::Result<Vec<Sampled>> {
     let now = state.clock.now();
     let mut out = Vec::new();
     for depth in crate::stats::delivery::outbox(&state.db, now).await? {
-        let labels = vec![("channel", depth.channel.clone())];
+        let labels = vec![("channel", depth.channel.as_str().to_owned())];
         out.push(Sampled { name: "ownlist_outbox_queued", labels: labels.clone(), value: depth.queued as f64 });
         out.push(Sampled { name: "ownlist_outbox_due", labels: labels.clone(), value: depth.due as f64 });
         out.push(Sampled { name: "ownlist_outbox_oldest_due_seconds", labels, value: depth.oldest_due_seconds });

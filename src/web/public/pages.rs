@@ -20,12 +20,14 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::unsubscribe::escape;
+use crate::core::clock::SharedClock;
 use crate::core::error::{Error, FieldError};
 use crate::core::values::Channel;
 use crate::pages::signup::{self, Confirmed, Settings, Submission};
 use crate::pages::{attribution, guard};
 use crate::web::AppState;
 use crate::web::error::ApiError;
+use crate::workflow::engine::Engine;
 use crate::workflow::page::{Page, ThankYou};
 
 pub fn routes() -> Router<AppState> {
@@ -232,8 +234,8 @@ fn cors(page: &Page, headers: &HeaderMap, response: &mut Response) {
     }
 }
 
-async fn preflight(State(state): State<AppState>, Path(slug): Path<String>, headers: HeaderMap) -> Response {
-    let Some(page) = state.engine.pages().get(&slug) else { return page_not_found() };
+async fn preflight(State(engine): State<Arc<Engine>>, Path(slug): Path<String>, headers: HeaderMap) -> Response {
+    let Some(page) = engine.pages().get(&slug) else { return page_not_found() };
     let mut response = StatusCode::NO_CONTENT.into_response();
     cors(&page, &headers, &mut response);
     if response.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
@@ -246,9 +248,14 @@ async fn preflight(State(state): State<AppState>, Path(slug): Path<String>, head
 }
 
 /// A form token for a page embedded elsewhere (JSON), with what the form should ask.
-async fn token(State(state): State<AppState>, Path(slug): Path<String>, headers: HeaderMap) -> Response {
-    let Some(page) = state.engine.pages().get(&slug) else { return page_not_found() };
-    let token = state.engine.links().0.form_token(&page.slug, state.clock.now());
+async fn token(
+    State(clock): State<SharedClock>,
+    State(engine): State<Arc<Engine>>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(page) = engine.pages().get(&slug) else { return page_not_found() };
+    let token = engine.links().0.form_token(&page.slug, clock.now());
     let fields: Vec<String> = page.fields.iter().map(|f| f.name()).collect();
     let required: Vec<String> = page.required.iter().map(|f| f.name()).collect();
     let body = json!({

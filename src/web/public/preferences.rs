@@ -3,6 +3,7 @@
 //! withdraws everything at once. Addresses are shown masked: links get forwarded.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -12,10 +13,13 @@ use axum::routing::get;
 
 use super::unsubscribe::{bad_link, escape, html};
 use crate::audience::records::ConsentOrigin;
+use crate::core::clock::SharedClock;
 use crate::core::links::{LinkError, Purpose};
 use crate::core::values::{Channel, ConsentMethod};
 use crate::pages::preferences::{self, Choices};
+use crate::store::Db;
 use crate::web::AppState;
+use crate::workflow::engine::Engine;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/preferences/{token}", get(page).post(save))
@@ -80,13 +84,18 @@ fn render(choices: &Choices, notice: Option<&str>) -> Response {
     html(StatusCode::OK, "Your preferences", &body)
 }
 
-async fn page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
-    let now = state.clock.now();
-    let id = match state.engine.links().0.verify(Purpose::Preferences, &token, now) {
+async fn page(
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
+    State(engine): State<Arc<Engine>>,
+    Path(token): Path<String>,
+) -> Response {
+    let now = clock.now();
+    let id = match engine.links().0.verify(Purpose::Preferences, &token, now) {
         Ok(id) => id,
         Err(e) => return bad_link(e),
     };
-    match preferences::choices(&state.db, id).await {
+    match preferences::choices(&db, id).await {
         Ok(Some(choices)) => render(&choices, None),
         Ok(None) => bad_link(LinkError::Invalid),
         Err(e) => unavailable(&e),
@@ -102,9 +111,16 @@ fn unavailable(error: &crate::core::error::Error) -> Response {
     )
 }
 
-async fn save(State(state): State<AppState>, Path(token): Path<String>, headers: HeaderMap, body: String) -> Response {
-    let now = state.clock.now();
-    let id = match state.engine.links().0.verify(Purpose::Preferences, &token, now) {
+async fn save(
+    State(db): State<Db>,
+    State(clock): State<SharedClock>,
+    State(engine): State<Arc<Engine>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let now = clock.now();
+    let id = match engine.links().0.verify(Purpose::Preferences, &token, now) {
         Ok(id) => id,
         Err(e) => return bad_link(e),
     };
@@ -147,10 +163,10 @@ async fn save(State(state): State<AppState>, Path(token): Path<String>, headers:
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(500).collect()),
     };
-    if let Err(e) = preferences::save(&state.db, now, id, &lists, &channels, &origin).await {
+    if let Err(e) = preferences::save(&db, now, id, &lists, &channels, &origin).await {
         return unavailable(&e);
     }
-    match preferences::choices(&state.db, id).await {
+    match preferences::choices(&db, id).await {
         Ok(Some(choices)) => {
             let notice =
                 if everything_off { "You are unsubscribed from everything." } else { "Your choices are saved." };

@@ -20,6 +20,7 @@ use super::format::{self, CONDITION_KEYS, FILE_KEYS, LIST_KEYS, PAGE_KEYS, STEP_
 use super::model::{Reentry, Trigger, Workflow};
 use super::templates::TemplateChecker;
 use crate::audience::lists::Declared;
+use crate::core::error::Reason;
 use crate::core::text::closest;
 use crate::core::timing::Span;
 use crate::core::values::{validate_slug, validate_timezone};
@@ -218,11 +219,11 @@ impl<'a> Checker<'a> {
         });
     }
 
-    fn ok<T>(&mut self, at: At, result: Result<T, String>) -> Option<T> {
+    fn ok<T>(&mut self, at: At, result: Result<T, impl Into<Reason>>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
-            Err(message) => {
-                self.report(at, message);
+            Err(reason) => {
+                self.report(at, reason.into());
                 None
             }
         }

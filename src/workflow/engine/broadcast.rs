@@ -24,8 +24,8 @@ use uuid::Uuid;
 
 use super::{Engine, Facts, MessageBody, reachable, render, subscriber_json};
 use crate::audience::lists;
-use crate::core::error::{Error, FieldError, Result};
-use crate::core::values::{Channel, MembershipStatus, normalize_tag};
+use crate::core::error::{Error, FieldError, Reason, Result};
+use crate::core::values::{Channel, MembershipStatus, OutboxChannel, OutboxStatus, normalize_tag};
 use crate::outbox::compose::{self, Draft, NewMessage};
 use crate::store::entities::{
     broadcast, membership, outbox, outbox_body, outbox_dictionary, subscriber, subscriber_tag,
@@ -270,10 +270,10 @@ impl Engine {
             active.updated_at = Set(now);
             active.update(&txn).await?;
             outbox::Entity::update_many()
-                .col_expr(outbox::Column::Status, Expr::value("cancelled"))
+                .col_expr(outbox::Column::Status, Expr::value(OutboxStatus::Cancelled))
                 .col_expr(outbox::Column::UpdatedAt, Expr::value(now))
                 .filter(outbox::Column::BroadcastId.eq(id))
-                .filter(outbox::Column::Status.eq("queued"))
+                .filter(outbox::Column::Status.eq(OutboxStatus::Queued))
                 .exec(&txn)
                 .await?;
         }
@@ -282,7 +282,7 @@ impl Engine {
     }
 
     async fn broadcast_view(&self, row: broadcast::Model) -> Result<BroadcastView> {
-        let counts: Vec<(String, String, i64)> = outbox::Entity::find()
+        let counts: Vec<(OutboxChannel, OutboxStatus, i64)> = outbox::Entity::find()
             .select_only()
             .column(outbox::Column::Channel)
             .column(outbox::Column::Status)
@@ -297,13 +297,13 @@ impl Engine {
         let mut progress: BTreeMap<String, ChannelProgress> =
             channels.iter().map(|c| (c.clone(), ChannelProgress::default())).collect();
         for (channel, status, n) in counts {
-            let entry = progress.entry(channel).or_default();
+            let entry = progress.entry(channel.as_str().to_owned()).or_default();
             let n = n.max(0) as u64;
-            match status.as_str() {
-                "queued" => entry.queued += n,
-                "sent" => entry.sent += n,
-                "failed" => entry.failed += n,
-                _ => entry.cancelled += n,
+            match status {
+                OutboxStatus::Queued => entry.queued += n,
+                OutboxStatus::Sent => entry.sent += n,
+                OutboxStatus::Failed => entry.failed += n,
+                OutboxStatus::Cancelled => entry.cancelled += n,
             }
         }
         let waiting = progress.values().any(|p| p.queued > 0);
@@ -552,7 +552,7 @@ fn sample_dictionary(
     let rendered = render_broadcast(templates, b, Channel::Email, &context).ok()?;
     let tracking = b.track.then(|| compose::Tracking { signer: links.0.clone(), base_url: links.1.clone() });
     let draft = Draft {
-        channel: Channel::Email.as_str(),
+        channel: OutboxChannel::Email,
         recipient: String::new(),
         subject: rendered.subject,
         html: rendered.html,
@@ -580,7 +580,7 @@ fn render_broadcast(
     b: &broadcast::Model,
     channel: Channel,
     context: &Value,
-) -> std::result::Result<super::Rendered, String> {
+) -> std::result::Result<super::Rendered, Reason> {
     match channel {
         Channel::Sms => {
             let text = b.sms_text.as_deref().unwrap_or_default();
@@ -634,7 +634,7 @@ fn render_batch(
                 continue;
             };
             let draft = Draft {
-                channel: channel.as_str(),
+                channel: (*channel).into(),
                 recipient: address,
                 subject: rendered.subject,
                 html: rendered.html,

@@ -1,7 +1,7 @@
 //! Message steps: a message rendered for a subscriber and written to the outbox.
 
 use super::*;
-use crate::core::error::Result;
+use crate::core::error::{Reason, Result, reason};
 use crate::core::links::{Purpose, Signer};
 use crate::core::timing::{window_opens_at, zone};
 use crate::core::values::{Channel, ChannelState, SubscriberStatus, stored};
@@ -74,7 +74,7 @@ impl Engine {
         };
         let tracked = self.tracking.as_ref().filter(|_| step_tracking.unwrap_or(workflow.tracking));
         let draft = Draft {
-            channel: channel.as_str(),
+            channel: channel.into(),
             recipient: address,
             subject: rendered.subject,
             html: rendered.html,
@@ -126,7 +126,7 @@ pub(super) fn render(
     context: &Value,
     subject: Option<&String>,
     body: &MessageBody<'_>,
-) -> std::result::Result<Rendered, String> {
+) -> std::result::Result<Rendered, Reason> {
     let context = tera::Context::from_serialize(context).map_err(|e| e.to_string())?;
     let tera = templates.tera();
     let subject = match subject {
@@ -161,7 +161,7 @@ pub(super) fn first_line(error: &tera::Error) -> String {
 }
 
 /// The address to send a subscriber on `channel`, or why nothing may be sent there.
-pub(super) fn reachable(s: &subscriber::Model, channel: Channel) -> std::result::Result<String, String> {
+pub(super) fn reachable(s: &subscriber::Model, channel: Channel) -> std::result::Result<String, Reason> {
     let (address, state) = match channel {
         Channel::Email => (s.email.clone(), stored(&s.email_state, ChannelState::None)),
         Channel::Sms => (s.phone.clone(), stored(&s.sms_state, ChannelState::None)),
@@ -169,13 +169,13 @@ pub(super) fn reachable(s: &subscriber::Model, channel: Channel) -> std::result:
     let status = stored(&s.status, SubscriberStatus::Active);
     match (address, state, status) {
         (None, _, _) => {
-            Err(format!("they have no {}", if channel == Channel::Email { "email address" } else { "phone number" }))
+            Err(reason!("they have no {}", if channel == Channel::Email { "email address" } else { "phone number" }))
         }
         (_, _, SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced | SubscriberStatus::Complained) => {
-            Err(format!("they are {status}"))
+            Err(reason!("they are {status}"))
         }
         (Some(address), ChannelState::Subscribed, _) => Ok(address),
-        (_, other, _) => Err(format!("{channel} is {other}, not subscribed")),
+        (_, other, _) => Err(reason!("{channel} is {other}, not subscribed")),
     }
 }
 

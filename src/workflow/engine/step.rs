@@ -5,6 +5,7 @@ use crate::audience::records::{self, kind, trigger};
 use crate::audience::subscribers::{membership_row, tag_row};
 use crate::core::error::Result;
 use crate::core::timing::{next_cron_tick, next_local_time, zone};
+use crate::core::values::OutboxChannel;
 use crate::core::values::{Channel, MembershipStatus};
 use crate::outbox::compose::Draft;
 use crate::store::entities::{list, membership, subscriber_tag};
@@ -148,7 +149,7 @@ impl Engine {
                     "secret_env": secret_env,
                 });
                 let draft = Draft {
-                    channel: "webhook",
+                    channel: OutboxChannel::Webhook,
                     recipient: url.clone(),
                     subject: None,
                     html: None,
