@@ -1,3 +1,5 @@
+//! The `ownlist` binary: parses the command line and runs it (`app::cli`).
+
 use std::process::ExitCode;
 
 /// jemalloc rather than glibc's allocator: sending a broadcast allocates and frees buffers of

@@ -211,10 +211,10 @@ async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
     println!("  database:  {}", redact(&app.config.database_url));
     println!("  admin API: {base}/api/v1  (OpenAPI document: {base}/api/v1/openapi.json)");
     println!("  dashboard: {base}/admin");
-    for page in service.engine.pages().all() {
+    for page in service.engine.catalog().pages().all() {
         println!("  landing page: {base}/p/{}", page.slug);
     }
-    let problems = service.engine.problems();
+    let problems = service.engine.catalog().problems();
     if !problems.is_empty() {
         println!(
             "  workflow files: {} problem(s), logged above and listed at {base}/readyz; those files changed nothing",

@@ -87,7 +87,7 @@ impl App {
         let engine_ttl = lease.min(chrono::Duration::seconds(crate::workflow::engine::ENGINE_LEASE_SECONDS));
         let engine = if shared { engine.with_leadership(instance.clone(), engine_ttl) } else { engine };
         if let Some(load) = load {
-            engine.take_load(load);
+            engine.catalog().take_load(load);
         }
         let engine = Arc::new(if self.config.tracking { engine } else { engine.without_tracking() });
         let webhooks = WebhookSender::allowing(
@@ -165,6 +165,8 @@ impl Service {
             clock: self.app.clock.clone(),
             config: self.app.config.clone(),
             engine: self.engine.clone(),
+            catalog: self.engine.catalog().clone(),
+            signer: self.engine.links().0.clone(),
             signup_limit: self.signup_limit.clone(),
             login_limit: self.login_limit.clone(),
         })

@@ -29,14 +29,18 @@ use crate::store::Db;
 use error::ApiError;
 
 /// What handlers share. Cheap to clone. A handler takes only the parts it needs (`State<Db>`,
-/// `State<SharedClock>`, `State<Arc<Config>>`, `State<Arc<Engine>>`); the rate limits are taken
-/// with the whole state.
+/// `State<SharedClock>`, `State<Arc<Config>>`, `State<Arc<Catalog>>`, `State<Signer>`, …); the
+/// rate limits are taken with the whole state.
 #[derive(Clone, axum::extract::FromRef)]
 pub struct AppState {
     pub db: Db,
     pub clock: SharedClock,
     pub config: Arc<Config>,
     pub engine: Arc<crate::workflow::engine::Engine>,
+    /// The templates and landing pages in force (the engine's).
+    pub catalog: Arc<crate::workflow::catalog::Catalog>,
+    /// Signs and checks public links (confirmation, preferences, form tokens).
+    pub signer: crate::core::links::Signer,
     /// Landing-page signups per client address (per process).
     #[from_ref(skip)]
     pub signup_limit: Arc<crate::pages::guard::RateLimit>,

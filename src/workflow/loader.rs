@@ -143,7 +143,7 @@ pub async fn reload(
     now: DateTime<Utc>,
 ) -> Result<Reloaded> {
     let load = load(db, engine.registry(), now, settings).await?;
-    Ok(engine.take_load(load))
+    Ok(engine.catalog().take_load(load))
 }
 
 /// The landing pages in force, as last loaded.

@@ -7,12 +7,14 @@
 //! - [`timing`]: durations, weekdays, clock times, cron, local time across daylight saving,
 //! - [`program`]: a workflow as a graph of steps (where each step goes next),
 //! - [`registry`]: stored versions and the workflows in force,
+//! - [`catalog`]: what the loaded folder says (templates, landing pages, problems), in force now,
 //! - [`engine`]: triggers into enrollments, enrollments advanced step by step.
 //!
 //! Checking (`format`, `check`, `model`, `timing`, `templates`) never touches the database or
 //! HTTP: callers pass in what it needs (the templates, the lists that exist). The runtime
 //! (`registry`, `engine`) works on the database and never on HTTP.
 
+pub mod catalog;
 pub mod check;
 pub mod engine;
 pub mod format;

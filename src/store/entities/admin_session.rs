@@ -1,3 +1,5 @@
+//! The `admin_sessions` table: dashboard logins.
+
 use sea_orm::entity::prelude::*;
 
 /// A dashboard login (`admin_sessions`).

@@ -1,3 +1,5 @@
+//! The `api_tokens` table: admin tokens, stored as SHA-256.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

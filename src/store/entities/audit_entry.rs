@@ -1,3 +1,5 @@
+//! The `audit_log` table: who changed what through the API.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

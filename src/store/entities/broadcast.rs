@@ -1,3 +1,5 @@
+//! The `broadcasts` table: one-off sends to a list, with the cursor of their writing.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

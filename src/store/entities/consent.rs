@@ -1,3 +1,5 @@
+//! The `consents` table: every grant and withdrawal of consent, with its proof.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

@@ -1,3 +1,5 @@
+//! The `delivery_daily` table: attempts per relay or provider and day.
+
 use sea_orm::entity::prelude::*;
 
 use crate::core::values::OutboxChannel;

@@ -1,3 +1,5 @@
+//! The `enrollments` table: a subscriber's way through one workflow.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

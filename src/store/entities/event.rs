@@ -1,3 +1,5 @@
+//! The `events` table: a subscriber's timeline.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

@@ -1,3 +1,6 @@
+//! The `funnel_daily` table: views, signups, confirmations and first engagements per page, source
+//! and day.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

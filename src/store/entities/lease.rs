@@ -1,3 +1,5 @@
+//! The `leases` table: which instance holds a role (the engine) until when.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

@@ -1,3 +1,5 @@
+//! The `memberships` table: a subscriber on a list, pending, confirmed or unsubscribed.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

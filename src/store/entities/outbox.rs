@@ -1,3 +1,5 @@
+//! The `outbox` table: messages to send, each with its channel, status and attempts.
+
 use sea_orm::entity::prelude::*;
 
 use crate::core::values::{OutboxChannel, OutboxStatus};

@@ -1,3 +1,5 @@
+//! The `outbox_bodies` table: a message's bodies, written once.
+
 use std::borrow::Cow;
 
 use sea_orm::entity::prelude::*;

@@ -1,3 +1,5 @@
+//! The `outbox_dictionaries` table: what a broadcast's bodies are compressed against.
+
 use sea_orm::entity::prelude::*;
 
 /// A reference that message bodies are compressed against (`outbox_dictionaries`): a

@@ -1,3 +1,5 @@
+//! The `pages` table: the landing pages in force, as last loaded.
+
 use sea_orm::entity::prelude::*;
 
 /// A landing page of the last valid version of its workflow file (`pages`).

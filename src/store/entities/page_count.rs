@@ -1,3 +1,6 @@
+//! The `page_counts` table: other counts per landing page and day, by kind (e.g.
+//! `rejected_honeypot`).
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

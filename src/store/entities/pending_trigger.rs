@@ -1,3 +1,5 @@
+//! The `pending_triggers` table: things that happened, waiting for the engine to enroll on them.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

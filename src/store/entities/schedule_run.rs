@@ -1,3 +1,5 @@
+//! The `schedule_runs` table: a scheduled workflow's tick and how far it got.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

@@ -1,3 +1,5 @@
+//! The `signup_confirmations` table: double opt-in confirmations waiting for a click or a YES.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

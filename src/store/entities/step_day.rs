@@ -1,3 +1,5 @@
+//! The `step_daily` table: counts per workflow step and day.
+
 use sea_orm::entity::prelude::*;
 
 /// One count of one workflow step on one day (`step_daily`).

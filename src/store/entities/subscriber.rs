@@ -1,3 +1,5 @@
+//! The `subscribers` table: a person, their addresses and channel states.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

@@ -1,3 +1,5 @@
+//! The `suppressions` table: hashed addresses that must never be written to again.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

@@ -1,3 +1,5 @@
+//! The `workflows` table: each workflow's current version and status.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

@@ -1,3 +1,5 @@
+//! The `workflow_versions` table: every version of every workflow file loaded.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

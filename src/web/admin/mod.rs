@@ -36,6 +36,7 @@ use crate::core::clock::SharedClock;
 use crate::stats::{self, Days, Filter};
 use crate::store::Db;
 use crate::web::AppState;
+use crate::workflow::catalog::Catalog;
 use crate::workflow::engine::Engine;
 
 const TEMPLATES: &[(&str, &str)] = &[
@@ -391,7 +392,7 @@ async fn overview(State(state): State<AppState>, Query(query): Query<RangeQuery>
     let mut funnel = funnel_context(&state, &filter, &labels).await?;
     // Every declared page is listed, those without a visit in the range too (last).
     if let Some(pages) = funnel["pages"].as_array_mut() {
-        for page in state.engine.pages().all() {
+        for page in state.catalog.pages().all() {
             if !pages.iter().any(|p| p["key"] == page.slug.as_str()) {
                 pages.push(json!({"key": page.slug, "views": 0, "signups": 0, "confirmed": 0, "goals": 0,
                                   "conversion": percent(None)}));
@@ -408,7 +409,7 @@ async fn landing_page(
     Path(slug): Path<String>,
     Query(query): Query<RangeQuery>,
 ) -> Shown {
-    let declared = state.engine.pages().get(&slug);
+    let declared = state.catalog.pages().get(&slug);
     let (days, labels, problem) = range(&query, state.clock.now().date_naive());
     let filter = Filter { page: Some(slug.clone()), days, ..Filter::default() };
     let funnel = funnel_context(&state, &filter, &labels).await?;
@@ -437,6 +438,7 @@ async fn workflows(
     State(db): State<Db>,
     State(clock): State<SharedClock>,
     State(engine): State<Arc<Engine>>,
+    State(catalog): State<Arc<Catalog>>,
     Query(query): Query<RangeQuery>,
 ) -> Shown {
     let (days, _, problem) = range(&query, clock.now().date_naive());
@@ -455,7 +457,7 @@ async fn workflows(
     }
     let context = json!({
         "title": "Workflows", "section": "workflows", "range": range_context(&days, problem), "workflows": rows,
-        "problems": engine.problems(),
+        "problems": catalog.problems(),
     });
     Ok(render("workflows.html", StatusCode::OK, context))
 }

@@ -1,3 +1,5 @@
+//! Lists over HTTP: create, read, rename, delete (refused while a page or workflow uses one).
+
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -92,7 +94,8 @@ pub async fn remove(State(state): State<AppState>, ApiPath(slug): ApiPath<String
 
 /// The landing pages and workflows in force that name the list `slug`.
 fn users_of(state: &AppState, slug: &str) -> Vec<String> {
-    let pages = state.engine.pages().all().into_iter().filter(|p| p.list == slug).map(|p| format!("page '{}'", p.slug));
+    let pages =
+        state.catalog.pages().all().into_iter().filter(|p| p.list == slug).map(|p| format!("page '{}'", p.slug));
     let workflows = state
         .engine
         .registry()

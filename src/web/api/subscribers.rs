@@ -1,3 +1,5 @@
+//! Subscribers over HTTP: create, find, read, change, unsubscribe, erase, and their timeline.
+
 use axum::extract::{Extension, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;

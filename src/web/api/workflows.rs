@@ -77,7 +77,7 @@ pub async fn all(State(state): State<AppState>) -> ApiResult<Json<WorkflowPage>>
     for id in ids {
         data.push(view(&state, &id).await?);
     }
-    Ok(Json(WorkflowPage { data, problems: state.engine.problems() }))
+    Ok(Json(WorkflowPage { data, problems: state.catalog.problems() }))
 }
 
 /// One workflow.

@@ -1,3 +1,6 @@
+//! Liveness (`/healthz`) and readiness (`/readyz`: the database answers and takes writes,
+//! migrations are applied).
+
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -10,7 +13,7 @@ use crate::core::clock::SharedClock;
 use crate::store::Db;
 use crate::web::AppState;
 use crate::web::error::{ApiError, ApiResult};
-use crate::workflow::engine::Engine;
+use crate::workflow::catalog::Catalog;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
@@ -40,7 +43,7 @@ pub async fn healthz(State(db): State<Db>) -> ApiResult<Json<Value>> {
 pub async fn readyz(
     State(db): State<Db>,
     State(clock): State<SharedClock>,
-    State(engine): State<Arc<Engine>>,
+    State(catalog): State<Arc<Catalog>>,
 ) -> ApiResult<Json<Value>> {
     use migration::MigratorTrait;
     if let Err(e) = db.ping().await {
@@ -76,7 +79,7 @@ pub async fn readyz(
         Ok(pending) if pending.is_empty() => {
             // Problems in workflow files do not make the service unready (pages, links and the
             // last valid workflows keep working), but they are said here for monitoring.
-            Ok(Json(json!({"status": "ready", "workflow_problems": engine.problems()})))
+            Ok(Json(json!({"status": "ready", "workflow_problems": catalog.problems()})))
         }
         Ok(pending) => {
             let names: Vec<String> = pending.iter().map(|m| m.name().to_owned()).collect();

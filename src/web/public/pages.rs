@@ -22,12 +22,13 @@ use serde_json::{Value, json};
 use super::unsubscribe::escape;
 use crate::core::clock::SharedClock;
 use crate::core::error::{Error, FieldError};
+use crate::core::links::Signer;
 use crate::core::values::Channel;
 use crate::pages::signup::{self, Confirmed, Settings, Submission};
 use crate::pages::{attribution, guard};
 use crate::web::AppState;
 use crate::web::error::ApiError;
-use crate::workflow::engine::Engine;
+use crate::workflow::catalog::Catalog;
 use crate::workflow::page::{Page, ThankYou};
 
 pub fn routes() -> Router<AppState> {
@@ -42,10 +43,9 @@ pub fn routes() -> Router<AppState> {
 const MAX_BODY: usize = 64 * 1024;
 
 fn settings(state: &AppState) -> Settings {
-    let (signer, base_url) = state.engine.links();
     Settings {
-        signer: signer.clone(),
-        base_url: base_url.clone(),
+        signer: state.signer.clone(),
+        base_url: state.config.base_url.clone(),
         confirm_ttl: state.config.confirm_link_ttl,
         confirm_every: state.config.confirm_every,
     }
@@ -142,7 +142,7 @@ static BUILT_IN: std::sync::LazyLock<Option<tera::Tera>> = std::sync::LazyLock::
 
 /// Renders the template `name`, or when it cannot be rendered, the built-in `fallback`.
 fn render(state: &AppState, name: &str, fallback: &str, context: &tera::Context, status: StatusCode) -> Response {
-    let rendered = state.engine.templates().tera().render(name, context).or_else(|e| {
+    let rendered = state.catalog.templates().tera().render(name, context).or_else(|e| {
         tracing::error!(template = name, error = %e, "a page template failed to render; the built-in one is shown");
         BUILT_IN.as_ref().map_or(Err(e), |built_in| built_in.render(fallback, context))
     });
@@ -179,9 +179,9 @@ async fn show(
     Query(query): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(page) = state.engine.pages().get(&slug) else { return page_not_found() };
+    let Some(page) = state.catalog.pages().get(&slug) else { return page_not_found() };
     // Counted server-side, without cookies; machines apart.
-    let landing = format!("{}p/{}", state.engine.links().1, page.slug);
+    let landing = format!("{}p/{}", state.config.base_url, page.slug);
     let referrer = text_header(&headers, header::REFERER, 2000);
     let touch = attribution::touch(&query, referrer.as_deref(), &landing);
     let agent = text_header(&headers, header::USER_AGENT, 500);
@@ -197,14 +197,14 @@ async fn show(
     {
         tracing::warn!(page = %page.slug, error = %e, "a page view could not be counted");
     }
-    let token = state.engine.links().0.form_token(&page.slug, state.clock.now());
+    let token = state.signer.form_token(&page.slug, state.clock.now());
     let hidden = attribution_fields(&query, &headers);
     let context = context(&page, &token, &hidden, &BTreeMap::new(), &BTreeSet::new(), &BTreeMap::new(), None);
     render(&state, &page.template, crate::workflow::page::DEFAULT_TEMPLATE, &context, StatusCode::OK)
 }
 
 async fn thanks(State(state): State<AppState>, Path(slug): Path<String>) -> Response {
-    let Some(page) = state.engine.pages().get(&slug) else { return page_not_found() };
+    let Some(page) = state.catalog.pages().get(&slug) else { return page_not_found() };
     match &page.thank_you {
         ThankYou::Redirect(url) => redirect(url),
         ThankYou::Template(name) => {
@@ -234,8 +234,8 @@ fn cors(page: &Page, headers: &HeaderMap, response: &mut Response) {
     }
 }
 
-async fn preflight(State(engine): State<Arc<Engine>>, Path(slug): Path<String>, headers: HeaderMap) -> Response {
-    let Some(page) = engine.pages().get(&slug) else { return page_not_found() };
+async fn preflight(State(catalog): State<Arc<Catalog>>, Path(slug): Path<String>, headers: HeaderMap) -> Response {
+    let Some(page) = catalog.pages().get(&slug) else { return page_not_found() };
     let mut response = StatusCode::NO_CONTENT.into_response();
     cors(&page, &headers, &mut response);
     if response.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
@@ -250,12 +250,13 @@ async fn preflight(State(engine): State<Arc<Engine>>, Path(slug): Path<String>, 
 /// A form token for a page embedded elsewhere (JSON), with what the form should ask.
 async fn token(
     State(clock): State<SharedClock>,
-    State(engine): State<Arc<Engine>>,
+    State(catalog): State<Arc<Catalog>>,
+    State(signer): State<Signer>,
     Path(slug): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(page) = engine.pages().get(&slug) else { return page_not_found() };
-    let token = engine.links().0.form_token(&page.slug, clock.now());
+    let Some(page) = catalog.pages().get(&slug) else { return page_not_found() };
+    let token = signer.form_token(&page.slug, clock.now());
     let fields: Vec<String> = page.fields.iter().map(|f| f.name()).collect();
     let required: Vec<String> = page.required.iter().map(|f| f.name()).collect();
     let body = json!({
@@ -343,7 +344,7 @@ fn accepted(page: &Page, json: bool, headers: &HeaderMap) -> Response {
 }
 
 async fn submit(State(state): State<AppState>, Path(slug): Path<String>, request: Request) -> Response {
-    let Some(page) = state.engine.pages().get(&slug) else { return page_not_found() };
+    let Some(page) = state.catalog.pages().get(&slug) else { return page_not_found() };
     let now = state.clock.now();
     let ip = client_ip(&state, &request);
     let headers = request.headers().clone();
@@ -413,7 +414,7 @@ async fn handle(
         Err(problem) => return Ok(problem.into_response()),
     };
     let rules = guard::Rules { min_fill: state.config.form_min_fill, max_age: chrono::Duration::hours(24) };
-    let signer = state.engine.links().0;
+    let signer = &state.signer;
     let token = values.get(guard::TOKEN).cloned().unwrap_or_default();
     if let Err(rejection) =
         guard::check(signer, rules, &page.slug, values.get(guard::HONEYPOT).map(String::as_str), Some(&token), now)
@@ -434,7 +435,7 @@ async fn handle(
         .get("referrer")
         .cloned()
         .or_else(|| if json { text_header(headers, header::REFERER, 2000) } else { None });
-    let landing = format!("{}p/{}", state.engine.links().1, page.slug);
+    let landing = format!("{}p/{}", state.config.base_url, page.slug);
     let touch = attribution::touch(&query, referrer.as_deref(), &landing);
     let source = crate::rollups::funnel::source_label(touch.source.as_deref());
     let from =
@@ -471,7 +472,7 @@ async fn handle(
             ));
         }
     };
-    let outcome = signup::submit(&state.db, &settings(state), &state.engine.templates(), now, page, valid).await?;
+    let outcome = signup::submit(&state.db, &settings(state), &state.catalog.templates(), now, page, valid).await?;
     tracing::info!(page = %page.slug, ?outcome, "signup");
     if !matches!(outcome, signup::Outcome::Unchanged) {
         crate::core::metrics::inc("ownlist_signups_total", &[("page", &page.slug), ("source", source)]);
@@ -489,10 +490,10 @@ async fn confirm(State(state): State<AppState>, Path(token): Path<String>, reque
     let now = state.clock.now();
     let ip = client_ip(&state, &request).map(|ip| ip.to_string());
     let user_agent = text_header(request.headers(), header::USER_AGENT, 500);
-    let signer = state.engine.links().0.clone();
+    let signer = state.signer.clone();
     match signup::confirm_link(&state.db, &signer, now, &token, ip, user_agent).await {
         Ok(Confirmed::Now(slug)) => {
-            let title = state.engine.pages().get(&slug).map(|p| p.title.clone()).unwrap_or_default();
+            let title = state.catalog.pages().get(&slug).map(|p| p.title.clone()).unwrap_or_default();
             let body = format!("<p>Thank you: you are subscribed. {}</p>", escape(&title));
             plain(StatusCode::OK, "You are confirmed", &body)
         }

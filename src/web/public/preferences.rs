@@ -3,7 +3,6 @@
 //! withdraws everything at once. Addresses are shown masked: links get forwarded.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -14,12 +13,12 @@ use axum::routing::get;
 use super::unsubscribe::{bad_link, escape, html};
 use crate::audience::records::ConsentOrigin;
 use crate::core::clock::SharedClock;
+use crate::core::links::Signer;
 use crate::core::links::{LinkError, Purpose};
 use crate::core::values::{Channel, ConsentMethod};
 use crate::pages::preferences::{self, Choices};
 use crate::store::Db;
 use crate::web::AppState;
-use crate::workflow::engine::Engine;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/preferences/{token}", get(page).post(save))
@@ -87,11 +86,11 @@ fn render(choices: &Choices, notice: Option<&str>) -> Response {
 async fn page(
     State(db): State<Db>,
     State(clock): State<SharedClock>,
-    State(engine): State<Arc<Engine>>,
+    State(signer): State<Signer>,
     Path(token): Path<String>,
 ) -> Response {
     let now = clock.now();
-    let id = match engine.links().0.verify(Purpose::Preferences, &token, now) {
+    let id = match signer.verify(Purpose::Preferences, &token, now) {
         Ok(id) => id,
         Err(e) => return bad_link(e),
     };
@@ -114,13 +113,13 @@ fn unavailable(error: &crate::core::error::Error) -> Response {
 async fn save(
     State(db): State<Db>,
     State(clock): State<SharedClock>,
-    State(engine): State<Arc<Engine>>,
+    State(signer): State<Signer>,
     Path(token): Path<String>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
     let now = clock.now();
-    let id = match engine.links().0.verify(Purpose::Preferences, &token, now) {
+    let id = match signer.verify(Purpose::Preferences, &token, now) {
         Ok(id) => id,
         Err(e) => return bad_link(e),
     };

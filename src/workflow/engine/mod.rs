@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::catalog::Catalog;
 use super::program::Program;
 use super::registry::Registry;
 use super::templates::TemplateChecker;
@@ -82,7 +83,8 @@ pub struct Engine {
     db: Db,
     clock: SharedClock,
     registry: Arc<Registry>,
-    templates: std::sync::RwLock<Arc<TemplateChecker>>,
+    /// The templates and landing pages in force (shared with the public pages).
+    catalog: Arc<Catalog>,
     signer: Signer,
     base_url: url::Url,
     /// When the previous batch of due enrollments was claimed (by this process).
@@ -94,10 +96,6 @@ pub struct Engine {
     tracking: Option<Tracking>,
     /// Rung when a tick wrote messages to the outbox.
     bell: crate::outbox::Doorbell,
-    /// The landing pages declared in the workflow files, replaced with them on a reload.
-    pages: crate::workflow::page::Pages,
-    /// The problems the last load of the workflow folder found (none: every file is valid).
-    problems: std::sync::RwLock<Vec<super::loader::FileProblem>>,
     /// Several instances on one database (PostgreSQL): this process's id, under which it holds
     /// the `engine` lease while it runs the engine (one instance at a time does).
     leadership: Option<(String, chrono::Duration)>,
@@ -172,15 +170,13 @@ impl Engine {
             db,
             clock,
             registry,
-            templates: std::sync::RwLock::new(templates),
+            catalog: Arc::new(Catalog::new(templates)),
             tracking: Some(Tracking { signer: signer.clone(), base_url: base_url.clone() }),
             signer,
             base_url,
             last_claim: std::sync::Mutex::new(None),
             backlog_cursor: std::sync::Mutex::new(None),
             bell: crate::outbox::Doorbell::new(),
-            pages: crate::workflow::page::Pages::default(),
-            problems: std::sync::RwLock::new(Vec::new()),
             leadership: None,
         }
     }
@@ -215,9 +211,9 @@ impl Engine {
         &self.registry
     }
 
-    /// Uses these templates from now on (after a reload).
-    pub fn set_templates(&self, templates: Arc<TemplateChecker>) {
-        *self.templates.write().unwrap_or_else(std::sync::PoisonError::into_inner) = templates;
+    /// What the loaded workflow folder says: templates, landing pages, problems.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
     }
 
     /// Tells the delivery workers that messages were written (outside a tick).
@@ -225,36 +221,13 @@ impl Engine {
         self.bell.ring();
     }
 
-    /// Serves these landing pages from now on (at start and after a reload).
-    pub fn set_pages(&self, pages: Vec<crate::workflow::page::Page>) {
-        self.pages.set(pages);
-    }
-
-    /// The landing pages in force.
-    pub fn pages(&self) -> &crate::workflow::page::Pages {
-        &self.pages
-    }
-
-    /// Takes what a load of the workflow folder produced: its templates, pages and problems.
-    pub fn take_load(&self, load: super::loader::Load) -> super::loader::Reloaded {
-        self.set_templates(load.templates);
-        self.set_pages(load.pages);
-        *self.problems.write().unwrap_or_else(std::sync::PoisonError::into_inner) = load.reloaded.problems.clone();
-        load.reloaded
-    }
-
-    /// The problems the last load of the workflow folder found.
-    pub fn problems(&self) -> Vec<super::loader::FileProblem> {
-        self.problems.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
-    }
-
     /// The signer of public links and the base URL they start with.
     pub fn links(&self) -> (&Signer, &url::Url) {
         (&self.signer, &self.base_url)
     }
 
-    pub fn templates(&self) -> Arc<TemplateChecker> {
-        self.templates.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    fn templates(&self) -> Arc<TemplateChecker> {
+        self.catalog.templates()
     }
 }
 

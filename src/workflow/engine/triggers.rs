@@ -129,14 +129,14 @@ impl Engine {
         t: &pending_trigger::Model,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        if !self.pages.all().iter().any(|p| p.goal.as_deref() == Some(t.name.as_str())) {
+        if !self.catalog.pages().all().iter().any(|p| p.goal.as_deref() == Some(t.name.as_str())) {
             return Ok(());
         }
         let Some(person) = subscriber::Entity::find_by_id(t.subscriber_id).one(txn).await? else { return Ok(()) };
         let Some(slug) = crate::rollups::funnel::first_touch_page(person.landing_page.as_deref()) else {
             return Ok(());
         };
-        if self.pages.get(&slug).is_some_and(|p| p.goal.as_deref() == Some(t.name.as_str())) {
+        if self.catalog.pages().get(&slug).is_some_and(|p| p.goal.as_deref() == Some(t.name.as_str())) {
             crate::audience::goals::goal_reached(txn, t.subscriber_id, json!({"page": slug, "event": t.name}), now)
                 .await?;
         }
