@@ -120,7 +120,7 @@ impl Letterhead {
         message: &outbox::Model,
         body: &Bodies,
         now: DateTime<Utc>,
-    ) -> Result<(Envelope, Vec<u8>), String> {
+    ) -> Result<(Envelope, Vec<u8>), Reason> {
         if self.dkim.is_none()
             && let Some(written) = self.written(message, body, now)?
         {
@@ -177,7 +177,7 @@ impl Letterhead {
         message: &outbox::Model,
         body: &Bodies,
         now: DateTime<Utc>,
-    ) -> Result<Option<(Envelope, Vec<u8>)>, String> {
+    ) -> Result<Option<(Envelope, Vec<u8>)>, Reason> {
         use std::io::Write;
         let subject = message.subject.as_deref().unwrap_or_default();
         // Words of at least one character, one space between them.
@@ -550,7 +550,7 @@ impl Carrier for Mailer {
         };
         let (envelope, bytes) = match built {
             Ok(Ok(built)) => built,
-            Ok(Err(problem)) => return Answer::Fail(problem),
+            Ok(Err(problem)) => return Answer::Fail(problem.into()),
             Err(e) => return Answer::Retry(format!("building the message failed: {e}")),
         };
         match &self.transport {

@@ -1,12 +1,46 @@
-//! Extractors whose rejections are problem+json like every other error.
+//! Extractors whose rejections are problem+json like every other error, and the client's address.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::config::Config;
+
+/// The client's address: the socket's, or behind a trusted proxy (`trust_proxy`) the last
+/// `X-Forwarded-For` entry. `None` when neither is known (a router served without a socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub Option<IpAddr>);
+
+impl ClientAddress {
+    pub fn new(trust_proxy: bool, headers: &HeaderMap, socket: Option<SocketAddr>) -> Self {
+        if trust_proxy
+            && let Some(forwarded) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
+            && let Some(last) = forwarded.rsplit(',').next().and_then(|ip| ip.trim().parse().ok())
+        {
+            return Self(Some(last));
+        }
+        Self(socket.map(|addr| addr.ip()))
+    }
+}
+
+impl<S> FromRequestParts<S> for ClientAddress
+where
+    Arc<Config>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let socket = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| *addr);
+        Ok(Self::new(Arc::<Config>::from_ref(state).trust_proxy, &parts.headers, socket))
+    }
+}
 
 /// A JSON body.
 pub struct ApiJson<T>(pub T);
@@ -138,4 +172,28 @@ pub async fn body_at_most(request: axum::extract::Request, limit: usize) -> Resu
             ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", "the body could not be read whole")
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn the_client_is_the_socket_unless_a_trusted_proxy_says_otherwise() {
+        let socket: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let headers = forwarded("203.0.113.9, 198.51.100.4");
+        // Not behind a proxy: a header anyone can send changes nothing.
+        assert_eq!(ClientAddress::new(false, &headers, Some(socket)).0, Some(socket.ip()));
+        // Behind one: the last entry, the one the proxy itself added.
+        assert_eq!(ClientAddress::new(true, &headers, Some(socket)).0, "198.51.100.4".parse().ok());
+        // A header that is no address falls back to the socket.
+        assert_eq!(ClientAddress::new(true, &forwarded("unknown"), Some(socket)).0, Some(socket.ip()));
+        assert_eq!(ClientAddress::new(true, &HeaderMap::new(), None).0, None);
+    }
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::audience::subscribers::{Profile, membership_row, tag_row};
-use crate::core::error::Result;
+use crate::core::error::{Reason, Result};
 use crate::core::values::{Channel, ChannelState, MembershipStatus, SubscriberStatus, suppression_hash};
 use crate::store::entities::{subscriber, suppression};
 use chrono::{DateTime, Utc};
@@ -31,7 +31,7 @@ pub(super) async fn plan_batch(
             continue;
         }
         match plan.resolve(row) {
-            Err(message) => plan.rejected.push((row.line, message)),
+            Err(reason) => plan.rejected.push((row.line, reason.into())),
             Ok(Some(Target::Existing(id))) => {
                 plan.merge_existing(id, row);
                 plan.add_links(id, row, default_list, &context.list_ids, now);
@@ -148,7 +148,7 @@ impl Plan {
 
     /// Upsert matching: by email first; a phone or id match is accepted only when it does not
     /// belong to someone with another email address.
-    pub(super) fn resolve(&self, row: &Row) -> std::result::Result<Option<Target>, String> {
+    pub(super) fn resolve(&self, row: &Row) -> std::result::Result<Option<Target>, Reason> {
         let by_email = row.profile.email.as_ref().and_then(|e| self.by_email.get(e.key()).copied());
         let by_phone = row.profile.phone.as_ref().and_then(|p| self.by_phone.get(p.as_str()).copied());
         let by_id = row.id.and_then(|id| self.by_id.get(&id).copied());

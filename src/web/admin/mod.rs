@@ -19,10 +19,9 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use axum::Router;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Form, Path, Query, Request, State};
+use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -36,6 +35,7 @@ use crate::core::clock::SharedClock;
 use crate::stats::{self, Days, Filter};
 use crate::store::Db;
 use crate::web::AppState;
+use crate::web::extract::ClientAddress;
 use crate::workflow::catalog::Catalog;
 use crate::workflow::engine::Engine;
 
@@ -221,13 +221,12 @@ struct LoginForm {
 
 async fn login(
     State(state): State<AppState>,
-    ConnectInfo(socket): ConnectInfo<SocketAddr>,
+    ClientAddress(ip): ClientAddress,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let next = safe_next(form.next.as_deref());
     let now = state.clock.now();
-    let ip = crate::web::public::pages::client_address(&state, &headers, Some(socket));
     let page = |status: StatusCode, error: &str| {
         let context = json!({"title": "Log in", "section": "", "next": next, "error": error});
         render("login.html", status, context)

@@ -4,9 +4,7 @@
 //! leaves its trace. `GET /api/v1/audit` reads it, newest first. Bodies are not kept (they hold
 //! personal data); the path names the resource.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, OriginalUri, Request, State};
+use axum::extract::{OriginalUri, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -25,13 +23,19 @@ use crate::store::entities::audit_entry;
 use crate::web::AppState;
 use crate::web::error::ApiResult;
 use crate::web::extract::ApiQuery;
+use crate::web::extract::ClientAddress;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/audit", get(list))
 }
 
 /// Records a changing admin request around its handling (runs after authentication).
-pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn record(
+    State(state): State<AppState>,
+    ClientAddress(ip): ClientAddress,
+    request: Request,
+    next: Next,
+) -> Response {
     if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(request).await;
     }
@@ -46,7 +50,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         query: Set(uri.query().map(|q| q.chars().take(500).collect())),
         status: Set(None),
         request_id: Set(request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned)),
-        ip: Set(request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string())),
+        ip: Set(ip.map(|ip| ip.to_string())),
     };
     let id = match write(&state, entry).await {
         Ok(id) => Some(id),

@@ -8,12 +8,12 @@
 //! embedded form its token; CORS is on only for the origins a page lists.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -28,6 +28,7 @@ use crate::pages::signup::{self, Confirmed, Settings, Submission};
 use crate::pages::{attribution, guard};
 use crate::web::AppState;
 use crate::web::error::ApiError;
+use crate::web::extract::ClientAddress;
 use crate::workflow::catalog::Catalog;
 use crate::workflow::page::{Page, ThankYou};
 
@@ -62,22 +63,6 @@ fn page_not_found() -> Response {
 
 fn text_header(headers: &HeaderMap, name: header::HeaderName, max: usize) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.chars().take(max).collect())
-}
-
-fn client_ip(state: &AppState, request: &Request) -> Option<IpAddr> {
-    let socket = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| *addr);
-    client_address(state, request.headers(), socket)
-}
-
-/// The client's address: the socket's, or the last `X-Forwarded-For` entry behind a proxy.
-pub(crate) fn client_address(state: &AppState, headers: &HeaderMap, socket: Option<SocketAddr>) -> Option<IpAddr> {
-    if state.config.trust_proxy
-        && let Some(forwarded) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
-        && let Some(last) = forwarded.rsplit(',').next().and_then(|ip| ip.trim().parse().ok())
-    {
-        return Some(last);
-    }
-    socket.map(|addr| addr.ip())
 }
 
 /// Everything a page template gets.
@@ -343,10 +328,14 @@ fn accepted(page: &Page, json: bool, headers: &HeaderMap) -> Response {
     response
 }
 
-async fn submit(State(state): State<AppState>, Path(slug): Path<String>, request: Request) -> Response {
+async fn submit(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    ClientAddress(ip): ClientAddress,
+    request: Request,
+) -> Response {
     let Some(page) = state.catalog.pages().get(&slug) else { return page_not_found() };
     let now = state.clock.now();
-    let ip = client_ip(&state, &request);
     let headers = request.headers().clone();
     let json = headers
         .get(header::CONTENT_TYPE)
@@ -486,9 +475,14 @@ async fn handle(
     Ok(accepted(page, json, headers))
 }
 
-async fn confirm(State(state): State<AppState>, Path(token): Path<String>, request: Request) -> Response {
+async fn confirm(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    ClientAddress(ip): ClientAddress,
+    request: Request,
+) -> Response {
     let now = state.clock.now();
-    let ip = client_ip(&state, &request).map(|ip| ip.to_string());
+    let ip = ip.map(|ip| ip.to_string());
     let user_agent = text_header(request.headers(), header::USER_AGENT, 500);
     let signer = state.signer.clone();
     match signup::confirm_link(&state.db, &signer, now, &token, ip, user_agent).await {
