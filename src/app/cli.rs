@@ -226,6 +226,10 @@ async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
             "  no admin token yet: run `ownlist tokens create admin` and send it as 'Authorization: Bearer TOKEN'"
         );
     }
+    for hint in app.config.hints() {
+        tracing::warn!("{hint}");
+        println!("  to do: {hint}");
+    }
     let workers = Workers::start(&service);
     service.serve(listener, shutdown_signal()).await?;
     workers.stop().await;

@@ -78,7 +78,7 @@ impl App {
             self.config.base_url.clone(),
         );
         let bell = crate::outbox::Doorbell::new();
-        let engine = engine.with_bell(bell.clone());
+        let engine = engine.with_bell(bell.clone()).with_business(&self.config.business);
         // Several instances share a PostgreSQL database: one runs the engine at a time, and
         // delivery workers claim messages with leases. (SQLite serves one process.)
         let instance = uuid::Uuid::now_v7().to_string();

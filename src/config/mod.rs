@@ -16,6 +16,7 @@ pub mod table;
 
 pub use sms::SmsProviderConfig;
 
+use crate::core::brand::{Business, parse_color};
 use crate::core::text::closest;
 use table::{RawSettings, apply_env};
 
@@ -45,6 +46,8 @@ pub struct Config {
     /// The sender of every email: `Name <address>` or an address; by default
     /// `ownlist <noreply@HOST>` with the host of `base_url` (`localhost` when that is an IP).
     pub email_from: lettre::message::Mailbox,
+    /// The business's identity, shown by every page and email.
+    pub business: Business,
     /// SMTP relay URLs in order of preference (`smtp_url` first, then `smtp_relays`); none
     /// means email is written to files under `data_dir/mail`.
     pub smtp_relays: Vec<String>,
@@ -175,8 +178,9 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(raw: RawSettings, file: Option<&Path>) -> Result<Self, ConfigError> {
+    fn validate(mut raw: RawSettings, file: Option<&Path>) -> Result<Self, ConfigError> {
         let name = |key: &str| setting_name(key, file);
+        let business = business(&mut raw, &name)?;
         let data_dir = PathBuf::from(raw.data_dir.clone().unwrap_or_else(|| "./data".into()));
         let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
@@ -218,13 +222,16 @@ impl Config {
                 )
             })?,
         };
-        let email_from_text = raw.email_from.unwrap_or_else(|| default_email_from(&base_url));
-        let email_from = email_from_text.parse().map_err(|e| {
-            ConfigError::new(
-                name("email_from"),
-                format!("'{email_from_text}' is not a sender like Shop <news@example.com>: {e}"),
-            )
-        })?;
+        let email_from = match raw.email_from {
+            Some(text) => text.parse().map_err(|e| {
+                ConfigError::new(
+                    name("email_from"),
+                    format!("'{text}' is not a sender like Shop <news@example.com>: {e}"),
+                )
+            })?,
+            None => default_email_from(&base_url, &business.name)
+                .map_err(|problem| ConfigError::new(name("email_from"), problem))?,
+        };
         let mut smtp_relays: Vec<String> = raw.smtp_url.into_iter().collect();
         match raw.smtp_relays {
             None => {}
@@ -448,6 +455,7 @@ impl Config {
             log,
             log_format,
             email_from,
+            business,
             smtp_relays,
             tracking,
             sms_providers,
@@ -471,6 +479,28 @@ impl Config {
             dkim,
             unsubscribe_mailto,
         })
+    }
+
+    /// What a real sender still lacks, as hints that name the setting to set: `serve` prints
+    /// them at start (nothing stops it from running without them).
+    pub fn hints(&self) -> Vec<String> {
+        let mut hints = Vec::new();
+        if self.business.postal_address.is_none() {
+            hints.push(
+                "set postal_address (OWNLIST_POSTAL_ADDRESS): marketing email must carry the sender's postal address (CAN-SPAM)"
+                    .to_owned(),
+            );
+        }
+        if self.email_from.email.domain() == "localhost" {
+            hints.push(format!(
+                "the sender is {}, which no mailbox provider accepts: set email_from (OWNLIST_EMAIL_FROM) or a base_url on your domain",
+                self.email_from.email
+            ));
+        }
+        if self.business.name == crate::core::brand::Business::default().name {
+            hints.push("set business_name (OWNLIST_BUSINESS_NAME): pages and emails are signed 'ownlist'".to_owned());
+        }
+        hints
     }
 
     pub fn is_sqlite(&self) -> bool {
@@ -521,11 +551,57 @@ fn setting_name(key: &str, file: Option<&Path>) -> String {
     }
 }
 
-fn default_email_from(base_url: &url::Url) -> String {
-    match base_url.host() {
-        Some(url::Host::Domain(domain)) if domain.contains('.') => format!("ownlist <noreply@{domain}>"),
-        _ => "ownlist <noreply@localhost>".into(),
+/// `BUSINESS_NAME <noreply@HOST>`, HOST from `base_url` (`localhost` for an address or a
+/// name without a dot).
+fn default_email_from(base_url: &url::Url, business_name: &str) -> Result<lettre::message::Mailbox, String> {
+    let domain = match base_url.host() {
+        Some(url::Host::Domain(domain)) if domain.contains('.') => domain,
+        _ => "localhost",
+    };
+    let address = lettre::Address::new("noreply", domain).map_err(|e| format!("noreply@{domain}: {e}"))?;
+    Ok(lettre::message::Mailbox::new(Some(business_name.to_owned()), address))
+}
+
+/// The business's identity from its six settings (taken out of `raw`).
+fn business(raw: &mut RawSettings, name: &impl Fn(&str) -> String) -> Result<Business, ConfigError> {
+    let text = |value: Option<String>| value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let url = |key: &str, value: Option<String>| -> Result<Option<String>, ConfigError> {
+        text(value)
+            .map(|v| http_url(&v).map(|u| u.to_string()).map_err(|problem| ConfigError::new(name(key), problem)))
+            .transpose()
+    };
+    let defaults = Business::default();
+    let business_name = text(raw.business_name.take()).unwrap_or(defaults.name);
+    if business_name.chars().count() > 100 || business_name.chars().any(char::is_control) {
+        return Err(ConfigError::new(name("business_name"), "must be at most 100 characters, on one line"));
     }
+    let accent_color = match text(raw.accent_color.take()) {
+        None => defaults.accent_color,
+        Some(color) => parse_color(&color)
+            .ok_or_else(|| ConfigError::new(name("accent_color"), format!("'{color}' is not a colour like #2f6fed")))?,
+    };
+    let support_email = match text(raw.support_email.take()) {
+        None => None,
+        Some(address) => Some(
+            address
+                .parse::<lettre::Address>()
+                .map_err(|e| {
+                    ConfigError::new(
+                        name("support_email"),
+                        format!("'{address}' is not an address like help@example.com: {e}"),
+                    )
+                })?
+                .to_string(),
+        ),
+    };
+    Ok(Business {
+        name: business_name,
+        postal_address: text(raw.postal_address.take()),
+        logo_url: url("logo_url", raw.logo_url.take())?,
+        accent_color,
+        privacy_url: url("privacy_url", raw.privacy_url.take())?,
+        support_email,
+    })
 }
 
 fn sqlite_url(data_dir: &Path) -> String {
@@ -617,6 +693,51 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert!(config.database_url.starts_with("sqlite://"));
         assert!(config.database_url.contains("data/ownlist.db"));
+    }
+
+    #[test]
+    fn the_business_is_set_once_and_checked() {
+        let config = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(config.business, crate::core::brand::Business::default());
+        let hints = config.hints().join("\n");
+        for missing in ["postal_address", "noreply@localhost", "business_name"] {
+            assert!(hints.contains(missing), "{hints}");
+        }
+        let set = [
+            ("OWNLIST_BASE_URL", "https://bottega.example/"),
+            ("OWNLIST_BUSINESS_NAME", "Bottega Rossi"),
+            ("OWNLIST_POSTAL_ADDRESS", "Via Roma 1, 20121 Milano"),
+            ("OWNLIST_LOGO_URL", "https://bottega.example/logo.png"),
+            ("OWNLIST_ACCENT_COLOR", "#C0392B"),
+            ("OWNLIST_PRIVACY_URL", "https://bottega.example/privacy"),
+            ("OWNLIST_SUPPORT_EMAIL", "ciao@bottega.example"),
+        ];
+        let config = Config::load(None, &env(&set)).unwrap();
+        assert_eq!(config.business.name, "Bottega Rossi");
+        assert_eq!(config.business.postal_address.as_deref(), Some("Via Roma 1, 20121 Milano"));
+        assert_eq!(config.business.accent_color, "#c0392b");
+        assert_eq!(config.business.privacy_url.as_deref(), Some("https://bottega.example/privacy"));
+        // The default sender is the business, on base_url's domain.
+        assert_eq!(config.email_from.to_string(), "Bottega Rossi <noreply@bottega.example>");
+        assert_eq!(config.hints(), Vec::<String>::new());
+        for (key, value, problem) in [
+            ("OWNLIST_ACCENT_COLOR", "red", "OWNLIST_ACCENT_COLOR: 'red' is not a colour like #2f6fed"),
+            ("OWNLIST_LOGO_URL", "logo.png", "OWNLIST_LOGO_URL: 'logo.png' is not an http(s) URL"),
+            (
+                "OWNLIST_PRIVACY_URL",
+                "ftp://x.example/",
+                "OWNLIST_PRIVACY_URL: 'ftp://x.example/' is not an http(s) URL",
+            ),
+            ("OWNLIST_SUPPORT_EMAIL", "nobody", "OWNLIST_SUPPORT_EMAIL: 'nobody' is not an address"),
+            (
+                "OWNLIST_BUSINESS_NAME",
+                "two\nlines",
+                "OWNLIST_BUSINESS_NAME: must be at most 100 characters, on one line",
+            ),
+        ] {
+            let err = Config::load(None, &env(&[(key, value)])).unwrap_err();
+            assert!(err.to_string().starts_with(problem), "{err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The bottom layer: pure helpers and value types every other part uses. Nothing here names
 //! another module of the crate; it touches no database, no network and no configuration.
 
+pub mod brand;
 pub mod clock;
 pub mod error;
 pub mod hmac;

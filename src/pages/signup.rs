@@ -147,6 +147,8 @@ pub fn validate(page: &Page, input: Submission) -> std::result::Result<Valid, BT
 pub struct Settings {
     pub signer: Signer,
     pub base_url: url::Url,
+    /// The business the confirmation names (`business` in its templates).
+    pub business: crate::core::brand::Business,
     /// How long a confirmation link works.
     pub confirm_ttl: Duration,
     /// At most one confirmation message per address in this long.
@@ -406,6 +408,7 @@ fn confirmation_message(
         "page": {"slug": page.slug, "title": page.title},
         "confirm_url": confirm_url(settings, confirmation.id, now),
         "expires_at": confirmation.expires_at,
+        "business": settings.business,
     });
     let context = tera::Context::from_serialize(&context).map_err(|e| anyhow::anyhow!("confirmation context: {e}"))?;
     let tera = templates.tera();

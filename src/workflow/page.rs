@@ -15,7 +15,7 @@ pub const DEFAULT_THANK_YOU: &str = "pages/thank-you.html";
 /// What the consent checkbox says when a page does not say.
 pub const DEFAULT_CONSENT_TEXT: &str = "Yes, keep me posted. I can unsubscribe at any time.";
 /// What page templates get.
-pub const PAGE_VARIABLES: &[&str] = &["page", "form", "values", "errors", "fields", "consents", "message"];
+pub const PAGE_VARIABLES: &[&str] = &["page", "form", "values", "errors", "fields", "consents", "message", "business"];
 
 /// A form field a page can ask for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

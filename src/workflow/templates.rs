@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::core::text::closest;
 
 /// The variables every message template is rendered with.
-pub const VARIABLES: &[&str] = &["subscriber", "workflow", "unsubscribe_url", "preferences_url"];
+pub const VARIABLES: &[&str] = &["subscriber", "workflow", "business", "unsubscribe_url", "preferences_url"];
 
 /// A problem in a template: inside the template file itself, or about the reference to it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -320,3 +320,32 @@ async fn messages_read_column_by_column_are_the_messages_sea_orm_reads(app: Test
     assert!(by_position.iter().any(|(m, body)| m.id == lost && body.is_none()), "{by_position:?}");
     assert!(by_position.iter().any(|(_, body)| body.as_ref().is_some_and(|b| b.dictionary_id.is_some())));
 }
+
+/// The business set once in the settings is `business` in every message's templates, and the
+/// default sender is the business on `base_url`'s domain.
+#[tokio::test]
+async fn every_message_names_the_business_set_once() {
+    for backend in [crate::helpers::Backend::Sqlite, crate::helpers::Backend::Postgres] {
+        let Some(app) = TestApp::spawn_with(backend, |c| {
+            c.business.name = "Bottega Rossi".into();
+            c.business.postal_address = Some("Via Roma 1, 20121 Milano".into());
+            c.business.accent_color = "#c0392b".into();
+        })
+        .await
+        else {
+            continue;
+        };
+        app.create_list("news").await;
+        member(&app, "ada@example.com", json!({})).await;
+        let html = "<p style=\"color: {{ business.accent_color }}\">Hi {{ subscriber.first_name }}</p>\
+            <p>{{ business.name }}, {{ business.postal_address }}</p><p>[{{ business.support_email }}]</p><p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p>";
+        broadcast(&app, json!({"list": "news", "subject": "News from {{ business.name }}", "html": html})).await;
+        app.tick().await;
+        let message = outbox::Entity::find().one(app.db.conn()).await.unwrap().unwrap();
+        assert_eq!(message.subject.as_deref(), Some("News from Bottega Rossi"));
+        let html = crate::helpers::bodies(&app, message.id).await.0.unwrap();
+        assert!(html.contains("Bottega Rossi, Via Roma 1, 20121 Milano"), "{html}");
+        assert!(html.contains("color: #c0392b"), "{html}");
+        assert!(html.contains("<p>[]</p>"), "a setting not set is empty: {html}");
+    }
+}

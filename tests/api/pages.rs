@@ -13,6 +13,7 @@ use ownlist::store::entities::{consent, outbox, subscriber};
 
 with_each_backend!(
     a_page_is_one_small_self_contained_accessible_response,
+    pages_name_the_business_and_link_its_privacy_policy,
     an_email_signup_is_pending_until_its_link_is_followed_once,
     expired_and_forged_links_fail_and_a_repeat_signup_changes_nothing,
     bots_get_the_same_answer_as_people_and_are_counted,
@@ -151,6 +152,24 @@ async fn confirm_path(app: &TestApp, message: &outbox::Model) -> String {
     assert!(text.contains("/c/"), "the plain part has the link too: {text}");
     let start = html.find("/c/").unwrap();
     html[start..].split(['"', '<', ' ']).next().unwrap().to_owned()
+}
+
+async fn pages_name_the_business_and_link_its_privacy_policy(backend: Backend) {
+    let Some(app) = spawn(backend, |c| {
+        c.business.name = "Bottega Rossi".into();
+        c.business.privacy_url = Some("https://bottega.example/privacy".into());
+    })
+    .await
+    else {
+        return;
+    };
+    let (status, html) = page_html(&app, "/p/guide").await;
+    assert_eq!(status, StatusCode::OK);
+    let footer = "<footer class=\"foot\">Bottega Rossi · <a href=\"https://bottega.example/privacy\">Privacy policy</a></footer>";
+    assert!(html.contains(footer), "{html}");
+    let (status, html) = page_html(&app, "/p/guide/thanks").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains(footer), "the thank-you page too: {html}");
 }
 
 async fn a_page_is_one_small_self_contained_accessible_response(backend: Backend) {

@@ -47,6 +47,7 @@ fn settings(state: &AppState) -> Settings {
     Settings {
         signer: state.signer.clone(),
         base_url: state.config.base_url.clone(),
+        business: state.config.business.clone(),
         confirm_ttl: state.config.confirm_link_ttl,
         confirm_every: state.config.confirm_every,
     }
@@ -126,10 +127,13 @@ static BUILT_IN: std::sync::LazyLock<Option<tera::Tera>> = std::sync::LazyLock::
 });
 
 /// Renders the template `name`, or when it cannot be rendered, the built-in `fallback`.
+/// Renders a page template (with `business` added to its context), or the built-in one.
 fn render(state: &AppState, name: &str, fallback: &str, context: &tera::Context, status: StatusCode) -> Response {
-    let rendered = state.catalog.templates().tera().render(name, context).or_else(|e| {
+    let mut context = context.clone();
+    context.insert("business", &state.config.business);
+    let rendered = state.catalog.templates().tera().render(name, &context).or_else(|e| {
         tracing::error!(template = name, error = %e, "a page template failed to render; the built-in one is shown");
-        BUILT_IN.as_ref().map_or(Err(e), |built_in| built_in.render(fallback, context))
+        BUILT_IN.as_ref().map_or(Err(e), |built_in| built_in.render(fallback, &context))
     });
     match rendered {
         Ok(body) => (status, [(header::CACHE_CONTROL, "no-store")], Html(body)).into_response(),

@@ -84,6 +84,11 @@ fn sample_context() -> tera::Context {
             "attributes": {},
         },
         "workflow": {"id": "sample", "name": "Sample"},
+        "business": {
+            "name": "Bottega Rossi", "postal_address": "Via Roma 1, 20121 Milano, Italy",
+            "logo_url": "https://example.com/logo.png", "accent_color": "#2f6fed",
+            "privacy_url": "https://example.com/privacy", "support_email": "hello@example.com",
+        },
         "unsubscribe_url": "https://example.com/u/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         "preferences_url": "https://example.com/preferences/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
     });

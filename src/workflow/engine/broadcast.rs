@@ -221,7 +221,7 @@ impl Engine {
         if errors.is_empty() {
             // A trial render for a sample subscriber: a template that cannot render (an unknown
             // variable, a syntax error) is refused now rather than skipped for everyone later.
-            let links = (self.signer.clone(), self.base_url.clone());
+            let links = self.stationery();
             let context = broadcast_context(&links, &row, sample_subscriber(), Uuid::nil(), now);
             for channel in &channels {
                 if let Err(problem) = render_broadcast(&templates, &row, *channel, &context) {
@@ -438,7 +438,7 @@ impl Engine {
             txn.rollback().await?;
             people = kept;
         }
-        let (templates, links, batch) = (self.templates(), (self.signer.clone(), self.base_url.clone()), b.clone());
+        let (templates, links, batch) = (self.templates(), self.stationery(), b.clone());
         let backend = self.db.backend();
         let rendered = tokio::task::spawn_blocking(move || {
             let (dictionary, made) = match dictionary {
@@ -540,7 +540,7 @@ fn sample_subscriber() -> Value {
 /// broadcast sends no HTML email.
 fn sample_dictionary(
     templates: &TemplateChecker,
-    links: &(crate::core::links::Signer, url::Url),
+    links: &super::message::Stationery,
     b: &broadcast::Model,
     channels: &[Channel],
     now: DateTime<Utc>,
@@ -550,7 +550,8 @@ fn sample_dictionary(
     }
     let context = broadcast_context(links, b, sample_subscriber(), Uuid::nil(), now);
     let rendered = render_broadcast(templates, b, Channel::Email, &context).ok()?;
-    let tracking = b.track.then(|| compose::Tracking { signer: links.0.clone(), base_url: links.1.clone() });
+    let tracking =
+        b.track.then(|| compose::Tracking { signer: links.signer.clone(), base_url: links.base_url.clone() });
     let draft = Draft {
         channel: OutboxChannel::Email,
         recipient: String::new(),
@@ -564,14 +565,14 @@ fn sample_dictionary(
 
 /// What a broadcast's templates see for one subscriber.
 fn broadcast_context(
-    links: &(crate::core::links::Signer, url::Url),
+    links: &super::message::Stationery,
     b: &broadcast::Model,
     subscriber: Value,
     id: Uuid,
     now: DateTime<Utc>,
 ) -> Value {
     let about = ("broadcast", json!({"id": b.id, "list": b.list_slug}));
-    super::message_context(&links.0, &links.1, subscriber, id, about, now)
+    super::message_context(links, subscriber, id, about, now)
 }
 
 /// The subject, HTML and text of a broadcast on one channel, for one context.
@@ -615,14 +616,15 @@ fn render_broadcast(
 /// and how many member and channel pairs were skipped (no consent or address, unrenderable).
 fn render_batch(
     templates: &TemplateChecker,
-    links: &(crate::core::links::Signer, url::Url),
+    links: &super::message::Stationery,
     b: &broadcast::Model,
     people: &[subscriber::Model],
     channels: &[Channel],
     dictionary: Option<&outbox_dictionary::Model>,
     now: DateTime<Utc>,
 ) -> (Vec<(outbox::ActiveModel, outbox_body::ActiveModel)>, i64) {
-    let tracking = b.track.then(|| compose::Tracking { signer: links.0.clone(), base_url: links.1.clone() });
+    let tracking =
+        b.track.then(|| compose::Tracking { signer: links.signer.clone(), base_url: links.base_url.clone() });
     let (mut rows, mut skipped) = (Vec::new(), 0i64);
     for s in people {
         let context = broadcast_context(links, b, subscriber_json(s), s.id, now);

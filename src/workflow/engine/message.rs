@@ -117,7 +117,7 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Value {
         let about = ("workflow", json!({"id": workflow.id, "name": workflow.name}));
-        message_context(&self.signer, &self.base_url, subscriber_json(s), s.id, about, now)
+        message_context(&self.stationery(), subscriber_json(s), s.id, about, now)
     }
 }
 
@@ -182,21 +182,30 @@ pub(super) fn reachable(s: &subscriber::Model, channel: Channel) -> std::result:
 /// What a message's templates see: the subscriber, what the message belongs to (`workflow` or
 /// `broadcast`), and the subscriber's signed unsubscribe and preferences links (a year).
 pub(super) fn message_context(
-    signer: &Signer,
-    base_url: &url::Url,
+    stationery: &Stationery,
     subscriber: Value,
     id: Uuid,
     about: (&str, Value),
     now: DateTime<Utc>,
 ) -> Value {
     let expires = now + chrono::Duration::days(365);
-    let link = |path: &str, purpose: Purpose| signer.url(base_url, path, purpose, id, expires);
+    let link = |path: &str, purpose: Purpose| stationery.signer.url(&stationery.base_url, path, purpose, id, expires);
     json!({
         "subscriber": subscriber,
         about.0: about.1,
+        "business": stationery.business,
         "unsubscribe_url": link("u", Purpose::Unsubscribe),
         "preferences_url": link("preferences", Purpose::Preferences),
     })
+}
+
+/// What every message's template context has besides its subscriber: the signer and base URL
+/// of its links, and the business (`business` in templates).
+#[derive(Debug, Clone)]
+pub(super) struct Stationery {
+    pub(super) signer: Signer,
+    pub(super) base_url: url::Url,
+    pub(super) business: Value,
 }
 
 pub(super) fn subscriber_json(s: &subscriber::Model) -> Value {

@@ -87,6 +87,8 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     signer: Signer,
     base_url: url::Url,
+    /// The business every message names (`business` in templates).
+    business: Value,
     /// When the previous batch of due enrollments was claimed (by this process).
     last_claim: std::sync::Mutex<Option<DateTime<Utc>>>,
     /// Where the pass through a big backlog has got to (the last enrollment id taken); `None`
@@ -174,6 +176,7 @@ impl Engine {
             tracking: Some(Tracking { signer: signer.clone(), base_url: base_url.clone() }),
             signer,
             base_url,
+            business: crate::core::brand::Business::default().context(),
             last_claim: std::sync::Mutex::new(None),
             backlog_cursor: std::sync::Mutex::new(None),
             bell: crate::outbox::Doorbell::new(),
@@ -199,6 +202,17 @@ impl Engine {
     pub fn with_bell(mut self, bell: crate::outbox::Doorbell) -> Self {
         self.bell = bell;
         self
+    }
+
+    /// Names this business in every message (`business` in templates).
+    pub fn with_business(mut self, business: &crate::core::brand::Business) -> Self {
+        self.business = business.context();
+        self
+    }
+
+    /// What every message's context is made from besides its subscriber.
+    fn stationery(&self) -> Stationery {
+        Stationery { signer: self.signer.clone(), base_url: self.base_url.clone(), business: self.business.clone() }
     }
 
     /// Turns open and click tracking off for every workflow (it is on by default).
