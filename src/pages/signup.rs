@@ -429,7 +429,8 @@ fn confirmation_message(
                 subject: Some(format!("Please confirm: {}", page.title)),
                 html: Some(html),
                 text: text.trim().to_owned(),
-                list_slug: None,
+                // A confirmation is about the page's list: mail clients and filters see which.
+                list_slug: Some(page.list.clone()),
             }
         }
         Channel::Sms => Draft {

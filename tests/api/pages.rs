@@ -158,6 +158,7 @@ async fn pages_name_the_business_and_link_its_privacy_policy(backend: Backend) {
     let Some(app) = spawn(backend, |c| {
         c.business.name = "Bottega Rossi".into();
         c.business.privacy_url = Some("https://bottega.example/privacy".into());
+        c.business.support_email = Some("ciao@bottega.example".into());
     })
     .await
     else {
@@ -165,7 +166,8 @@ async fn pages_name_the_business_and_link_its_privacy_policy(backend: Backend) {
     };
     let (status, html) = page_html(&app, "/p/guide").await;
     assert_eq!(status, StatusCode::OK);
-    let footer = "<footer class=\"foot\">Bottega Rossi · <a href=\"https://bottega.example/privacy\">Privacy policy</a></footer>";
+    let footer = "<footer class=\"foot\">Bottega Rossi · <a href=\"https://bottega.example/privacy\">Privacy policy</a> · \
+        <a href=\"mailto:ciao@bottega.example\">ciao@bottega.example</a></footer>";
     assert!(html.contains(footer), "{html}");
     let (status, html) = page_html(&app, "/p/guide/thanks").await;
     assert_eq!(status, StatusCode::OK);
@@ -248,6 +250,10 @@ async fn an_email_signup_is_pending_until_its_link_is_followed_once(backend: Bac
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].recipient, "Ada@Example.com");
     assert_eq!(sent[0].subject.as_deref(), Some("Please confirm: Get the free guide"));
+    // Mail about a list names it (List-Id), as list mail does.
+    assert_eq!(app.email.send_due().await.unwrap(), 1);
+    let mail = std::fs::read_to_string(app.data_dir.join("mail").join(format!("{}.eml", sent[0].id))).unwrap();
+    assert!(mail.contains("List-Id: <guide-leads.localhost>\r\n"), "{mail}");
     let path = confirm_path(&app, &sent[0]).await;
 
     let (status, html) = page_html(&app, &path).await;
