@@ -553,12 +553,12 @@ fn setting_name(key: &str, file: Option<&Path>) -> String {
 
 /// `BUSINESS_NAME <noreply@HOST>`, HOST from `base_url` (`localhost` for an address or a
 /// name without a dot).
-fn default_email_from(base_url: &url::Url, business_name: &str) -> Result<lettre::message::Mailbox, String> {
+fn default_email_from(base_url: &url::Url, business_name: &str) -> Result<lettre::message::Mailbox, Reason> {
     let domain = match base_url.host() {
         Some(url::Host::Domain(domain)) if domain.contains('.') => domain,
         _ => "localhost",
     };
-    let address = lettre::Address::new("noreply", domain).map_err(|e| format!("noreply@{domain}: {e}"))?;
+    let address = lettre::Address::new("noreply", domain).map_err(|e| reason!("noreply@{domain}: {e}"))?;
     Ok(lettre::message::Mailbox::new(Some(business_name.to_owned()), address))
 }
 

@@ -128,8 +128,7 @@ static BUILT_IN: std::sync::LazyLock<Option<tera::Tera>> = std::sync::LazyLock::
 
 /// Renders the template `name`, or when it cannot be rendered, the built-in `fallback`.
 /// Renders a page template (with `business` added to its context), or the built-in one.
-fn render(state: &AppState, name: &str, fallback: &str, context: &tera::Context, status: StatusCode) -> Response {
-    let mut context = context.clone();
+fn render(state: &AppState, name: &str, fallback: &str, mut context: tera::Context, status: StatusCode) -> Response {
     context.insert("business", &state.config.business);
     let rendered = state.catalog.templates().tera().render(name, &context).or_else(|e| {
         tracing::error!(template = name, error = %e, "a page template failed to render; the built-in one is shown");
@@ -189,7 +188,7 @@ async fn show(
     let token = state.signer.form_token(&page.slug, state.clock.now());
     let hidden = attribution_fields(&query, &headers);
     let context = context(&page, &token, &hidden, &BTreeMap::new(), &BTreeSet::new(), &BTreeMap::new(), None);
-    render(&state, &page.template, crate::workflow::page::DEFAULT_TEMPLATE, &context, StatusCode::OK)
+    render(&state, &page.template, crate::workflow::page::DEFAULT_TEMPLATE, context, StatusCode::OK)
 }
 
 async fn thanks(State(state): State<AppState>, Path(slug): Path<String>) -> Response {
@@ -199,7 +198,7 @@ async fn thanks(State(state): State<AppState>, Path(slug): Path<String>) -> Resp
         ThankYou::Template(name) => {
             let context =
                 context(&page, "", &BTreeMap::new(), &BTreeMap::new(), &BTreeSet::new(), &BTreeMap::new(), None);
-            render(&state, name, crate::workflow::page::DEFAULT_THANK_YOU, &context, StatusCode::OK)
+            render(&state, name, crate::workflow::page::DEFAULT_THANK_YOU, context, StatusCode::OK)
         }
     }
 }
@@ -460,7 +459,7 @@ async fn handle(
                 state,
                 &page.template,
                 crate::workflow::page::DEFAULT_TEMPLATE,
-                &context,
+                context,
                 StatusCode::UNPROCESSABLE_ENTITY,
             ));
         }

@@ -221,8 +221,8 @@ impl Engine {
         if errors.is_empty() {
             // A trial render for a sample subscriber: a template that cannot render (an unknown
             // variable, a syntax error) is refused now rather than skipped for everyone later.
-            let links = self.stationery();
-            let context = broadcast_context(&links, &row, sample_subscriber(), Uuid::nil(), now);
+            let links = &self.stationery;
+            let context = broadcast_context(links, &row, sample_subscriber(), Uuid::nil(), now);
             for channel in &channels {
                 if let Err(problem) = render_broadcast(&templates, &row, *channel, &context) {
                     let field = match (channel, &row.template) {
@@ -438,7 +438,7 @@ impl Engine {
             txn.rollback().await?;
             people = kept;
         }
-        let (templates, links, batch) = (self.templates(), self.stationery(), b.clone());
+        let (templates, links, batch) = (self.templates(), self.stationery.clone(), b.clone());
         let backend = self.db.backend();
         let rendered = tokio::task::spawn_blocking(move || {
             let (dictionary, made) = match dictionary {

@@ -117,7 +117,7 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Value {
         let about = ("workflow", json!({"id": workflow.id, "name": workflow.name}));
-        message_context(&self.stationery(), subscriber_json(s), s.id, about, now)
+        message_context(&self.stationery, subscriber_json(s), s.id, about, now)
     }
 }
 

@@ -85,10 +85,8 @@ pub struct Engine {
     registry: Arc<Registry>,
     /// The templates and landing pages in force (shared with the public pages).
     catalog: Arc<Catalog>,
-    signer: Signer,
-    base_url: url::Url,
-    /// The business every message names (`business` in templates).
-    business: Value,
+    /// The signer and base URL of every message's links, and the business it names.
+    stationery: Stationery,
     /// When the previous batch of due enrollments was claimed (by this process).
     last_claim: std::sync::Mutex<Option<DateTime<Utc>>>,
     /// Where the pass through a big backlog has got to (the last enrollment id taken); `None`
@@ -174,9 +172,7 @@ impl Engine {
             registry,
             catalog: Arc::new(Catalog::new(templates)),
             tracking: Some(Tracking { signer: signer.clone(), base_url: base_url.clone() }),
-            signer,
-            base_url,
-            business: crate::core::brand::Business::default().context(),
+            stationery: Stationery { signer, base_url, business: crate::core::brand::Business::default().context() },
             last_claim: std::sync::Mutex::new(None),
             backlog_cursor: std::sync::Mutex::new(None),
             bell: crate::outbox::Doorbell::new(),
@@ -206,13 +202,8 @@ impl Engine {
 
     /// Names this business in every message (`business` in templates).
     pub fn with_business(mut self, business: &crate::core::brand::Business) -> Self {
-        self.business = business.context();
+        self.stationery.business = business.context();
         self
-    }
-
-    /// What every message's context is made from besides its subscriber.
-    fn stationery(&self) -> Stationery {
-        Stationery { signer: self.signer.clone(), base_url: self.base_url.clone(), business: self.business.clone() }
     }
 
     /// Turns open and click tracking off for every workflow (it is on by default).
@@ -237,7 +228,7 @@ impl Engine {
 
     /// The signer of public links and the base URL they start with.
     pub fn links(&self) -> (&Signer, &url::Url) {
-        (&self.signer, &self.base_url)
+        (&self.stationery.signer, &self.stationery.base_url)
     }
 
     fn templates(&self) -> Arc<TemplateChecker> {
