@@ -452,7 +452,7 @@ fn landing_pages_are_checked_where_they_are_written() {
     assert_eq!(page.template, "pages/default.html");
     assert_eq!(page.version().len(), 12);
     let mut edited = page.clone();
-    edited.consent_text = "Other words.".into();
+    edited.consent_text = Some("Other words.".into());
     assert_ne!(edited.version(), page.version(), "changing the words changes the version");
     let both = diagnose_file(&format!("{GOOD}{PAGE}")).unwrap();
     assert!(both.workflow.is_some() && both.pages.len() == 1, "or a workflow and pages");

@@ -5,6 +5,7 @@ pub mod brand;
 pub mod clock;
 pub mod error;
 pub mod hmac;
+pub mod i18n;
 pub mod links;
 pub mod metrics;
 pub mod sms_text;

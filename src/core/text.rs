@@ -63,6 +63,14 @@ pub fn html_to_text_with<'a>(html: &str, original: impl Fn(&str) -> Option<&'a s
         if !closing && is(&["a"]) {
             pending_href = tag.split("href=\"").nth(1).and_then(|h| h.split('"').next());
         }
+        // What is not shown (the head with its title, styles, scripts) is not text either.
+        if !closing && is(&["head", "style", "script"]) {
+            let after = &rest[start + end + 1..];
+            let close = format!("</{}", name.to_ascii_lowercase());
+            let at = after.to_ascii_lowercase().find(&close);
+            rest = at.and_then(|i| after[i..].find('>').map(|j| &after[i + j + 1..])).unwrap_or_default();
+            continue;
+        }
         // A block's start and end break the line; so do <br> and <hr>.
         if is(&["p", "h1", "h2", "h3", "h4", "div", "li", "tr", "table", "br", "hr"]) {
             out.push_str("\n");
@@ -182,6 +190,10 @@ mod tests {
         let html = "<DIV>  a&nbsp;&nbsp;b \r\n c</DIV><BR/>&amp;lt; is &lt;, &quot;q&quot; &#39;s&#39; &x; &\n\n\n\
                     <A HREF=\"no\">x</A> <a class=\"k\" href=\"https://x.test/?a=1&amp;b=2\">go</a><p>cut <b";
         assert_eq!(html_to_text(html), "a b\nc\n\n&lt; is <, \"q\" 's' &x; &\n\nx go (https://x.test/?a=1&b=2)\ncut");
+        let html = "<html><HEAD><title>Hidden</title><style>p{color:red}</style></HEAD><body><p>Shown</p>\
+                    <script>no()</script><p>too</p></body></html>";
+        assert_eq!(html_to_text(html), "Shown\n\ntoo", "a title, styles and scripts are not text");
+        assert_eq!(html_to_text("<p>a</p><style>never closed"), "a");
     }
 
     /// Lines and words joined again, as the plain text is meant to read (the reference the

@@ -134,10 +134,17 @@ impl Letterhead {
     /// for older clients, its subject naming the subscriber by a signed token so the mailbox can
     /// act on it.
     fn list_unsubscribe(&self, message: &outbox::Model, now: DateTime<Utc>) -> String {
-        let url = self.unsubscribe_url(message.subscriber_id, now);
+        let bare = self.unsubscribe_url(message.subscriber_id, now);
+        // List mail's link names its list: one click leaves that list, not all email.
+        let url = match &message.list_slug {
+            Some(list) => {
+                format!("{bare}?list={}", url::form_urlencoded::byte_serialize(list.as_bytes()).collect::<String>())
+            }
+            None => bare.clone(),
+        };
         match &self.unsubscribe_mailto {
             Some(mailbox) => {
-                let token = url.rsplit('/').next().unwrap_or_default();
+                let token = bare.rsplit('/').next().unwrap_or_default();
                 format!("<{url}>, <mailto:{mailbox}?subject=unsubscribe%20{token}>")
             }
             None => format!("<{url}>"),

@@ -69,6 +69,8 @@ async fn reopenable(conn: &impl sea_orm::ConnectionTrait, id: Uuid, channel: Cha
 #[derive(Debug, Clone)]
 pub struct Choices {
     pub first_name: Option<String>,
+    /// The subscriber's language, when known: the page speaks it.
+    pub locale: Option<String>,
     pub lists: Vec<ListChoice>,
     pub channels: Vec<ChannelChoice>,
 }
@@ -104,7 +106,63 @@ pub async fn choices(db: &Db, id: Uuid) -> Result<Option<Choices>> {
             channels.push(ChannelChoice { channel, address, state, reopenable });
         }
     }
-    Ok(Some(Choices { first_name: person.first_name, lists, channels }))
+    Ok(Some(Choices { first_name: person.first_name, locale: person.locale, lists, channels }))
+}
+
+/// Takes a membership off its list (`list`: its slug; `by`: how, for the timeline).
+async fn off_list(
+    txn: &sea_orm::DatabaseTransaction,
+    now: DateTime<Utc>,
+    id: Uuid,
+    mut m: membership::ActiveModel,
+    list: &str,
+    by: &str,
+) -> Result<()> {
+    m.status = Set(MembershipStatus::Unsubscribed.as_str().to_owned());
+    m.unsubscribed_at = Set(Some(now));
+    m.updated_at = Set(now);
+    m.update(txn).await?;
+    records::event(id, kind::UNSUBSCRIBED, json!({"list": list, "by": by}), now).insert(txn).await?;
+    Ok(())
+}
+
+/// What an unsubscribe link's page needs to know of its subscriber: their language, and the list
+/// the message came from when they are on it (or were).
+#[derive(Debug, Clone)]
+pub struct Unsubscribing {
+    pub locale: Option<String>,
+    pub list: Option<ListChoice>,
+}
+
+/// The subscriber behind an unsubscribe link and its list (`None`: erased).
+pub async fn unsubscribing(db: &Db, id: Uuid, list_slug: Option<&str>) -> Result<Option<Unsubscribing>> {
+    let conn = db.conn();
+    let Some(person) = subscriber::Entity::find_by_id(id).one(conn).await? else { return Ok(None) };
+    let mut list_choice = None;
+    if let Some(slug) = list_slug
+        && let Some(l) = list::Entity::find().filter(list::Column::Slug.eq(slug)).one(conn).await?
+        && let Some(m) = membership::Entity::find_by_id((id, l.id)).one(conn).await?
+    {
+        let on = m.status != MembershipStatus::Unsubscribed.as_str();
+        list_choice = Some(ListChoice { slug: l.slug, name: l.name, on });
+    }
+    Ok(Some(Unsubscribing { locale: person.locale, list: list_choice }))
+}
+
+/// Takes a subscriber off one list, as an unsubscribe link of that list's mail asks (`by`: the
+/// page's button, or a mail client's one-click request). Returns whether anything changed (not
+/// when already off it, or never on it).
+pub async fn leave_list(db: &Db, now: DateTime<Utc>, id: Uuid, slug: &str, by: &str) -> Result<bool> {
+    let txn = db.begin_write().await?;
+    let Some(l) = list::Entity::find().filter(list::Column::Slug.eq(slug)).one(&txn).await? else { return Ok(false) };
+    let Some(m) = membership::Entity::find_by_id((id, l.id)).one(&txn).await? else { return Ok(false) };
+    if m.status == MembershipStatus::Unsubscribed.as_str() {
+        return Ok(false);
+    }
+    off_list(&txn, now, id, m.into_active_model(), &l.slug, by).await?;
+    records::trigger(id, trigger::CHANGED, "", json!({}), now).insert(&txn).await?;
+    txn.commit().await?;
+    Ok(true)
 }
 
 /// Applies the page as submitted: the lists and channels left ticked (`lists_on`, `channels_on`);
@@ -139,15 +197,11 @@ pub async fn save(
             records::event(id, kind::SUBSCRIBED, json!({"lists": [list.slug], "by": "preferences"}), now)
                 .insert(&txn)
                 .await?;
+            m.updated_at = Set(now);
+            m.update(&txn).await?;
         } else {
-            m.status = Set(MembershipStatus::Unsubscribed.as_str().to_owned());
-            m.unsubscribed_at = Set(Some(now));
-            records::event(id, kind::UNSUBSCRIBED, json!({"list": list.slug, "by": "preferences"}), now)
-                .insert(&txn)
-                .await?;
+            off_list(&txn, now, id, m, &list.slug, "preferences").await?;
         }
-        m.updated_at = Set(now);
-        m.update(&txn).await?;
         changed += 1;
     }
     for channel in [Channel::Email, Channel::Sms] {

@@ -46,6 +46,10 @@ pub struct Submission {
     pub attribution: Attribution,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The language the page was shown in: the new subscriber's, and the confirmation's.
+    pub lang: String,
+    /// The consent words the page showed (recorded as what the person agreed to).
+    pub consent_text: String,
 }
 
 /// A submission that passed every check.
@@ -55,38 +59,86 @@ pub struct Valid {
     consents: BTreeSet<Channel>,
     ip: Option<String>,
     user_agent: Option<String>,
+    lang: String,
+    consent_text: String,
+}
+
+/// Why a form field (or `consent`, the boxes) was refused; [`Invalid::message`] says it in the
+/// page's language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    Required,
+    /// Longer than this many characters.
+    TooLong(usize),
+    Email,
+    /// Not a mobile number; `country_known`: the page has a default country, so the number may
+    /// be typed without its country code.
+    Phone {
+        country_known: bool,
+    },
+    /// Characters that cannot be stored (control characters).
+    Text,
+    /// No box ticked.
+    Consent,
+    /// The email box ticked without an address.
+    NeedEmail,
+    /// The SMS box ticked without a number.
+    NeedPhone,
+    /// Neither an address nor a number.
+    NeedAddress,
+}
+
+impl Invalid {
+    /// What the form says next to the field (`label`: the field's label) in `words`' language.
+    pub fn message(&self, label: &str, words: &BTreeMap<String, String>) -> String {
+        let word = |key: &str| words.get(key).cloned().unwrap_or_else(|| key.to_owned());
+        match self {
+            Invalid::Required => word("error_required").replace("{field}", label),
+            Invalid::TooLong(max) => {
+                word("error_too_long").replace("{field}", label).replace("{max}", &max.to_string())
+            }
+            Invalid::Email => word("error_email"),
+            Invalid::Phone { country_known: true } => word("error_phone"),
+            Invalid::Phone { country_known: false } => word("error_phone_country"),
+            Invalid::Text => word("error_text").replace("{field}", label),
+            Invalid::Consent => word("error_consent"),
+            Invalid::NeedEmail => word("error_need_email"),
+            Invalid::NeedPhone => word("error_need_phone"),
+            Invalid::NeedAddress => word("error_need_address"),
+        }
+    }
 }
 
 /// Checks a submission against its page; the errors are by form field (`consent` for the boxes).
-pub fn validate(page: &Page, input: Submission) -> std::result::Result<Valid, BTreeMap<String, String>> {
+pub fn validate(page: &Page, input: Submission) -> std::result::Result<Valid, BTreeMap<String, Invalid>> {
     let mut errors = BTreeMap::new();
-    let mut profile = Profile { attribution: input.attribution, ..Profile::default() };
+    let mut profile =
+        Profile { attribution: input.attribution, locale: Some(input.lang.clone()), ..Profile::default() };
     let mut attributes = Map::new();
     for field in &page.fields {
         let name = field.name();
         let raw = input.values.get(&name).map(|v| v.trim()).unwrap_or_default();
         if raw.is_empty() {
             if page.required.contains(field) {
-                errors.insert(name, format!("{} is required.", field.label()));
+                errors.insert(name, Invalid::Required);
             }
             continue;
         }
         if raw.chars().count() > field.max_chars() {
-            errors.insert(name, format!("{} is too long: at most {} characters.", field.label(), field.max_chars()));
+            errors.insert(name, Invalid::TooLong(field.max_chars()));
             continue;
         }
         match field {
             Field::Email => match EmailAddress::parse(raw) {
                 Ok(email) => profile.email = Some(email),
                 Err(_) => {
-                    errors.insert(name, "Enter an email address like name@example.com.".into());
+                    errors.insert(name, Invalid::Email);
                 }
             },
             Field::Phone => match PhoneNumber::parse_in(raw, page.default_country.as_deref()) {
                 Ok(phone) => profile.phone = Some(phone),
                 Err(_) => {
-                    let example = if page.default_country.is_some() { "" } else { ", with its country code" };
-                    errors.insert(name, format!("Enter a mobile number{example}, like +1 415 555 2671."));
+                    errors.insert(name, Invalid::Phone { country_known: page.default_country.is_some() });
                 }
             },
             Field::FirstName | Field::LastName | Field::Attribute(_) => match normalize_text(raw, field.max_chars()) {
@@ -100,8 +152,8 @@ pub fn validate(page: &Page, input: Submission) -> std::result::Result<Valid, BT
                     }
                     _ => {}
                 },
-                Err(problem) => {
-                    errors.insert(name, format!("{} {problem}.", field.label()));
+                Err(_) => {
+                    errors.insert(name, Invalid::Text);
                 }
             },
         }
@@ -111,17 +163,17 @@ pub fn validate(page: &Page, input: Submission) -> std::result::Result<Valid, BT
     if page.channels.is_empty() {
         // A page without boxes subscribes to what its fields give an address for.
     } else if consents.is_empty() && !errors.contains_key("email") && !errors.contains_key("phone") {
-        errors.insert("consent".into(), "Tick a box to say how we may keep in touch.".into());
+        errors.insert("consent".into(), Invalid::Consent);
     }
     if consents.contains(&Channel::Email) && profile.email.is_none() && !errors.contains_key("email") {
-        errors.insert("email".into(), "Enter your email address to get emails.".into());
+        errors.insert("email".into(), Invalid::NeedEmail);
     }
     if consents.contains(&Channel::Sms) && profile.phone.is_none() && !errors.contains_key("phone") {
-        errors.insert("phone".into(), "Enter your mobile number to get texts.".into());
+        errors.insert("phone".into(), Invalid::NeedPhone);
     }
     if profile.email.is_none() && profile.phone.is_none() && errors.is_empty() {
         let field = if page.asks(&Field::Email) { "email" } else { "phone" };
-        errors.insert(field.into(), "Enter an address to subscribe with.".into());
+        errors.insert(field.into(), Invalid::NeedAddress);
     }
     let consents = if page.channels.is_empty() {
         let mut implied = BTreeSet::new();
@@ -136,7 +188,14 @@ pub fn validate(page: &Page, input: Submission) -> std::result::Result<Valid, BT
         consents
     };
     if errors.is_empty() {
-        Ok(Valid { profile, consents, ip: input.ip, user_agent: input.user_agent })
+        Ok(Valid {
+            profile,
+            consents,
+            ip: input.ip,
+            user_agent: input.user_agent,
+            lang: input.lang,
+            consent_text: input.consent_text,
+        })
     } else {
         Err(errors)
     }
@@ -221,7 +280,7 @@ pub async fn submit(
         user_agent: valid.user_agent.clone(),
     };
     let wording = ConsentWording {
-        text: Some(page.consent_text.clone()),
+        text: Some(valid.consent_text.clone()),
         version: Some(version.clone()),
         page: Some((page.slug.clone(), version.clone())),
     };
@@ -370,12 +429,12 @@ pub async fn submit(
                 page: page.slug.clone(),
                 page_version: version.clone(),
                 channel: channel.as_str().to_owned(),
-                consent_text: Some(page.consent_text.clone()),
+                consent_text: Some(valid.consent_text.clone()),
                 created_at: now,
                 expires_at: now + settings.confirm_ttl,
                 confirmed_at: None,
             };
-            let draft = confirmation_message(settings, templates, page, person, &confirmation, now)?;
+            let draft = confirmation_message(settings, templates, page, person, &confirmation, &valid.lang, now)?;
             let key = format!("confirm:{}", confirmation.id);
             let row = NewMessage::new(key, id, draft).rows(now);
             confirmation.into_active_model().insert(&txn).await?;
@@ -401,14 +460,18 @@ fn confirmation_message(
     page: &Page,
     person: &subscriber::Model,
     confirmation: &signup_confirmation::Model,
+    lang: &str,
     now: DateTime<Utc>,
 ) -> Result<Draft> {
+    let words = templates.translations().words(lang);
     let context = json!({
         "subscriber": {"first_name": person.first_name, "last_name": person.last_name, "email": person.email},
         "page": {"slug": page.slug, "title": page.title},
         "confirm_url": confirm_url(settings, confirmation.id, now),
         "expires_at": confirmation.expires_at,
         "business": settings.business,
+        "lang": lang,
+        "t": &*words,
     });
     let context = tera::Context::from_serialize(&context).map_err(|e| anyhow::anyhow!("confirmation context: {e}"))?;
     let tera = templates.tera();
@@ -426,7 +489,11 @@ fn confirmation_message(
             Draft {
                 channel: OutboxChannel::Email,
                 recipient: person.email.clone().unwrap_or_default(),
-                subject: Some(format!("Please confirm: {}", page.title)),
+                subject: Some(
+                    words
+                        .get("confirm_subject")
+                        .map_or_else(|| page.title.clone(), |w| w.replace("{title}", &page.title)),
+                ),
                 html: Some(html),
                 text: text.trim().to_owned(),
                 // A confirmation is about the page's list: mail clients and filters see which.

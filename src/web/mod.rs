@@ -94,8 +94,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
+/// No route here: a browser asking for a page gets the "page not found" page in its language,
+/// anything else (the API, a script) the JSON problem.
+async fn not_found(
+    axum::extract::State(face): axum::extract::State<public::face::Face>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let wants_page = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if wants_page && !uri.path().starts_with("/api/") {
+        return face.not_found(&face.language(&[], &headers), "page");
+    }
     ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint; see /api/v1/openapi.json")
+        .into_response()
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -12,10 +12,22 @@ use crate::core::values::Channel;
 pub const DEFAULT_TEMPLATE: &str = "pages/default.html";
 /// The thank-you template when a page names none.
 pub const DEFAULT_THANK_YOU: &str = "pages/thank-you.html";
-/// What the consent checkbox says when a page does not say.
-pub const DEFAULT_CONSENT_TEXT: &str = "Yes, keep me posted. I can unsubscribe at any time.";
 /// What page templates get.
-pub const PAGE_VARIABLES: &[&str] = &["page", "form", "values", "errors", "fields", "consents", "message", "business"];
+pub const PAGE_VARIABLES: &[&str] = &[
+    "page",
+    "form",
+    "values",
+    "errors",
+    "fields",
+    "consents",
+    "message",
+    "business",
+    "accent_ink",
+    "lang",
+    "t",
+    "noindex",
+    "favicon_url",
+];
 
 /// A form field a page can ask for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -104,6 +116,16 @@ pub struct Page {
     pub slug: String,
     pub title: String,
     pub description: Option<String>,
+    /// An http(s) URL of a picture of the offer: shown above the form and in link previews.
+    pub image: Option<String>,
+    /// What the picture shows, for people who cannot see it.
+    pub image_alt: Option<String>,
+    /// Short points listed under the description.
+    pub bullets: Vec<String>,
+    /// The button's words (the language's "Sign up" when not given).
+    pub cta: Option<String>,
+    /// The page's language (`it`, `de`, …); when not given, the visitor's browser chooses.
+    pub locale: Option<String>,
     pub template: String,
     /// The list's slug: the signup joins it.
     pub list: String,
@@ -112,7 +134,8 @@ pub struct Page {
     /// The consents the form asks for, one checkbox each.
     pub channels: Vec<Channel>,
     pub double_opt_in: bool,
-    pub consent_text: String,
+    /// What the person agrees to; the language's default words when not given.
+    pub consent_text: Option<String>,
     pub thank_you: ThankYou,
     /// ISO 3166 country (e.g. `US`) for phone numbers typed without `+`.
     pub default_country: Option<String>,

@@ -4,10 +4,16 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
+use std::sync::Arc;
+
+use crate::core::i18n::Translations;
 use crate::core::text::closest;
 
 /// The variables every message template is rendered with.
 pub const VARIABLES: &[&str] = &["subscriber", "workflow", "business", "unsubscribe_url", "preferences_url"];
+
+/// The folder under the templates folder that holds the words of each language, not templates.
+pub const LOCALES: &str = "locales";
 
 /// A problem in a template: inside the template file itself, or about the reference to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +29,10 @@ pub struct TemplateChecker {
     /// Templates that did not parse, with their problem.
     broken: BTreeMap<String, Problem>,
     names: Vec<String>,
+    /// The words of pages and system emails (`locales/{lang}.toml` over the shipped ones).
+    translations: Arc<Translations>,
+    /// The locale files that did not parse.
+    locale_problems: Vec<Problem>,
 }
 
 impl std::fmt::Debug for TemplateChecker {
@@ -71,7 +81,22 @@ impl TemplateChecker {
                 }
             }
         }
-        Self { dir: dir.to_path_buf(), tera, broken, names }
+        let (translations, problems) = Translations::load(&dir.join(LOCALES));
+        let locale_problems = problems
+            .into_iter()
+            .map(|p| Problem::At { file: p.file, line: p.line, column: p.column, message: p.message })
+            .collect();
+        Self { dir: dir.to_path_buf(), tera, broken, names, translations: Arc::new(translations), locale_problems }
+    }
+
+    /// The words of every language, the folder's locale files over the shipped ones.
+    pub fn translations(&self) -> Arc<Translations> {
+        self.translations.clone()
+    }
+
+    /// The locale files under `locales/` that did not parse (left out; the shipped words stand).
+    pub fn locale_problems(&self) -> &[Problem] {
+        &self.locale_problems
     }
 
     /// Checks the template `name` (a path relative to the templates folder).
@@ -163,6 +188,9 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
+            if dir == root && path.file_name().is_some_and(|n| n == LOCALES) {
+                continue;
+            }
             collect(root, &path, out);
         } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.') && n != "README.md")
             && let Ok(relative) = path.strip_prefix(root)

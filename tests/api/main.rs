@@ -20,6 +20,7 @@ mod contract;
 mod dashboard;
 mod email;
 mod engine;
+mod face;
 mod faults;
 mod hardening;
 mod lists;

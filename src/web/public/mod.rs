@@ -2,6 +2,7 @@
 //! unsubscribe links, tracking, provider webhooks (bounces, SMS), health and metrics.
 
 pub(crate) mod bounces;
+pub(crate) mod face;
 pub(crate) mod health;
 pub(crate) mod metrics;
 pub(crate) mod pages;

@@ -15,22 +15,23 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::unsubscribe::escape;
+use super::face::{Face, Kind, context_of};
 use crate::core::clock::SharedClock;
 use crate::core::error::{Error, FieldError};
+use crate::core::i18n::Words;
 use crate::core::links::Signer;
 use crate::core::values::Channel;
-use crate::pages::signup::{self, Confirmed, Settings, Submission};
+use crate::pages::signup::{self, Confirmed, Invalid, Settings, Submission};
 use crate::pages::{attribution, guard};
 use crate::web::AppState;
 use crate::web::error::ApiError;
 use crate::web::extract::ClientAddress;
 use crate::workflow::catalog::Catalog;
-use crate::workflow::page::{Page, ThankYou};
+use crate::workflow::page::{DEFAULT_TEMPLATE, DEFAULT_THANK_YOU, Field, Page, ThankYou};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -38,6 +39,13 @@ pub fn routes() -> Router<AppState> {
         .route("/p/{slug}/thanks", get(thanks))
         .route("/p/{slug}/token", get(token).options(preflight))
         .route("/c/{token}", get(confirm))
+        .route("/favicon.svg", get(favicon))
+        .route("/favicon.ico", get(|| async { axum::response::Redirect::permanent("/favicon.svg") }))
+}
+
+/// Every page's icon when no logo is set.
+async fn favicon(State(face): State<Face>) -> Response {
+    face.favicon()
 }
 
 /// The largest form or JSON body a page takes.
@@ -53,30 +61,62 @@ fn settings(state: &AppState) -> Settings {
     }
 }
 
-/// A small page of ownlist's own (not found, confirmed, …): no scripts, nothing third-party.
-fn plain(status: StatusCode, title: &str, body: &str) -> Response {
-    super::unsubscribe::html(status, title, body)
-}
-
-fn page_not_found() -> Response {
-    plain(StatusCode::NOT_FOUND, "Page not found", "<p>There is no signup page at this address.</p>")
-}
-
 fn text_header(headers: &HeaderMap, name: header::HeaderName, max: usize) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.chars().take(max).collect())
 }
 
-/// Everything a page template gets.
-#[allow(clippy::too_many_arguments)]
-fn context(
-    page: &Page,
-    token: &str,
-    hidden: &BTreeMap<String, String>,
-    values: &BTreeMap<String, String>,
-    ticked: &BTreeSet<Channel>,
-    errors: &BTreeMap<String, String>,
-    message: Option<&str>,
-) -> tera::Context {
+/// A field's label in the page's language (an attribute's is its name, as written).
+fn label(field: &Field, words: &Words) -> String {
+    let key = match field {
+        Field::Email => "field_email",
+        Field::Phone => "field_phone",
+        Field::FirstName => "field_first_name",
+        Field::LastName => "field_last_name",
+        Field::Attribute(_) => return field.label(),
+    };
+    words.get(key).cloned().unwrap_or_else(|| field.label())
+}
+
+/// The consent words a page shows in `lang`: its own, or the language's default.
+fn consent_text(page: &Page, words: &Words) -> String {
+    page.consent_text.clone().unwrap_or_else(|| words.get("consent_default").cloned().unwrap_or_default())
+}
+
+/// What a form says about its refused fields, in the page's language.
+fn messages(errors: &BTreeMap<String, Invalid>, words: &Words) -> BTreeMap<String, String> {
+    errors
+        .iter()
+        .map(|(name, invalid)| {
+            let field_label = Field::parse(name).map(|f| label(&f, words)).unwrap_or_else(|| name.clone());
+            (name.clone(), invalid.message(&field_label, words))
+        })
+        .collect()
+}
+
+/// What a landing page's form holds: its token, the visit's attribution, what was typed and
+/// ticked, and what was refused.
+struct Form<'a> {
+    token: &'a str,
+    hidden: &'a BTreeMap<String, String>,
+    values: &'a BTreeMap<String, String>,
+    ticked: &'a BTreeSet<Channel>,
+    errors: &'a BTreeMap<String, String>,
+    message: Option<&'a str>,
+}
+
+impl Form<'_> {
+    const EMPTY: Form<'static> = Form {
+        token: "",
+        hidden: &BTreeMap::new(),
+        values: &BTreeMap::new(),
+        ticked: &BTreeSet::new(),
+        errors: &BTreeMap::new(),
+        message: None,
+    };
+}
+
+/// Everything a page template gets besides what every public page gets (see [`Face::render`]).
+fn context(state: &AppState, page: &Page, words: &Words, form: &Form<'_>) -> tera::Context {
     let fields: Vec<Value> = page
         .fields
         .iter()
@@ -84,9 +124,9 @@ fn context(
             let name = f.name();
             let (kind, autocomplete) = f.input();
             json!({
-                "name": name, "id": format!("f-{}", name.replace('.', "-")), "label": f.label(), "type": kind,
+                "name": name, "id": format!("f-{}", name.replace('.', "-")), "label": label(f, words), "type": kind,
                 "autocomplete": autocomplete, "required": page.required.contains(f), "max": f.max_chars(),
-                "value": values.get(&name).cloned().unwrap_or_default(), "error": errors.get(&name),
+                "value": form.values.get(&name).cloned().unwrap_or_default(), "error": form.errors.get(&name),
             })
         })
         .collect();
@@ -94,57 +134,33 @@ fn context(
         .channels
         .iter()
         .map(|c| {
-            let label = match c {
-                Channel::Email => "By email",
-                Channel::Sms => "By text message (SMS)",
+            let key = match c {
+                Channel::Email => "consent_email",
+                Channel::Sms => "consent_sms",
             };
-            json!({"channel": c, "name": format!("consent_{}", c.as_str()), "label": label, "checked": ticked.contains(c)})
+            let label = words.get(key).cloned().unwrap_or_default();
+            json!({"channel": c, "name": format!("consent_{}", c.as_str()), "label": label, "checked": form.ticked.contains(c)})
         })
         .collect();
-    let hidden: Vec<Value> = hidden.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
+    let hidden: Vec<Value> = form.hidden.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
+    let cta = page.cta.clone().unwrap_or_else(|| words.get("sign_up").cloned().unwrap_or_default());
     let value = json!({
         "page": {
             "slug": page.slug, "title": page.title, "description": page.description,
-            "consent_text": page.consent_text, "double_opt_in": page.double_opt_in,
+            "image": page.image, "image_alt": page.image_alt.clone().unwrap_or_default(), "bullets": page.bullets,
+            "cta": cta, "url": format!("{}p/{}", state.config.base_url, page.slug),
+            "consent_text": consent_text(page, words), "double_opt_in": page.double_opt_in,
             "action": format!("/p/{}", page.slug),
         },
-        "form": {"token_name": guard::TOKEN, "token": token, "honeypot": guard::HONEYPOT, "hidden": hidden},
-        "values": values, "errors": errors, "fields": fields, "consents": consents, "message": message,
+        "form": {"token_name": guard::TOKEN, "token": form.token, "honeypot": guard::HONEYPOT, "hidden": hidden},
+        "values": form.values, "errors": form.errors, "fields": fields, "consents": consents, "message": form.message,
     });
-    tera::Context::from_serialize(&value).unwrap_or_default()
+    context_of(value)
 }
 
-/// The shipped page templates, built into the binary: what a page falls back to when its own
-/// template is missing or broken, so that a mistake in `templates/` never takes a form down.
-static BUILT_IN: std::sync::LazyLock<Option<tera::Tera>> = std::sync::LazyLock::new(|| {
-    let mut tera = tera::Tera::new();
-    let added = tera.add_raw_templates([
-        ("pages/_style.html", include_str!("../../../templates/pages/_style.html")),
-        ("pages/default.html", include_str!("../../../templates/pages/default.html")),
-        ("pages/thank-you.html", include_str!("../../../templates/pages/thank-you.html")),
-    ]);
-    added.map(|()| tera).map_err(|e| tracing::error!(error = %e, "the built-in page templates do not parse")).ok()
-});
-
-/// Renders the template `name`, or when it cannot be rendered, the built-in `fallback`.
-/// Renders a page template (with `business` added to its context), or the built-in one.
-fn render(state: &AppState, name: &str, fallback: &str, mut context: tera::Context, status: StatusCode) -> Response {
-    context.insert("business", &state.config.business);
-    let rendered = state.catalog.templates().tera().render(name, &context).or_else(|e| {
-        tracing::error!(template = name, error = %e, "a page template failed to render; the built-in one is shown");
-        BUILT_IN.as_ref().map_or(Err(e), |built_in| built_in.render(fallback, &context))
-    });
-    match rendered {
-        Ok(body) => (status, [(header::CACHE_CONTROL, "no-store")], Html(body)).into_response(),
-        Err(e) => {
-            tracing::error!(template = name, error = %e, "a page template failed to render");
-            plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Please try again",
-                "<p>This page cannot be shown just now. Please try again in a minute.</p>",
-            )
-        }
-    }
+/// The language of a landing page: its own, else the visitor's browser's.
+fn page_language(face: &Face, page: &Page, headers: &HeaderMap) -> String {
+    face.language(&[page.locale.as_deref()], headers)
 }
 
 /// The visit's attribution as hidden fields: UTM parameters and click ids from the query, and
@@ -162,12 +178,15 @@ fn attribution_fields(query: &BTreeMap<String, String>, headers: &HeaderMap) -> 
 
 async fn show(
     State(state): State<AppState>,
+    State(face): State<Face>,
     Path(slug): Path<String>,
     method: axum::http::Method,
     Query(query): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(page) = state.catalog.pages().get(&slug) else { return page_not_found() };
+    let Some(page) = state.catalog.pages().get(&slug) else {
+        return face.not_found(&face.language(&[], &headers), "page");
+    };
     // Counted server-side, without cookies; machines apart.
     let landing = format!("{}p/{}", state.config.base_url, page.slug);
     let referrer = text_header(&headers, header::REFERER, 2000);
@@ -187,26 +206,36 @@ async fn show(
     }
     let token = state.signer.form_token(&page.slug, state.clock.now());
     let hidden = attribution_fields(&query, &headers);
-    let context = context(&page, &token, &hidden, &BTreeMap::new(), &BTreeSet::new(), &BTreeMap::new(), None);
-    render(&state, &page.template, crate::workflow::page::DEFAULT_TEMPLATE, context, StatusCode::OK)
+    let lang = page_language(&face, &page, &headers);
+    let words = face.translations().words(&lang);
+    let context = context(&state, &page, &words, &Form { token: &token, hidden: &hidden, ..Form::EMPTY });
+    face.render(&lang, &page.template, DEFAULT_TEMPLATE, context, StatusCode::OK, Kind::Public)
 }
 
-async fn thanks(State(state): State<AppState>, Path(slug): Path<String>) -> Response {
-    let Some(page) = state.catalog.pages().get(&slug) else { return page_not_found() };
+async fn thanks(
+    State(state): State<AppState>,
+    State(face): State<Face>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(page) = state.catalog.pages().get(&slug) else {
+        return face.not_found(&face.language(&[], &headers), "page");
+    };
+    let lang = page_language(&face, &page, &headers);
     match &page.thank_you {
-        ThankYou::Redirect(url) => redirect(url),
+        ThankYou::Redirect(url) => redirect(&face, &lang, url),
         ThankYou::Template(name) => {
-            let context =
-                context(&page, "", &BTreeMap::new(), &BTreeMap::new(), &BTreeSet::new(), &BTreeMap::new(), None);
-            render(&state, name, crate::workflow::page::DEFAULT_THANK_YOU, context, StatusCode::OK)
+            let words = face.translations().words(&lang);
+            let context = context(&state, &page, &words, &Form::EMPTY);
+            face.render(&lang, name, DEFAULT_THANK_YOU, context, StatusCode::OK, Kind::Public)
         }
     }
 }
 
-fn redirect(location: &str) -> Response {
+fn redirect(face: &Face, lang: &str, location: &str) -> Response {
     match HeaderValue::from_str(location) {
         Ok(value) => (StatusCode::SEE_OTHER, [(header::LOCATION, value)]).into_response(),
-        Err(_) => plain(StatusCode::OK, "Thank you", "<p>Thank you.</p>"),
+        Err(_) => face.notice(lang, StatusCode::OK, "thanks_title", "thanks_subscribed"),
     }
 }
 
@@ -222,8 +251,15 @@ fn cors(page: &Page, headers: &HeaderMap, response: &mut Response) {
     }
 }
 
-async fn preflight(State(catalog): State<Arc<Catalog>>, Path(slug): Path<String>, headers: HeaderMap) -> Response {
-    let Some(page) = catalog.pages().get(&slug) else { return page_not_found() };
+async fn preflight(
+    State(catalog): State<Arc<Catalog>>,
+    State(face): State<Face>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(page) = catalog.pages().get(&slug) else {
+        return face.not_found(&face.language(&[], &headers), "page");
+    };
     let mut response = StatusCode::NO_CONTENT.into_response();
     cors(&page, &headers, &mut response);
     if response.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
@@ -240,16 +276,21 @@ async fn token(
     State(clock): State<SharedClock>,
     State(catalog): State<Arc<Catalog>>,
     State(signer): State<Signer>,
+    State(face): State<Face>,
     Path(slug): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(page) = catalog.pages().get(&slug) else { return page_not_found() };
+    let Some(page) = catalog.pages().get(&slug) else {
+        return face.not_found(&face.language(&[], &headers), "page");
+    };
     let token = signer.form_token(&page.slug, clock.now());
+    let lang = page_language(&face, &page, &headers);
+    let words = face.translations().words(&lang);
     let fields: Vec<String> = page.fields.iter().map(|f| f.name()).collect();
     let required: Vec<String> = page.required.iter().map(|f| f.name()).collect();
     let body = json!({
         "token": token, "token_field": guard::TOKEN, "honeypot": guard::HONEYPOT,
-        "fields": fields, "required": required, "channels": page.channels, "consent_text": page.consent_text,
+        "fields": fields, "required": required, "channels": page.channels, "consent_text": consent_text(&page, &words), "lang": lang,
     });
     let mut response = ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response();
     cors(&page, &headers, &mut response);
@@ -313,7 +354,7 @@ fn read_body(json: bool, body: &[u8]) -> Result<(BTreeMap<String, String>, BTree
 }
 
 /// The answer to a signup that went through (or a bot's): the same whatever was stored before.
-fn accepted(page: &Page, json: bool, headers: &HeaderMap) -> Response {
+fn accepted(face: &Face, lang: &str, page: &Page, json: bool, headers: &HeaderMap) -> Response {
     let mut response = if json {
         let message = if page.double_opt_in {
             "Thanks! Check your inbox (or your texts) to confirm."
@@ -323,8 +364,8 @@ fn accepted(page: &Page, json: bool, headers: &HeaderMap) -> Response {
         (StatusCode::ACCEPTED, axum::Json(json!({"status": "received", "message": message}))).into_response()
     } else {
         match &page.thank_you {
-            ThankYou::Redirect(url) => redirect(url),
-            ThankYou::Template(_) => redirect(&format!("/p/{}/thanks", page.slug)),
+            ThankYou::Redirect(url) => redirect(face, lang, url),
+            ThankYou::Template(_) => redirect(face, lang, &format!("/p/{}/thanks", page.slug)),
         }
     };
     cors(page, headers, &mut response);
@@ -333,11 +374,14 @@ fn accepted(page: &Page, json: bool, headers: &HeaderMap) -> Response {
 
 async fn submit(
     State(state): State<AppState>,
+    State(face): State<Face>,
     Path(slug): Path<String>,
     ClientAddress(ip): ClientAddress,
     request: Request,
 ) -> Response {
-    let Some(page) = state.catalog.pages().get(&slug) else { return page_not_found() };
+    let Some(page) = state.catalog.pages().get(&slug) else {
+        return face.not_found(&face.language(&[], request.headers()), "page");
+    };
     let now = state.clock.now();
     let headers = request.headers().clone();
     let json = headers
@@ -354,24 +398,23 @@ async fn submit(
     if let Some(ip) = ip
         && let Err(wait) = state.signup_limit.hit(ip, now)
     {
-        return too_many(json, wait.num_seconds().max(1));
+        let lang = page_language(&face, &page, &headers);
+        return too_many(&face, &lang, json, wait.num_seconds().max(1));
     }
-    match handle(&state, &page, &headers, json, &body, ip).await {
+    match handle(&state, &face, &page, &headers, json, &body, ip).await {
         Ok(response) => response,
         Err(e) => {
             tracing::error!(page = %page.slug, error = %e, "a signup could not be stored");
-            let mut response = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Please try again",
-                "<p>We could not record your signup just now; nothing was stored. Please try again in a minute.</p>",
-            );
+            let lang = page_language(&face, &page, &headers);
+            let mut response =
+                face.notice(&lang, StatusCode::SERVICE_UNAVAILABLE, "try_again_title", "signup_failed_text");
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
             response
         }
     }
 }
 
-fn too_many(json: bool, seconds: i64) -> Response {
+fn too_many(face: &Face, lang: &str, json: bool, seconds: i64) -> Response {
     let mut response = if json {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -380,11 +423,7 @@ fn too_many(json: bool, seconds: i64) -> Response {
         )
         .into_response()
     } else {
-        plain(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many signups",
-            "<p>Too many signups came from your network just now. Please try again later.</p>",
-        )
+        face.notice(lang, StatusCode::TOO_MANY_REQUESTS, "too_many_title", "too_many_text")
     };
     if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -394,6 +433,7 @@ fn too_many(json: bool, seconds: i64) -> Response {
 
 async fn handle(
     state: &AppState,
+    face: &Face,
     page: &Arc<Page>,
     headers: &HeaderMap,
     json: bool,
@@ -405,6 +445,9 @@ async fn handle(
         Ok(read) => read,
         Err(problem) => return Ok(problem.into_response()),
     };
+    // The language the form was shown in (it says so in a hidden field), else the page's.
+    let lang = face.language(&[values.get("lang").map(String::as_str), page.locale.as_deref()], headers);
+    let words = face.translations().words(&lang);
     let rules = guard::Rules { min_fill: state.config.form_min_fill, max_age: chrono::Duration::hours(24) };
     let signer = &state.signer;
     let token = values.get(guard::TOKEN).cloned().unwrap_or_default();
@@ -415,7 +458,7 @@ async fn handle(
         let reason = rejection.counter().trim_start_matches("rejected_");
         crate::core::metrics::inc("ownlist_signups_rejected_total", &[("page", &page.slug), ("reason", reason)]);
         signup::count(&state.db, &page.slug, rejection.counter(), now).await?;
-        return Ok(accepted(page, json, headers));
+        return Ok(accepted(face, &lang, page, json, headers));
     }
     let mut query = BTreeMap::new();
     for name in attribution::PARAMS {
@@ -438,10 +481,13 @@ async fn handle(
         attribution: touch,
         ip: ip.map(|ip| ip.to_string()),
         user_agent: text_header(headers, header::USER_AGENT, 500),
+        lang: lang.clone(),
+        consent_text: consent_text(page, &words),
     };
     let valid = match signup::validate(page, submission) {
         Ok(valid) => valid,
         Err(errors) => {
+            let errors = messages(&errors, &words);
             if json {
                 let fields = errors.into_iter().map(|(field, message)| FieldError::new(field, message)).collect();
                 let mut response = ApiError::from(Error::Invalid(fields)).into_response();
@@ -453,15 +499,18 @@ async fn handle(
                 .filter(|(k, _)| attribution::PARAMS.contains(&k.as_str()) || k.as_str() == "referrer")
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            let message = "Please check the fields marked below.";
-            let context = context(page, &token, &hidden, &values, &ticked, &errors, Some(message));
-            return Ok(render(
-                state,
-                &page.template,
-                crate::workflow::page::DEFAULT_TEMPLATE,
-                context,
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ));
+            let message = words.get("check_fields").cloned().unwrap_or_default();
+            let form = Form {
+                token: &token,
+                hidden: &hidden,
+                values: &values,
+                ticked: &ticked,
+                errors: &errors,
+                message: Some(&message),
+            };
+            let context = context(state, page, &words, &form);
+            let status = StatusCode::UNPROCESSABLE_ENTITY;
+            return Ok(face.render(&lang, &page.template, DEFAULT_TEMPLATE, context, status, Kind::Public));
         }
     };
     let outcome = signup::submit(&state.db, &settings(state), &state.catalog.templates(), now, page, valid).await?;
@@ -475,48 +524,44 @@ async fn handle(
     if matches!(outcome, signup::Outcome::Written { confirmations } if confirmations > 0) {
         state.engine.ring();
     }
-    Ok(accepted(page, json, headers))
+    Ok(accepted(face, &lang, page, json, headers))
 }
 
 async fn confirm(
     State(state): State<AppState>,
+    State(face): State<Face>,
     Path(token): Path<String>,
     ClientAddress(ip): ClientAddress,
     request: Request,
 ) -> Response {
     let now = state.clock.now();
+    let headers = request.headers();
+    let page = |slug: &str| state.catalog.pages().get(slug);
+    let lang_of = |page: Option<&Arc<Page>>| face.language(&[page.and_then(|p| p.locale.as_deref())], headers);
     let ip = ip.map(|ip| ip.to_string());
     let user_agent = text_header(request.headers(), header::USER_AGENT, 500);
     let signer = state.signer.clone();
     match signup::confirm_link(&state.db, &signer, now, &token, ip, user_agent).await {
         Ok(Confirmed::Now(slug)) => {
-            let title = state.catalog.pages().get(&slug).map(|p| p.title.clone()).unwrap_or_default();
-            let body = format!("<p>Thank you: you are subscribed. {}</p>", escape(&title));
-            plain(StatusCode::OK, "You are confirmed", &body)
+            let page = page(&slug);
+            let title = page.as_ref().map(|p| p.title.clone()).unwrap_or_default();
+            let context = context_of(json!({"page": {"slug": slug, "title": title}}));
+            face.page(&lang_of(page.as_ref()), "confirmed", context, StatusCode::OK, Kind::Personal)
         }
-        Ok(Confirmed::Already(_)) => {
-            plain(StatusCode::OK, "Already confirmed", "<p>You had already confirmed: nothing more to do.</p>")
+        Ok(Confirmed::Already(slug)) => {
+            let page = page(&slug);
+            let context = context_of(json!({"page": {"slug": slug}}));
+            face.page(&lang_of(page.as_ref()), "already-confirmed", context, StatusCode::OK, Kind::Personal)
         }
-        Ok(Confirmed::Expired(slug)) => plain(
-            StatusCode::GONE,
-            "This link has expired",
-            &format!(
-                "<p>Confirmation links work for a limited time. <a href=\"/p/{}\">Sign up again</a> to get a new one.</p>",
-                escape(&slug)
-            ),
-        ),
-        Ok(Confirmed::Invalid) => plain(
-            StatusCode::NOT_FOUND,
-            "This link is not valid",
-            "<p>Check that the whole link was copied from the email.</p>",
-        ),
+        Ok(Confirmed::Expired(slug)) => {
+            let page = page(&slug);
+            let again = page.as_ref().map(|p| format!("/p/{}", p.slug));
+            face.expired(&lang_of(page.as_ref()), again.as_deref())
+        }
+        Ok(Confirmed::Invalid) => face.not_found(&lang_of(None), "link"),
         Err(e) => {
             tracing::error!(error = %e, "a confirmation could not be stored");
-            plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Please try again",
-                "<p>We could not record this just now; nothing was changed. Please try again in a minute.</p>",
-            )
+            face.try_again(&lang_of(None))
         }
     }
 }

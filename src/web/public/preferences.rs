@@ -10,7 +10,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 
-use super::unsubscribe::{bad_link, escape, html};
+use serde_json::{Value, json};
+
+use super::face::{Face, Kind, context_of};
+use super::unsubscribe::bad_link;
 use crate::audience::records::ConsentOrigin;
 use crate::core::clock::SharedClock;
 use crate::core::links::Signer;
@@ -41,87 +44,65 @@ fn masked(channel: Channel, address: &str) -> String {
     }
 }
 
-fn render(choices: &Choices, notice: Option<&str>) -> Response {
-    let mut body = String::new();
-    if let Some(notice) = notice {
-        body.push_str(&format!("<p role=\"status\"><strong>{}</strong></p>", escape(notice)));
-    }
-    let hello = choices.first_name.as_deref().map(|n| format!("Hello {}. ", escape(n))).unwrap_or_default();
-    body.push_str(&format!("<p>{hello}Choose what you get from us; untick anything you no longer want.</p>"));
-    body.push_str("<form method=\"post\"><input type=\"hidden\" name=\"save\" value=\"1\">");
-    if !choices.lists.is_empty() {
-        body.push_str("<fieldset><legend>Lists</legend>");
-        for l in &choices.lists {
-            body.push_str(&format!(
-                "<p><label><input type=\"checkbox\" name=\"list\" value=\"{}\"{}> {}</label></p>",
-                escape(&l.slug),
-                if l.on { " checked" } else { "" },
-                escape(&l.name)
-            ));
-        }
-        body.push_str("</fieldset>");
-    }
-    if !choices.channels.is_empty() {
-        body.push_str("<fieldset><legend>How we may reach you</legend>");
-        for c in &choices.channels {
-            let name = if c.channel == Channel::Email { "Email" } else { "Text messages" };
-            body.push_str(&format!(
-                "<p><label><input type=\"checkbox\" name=\"channel\" value=\"{}\"{}{}> {name} ({})</label></p>",
-                c.channel.as_str(),
-                if c.on() { " checked" } else { "" },
-                if c.switchable() { "" } else { " disabled" },
-                escape(&masked(c.channel, &c.address))
-            ));
-        }
-        body.push_str("</fieldset>");
-    }
-    body.push_str("<p><button type=\"submit\">Save my choices</button></p></form>");
-    body.push_str(
-        "<form method=\"post\"><input type=\"hidden\" name=\"everything\" value=\"off\">\
-         <p><button type=\"submit\">Unsubscribe from everything</button></p></form>",
-    );
-    html(StatusCode::OK, "Your preferences", &body)
+fn render(face: &Face, lang: &str, choices: &Choices, notice: Option<&str>) -> Response {
+    let lists: Vec<Value> = choices.lists.iter().map(|l| json!({"slug": l.slug, "name": l.name, "on": l.on})).collect();
+    let channels: Vec<Value> = choices
+        .channels
+        .iter()
+        .map(|c| {
+            json!({
+                "channel": c.channel.as_str(), "address": masked(c.channel, &c.address),
+                "on": c.on(), "switchable": c.switchable(),
+            })
+        })
+        .collect();
+    let context = context_of(json!({
+        "choices": {"first_name": choices.first_name, "lists": lists, "channels": channels},
+        "notice": notice,
+    }));
+    face.page(lang, "preferences", context, StatusCode::OK, Kind::Personal)
 }
 
 async fn page(
     State(db): State<Db>,
     State(clock): State<SharedClock>,
     State(signer): State<Signer>,
+    State(face): State<Face>,
     Path(token): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     let now = clock.now();
+    let browser = || face.language(&[], &headers);
     let id = match signer.verify(Purpose::Preferences, &token, now) {
         Ok(id) => id,
-        Err(e) => return bad_link(e),
+        Err(e) => return bad_link(&face, &browser(), e),
     };
     match preferences::choices(&db, id).await {
-        Ok(Some(choices)) => render(&choices, None),
-        Ok(None) => bad_link(LinkError::Invalid),
-        Err(e) => unavailable(&e),
+        Ok(Some(choices)) => render(&face, &face.language(&[choices.locale.as_deref()], &headers), &choices, None),
+        Ok(None) => bad_link(&face, &browser(), LinkError::Invalid),
+        Err(e) => unavailable(&face, &browser(), &e),
     }
 }
 
-fn unavailable(error: &crate::core::error::Error) -> Response {
+fn unavailable(face: &Face, lang: &str, error: &crate::core::error::Error) -> Response {
     tracing::error!(error = %error, "the preference page failed");
-    html(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Please try again",
-        "<p>We could not do this just now; nothing was changed. Please try again in a minute.</p>",
-    )
+    face.try_again(lang)
 }
 
 async fn save(
     State(db): State<Db>,
     State(clock): State<SharedClock>,
     State(signer): State<Signer>,
+    State(face): State<Face>,
     Path(token): Path<String>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
     let now = clock.now();
+    let browser = || face.language(&[], &headers);
     let id = match signer.verify(Purpose::Preferences, &token, now) {
         Ok(id) => id,
-        Err(e) => return bad_link(e),
+        Err(e) => return bad_link(&face, &browser(), e),
     };
     let (mut lists, mut channels) = (BTreeSet::new(), BTreeSet::new());
     let (mut everything_off, mut saving) = (false, false);
@@ -143,11 +124,7 @@ async fn save(
     // Only the page's own forms change anything: a post that is neither (an empty one, say) must
     // not read as "nothing ticked" and withdraw everything.
     if !saving && !everything_off {
-        return html(
-            StatusCode::BAD_REQUEST,
-            "Nothing was changed",
-            "<p>Open the link again and use the page's buttons to save your choices.</p>",
-        );
+        return face.notice(&browser(), StatusCode::BAD_REQUEST, "nothing_changed_title", "nothing_changed_text");
     }
     if everything_off {
         lists.clear();
@@ -163,15 +140,15 @@ async fn save(
             .map(|v| v.chars().take(500).collect()),
     };
     if let Err(e) = preferences::save(&db, now, id, &lists, &channels, &origin).await {
-        return unavailable(&e);
+        return unavailable(&face, &browser(), &e);
     }
     match preferences::choices(&db, id).await {
         Ok(Some(choices)) => {
-            let notice =
-                if everything_off { "You are unsubscribed from everything." } else { "Your choices are saved." };
-            render(&choices, Some(notice))
+            let lang = face.language(&[choices.locale.as_deref()], &headers);
+            let notice = face.word(&lang, if everything_off { "unsubscribed_everything" } else { "choices_saved" });
+            render(&face, &lang, &choices, Some(&notice))
         }
-        Ok(None) => bad_link(LinkError::Invalid),
-        Err(e) => unavailable(&e),
+        Ok(None) => bad_link(&face, &browser(), LinkError::Invalid),
+        Err(e) => unavailable(&face, &browser(), &e),
     }
 }

@@ -89,15 +89,55 @@ impl<'a> Checker<'a> {
             let consent_text = match &p.consent_text {
                 Some(text) if text.value.trim().is_empty() => {
                     self.report(at(text), "consent_text is empty: say what the person agrees to");
-                    String::new()
+                    None
                 }
                 Some(text) if text.value.chars().count() > 2000 => {
                     self.report(at(text), "consent_text is longer than 2,000 characters");
-                    String::new()
+                    None
                 }
-                Some(text) => text.value.trim().to_owned(),
-                None => pages::DEFAULT_CONSENT_TEXT.to_owned(),
+                Some(text) => Some(text.value.trim().to_owned()),
+                None => None,
             };
+            let image = p.image.as_ref().and_then(|image| {
+                let url = image.value.trim();
+                let ok =
+                    url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some());
+                if ok {
+                    Some(url.to_owned())
+                } else {
+                    self.report(at(image), format!("image '{url}' is not an http(s) URL of a picture"));
+                    None
+                }
+            });
+            let image_alt = p.image_alt.as_ref().map(|alt| self.short_text("image_alt", alt, 300));
+            if image_alt.is_some() && image.is_none() && p.image.is_none() {
+                let alt = p.image_alt.as_ref().map_or(at(&p.slug), at);
+                self.report(alt, "image_alt describes the page's image: set image too");
+            }
+            let bullets: Vec<String> =
+                p.bullets.iter().flatten().map(|b| self.short_text("a bullet", b, 300)).collect();
+            if bullets.len() > 10 {
+                self.report(at(&p.slug), "a page lists at most 10 bullets");
+            }
+            let cta = p.cta.as_ref().map(|cta| self.short_text("cta", cta, 60));
+            let locale = p.locale.as_ref().and_then(|tag| {
+                let translations = self.context.templates.translations();
+                match translations.find(&tag.value) {
+                    Some(lang) => Some(lang.to_owned()),
+                    None => {
+                        let known = translations.languages().join(", ");
+                        self.report(
+                            at(tag),
+                            format!(
+                                "no words in '{}': the languages are {known} (add templates/locales/{}.toml)",
+                                tag.value.trim(),
+                                tag.value.trim()
+                            ),
+                        );
+                        None
+                    }
+                }
+            });
             let template = match &p.template {
                 Some(name) => {
                     self.page_template(name.value.trim(), at(name));
@@ -155,6 +195,11 @@ impl<'a> Checker<'a> {
                 slug,
                 title,
                 description: p.description.as_deref().map(str::trim).filter(|d| !d.is_empty()).map(str::to_owned),
+                image,
+                image_alt,
+                bullets,
+                cta,
+                locale,
                 template,
                 list,
                 fields,
@@ -235,6 +280,15 @@ impl<'a> Checker<'a> {
                 None
             }
         }
+    }
+
+    /// A short text of a page (a bullet, the button's words): trimmed, 1 to `max` characters.
+    fn short_text(&mut self, what: &str, text: &Spanned<String>, max: usize) -> String {
+        let trimmed = text.value.trim();
+        if trimmed.is_empty() || trimmed.chars().count() > max {
+            self.report(at(text), format!("{what} is 1 to {max} characters"));
+        }
+        trimmed.to_owned()
     }
 
     pub(super) fn page_template(&mut self, name: &str, where_: At) {
