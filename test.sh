@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test, after making sure the outside tools some of them drive are here:
 #   Postfix's smtp-sink (a real MTA), headless Chromium (the dashboard in a browser), openssl (DKIM
-#   keys, made as an operator makes them), sqlite3, schemathesis and openapi-spec-validator (the API
+#   keys, made as an operator makes them), sqlite3, SpamAssassin (the shipped emails' scores), axe-core
+#   (the public pages' accessibility, from npm, under target/tools), schemathesis and openapi-spec-validator (the API
 #   against its OpenAPI document; in a Python venv under target/tools), and, when
 #   OWNLIST_TEST_DATABASE_URL is set, PostgreSQL running and psql.
 # As root on Debian or Ubuntu it installs what is missing; elsewhere it stops at once with the
@@ -18,6 +19,7 @@ command -v smtp-sink >/dev/null 2>&1 || packages+=(postfix)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || packages+=(chromium)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 command -v sqlite3 >/dev/null 2>&1 || packages+=(sqlite3)
+command -v spamassassin >/dev/null 2>&1 || packages+=(spamassassin)
 python_tools=target/tools
 if [ ! -x "$python_tools/bin/schemathesis" ] || [ ! -x "$python_tools/bin/openapi-spec-validator" ]; then
   command -v python3 >/dev/null 2>&1 || packages+=(python3)
@@ -51,6 +53,22 @@ if [ ! -x "$python_tools/bin/schemathesis" ] || [ ! -x "$python_tools/bin/openap
   python3 -m venv "$python_tools"
   "$python_tools/bin/pip" install -q --disable-pip-version-check \
     "schemathesis==4.32.5" "openapi-spec-validator==0.9.0"
+fi
+
+# axe-core (the accessibility rules the public pages are held to), from the npm registry.
+axe=target/tools/node_modules/axe-core/axe.min.js
+if [ ! -f "$axe" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get install -y -qq npm >/dev/null
+    else
+      echo "test.sh: the tests need npm (for axe-core); install it first: sudo apt-get install -y npm" >&2
+      exit 2
+    fi
+  fi
+  echo "== installing axe-core in target/tools"
+  mkdir -p target/tools
+  npm install --prefix target/tools --no-audit --no-fund --silent "axe-core@4.14.1" >/dev/null
 fi
 
 if [ -n "${OWNLIST_TEST_DATABASE_URL:-}" ] && command -v pg_isready >/dev/null 2>&1; then

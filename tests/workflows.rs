@@ -373,24 +373,44 @@ fn a_date_trigger_must_allow_reentry() {
 }
 
 #[test]
-fn every_shipped_email_template_shows_an_unsubscribe_link() {
+fn every_shipped_email_template_shows_an_unsubscribe_link_once_in_the_layout() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
     let templates = ownlist::workflow::templates::TemplateChecker::load(&dir);
-    let context = tera::Context::from_serialize(&serde_json::json!({
+    let words = templates.translations().words("en");
+    let business =
+        serde_json::json!({"name": "Bottega Rossi", "postal_address": "Via Roma 1, Milano", "accent_color": "#2f6fed"});
+    let mut context = serde_json::json!({
         "subscriber": {"first_name": "Ada", "email": "ada@example.com", "attributes": {}},
         "workflow": {"id": "w", "name": "W"},
+        "business": business,
         "unsubscribe_url": "https://shop.example/u/TOKEN",
         "preferences_url": "https://shop.example/preferences/TOKEN",
-    }))
-    .unwrap();
+    });
     let mut checked = 0;
     for entry in std::fs::read_dir(dir.join("emails")).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         if name.starts_with('_') || !name.ends_with(".html") {
             continue;
         }
-        let html = templates.tera().render(&format!("emails/{name}"), &context).unwrap();
-        assert!(html.contains("href=\"https://shop.example/u/TOKEN\""), "{name} has no visible unsubscribe link");
+        let tera_context = tera::Context::from_serialize(&context).unwrap();
+        let body = templates.tera().render(&format!("emails/{name}"), &tera_context).unwrap();
+        assert!(!body.contains("<html"), "{name} is content for the layout, not a whole document");
+        context["body"] = serde_json::Value::String(body.clone());
+        context["has_unsubscribe"] = serde_json::Value::Bool(body.contains("/u/TOKEN"));
+        context["t"] = serde_json::to_value(&*words).unwrap();
+        context["lang"] = "en".into();
+        context["subject"] = "S".into();
+        let html =
+            templates.tera().render("emails/_layout.html", &tera::Context::from_serialize(&context).unwrap()).unwrap();
+        assert_eq!(
+            html.matches("href=\"https://shop.example/u/TOKEN\"").count(),
+            1,
+            "{name}: one unsubscribe link: {html}"
+        );
+        assert!(html.contains("Bottega Rossi · Via Roma 1, Milano"), "{name}: the sender and its address: {html}");
+        let text =
+            templates.tera().render("emails/_layout.txt", &tera::Context::from_serialize(&context).unwrap()).unwrap();
+        assert!(text.contains("Unsubscribe: https://shop.example/u/TOKEN"), "{text}");
         checked += 1;
     }
     assert!(checked >= 5, "the shipped templates were found ({checked})");

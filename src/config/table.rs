@@ -117,13 +117,13 @@ settings! {
     email_from: Text, default "`BUSINESS_NAME <noreply@HOST>` (HOST from `base_url`, `localhost` for an IP)",
         "the sender of every email, `Name <address>` or an address; `ownlist serve` warns when it is at `localhost`, which no mailbox provider accepts";
     business_name: Text, default "`ownlist`",
-        "the business's name: the default sender's name, in the shipped landing and thank-you pages' footer, and `business.name` in every template";
+        "the business's name: the default sender's name, above and below every page and email (docs/branding.md), `business.name` in templates";
     postal_address: Text, default "none (`ownlist serve` warns)",
-        "the business's postal address, which every marketing email must carry (CAN-SPAM; templates: `business.postal_address`)";
-    logo_url: Text, default "none", "an http(s) URL of the business's logo, for templates (`business.logo_url`)";
-    accent_color: Text, default "`#2f6fed`", "the brand colour, `#rrggbb`, for templates (`business.accent_color`)";
-    privacy_url: Text, default "none", "an http(s) URL of the privacy policy, linked from the shipped landing and thank-you pages (`business.privacy_url`)";
-    support_email: Text, default "none", "an address people can write to, linked from the shipped landing and thank-you pages (`business.support_email`)";
+        "the business's postal address, in every email's footer and every page's, which marketing email must carry (CAN-SPAM; `business.postal_address`)";
+    logo_url: Text, default "none", "an http(s) URL of the business's logo, above every page and email and the pages' icon (`business.logo_url`)";
+    accent_color: Text, default "`#2f6fed`", "the brand colour of buttons, cards and the icon, `#rrggbb`; button text is white or black for contrast (`business.accent_color`)";
+    privacy_url: Text, default "none", "an http(s) URL of the privacy policy, linked from every page's footer (`business.privacy_url`)";
+    support_email: Text, default "none", "an address people can write to, linked from every page's footer (`business.support_email`)";
     smtp_url: Text, default "none",
         "one SMTP relay (the common case, environment alone): `smtp://host:25` plain, `smtp://user:pw@host:587?tls=required` STARTTLS (`?tls=opportunistic`: when offered), `smtps://user:pw@host:465` TLS; `&rate=N` sends at most N messages a second to it, evenly spaced; `&cooldown=S` sets how long it is skipped after failing (default 20 s); `&timeout=S` how long its greeting and each reply may take (default: 5 s to connect, 10 s for the greeting, 30 s a reply); a path names the EHLO host";
     smtp_relays: Value, default "none",

@@ -33,7 +33,24 @@ impl Default for Business {
     }
 }
 
+/// White or near-black, whichever reads on `background` (`#rrggbb`) with a contrast of at least
+/// 4.5 (WCAG AA); white when both do.
+pub fn ink_on(background: &str) -> &'static str {
+    let channel = |i: usize| {
+        let v = background.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
+        let c = f64::from(v) / 255.0;
+        if c <= 0.040_45 { c / 12.92 } else { ((c + 0.055) / 1.055).powf(2.4) }
+    };
+    let luminance = 0.2126 * channel(1) + 0.7152 * channel(3) + 0.0722 * channel(5);
+    if 1.05 / (luminance + 0.05) >= 4.5 { "#ffffff" } else { "#111418" }
+}
+
 impl Business {
+    /// The text colour on the accent colour (buttons): see [`ink_on`].
+    pub fn accent_ink(&self) -> &'static str {
+        ink_on(&self.accent_color)
+    }
+
     /// What templates see as `business`.
     pub fn context(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
@@ -67,6 +84,15 @@ mod tests {
         for bad in ["2f6fed", "#2f6fe", "#ggg", "red", "#", ""] {
             assert_eq!(parse_color(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn button_text_reads_on_any_accent_colour() {
+        assert_eq!(ink_on("#2f6fed"), "#ffffff");
+        assert_eq!(ink_on("#1747b8"), "#ffffff");
+        assert_eq!(ink_on("#ffd400"), "#111418");
+        assert_eq!(ink_on("#ffffff"), "#111418");
+        assert_eq!(ink_on("#000000"), "#ffffff");
     }
 
     #[test]

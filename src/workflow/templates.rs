@@ -99,9 +99,29 @@ impl TemplateChecker {
         &self.locale_problems
     }
 
-    /// Checks the template `name` (a path relative to the templates folder).
+    /// Checks the template `name` (a path relative to the templates folder), and each of its
+    /// versions in other languages (`emails/welcome.it.html` beside `emails/welcome.html`).
     pub fn check_file(&self, name: &str) -> Result<(), Vec<Problem>> {
-        self.check_file_for(name, VARIABLES)
+        self.check_file_for(name, VARIABLES)?;
+        let mut problems = Vec::new();
+        for lang in self.translations.languages() {
+            let version = localized(name, lang);
+            if self.tera.contains_template(&version) || self.broken.contains_key(&version) {
+                problems.extend(self.check_file_for(&version, VARIABLES).err().unwrap_or_default());
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// The version of the template `name` in `lang` when there is one (`emails/welcome.it.html`
+    /// for `emails/welcome.html` in `it`), else `name` itself.
+    pub fn in_language<'a>(&self, name: &'a str, lang: &str) -> std::borrow::Cow<'a, str> {
+        let version = localized(name, lang);
+        if self.tera.contains_template(&version) {
+            std::borrow::Cow::Owned(version)
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        }
     }
 
     /// Like [`Self::check_file`] for a template that gets `variables` (a landing page's, say).
@@ -145,6 +165,16 @@ impl TemplateChecker {
     /// Renders a checked template (used by the engine and previews).
     pub fn tera(&self) -> &tera::Tera {
         &self.tera
+    }
+}
+
+/// `emails/welcome.html` in `it`: `emails/welcome.it.html`.
+fn localized(name: &str, lang: &str) -> String {
+    match name.rsplit_once('.') {
+        Some((stem, extension)) if !stem.ends_with('/') && !extension.contains('/') => {
+            format!("{stem}.{lang}.{extension}")
+        }
+        _ => format!("{name}.{lang}"),
     }
 }
 

@@ -110,6 +110,14 @@ impl Browser {
         tokio::time::timeout(Duration::from_secs(30), wait).await.unwrap_or_else(|_| panic!("{method} took over 30 s"))
     }
 
+    /// The value of a JavaScript expression in the page, waiting for it when it is a promise.
+    pub async fn eval_async(&mut self, expression: &str) -> Value {
+        let params = json!({"expression": expression, "returnByValue": true, "awaitPromise": true});
+        let result = self.call("Runtime.evaluate", params).await;
+        assert!(result.get("exceptionDetails").is_none(), "{expression}: {result}");
+        result["result"]["value"].clone()
+    }
+
     /// The value of a JavaScript expression in the page.
     pub async fn eval(&mut self, expression: &str) -> Value {
         let result = self.call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true})).await;
@@ -147,11 +155,16 @@ impl Browser {
 
     /// A PNG of the whole page, saved under `target/tmp/dashboard-screenshots/NAME.png`.
     pub async fn screenshot(&mut self, name: &str) -> PathBuf {
+        self.screenshot_in("dashboard-screenshots", name).await
+    }
+
+    /// A PNG of the whole page, saved under `target/tmp/FOLDER/NAME.png`.
+    pub async fn screenshot_in(&mut self, folder: &str, name: &str) -> PathBuf {
         use base64::Engine as _;
         let shot = self.call("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true})).await;
         let bytes = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(folder);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, bytes).unwrap();

@@ -239,7 +239,7 @@ async fn some_traffic(app: &TestApp) -> Vec<String> {
         .unwrap();
     let html = crate::helpers::bodies(app, message.id).await.0.unwrap();
     let start = html.find("/t/o/").unwrap();
-    let pixel = html[start..].split('"').next().unwrap();
+    let pixel = html[start..].split(['"', '\'']).next().unwrap();
     assert_eq!(visitor.get(app.url(pixel)).send().await.unwrap().status(), StatusCode::OK);
     let bought = app.post("/api/v1/events", &json!({"email": "ada@example.com", "name": "purchased"})).await;
     assert_eq!(bought.status(), StatusCode::CREATED);

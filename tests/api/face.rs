@@ -19,6 +19,7 @@ with_each_backend!(
     an_operator_overrides_a_page_and_a_broken_one_falls_back_to_the_shipped_one,
     an_operator_adds_a_language_by_adding_a_file,
     the_unsubscribe_link_of_list_mail_leaves_that_list_and_offers_everything_second,
+    an_email_speaks_its_subscribers_language_in_its_layout_and_offers_one_way_out,
 );
 
 const PAGES: &str = "pages:
@@ -215,6 +216,8 @@ async fn landing_pages_carry_preview_tags_and_personal_pages_stay_out_of_search_
         svg.contains("fill=\"#b4236b\"") && svg.contains(">B</text>"),
         "the initial in the business's colour: {svg}"
     );
+    let robots = browser().get(app.url("/robots.txt")).send().await.unwrap().text().await.unwrap();
+    assert!(robots.contains("Disallow: /u/") && robots.contains("Allow: /p/"), "{robots}");
     let old = browser().get(app.url("/favicon.ico")).send().await.unwrap();
     assert_eq!((old.status(), location(&old)), (StatusCode::PERMANENT_REDIRECT, "/favicon.svg".to_owned()));
 
@@ -314,6 +317,15 @@ async fn an_operator_adds_a_language_by_adding_a_file(backend: Backend) {
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("ja.yaml:4:13: no words in 'ja'"), "{detail}");
     assert!(detail.contains("add templates/locales/ja.toml"), "{detail}");
+    std::fs::remove_file(app.workflows_dir.join("ja.yaml")).unwrap();
+    // A locale file that does not parse: reported at its line, and its language keeps the shipped words.
+    std::fs::write(templates.path().join("locales/fr.toml"), "sign_up = \"S'inscrire\"\nkeep_in_touch = [\n").unwrap();
+    let refused = app.request(reqwest::Method::POST, "/api/v1/workflows/reload").send().await.unwrap();
+    let problem = expect_json(refused, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("locales/fr.toml:2:") && detail.contains("these words are left out"), "{detail}");
+    let (_, _, html) = get_page(&app, "/p/plain", Some("fr")).await;
+    assert!(html.contains("Restons en contact"), "{html}");
 }
 
 async fn the_unsubscribe_link_of_list_mail_leaves_that_list_and_offers_everything_second(backend: Backend) {
@@ -383,4 +395,52 @@ async fn the_unsubscribe_link_of_list_mail_leaves_that_list_and_offers_everythin
     assert!(all.text().await.unwrap().contains("Du bekommst keine E-Mails mehr von Bottega Rossi."));
     let after = expect_json(app.get(&format!("/api/v1/subscribers/{id}")).await, StatusCode::OK).await;
     assert_eq!(after["channels"]["email"], "unsubscribed");
+}
+
+async fn an_email_speaks_its_subscribers_language_in_its_layout_and_offers_one_way_out(backend: Backend) {
+    let templates = tempfile::tempdir().unwrap();
+    copy_dir(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates"), templates.path());
+    std::fs::write(
+        templates.path().join("emails/welcome.it.html"),
+        "<p>Ciao {{ subscriber.first_name }}, benvenuta!</p>",
+    )
+    .unwrap();
+    let dir = templates.path().to_path_buf();
+    let Some(app) = spawn(backend, |c| c.templates_dir = dir).await else { return };
+    for (email, locale) in [("giulia@example.com", "it"), ("ada@example.com", "en")] {
+        let person =
+            json!({"email": email, "first_name": "X", "locale": locale, "lists": ["news"], "consent": {"email": true}});
+        app.create_subscriber(person).await;
+    }
+    let welcome = json!({"list": "news", "subject": "Benvenuti", "template": "emails/welcome.html"});
+    expect_json(app.post("/api/v1/broadcasts", &welcome).await, StatusCode::CREATED).await;
+    // Inline HTML that links its own way out: the footer does not add a second.
+    let own = json!({"list": "news", "subject": "Own", "html": "<p>News.</p><p><a href=\"{{ unsubscribe_url }}\">Leave</a></p>"});
+    expect_json(app.post("/api/v1/broadcasts", &own).await, StatusCode::CREATED).await;
+    // A whole document of its own without a way out is refused.
+    let bare = json!({"list": "news", "subject": "Bare", "html": "<html><body><p>No way out.</p></body></html>"});
+    let refused = app.post("/api/v1/broadcasts", &bare).await;
+    let problem = expect_json(refused, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(problem.to_string().contains("link {{ unsubscribe_url }}"), "{problem}");
+    app.tick().await;
+    let rows = ownlist::store::entities::outbox::Entity::find().all(app.db.conn()).await.unwrap();
+    assert_eq!(rows.len(), 4, "two broadcasts to two people");
+    for row in &rows {
+        let (html, _) = crate::helpers::bodies(&app, row.id).await;
+        let html = html.unwrap();
+        let italian = row.recipient == "giulia@example.com";
+        assert!(html.contains(if italian { "<html lang=\"it\">" } else { "<html lang=\"en\">" }), "{html}");
+        assert!(html.contains("Bottega Rossi · Via Roma 1, 20121 Milano"), "{html}");
+        let ways_out = html.matches("/u/").count();
+        assert_eq!(ways_out, 1, "one unsubscribe link: {html}");
+        match (row.subject.as_deref(), italian) {
+            (Some("Benvenuti"), true) => {
+                assert!(html.contains("Ciao X, benvenuta!") && html.contains("Annulla l&#39;iscrizione</a>"), "{html}")
+            }
+            (Some("Benvenuti"), false) => {
+                assert!(html.contains("Welcome!") && html.contains(">Unsubscribe</a>"), "{html}")
+            }
+            (_, _) => assert!(html.contains(">Leave</a>") && !html.contains(">Unsubscribe</a>"), "{html}"),
+        }
+    }
 }

@@ -151,7 +151,7 @@ pub(crate) async fn confirm_path(app: &TestApp, message: &outbox::Model) -> Stri
     let html = html.unwrap();
     assert!(text.contains("/c/"), "the plain part has the link too: {text}");
     let start = html.find("/c/").unwrap();
-    html[start..].split(['"', '<', ' ']).next().unwrap().to_owned()
+    html[start..].split(['"', '\'', '<', ' ']).next().unwrap().to_owned()
 }
 
 async fn pages_name_the_business_and_link_its_privacy_policy(backend: Backend) {
@@ -719,7 +719,7 @@ async fn the_funnel_counts_views_signups_and_confirmations_by_page_source_and_da
     let html = crate::helpers::bodies(&app, sent.id).await.0.unwrap();
     let link = |marker: &str| {
         let start = html.find(marker).unwrap();
-        html[start..].split(['"', '<', ' ']).next().unwrap().to_owned()
+        html[start..].split(['"', '\'', '<', ' ']).next().unwrap().to_owned()
     };
     let (pixel, click) = (link("/t/o/"), link("/t/c/"));
     for _ in 0..2 {

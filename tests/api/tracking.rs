@@ -40,7 +40,7 @@ fn local_path(url: &str) -> String {
 }
 
 fn links_to(html: &str, prefix: &str) -> Vec<String> {
-    html.split('"').filter(|part| part.starts_with(prefix)).map(str::to_owned).collect()
+    html.split(['"', '\'']).filter(|part| part.starts_with(prefix)).map(str::to_owned).collect()
 }
 
 fn no_redirects() -> reqwest::Client {

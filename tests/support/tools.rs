@@ -39,3 +39,21 @@ pub fn openssl(test: &str) -> bool {
 pub fn chromium(test: &str) -> bool {
     present(test, "sh", &["-c", "command -v chromium || command -v chromium-browser"], "apt-get install -y chromium")
 }
+
+/// SpamAssassin, with its shipped rules (local tests only: nothing is looked up on the network).
+pub fn spamassassin(test: &str) -> bool {
+    present(test, "spamassassin", &["--version"], "apt-get install -y spamassassin")
+}
+
+/// axe-core's script (the accessibility rules), as `./test.sh` installs it from npm.
+pub fn axe(test: &str) -> Option<std::path::PathBuf> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/node_modules/axe-core/axe.min.js");
+    if script.is_file() {
+        return Some(script);
+    }
+    let message =
+        format!("{test} needs axe-core: npm install --prefix target/tools axe-core@4.14.1 (./test.sh installs it)");
+    assert!(std::env::var_os("OWNLIST_TEST_REQUIRE_TOOLS").is_none(), "{message}");
+    eprintln!("SKIPPED: {message}");
+    None
+}

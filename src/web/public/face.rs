@@ -61,18 +61,6 @@ impl FromRef<AppState> for Face {
     }
 }
 
-/// White or near-black, whichever reads on `background` (`#rrggbb`) with a contrast of at least
-/// 4.5 (WCAG AA); white when both do.
-pub fn ink_on(background: &str) -> &'static str {
-    let channel = |i: usize| {
-        let v = background.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
-        let c = f64::from(v) / 255.0;
-        if c <= 0.040_45 { c / 12.92 } else { ((c + 0.055) / 1.055).powf(2.4) }
-    };
-    let luminance = 0.2126 * channel(1) + 0.7152 * channel(3) + 0.0722 * channel(5);
-    if 1.05 / (luminance + 0.05) >= 4.5 { "#ffffff" } else { "#111418" }
-}
-
 impl Face {
     /// The words of every language in force.
     pub fn translations(&self) -> Arc<Translations> {
@@ -110,7 +98,7 @@ impl Face {
     ) -> Response {
         let business = &self.config.business;
         context.insert("business", business);
-        context.insert("accent_ink", ink_on(&business.accent_color));
+        context.insert("accent_ink", business.accent_ink());
         context.insert("lang", lang);
         context.insert("t", &*self.translations().words(lang));
         context.insert("noindex", &(kind == Kind::Personal));
@@ -175,7 +163,7 @@ impl Face {
             "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 64 64\"><rect width=\"64\" height=\"64\" rx=\"14\" fill=\"{}\"/>\
              <text x=\"32\" y=\"44\" font-family=\"system-ui,sans-serif\" font-size=\"36\" font-weight=\"700\" text-anchor=\"middle\" fill=\"{}\">{initial}</text></svg>",
             business.accent_color,
-            ink_on(&business.accent_color)
+            business.accent_ink()
         );
         ([(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "public, max-age=86400")], svg)
             .into_response()
@@ -211,15 +199,6 @@ fn last_resort() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn button_text_reads_on_any_accent_colour() {
-        assert_eq!(ink_on("#2f6fed"), "#ffffff");
-        assert_eq!(ink_on("#1747b8"), "#ffffff");
-        assert_eq!(ink_on("#ffd400"), "#111418");
-        assert_eq!(ink_on("#ffffff"), "#111418");
-        assert_eq!(ink_on("#000000"), "#ffffff");
-    }
 
     #[test]
     fn every_shipped_page_parses_together() {

@@ -40,7 +40,16 @@ pub fn routes() -> Router<AppState> {
         .route("/p/{slug}/token", get(token).options(preflight))
         .route("/c/{token}", get(confirm))
         .route("/favicon.svg", get(favicon))
+        .route("/robots.txt", get(robots))
         .route("/favicon.ico", get(|| async { axum::response::Redirect::permanent("/favicon.svg") }))
+}
+
+/// What search engines may crawl: landing pages, not personal links, tracking, the dashboard or
+/// the API.
+async fn robots() -> Response {
+    let body = "User-agent: *\nDisallow: /admin\nDisallow: /api/\nDisallow: /c/\nDisallow: /u/\nDisallow: /preferences/\nDisallow: /t/\nAllow: /p/\n";
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=86400")], body)
+        .into_response()
 }
 
 /// Every page's icon when no logo is set.

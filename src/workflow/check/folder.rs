@@ -129,6 +129,14 @@ pub fn check_dir(dir: &Path, context: &Context<'_>) -> Folder {
         folder.diagnostics.extend(problems);
         folder.files.push(FileState { path, name, id, valid });
     }
+    // A locale file that does not parse is left out (its language keeps the shipped words):
+    // reported here, where a marketer looks, though no workflow file is the worse for it.
+    for problem in context.templates.locale_problems() {
+        if let crate::workflow::templates::Problem::At { file, line, column, message } = problem {
+            let message = format!("these words are left out: {message}");
+            folder.diagnostics.push(Diagnostic { file: file.clone(), line: *line, column: *column, message });
+        }
+    }
     folder
 }
 

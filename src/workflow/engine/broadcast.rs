@@ -224,13 +224,27 @@ impl Engine {
             let links = &self.stationery;
             let context = broadcast_context(links, &row, sample_subscriber(), Uuid::nil(), now);
             for channel in &channels {
-                if let Err(problem) = render_broadcast(&templates, &row, *channel, &context) {
-                    let field = match (channel, &row.template) {
-                        (Channel::Sms, _) => "sms_text",
-                        (Channel::Email, Some(_)) => "template",
-                        (Channel::Email, None) => "html",
-                    };
-                    errors.push(FieldError::new(field, format!("cannot be rendered: {problem}")));
+                let field = match (channel, &row.template) {
+                    (Channel::Sms, _) => "sms_text",
+                    (Channel::Email, Some(_)) => "template",
+                    (Channel::Email, None) => "html",
+                };
+                match render_broadcast(&templates, &row, *channel, &context) {
+                    Err(problem) => errors.push(FieldError::new(field, format!("cannot be rendered: {problem}"))),
+                    // A whole HTML document of its own is sent as written, so it must offer the
+                    // way out itself.
+                    Ok(rendered)
+                        if rendered.html.as_deref().is_some_and(|html| {
+                            let token = context["unsubscribe_url"].as_str().and_then(|u| u.rsplit('/').next());
+                            super::message::is_document(html) && !token.is_some_and(|t| html.contains(t))
+                        }) =>
+                    {
+                        errors.push(FieldError::new(
+                            field,
+                            "is a whole HTML document (it has <html>), which is sent as written: link {{ unsubscribe_url }} in it, or leave out <html> to have the layout add the footer",
+                        ));
+                    }
+                    Ok(_) => {}
                 }
             }
         }
@@ -588,7 +602,8 @@ fn render_broadcast(
             render(templates, context, None, &MessageBody::Inline(text))
         }
         Channel::Email => match (&b.template, &b.html) {
-            (Some(name), _) => render(templates, context, b.subject.as_ref(), &MessageBody::Template(name)),
+            (Some(name), _) => render(templates, context, b.subject.as_ref(), &MessageBody::Template(name))
+                .and_then(|rendered| super::message::dress(templates, context, rendered)),
             (None, html) => {
                 let tera_context = tera::Context::from_serialize(context).map_err(|e| e.to_string())?;
                 let mut rendered = render(
@@ -606,7 +621,7 @@ fn render_broadcast(
                     rendered.text = String::new();
                 }
                 rendered.html = Some(html);
-                Ok(rendered)
+                super::message::dress(templates, context, rendered)
             }
         },
     }

@@ -54,7 +54,11 @@ impl Engine {
         }
         let context = self.render_context(workflow, s, now);
         let templates = self.templates();
-        let rendered = match render(&templates, &context, subject, &body) {
+        let rendered = render(&templates, &context, subject, &body).and_then(|rendered| match channel {
+            Channel::Email => dress(&templates, &context, rendered),
+            Channel::Sms => Ok(rendered),
+        });
+        let rendered = match rendered {
             Ok(rendered) => rendered,
             Err(problem) => {
                 run.note(
@@ -127,6 +131,8 @@ pub(super) fn render(
     subject: Option<&String>,
     body: &MessageBody<'_>,
 ) -> std::result::Result<Rendered, Reason> {
+    let locale =
+        context["subscriber"]["locale"].as_str().and_then(|l| templates.translations().find(l).map(str::to_owned));
     let context = tera::Context::from_serialize(context).map_err(|e| e.to_string())?;
     let tera = templates.tera();
     let subject = match subject {
@@ -136,6 +142,12 @@ pub(super) fn render(
     let (html, text) = match body {
         MessageBody::Inline(text) => (None, tera.render_str(text, &context, false).map_err(|e| first_line(&e))?),
         MessageBody::Template(name) => {
+            // The template's version in the subscriber's language, when there is one.
+            let name = match &locale {
+                Some(lang) => templates.in_language(name, lang),
+                None => std::borrow::Cow::Borrowed(*name),
+            };
+            let name = name.as_ref();
             let rendered = tera.render(name, &context).map_err(|e| first_line(&e))?;
             if name.ends_with(".html") || name.ends_with(".htm") {
                 let text_name = format!("{}.txt", name.trim_end_matches(".html").trim_end_matches(".htm"));
@@ -154,6 +166,78 @@ pub(super) fn render(
         }
     };
     Ok(Rendered { subject, html, text: text.trim().to_owned() })
+}
+
+/// The shipped email layout, for a templates folder without one of its own (or with a broken one).
+static LAYOUT: std::sync::LazyLock<Option<tera::Tera>> = std::sync::LazyLock::new(|| {
+    let mut tera = tera::Tera::new();
+    let added = tera.add_raw_templates([
+        (LAYOUT_HTML, include_str!("../../../templates/emails/_layout.html")),
+        (LAYOUT_TEXT, include_str!("../../../templates/emails/_layout.txt")),
+    ]);
+    added.map(|()| tera).map_err(|e| tracing::error!(error = %e, "the built-in email layout does not parse")).ok()
+});
+
+/// The layout every email's HTML goes into, and its plain-text twin.
+pub const LAYOUT_HTML: &str = "emails/_layout.html";
+pub const LAYOUT_TEXT: &str = "emails/_layout.txt";
+
+/// Whether an email's HTML is a whole document of its own (`<html>`): sent as written.
+pub(super) fn is_document(html: &str) -> bool {
+    let head: String = html.chars().take(2048).collect::<String>().to_ascii_lowercase();
+    head.contains("<html")
+}
+
+/// Puts an email's rendered parts into the layout (`emails/_layout.html` and `.txt`): the
+/// business's name or logo above, and below, a footer with its name, postal address, the
+/// preference link and the unsubscribe link (unless the message links it itself), in the
+/// subscriber's language. A message whose HTML is a whole document is left as written.
+pub(super) fn dress(
+    templates: &TemplateChecker,
+    context: &Value,
+    mut rendered: Rendered,
+) -> std::result::Result<Rendered, Reason> {
+    if rendered.html.as_deref().is_some_and(is_document) {
+        return Ok(rendered);
+    }
+    // The unsubscribe link's token (no character of it is ever escaped): found in the message,
+    // the message links it already.
+    let token = context["unsubscribe_url"].as_str().and_then(|u| u.rsplit('/').next()).unwrap_or_default();
+    let links = |text: &str| !token.is_empty() && text.contains(token);
+    let translations = templates.translations();
+    let lang = translations.choose(&[context["subscriber"]["locale"].as_str()], None);
+    let mut layout = tera::Context::from_serialize(context).map_err(|e| e.to_string())?;
+    layout.insert("lang", &lang);
+    layout.insert("t", &*translations.words(&lang));
+    layout.insert("subject", rendered.subject.as_deref().unwrap_or_default());
+    let accent = context["business"]["accent_color"].as_str().unwrap_or(crate::core::brand::DEFAULT_ACCENT);
+    layout.insert("accent_ink", crate::core::brand::ink_on(accent));
+    let render = |name: &str, layout: &tera::Context| -> std::result::Result<String, Reason> {
+        let own = templates.tera();
+        if own.contains_template(name) {
+            match own.render(name, layout) {
+                Ok(text) => return Ok(text),
+                Err(e) => {
+                    tracing::error!(template = name, error = %e, "the email layout failed; the built-in one is used")
+                }
+            }
+        }
+        match LAYOUT.as_ref() {
+            Some(built_in) => built_in.render(name, layout).map_err(|e| Reason::from(first_line(&e))),
+            None => Err(reason!("the email layout cannot be rendered")),
+        }
+    };
+    if let Some(html) = rendered.html.take() {
+        layout.insert("has_unsubscribe", &links(&html));
+        layout.insert("body", &html);
+        rendered.html = Some(render(LAYOUT_HTML, &layout)?);
+    }
+    if !rendered.text.is_empty() {
+        layout.insert("has_unsubscribe", &links(&rendered.text));
+        layout.insert("body", &rendered.text);
+        rendered.text = render(LAYOUT_TEXT, &layout)?.trim().to_owned();
+    }
+    Ok(rendered)
 }
 
 pub(super) fn first_line(error: &tera::Error) -> String {

@@ -1,0 +1,166 @@
+//! Every public page and every shipped email in a real browser, as shipped (the repository's own
+//! workflow file and templates): axe-core finds no accessibility violation on any page, nothing
+//! runs off a phone's screen, and screenshots at 390 and 1280 px are saved in
+//! `target/tmp/public-screenshots/` for a person to look at.
+
+use serde_json::{Value, json};
+
+use crate::browser::Browser;
+use crate::helpers::{Backend, TestApp, expect_json};
+use ownlist::core::clock::Clock;
+use ownlist::core::links::Purpose;
+use ownlist::store::entities::outbox;
+use sea_orm::EntityTrait;
+
+const FOLDER: &str = "public-screenshots";
+
+/// Runs axe-core on the page and returns its violations (`rule: how many elements`).
+async fn violations(browser: &mut Browser, axe: &str) -> Vec<String> {
+    browser.eval(axe).await;
+    let found = browser
+        .eval_async(
+            "axe.run(document).then(r => [r.passes.length, r.violations.map(v => \
+             v.id + ' (' + v.impact + '): ' + v.nodes.map(n => n.target.join(' ')).join(', '))])",
+        )
+        .await;
+    assert!(found[0].as_u64().is_some_and(|passed| passed >= 10), "axe-core ran its rules: {found}");
+    found[1].as_array().map(|all| all.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default()
+}
+
+/// The checks every public page passes, then its screenshots at a laptop's and a phone's width.
+async fn check(browser: &mut Browser, axe: &str, name: &str) {
+    let found = violations(browser, axe).await;
+    assert!(found.is_empty(), "{name}: axe-core finds {found:?}");
+    let shape = browser
+        .eval("[document.documentElement.lang, document.querySelectorAll('main').length, document.scripts.length]")
+        .await;
+    assert_eq!(shape[1], 1, "{name}: one <main>");
+    assert_eq!(shape[2], 0, "{name}: no script");
+    assert!(shape[0].as_str().is_some_and(|l| l.len() >= 2), "{name}: <html lang> is set");
+    browser.screenshot_in(FOLDER, &format!("{name}-1280")).await;
+    browser.resize(390, 844, true).await;
+    let fits = browser.eval("document.documentElement.scrollWidth <= window.innerWidth + 1").await;
+    assert_eq!(fits, true, "{name}: nothing runs off a phone's screen");
+    let found = violations(browser, axe).await;
+    assert!(found.is_empty(), "{name} on a phone: axe-core finds {found:?}");
+    browser.screenshot_in(FOLDER, &format!("{name}-390")).await;
+    browser.resize(1280, 900, false).await;
+}
+
+/// A POST by the page's own form (or an empty one when the page has none), as a person's click.
+async fn submit(browser: &mut Browser, selector: &str) {
+    let script = format!("document.querySelector({}).submit(); true", json!(selector));
+    browser.eval(&script).await;
+}
+
+#[tokio::test]
+async fn every_public_page_and_shipped_email_is_accessible_and_one_brand() {
+    let test = "every_public_page_and_shipped_email_is_accessible_and_one_brand";
+    if !crate::tools::chromium(test) {
+        return;
+    }
+    let Some(axe_path) = crate::tools::axe(test) else { return };
+    let axe = std::fs::read_to_string(axe_path).unwrap();
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.business.name = "Bottega Rossi".into();
+        c.business.postal_address = Some("Via Roma 1, 20121 Milano".into());
+        c.business.privacy_url = Some("https://bottega.example/privacy".into());
+        c.business.support_email = Some("ciao@bottega.example".into());
+        c.business.accent_color = "#b4236b".into();
+    })
+    .await
+    .unwrap();
+    // The product as shipped: the repository's own landing page and its workflow.
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/instagram-guide.yaml");
+    app.install_workflow("instagram-guide", &std::fs::read_to_string(shipped).unwrap()).await;
+    let mut browser = Browser::start().await;
+
+    browser.open(&app.url("/p/guide"), "/p/guide").await;
+    check(&mut browser, &axe, "landing").await;
+    // Sent empty: the form again with its errors.
+    app.clock.advance(chrono::Duration::seconds(5));
+    submit(&mut browser, "form").await;
+    browser.wait_for("/p/guide").await;
+    assert_eq!(browser.eval("document.querySelectorAll('[aria-invalid=true]').length").await, 1);
+    check(&mut browser, &axe, "landing-errors").await;
+    browser.open(&app.url("/p/guide/thanks"), "/p/guide/thanks").await;
+    check(&mut browser, &axe, "thank-you").await;
+
+    // A signup, its confirmation and its second click.
+    let response =
+        crate::pages::sign_up(&app, "guide", "", &[("email", "ada@example.com"), ("consent_email", "on")]).await;
+    assert_eq!(response.status(), reqwest::StatusCode::SEE_OTHER);
+    let ada = crate::pages::person_by_email(&app, "ada@example.com").await;
+    let confirmation = crate::pages::confirmations(&app, ada.id).await.remove(0);
+    let path = crate::pages::confirm_path(&app, &confirmation).await;
+    browser.open(&app.url(&path), &path).await;
+    check(&mut browser, &axe, "confirmed").await;
+    browser.open(&app.url(&path), &path).await;
+    check(&mut browser, &axe, "already-confirmed").await;
+
+    let (signer, _) = app.engine.links();
+    let later = app.clock.now() + chrono::Duration::days(30);
+    let unsubscribe = format!("/u/{}", signer.sign(Purpose::Unsubscribe, ada.id, later));
+    browser
+        .open(&app.url(&format!("{unsubscribe}?list=guide-leads")), &format!("{unsubscribe}?list=guide-leads"))
+        .await;
+    check(&mut browser, &axe, "unsubscribe").await;
+    submit(&mut browser, "form").await;
+    browser.wait_for(&format!("{unsubscribe}?list=guide-leads")).await;
+    let said = browser.eval("document.querySelector('h1').textContent").await;
+    assert_eq!(said, "You are unsubscribed");
+    check(&mut browser, &axe, "unsubscribed").await;
+    let preferences = format!("/preferences/{}", signer.sign(Purpose::Preferences, ada.id, later));
+    browser.open(&app.url(&preferences), &preferences).await;
+    check(&mut browser, &axe, "preferences").await;
+    browser.eval("const f = document.createElement('form'); f.id = 'empty'; f.method = 'post'; document.body.append(f); true").await;
+    submit(&mut browser, "#empty").await;
+    browser.wait_for(&preferences).await;
+    assert_eq!(browser.eval("document.querySelector('h1').textContent").await, "Nothing was changed");
+    check(&mut browser, &axe, "notice").await;
+    let expired =
+        format!("/u/{}", signer.sign(Purpose::Unsubscribe, ada.id, app.clock.now() - chrono::Duration::days(1)));
+    browser.open(&app.url(&expired), &expired).await;
+    check(&mut browser, &axe, "expired").await;
+    browser.open(&app.url("/c/not-a-link"), "/c/not-a-link").await;
+    check(&mut browser, &axe, "invalid-link").await;
+    browser.open(&app.url("/p/nowhere"), "/p/nowhere").await;
+    check(&mut browser, &axe, "not-found").await;
+
+    // Every shipped email as it is sent, in the same layout.
+    let subscriber = json!({"email": "giulia@example.com", "first_name": "Giulia", "lists": ["guide-leads"], "consent": {"email": true}});
+    app.create_subscriber(subscriber).await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/emails");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".html") && !n.starts_with('_'))
+        .collect();
+    names.sort();
+    for name in &names {
+        let body = json!({"list": "guide-leads", "subject": name, "template": format!("emails/{name}")});
+        expect_json(app.post("/api/v1/broadcasts", &body).await, reqwest::StatusCode::CREATED).await;
+    }
+    app.tick().await;
+    let rows = outbox::Entity::find().all(app.db.conn()).await.unwrap();
+    let pages = tempfile::tempdir().unwrap();
+    let mut shown = 0;
+    for row in rows.iter().filter(|r| r.recipient == "giulia@example.com") {
+        let (html, _) = crate::helpers::bodies(&app, row.id).await;
+        let html = html.unwrap();
+        assert!(html.contains("Bottega Rossi · Via Roma 1, 20121 Milano"), "{html}");
+        let name = row.subject.clone().unwrap_or_default().trim_end_matches(".html").to_owned();
+        let file = pages.path().join(format!("{name}.html"));
+        std::fs::write(&file, html).unwrap();
+        let url = format!("file://{}", file.display());
+        browser.open(&url, &file.display().to_string()).await;
+        browser.screenshot_in(FOLDER, &format!("email-{name}-1280")).await;
+        browser.resize(390, 844, true).await;
+        let fits = browser.eval("document.documentElement.scrollWidth <= window.innerWidth + 1").await;
+        assert_eq!(fits, true, "email {name}: nothing runs off a phone's screen");
+        browser.screenshot_in(FOLDER, &format!("email-{name}-390")).await;
+        browser.resize(1280, 900, false).await;
+        shown += 1;
+    }
+    assert_eq!(shown, names.len(), "one message per shipped email");
+}
