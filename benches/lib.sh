@@ -9,11 +9,12 @@ write_subscribers() {
   }' > "$2"
 }
 
-# About 4 KB of HTML: a greeting with the subscriber's name, seven paragraphs and links, a footer.
+# About 4 KB of HTML: a greeting with the subscriber's name, seven paragraphs and links, a footer
+# with its own unsubscribe link. Content, as email templates are written: it is sent in the email
+# layout (templates/emails/_layout.html), which adds the business's name and footer.
 write_news_template() {
   mkdir -p "$1/emails"
   {
-    echo '<html><body style="font-family:Helvetica,Arial,sans-serif;color:#222;max-width:600px;margin:auto">'
     echo '<h1 style="font-size:22px">Hello {{ subscriber.first_name }} {{ subscriber.last_name }},</h1>'
     for i in 1 2 3 4 5 6 7; do
       echo "<p style=\"font-size:16px;line-height:1.5\">Paragraph $i of this week's news for {{ subscriber.first_name }}: we moved our shop off the social network, so you hear from us whatever happens to it. Our spring collection is in, with new colours and sizes, and free delivery on every order this week only.</p>"
@@ -22,7 +23,6 @@ write_news_template() {
     echo '<table role="presentation" width="100%"><tr><td style="padding:16px;background:#f4f4f4">Opening hours: Monday to Saturday, 9 to 19. Questions? Reply to this email and a person will answer. You can also call us at +1 415 555 2671.</td></tr></table>'
     echo '<hr style="border:none;border-top:1px solid #ddd;margin:32px 0 16px">'
     echo '<p style="font-size:12px;color:#666">You get this because you subscribed as {{ subscriber.email }}. <a href="{{ preferences_url }}">Choose what you get</a> or <a href="{{ unsubscribe_url }}">unsubscribe</a> in one click.</p>'
-    echo '</body></html>'
   } > "$1/emails/news.html"
 }
 

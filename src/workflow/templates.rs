@@ -33,6 +33,9 @@ pub struct TemplateChecker {
     translations: Arc<Translations>,
     /// The locale files that did not parse.
     locale_problems: Vec<Problem>,
+    /// Each language's words as a template value, made once (a message's context takes a
+    /// reference to it rather than a copy of a hundred texts).
+    words: BTreeMap<String, tera::Value>,
 }
 
 impl std::fmt::Debug for TemplateChecker {
@@ -86,12 +89,47 @@ impl TemplateChecker {
             .into_iter()
             .map(|p| Problem::At { file: p.file, line: p.line, column: p.column, message: p.message })
             .collect();
-        Self { dir: dir.to_path_buf(), tera, broken, names, translations: Arc::new(translations), locale_problems }
+        let words = translations
+            .languages()
+            .into_iter()
+            .map(|lang| (lang.to_owned(), tera::Value::from_serializable(&*translations.words(lang))))
+            .collect();
+        Self {
+            dir: dir.to_path_buf(),
+            tera,
+            broken,
+            names,
+            translations: Arc::new(translations),
+            locale_problems,
+            words,
+        }
+    }
+
+    /// The words of `lang` as a template value (`t`), English for a language there are none for.
+    pub fn words_value(&self, lang: &str) -> tera::Value {
+        self.words
+            .get(lang)
+            .or_else(|| self.words.get(crate::core::i18n::FALLBACK))
+            .cloned()
+            .unwrap_or_else(|| tera::Value::from_serializable(&BTreeMap::<String, String>::new()))
     }
 
     /// The words of every language, the folder's locale files over the shipped ones.
     pub fn translations(&self) -> Arc<Translations> {
         self.translations.clone()
+    }
+
+    /// The problems of the templates no workflow file names but every page or message uses (the
+    /// pages under `pages/`, the email layout, the confirmations) that do not parse: the shipped
+    /// ones stand in for them, and `workflows check` says so.
+    pub fn shared_problems(&self) -> Vec<Problem> {
+        self.broken
+            .iter()
+            .filter(|(name, _)| {
+                name.starts_with("pages/") || name.starts_with("emails/_layout") || name.starts_with("confirm/")
+            })
+            .map(|(_, problem)| problem.clone())
+            .collect()
     }
 
     /// The locale files under `locales/` that did not parse (left out; the shipped words stand).

@@ -100,10 +100,10 @@ impl Face {
         context.insert("business", business);
         context.insert("accent_ink", business.accent_ink());
         context.insert("lang", lang);
-        context.insert("t", &*self.translations().words(lang));
+        let templates = self.catalog.templates();
+        context.insert_value("t", templates.words_value(lang));
         context.insert("noindex", &(kind == Kind::Personal));
         context.insert("favicon_url", &self.favicon_url());
-        let templates = self.catalog.templates();
         let rendered = templates.tera().render(name, &context).or_else(|e| {
             tracing::error!(template = name, error = %e, "a page template failed to render; the built-in one is shown");
             BUILT_IN.as_ref().map_or(Err(e), |built_in| built_in.render(fallback, &context))

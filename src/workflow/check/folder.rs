@@ -137,6 +137,13 @@ pub fn check_dir(dir: &Path, context: &Context<'_>) -> Folder {
             folder.diagnostics.push(Diagnostic { file: file.clone(), line: *line, column: *column, message });
         }
     }
+    // Likewise a page template or the email layout that does not parse: the shipped one is used.
+    for problem in context.templates.shared_problems() {
+        if let crate::workflow::templates::Problem::At { file, line, column, message } = problem {
+            let message = format!("{message} (the shipped template is used instead)");
+            folder.diagnostics.push(Diagnostic { file, line, column, message });
+        }
+    }
     folder
 }
 

@@ -184,8 +184,8 @@ pub const LAYOUT_TEXT: &str = "emails/_layout.txt";
 
 /// Whether an email's HTML is a whole document of its own (`<html>`): sent as written.
 pub(super) fn is_document(html: &str) -> bool {
-    let head: String = html.chars().take(2048).collect::<String>().to_ascii_lowercase();
-    head.contains("<html")
+    let head = &html.as_bytes()[..html.len().min(2048)];
+    head.windows(5).any(|w| w.eq_ignore_ascii_case(b"<html"))
 }
 
 /// Puts an email's rendered parts into the layout (`emails/_layout.html` and `.txt`): the
@@ -208,7 +208,7 @@ pub(super) fn dress(
     let lang = translations.choose(&[context["subscriber"]["locale"].as_str()], None);
     let mut layout = tera::Context::from_serialize(context).map_err(|e| e.to_string())?;
     layout.insert("lang", &lang);
-    layout.insert("t", &*translations.words(&lang));
+    layout.insert_value("t", templates.words_value(&lang));
     layout.insert("subject", rendered.subject.as_deref().unwrap_or_default());
     let accent = context["business"]["accent_color"].as_str().unwrap_or(crate::core::brand::DEFAULT_ACCENT);
     layout.insert("accent_ink", crate::core::brand::ink_on(accent));
