@@ -2,7 +2,7 @@
 # Runs every test, after making sure the outside tools some of them drive are here:
 #   Postfix's smtp-sink (a real MTA), headless Chromium (the dashboard in a browser), openssl (DKIM
 #   keys, made as an operator makes them), sqlite3, SpamAssassin (the shipped emails' scores), axe-core
-#   (the public pages' accessibility, from npm, under target/tools), schemathesis and openapi-spec-validator (the API
+#   and Lighthouse (the public pages' accessibility, from npm, under target/tools), schemathesis and openapi-spec-validator (the API
 #   against its OpenAPI document; in a Python venv under target/tools), and, when
 #   OWNLIST_TEST_DATABASE_URL is set, PostgreSQL running and psql.
 # As root on Debian or Ubuntu it installs what is missing; elsewhere it stops at once with the
@@ -55,9 +55,10 @@ if [ ! -x "$python_tools/bin/schemathesis" ] || [ ! -x "$python_tools/bin/openap
     "schemathesis==4.32.5" "openapi-spec-validator==0.9.0"
 fi
 
-# axe-core (the accessibility rules the public pages are held to), from the npm registry.
+# axe-core and Lighthouse (the rules the public pages are held to), from the npm registry.
 axe=target/tools/node_modules/axe-core/axe.min.js
-if [ ! -f "$axe" ]; then
+lighthouse=target/tools/node_modules/.bin/lighthouse
+if [ ! -f "$axe" ] || [ ! -x "$lighthouse" ]; then
   if ! command -v npm >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       apt-get install -y -qq npm >/dev/null
@@ -66,9 +67,9 @@ if [ ! -f "$axe" ]; then
       exit 2
     fi
   fi
-  echo "== installing axe-core in target/tools"
+  echo "== installing axe-core and Lighthouse in target/tools"
   mkdir -p target/tools
-  npm install --prefix target/tools --no-audit --no-fund --silent "axe-core@4.14.1" >/dev/null
+  npm install --prefix target/tools --no-audit --no-fund --silent "axe-core@4.14.1" "lighthouse@12.8.2" >/dev/null
 fi
 
 if [ -n "${OWNLIST_TEST_DATABASE_URL:-}" ] && command -v pg_isready >/dev/null 2>&1; then

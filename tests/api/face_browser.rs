@@ -164,3 +164,63 @@ async fn every_public_page_and_shipped_email_is_accessible_and_one_brand() {
     }
     assert_eq!(shown, names.len(), "one message per shipped email");
 }
+
+/// Lighthouse's scores of a page, by category (`performance`, `accessibility`, `best-practices`,
+/// `seo`), with the audits that fell short.
+fn lighthouse(bin: &std::path::Path, url: &str) -> (serde_json::Map<String, Value>, Vec<String>) {
+    let out = tempfile::tempdir().unwrap();
+    let report = out.path().join("report.json");
+    let chrome = ["chromium", "chromium-browser"]
+        .iter()
+        .find_map(|name| {
+            let found = std::process::Command::new("sh").args(["-c", &format!("command -v {name}")]).output().ok()?;
+            found.status.success().then(|| String::from_utf8_lossy(&found.stdout).trim().to_owned())
+        })
+        .unwrap();
+    let status = std::process::Command::new(bin)
+        .arg(url)
+        .args(["--quiet", "--output=json", "--chrome-flags=--headless=new --no-sandbox"])
+        .arg(format!("--output-path={}", report.display()))
+        .env("CHROME_PATH", chrome)
+        .status()
+        .unwrap();
+    assert!(status.success(), "lighthouse {url}: {status}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+    let mut scores = serde_json::Map::new();
+    let mut short = Vec::new();
+    for (name, category) in report["categories"].as_object().unwrap() {
+        scores.insert(name.clone(), category["score"].clone());
+        for audit in category["auditRefs"].as_array().unwrap() {
+            let result = &report["audits"][audit["id"].as_str().unwrap()];
+            if audit["weight"].as_f64().unwrap_or(0.0) > 0.0 && result["score"].as_f64().is_some_and(|s| s < 1.0) {
+                short.push(format!("{name}: {}", audit["id"]));
+            }
+        }
+    }
+    (scores, short)
+}
+
+/// Lighthouse's accessibility, best-practices and SEO scores of the shipped landing page and its
+/// thank-you page are 100 (its performance score depends on the machine's speed: it is measured
+/// by `benches/lighthouse.sh`, not here).
+#[tokio::test]
+async fn the_landing_and_thank_you_pages_score_100_in_lighthouse() {
+    let test = "the_landing_and_thank_you_pages_score_100_in_lighthouse";
+    let Some(bin) = crate::tools::lighthouse(test) else { return };
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.business.name = "Bottega Rossi".into();
+        c.business.postal_address = Some("Via Roma 1, 20121 Milano".into());
+        c.business.privacy_url = Some("https://bottega.example/privacy".into());
+    })
+    .await
+    .unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/instagram-guide.yaml");
+    app.install_workflow("instagram-guide", &std::fs::read_to_string(shipped).unwrap()).await;
+    for path in ["/p/guide", "/p/guide/thanks"] {
+        let (url, bin) = (app.url(path), bin.clone());
+        let (scores, short) = tokio::task::spawn_blocking(move || lighthouse(&bin, &url)).await.unwrap();
+        for category in ["accessibility", "best-practices", "seo"] {
+            assert_eq!(scores[category].as_f64(), Some(1.0), "{path}: {category} {scores:?}; short: {short:?}");
+        }
+    }
+}

@@ -57,3 +57,16 @@ pub fn axe(test: &str) -> Option<std::path::PathBuf> {
     eprintln!("SKIPPED: {message}");
     None
 }
+
+/// Lighthouse's command line, as `./test.sh` installs it from npm (it drives Chromium).
+pub fn lighthouse(test: &str) -> Option<std::path::PathBuf> {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/node_modules/.bin/lighthouse");
+    if bin.is_file() && chromium(test) {
+        return Some(bin);
+    }
+    let message =
+        format!("{test} needs Lighthouse: npm install --prefix target/tools lighthouse@12.8.2 (./test.sh installs it)");
+    assert!(std::env::var_os("OWNLIST_TEST_REQUIRE_TOOLS").is_none(), "{message}");
+    eprintln!("SKIPPED: {message}");
+    None
+}

@@ -143,6 +143,11 @@ impl Face {
         self.page(lang, "not-found", context_of(json!({"what": what})), StatusCode::NOT_FOUND, Kind::Personal)
     }
 
+    /// 404 for a landing page that does not exist, in the browser's language.
+    pub fn no_page(&self, headers: &HeaderMap) -> Response {
+        self.not_found(&self.language(&[], headers), "page")
+    }
+
     /// 410: a link past its time; `sign_up_url` when signing up again gets a new one.
     pub fn expired(&self, lang: &str, sign_up_url: Option<&str>) -> Response {
         let context = context_of(json!({"sign_up_url": sign_up_url}));

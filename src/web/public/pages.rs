@@ -193,9 +193,7 @@ async fn show(
     Query(query): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(page) = state.catalog.pages().get(&slug) else {
-        return face.not_found(&face.language(&[], &headers), "page");
-    };
+    let Some(page) = state.catalog.pages().get(&slug) else { return face.no_page(&headers) };
     // Counted server-side, without cookies; machines apart.
     let landing = format!("{}p/{}", state.config.base_url, page.slug);
     let referrer = text_header(&headers, header::REFERER, 2000);
@@ -227,9 +225,7 @@ async fn thanks(
     Path(slug): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(page) = state.catalog.pages().get(&slug) else {
-        return face.not_found(&face.language(&[], &headers), "page");
-    };
+    let Some(page) = state.catalog.pages().get(&slug) else { return face.no_page(&headers) };
     let lang = page_language(&face, &page, &headers);
     match &page.thank_you {
         ThankYou::Redirect(url) => redirect(&face, &lang, url),
@@ -266,9 +262,7 @@ async fn preflight(
     Path(slug): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(page) = catalog.pages().get(&slug) else {
-        return face.not_found(&face.language(&[], &headers), "page");
-    };
+    let Some(page) = catalog.pages().get(&slug) else { return face.no_page(&headers) };
     let mut response = StatusCode::NO_CONTENT.into_response();
     cors(&page, &headers, &mut response);
     if response.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
@@ -289,9 +283,7 @@ async fn token(
     Path(slug): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(page) = catalog.pages().get(&slug) else {
-        return face.not_found(&face.language(&[], &headers), "page");
-    };
+    let Some(page) = catalog.pages().get(&slug) else { return face.no_page(&headers) };
     let token = signer.form_token(&page.slug, clock.now());
     let lang = page_language(&face, &page, &headers);
     let words = face.translations().words(&lang);
@@ -389,7 +381,7 @@ async fn submit(
     request: Request,
 ) -> Response {
     let Some(page) = state.catalog.pages().get(&slug) else {
-        return face.not_found(&face.language(&[], request.headers()), "page");
+        return face.no_page(request.headers());
     };
     let now = state.clock.now();
     let headers = request.headers().clone();

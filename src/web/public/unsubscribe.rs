@@ -55,6 +55,37 @@ fn context(person: &Unsubscribing, preferences_url: &str, extra: serde_json::Val
     context_of(value)
 }
 
+/// The subscriber behind a link (its id, what the pages show of them, and their language), or the
+/// page that says why there is none.
+async fn person_behind(
+    state: &AppState,
+    face: &Face,
+    token: &str,
+    scope: &Scope,
+    headers: &HeaderMap,
+) -> Result<(uuid::Uuid, Unsubscribing, String), Response> {
+    let browser = || face.language(&[], headers);
+    let verified = state.signer.verify(Purpose::Unsubscribe, token, state.clock.now());
+    let id = verified.map_err(|e| bad_link(face, &browser(), e))?;
+    match unsubscribing(&state.db, id, scope.list.as_deref()).await {
+        Ok(Some(person)) => {
+            let lang = face.language(&[person.locale.as_deref()], headers);
+            Ok((id, person, lang))
+        }
+        Ok(None) => Err(bad_link(face, &browser(), LinkError::Invalid)),
+        Err(e) => {
+            tracing::error!(error = %e, "the unsubscribe page failed");
+            Err(face.try_again(&browser()))
+        }
+    }
+}
+
+/// A preference link for the subscriber, offered beside the unsubscribe.
+fn preferences_url(state: &AppState, id: uuid::Uuid) -> String {
+    let expires = state.clock.now() + chrono::Duration::days(PREFERENCES_LINK_DAYS);
+    state.signer.url(&state.config.base_url, "preferences", Purpose::Preferences, id, expires)
+}
+
 async fn page(
     State(state): State<AppState>,
     State(face): State<Face>,
@@ -62,24 +93,12 @@ async fn page(
     Query(scope): Query<Scope>,
     headers: HeaderMap,
 ) -> Response {
-    let (db, signer, config) = (&state.db, &state.signer, &state.config);
-    let now = state.clock.now();
-    let id = match signer.verify(Purpose::Unsubscribe, &token, now) {
-        Ok(id) => id,
-        Err(e) => return bad_link(&face, &face.language(&[], &headers), e),
+    let (id, person, lang) = match person_behind(&state, &face, &token, &scope, &headers).await {
+        Ok(found) => found,
+        Err(page) => return page,
     };
-    let person = match unsubscribing(db, id, scope.list.as_deref()).await {
-        Ok(Some(person)) => person,
-        Ok(None) => return bad_link(&face, &face.language(&[], &headers), LinkError::Invalid),
-        Err(e) => {
-            tracing::error!(error = %e, "the unsubscribe page failed");
-            return face.try_again(&face.language(&[], &headers));
-        }
-    };
-    let lang = face.language(&[person.locale.as_deref()], &headers);
-    let expires = now + chrono::Duration::days(PREFERENCES_LINK_DAYS);
-    let preferences = signer.url(&config.base_url, "preferences", Purpose::Preferences, id, expires);
-    face.page(&lang, "unsubscribe", context(&person, &preferences, json!({})), StatusCode::OK, Kind::Personal)
+    let context = context(&person, &preferences_url(&state, id), json!({}));
+    face.page(&lang, "unsubscribe", context, StatusCode::OK, Kind::Personal)
 }
 
 async fn unsubscribe(
@@ -90,23 +109,13 @@ async fn unsubscribe(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let (db, signer, config) = (&state.db, &state.signer, &state.config);
-    let now = state.clock.now();
-    let id = match signer.verify(Purpose::Unsubscribe, &token, now) {
-        Ok(id) => id,
-        Err(e) => return bad_link(&face, &face.language(&[], &headers), e),
+    let (id, person, lang) = match person_behind(&state, &face, &token, &scope, &headers).await {
+        Ok(found) => found,
+        Err(page) => return page,
     };
+    let (db, now) = (&state.db, state.clock.now());
     let one_click = body.split('&').any(|pair| pair == "List-Unsubscribe=One-Click");
     let asked_all = url::form_urlencoded::parse(body.as_bytes()).any(|(k, v)| k == "scope" && v == "all");
-    let person = match unsubscribing(db, id, scope.list.as_deref()).await {
-        Ok(Some(person)) => person,
-        Ok(None) => return bad_link(&face, &face.language(&[], &headers), LinkError::Invalid),
-        Err(e) => {
-            tracing::error!(error = %e, "unsubscribe failed");
-            return face.try_again(&face.language(&[], &headers));
-        }
-    };
-    let lang = face.language(&[person.locale.as_deref()], &headers);
     let how = if one_click { "one-click (mail client)" } else { "unsubscribe page" };
     // The list the link names, when the person is on it and did not ask to leave everything.
     let list = person.list.as_ref().filter(|_| !asked_all);
@@ -127,10 +136,8 @@ async fn unsubscribe(
     };
     match changed {
         Ok(changed) => {
-            let expires = now + chrono::Duration::days(PREFERENCES_LINK_DAYS);
-            let preferences = signer.url(&config.base_url, "preferences", Purpose::Preferences, id, expires);
             let shown = Unsubscribing { locale: None, list: list.cloned() };
-            let context = context(&shown, &preferences, json!({"already": !changed}));
+            let context = context(&shown, &preferences_url(&state, id), json!({"already": !changed}));
             face.page(&lang, "unsubscribed", context, StatusCode::OK, Kind::Personal)
         }
         Err(e) => {
