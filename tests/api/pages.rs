@@ -560,6 +560,10 @@ async fn a_single_opt_in_page_takes_json_from_the_origins_it_lists(backend: Back
     assert_eq!(response.headers()["access-control-allow-origin"], origin);
     let answer = expect_json(response, StatusCode::ACCEPTED).await;
     assert_eq!(answer["status"], "received");
+    assert_eq!(
+        (answer["message"].as_str(), answer["lang"].as_str()),
+        (Some("Thanks! You are subscribed."), Some("en"))
+    );
     let lin = person_by_email(&app, "lin@example.com").await;
     let v = view(&app, lin.id).await;
     assert_eq!(
@@ -572,6 +576,12 @@ async fn a_single_opt_in_page_takes_json_from_the_origins_it_lists(backend: Back
     assert_eq!(app.count("enrollments").await, 1, "and starts the list's workflows at once");
     let form = sign_up(&app, "shop", "", &[("email", "kim@example.com"), ("consent_email", "on")]).await;
     assert_eq!((form.status(), location(&form)), (StatusCode::SEE_OTHER, "https://shop.example.com/thanks".to_owned()));
+    // What an embedded form shows its visitor is in their language (the JSON `lang` may name it).
+    let body = json!({"_form": token["token"], "email": "mia@example.com", "consent_email": true, "lang": "it"});
+    let response = browser().post(app.url("/p/shop")).header("origin", origin).json(&body).send().await.unwrap();
+    let answer = expect_json(response, StatusCode::ACCEPTED).await;
+    assert_eq!((answer["message"].as_str(), answer["lang"].as_str()), (Some("Grazie! Sei iscritto."), Some("it")));
+    assert_eq!(person_by_email(&app, "mia@example.com").await.locale.as_deref(), Some("it"));
 }
 
 async fn the_preference_page_switches_lists_and_channels_and_records_each_change(backend: Backend) {

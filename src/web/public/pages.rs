@@ -357,12 +357,11 @@ fn read_body(json: bool, body: &[u8]) -> Result<(BTreeMap<String, String>, BTree
 /// The answer to a signup that went through (or a bot's): the same whatever was stored before.
 fn accepted(face: &Face, lang: &str, page: &Page, json: bool, headers: &HeaderMap) -> Response {
     let mut response = if json {
-        let message = if page.double_opt_in {
-            "Thanks! Check your inbox (or your texts) to confirm."
-        } else {
-            "Thanks! You are subscribed."
-        };
-        (StatusCode::ACCEPTED, axum::Json(json!({"status": "received", "message": message}))).into_response()
+        // What an embedded form shows the visitor, in the page's language.
+        let message =
+            face.word(lang, if page.double_opt_in { "json_thanks_confirm" } else { "json_thanks_subscribed" });
+        let body = json!({"status": "received", "message": message, "lang": lang});
+        (StatusCode::ACCEPTED, axum::Json(body)).into_response()
     } else {
         match &page.thank_you {
             ThankYou::Redirect(url) => redirect(face, lang, url),
