@@ -17,7 +17,7 @@ use crate::web::AppState;
 use crate::workflow::catalog::Catalog;
 
 /// The shipped page templates, by name.
-pub const SHIPPED: &[(&str, &str)] = &[
+const SHIPPED: &[(&str, &str)] = &[
     ("pages/_layout.html", include_str!("../../../templates/pages/_layout.html")),
     ("pages/_style.html", include_str!("../../../templates/pages/_style.html")),
     ("pages/default.html", include_str!("../../../templates/pages/default.html")),
