@@ -221,9 +221,16 @@ fn tokens_scenario(database: &Database) {
     assert_eq!(again.status.code(), Some(3));
     assert!(text(&again.stderr).contains("a token named 'ci-bot' exists"), "{}", text(&again.stderr));
 
+    let viewer = run(ownlist(dir.path()).args(["tokens", "create", "reader", "--role", "viewer"]));
+    assert!(text(&viewer.stderr).contains("'reader' (viewer) created"), "{}", text(&viewer.stderr));
+    let wrong = run(ownlist(dir.path()).args(["tokens", "create", "boss", "--role", "owner"]));
+    assert_eq!(wrong.status.code(), Some(2), "an unknown role is a usage error");
+    assert!(text(&wrong.stderr).contains("viewer, editor, admin"), "{}", text(&wrong.stderr));
+
     let listed = run(ownlist(dir.path()).args(["tokens", "list"]));
     let listed = text(&listed.stdout);
-    assert!(listed.starts_with("ci-bot\t"), "{listed}");
+    assert!(listed.starts_with("ci-bot\tadmin\t"), "the default role is admin: {listed}");
+    assert!(listed.contains("\nreader\tviewer\t"), "{listed}");
     assert!(!listed.contains(&token), "the list never shows a token");
 
     if database.url.is_none() {
@@ -232,6 +239,7 @@ fn tokens_scenario(database: &Database) {
     }
 
     assert!(run(ownlist(dir.path()).args(["tokens", "revoke", "ci-bot"])).status.success());
+    assert!(run(ownlist(dir.path()).args(["tokens", "revoke", "reader"])).status.success());
     let listed = run(ownlist(dir.path()).args(["tokens", "list"]));
     assert_eq!(text(&listed.stdout), "");
     let missing = run(ownlist(dir.path()).args(["tokens", "revoke", "ci-bot"]));

@@ -18,6 +18,7 @@ mod m20261122_000009_outbox_indexes;
 mod m20261201_000010_packed_bodies;
 mod m20261202_000011_body_dictionaries;
 mod m20261207_000012_declared_pages;
+mod m20261207_000013_token_roles;
 
 pub struct Migrator;
 
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000010_packed_bodies::Migration),
             Box::new(m20261202_000011_body_dictionaries::Migration),
             Box::new(m20261207_000012_declared_pages::Migration),
+            Box::new(m20261207_000013_token_roles::Migration),
         ]
     }
 }

@@ -116,7 +116,13 @@ enum WorkflowCommand {
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Create a token and print it once; only its hash is stored.
-    Create { name: String },
+    Create {
+        name: String,
+        /// What it may do: viewer (read), editor (also change the audience and send), admin (also
+        /// manage tokens and read the audit log).
+        #[arg(long, value_enum, default_value_t = tokens::Role::Admin)]
+        role: tokens::Role,
+    },
     /// List tokens by name.
     List,
     /// Revoke a token by name.
@@ -408,14 +414,14 @@ async fn shutdown_signal() {
 
 async fn manage_tokens(app: App, command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
-        TokenCommand::Create { name } => {
-            let token = tokens::create(&app.db, app.clock.now(), &name).await?;
+        TokenCommand::Create { name, role } => {
+            let token = tokens::create(&app.db, app.clock.now(), &name, role).await?;
             println!("{token}");
-            eprintln!("Token '{}' created. It is shown only now: store it somewhere safe.", name.trim());
+            eprintln!("Token '{}' ({role}) created. It is shown only now: store it somewhere safe.", name.trim());
         }
         TokenCommand::List => {
-            for (name, created) in tokens::list(&app.db).await? {
-                println!("{name}\t{}", created.to_rfc3339());
+            for token in tokens::list(&app.db).await? {
+                println!("{}\t{}\t{}", token.name, token.role, token.created_at.to_rfc3339());
             }
         }
         TokenCommand::Revoke { name } => {

@@ -61,7 +61,10 @@ pub fn router(state: AppState) -> Router {
         .merge(api::broadcasts::routes())
         .merge(api::audit::routes())
         .merge(api::stats::routes())
-        // Layers wrap what is above them: authentication runs first, then the audit log.
+        .merge(api::tokens::routes())
+        // Layers wrap what is above them: authentication runs first, then the audit log, then
+        // the role check (so a refusal is logged), all before a body is read.
+        .route_layer(middleware::from_fn(auth::require_role))
         .route_layer(middleware::from_fn_with_state(state.clone(), api::audit::record))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let api = Router::new().merge(admin).merge(openapi::routes());

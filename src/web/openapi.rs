@@ -41,6 +41,9 @@ use super::AppState;
         super::api::broadcasts::all,
         super::api::broadcasts::one,
         super::api::broadcasts::cancel,
+        super::api::tokens::all,
+        super::api::tokens::create,
+        super::api::tokens::revoke,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -50,6 +53,7 @@ use super::AppState;
         (name = "workflows", description = "Drip workflows in force, their enrollments, and events that drive them"),
         (name = "broadcasts", description = "One-off messages to a list, through the same outbox as workflows"),
         (name = "stats", description = "Funnel, workflow and delivery figures from daily rollups; any of them as CSV"),
+        (name = "tokens", description = "Admin tokens and their roles: viewer reads, editor changes and sends, admin also manages tokens and reads the audit log"),
         (name = "operations", description = "Health"),
     )
 )]

@@ -87,7 +87,7 @@ fn form(request: reqwest::RequestBuilder, pairs: &[(&str, &str)]) -> reqwest::Re
 }
 
 fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::helpers::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent("Mozilla/5.0 (X11; Linux x86_64) dashboard test")
         .build()
@@ -182,7 +182,7 @@ async fn only_a_session_opens_the_dashboard_and_sessions_end(backend: Backend) {
 
     // Revoking the token a session was opened with ends the session.
     let now = ownlist::core::clock::Clock::now(app.clock.as_ref());
-    let token = ownlist::tokens::create(&app.db, now, "dashboard").await.unwrap();
+    let token = ownlist::tokens::create(&app.db, now, "dashboard", ownlist::tokens::Role::Admin).await.unwrap();
     let cookie = log_in(&app, &token).await;
     assert_eq!(get_with(&app, "/admin", &cookie).await.status(), StatusCode::OK);
     ownlist::tokens::revoke(&app.db, "dashboard").await.unwrap();

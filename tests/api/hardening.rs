@@ -114,7 +114,7 @@ async fn webhooks_refuse_a_caller_from_its_headers_before_reading_a_body(backend
 
 async fn the_dashboard_login_refuses_other_sites_and_never_follows_a_bad_next(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else { return };
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let client = crate::helpers::client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let login = |next: &str, origin: Option<&str>| {
         let body: String = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs([("token", app.token.as_str()), ("next", next)])

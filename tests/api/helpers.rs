@@ -83,6 +83,13 @@ pub struct TestApp {
     _database: Option<PostgresDatabase>,
 }
 
+/// An HTTP client for the test server. It drops a pooled connection well before the server
+/// closes an idle one (`header_timeout`, 10 s): reusing one the server is closing at that very
+/// moment fails the request, which under a loaded machine made tests flaky.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().pool_idle_timeout(std::time::Duration::from_secs(3))
+}
+
 impl TestApp {
     /// A fresh app, or `None` for PostgreSQL when no test database is configured.
     pub async fn spawn(backend: Backend) -> Option<Self> {
@@ -111,7 +118,8 @@ impl TestApp {
         let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap()));
         let shared: SharedClock = clock.clone();
         let app = App::open(config, shared).await.unwrap().start().await.unwrap();
-        let token = ownlist::tokens::create(&app.app.db, clock.now(), "test").await.unwrap();
+        let token =
+            ownlist::tokens::create(&app.app.db, clock.now(), "test", ownlist::tokens::Role::Admin).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let db = app.app.db.clone();
@@ -124,7 +132,7 @@ impl TestApp {
         Some(Self {
             base,
             token,
-            client: reqwest::Client::new(),
+            client: client_builder().build().unwrap(),
             db,
             clock,
             backend,

@@ -52,7 +52,7 @@ async fn spawn(backend: Backend, adjust: impl FnOnce(&mut ownlist::config::Confi
 
 /// A browser that does not follow redirects (the tests look at them).
 pub(crate) fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::helpers::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent("Mozilla/5.0 (iPhone; test phone) Instagram")
         .build()

@@ -57,7 +57,7 @@ async fn each_step_counts_who_entered_passed_was_skipped_left_and_what_its_messa
         .unwrap();
     let html = crate::helpers::bodies(&app, hello.id).await.0.unwrap();
     let (pixel, click) = (link(&html, "/t/o/"), link(&html, "/t/c/"));
-    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let browser = crate::helpers::client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     for path in [&pixel, &pixel, &click, &click] {
         assert!(browser.get(app.url(path)).send().await.unwrap().status().is_success() || path == &click);
     }

@@ -44,7 +44,7 @@ fn links_to(html: &str, prefix: &str) -> Vec<String> {
 }
 
 fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    crate::helpers::client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
 async fn a_click_redirects_only_to_the_recorded_link_and_feeds_the_clicked_branch(app: TestApp) {

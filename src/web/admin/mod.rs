@@ -253,7 +253,7 @@ async fn login(
         return refused();
     }
     let actor = match crate::tokens::authenticate(&state.db, state.config.admin_token.as_deref(), token).await {
-        Ok(Some(actor)) => actor,
+        Ok(Some((actor, _role))) => actor,
         Ok(None) => return refused(),
         Err(e) => return failed(e),
     };

@@ -15,7 +15,8 @@ use crate::audience::Actor;
 use crate::core::error::Result;
 use crate::core::values::sha256_hex;
 use crate::store::Db;
-use crate::store::entities::{admin_session, api_token};
+use crate::store::entities::admin_session;
+use crate::tokens::Role;
 
 /// The cookie's name.
 pub const COOKIE: &str = "ownlist_admin";
@@ -49,14 +50,17 @@ pub async fn open(
     Ok(secret)
 }
 
+/// A session found: who logged in, and what their token may do now.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub row: admin_session::Model,
+    /// The token's role as it is now (a change of role applies to open sessions at once).
+    pub role: Role,
+}
+
 /// Who a cookie's secret belongs to: a session that has not ended, opened with a token that has
 /// not been revoked since (for the bootstrap token: that is still `bootstrap`, the configured one).
-pub async fn find(
-    db: &Db,
-    secret: &str,
-    bootstrap: Option<&str>,
-    now: DateTime<Utc>,
-) -> Result<Option<admin_session::Model>> {
+pub async fn find(db: &Db, secret: &str, bootstrap: Option<&str>, now: DateTime<Utc>) -> Result<Option<Session>> {
     let Some(session) = admin_session::Entity::find_by_id(sha256_hex(secret)).one(db.conn()).await? else {
         return Ok(None);
     };
@@ -68,15 +72,10 @@ pub async fn find(
             (Some(digest), Some(token)) => bool::from(digest.as_bytes().ct_eq(sha256_hex(token).as_bytes())),
             _ => false,
         };
-        return Ok(same.then_some(session));
+        return Ok(same.then_some(Session { row: session, role: Role::Admin }));
     }
-    if let Some(name) = session.actor.strip_prefix("token:") {
-        let alive = api_token::Entity::find().filter(api_token::Column::Name.eq(name)).one(db.conn()).await?;
-        if alive.is_none() {
-            return Ok(None);
-        }
-    }
-    Ok(Some(session))
+    let Some(name) = session.actor.strip_prefix("token:") else { return Ok(None) };
+    Ok(crate::tokens::role_of(db, name).await?.map(|role| Session { row: session, role }))
 }
 
 /// Ends the session a cookie's secret belongs to.

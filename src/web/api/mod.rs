@@ -6,5 +6,6 @@ pub(crate) mod broadcasts;
 pub(crate) mod lists;
 pub(crate) mod stats;
 pub(crate) mod subscribers;
+pub(crate) mod tokens;
 pub(crate) mod transfer;
 pub(crate) mod workflows;
