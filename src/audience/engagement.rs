@@ -80,12 +80,35 @@ pub async fn record_click(db: &Db, id: Uuid, index: usize, now: DateTime<Utc>) -
     if marked.rows_affected == 1 {
         crate::rollups::steps::message_step(&txn, &message, day, crate::rollups::steps::measure::CLICKED).await?;
     }
+    if message.broadcast_id.is_some() {
+        // A broadcast's report counts every click per link, and the messages in which each
+        // link was followed (the first click on it).
+        use crate::rollups::steps::measure::{CLICKS, LINK_CLICKED};
+        let mut tally = crate::rollups::steps::Tally::default();
+        tally.message(day, &message, CLICKS, &url);
+        if marked.rows_affected == 1 || !clicked_before(&txn, &message, &url).await? {
+            tally.message(day, &message, LINK_CLICKED, &url);
+        }
+        tally.flush(&txn).await?;
+    }
     let mut data = about(&message);
     data["url"] = json!(url);
     records::event(message.subscriber_id, kind::EMAIL_CLICKED, data, now).insert(&txn).await?;
     records::trigger(message.subscriber_id, trigger::CHANGED, "", json!({}), now).insert(&txn).await?;
     txn.commit().await?;
     Ok(Click::To(url))
+}
+
+/// Whether the link `url` of `message` was followed before (its timeline has the click).
+async fn clicked_before(txn: &sea_orm::DatabaseTransaction, message: &outbox::Model, url: &str) -> Result<bool> {
+    let clicks = crate::store::entities::event::Entity::find()
+        .filter(crate::store::entities::event::Column::SubscriberId.eq(message.subscriber_id))
+        .filter(crate::store::entities::event::Column::Kind.eq(kind::EMAIL_CLICKED))
+        .filter(crate::store::entities::event::Column::CreatedAt.gte(message.created_at))
+        .all(txn)
+        .await?;
+    let id = message.id.to_string();
+    Ok(clicks.iter().any(|e| e.data["message"].as_str() == Some(id.as_str()) && e.data["url"].as_str() == Some(url)))
 }
 
 /// Marks the message opened and records it, unless it was already.

@@ -63,17 +63,19 @@ impl<S: Carrier + 'static> Worker<S> {
         let day = now.date_naive();
         for (message, answer, tries) in answers {
             attempts.add(S::CHANNEL, tries);
-            let produced_by = message.workflow_id.clone().zip(message.step_id.clone());
-            let (message, event, bounce) = outcome::<S>(message, answer, now, self.max_age);
-            let ended = match &message.status {
+            let (update, event, bounce) = outcome::<S>(message, answer, now, self.max_age);
+            let ended = match &update.status {
                 sea_orm::ActiveValue::Set(OutboxStatus::Sent) => Some(measure::DELIVERED),
                 sea_orm::ActiveValue::Set(OutboxStatus::Failed) => Some(measure::FAILED),
                 _ => None,
             };
-            if let (Some((workflow, step)), Some(what)) = (&produced_by, ended) {
-                steps.add(day, workflow, step, what, "");
+            if let Some(what) = ended {
+                steps.message(day, message, what, "");
             }
-            updates.push(message);
+            if bounce.is_some() && message.broadcast_id.is_some() {
+                steps.message(day, message, measure::BOUNCED, "refused");
+            }
+            updates.push(update);
             events.extend(event);
             bounces.extend(bounce);
         }

@@ -123,6 +123,7 @@ async fn off_list(
     m.updated_at = Set(now);
     m.update(txn).await?;
     records::event(id, kind::UNSUBSCRIBED, json!({"list": list, "by": by}), now).insert(txn).await?;
+    crate::rollups::steps::left_list(txn, id, list, now.date_naive()).await?;
     Ok(())
 }
 

@@ -38,8 +38,23 @@ pub mod measure {
     /// Messages with a link followed (first time each).
     pub const CLICKED: &str = "clicked";
     /// Subscribers who withdrew consent for the channel after this step's message was the last
-    /// one they got on it.
+    /// one they got on it (for a broadcast, also those who left its list that way).
     pub const UNSUBSCRIBED: &str = "unsubscribed";
+    /// Broadcasts only: messages whose address bounced for good (refused when sent, or reported
+    /// by a bounce webhook about the last message the address got).
+    pub const BOUNCED: &str = "bounced";
+    /// Broadcasts only: spam complaints about the last message the address got.
+    pub const COMPLAINED: &str = "complained";
+    /// Broadcasts only: every click, with the link's URL as detail.
+    pub const CLICKS: &str = "clicks";
+    /// Broadcasts only: messages in which a link was followed, per link (URL as detail).
+    pub const LINK_CLICKED: &str = "link_clicked";
+}
+
+/// The key under which a broadcast's figures are kept in `step_daily` (step `""`): workflow ids
+/// never contain a colon, so it cannot be taken for a workflow.
+pub fn broadcast_key(id: uuid::Uuid) -> String {
+    format!("broadcast:{id}")
 }
 
 /// The longest reason kept as a skip's detail.
@@ -101,38 +116,95 @@ impl Tally {
     }
 }
 
-/// Counts one for the step that produced a message (nothing for broadcasts and confirmations).
+impl Tally {
+    /// Counts one for what produced `message`: its workflow step, or its broadcast (nothing for
+    /// confirmations).
+    pub fn message(&mut self, day: NaiveDate, message: &outbox::Model, measure: &'static str, detail: &str) {
+        if let (Some(workflow), Some(step)) = (&message.workflow_id, &message.step_id) {
+            self.add(day, workflow, step, measure, detail);
+        } else if let Some(broadcast) = message.broadcast_id {
+            self.add(day, &broadcast_key(broadcast), "", measure, detail);
+        }
+    }
+}
+
+/// Counts one for the step or broadcast that produced a message.
 pub async fn message_step(
     conn: &impl ConnectionTrait,
     message: &outbox::Model,
     day: NaiveDate,
     measure: &'static str,
 ) -> Result<()> {
-    if let (Some(workflow), Some(step)) = (&message.workflow_id, &message.step_id) {
-        let mut tally = Tally::default();
-        tally.add(day, workflow, step, measure, "");
-        tally.flush(conn).await?;
-    }
-    Ok(())
+    let mut tally = Tally::default();
+    tally.message(day, message, measure, "");
+    if tally.is_empty() { Ok(()) } else { tally.flush(conn).await }
 }
 
-/// A subscriber withdrew consent for a channel: counts an unsubscribe for the workflow step whose
-/// message was the last one sent to them on it, if any was.
+/// The last message sent to a subscriber on a channel (of list `list`, when given).
+async fn last_sent(
+    conn: &impl ConnectionTrait,
+    subscriber_id: uuid::Uuid,
+    channel: Channel,
+    list: Option<&str>,
+) -> Result<Option<outbox::Model>> {
+    let mut query = outbox::Entity::find()
+        .filter(outbox::Column::SubscriberId.eq(subscriber_id))
+        .filter(outbox::Column::Channel.eq(OutboxChannel::from(channel)))
+        .filter(outbox::Column::Status.eq(OutboxStatus::Sent));
+    if let Some(list) = list {
+        query = query.filter(outbox::Column::ListSlug.eq(list));
+    }
+    Ok(query.order_by_desc(outbox::Column::SentAt).one(conn).await?)
+}
+
+/// A subscriber withdrew consent for a channel: counts an unsubscribe (or, for a broadcast, a
+/// complaint when `complained`) for the step or broadcast whose message was the last one sent
+/// to them on it, if any was.
 pub async fn unsubscribed(
     conn: &impl ConnectionTrait,
     subscriber_id: uuid::Uuid,
     channel: Channel,
     day: NaiveDate,
+    complained: bool,
 ) -> Result<()> {
-    let last = outbox::Entity::find()
-        .filter(outbox::Column::SubscriberId.eq(subscriber_id))
-        .filter(outbox::Column::Channel.eq(OutboxChannel::from(channel)))
-        .filter(outbox::Column::Status.eq(OutboxStatus::Sent))
-        .order_by_desc(outbox::Column::SentAt)
-        .one(conn)
-        .await?;
-    match last {
-        Some(message) => message_step(conn, &message, day, measure::UNSUBSCRIBED).await,
-        None => Ok(()),
+    let Some(message) = last_sent(conn, subscriber_id, channel, None).await? else { return Ok(()) };
+    let measure = match (complained, message.broadcast_id) {
+        (true, Some(_)) => measure::COMPLAINED,
+        _ => measure::UNSUBSCRIBED,
+    };
+    message_step(conn, &message, day, measure).await
+}
+
+/// A subscriber left a list themselves (an unsubscribe link or the preference page): counts an
+/// unsubscribe for the broadcast whose email of that list was the last they got, if it was one.
+pub async fn left_list(
+    conn: &impl ConnectionTrait,
+    subscriber_id: uuid::Uuid,
+    list: &str,
+    day: NaiveDate,
+) -> Result<()> {
+    match last_sent(conn, subscriber_id, Channel::Email, Some(list)).await? {
+        Some(message) if message.broadcast_id.is_some() => {
+            message_step(conn, &message, day, measure::UNSUBSCRIBED).await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A bounce webhook reported an address bounced for good: counts it for the broadcast whose
+/// message was the last one the address got, if it was one.
+pub async fn bounced(
+    conn: &impl ConnectionTrait,
+    subscriber_id: uuid::Uuid,
+    channel: Channel,
+    day: NaiveDate,
+) -> Result<()> {
+    match last_sent(conn, subscriber_id, channel, None).await? {
+        Some(message) if message.broadcast_id.is_some() => {
+            let mut tally = Tally::default();
+            tally.message(day, &message, measure::BOUNCED, "reported");
+            tally.flush(conn).await
+        }
+        _ => Ok(()),
     }
 }

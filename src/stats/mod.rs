@@ -4,10 +4,12 @@
 //!   clicks, goals, per day, page and traffic source;
 //! - [`steps`]: workflows (`step_daily`): per step, who entered, completed, was skipped (and
 //!   why), exited, and the messages the step produced and what became of them;
-//! - [`delivery`]: relays and providers (`delivery_daily`): sent, failed, retried, latency.
+//! - [`delivery`]: relays and providers (`delivery_daily`): sent, failed, retried, latency;
+//! - [`broadcasts`]: a broadcast's report (`step_daily` under `broadcast:ID`).
 //!
 //! Days are UTC days, stored as `YYYY-MM-DD`.
 
+pub mod broadcasts;
 pub mod delivery;
 pub mod funnel;
 pub mod steps;

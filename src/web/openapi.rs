@@ -40,6 +40,7 @@ use super::AppState;
         super::api::broadcasts::create,
         super::api::broadcasts::all,
         super::api::broadcasts::one,
+        super::api::broadcasts::report,
         super::api::broadcasts::cancel,
         super::api::tokens::all,
         super::api::tokens::create,

@@ -16,6 +16,7 @@ on_both_databases!(
     a_big_broadcast_sent_while_it_is_still_being_written_arrives_once_each,
     messages_whose_keys_are_taken_are_left_out_with_their_bodies,
     messages_read_column_by_column_are_the_messages_sea_orm_reads,
+    a_broadcast_reports_what_became_of_its_messages_per_link_and_day,
 );
 
 async fn member(app: &TestApp, email: &str, extra: Value) -> String {
@@ -348,4 +349,103 @@ async fn every_message_names_the_business_set_once() {
         assert!(html.contains("color: #c0392b"), "{html}");
         assert!(html.contains("<p>[]</p>"), "a setting not set is empty: {html}");
     }
+}
+
+/// Sent on one day, read the next: the report counts opens and clicks once per message, every
+/// click per link, an unsubscribe through the list's one-click link and a bounce reported later
+/// (not twice when reported twice), with rates and day by day.
+async fn a_broadcast_reports_what_became_of_its_messages_per_link_and_day(app: TestApp) {
+    app.create_list("news").await;
+    for who in ["ada", "bob", "cy", "dee"] {
+        member(&app, &format!("{who}@example.com"), json!({})).await;
+    }
+    let html = "<p>Hi {{ subscriber.first_name }}: <a href=\"https://shop.example/a\">A</a> \
+        <a href=\"https://shop.example/b\">B</a></p>";
+    let created = broadcast(&app, json!({"list": "news", "subject": "Two links", "html": html})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    app.tick().await;
+    assert_eq!(app.email.send_due().await.unwrap(), 4);
+    app.clock.advance(chrono::Duration::days(1));
+
+    let messages = outbox::Entity::find().all(app.db.conn()).await.unwrap();
+    let of = |email: &str| messages.iter().find(|m| m.recipient == email).unwrap().id;
+    let links = |html: &str, prefix: &str| -> Vec<String> {
+        html.split(['"', '\'', '(', ')'])
+            .filter(|part| part.starts_with(prefix))
+            .map(|url| url.trim_start_matches("http://127.0.0.1:8080").to_owned())
+            .collect()
+    };
+    let client = crate::helpers::client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let visit = |path: String| {
+        let client = client.clone();
+        let url = app.url(&path);
+        async move { assert!(client.get(url).send().await.unwrap().status().as_u16() < 400, "{path}") }
+    };
+    let ada = crate::helpers::bodies(&app, of("ada@example.com")).await.0.unwrap();
+    let pixel = links(&ada, "http://127.0.0.1:8080/t/o/");
+    assert_eq!(pixel.len(), 1, "{ada}");
+    visit(pixel[0].clone()).await;
+    visit(pixel[0].clone()).await;
+    let ada_links = links(&ada, "http://127.0.0.1:8080/t/c/");
+    visit(ada_links[0].clone()).await;
+    visit(ada_links[0].clone()).await;
+    let bob = crate::helpers::bodies(&app, of("bob@example.com")).await.0.unwrap();
+    visit(links(&bob, "http://127.0.0.1:8080/t/c/")[1].clone()).await;
+
+    let raw = std::fs::read_to_string(app.data_dir.join("mail").join(format!("{}.eml", of("cy@example.com")))).unwrap();
+    let header = raw.lines().find(|l| l.starts_with("List-Unsubscribe:")).unwrap();
+    let one_click = header.split(['<', '>']).find(|p| p.starts_with("http")).unwrap();
+    assert!(one_click.ends_with("?list=news"), "{header}");
+    let left = client
+        .post(one_click.replace("http://127.0.0.1:8080", &app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert!(left.status().is_success(), "{}", left.status());
+    let bounce = json!([{"address": "dee@example.com", "type": "hard", "reason": "550 no such user"}]);
+    for _ in 0..2 {
+        let answer = client
+            .post(app.url("/webhooks/bounces"))
+            .bearer_auth(crate::helpers::BOUNCE_SECRET)
+            .json(&bounce)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+
+    let report = expect_json(app.get(&format!("/api/v1/broadcasts/{id}/report")).await, StatusCode::OK).await;
+    assert_eq!(report["broadcast"]["id"], id.as_str());
+    assert_eq!(report["broadcast"]["status"], "done");
+    assert_eq!(
+        report["totals"],
+        json!({"sent": 4, "delivered": 3, "failed": 0, "bounced": 1, "complained": 0, "opened": 2,
+               "clicked": 2, "clicks": 3, "unsubscribed": 1}),
+        "{report}"
+    );
+    assert_eq!(
+        report["rates"],
+        json!({"delivery_rate": 0.75, "bounce_rate": 0.25, "open_rate": 0.6667, "click_rate": 0.6667,
+               "click_to_open_rate": 1.0, "unsubscribe_rate": 0.3333, "complaint_rate": 0.0})
+    );
+    assert_eq!(
+        report["links"],
+        json!([{"url": "https://shop.example/a", "clicks": 2, "unique": 1},
+               {"url": "https://shop.example/b", "clicks": 1, "unique": 1}])
+    );
+    let days = report["by_day"].as_array().unwrap();
+    assert_eq!(days.len(), 2, "{days:?}");
+    assert_eq!(
+        (days[0]["day"].as_str(), days[0]["sent"].as_i64(), days[0]["opened"].as_i64()),
+        (Some("2026-03-02"), Some(4), Some(0))
+    );
+    assert_eq!(
+        (days[1]["day"].as_str(), days[1]["opened"].as_i64(), days[1]["bounced"].as_i64()),
+        (Some("2026-03-03"), Some(2), Some(1))
+    );
+
+    let missing = app.get(&format!("/api/v1/broadcasts/{}/report", uuid::Uuid::now_v7())).await;
+    expect_problem(missing, StatusCode::NOT_FOUND, "broadcast_not_found").await;
 }

@@ -14,21 +14,22 @@ use uuid::Uuid;
 /// Applies a patch in one transaction, recording each kind of change in the timeline.
 /// Marks a channel of a subscriber bounced (the address does not exist), in the caller's
 /// transaction; the subscriber becomes `bounced` when no other channel can reach them. Nothing
-/// more is sent on that channel until the address changes or consent is given again.
+/// more is sent on that channel until the address changes or consent is given again. Returns
+/// whether it was not bounced already.
 pub async fn mark_bounced(
     txn: &DatabaseTransaction,
     id: Uuid,
     channel: Channel,
     reason: &str,
     now: DateTime<Utc>,
-) -> Result<()> {
-    let Some(current) = subscriber::Entity::find_by_id(id).one(txn).await? else { return Ok(()) };
+) -> Result<bool> {
+    let Some(current) = subscriber::Entity::find_by_id(id).one(txn).await? else { return Ok(false) };
     let (state, other) = match channel {
         Channel::Email => (&current.email_state, &current.sms_state),
         Channel::Sms => (&current.sms_state, &current.email_state),
     };
     if stored(state, ChannelState::None) == ChannelState::Bounced {
-        return Ok(());
+        return Ok(false);
     }
     let other_reaches = matches!(stored(other, ChannelState::None), ChannelState::Subscribed | ChannelState::Pending);
     let mut model = current.into_active_model();
@@ -43,7 +44,7 @@ pub async fn mark_bounced(
     model.updated_at = Set(now);
     model.update(txn).await?;
     records::event(id, kind::BOUNCED, json!({"channel": channel, "reason": reason}), now).insert(txn).await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Withdraws email consent: through a signed unsubscribe link (a mail client's one-click request
@@ -127,7 +128,8 @@ pub async fn change_channel_with(
     model.update(txn).await?;
     records::consent(id, channel, granting, origin, wording, now).insert(txn).await?;
     if !granting {
-        crate::rollups::steps::unsubscribed(txn, id, channel, now.date_naive()).await?;
+        let complained = to == ChannelState::Complained;
+        crate::rollups::steps::unsubscribed(txn, id, channel, now.date_naive(), complained).await?;
     }
     // `from`: what the channel was; a channel withdrawn while only pending was never confirmed.
     let from = stored(&state, ChannelState::None);
@@ -168,7 +170,11 @@ pub async fn apply_bounce(
     reason: &str,
 ) -> Result<()> {
     match bounce {
-        Bounce::Hard => mark_bounced(txn, id, Channel::Email, reason, now).await?,
+        Bounce::Hard => {
+            if mark_bounced(txn, id, Channel::Email, reason, now).await? {
+                crate::rollups::steps::bounced(txn, id, Channel::Email, now.date_naive()).await?;
+            }
+        }
         Bounce::Soft => {
             let data = json!({"channel": Channel::Email, "reason": reason});
             records::event(id, kind::SOFT_BOUNCE, data, now).insert(txn).await?;

@@ -215,7 +215,7 @@ pub async fn update(
     consent::Entity::insert_many(consents).exec_without_returning(&txn).await?;
     event::Entity::insert_many(events).exec_without_returning(&txn).await?;
     for channel in withdrawn {
-        crate::rollups::steps::unsubscribed(&txn, id, channel, now.date_naive()).await?;
+        crate::rollups::steps::unsubscribed(&txn, id, channel, now.date_naive(), false).await?;
     }
     txn.commit().await?;
     get(db, id).await

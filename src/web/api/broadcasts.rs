@@ -23,6 +23,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/broadcasts", get(all).post(create))
         .route("/broadcasts/{id}", get(one))
+        .route("/broadcasts/{id}/report", get(report))
         .route("/broadcasts/{id}/cancel", post(cancel))
 }
 
@@ -58,6 +59,26 @@ pub async fn all(State(engine): State<Arc<Engine>>) -> ApiResult<Json<BroadcastP
 ))]
 pub async fn one(State(engine): State<Arc<Engine>>, ApiPath(id): ApiPath<Uuid>) -> ApiResult<Json<BroadcastView>> {
     Ok(Json(engine.broadcast(id).await?))
+}
+
+/// A broadcast with its report.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BroadcastReport {
+    pub broadcast: BroadcastView,
+    #[serde(flatten)]
+    pub report: crate::stats::broadcasts::Report,
+}
+
+/// A broadcast's report: sent, delivered, failed, bounced, complained, opened, clicked (and
+/// every click), unsubscribed, with rates, per link and day by day (UTC).
+#[utoipa::path(get, path = "/api/v1/broadcasts/{id}/report", tag = "broadcasts", security(("bearer" = [])), params(("id" = Uuid, Path)), responses(
+    (status = 200, body = BroadcastReport),
+    (status = 404, body = Problem),
+))]
+pub async fn report(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> ApiResult<Json<BroadcastReport>> {
+    let broadcast = state.engine.broadcast(id).await?;
+    let report = crate::stats::broadcasts::report(&state.db, id).await?;
+    Ok(Json(BroadcastReport { broadcast, report }))
 }
 
 /// Stops a broadcast: no further messages are written and unsent ones are cancelled.
