@@ -13,6 +13,7 @@ with_each_backend!(
     the_dashboard_shows_what_the_api_counts,
     the_bootstrap_token_opens_a_session_that_ends_when_the_setting_changes,
     the_workflows_page_lists_the_problems_of_invalid_files,
+    a_viewer_looks_an_editor_acts_with_the_form_token_and_an_admin_reads_the_audit_log,
 );
 
 const BOOTSTRAP: &str = "bootstrap-admin-token-0123456789";
@@ -70,7 +71,7 @@ steps:
     email: { subject: More, template: emails/welcome.html }
 ";
 
-const PRIVATE: [&str; 7] = [
+const PRIVATE: [&str; 9] = [
     "/admin",
     "/admin/pages/guide",
     "/admin/workflows",
@@ -78,6 +79,8 @@ const PRIVATE: [&str; 7] = [
     "/admin/delivery",
     "/admin/subscribers?q=ada",
     "/admin/subscribers/0190a7c1-2222-7333-8444-555566667777",
+    "/admin/broadcasts",
+    "/admin/audit",
 ];
 
 /// A form-encoded body.
@@ -108,6 +111,12 @@ async fn log_in(app: &TestApp, token: &str) -> String {
 
 async fn get_with(app: &TestApp, path: &str, cookie: &str) -> reqwest::Response {
     no_redirects().get(app.url(path)).header("cookie", cookie).send().await.unwrap()
+}
+
+/// The session's form token, as a page's forms carry it.
+fn form_token(html: &str) -> String {
+    let start = html.find("name=\"form_token\" value=\"").expect("a form token") + "name=\"form_token\" value=\"".len();
+    html[start..].split('"').next().unwrap().to_owned()
 }
 
 fn sent_to_login(response: &reqwest::Response) -> bool {
@@ -167,8 +176,16 @@ async fn only_a_session_opens_the_dashboard_and_sessions_end(backend: Backend) {
     assert_eq!(bad_range.status(), StatusCode::OK);
     assert!(bad_range.text().await.unwrap().contains("Dates look like 2026-03-01."));
 
-    // Logging out ends the session on the server: the old cookie opens nothing.
-    let out = client.post(app.url("/admin/logout")).header("cookie", &cookie).send().await.unwrap();
+    // Logging out ends the session on the server: the old cookie opens nothing. Like every
+    // form, it carries the session's form token: without it, nothing happens.
+    let refused = form(client.post(app.url("/admin/logout")).header("cookie", &cookie), &[]).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(get_with(&app, "/admin", &cookie).await.status(), StatusCode::OK);
+    let token = form_token(&get_with(&app, "/admin", &cookie).await.text().await.unwrap());
+    let out = form(client.post(app.url("/admin/logout")).header("cookie", &cookie), &[("form_token", &token)])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(out.status(), StatusCode::SEE_OTHER);
     assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
     assert!(sent_to_login(&get_with(&app, "/admin", &cookie).await));
@@ -375,4 +392,83 @@ async fn the_dashboard_shows_what_the_api_counts(backend: Backend) {
     browser.eval("document.querySelector('form[action=\"/admin/logout\"] button').click(); true").await;
     browser.wait_for("/admin/login").await;
     browser.open(&app.url("/admin"), "/admin/login").await;
+}
+
+/// Roles in the console: a viewer sees a broadcast's report but no cancel button, and is refused
+/// the action (403 naming the role) and the audit log; an editor's cancel needs the session's
+/// form token and the dashboard's own origin; the admin's audit log shows who did what, here
+/// and in the API, refusals included.
+async fn a_viewer_looks_an_editor_acts_with_the_form_token_and_an_admin_reads_the_audit_log(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    app.create_list("news").await;
+    let member = json!({"email": "ada@example.com", "lists": ["news"], "consent": {"email": true}});
+    app.create_subscriber(member).await;
+    let later = "2026-03-09T09:00:00Z";
+    let body = json!({"list": "news", "subject": "Spring <sale>", "html": "<p>Hi</p>", "send_at": later});
+    let created = expect_json(app.post("/api/v1/broadcasts", &body).await, StatusCode::CREATED).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let make = |name: &'static str, role: &'static str| {
+        let app = &app;
+        async move {
+            let made = app.post("/api/v1/tokens", &json!({"name": name, "role": role})).await;
+            expect_json(made, StatusCode::CREATED).await["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let viewer = log_in(&app, &make("reader", "viewer").await).await;
+    let editor = log_in(&app, &make("marketer", "editor").await).await;
+    let admin = log_in(&app, &app.token).await;
+    let page = format!("/admin/broadcasts/{id}");
+    let cancel = format!("/admin/broadcasts/{id}/cancel");
+    let client = no_redirects();
+    let post = |cookie: &str, pairs: &[(&str, &str)]| {
+        form(client.post(app.url(&cancel)).header("cookie", cookie), pairs).send()
+    };
+
+    let list = get_with(&app, "/admin/broadcasts", &viewer).await.text().await.unwrap();
+    assert!(list.contains("Spring &lt;sale&gt;") && list.contains(&format!("href=\"{page}\"")), "{list}");
+    let shown = get_with(&app, &page, &viewer).await.text().await.unwrap();
+    assert!(shown.contains("Scheduled") && !shown.contains(&cancel), "no button for a viewer");
+    assert!(!shown.contains("href=\"/admin/audit\""), "nor the audit log in the menu");
+    let refused = post(&viewer, &[("form_token", &form_token(&shown))]).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(refused.text().await.unwrap().contains("needs the editor role"));
+    assert_eq!(get_with(&app, "/admin/audit", &viewer).await.status(), StatusCode::FORBIDDEN);
+
+    let shown = get_with(&app, &page, &editor).await.text().await.unwrap();
+    assert!(shown.contains(&format!("action=\"{cancel}\"")), "an editor has the button");
+    let token = form_token(&shown);
+    assert_ne!(token, form_token(&get_with(&app, &page, &admin).await.text().await.unwrap()), "one per session");
+    let forged = post(&editor, &[("form_token", "guessed")]).await.unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let cross_site = form(
+        client.post(app.url(&cancel)).header("cookie", &editor).header("origin", "https://evil.example"),
+        &[("form_token", &token)],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(cross_site.status(), StatusCode::FORBIDDEN);
+    let path = format!("/api/v1/broadcasts/{id}");
+    assert_eq!(expect_json(app.get(&path).await, StatusCode::OK).await["status"], "scheduled", "nothing changed yet");
+    let done = post(&editor, &[("form_token", &token)]).await.unwrap();
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert_eq!(done.headers()["location"], page.as_str());
+    assert_eq!(expect_json(app.get(&path).await, StatusCode::OK).await["status"], "cancelled");
+
+    let log = get_with(&app, "/admin/audit", &admin).await;
+    assert_eq!(log.status(), StatusCode::OK);
+    let log = log.text().await.unwrap();
+    assert!(log.contains(&format!("POST {cancel}")), "{log}");
+    let entries = expect_json(app.get("/api/v1/audit").await, StatusCode::OK).await;
+    let of = |who: &str| -> Vec<i64> {
+        entries["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["actor"] == who && e["path"] == cancel.as_str())
+            .map(|e| e["status"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(of("token:reader"), vec![403], "the viewer's refusal is logged");
+    assert_eq!(of("token:marketer"), vec![303, 403, 403], "newest first: done, cross-site, forged");
 }

@@ -8,11 +8,19 @@
 //! - `/admin/workflows`, `/admin/workflows/{id}`: each step's flow, where people wait and drop;
 //! - `/admin/delivery`: the outbox now, each relay's and provider's sends and failures, the
 //!   circuit breakers;
-//! - `/admin/subscribers?q=`, `/admin/subscribers/{id}`: a person and their timeline.
+//! - `/admin/subscribers?q=`, `/admin/subscribers/{id}`: a person and their timeline;
+//! - `/admin/broadcasts`, `/admin/broadcasts/{id}`: every broadcast with its figures, one
+//!   broadcast's report, cancel (editors);
+//! - `/admin/audit`: who did what, in the API and here (admins).
+//!
+//! A session has its token's role (see [`crate::tokens::Role`]): a page or action the role may
+//! not use answers 403. Every form that changes something carries the session's form token and
+//! must come from the dashboard's own pages (`Origin`, `Sec-Fetch-Site`).
 //!
 //! Every figure comes from the same functions as `/api/v1/stats/*`.
 
 pub mod charts;
+mod console;
 pub mod session;
 
 use std::collections::BTreeMap;
@@ -34,6 +42,7 @@ use crate::config::Config;
 use crate::core::clock::SharedClock;
 use crate::stats::{self, Days, Filter};
 use crate::store::Db;
+use crate::tokens::Role;
 use crate::web::AppState;
 use crate::web::extract::ClientAddress;
 use crate::workflow::catalog::Catalog;
@@ -51,6 +60,9 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("subscribers.html", include_str!("templates/subscribers.html")),
     ("subscriber.html", include_str!("templates/subscriber.html")),
     ("error.html", include_str!("templates/error.html")),
+    ("broadcasts.html", include_str!("templates/broadcasts.html")),
+    ("broadcast.html", include_str!("templates/broadcast.html")),
+    ("audit.html", include_str!("templates/audit.html")),
 ];
 
 /// The dashboard's templates, parsed once (a failure here is a bug, shown as an error page).
@@ -75,13 +87,29 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/delivery", get(delivery))
         .route("/admin/subscribers", get(subscribers))
         .route("/admin/subscribers/{id}", get(subscriber))
+        .route("/admin/broadcasts", get(console::broadcasts))
+        .route("/admin/broadcasts/{id}", get(console::broadcast))
+        .route("/admin/broadcasts/{id}/cancel", post(console::cancel))
+        .route("/admin/audit", get(console::audit))
         .route("/admin/logout", post(logout))
+        // After the login: the audit log (every change made here, as the API's), then the role.
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard))
+        .route_layer(middleware::from_fn_with_state(state.clone(), crate::web::api::audit::record))
         .route_layer(middleware::from_fn_with_state(state, require_session));
     Router::new().route("/admin/login", get(login_form).post(login)).merge(private)
 }
 
 /// A page, with the headers every dashboard response carries.
-fn render(name: &str, status: StatusCode, context: Value) -> Response {
+fn render(name: &str, status: StatusCode, mut context: Value) -> Response {
+    let caller = CALLER.try_with(|c| c.clone()).ok();
+    if let Some(map) = context.as_object_mut() {
+        let role = caller.as_ref().map(|c| c.role);
+        map.insert("form_token".into(), json!(caller.as_ref().map(|c| c.form_token.clone()).unwrap_or_default()));
+        map.insert("who".into(), json!(caller.as_ref().map(|c| c.actor.label()).unwrap_or_default()));
+        map.insert("role".into(), json!(role.map(Role::as_str).unwrap_or_default()));
+        map.insert("can_edit".into(), json!(role.is_some_and(|r| r >= Role::Editor)));
+        map.insert("is_admin".into(), json!(role == Some(Role::Admin)));
+    }
     let rendered = match &*TERA {
         Ok(tera) => tera::Context::from_serialize(&context)
             .map_err(|e| e.to_string())
@@ -122,6 +150,62 @@ fn error_page(status: StatusCode, message: &str) -> Response {
     render("error.html", status, json!({"title": "Problem", "section": "", "message": message}))
 }
 
+/// Who is using the dashboard: set for the handling of each request behind the login, and read
+/// by [`render`] (the navigation shows what the role may do; forms carry the session's token).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub actor: crate::audience::Actor,
+    pub role: Role,
+    /// The token every form posts back (CSRF).
+    pub form_token: String,
+}
+
+tokio::task_local! {
+    static CALLER: Caller;
+}
+
+/// The least role a dashboard request needs: the audit log and tokens are for admins, every
+/// change (a POST) but logging out is for editors, every page for viewers.
+fn console_role(method: &axum::http::Method, path: &str) -> Role {
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    if under("/admin/audit") || under("/admin/tokens") {
+        Role::Admin
+    } else if method != axum::http::Method::GET && method != axum::http::Method::HEAD && path != "/admin/logout" {
+        Role::Editor
+    } else {
+        Role::Viewer
+    }
+}
+
+/// What a session's role may do, and where a change may come from: runs inside the audit log,
+/// so a refusal is logged too, and before the body is read.
+async fn guard(
+    axum::Extension(caller): axum::Extension<Caller>,
+    State(config): State<Arc<Config>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let needed = console_role(request.method(), request.uri().path());
+    if caller.role < needed {
+        let article = if caller.role == Role::Admin { "an" } else { "a" };
+        let message =
+            format!("This needs the {needed} role; you are logged in with a token that is {article} {}.", caller.role);
+        return error_page(StatusCode::FORBIDDEN, &message);
+    }
+    // A change comes from the dashboard's own pages: never from a form on another site.
+    if request.method() != axum::http::Method::GET && !same_site(request.headers(), &config.base_url) {
+        return error_page(StatusCode::FORBIDDEN, "Send this from the dashboard's own page.");
+    }
+    next.run(request).await
+}
+
+/// The 403 page for a posted form without the session's token, if it is without.
+fn refused_form(caller: &Caller, presented: &str) -> Option<Response> {
+    (!session::same_form_token(&caller.form_token, presented)).then(|| {
+        error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and send it again.")
+    })
+}
+
 /// What a handler returns: a page, or an error page.
 type Shown = Result<Response, Response>;
 
@@ -149,8 +233,17 @@ async fn require_session(
     };
     match found {
         Ok(Some(session)) => {
-            request.extensions_mut().insert(session);
-            next.run(request).await
+            let actor = match session.row.actor.strip_prefix("token:") {
+                Some("bootstrap") => crate::audience::Actor::Bootstrap,
+                Some(name) => crate::audience::Actor::Token(name.to_owned()),
+                None => crate::audience::Actor::Cli,
+            };
+            let form_token = session::form_token(config.secret.as_deref().unwrap_or_default(), &session.row.id);
+            let caller = Caller { actor: actor.clone(), role: session.role, form_token };
+            request.extensions_mut().insert(actor);
+            request.extensions_mut().insert(session.role);
+            request.extensions_mut().insert(caller.clone());
+            CALLER.scope(caller, next.run(request)).await
         }
         Ok(None) => {
             let wanted = request.uri().path_and_query().map_or("/admin", |p| p.as_str());
@@ -271,7 +364,16 @@ async fn login(
     response
 }
 
-async fn logout(State(db): State<Db>, State(config): State<Arc<Config>>, headers: HeaderMap) -> Response {
+async fn logout(
+    State(db): State<Db>,
+    State(config): State<Arc<Config>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: HeaderMap,
+    Form(form): Form<console::TokenOnly>,
+) -> Response {
+    if let Some(refused) = refused_form(&caller, form.token()) {
+        return refused;
+    }
     if let Some(secret) = session::from_headers(&headers)
         && let Err(e) = session::close(&db, &secret).await
     {

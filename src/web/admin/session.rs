@@ -78,6 +78,21 @@ pub async fn find(db: &Db, secret: &str, bootstrap: Option<&str>, now: DateTime<
     Ok(crate::tokens::role_of(db, name).await?.map(|role| Session { row: session, role }))
 }
 
+/// The token every form of a session carries (CSRF): an HMAC of the session's id under the
+/// server's secret, so only a page served to that session can know it.
+pub fn form_token(server_secret: &str, session_id: &str) -> String {
+    use hmac::Mac;
+    let mut mac = crate::core::hmac::hmac_sha256(server_secret.as_bytes());
+    mac.update(b"dashboard form:");
+    mac.update(session_id.as_bytes());
+    URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+}
+
+/// Whether a form's token is the session's, in constant time.
+pub fn same_form_token(expected: &str, presented: &str) -> bool {
+    expected.len() == presented.len() && bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
+}
+
 /// Ends the session a cookie's secret belongs to.
 pub async fn close(db: &Db, secret: &str) -> Result<()> {
     admin_session::Entity::delete_by_id(sha256_hex(secret)).exec(db.conn()).await?;

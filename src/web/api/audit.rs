@@ -119,12 +119,17 @@ pub struct AuditPage {
     (status = 200, body = AuditPage),
 ))]
 pub async fn list(State(db): State<Db>, ApiQuery(query): ApiQuery<AuditQuery>) -> ApiResult<Json<AuditPage>> {
+    Ok(Json(page(&db, &query).await?))
+}
+
+/// A page of the audit log, newest first (the API's and the dashboard's).
+pub async fn page(db: &Db, query: &AuditQuery) -> crate::core::error::Result<AuditPage> {
     let limit = page_limit(query.limit)?;
     let mut find = audit_entry::Entity::find().order_by_desc(audit_entry::Column::Id).limit(limit + 1);
     if let Some(cursor) = query.cursor.as_ref().filter(|c| !c.is_empty()) {
         find = find.filter(audit_entry::Column::Id.lt(decode_cursor(cursor)?));
     }
-    let mut rows = find.all(db.conn()).await.map_err(crate::core::error::Error::from)?;
+    let mut rows = find.all(db.conn()).await?;
     let more = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = if more { rows.last().map(|r| encode_cursor(r.id)) } else { None };
@@ -142,5 +147,5 @@ pub async fn list(State(db): State<Db>, ApiQuery(query): ApiQuery<AuditQuery>) -
             ip: r.ip,
         })
         .collect();
-    Ok(Json(AuditPage { data, next_cursor }))
+    Ok(AuditPage { data, next_cursor })
 }
