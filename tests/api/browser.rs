@@ -119,6 +119,23 @@ impl Browser {
     }
 
     /// The value of a JavaScript expression in the page.
+    /// Runs axe-core (`axe`: the text of `axe.min.js`) on the page and returns its violations
+    /// (`rule (impact): the elements`).
+    pub async fn axe_violations(&mut self, axe: &str) -> Vec<String> {
+        self.eval(axe).await;
+        let found = self
+            .eval_async(
+                "axe.run(document).then(r => [r.passes.length, r.violations.map(v => \
+                 v.id + ' (' + v.impact + '): ' + v.nodes.map(n => n.target.join(' ')).join(', '))])",
+            )
+            .await;
+        assert!(found[0].as_u64().is_some_and(|passed| passed >= 10), "axe-core ran its rules: {found}");
+        found[1]
+            .as_array()
+            .map(|all| all.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
     pub async fn eval(&mut self, expression: &str) -> Value {
         let result = self.call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true})).await;
         assert!(result.get("exceptionDetails").is_none(), "{expression}: {result}");

@@ -276,8 +276,11 @@ async fn text_of(browser: &mut Browser, selector: &str) -> String {
     browser.eval(&script).await.as_str().unwrap_or_default().to_owned()
 }
 
-/// What every page must be: charts with words, no script, no sideways scrolling on a phone.
-async fn check_page(browser: &mut Browser, name: &str) {
+/// What every page must be: charts with words, no script, no sideways scrolling on a phone, and
+/// no accessibility violation (axe-core) at either width.
+async fn check_page(browser: &mut Browser, axe: &str, name: &str) {
+    let found = browser.axe_violations(axe).await;
+    assert!(found.is_empty(), "{name}: axe-core finds {found:?}");
     let accessible = browser
         .eval("[...document.querySelectorAll('svg')].every(s => s.getAttribute('role') === 'img' && s.querySelector('title') && s.querySelector('desc'))")
         .await;
@@ -288,6 +291,12 @@ async fn check_page(browser: &mut Browser, name: &str) {
     browser.resize(390, 844, true).await;
     let fits = browser.eval("document.documentElement.scrollWidth <= window.innerWidth + 1").await;
     assert_eq!(fits, true, "{name}: nothing runs off a phone's screen");
+    let charts_fit = browser
+        .eval("[...document.querySelectorAll('svg.chart')].every(c => c.getBoundingClientRect().width <= c.parentElement.clientWidth + 1)")
+        .await;
+    assert_eq!(charts_fit, true, "{name}: every chart fits its card on a phone");
+    let found = browser.axe_violations(axe).await;
+    assert!(found.is_empty(), "{name} on a phone: axe-core finds {found:?}");
     browser.screenshot(&format!("{name}-phone")).await;
     browser.resize(1280, 900, false).await;
 }
@@ -296,6 +305,8 @@ async fn the_dashboard_shows_what_the_api_counts(backend: Backend) {
     if !crate::tools::chromium("the_dashboard_shows_what_the_api_counts") {
         return;
     }
+    let Some(axe) = crate::tools::axe("the_dashboard_shows_what_the_api_counts") else { return };
+    let axe = std::fs::read_to_string(axe).unwrap();
     let Some(app) = TestApp::spawn(backend).await else { return };
     let ids = some_traffic(&app).await;
     let tag = match backend {
@@ -331,7 +342,7 @@ async fn the_dashboard_shows_what_the_api_counts(backend: Backend) {
     }
     assert_eq!(text_of(&mut browser, "[data-page=\"guide\"]").await, "4");
     assert_eq!(text_of(&mut browser, "[data-source=\"instagram\"]").await, "3");
-    check_page(&mut browser, &format!("{tag}-overview")).await;
+    check_page(&mut browser, &axe, &format!("{tag}-overview")).await;
 
     // A landing page, by source.
     browser.open(&app.url("/admin/pages/guide"), "/admin/pages/guide").await;
@@ -342,7 +353,7 @@ async fn the_dashboard_shows_what_the_api_counts(backend: Backend) {
     assert_eq!(shown["views"], page["totals"]["views"].to_string());
     assert_eq!(shown["confirmed"], page["totals"]["confirmed"].to_string());
     assert_eq!(text_of(&mut browser, "[data-source-confirmed=\"instagram\"]").await, "2");
-    check_page(&mut browser, &format!("{tag}-page")).await;
+    check_page(&mut browser, &axe, &format!("{tag}-page")).await;
 
     // The workflows, and one step by step.
     browser.open(&app.url("/admin/workflows"), "/admin/workflows").await;
@@ -350,7 +361,7 @@ async fn the_dashboard_shows_what_the_api_counts(backend: Backend) {
         expect_json(app.get("/api/v1/stats/workflows/welcome?from=2026-02-01&to=2026-03-02").await, StatusCode::OK)
             .await;
     assert_eq!(text_of(&mut browser, "[data-workflow=\"welcome\"]").await, stats["enrolled"].to_string());
-    check_page(&mut browser, &format!("{tag}-workflows")).await;
+    check_page(&mut browser, &axe, &format!("{tag}-workflows")).await;
     browser.open(&app.url("/admin/workflows/welcome"), "/admin/workflows/welcome").await;
     assert_eq!(figures(&mut browser).await["active"], stats["active_now"].to_string());
     for step in stats["steps"].as_array().unwrap() {
@@ -363,7 +374,7 @@ async fn the_dashboard_shows_what_the_api_counts(backend: Backend) {
     assert_eq!(text_of(&mut browser, "[data-step=\"hello\"] [data-figure=\"delivered\"]").await, "2");
     assert!(text_of(&mut browser, "[data-step=\"hello\"] [data-figure=\"opened\"]").await.starts_with("1 (50.0%)"));
     assert_eq!(text_of(&mut browser, "[data-step=\"pause\"] [data-figure=\"waiting\"]").await, "2");
-    check_page(&mut browser, &format!("{tag}-workflow")).await;
+    check_page(&mut browser, &axe, &format!("{tag}-workflow")).await;
 
     // Delivery health.
     browser.open(&app.url("/admin/delivery"), "/admin/delivery").await;
@@ -372,11 +383,11 @@ async fn the_dashboard_shows_what_the_api_counts(backend: Backend) {
     let file = delivery["relays"].as_array().unwrap().iter().find(|r| r["relay"] == "file").unwrap().clone();
     assert_eq!(text_of(&mut browser, "[data-sent=\"file\"]").await, file["sent"].to_string());
     assert_eq!(text_of(&mut browser, "[data-queued=\"email\"]").await, "0");
-    check_page(&mut browser, &format!("{tag}-delivery")).await;
+    check_page(&mut browser, &axe, &format!("{tag}-delivery")).await;
 
     // A subscriber and their timeline; a name with HTML in it is shown as text.
     browser.open(&app.url("/admin/subscribers?q=ada"), "/admin/subscribers?q=ada").await;
-    check_page(&mut browser, &format!("{tag}-lookup")).await;
+    check_page(&mut browser, &axe, &format!("{tag}-lookup")).await;
     browser.eval("document.querySelector('main table a').click(); true").await;
     browser.wait_for(&format!("/admin/subscribers/{}", ids[0])).await;
     let kinds = browser.eval("[...document.querySelectorAll('tr[data-kind]')].map(r => r.dataset.kind)").await;
@@ -386,7 +397,48 @@ async fn the_dashboard_shows_what_the_api_counts(backend: Backend) {
     assert_eq!(kinds, Value::Array(api_kinds), "the same timeline, newest first");
     assert!(kinds.as_array().unwrap().contains(&json!("goal_reached")));
     assert_eq!(browser.eval("document.querySelectorAll('main b').length").await, 0, "escaped");
-    check_page(&mut browser, &format!("{tag}-subscriber")).await;
+    check_page(&mut browser, &axe, &format!("{tag}-subscriber")).await;
+
+    // Broadcasts: the list and a report show the API's figures; one scheduled is cancelled with
+    // its button.
+    let sent = json!({"list": "guide-leads", "subject": "News <b>now</b>", "html": "<p>Read <a href=\"https://shop.example/\">the shop</a></p>"});
+    let sent = expect_json(app.post("/api/v1/broadcasts", &sent).await, StatusCode::CREATED).await;
+    let later =
+        json!({"list": "guide-leads", "subject": "Later", "html": "<p>Soon</p>", "send_at": "2026-04-01T09:00:00Z"});
+    let later = expect_json(app.post("/api/v1/broadcasts", &later).await, StatusCode::CREATED).await;
+    app.tick().await;
+    app.email.send_due().await.unwrap();
+    let (sent, later) = (sent["id"].as_str().unwrap(), later["id"].as_str().unwrap());
+    browser.open(&app.url("/admin/broadcasts"), "/admin/broadcasts").await;
+    let report = expect_json(app.get(&format!("/api/v1/broadcasts/{sent}/report")).await, StatusCode::OK).await;
+    let row = format!("[data-broadcast=\"{sent}\"] [data-figure=\"delivered\"]");
+    assert_eq!(text_of(&mut browser, &row).await, report["totals"]["delivered"].to_string());
+    check_page(&mut browser, &axe, &format!("{tag}-broadcasts")).await;
+    browser.open(&app.url(&format!("/admin/broadcasts/{sent}")), &format!("/admin/broadcasts/{sent}")).await;
+    let shown = figures(&mut browser).await;
+    for figure in ["sent", "delivered", "failed", "bounced", "opened", "clicked", "clicks", "unsubscribed"] {
+        assert_eq!(shown[figure], report["totals"][figure].to_string(), "{figure}: {shown}");
+    }
+    assert_eq!(shown["messages"], report["broadcast"]["messages"].to_string());
+    assert_eq!(browser.eval("document.querySelectorAll('main b').length").await, 0, "the subject is text");
+    check_page(&mut browser, &axe, &format!("{tag}-broadcast")).await;
+    let path = format!("/admin/broadcasts/{later}");
+    browser.open(&app.url(&path), &path).await;
+    browser
+        .eval("window.__before = true; document.querySelector('form[action$=\"/cancel\"] button').click(); true")
+        .await;
+    for _ in 0..100 {
+        if browser.eval("window.__before === undefined && document.readyState === 'complete'").await == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(text_of(&mut browser, "[data-status]").await, "Cancelled");
+    let api = expect_json(app.get(&format!("/api/v1/broadcasts/{later}")).await, StatusCode::OK).await;
+    assert_eq!(api["status"], "cancelled");
+    browser.open(&app.url("/admin/audit"), "/admin/audit").await;
+    assert!(text_of(&mut browser, "main table").await.contains(&format!("POST /admin/broadcasts/{later}/cancel")));
+    check_page(&mut browser, &axe, &format!("{tag}-audit")).await;
 
     // Logging out from the page: the dashboard is closed again.
     browser.eval("document.querySelector('form[action=\"/admin/logout\"] button').click(); true").await;

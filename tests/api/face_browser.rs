@@ -14,22 +14,9 @@ use sea_orm::EntityTrait;
 
 const FOLDER: &str = "public-screenshots";
 
-/// Runs axe-core on the page and returns its violations (`rule: how many elements`).
-async fn violations(browser: &mut Browser, axe: &str) -> Vec<String> {
-    browser.eval(axe).await;
-    let found = browser
-        .eval_async(
-            "axe.run(document).then(r => [r.passes.length, r.violations.map(v => \
-             v.id + ' (' + v.impact + '): ' + v.nodes.map(n => n.target.join(' ')).join(', '))])",
-        )
-        .await;
-    assert!(found[0].as_u64().is_some_and(|passed| passed >= 10), "axe-core ran its rules: {found}");
-    found[1].as_array().map(|all| all.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default()
-}
-
 /// The checks every public page passes, then its screenshots at a laptop's and a phone's width.
 async fn check(browser: &mut Browser, axe: &str, name: &str) {
-    let found = violations(browser, axe).await;
+    let found = browser.axe_violations(axe).await;
     assert!(found.is_empty(), "{name}: axe-core finds {found:?}");
     let shape = browser
         .eval("[document.documentElement.lang, document.querySelectorAll('main').length, document.scripts.length]")
@@ -41,7 +28,7 @@ async fn check(browser: &mut Browser, axe: &str, name: &str) {
     browser.resize(390, 844, true).await;
     let fits = browser.eval("document.documentElement.scrollWidth <= window.innerWidth + 1").await;
     assert_eq!(fits, true, "{name}: nothing runs off a phone's screen");
-    let found = violations(browser, axe).await;
+    let found = browser.axe_violations(axe).await;
     assert!(found.is_empty(), "{name} on a phone: axe-core finds {found:?}");
     browser.screenshot_in(FOLDER, &format!("{name}-390")).await;
     browser.resize(1280, 900, false).await;
