@@ -397,6 +397,23 @@ async fn the_dashboard_shows_what_the_api_counts(backend: Backend) {
     assert_eq!(kinds, Value::Array(api_kinds), "the same timeline, newest first");
     assert!(kinds.as_array().unwrap().contains(&json!("goal_reached")));
     assert_eq!(browser.eval("document.querySelectorAll('main b').length").await, 0, "escaped");
+    // In people's words: messages by subject and origin, never an id; the consent with its proof.
+    let words: Vec<String> = serde_json::from_value(
+        browser.eval("[...document.querySelectorAll('tr[data-kind] td:last-child')].map(c => c.textContent)").await,
+    )
+    .unwrap();
+    assert!(
+        words.contains(&"Sent the email “Your guide” (from step “hello” of workflow “welcome”)".to_owned()),
+        "{words:?}"
+    );
+    assert!(words.iter().any(|w| w.starts_with("Opened the email “Your guide”")), "{words:?}");
+    assert!(words.contains(&"Entered workflow “welcome”".to_owned()), "{words:?}");
+    let id_like = |w: &String| w.split(|c: char| !c.is_ascii_hexdigit() && c != '-').any(|p| p.len() == 36);
+    assert!(!words.iter().any(id_like), "no ids: {words:?}");
+    let consent = text_of(&mut browser, "tr[data-consent=\"email-granted\"]").await;
+    assert!(consent.contains("Gave email") && consent.contains("guide"), "{consent}");
+    assert!(consent.contains("dashboard test"), "the browser that gave it: {consent}");
+    assert!(consent.contains('“'), "the words agreed to: {consent}");
     check_page(&mut browser, &axe, &format!("{tag}-subscriber")).await;
 
     // Broadcasts: the list and a report show the API's figures; one scheduled is cancelled with

@@ -225,10 +225,9 @@ pub(super) fn event_view(e: event::Model) -> EventView {
     EventView { id: e.id, kind: e.kind, data: e.data, at: e.created_at }
 }
 
-/// Everything stored about one subscriber.
-pub async fn personal_data(db: &Db, now: DateTime<Utc>, id: Uuid) -> Result<PersonalData> {
-    let subscriber = get(db, id).await?;
-    let consents = consent::Entity::find()
+/// Every grant and withdrawal of consent of a subscriber, oldest first, with its proof.
+pub async fn consents(db: &Db, id: Uuid) -> Result<Vec<ConsentView>> {
+    Ok(consent::Entity::find()
         .filter(consent::Column::SubscriberId.eq(id))
         .order_by_asc(consent::Column::Id)
         .all(db.conn())
@@ -249,7 +248,13 @@ pub async fn personal_data(db: &Db, now: DateTime<Utc>, id: Uuid) -> Result<Pers
             page_version: c.page_version,
             at: c.created_at,
         })
-        .collect();
+        .collect())
+}
+
+/// Everything stored about one subscriber.
+pub async fn personal_data(db: &Db, now: DateTime<Utc>, id: Uuid) -> Result<PersonalData> {
+    let subscriber = get(db, id).await?;
+    let consents = consents(db, id).await?;
     let events = event::Entity::find()
         .filter(event::Column::SubscriberId.eq(id))
         .order_by_asc(event::Column::Id)

@@ -22,6 +22,7 @@
 pub mod charts;
 mod console;
 pub mod session;
+mod timeline;
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -697,17 +698,32 @@ async fn subscriber(State(db): State<Db>, Path(id): Path<String>) -> Shown {
     let person = crate::audience::subscribers::get(&db, id).await.map_err(failed)?;
     let page = crate::audience::subscribers::PageRequest { limit: Some(500), cursor: None };
     let timeline = crate::audience::subscribers::timeline(&db, id, page).await.map_err(failed)?;
+    let names = timeline::Names::of(&db, &timeline.data).await.map_err(failed)?;
     let events: Vec<Value> = timeline
         .data
         .iter()
         .map(|e| {
             json!({"at": e.at.format("%Y-%m-%d %H:%M:%S UTC").to_string(), "kind": e.kind,
-                   "summary": summary(&e.data)})
+                   "words": names.describe(&e.kind, &e.data)})
+        })
+        .collect();
+    let consents: Vec<Value> = crate::audience::subscribers::consents(&db, id)
+        .await
+        .map_err(failed)?
+        .iter()
+        .rev()
+        .map(|c| {
+            json!({
+                "at": c.at.format("%Y-%m-%d %H:%M:%S UTC").to_string(), "channel": c.channel.as_str(),
+                "granted": c.granted, "method": c.method.as_str(), "text": c.text, "version": c.text_version,
+                "page": c.page, "page_version": c.page_version, "ip": c.ip, "user_agent": c.user_agent,
+                "source": c.source,
+            })
         })
         .collect();
     let context = json!({
         "title": format!("Subscriber {}", person.email.clone().or(person.phone.clone()).unwrap_or_default()),
-        "section": "subscribers", "person": person, "name": name_of(&person), "events": events,
+        "section": "subscribers", "person": person, "name": name_of(&person), "events": events, "consents": consents,
         "more": timeline.next_cursor.is_some(),
     });
     Ok(render("subscriber.html", StatusCode::OK, context))
