@@ -59,9 +59,24 @@ pub struct ListView {
     pub description: Option<String>,
     pub double_opt_in: bool,
     pub members: MemberCounts,
+    /// Joins and departures over the last 30 days (in the list of every list only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth: Option<Growth>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
+
+/// How a list changed over the last 30 days.
+#[derive(Debug, Default, Clone, Serialize, utoipa::ToSchema)]
+pub struct Growth {
+    /// Members confirmed in that time (a single opt-in join is confirmed at once).
+    pub joined: u64,
+    /// Members who left in that time.
+    pub left: u64,
+}
+
+/// How long [`Growth`] looks back.
+pub const GROWTH_DAYS: i64 = 30;
 
 #[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct MemberCounts {
@@ -213,6 +228,31 @@ pub async fn all(db: &Db) -> Result<Vec<ListView>> {
         .collect())
 }
 
+/// Every list with its member counts and its growth over the last [`GROWTH_DAYS`] days.
+pub async fn all_with_growth(db: &Db, now: DateTime<Utc>) -> Result<Vec<ListView>> {
+    let since = now - chrono::Duration::days(GROWTH_DAYS);
+    let mut lists = all(db).await?;
+    let count = |column: membership::Column| async move {
+        let rows: Vec<(Uuid, i64)> = membership::Entity::find()
+            .select_only()
+            .column(membership::Column::ListId)
+            .column_as(membership::Column::SubscriberId.count(), "count")
+            .filter(column.gte(since))
+            .group_by(membership::Column::ListId)
+            .into_tuple()
+            .all(db.conn())
+            .await?;
+        Ok::<HashMap<Uuid, u64>, Error>(rows.into_iter().map(|(id, n)| (id, u64::try_from(n).unwrap_or(0))).collect())
+    };
+    let joined = count(membership::Column::ConfirmedAt).await?;
+    let left = count(membership::Column::UnsubscribedAt).await?;
+    for list in &mut lists {
+        let of = |counts: &HashMap<Uuid, u64>| counts.get(&list.id).copied().unwrap_or(0);
+        list.growth = Some(Growth { joined: of(&joined), left: of(&left) });
+    }
+    Ok(lists)
+}
+
 pub async fn update(db: &Db, now: DateTime<Utc>, slug: &str, patch: ListPatch) -> Result<ListView> {
     let current = find(db.conn(), slug).await?;
     let mut errors = Vec::new();
@@ -312,6 +352,7 @@ fn view(model: list::Model, members: MemberCounts) -> ListView {
         description: model.description,
         double_opt_in: model.double_opt_in,
         members,
+        growth: None,
         created_at: model.created_at,
         updated_at: model.updated_at,
     }

@@ -136,6 +136,29 @@ impl Browser {
             .unwrap_or_default()
     }
 
+    /// Submits a form of the page, as a person's click, and waits for the page that answers at
+    /// `path` (the same address as the form's page, often: the old page is marked, so it is not
+    /// taken for the answer).
+    pub async fn submit(&mut self, selector: &str, path: &str) {
+        let script = format!("window.__before = true; document.querySelector({}).submit(); true", json!(selector));
+        self.eval(&script).await;
+        for _ in 0..400 {
+            let state = self.eval("[document.readyState, window.__before === true]").await;
+            if state[0] == "complete" && state[1] == false {
+                self.wait_for(path).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the form {selector} was sent, and no page answered");
+    }
+
+    /// Types `value` into the field `selector` of the page.
+    pub async fn fill(&mut self, selector: &str, value: &str) {
+        let script = format!("document.querySelector({}).value = {}; true", json!(selector), json!(value));
+        assert_eq!(self.eval(&script).await, true, "no field {selector}");
+    }
+
     pub async fn eval(&mut self, expression: &str) -> Value {
         let result = self.call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true})).await;
         assert!(result.get("exceptionDetails").is_none(), "{expression}: {result}");
@@ -143,12 +166,16 @@ impl Browser {
     }
 
     /// Waits until the page at `path` has loaded (its path, or its path and query when `path`
-    /// has one).
+    /// has one; ending in `*`: any path it begins).
     pub async fn wait_for(&mut self, path: &str) {
         let at = if path.contains('?') { "location.pathname + location.search" } else { "location.pathname" };
+        let wanted = |now: &Value| match path.strip_suffix('*') {
+            Some(prefix) => now.as_str().is_some_and(|n| n.starts_with(prefix)),
+            None => now == path,
+        };
         for _ in 0..400 {
             let state = self.eval(&format!("[document.readyState, {at}]")).await;
-            if state[0] == "complete" && state[1] == path {
+            if state[0] == "complete" && wanted(&state[1]) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;

@@ -34,23 +34,6 @@ async fn check(browser: &mut Browser, axe: &str, name: &str) {
     browser.resize(1280, 900, false).await;
 }
 
-/// Submits a form of the page, as a person's click, and waits for the page that answers at
-/// `path` (the same address as the form's page, often: the old page is marked, so it is not taken
-/// for the answer).
-async fn submit(browser: &mut Browser, selector: &str, path: &str) {
-    let script = format!("window.__before = true; document.querySelector({}).submit(); true", json!(selector));
-    browser.eval(&script).await;
-    for _ in 0..400 {
-        let state = browser.eval("[document.readyState, window.__before === true]").await;
-        if state[0] == "complete" && state[1] == false {
-            browser.wait_for(path).await;
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("the form {selector} was sent, and no page answered");
-}
-
 #[tokio::test]
 async fn every_public_page_and_shipped_email_is_accessible_and_one_brand() {
     let test = "every_public_page_and_shipped_email_is_accessible_and_one_brand";
@@ -77,7 +60,7 @@ async fn every_public_page_and_shipped_email_is_accessible_and_one_brand() {
     check(&mut browser, &axe, "landing").await;
     // Sent empty: the form again with its errors.
     app.clock.advance(chrono::Duration::seconds(5));
-    submit(&mut browser, "form", "/p/guide").await;
+    browser.submit("form", "/p/guide").await;
     assert_eq!(browser.eval("document.querySelectorAll('[aria-invalid=true]').length").await, 1);
     check(&mut browser, &axe, "landing-errors").await;
     browser.open(&app.url("/p/guide/thanks"), "/p/guide/thanks").await;
@@ -102,7 +85,7 @@ async fn every_public_page_and_shipped_email_is_accessible_and_one_brand() {
         .open(&app.url(&format!("{unsubscribe}?list=guide-leads")), &format!("{unsubscribe}?list=guide-leads"))
         .await;
     check(&mut browser, &axe, "unsubscribe").await;
-    submit(&mut browser, "form", &format!("{unsubscribe}?list=guide-leads")).await;
+    browser.submit("form", &format!("{unsubscribe}?list=guide-leads")).await;
     let said = browser.eval("document.querySelector('h1').textContent").await;
     assert_eq!(said, "You are unsubscribed");
     check(&mut browser, &axe, "unsubscribed").await;
@@ -110,7 +93,7 @@ async fn every_public_page_and_shipped_email_is_accessible_and_one_brand() {
     browser.open(&app.url(&preferences), &preferences).await;
     check(&mut browser, &axe, "preferences").await;
     browser.eval("const f = document.createElement('form'); f.id = 'empty'; f.method = 'post'; document.body.append(f); true").await;
-    submit(&mut browser, "#empty", &preferences).await;
+    browser.submit("#empty", &preferences).await;
     assert_eq!(browser.eval("document.querySelector('h1').textContent").await, "Nothing was changed");
     check(&mut browser, &axe, "notice").await;
     let expired =

@@ -249,6 +249,13 @@ pub struct SubscriberFilter {
     pub list: Option<String>,
     pub tag: Option<String>,
     pub status: Option<SubscriberStatus>,
+    /// Whose email channel is in this state (`subscribed`, `pending`, `none`, …).
+    pub email: Option<crate::core::values::ChannelState>,
+    /// Whose SMS channel is in this state.
+    pub sms: Option<crate::core::values::ChannelState>,
+    /// Who came from this source (their first touch's `utm_source` or referrer), exactly.
+    #[param(max_length = 100)]
+    pub source: Option<String>,
     /// Case-insensitive substring of email, phone or name.
     pub q: Option<String>,
     /// 1 to 1000, default 50.

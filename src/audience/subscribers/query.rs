@@ -175,6 +175,15 @@ pub async fn list(db: &Db, filter: SubscriberFilter) -> Result<Page<SubscriberVi
     if let Some(status) = filter.status {
         condition = condition.add(subscriber::Column::Status.eq(status.as_str()));
     }
+    if let Some(state) = filter.email {
+        condition = condition.add(subscriber::Column::EmailState.eq(state.as_str()));
+    }
+    if let Some(state) = filter.sms {
+        condition = condition.add(subscriber::Column::SmsState.eq(state.as_str()));
+    }
+    if let Some(source) = filter.source.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        condition = condition.add(subscriber::Column::Source.eq(source.chars().take(100).collect::<String>()));
+    }
     if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
         let pattern = escape_like(&q.to_lowercase());
         let like = || LikeExpr::new(pattern.clone()).escape('\\');

@@ -19,8 +19,10 @@
 //!
 //! Every figure comes from the same functions as `/api/v1/stats/*`.
 
+mod audience;
 pub mod charts;
 mod console;
+mod people;
 pub mod session;
 mod timeline;
 
@@ -64,6 +66,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("broadcasts.html", include_str!("templates/broadcasts.html")),
     ("broadcast.html", include_str!("templates/broadcast.html")),
     ("audit.html", include_str!("templates/audit.html")),
+    ("lists.html", include_str!("templates/lists.html")),
+    ("list.html", include_str!("templates/list.html")),
 ];
 
 /// The dashboard's templates, parsed once (a failure here is a bug, shown as an error page).
@@ -86,12 +90,17 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/workflows", get(workflows))
         .route("/admin/workflows/{id}", get(workflow))
         .route("/admin/delivery", get(delivery))
-        .route("/admin/subscribers", get(subscribers))
-        .route("/admin/subscribers/{id}", get(subscriber))
+        .route("/admin/subscribers", get(people::all).post(people::add))
+        .route("/admin/subscribers/{id}", get(subscriber).post(people::edit))
+        .route("/admin/subscribers/{id}/unsubscribe", post(people::unsubscribe))
+        .route("/admin/subscribers/{id}/erase", post(people::erase))
         .route("/admin/broadcasts", get(console::broadcasts))
         .route("/admin/broadcasts/{id}", get(console::broadcast))
         .route("/admin/broadcasts/{id}/cancel", post(console::cancel))
         .route("/admin/audit", get(console::audit))
+        .route("/admin/lists", get(audience::all).post(audience::create))
+        .route("/admin/lists/{slug}", get(audience::one).post(audience::update))
+        .route("/admin/lists/{slug}/delete", post(audience::delete))
         .route("/admin/logout", post(logout))
         // After the login: the audit log (every change made here, as the API's), then the role.
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
@@ -660,45 +669,24 @@ fn age(seconds: f64) -> String {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct LookupQuery {
-    q: Option<String>,
-}
-
-async fn subscribers(State(db): State<Db>, Query(query): Query<LookupQuery>) -> Shown {
-    let q =
-        query.q.as_deref().map(str::trim).filter(|q| !q.is_empty()).map(|q| q.chars().take(200).collect::<String>());
-    let found = match &q {
-        Some(q) => {
-            let filter = crate::audience::subscribers::SubscriberFilter {
-                q: Some(q.clone()),
-                limit: Some(50),
-                ..Default::default()
-            };
-            crate::audience::subscribers::list(&db, filter).await.map_err(failed)?.data
-        }
-        None => Vec::new(),
-    };
-    let rows: Vec<Value> = found
-        .iter()
-        .map(|s| json!({"id": s.id, "email": s.email, "phone": s.phone, "name": name_of(s), "status": s.status}))
-        .collect();
-    let context = json!({"title": "Subscribers", "section": "subscribers", "q": q, "results": rows});
-    Ok(render("subscribers.html", StatusCode::OK, context))
-}
-
 fn name_of(s: &crate::audience::subscribers::SubscriberView) -> String {
     [s.first_name.as_deref(), s.last_name.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(" ")
 }
 
-async fn subscriber(State(db): State<Db>, Path(id): Path<String>) -> Shown {
+async fn subscriber(State(state): State<AppState>, Path(id): Path<String>) -> Shown {
     let Ok(id) = id.parse::<uuid::Uuid>() else {
         return Err(error_page(StatusCode::NOT_FOUND, "No such subscriber."));
     };
-    let person = crate::audience::subscribers::get(&db, id).await.map_err(failed)?;
+    subscriber_page(&state, id, StatusCode::OK, None).await
+}
+
+/// A person's page: details, consent records, timeline, and (for editors) what can be changed.
+async fn subscriber_page(state: &AppState, id: uuid::Uuid, status: StatusCode, problem: Option<String>) -> Shown {
+    let db = &state.db;
+    let person = crate::audience::subscribers::get(db, id).await.map_err(failed)?;
     let page = crate::audience::subscribers::PageRequest { limit: Some(500), cursor: None };
-    let timeline = crate::audience::subscribers::timeline(&db, id, page).await.map_err(failed)?;
-    let names = timeline::Names::of(&db, &timeline.data).await.map_err(failed)?;
+    let timeline = crate::audience::subscribers::timeline(db, id, page).await.map_err(failed)?;
+    let names = timeline::Names::of(db, &timeline.data).await.map_err(failed)?;
     let events: Vec<Value> = timeline
         .data
         .iter()
@@ -707,7 +695,7 @@ async fn subscriber(State(db): State<Db>, Path(id): Path<String>) -> Shown {
                    "words": names.describe(&e.kind, &e.data)})
         })
         .collect();
-    let consents: Vec<Value> = crate::audience::subscribers::consents(&db, id)
+    let consents: Vec<Value> = crate::audience::subscribers::consents(db, id)
         .await
         .map_err(failed)?
         .iter()
@@ -724,9 +712,10 @@ async fn subscriber(State(db): State<Db>, Path(id): Path<String>) -> Shown {
     let context = json!({
         "title": format!("Subscriber {}", person.email.clone().or(person.phone.clone()).unwrap_or_default()),
         "section": "subscribers", "person": person, "name": name_of(&person), "events": events, "consents": consents,
-        "more": timeline.next_cursor.is_some(),
+        "more": timeline.next_cursor.is_some(), "problem": problem,
+        "address": person.email.clone().or(person.phone.clone()).unwrap_or_default(), "tags": person.tags.join(", "),
     });
-    Ok(render("subscriber.html", StatusCode::OK, context))
+    Ok(render("subscriber.html", status, context))
 }
 
 /// An event's data in one line: `key: value` pairs, nested values as JSON.

@@ -39,10 +39,10 @@ pub async fn create(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(list)))
 }
 
-/// Lists every list with its member counts.
+/// Lists every list with its member counts and its growth over the last 30 days.
 #[utoipa::path(get, path = "/api/v1/lists", tag = "lists", security(("bearer" = [])), responses((status = 200, body = ListPage)))]
-pub async fn all(State(db): State<Db>) -> ApiResult<Json<ListPage>> {
-    Ok(Json(ListPage { data: lists::all(&db).await? }))
+pub async fn all(State(db): State<Db>, State(clock): State<SharedClock>) -> ApiResult<Json<ListPage>> {
+    Ok(Json(ListPage { data: lists::all_with_growth(&db, clock.now()).await? }))
 }
 
 /// One list.
@@ -93,7 +93,7 @@ pub async fn remove(State(state): State<AppState>, ApiPath(slug): ApiPath<String
 }
 
 /// The landing pages and workflows in force that name the list `slug`.
-fn users_of(state: &AppState, slug: &str) -> Vec<String> {
+pub(crate) fn users_of(state: &AppState, slug: &str) -> Vec<String> {
     let pages =
         state.catalog.pages().all().into_iter().filter(|p| p.list == slug).map(|p| format!("page '{}'", p.slug));
     let workflows = state
