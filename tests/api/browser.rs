@@ -153,6 +153,16 @@ impl Browser {
         panic!("the form {selector} was sent, and no page answered");
     }
 
+    /// Chooses the file at `path` in the file field `selector`, as a person picking it would.
+    pub async fn choose_file(&mut self, selector: &str, path: &std::path::Path) {
+        let document = self.call("DOM.getDocument", json!({})).await;
+        let root = document["root"]["nodeId"].clone();
+        let found = self.call("DOM.querySelector", json!({"nodeId": root, "selector": selector})).await;
+        let node = found["nodeId"].clone();
+        assert!(node.as_u64().is_some_and(|n| n > 0), "no field {selector}");
+        self.call("DOM.setFileInputFiles", json!({"files": [path.to_string_lossy()], "nodeId": node})).await;
+    }
+
     /// Types `value` into the field `selector` of the page.
     pub async fn fill(&mut self, selector: &str, value: &str) {
         let script = format!("document.querySelector({}).value = {}; true", json!(selector), json!(value));

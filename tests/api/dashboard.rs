@@ -579,6 +579,25 @@ async fn an_editor_runs_lists_and_subscribers_through_the_consoles_forms(backend
     let list = expect_json(app.get("/api/v1/lists/spring").await, StatusCode::OK).await;
     assert_eq!(list["name"], "Spring offers");
 
+    // A CSV file through the import form: the good rows stored, the bad one named by its line.
+    browser.open(&app.url("/admin/import"), "/admin/import").await;
+    let csv = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(csv.path(), "email,first_name\nbob@example.com,Bob\nnot-an-address,X\ncy@example.com,Cy\n").unwrap();
+    browser.choose_file("#file", csv.path()).await;
+    browser.eval("document.querySelector('#list').value = 'spring'; true").await;
+    browser.submit("form[action=\"/admin/import\"]", "/admin/import").await;
+    let shown = figures(&mut browser).await;
+    assert_eq!((shown["imported"].as_str(), shown["errors"].as_str()), (Some("2"), Some("1")), "{shown}");
+    assert!(text_of(&mut browser, "tr[data-row=\"3\"]").await.contains("email"), "line 3 and why");
+    let list = expect_json(app.get("/api/v1/lists/spring").await, StatusCode::OK).await;
+    assert_eq!(list["members"]["confirmed"], 2);
+    check_page(&mut browser, &axe, &format!("{tag}-import")).await;
+    let export = get_with(&app, "/admin/export/subscribers.csv", &log_in(&app, &editor).await).await;
+    assert_eq!(export.headers()["content-type"], "text/csv; charset=utf-8");
+    assert!(export.text().await.unwrap().contains("bob@example.com"));
+    let refused = get_with(&app, "/admin/export/subscribers.csv", &log_in(&app, &viewer).await).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN, "a viewer does not take the list home");
+
     browser.open(&app.url("/admin/subscribers?list=spring"), "/admin/subscribers?list=spring").await;
     browser.fill("#add-email", "ada@example.com").await;
     browser.fill("#add-first", "Ada").await;
@@ -602,7 +621,7 @@ async fn an_editor_runs_lists_and_subscribers_through_the_consoles_forms(backend
     assert_eq!(person["tags"], json!(["regular", "vip"]));
     check_page(&mut browser, &axe, &format!("{tag}-subscriber-editor")).await;
 
-    for (query, found) in [("tag=vip", 1), ("list=spring&email=subscribed", 1), ("status=bounced", 0), ("q=ADA", 1)] {
+    for (query, found) in [("tag=vip", 1), ("list=spring&email=subscribed", 3), ("status=bounced", 0), ("q=ADA", 1)] {
         let at = format!("/admin/subscribers?{query}");
         browser.open(&app.url(&at), &at).await;
         let rows = browser.eval("document.querySelectorAll('tr[data-subscriber]').length").await;

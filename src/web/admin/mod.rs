@@ -25,6 +25,7 @@ mod console;
 mod people;
 pub mod session;
 mod timeline;
+mod transfer;
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -68,6 +69,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("audit.html", include_str!("templates/audit.html")),
     ("lists.html", include_str!("templates/lists.html")),
     ("list.html", include_str!("templates/list.html")),
+    ("import.html", include_str!("templates/import.html")),
 ];
 
 /// The dashboard's templates, parsed once (a failure here is a bug, shown as an error page).
@@ -98,6 +100,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/broadcasts/{id}", get(console::broadcast))
         .route("/admin/broadcasts/{id}/cancel", post(console::cancel))
         .route("/admin/audit", get(console::audit))
+        .route(
+            "/admin/import",
+            get(transfer::form).post(transfer::upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/admin/export/subscribers.csv", get(transfer::export))
         .route("/admin/lists", get(audience::all).post(audience::create))
         .route("/admin/lists/{slug}", get(audience::one).post(audience::update))
         .route("/admin/lists/{slug}/delete", post(audience::delete))
@@ -139,7 +146,7 @@ fn render(name: &str, status: StatusCode, mut context: Value) -> Response {
     response
 }
 
-fn secure_headers(headers: &mut HeaderMap) {
+pub(super) fn secure_headers(headers: &mut HeaderMap) {
     let fixed = [
         (header::CACHE_CONTROL, "no-store"),
         (header::X_FRAME_OPTIONS, "DENY"),
@@ -180,6 +187,9 @@ fn console_role(method: &axum::http::Method, path: &str) -> Role {
     let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
     if under("/admin/audit") || under("/admin/tokens") {
         Role::Admin
+    } else if under("/admin/export") {
+        // Every subscriber's personal data at once: as in the API, for editors.
+        Role::Editor
     } else if method != axum::http::Method::GET && method != axum::http::Method::HEAD && path != "/admin/logout" {
         Role::Editor
     } else {
