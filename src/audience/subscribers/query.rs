@@ -182,7 +182,10 @@ pub async fn list(db: &Db, filter: SubscriberFilter) -> Result<Page<SubscriberVi
         condition = condition.add(subscriber::Column::SmsState.eq(state.as_str()));
     }
     if let Some(source) = filter.source.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        condition = condition.add(subscriber::Column::Source.eq(source.chars().take(100).collect::<String>()));
+        if source.chars().count() > 100 {
+            return Err(Error::field("source", "100 characters at most"));
+        }
+        condition = condition.add(subscriber::Column::Source.eq(source));
     }
     if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
         let pattern = escape_like(&q.to_lowercase());
