@@ -572,47 +572,22 @@ async fn known_lists(config: &Config) -> Option<std::collections::BTreeSet<Strin
 async fn plan_workflows(config: Config, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = dir.unwrap_or_else(|| config.workflows_dir.clone());
     let app = App::open(config, Arc::new(SystemClock)).await?;
-    let (folder, _) = crate::workflow::loader::check_folder(&app.db, &dir, &app.config.load_settings()).await?;
-    if !folder.diagnostics.is_empty() {
-        for diagnostic in &folder.diagnostics {
-            println!("{diagnostic}");
-        }
-        eprintln!(
-            "{} problem(s) found: the files with problems would change nothing (their last valid version keeps running)",
-            folder.diagnostics.len()
-        );
-        return Ok(ExitCode::from(1));
-    }
-    let workflows = folder.workflows;
-    let existing: std::collections::BTreeSet<String> =
-        crate::audience::lists::all(&app.db).await?.into_iter().map(|l| l.slug).collect();
-    for declared in folder.lists.iter().map(|l| &l.list).filter(|l| !existing.contains(&l.slug)) {
-        println!("list {}: new, created as '{}'", declared.slug, declared.name);
-    }
-    let registry = crate::workflow::registry::Registry::open(app.db.clone()).await?;
-    let current = registry.current();
-    let moves = registry.plan(&workflows).await?;
-    for w in &workflows {
-        match current.get(&w.id) {
-            None => println!("{}: new, version 1", w.id),
-            Some(c) if moves.iter().any(|m| m.workflow == w.id) || c.program.workflow != *w => {
-                println!("{}: version {} → {}", w.id, c.version, c.version + 1);
-                for m in moves.iter().filter(|m| m.workflow == w.id) {
-                    let from = m.step.as_deref().unwrap_or("(start)");
-                    let to = match (&m.to_step, m.wait_changed) {
-                        (None, _) => "complete (their step is gone and nothing follows it)".to_owned(),
-                        (Some(to), true) => format!("stay at '{to}'; the wait is recomputed from when it began"),
-                        (Some(to), false) if to == from => format!("stay at '{to}'"),
-                        (Some(to), false) => format!("move to '{to}'"),
-                    };
-                    println!("  {} at '{from}' (version {}): {to}", m.enrollments, m.from_version);
-                }
+    match crate::workflow::plan::plan(&app.db, &dir, &app.config.load_settings()).await? {
+        crate::workflow::plan::Plan::Problems(problems) => {
+            for problem in &problems {
+                println!("{problem}");
             }
-            Some(c) => println!("{}: unchanged (version {})", w.id, c.version),
+            eprintln!(
+                "{} problem(s) found: the files with problems would change nothing (their last valid version keeps running)",
+                problems.len()
+            );
+            return Ok(ExitCode::from(1));
         }
-    }
-    for id in current.keys().filter(|id| !workflows.iter().any(|w| &w.id == *id)) {
-        println!("{id}: removed (no new enrollments; live ones finish on their version)");
+        crate::workflow::plan::Plan::Changes(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

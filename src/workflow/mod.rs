@@ -21,6 +21,7 @@ pub mod format;
 pub mod loader;
 pub mod model;
 pub mod page;
+pub mod plan;
 pub mod program;
 pub mod registry;
 pub mod simulate;

@@ -15,6 +15,7 @@ with_each_backend!(
     the_workflows_page_lists_the_problems_of_invalid_files,
     a_viewer_looks_an_editor_acts_with_the_form_token_and_an_admin_reads_the_audit_log,
     an_editor_runs_lists_and_subscribers_through_the_consoles_forms,
+    an_editor_pauses_simulates_plans_and_loads_workflows_on_their_pages,
 );
 
 const BOOTSTRAP: &str = "bootstrap-admin-token-0123456789";
@@ -652,4 +653,66 @@ async fn an_editor_runs_lists_and_subscribers_through_the_consoles_forms(backend
     browser.submit("form[action$=\"/delete\"]", "/admin/lists").await;
     assert_eq!(app.get("/api/v1/lists/spring").await.status(), StatusCode::NOT_FOUND);
     check_page(&mut browser, &axe, &format!("{tag}-lists")).await;
+}
+
+/// A workflow on its page: its file, pause and resume (the API agrees), a simulation for a
+/// chosen subscriber, and a change to the file planned, then loaded with a button.
+async fn an_editor_pauses_simulates_plans_and_loads_workflows_on_their_pages(backend: Backend) {
+    let test = "an_editor_pauses_simulates_plans_and_loads_workflows_on_their_pages";
+    if !crate::tools::chromium(test) {
+        return;
+    }
+    let Some(axe) = crate::tools::axe(test) else { return };
+    let axe = std::fs::read_to_string(axe).unwrap();
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let tag = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    app.create_list("guide-leads").await;
+    app.install_workflow("welcome", WELCOME).await;
+    let member =
+        json!({"email": "ada@example.com", "first_name": "Ada", "lists": ["guide-leads"], "consent": {"email": true}});
+    app.create_subscriber(member).await;
+    let made = app.post("/api/v1/tokens", &json!({"name": "marketer", "role": "editor"})).await;
+    let editor = expect_json(made, StatusCode::CREATED).await["token"].as_str().unwrap().to_owned();
+    let mut browser = Browser::start().await;
+    let page = "/admin/workflows/welcome";
+    browser_log_in(&mut browser, &app, &editor, page).await;
+    assert!(text_of(&mut browser, "main").await.contains("subject: Your guide"), "the file is shown");
+    let status = || {
+        let app = &app;
+        async move {
+            let shown = expect_json(app.get("/api/v1/workflows/welcome").await, StatusCode::OK).await;
+            shown["status"].as_str().unwrap().to_owned()
+        }
+    };
+    browser.submit("form[action$=\"/pause\"]", page).await;
+    assert_eq!(text_of(&mut browser, "[data-status]").await, "paused");
+    assert_eq!(status().await, "paused");
+    check_page(&mut browser, &axe, &format!("{tag}-workflow-paused")).await;
+    browser.submit("form[action$=\"/resume\"]", page).await;
+    assert_eq!(status().await, "active");
+
+    let simulate = "/admin/workflows/welcome/simulate?subscriber=ada%40example.com&opens=hello&days=5";
+    browser.open(&app.url(simulate), simulate).await;
+    let timeline = text_of(&mut browser, "[data-timeline]").await;
+    assert!(timeline.contains("Your guide") && timeline.contains("opens hello"), "{timeline}");
+    check_page(&mut browser, &axe, &format!("{tag}-simulate")).await;
+    let nobody = "/admin/workflows/welcome/simulate?subscriber=nobody%40example.com";
+    browser.open(&app.url(nobody), nobody).await;
+    assert!(text_of(&mut browser, "main").await.contains("No subscriber has the address nobody@example.com"));
+
+    // A change in the file: planned, then loaded from the page.
+    let changed = WELCOME.replace("subject: More", "subject: More for you");
+    std::fs::write(app.workflows_dir.join("welcome.yaml"), changed).unwrap();
+    browser.open(&app.url("/admin/workflows/plan"), "/admin/workflows/plan").await;
+    let plan = text_of(&mut browser, "[data-plan]").await;
+    assert!(plan.contains("welcome: version 1 → 2"), "{plan}");
+    check_page(&mut browser, &axe, &format!("{tag}-plan")).await;
+    assert_eq!(expect_json(app.get("/api/v1/workflows/welcome").await, StatusCode::OK).await["version"], 1);
+    browser.submit("form[action=\"/admin/workflows/reload\"]", "/admin/workflows/reload").await;
+    assert_eq!(expect_json(app.get("/api/v1/workflows/welcome").await, StatusCode::OK).await["version"], 2);
+    browser.open(&app.url("/admin/workflows/plan"), "/admin/workflows/plan").await;
+    assert!(text_of(&mut browser, "main h2").await.contains("Nothing to load"));
 }

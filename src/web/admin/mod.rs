@@ -22,6 +22,7 @@
 mod audience;
 pub mod charts;
 mod console;
+mod flows;
 mod people;
 pub mod session;
 mod timeline;
@@ -70,6 +71,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("lists.html", include_str!("templates/lists.html")),
     ("list.html", include_str!("templates/list.html")),
     ("import.html", include_str!("templates/import.html")),
+    ("plan.html", include_str!("templates/plan.html")),
+    ("simulate.html", include_str!("templates/simulate.html")),
 ];
 
 /// The dashboard's templates, parsed once (a failure here is a bug, shown as an error page).
@@ -90,7 +93,12 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin", get(overview))
         .route("/admin/pages/{slug}", get(landing_page))
         .route("/admin/workflows", get(workflows))
+        .route("/admin/workflows/plan", get(flows::plan))
+        .route("/admin/workflows/reload", post(flows::reload))
         .route("/admin/workflows/{id}", get(workflow))
+        .route("/admin/workflows/{id}/pause", post(flows::pause))
+        .route("/admin/workflows/{id}/resume", post(flows::resume))
+        .route("/admin/workflows/{id}/simulate", get(flows::simulate))
         .route("/admin/delivery", get(delivery))
         .route("/admin/subscribers", get(people::all).post(people::add))
         .route("/admin/subscribers/{id}", get(subscriber).post(people::edit))
@@ -583,18 +591,16 @@ async fn workflows(
     Ok(render("workflows.html", StatusCode::OK, context))
 }
 
-async fn workflow(
-    State(db): State<Db>,
-    State(clock): State<SharedClock>,
-    State(engine): State<Arc<Engine>>,
-    Path(id): Path<String>,
-    Query(query): Query<RangeQuery>,
-) -> Shown {
+async fn workflow(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<RangeQuery>) -> Shown {
+    let (db, clock, engine) = (&state.db, &state.clock, &state.engine);
     let current = engine.registry().current();
     let found = current.get(&id).ok_or_else(|| error_page(StatusCode::NOT_FOUND, "No such workflow."))?;
     let (days, _, problem) = range(&query, clock.now().date_naive());
     let steps = stats::steps::steps_of(&found.program.workflow);
-    let figures = stats::steps::workflow(&db, &id, &steps, days).await.map_err(failed)?;
+    let figures = stats::steps::workflow(db, &id, &steps, days).await.map_err(failed)?;
+    let file = flows::file_of(&state, &id);
+    let file_name = file.as_ref().and_then(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned());
+    let file_text = file.and_then(|f| std::fs::read_to_string(f).ok());
     let mut cards = Vec::new();
     for s in &figures.steps {
         cards.push(json!({
@@ -619,6 +625,7 @@ async fn workflow(
         "enrolled": figures.enrolled, "completed": figures.completed, "exited": figures.exited,
         "active_now": figures.active_now, "steps": cards,
         "chart": charts::bars("entered", "Subscribers who reached each step", &bars),
+        "file": file_text, "file_name": file_name,
     });
     Ok(render("workflow.html", StatusCode::OK, context))
 }
