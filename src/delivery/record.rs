@@ -196,6 +196,8 @@ pub(super) fn outcome<S: Carrier>(
     };
     active.attempts = Set(attempts);
     let data = json!({"message": id, "workflow": workflow, "step": step, "attempt": attempts, "detail": detail});
-    let event = records::event(subscriber, &format!("{}_{outcome}", S::CHANNEL), data, now);
-    (active, Some(event), bounced)
+    // A test send (the console's) has no subscriber, and so no timeline.
+    let event =
+        (!subscriber.is_nil()).then(|| records::event(subscriber, &format!("{}_{outcome}", S::CHANNEL), data, now));
+    (active, event, bounced)
 }

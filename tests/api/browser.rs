@@ -153,6 +153,22 @@ impl Browser {
         panic!("the form {selector} was sent, and no page answered");
     }
 
+    /// Clicks the button `selector` (so the form sends its name and value) and waits for the
+    /// page that answers at `path`, as [`Self::submit`] does.
+    pub async fn press(&mut self, selector: &str, path: &str) {
+        let script = format!("window.__before = true; document.querySelector({}).click(); true", json!(selector));
+        assert_eq!(self.eval(&script).await, true, "no button {selector}");
+        for _ in 0..400 {
+            let state = self.eval("[document.readyState, window.__before === true]").await;
+            if state[0] == "complete" && state[1] == false {
+                self.wait_for(path).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{selector} was pressed, and no page answered");
+    }
+
     /// Chooses the file at `path` in the file field `selector`, as a person picking it would.
     pub async fn choose_file(&mut self, selector: &str, path: &std::path::Path) {
         let document = self.call("DOM.getDocument", json!({})).await;

@@ -16,6 +16,7 @@ with_each_backend!(
     a_viewer_looks_an_editor_acts_with_the_form_token_and_an_admin_reads_the_audit_log,
     an_editor_runs_lists_and_subscribers_through_the_consoles_forms,
     an_editor_pauses_simulates_plans_and_loads_workflows_on_their_pages,
+    an_editor_composes_counts_previews_tests_and_sends_a_broadcast,
 );
 
 const BOOTSTRAP: &str = "bootstrap-admin-token-0123456789";
@@ -715,4 +716,70 @@ async fn an_editor_pauses_simulates_plans_and_loads_workflows_on_their_pages(bac
     assert_eq!(expect_json(app.get("/api/v1/workflows/welcome").await, StatusCode::OK).await["version"], 2);
     browser.open(&app.url("/admin/workflows/plan"), "/admin/workflows/plan").await;
     assert!(text_of(&mut browser, "main h2").await.contains("Nothing to load"));
+}
+
+/// A broadcast composed in the console: who it reaches counted, previewed for a chosen
+/// subscriber, a test sent to one address (in no report and no timeline), then sent; its
+/// report on its page is the API's.
+async fn an_editor_composes_counts_previews_tests_and_sends_a_broadcast(backend: Backend) {
+    let test = "an_editor_composes_counts_previews_tests_and_sends_a_broadcast";
+    if !crate::tools::chromium(test) {
+        return;
+    }
+    let Some(axe) = crate::tools::axe(test) else { return };
+    let axe = std::fs::read_to_string(axe).unwrap();
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let tag = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    app.create_list("news").await;
+    let ada = json!({"email": "ada@example.com", "first_name": "Ada", "lists": ["news"], "consent": {"email": true}});
+    app.create_subscriber(ada).await;
+    let bob = json!({"email": "bob@example.com", "first_name": "Bob", "lists": ["news"], "consent": {"email": false}});
+    app.create_subscriber(bob).await;
+    let made = app.post("/api/v1/tokens", &json!({"name": "marketer", "role": "editor"})).await;
+    let editor = expect_json(made, StatusCode::CREATED).await["token"].as_str().unwrap().to_owned();
+    let mut browser = Browser::start().await;
+    let new = "/admin/broadcasts/new";
+    browser_log_in(&mut browser, &app, &editor, new).await;
+    check_page(&mut browser, &axe, &format!("{tag}-compose")).await;
+
+    browser.eval("document.querySelector('#source-html').checked = true; true").await;
+    browser.fill("#subject", "Hello {{ subscriber.first_name }}").await;
+    browser
+        .fill("#html", "<p>Hi {{ subscriber.first_name }}, see <a href=\"https://shop.example/\">the shop</a>.</p>")
+        .await;
+    browser.fill("#preview_for", "ada@example.com").await;
+    browser.press("button[value=\"preview\"]", new).await;
+    assert_eq!(text_of(&mut browser, "[data-figure=\"members\"]").await, "2", "both members are considered");
+    assert_eq!(text_of(&mut browser, "[data-reach=\"email\"]").await, "1", "only Ada agreed to email");
+    assert_eq!(text_of(&mut browser, "[data-preview-subject]").await, "Hello Ada");
+    let frame = browser.eval("document.querySelector('iframe.preview').getAttribute('srcdoc')").await;
+    assert!(frame.as_str().unwrap().contains("Hi Ada, see"), "{frame}");
+    check_page(&mut browser, &axe, &format!("{tag}-compose-preview")).await;
+
+    browser.fill("#test_to", "me@shop.example").await;
+    browser.press("button[value=\"test\"]", new).await;
+    assert!(text_of(&mut browser, "[data-tested]").await.contains("me@shop.example"));
+    assert_eq!(app.email.send_due().await.unwrap(), 1);
+    let test_mail = app.count("outbox WHERE recipient = 'me@shop.example' AND subject = '[Test] Hello Ada'").await;
+    assert_eq!(test_mail, 1);
+    assert_eq!(app.count("events WHERE kind = 'email_sent'").await, 0, "a test is in no timeline");
+    assert!(
+        expect_json(app.get("/api/v1/broadcasts").await, StatusCode::OK).await["data"].as_array().unwrap().is_empty()
+    );
+
+    browser.press("button[value=\"send\"]", "/admin/broadcasts/*").await;
+    let path: String = serde_json::from_value(browser.eval("location.pathname").await).unwrap();
+    let id = path.trim_start_matches("/admin/broadcasts/").to_owned();
+    app.tick().await;
+    assert_eq!(app.email.send_due().await.unwrap(), 1, "Ada's");
+    browser.open(&app.url(&path), &path).await;
+    let report = expect_json(app.get(&format!("/api/v1/broadcasts/{id}/report")).await, StatusCode::OK).await;
+    assert_eq!(report["totals"]["sent"], 1);
+    assert_eq!(report["broadcast"]["subject"], "Hello {{ subscriber.first_name }}");
+    let shown = figures(&mut browser).await;
+    assert_eq!(shown["sent"], report["totals"]["sent"].to_string());
+    assert_eq!(shown["skipped"], report["broadcast"]["skipped"].to_string());
 }

@@ -21,6 +21,7 @@
 
 mod audience;
 pub mod charts;
+mod compose;
 mod console;
 mod flows;
 mod people;
@@ -72,6 +73,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("list.html", include_str!("templates/list.html")),
     ("import.html", include_str!("templates/import.html")),
     ("plan.html", include_str!("templates/plan.html")),
+    ("compose.html", include_str!("templates/compose.html")),
     ("simulate.html", include_str!("templates/simulate.html")),
 ];
 
@@ -105,6 +107,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/subscribers/{id}/unsubscribe", post(people::unsubscribe))
         .route("/admin/subscribers/{id}/erase", post(people::erase))
         .route("/admin/broadcasts", get(console::broadcasts))
+        .route("/admin/broadcasts/new", get(compose::new).post(compose::act))
         .route("/admin/broadcasts/{id}", get(console::broadcast))
         .route("/admin/broadcasts/{id}/cancel", post(console::cancel))
         .route("/admin/audit", get(console::audit))

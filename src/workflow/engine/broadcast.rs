@@ -76,6 +76,23 @@ pub struct NewBroadcast {
     pub tracking: Option<bool>,
 }
 
+/// Who a broadcast would reach: the members it would consider, and per channel those it can
+/// reach there now.
+#[derive(Debug, Default, Serialize)]
+pub struct Audience {
+    pub members: u64,
+    pub reachable: BTreeMap<String, u64>,
+}
+
+/// A broadcast as one subscriber would get it on one channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preview {
+    pub channel: Channel,
+    pub subject: Option<String>,
+    pub html: Option<String>,
+    pub text: String,
+}
+
 /// Messages of one channel by outcome.
 #[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct ChannelProgress {
@@ -116,6 +133,15 @@ pub struct BroadcastView {
 impl Engine {
     /// Checks and stores a broadcast; its messages are written by the engine's tick from `send_at`.
     pub async fn create_broadcast(&self, input: NewBroadcast) -> Result<BroadcastView> {
+        let (row, _) = self.checked(input).await?;
+        let stored = row.into_active_model().insert(self.db.conn()).await?;
+        self.broadcast_view(stored).await
+    }
+
+    /// A broadcast checked whole, as it would be stored (not stored), with its channels: an
+    /// unknown list, a missing part, a template that does not render for a sample subscriber
+    /// are refused, each naming its field.
+    async fn checked(&self, input: NewBroadcast) -> Result<(broadcast::Model, Vec<Channel>)> {
         let now = self.clock.now();
         let mut errors = Vec::new();
         let list = match lists::find(self.db.conn(), input.list.trim()).await {
@@ -251,8 +277,118 @@ impl Engine {
         if !errors.is_empty() {
             return Err(Error::Invalid(errors));
         }
-        let stored = row.into_active_model().insert(self.db.conn()).await?;
-        self.broadcast_view(stored).await
+        Ok((row, channels))
+    }
+
+    /// Who a broadcast would reach now, without storing it: the list's confirmed members (with
+    /// the tag, for whom the condition holds), and per channel those it can reach there.
+    pub async fn broadcast_audience(&self, input: NewBroadcast) -> Result<Audience> {
+        let (b, channels) = self.checked(input).await?;
+        let now = self.clock.now();
+        let conn = self.db.conn();
+        let condition = b.condition.clone().and_then(|c| serde_json::from_value::<Condition>(c).ok());
+        let mut audience =
+            Audience { members: 0, reachable: channels.iter().map(|c| (c.as_str().to_owned(), 0)).collect() };
+        let mut cursor: Option<Uuid> = None;
+        loop {
+            let mut members = membership::Entity::find()
+                .select_only()
+                .column(membership::Column::SubscriberId)
+                .filter(membership::Column::ListId.eq(b.list_id))
+                .filter(membership::Column::Status.eq(MembershipStatus::Confirmed.as_str()))
+                .order_by_asc(membership::Column::SubscriberId)
+                .limit(1000);
+            if let Some(cursor) = cursor {
+                members = members.filter(membership::Column::SubscriberId.gt(cursor));
+            }
+            if let Some(tag) = &b.tag {
+                let tagged = Query::select()
+                    .column(subscriber_tag::Column::SubscriberId)
+                    .from(subscriber_tag::Entity)
+                    .and_where(subscriber_tag::Column::Tag.eq(tag.as_str()))
+                    .to_owned();
+                members = members.filter(membership::Column::SubscriberId.in_subquery(tagged));
+            }
+            let ids: Vec<Uuid> = members.into_tuple().all(conn).await?;
+            let Some(last) = ids.last().copied() else { break };
+            cursor = Some(last);
+            let people = subscriber::Entity::find().filter(subscriber::Column::Id.is_in(ids)).all(conn).await?;
+            let txn = conn.begin().await?;
+            for s in people {
+                if let Some(condition) = &condition {
+                    let mut facts = Facts { id: s.id, subscriber: Some(s.clone()), tags: None, lists: None };
+                    if !self.holds(&txn, condition, &mut facts, "", now).await? {
+                        continue;
+                    }
+                }
+                audience.members += 1;
+                for channel in &channels {
+                    if reachable(&s, *channel).is_ok() {
+                        *audience.reachable.entry(channel.as_str().to_owned()).or_default() += 1;
+                    }
+                }
+            }
+            txn.rollback().await?;
+        }
+        Ok(audience)
+    }
+
+    /// A broadcast rendered, without storing it, for subscriber `for_subscriber` (their data; an
+    /// unknown or erased one is a 404) or the sample subscriber: per channel, what they would get.
+    /// Its links are not tracked, and its unsubscribe and preference links lead nowhere.
+    pub async fn preview_broadcast(&self, input: NewBroadcast, for_subscriber: Option<Uuid>) -> Result<Vec<Preview>> {
+        let (b, channels) = self.checked(input).await?;
+        let data = match for_subscriber {
+            Some(id) => {
+                let found = subscriber::Entity::find_by_id(id).one(self.db.conn()).await?;
+                subscriber_json(&found.ok_or(Error::NotFound { what: "subscriber" })?)
+            }
+            None => sample_subscriber(),
+        };
+        let context = broadcast_context(&self.stationery, &b, data, Uuid::nil(), self.clock.now());
+        let templates = self.templates();
+        let mut previews = Vec::new();
+        for channel in channels {
+            let rendered = render_broadcast(&templates, &b, channel, &context)
+                .map_err(|problem| Error::field("preview", format!("cannot be rendered: {problem}")))?;
+            let text = if rendered.text.is_empty() {
+                rendered.html.as_deref().map(crate::core::text::html_to_text).unwrap_or_default()
+            } else {
+                rendered.text
+            };
+            previews.push(Preview { channel, subject: rendered.subject, html: rendered.html, text });
+        }
+        Ok(previews)
+    }
+
+    /// Sends a broadcast's email, rendered as [`Self::preview_broadcast`] renders it, to `to`
+    /// alone, now, through the outbox (its subject marked as a test): it counts in no report and
+    /// no timeline. Returns the message's id.
+    pub async fn test_broadcast(&self, input: NewBroadcast, for_subscriber: Option<Uuid>, to: &str) -> Result<Uuid> {
+        let address = crate::core::values::EmailAddress::parse(to)
+            .map_err(|reason| Error::field("test_to", format!("is not an email address: {reason}")))?;
+        let previews = self.preview_broadcast(input, for_subscriber).await?;
+        let email = previews
+            .into_iter()
+            .find(|p| p.channel == Channel::Email)
+            .ok_or_else(|| Error::field("test_to", "a test is sent by email, which is not among the channels"))?;
+        let now = self.clock.now();
+        let draft = Draft {
+            channel: OutboxChannel::Email,
+            recipient: address.as_str().to_owned(),
+            subject: Some(format!("[Test] {}", email.subject.unwrap_or_default())),
+            html: email.html,
+            text: email.text,
+            list_slug: None,
+        };
+        let message = NewMessage::new(format!("test:{}", Uuid::now_v7()), Uuid::nil(), draft);
+        let id = message.id();
+        let prepared = compose::prepare(self.db.backend(), vec![message.rows(now)]);
+        let txn = self.db.begin_write().await?;
+        compose::write(&txn, prepared).await?;
+        txn.commit().await?;
+        self.bell.ring();
+        Ok(id)
     }
 
     /// One broadcast with its progress.

@@ -36,7 +36,7 @@ use crate::rollups::steps::Tally;
 use crate::store::Db;
 use crate::store::entities::{enrollment, event, pending_trigger, subscriber, subscriber_tag};
 use advance::*;
-pub use broadcast::{BroadcastView, ChannelProgress, NewBroadcast};
+pub use broadcast::{Audience, BroadcastView, ChannelProgress, NewBroadcast, Preview};
 use facts::*;
 use message::*;
 use schedules::*;
