@@ -173,10 +173,11 @@ async fn chosen(state: &AppState, email: &str) -> Result<Option<Uuid>, Vec<Strin
     }
 }
 
-fn refusal(e: Error) -> Result<Vec<String>, axum::response::Response> {
+/// What is wrong, field by field, or (`Err`) the database's trouble.
+fn refusal(e: Error) -> Result<Vec<String>, Error> {
     match e {
         Error::Invalid(fields) => Ok(fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect()),
-        other => problem(other).map(|p| vec![p]).map_err(failed),
+        other => problem(other).map(|p| vec![p]),
     }
 }
 
@@ -197,13 +198,15 @@ pub(super) async fn act(
     if form.action == "send" {
         return match engine.create_broadcast(input).await {
             Ok(created) => Ok(Redirect::to(&format!("/admin/broadcasts/{}", created.id)).into_response()),
-            Err(e) => page(&state, &form, StatusCode::UNPROCESSABLE_ENTITY, invalid(refusal(e)?)).await,
+            Err(e) => page(&state, &form, StatusCode::UNPROCESSABLE_ENTITY, invalid(refusal(e).map_err(failed)?)).await,
         };
     }
     // Every other answer counts the audience again.
     let audience = match engine.broadcast_audience(input).await {
         Ok(audience) => audience,
-        Err(e) => return page(&state, &form, StatusCode::UNPROCESSABLE_ENTITY, invalid(refusal(e)?)).await,
+        Err(e) => {
+            return page(&state, &form, StatusCode::UNPROCESSABLE_ENTITY, invalid(refusal(e).map_err(failed)?)).await;
+        }
     };
     let mut results = json!({"audience": audience});
     let who = match chosen(&state, &form.preview_for).await {
@@ -231,7 +234,7 @@ pub(super) async fn act(
     match outcome {
         Ok(()) => page(&state, &form, StatusCode::OK, results).await,
         Err(e) => {
-            results["problems"] = json!(refusal(e)?);
+            results["problems"] = json!(refusal(e).map_err(failed)?);
             page(&state, &form, StatusCode::UNPROCESSABLE_ENTITY, results).await
         }
     }
