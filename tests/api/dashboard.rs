@@ -587,7 +587,16 @@ async fn an_editor_runs_lists_and_subscribers_through_the_consoles_forms(backend
     std::fs::write(csv.path(), "email,first_name\nbob@example.com,Bob\nnot-an-address,X\ncy@example.com,Cy\n").unwrap();
     browser.choose_file("#file", csv.path()).await;
     browser.eval("document.querySelector('#list').value = 'spring'; true").await;
-    browser.submit("form[action=\"/admin/import\"]", "/admin/import").await;
+    browser.submit("form[action=\"/admin/import\"]", "/admin/import/*").await;
+    // The import runs in the background; its page shows how far it got until it is done.
+    let job: String = serde_json::from_value(browser.eval("location.pathname").await).unwrap();
+    for _ in 0..100 {
+        if browser.eval("document.querySelector('[data-running]') === null").await == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        browser.open(&app.url(&job), &job).await;
+    }
     let shown = figures(&mut browser).await;
     assert_eq!((shown["imported"].as_str(), shown["errors"].as_str()), (Some("2"), Some("1")), "{shown}");
     assert!(text_of(&mut browser, "tr[data-row=\"3\"]").await.contains("email"), "line 3 and why");

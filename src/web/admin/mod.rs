@@ -115,6 +115,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/admin/import",
             get(transfer::form).post(transfer::upload).layer(axum::extract::DefaultBodyLimit::disable()),
         )
+        .route("/admin/import/{id}", get(transfer::progress))
         .route("/admin/export/subscribers.csv", get(transfer::export))
         .route("/admin/lists", get(audience::all).post(audience::create))
         .route("/admin/lists/{slug}", get(audience::one).post(audience::update))
