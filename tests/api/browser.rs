@@ -142,6 +142,12 @@ impl Browser {
     pub async fn submit(&mut self, selector: &str, path: &str) {
         let script = format!("window.__before = true; document.querySelector({}).submit(); true", json!(selector));
         self.eval(&script).await;
+        self.answered(path, selector).await;
+    }
+
+    /// Waits for the page that answers a form at `path`: the page that sent it was marked, so it
+    /// is not taken for the answer.
+    async fn answered(&mut self, path: &str, what: &str) {
         for _ in 0..400 {
             let state = self.eval("[document.readyState, window.__before === true]").await;
             if state[0] == "complete" && state[1] == false {
@@ -150,7 +156,7 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("the form {selector} was sent, and no page answered");
+        panic!("{what} sent the form, and no page answered");
     }
 
     /// Clicks the button `selector` (so the form sends its name and value) and waits for the
@@ -158,15 +164,7 @@ impl Browser {
     pub async fn press(&mut self, selector: &str, path: &str) {
         let script = format!("window.__before = true; document.querySelector({}).click(); true", json!(selector));
         assert_eq!(self.eval(&script).await, true, "no button {selector}");
-        for _ in 0..400 {
-            let state = self.eval("[document.readyState, window.__before === true]").await;
-            if state[0] == "complete" && state[1] == false {
-                self.wait_for(path).await;
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("{selector} was pressed, and no page answered");
+        self.answered(path, selector).await;
     }
 
     /// Chooses the file at `path` in the file field `selector`, as a person picking it would.

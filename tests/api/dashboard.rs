@@ -538,6 +538,21 @@ async fn a_viewer_looks_an_editor_acts_with_the_form_token_and_an_admin_reads_th
     assert_eq!(of("token:marketer"), vec![303, 403, 403], "newest first: done, cross-site, forged");
 }
 
+/// What a browser test of the console needs: Chromium and axe-core (`None`, the test skipped,
+/// when either is missing and not required), an app on `backend`, and the screenshots' prefix.
+async fn console(test: &str, backend: Backend) -> Option<(TestApp, String, &'static str)> {
+    if !crate::tools::chromium(test) {
+        return None;
+    }
+    let axe = std::fs::read_to_string(crate::tools::axe(test)?).unwrap();
+    let app = TestApp::spawn(backend).await?;
+    let tag = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    Some((app, axe, tag))
+}
+
 /// Logs the browser in with `token` through the login form, landing on `path`.
 async fn browser_log_in(browser: &mut Browser, app: &TestApp, token: &str, path: &str) {
     browser.open(&app.url(&format!("/admin/login?next={path}")), "/admin/login").await;
@@ -551,16 +566,7 @@ async fn browser_log_in(browser: &mut Browser, app: &TestApp, token: &str, path:
 /// viewer sees the same pages without a form.
 async fn an_editor_runs_lists_and_subscribers_through_the_consoles_forms(backend: Backend) {
     let test = "an_editor_runs_lists_and_subscribers_through_the_consoles_forms";
-    if !crate::tools::chromium(test) {
-        return;
-    }
-    let Some(axe) = crate::tools::axe(test) else { return };
-    let axe = std::fs::read_to_string(axe).unwrap();
-    let Some(app) = TestApp::spawn(backend).await else { return };
-    let tag = match backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-    };
+    let Some((app, axe, tag)) = console(test, backend).await else { return };
     let token = |name: &'static str, role: &'static str| {
         let app = &app;
         async move {
@@ -669,16 +675,7 @@ async fn an_editor_runs_lists_and_subscribers_through_the_consoles_forms(backend
 /// chosen subscriber, and a change to the file planned, then loaded with a button.
 async fn an_editor_pauses_simulates_plans_and_loads_workflows_on_their_pages(backend: Backend) {
     let test = "an_editor_pauses_simulates_plans_and_loads_workflows_on_their_pages";
-    if !crate::tools::chromium(test) {
-        return;
-    }
-    let Some(axe) = crate::tools::axe(test) else { return };
-    let axe = std::fs::read_to_string(axe).unwrap();
-    let Some(app) = TestApp::spawn(backend).await else { return };
-    let tag = match backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-    };
+    let Some((app, axe, tag)) = console(test, backend).await else { return };
     app.create_list("guide-leads").await;
     app.install_workflow("welcome", WELCOME).await;
     let member =
@@ -732,16 +729,7 @@ async fn an_editor_pauses_simulates_plans_and_loads_workflows_on_their_pages(bac
 /// report on its page is the API's.
 async fn an_editor_composes_counts_previews_tests_and_sends_a_broadcast(backend: Backend) {
     let test = "an_editor_composes_counts_previews_tests_and_sends_a_broadcast";
-    if !crate::tools::chromium(test) {
-        return;
-    }
-    let Some(axe) = crate::tools::axe(test) else { return };
-    let axe = std::fs::read_to_string(axe).unwrap();
-    let Some(app) = TestApp::spawn(backend).await else { return };
-    let tag = match backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-    };
+    let Some((app, axe, tag)) = console(test, backend).await else { return };
     app.create_list("news").await;
     let ada = json!({"email": "ada@example.com", "first_name": "Ada", "lists": ["news"], "consent": {"email": true}});
     app.create_subscriber(ada).await;

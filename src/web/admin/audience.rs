@@ -47,6 +47,7 @@ pub(super) async fn all(State(state): State<AppState>) -> Shown {
     lists_page(&state, StatusCode::OK, None, blank).await
 }
 
+/// A list's form, to create one or change it.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct NewListForm {
     #[serde(default)]
@@ -99,24 +100,11 @@ pub(super) async fn one(State(state): State<AppState>, Path(slug): Path<String>)
     list_page(&state, &slug, StatusCode::OK, None).await
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub(super) struct ListForm {
-    #[serde(default)]
-    form_token: String,
-    #[serde(default)]
-    slug: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    description: String,
-    double_opt_in: Option<String>,
-}
-
 pub(super) async fn update(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(slug): Path<String>,
-    Form(form): Form<ListForm>,
+    Form(form): Form<NewListForm>,
 ) -> Shown {
     if let Some(refused) = refused_form(&caller, &form.form_token) {
         return Err(refused);

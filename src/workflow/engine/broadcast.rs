@@ -291,25 +291,7 @@ impl Engine {
             Audience { members: 0, reachable: channels.iter().map(|c| (c.as_str().to_owned(), 0)).collect() };
         let mut cursor: Option<Uuid> = None;
         loop {
-            let mut members = membership::Entity::find()
-                .select_only()
-                .column(membership::Column::SubscriberId)
-                .filter(membership::Column::ListId.eq(b.list_id))
-                .filter(membership::Column::Status.eq(MembershipStatus::Confirmed.as_str()))
-                .order_by_asc(membership::Column::SubscriberId)
-                .limit(1000);
-            if let Some(cursor) = cursor {
-                members = members.filter(membership::Column::SubscriberId.gt(cursor));
-            }
-            if let Some(tag) = &b.tag {
-                let tagged = Query::select()
-                    .column(subscriber_tag::Column::SubscriberId)
-                    .from(subscriber_tag::Entity)
-                    .and_where(subscriber_tag::Column::Tag.eq(tag.as_str()))
-                    .to_owned();
-                members = members.filter(membership::Column::SubscriberId.in_subquery(tagged));
-            }
-            let ids: Vec<Uuid> = members.into_tuple().all(conn).await?;
+            let ids = member_ids(conn, &b, cursor, 1000).await?;
             let Some(last) = ids.last().copied() else { break };
             cursor = Some(last);
             let people = subscriber::Entity::find().filter(subscriber::Column::Id.is_in(ids)).all(conn).await?;
@@ -548,25 +530,7 @@ impl Engine {
     ) -> Result<Batch> {
         let now = self.clock.now();
         let conn = self.db.conn();
-        let mut members = membership::Entity::find()
-            .select_only()
-            .column(membership::Column::SubscriberId)
-            .filter(membership::Column::ListId.eq(b.list_id))
-            .filter(membership::Column::Status.eq(MembershipStatus::Confirmed.as_str()))
-            .order_by_asc(membership::Column::SubscriberId)
-            .limit(FAN_OUT_BATCH);
-        if let Some(cursor) = cursor {
-            members = members.filter(membership::Column::SubscriberId.gt(cursor));
-        }
-        if let Some(tag) = &b.tag {
-            let tagged = Query::select()
-                .column(subscriber_tag::Column::SubscriberId)
-                .from(subscriber_tag::Entity)
-                .and_where(subscriber_tag::Column::Tag.eq(tag.as_str()))
-                .to_owned();
-            members = members.filter(membership::Column::SubscriberId.in_subquery(tagged));
-        }
-        let ids: Vec<Uuid> = members.into_tuple().all(conn).await?;
+        let ids = member_ids(conn, b, cursor, FAN_OUT_BATCH).await?;
         let mut people = subscriber::Entity::find().filter(subscriber::Column::Id.is_in(ids.clone())).all(conn).await?;
         let channels: Vec<Channel> = serde_json::from_value::<Vec<String>>(b.channels.clone())
             .unwrap_or_default()
@@ -673,6 +637,35 @@ struct Batch {
     dictionary: Option<Arc<outbox_dictionary::Model>>,
     /// Whether the dictionary was made for this batch (and is written with it).
     new_dictionary: bool,
+}
+
+/// The next `limit` members of a broadcast's audience after `cursor`, in id order: the list's
+/// confirmed members, with the broadcast's tag when it has one.
+async fn member_ids(
+    conn: &impl sea_orm::ConnectionTrait,
+    b: &broadcast::Model,
+    cursor: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<Uuid>> {
+    let mut members = membership::Entity::find()
+        .select_only()
+        .column(membership::Column::SubscriberId)
+        .filter(membership::Column::ListId.eq(b.list_id))
+        .filter(membership::Column::Status.eq(MembershipStatus::Confirmed.as_str()))
+        .order_by_asc(membership::Column::SubscriberId)
+        .limit(limit);
+    if let Some(cursor) = cursor {
+        members = members.filter(membership::Column::SubscriberId.gt(cursor));
+    }
+    if let Some(tag) = &b.tag {
+        let tagged = Query::select()
+            .column(subscriber_tag::Column::SubscriberId)
+            .from(subscriber_tag::Entity)
+            .and_where(subscriber_tag::Column::Tag.eq(tag.as_str()))
+            .to_owned();
+        members = members.filter(membership::Column::SubscriberId.in_subquery(tagged));
+    }
+    Ok(members.into_tuple().all(conn).await?)
 }
 
 /// The subscriber a broadcast is rendered for when it is checked and for its dictionary: no one's
