@@ -321,7 +321,7 @@ async fn the_dashboard_shows_what_the_api_counts(backend: Backend) {
 
     // Any page leads to the login, and the login back to it.
     browser.open(&app.url("/admin/workflows"), "/admin/login").await;
-    browser.screenshot(&format!("{tag}-login")).await;
+    check_page(&mut browser, &axe, &format!("{tag}-login")).await;
     let submit = format!(
         "document.querySelector('#token').value = {}; document.querySelector('form[action=\"/admin/login\"]').submit(); true",
         json!(app.token)
