@@ -92,6 +92,14 @@ impl Browser {
 
     /// Sends a command and waits for its answer (events in between are skipped).
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(result) => result,
+            Err(error) => panic!("{method}: {error}"),
+        }
+    }
+
+    /// Sends a command and waits for its answer, or the error Chromium gave.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let text = json!({"id": id, "method": method, "params": params}).to_string();
@@ -101,8 +109,10 @@ impl Browser {
                 let Ok(Message::Text(text)) = message else { continue };
                 let value: Value = serde_json::from_str(&text).unwrap_or_default();
                 if value["id"] == id {
-                    assert!(value.get("error").is_none(), "{method}: {value}");
-                    return value["result"].clone();
+                    return match value.get("error") {
+                        Some(error) => Err(error.clone()),
+                        None => Ok(value["result"].clone()),
+                    };
                 }
             }
             panic!("Chromium closed the connection during {method}");
@@ -118,7 +128,6 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
-    /// The value of a JavaScript expression in the page.
     /// Runs axe-core (`axe`: the text of `axe.min.js`) on the page and returns its violations
     /// (`rule (impact): the elements`).
     pub async fn axe_violations(&mut self, axe: &str) -> Vec<String> {
@@ -149,7 +158,7 @@ impl Browser {
     /// is not taken for the answer.
     async fn answered(&mut self, path: &str, what: &str) {
         for _ in 0..400 {
-            let state = self.eval("[document.readyState, window.__before === true]").await;
+            let state = self.poll("[document.readyState, window.__before === true]").await;
             if state[0] == "complete" && state[1] == false {
                 self.wait_for(path).await;
                 return;
@@ -183,10 +192,26 @@ impl Browser {
         assert_eq!(self.eval(&script).await, true, "no field {selector}");
     }
 
+    /// The value of a JavaScript expression in the page.
     pub async fn eval(&mut self, expression: &str) -> Value {
         let result = self.call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true})).await;
         assert!(result.get("exceptionDetails").is_none(), "{expression}: {result}");
         result["result"]["value"].clone()
+    }
+
+    /// The value of an expression while the page may be changing: `Null` when the page was
+    /// navigating away at that moment (Chromium: "Inspected target navigated or closed"), to be
+    /// asked again.
+    async fn poll(&mut self, expression: &str) -> Value {
+        let params = json!({"expression": expression, "returnByValue": true});
+        match self.try_call("Runtime.evaluate", params).await {
+            Ok(result) if result.get("exceptionDetails").is_none() => result["result"]["value"].clone(),
+            Ok(_) => Value::Null,
+            Err(error) if error.to_string().contains("navigated") || error.to_string().contains("context") => {
+                Value::Null
+            }
+            Err(error) => panic!("Runtime.evaluate {expression}: {error}"),
+        }
     }
 
     /// Waits until the page at `path` has loaded (its path, or its path and query when `path`
@@ -198,7 +223,7 @@ impl Browser {
             None => now == path,
         };
         for _ in 0..400 {
-            let state = self.eval(&format!("[document.readyState, {at}]")).await;
+            let state = self.poll(&format!("[document.readyState, {at}]")).await;
             if state[0] == "complete" && wanted(&state[1]) {
                 return;
             }
