@@ -498,6 +498,33 @@ async fn a_viewer_looks_an_editor_acts_with_the_form_token_and_an_admin_reads_th
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     assert!(refused.text().await.unwrap().contains("needs the editor role"));
     assert_eq!(get_with(&app, "/admin/audit", &viewer).await.status(), StatusCode::FORBIDDEN);
+    // Every action of the console is refused to a viewer the same way, before its form is read.
+    let someone = "0190a7c1-2222-7333-8444-555566667777";
+    for path in [
+        "/admin/lists".to_owned(),
+        "/admin/lists/news".to_owned(),
+        "/admin/lists/news/delete".to_owned(),
+        "/admin/subscribers".to_owned(),
+        format!("/admin/subscribers/{someone}"),
+        format!("/admin/subscribers/{someone}/unsubscribe"),
+        format!("/admin/subscribers/{someone}/erase"),
+        "/admin/import".to_owned(),
+        "/admin/broadcasts/new".to_owned(),
+        "/admin/workflows/reload".to_owned(),
+        "/admin/workflows/welcome/pause".to_owned(),
+    ] {
+        let refused =
+            form(client.post(app.url(&path)).header("cookie", &viewer), &[("form_token", "x")]).send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{path}");
+        assert!(refused.text().await.unwrap().contains("needs the editor role"), "{path}");
+    }
+    let export = get_with(&app, "/admin/export/subscribers.csv", &viewer).await;
+    assert_eq!(export.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        expect_json(app.get("/api/v1/lists/news").await, StatusCode::OK).await["slug"],
+        "news",
+        "nothing changed"
+    );
 
     let shown = get_with(&app, &page, &editor).await.text().await.unwrap();
     assert!(shown.contains(&format!("action=\"{cancel}\"")), "an editor has the button");
