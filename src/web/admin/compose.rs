@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::audience::problem;
+use super::people::some;
 use super::{Caller, Shown, failed, refused_form, render};
 use crate::core::error::Error;
 use crate::web::AppState;
@@ -57,11 +58,6 @@ pub(super) struct ComposeForm {
     /// Which button: `count`, `preview`, `test` or `send`.
     #[serde(default)]
     action: String,
-}
-
-fn some(text: &str) -> Option<String> {
-    let text = text.trim();
-    (!text.is_empty()).then(|| text.to_owned())
 }
 
 impl ComposeForm {
@@ -202,7 +198,7 @@ pub(super) async fn act(
         };
     }
     // Every other answer counts the audience again.
-    let audience = match engine.broadcast_audience(input).await {
+    let audience = match engine.broadcast_audience(input.clone()).await {
         Ok(audience) => audience,
         Err(e) => {
             return page(&state, &form, StatusCode::UNPROCESSABLE_ENTITY, invalid(refusal(e).map_err(failed)?)).await;
@@ -217,18 +213,12 @@ pub(super) async fn act(
         }
     };
     let outcome = match form.action.as_str() {
-        "preview" => {
-            let Ok(input) = form.broadcast() else { return page(&state, &form, StatusCode::OK, results).await };
-            engine.preview_broadcast(input, who).await.map(|previews| {
-                results["previews"] = json!(previews);
-            })
-        }
-        "test" => {
-            let Ok(input) = form.broadcast() else { return page(&state, &form, StatusCode::OK, results).await };
-            engine.test_broadcast(input, who, &form.test_to).await.map(|_| {
-                results["tested"] = json!(form.test_to.trim());
-            })
-        }
+        "preview" => engine.preview_broadcast(input, who).await.map(|previews| {
+            results["previews"] = json!(previews);
+        }),
+        "test" => engine.test_broadcast(input, who, &form.test_to).await.map(|_| {
+            results["tested"] = json!(form.test_to.trim());
+        }),
         _ => Ok(()),
     };
     match outcome {

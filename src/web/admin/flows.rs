@@ -165,18 +165,15 @@ async fn described(
     email: &str,
     problems: &mut Vec<String>,
 ) -> Result<Option<Value>, axum::response::Response> {
-    let filter = crate::audience::subscribers::SubscriberFilter {
-        q: Some(email.to_owned()),
-        limit: Some(10),
-        ..Default::default()
+    let found = match crate::core::values::EmailAddress::parse(email) {
+        Ok(address) => crate::audience::subscribers::id_by_email(state.db.conn(), &address).await.map_err(failed)?,
+        Err(_) => None,
     };
-    let found = crate::audience::subscribers::list(&state.db, filter).await.map_err(failed)?;
-    let Some(person) =
-        found.data.into_iter().find(|s| s.email.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(email)))
-    else {
+    let Some(id) = found else {
         problems.push(format!("No subscriber has the address {email}."));
         return Ok(None);
     };
+    let person = crate::audience::subscribers::get(&state.db, id).await.map_err(failed)?;
     let reachable = |state: &str| state == "subscribed" || state == "pending";
     Ok(Some(json!({
         "email": person.email, "phone": person.phone, "first_name": person.first_name, "last_name": person.last_name,

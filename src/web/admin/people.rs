@@ -40,9 +40,10 @@ pub(super) struct Filters {
     cursor: String,
 }
 
-fn some(text: &str) -> Option<String> {
+/// A form field's text, trimmed, unless it is empty.
+pub(super) fn some(text: &str) -> Option<String> {
     let text = text.trim();
-    (!text.is_empty()).then(|| text.chars().take(200).collect())
+    (!text.is_empty()).then(|| text.to_owned())
 }
 
 impl Filters {
@@ -92,7 +93,7 @@ async fn list_page(state: &AppState, filters: Filters, status: StatusCode, added
         email,
         sms,
         source: some(&filters.source),
-        q: some(&filters.q),
+        q: some(&filters.q).map(|q| q.chars().take(200).collect()),
         limit: Some(PAGE),
         cursor: some(&filters.cursor),
     };

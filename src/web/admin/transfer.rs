@@ -6,11 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Extension;
-use axum::body::{Body, Bytes};
 use axum::extract::{Multipart, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use futures_util::TryStreamExt;
 use serde_json::{Value, json};
 
 use super::audience::problem;
@@ -114,7 +112,11 @@ pub(super) async fn upload(
                     tokio::fs::create_dir_all(&dir).await?;
                     let mut file = tokio::fs::File::create(&path).await?;
                     let mut total: u64 = 0;
-                    while let Some(chunk) = field.chunk().await.map_err(std::io::Error::other)? {
+                    while let Some(chunk) = field
+                        .chunk()
+                        .await
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e))?
+                    {
                         total += chunk.len() as u64;
                         if total > limit {
                             return Ok(None);
@@ -131,6 +133,10 @@ pub(super) async fn upload(
                         let _ = tokio::fs::remove_file(&path).await;
                         let message = format!("The file is larger than {limit} bytes (max_import_bytes): split it.");
                         return page(&state, StatusCode::PAYLOAD_TOO_LARGE, None, Some(message)).await;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {
+                        let _ = tokio::fs::remove_file(&path).await;
+                        return page(&state, StatusCode::BAD_REQUEST, None, broken()).await;
                     }
                     Err(e) => {
                         let _ = tokio::fs::remove_file(&path).await;
@@ -236,17 +242,7 @@ pub(super) async fn progress(
 
 /// Every subscriber as CSV, streamed (the API's export).
 pub(super) async fn export(State(state): State<AppState>) -> Response {
-    let stream = crate::audience::export::subscribers_csv(state.db.clone()).map_ok(Bytes::from).inspect_err(|e| {
-        tracing::error!(error = %e, "export failed mid-stream");
-    });
-    let mut response = (
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"subscribers.csv\""),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response();
+    let mut response = crate::web::api::transfer::subscribers_csv(&state.db);
     super::secure_headers(response.headers_mut());
     response
 }

@@ -107,7 +107,12 @@ fn too_large(limit: u64) -> ApiError {
 #[utoipa::path(get, path = "/api/v1/exports/subscribers.csv", tag = "import and export", security(("bearer" = [])), responses(
     (status = 200, content_type = "text/csv", body = String),
 ))]
-pub async fn export_csv(State(db): State<Db>) -> impl IntoResponse {
+pub async fn export_csv(State(db): State<Db>) -> axum::response::Response {
+    subscribers_csv(&db)
+}
+
+/// Every subscriber as a streamed CSV download (the API's export and the dashboard's).
+pub(crate) fn subscribers_csv(db: &Db) -> axum::response::Response {
     let stream = export::subscribers_csv(db.clone()).map_ok(Bytes::from).inspect_err(|e| {
         tracing::error!(error = %e, "export failed mid-stream");
     });
@@ -118,4 +123,5 @@ pub async fn export_csv(State(db): State<Db>) -> impl IntoResponse {
         ],
         Body::from_stream(stream),
     )
+        .into_response()
 }

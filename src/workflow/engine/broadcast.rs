@@ -40,7 +40,7 @@ use crate::workflow::templates::TemplateChecker;
 const FAN_OUT_BATCH: u64 = 250;
 
 /// A broadcast to create.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBroadcast {
     /// The list's slug: its confirmed members who consented to a channel get the message there.
