@@ -17,6 +17,7 @@ with_each_backend!(
     an_editor_runs_lists_and_subscribers_through_the_consoles_forms,
     an_editor_pauses_simulates_plans_and_loads_workflows_on_their_pages,
     an_editor_composes_counts_previews_tests_and_sends_a_broadcast,
+    bad_answers_to_the_consoles_forms_are_named_and_store_nothing,
 );
 
 const BOOTSTRAP: &str = "bootstrap-admin-token-0123456789";
@@ -806,4 +807,66 @@ async fn an_editor_composes_counts_previews_tests_and_sends_a_broadcast(backend:
     let shown = figures(&mut browser).await;
     assert_eq!(shown["sent"], report["totals"]["sent"].to_string());
     assert_eq!(shown["skipped"], report["broadcast"]["skipped"].to_string());
+}
+
+/// Bad answers to the console's forms: each is refused (422) with what is wrong, in words, and
+/// nothing is stored.
+async fn bad_answers_to_the_consoles_forms_are_named_and_store_nothing(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    app.create_list("news").await;
+    let editor = {
+        let made = app.post("/api/v1/tokens", &json!({"name": "marketer", "role": "editor"})).await;
+        expect_json(made, StatusCode::CREATED).await["token"].as_str().unwrap().to_owned()
+    };
+    let cookie = log_in(&app, &editor).await;
+    let token = form_token(&get_with(&app, "/admin/broadcasts/new", &cookie).await.text().await.unwrap());
+    let client = no_redirects();
+    let compose = |extra: &[(&str, &str)]| {
+        let mut pairs = vec![("form_token", token.as_str()), ("list", "news"), ("email", "on"), ("subject", "Hi")];
+        pairs.extend([("source", "html"), ("html", "<p>Hi</p>"), ("action", "send")]);
+        // An answer given again replaces the default.
+        pairs.retain(|(name, _)| !extra.iter().any(|(other, _)| other == name));
+        pairs.extend_from_slice(extra);
+        form(client.post(app.url("/admin/broadcasts/new")).header("cookie", &cookie), &pairs).send()
+    };
+    for (extra, says) in [
+        (vec![("condition", "{not json")], "condition: not a condition"),
+        (vec![("send_at", "tomorrow")], "send at: a day and time"),
+        (vec![("list", "nope")], "list: unknown list"),
+        (vec![("html", "{% if %}")], "html: cannot be rendered"),
+        (vec![("action", "preview"), ("preview_for", "nobody@example.com")], "no subscriber has the address"),
+        (vec![("action", "test"), ("test_to", "not-an-address")], "test_to: is not an email address"),
+    ] {
+        let answer = compose(&extra).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY, "{says}");
+        let page = answer.text().await.unwrap();
+        assert!(page.contains(says), "{says}: {page}");
+    }
+    let post = |path: &'static str, pairs: Vec<(&'static str, &'static str)>| {
+        let mut all = vec![("form_token", token.as_str())];
+        all.extend(pairs);
+        form(client.post(app.url(path)).header("cookie", &cookie), &all).send()
+    };
+    let list = post("/admin/lists", vec![("slug", "Bad Slug"), ("name", "Bad")]).await.unwrap();
+    assert_eq!(list.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(list.text().await.unwrap().contains("slug:"));
+    let person = post("/admin/subscribers", vec![("email", "not-an-address"), ("email_consent", "on")]).await.unwrap();
+    assert_eq!(person.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(person.text().await.unwrap().contains("email:"));
+    let upload = format!("--b0\r\nContent-Disposition: form-data; name=\"form_token\"\r\n\r\n{token}\r\n--b0--\r\n");
+    let import = client
+        .post(app.url("/admin/import"))
+        .header("cookie", &cookie)
+        .header("content-type", "multipart/form-data; boundary=b0")
+        .body(upload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(import.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(import.text().await.unwrap().contains("Choose a CSV file"));
+
+    assert_eq!(app.count("broadcasts").await, 0);
+    assert_eq!(app.count("outbox").await, 0);
+    assert_eq!(app.count("lists").await, 1);
+    assert_eq!(app.count("subscribers").await, 0);
 }
