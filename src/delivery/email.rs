@@ -2,7 +2,8 @@
 //!
 //! Every message carries `Message-ID` (from the outbox id, so a retry is recognisably the same
 //! message), `Date`, `List-Unsubscribe` (a signed one-click HTTPS link) and
-//! `List-Unsubscribe-Post: List-Unsubscribe=One-Click`, `List-Id` for list mail; with an HTML body it is
+//! `List-Unsubscribe-Post: List-Unsubscribe=One-Click`, `List-Id` for list mail, `Feedback-ID` (the
+//! campaign that wrote it), `Precedence: bulk` on marketing mail; with an HTML body it is
 //! multipart/alternative with the plain-text part rendered beside it.
 //!
 //! Transports: `file` writes each message as `{outbox id}.eml` under `{data_dir}/mail/` (the
@@ -94,6 +95,11 @@ impl Letterhead {
         if let Some(list) = &message.list_slug {
             builder = builder
                 .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("List-Id"), format!("<{list}.{domain}>")));
+        }
+        builder = builder
+            .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("Feedback-ID"), feedback_id(message, domain)));
+        if message.is_marketing() {
+            builder = builder.raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("Precedence"), "bulk".into()));
         }
         // The body is written in its wire form here (see `mime`); lettre writes the headers.
         let mut raw = Vec::new();
@@ -232,6 +238,10 @@ impl Letterhead {
         if let Some(list) = &message.list_slug {
             write!(out, "List-Id: <{list}.{domain}>\r\n").map_err(header_error)?;
         }
+        write!(out, "Feedback-ID: {}\r\n", feedback_id(message, domain)).map_err(header_error)?;
+        if message.is_marketing() {
+            out.extend_from_slice(b"Precedence: bulk\r\n");
+        }
         let (content_type, encoding) = Self::body_type(message, body);
         let encoding = match encoding {
             ContentTransferEncoding::SevenBit => "7bit",
@@ -245,6 +255,23 @@ impl Letterhead {
         self.write_body(message, body, &mut out)?;
         Ok(Some((envelope, out)))
     }
+}
+
+/// `Feedback-ID` (Gmail's feedback loop, also read by Yahoo): `CAMPAIGN:LIST:KIND:DOMAIN`, where
+/// the campaign is the broadcast, or the workflow and step, that wrote the message. Complaint
+/// figures come back per value, so each names a campaign, never one message or person.
+fn feedback_id(message: &outbox::Model, domain: &str) -> String {
+    let clean =
+        |s: &str| s.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).collect::<String>();
+    let (campaign, kind) = match (&message.broadcast_id, &message.workflow_id, &message.step_id) {
+        (Some(broadcast), _, _) => (broadcast.simple().to_string(), "broadcast"),
+        (None, Some(workflow), step) => {
+            (format!("{}.{}", clean(workflow), clean(step.as_deref().unwrap_or_default())), "workflow")
+        }
+        (None, None, _) => (String::new(), "transactional"),
+    };
+    let list = clean(message.list_slug.as_deref().unwrap_or_default());
+    format!("{campaign}:{list}:{kind}:{}", clean(domain))
 }
 
 /// The MIME boundary of a message's parts (see [`super::mime::write_alternative`]).
@@ -272,7 +299,7 @@ fn plain_part(
 /// RSA as PKCS#1 PEM (`BEGIN RSA PRIVATE KEY`; signs rsa-sha256) or Ed25519 (signs
 /// ed25519-sha256) as PKCS#8 PEM (`openssl genpkey -algorithm ed25519`) or as the base64 of its
 /// 32 private bytes. The signature covers From, To, Subject, Date,
-/// Message-ID, List-Unsubscribe and List-Unsubscribe-Post, relaxed/relaxed.
+/// Message-ID, List-Unsubscribe, List-Unsubscribe-Post and Feedback-ID, relaxed/relaxed.
 pub fn dkim_config(selector: &str, domain: &str, key: &str) -> Result<DkimConfig, Reason> {
     let (algorithm, key) = if key.contains("BEGIN RSA PRIVATE KEY") {
         (DkimSigningAlgorithm::Rsa, key.trim().to_owned())
@@ -286,10 +313,11 @@ pub fn dkim_config(selector: &str, domain: &str, key: &str) -> Result<DkimConfig
         (DkimSigningAlgorithm::Ed25519, key.trim().to_owned())
     };
     let key = DkimSigningKey::new(&key, algorithm).map_err(|e| format!("not a usable {algorithm} key: {e}"))?;
-    let headers = ["From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post"]
-        .into_iter()
-        .map(HeaderName::new_from_ascii_str)
-        .collect();
+    let headers =
+        ["From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post", "Feedback-ID"]
+            .into_iter()
+            .map(HeaderName::new_from_ascii_str)
+            .collect();
     let relaxed =
         DkimCanonicalization { header: DkimCanonicalizationType::Relaxed, body: DkimCanonicalizationType::Relaxed };
     Ok(DkimConfig::new(selector.to_owned(), domain.to_owned(), key, headers, relaxed))
@@ -726,7 +754,10 @@ mod tests {
         for (from, mailto) in [("Shop <news@example.com>", None), ("news@example.com", Some("leave@example.com"))] {
             let letterhead = letterhead(from, mailto);
             for (subject, list) in [("Spring news for Ada", Some("news")), ("Hi! 50% off: (today) & more?", None)] {
-                let message = message(subject, "ada@example.org", list);
+                let mut message = message(subject, "ada@example.org", list);
+                if list.is_some() {
+                    message.broadcast_id = Some(Uuid::now_v7());
+                }
                 let links = Some(serde_json::json!(["https://shop.example.com/a?b=c"]));
                 for body in [
                     Bodies::alone(outbox_body::Model::new(message.id, Some(html), String::new(), links.clone(), None)),
@@ -744,6 +775,18 @@ mod tests {
                     let (ours, our_body) = parts(&written);
                     let (lettres, lettre_body) = parts(&built.formatted());
                     assert_eq!(ours, lettres, "{subject:?} from {from:?}");
+                    let header = |name: &str| ours.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+                    let feedback = header("Feedback-ID").expect("every message names its campaign");
+                    match message.broadcast_id {
+                        Some(b) => {
+                            assert_eq!(feedback, format!("{}:news:broadcast:example.com", b.simple()));
+                            assert_eq!(header("Precedence").as_deref(), Some("bulk"), "list mail is bulk mail");
+                        }
+                        None => {
+                            assert_eq!(feedback, "::transactional:example.com");
+                            assert_eq!(header("Precedence"), None, "a confirmation is not bulk mail");
+                        }
+                    }
                     assert_eq!(our_body, lettre_body);
                     assert_eq!(letterhead.wire(&message, &body, at).unwrap().1, written, "sent as written");
                 }

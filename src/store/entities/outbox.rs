@@ -47,6 +47,14 @@ pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
 
+impl Model {
+    /// Marketing: written by a broadcast or a workflow step (a confirmation, a test send or a
+    /// reply is not). Marketing mail is bulk mail, and the send policy caps it.
+    pub fn is_marketing(&self) -> bool {
+        self.broadcast_id.is_some() || self.workflow_id.is_some()
+    }
+}
+
 /// Messages each with its bodies, read in one query: `None` for a message whose bodies are
 /// missing. Read the rows with [`all_with_bodies`].
 pub fn with_bodies() -> sea_orm::SelectTwo<Entity, super::outbox_body::Entity> {
