@@ -3,6 +3,11 @@
 //! The whole message (ignoring case, spaces and trailing punctuation) is read as a keyword:
 //! - STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, REVOKE, OPTOUT withdraw SMS consent at once,
 //!   cancel the marketing SMS still waiting for them, and send one confirmation;
+//! - so does any message that asks to stop in words (consent may be revoked "by any reasonable
+//!   means", FCC 2024 order, in force since April 2025): a stop word anywhere in it ("please
+//!   stop texting me", "STOP!!"), or a phrase in one of the languages ownlist ships ("basta",
+//!   "non scrivermi più", "stopp", "abmelden", "arrêtez", "darme de baja"). The confirmation
+//!   speaks the language the request was made in, else the subscriber's;
 //! - START, UNSTOP restore SMS consent withdrawn that way;
 //! - HELP answers with the configured contact text;
 //! - YES confirms a pending SMS opt-in.
@@ -44,7 +49,7 @@ impl Keyword {
             "START" | "UNSTOP" => Some(Self::Start),
             "HELP" => Some(Self::Help),
             "YES" => Some(Self::Yes),
-            _ => None,
+            _ => stop_language(body).map(|_| Self::Stop),
         }
     }
 
@@ -56,6 +61,141 @@ impl Keyword {
             Self::Yes => "yes",
         }
     }
+}
+
+/// Words that, anywhere in a message, ask to stop, by language. Matched against the message's
+/// words (lower case, accents dropped, punctuation and hyphens as spaces); a phrase matches as
+/// consecutive words. English first: its words are also used in other languages' texts.
+const STOP_PHRASES: &[(&str, &[&str])] = &[
+    (
+        "en",
+        &[
+            "stop",
+            "stopall",
+            "unsubscribe",
+            "cancel",
+            "end",
+            "quit",
+            "revoke",
+            "optout",
+            "opt out",
+            "remove me",
+            "take me off",
+            "leave me alone",
+            "no more texts",
+            "no more messages",
+            "dont text",
+            "don't text",
+            "do not text",
+            "dont message",
+            "don't message",
+            "do not message",
+            "do not contact",
+            "don't contact",
+            "dont contact",
+        ],
+    ),
+    (
+        "it",
+        &[
+            "basta",
+            "disiscrivimi",
+            "disiscrivere",
+            "cancellami",
+            "cancellatemi",
+            "rimuovimi",
+            "rimuovetemi",
+            "non scrivermi",
+            "non scrivetemi",
+            "non mandatemi",
+            "non inviatemi",
+            "non voglio piu",
+            "annulla iscrizione",
+        ],
+    ),
+    (
+        "de",
+        &[
+            "stopp",
+            "abmelden",
+            "abbestellen",
+            "austragen",
+            "abmeldung",
+            "keine sms",
+            "keine nachrichten",
+            "nicht mehr schreiben",
+            "aufhoren",
+            "hort auf",
+            "lasst mich in ruhe",
+        ],
+    ),
+    (
+        "fr",
+        &[
+            "arret",
+            "arrete",
+            "arretez",
+            "desabonner",
+            "desabonnez",
+            "desinscrire",
+            "desinscrivez",
+            "desabonnement",
+            "desinscription",
+            "plus recevoir",
+            "plus de sms",
+            "laissez moi",
+        ],
+    ),
+    (
+        "es",
+        &[
+            "baja",
+            "darme de baja",
+            "dame de baja",
+            "parar",
+            "para ya",
+            "no mas",
+            "no me escriban",
+            "no me envien",
+            "cancelar",
+            "eliminame",
+            "borrame",
+        ],
+    ),
+];
+
+/// The language of the request to stop that `body` makes in words, if it makes one.
+pub fn stop_language(body: &str) -> Option<&'static str> {
+    // Lower case, accents dropped (é → e, ü → u, ß → ss), apostrophes kept inside words.
+    let plain: String = body
+        .chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| match c {
+            'à' | 'á' | 'â' | 'ä' | 'ã' => 'a',
+            'è' | 'é' | 'ê' | 'ë' => 'e',
+            'ì' | 'í' | 'î' | 'ï' => 'i',
+            'ò' | 'ó' | 'ô' | 'ö' | 'õ' => 'o',
+            'ù' | 'ú' | 'û' | 'ü' => 'u',
+            'ñ' => 'n',
+            'ç' => 'c',
+            '’' | '‘' => '\'',
+            c if c.is_alphanumeric() || c == '\'' => c,
+            _ => ' ',
+        })
+        .collect::<String>()
+        .replace('ß', "ss");
+    let words: Vec<&str> = plain.split_whitespace().map(|w| w.trim_matches('\'')).collect();
+    let text = format!(" {} ", words.join(" "));
+    STOP_PHRASES
+        .iter()
+        .find(|(_, phrases)| phrases.iter().any(|phrase| text.contains(&format!(" {phrase} "))))
+        .map(|(lang, _)| *lang)
+}
+
+/// What replies say: the answer to HELP, and the confirmations' words in every language.
+pub struct Replies<'a> {
+    pub help: &'a str,
+    pub translations: &'a crate::core::i18n::Translations,
 }
 
 /// An SMS a subscriber sent.
@@ -77,12 +217,13 @@ pub struct Received {
     pub reply: Option<String>,
 }
 
-pub const STOPPED: &str = "You are unsubscribed and will get no more texts from us. Reply START to resubscribe.";
-pub const STARTED: &str = "You are subscribed again. Reply STOP to unsubscribe, HELP for help.";
-pub const CONFIRMED: &str = "Thanks, you are subscribed. Reply STOP to unsubscribe, HELP for help.";
+/// The keys of the confirmations' words (`templates/locales/*.toml`).
+pub const STOPPED: &str = "sms_stopped";
+pub const STARTED: &str = "sms_started";
+pub const CONFIRMED: &str = "sms_confirmed";
 
-/// Applies an inbound SMS; `help` is the answer to HELP.
-pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, help: &str) -> Result<Received> {
+/// Applies an inbound SMS.
+pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, replies: &Replies<'_>) -> Result<Received> {
     let keyword = Keyword::of(&inbound.body);
     let txn = db.begin_write().await?;
     let found = subscriber::Entity::find().filter(subscriber::Column::Phone.eq(inbound.from.trim())).one(&txn).await?;
@@ -103,6 +244,10 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, help: &str)
         user_agent: None,
     };
     let phone = person.phone.clone().unwrap_or_default();
+    // The language of a request made in words other than English, else the subscriber's.
+    let asked_in = stop_language(&inbound.body).filter(|lang| *lang != "en" && keyword == Some(Keyword::Stop));
+    let lang = replies.translations.choose(&[asked_in, person.locale.as_deref()], None);
+    let word = |key: &str| replies.translations.word(&lang, key);
     let reply = match keyword {
         Some(Keyword::Stop) => {
             let changed = change_channel(&txn, now, person, Channel::Sms, ChannelState::Unsubscribed, &origin).await?;
@@ -120,13 +265,13 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, help: &str)
                 )
                 .exec(&txn)
                 .await?;
-            changed.then_some(STOPPED)
+            changed.then(|| word(STOPPED))
         }
         Some(Keyword::Start) => {
             let unsubscribed = person.sms_state == ChannelState::Unsubscribed.as_str();
             let changed = unsubscribed
                 && change_channel(&txn, now, person, Channel::Sms, ChannelState::Subscribed, &origin).await?;
-            changed.then_some(STARTED)
+            changed.then(|| word(STARTED))
         }
         Some(Keyword::Yes) => {
             let pending = person.sms_state == ChannelState::Pending.as_str();
@@ -134,25 +279,25 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, help: &str)
             let changed = pending
                 && (crate::pages::signup::confirm_by_sms(&txn, now, id, &origin).await?
                     || change_channel(&txn, now, person, Channel::Sms, ChannelState::Subscribed, &origin).await?);
-            changed.then_some(CONFIRMED)
+            changed.then(|| word(CONFIRMED))
         }
-        Some(Keyword::Help) => Some(help),
+        Some(Keyword::Help) => Some(replies.help.to_owned()),
         None => None,
     };
-    if let Some(text) = reply {
+    if let Some(text) = &reply {
         let draft = Draft {
             channel: OutboxChannel::Sms,
             recipient: phone,
             subject: None,
             html: None,
-            text: text.to_owned(),
+            text: text.clone(),
             list_slug: None,
         };
         let row = NewMessage::new(key, id, draft).rows(now);
         compose::insert(&txn, vec![row]).await?;
     }
     txn.commit().await?;
-    Ok(Received { subscriber: Some(id), keyword, reply: reply.map(str::to_owned) })
+    Ok(Received { subscriber: Some(id), keyword, reply })
 }
 
 #[cfg(test)]
@@ -169,7 +314,47 @@ mod tests {
         assert_eq!(Keyword::of("UNSTOP"), Some(Keyword::Start));
         assert_eq!(Keyword::of("help?"), Some(Keyword::Help));
         assert_eq!(Keyword::of("Yes"), Some(Keyword::Yes));
-        assert_eq!(Keyword::of("please stop texting"), None, "only the whole message is a keyword");
         assert_eq!(Keyword::of("yes please"), None);
+        assert_eq!(Keyword::of("help me choose a size"), None, "HELP and YES are whole messages only");
+    }
+
+    #[test]
+    fn a_request_to_stop_in_words_is_a_stop_in_the_language_it_was_made_in() {
+        for (message, lang) in [
+            ("please stop texting me", "en"),
+            ("STOP!!!", "en"),
+            ("Can you remove me from this list?", "en"),
+            ("Don't text me again", "en"),
+            ("Don’t message me anymore", "en"),
+            ("opt-out", "en"),
+            ("Basta!", "it"),
+            ("basta messaggi per favore", "it"),
+            ("Non scrivermi più", "it"),
+            ("cancellami", "it"),
+            ("Stopp", "de"),
+            ("Bitte abmelden", "de"),
+            ("Keine SMS mehr!", "de"),
+            ("Hört auf", "de"),
+            ("ARRÊT", "fr"),
+            ("Désinscrivez-moi svp", "fr"),
+            ("je ne veux plus recevoir vos messages", "fr"),
+            ("Baja", "es"),
+            ("Quiero darme de baja", "es"),
+            ("no más mensajes", "es"),
+        ] {
+            assert_eq!(stop_language(message), Some(lang), "{message}");
+            assert_eq!(Keyword::of(message), Some(Keyword::Stop), "{message}");
+        }
+        for message in [
+            "what time do you open?",
+            "see you at the weekend",
+            "is the blue one still available",
+            "Thanks! Unstoppable deals",
+            "Grazie, a presto",
+            "Wann habt ihr geöffnet?",
+            "",
+        ] {
+            assert_eq!(Keyword::of(message), None, "{message}");
+        }
     }
 }

@@ -19,7 +19,44 @@ with_each_backend!(
     the_generic_http_provider_sends_json_and_takes_reports_with_its_token,
     malformed_webhooks_get_a_4xx_and_change_nothing,
     a_providers_answer_is_read_only_up_to_a_bound,
+    a_request_to_stop_in_words_withdraws_consent_and_is_confirmed_once_in_its_language,
 );
+
+/// Consent may be withdrawn by any reasonable means: a request to stop in words, in any language
+/// ownlist ships, is a STOP, confirmed once in the language it was made in.
+async fn a_request_to_stop_in_words_withdraws_consent_and_is_confirmed_once_in_its_language(backend: Backend) {
+    let fake = FakeProvider::start().await;
+    let Some(app) = spawn(backend, vec![twilio(&fake)]).await else { return };
+    let ada = ada(&app, json!({"locale": "de"})).await;
+    text_in(&app, "SMw1", "Is the blue one still there?").await;
+    assert_eq!(person(&app, &ada).await["channels"]["sms"], "subscribed", "a question is not a request to stop");
+    text_in(&app, "SMw2", "Basta, non scrivetemi più!").await;
+    assert_eq!(person(&app, &ada).await["channels"]["sms"], "unsubscribed");
+    text_in(&app, "SMw3", "basta!!").await;
+    assert_eq!(app.sms.send_due().await.unwrap(), 1, "one confirmation");
+    let texts: Vec<String> = fake.requests().iter().map(|r| r.field("Body").unwrap()).collect();
+    assert_eq!(
+        texts,
+        ["Iscrizione annullata: non riceverai più SMS da noi. Rispondi START per iscriverti di nuovo."],
+        "in the language she wrote in"
+    );
+    let received: Vec<Value> = timeline(&app, &ada).await.into_iter().filter(|e| e["kind"] == "sms_received").collect();
+    let keywords: Vec<&Value> = received.iter().map(|e| &e["data"]["keyword"]).collect();
+    assert_eq!(keywords, [&Value::Null, &json!("stop"), &json!("stop")]);
+    // START, then plain STOP: the confirmation speaks her own language (German).
+    text_in(&app, "SMw4", "START").await;
+    text_in(&app, "SMw5", "please stop texting me").await;
+    app.sms.send_due().await.unwrap();
+    let texts: Vec<String> = fake.requests().iter().skip(1).map(|r| r.field("Body").unwrap()).collect();
+    assert_eq!(
+        texts,
+        [
+            "Du bist wieder angemeldet. Antworte STOP zum Abmelden, HELP für Hilfe.",
+            "Du bist abgemeldet und bekommst keine SMS mehr von uns. Antworte START, um dich wieder anzumelden.",
+        ]
+    );
+    assert_eq!(app.count("consents WHERE granted = false AND method = 'sms_keyword'").await, 2);
+}
 
 /// An answer of a few hundred kilobytes is not read (nor parsed): the message counts as taken
 /// on the status alone, without the provider's reference.
@@ -178,6 +215,8 @@ async fn a_failing_provider_hands_over_and_an_unreachable_number_bounces(backend
     assert_eq!(person(&app, &ada).await["channels"]["sms"], "bounced");
 }
 
+const STOPPED_EN: &str = "You are unsubscribed and will get no more texts from us. Reply START to resubscribe.";
+
 async fn stop_help_start_and_yes_work_through_the_signed_webhook(backend: Backend) {
     let fake = FakeProvider::start().await;
     let Some(app) = spawn(backend, vec![twilio(&fake)]).await else { return };
@@ -213,14 +252,20 @@ async fn stop_help_start_and_yes_work_through_the_signed_webhook(backend: Backen
     app.clock.set(chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 3, 2, 23, 0, 0).unwrap());
     assert_eq!(app.sms.send_due().await.unwrap(), 1, "the confirmation goes at once, even at night");
     let texts: Vec<String> = fake.requests().iter().map(|r| r.field("Body").unwrap()).collect();
-    assert_eq!(texts, [ownlist::inbound_sms::STOPPED], "one confirmation, no marketing");
+    assert_eq!(texts, [STOPPED_EN], "one confirmation, no marketing");
 
     text_in(&app, "SMin3", "help").await;
     text_in(&app, "SMin4", "START").await;
     assert_eq!(person(&app, &ada).await["channels"]["sms"], "subscribed");
     app.sms.send_due().await.unwrap();
     let texts: Vec<String> = fake.requests().iter().skip(1).map(|r| r.field("Body").unwrap()).collect();
-    assert_eq!(texts, ["Reply STOP to stop, START to start again.", ownlist::inbound_sms::STARTED]);
+    assert_eq!(
+        texts,
+        [
+            "Reply STOP to stop, START to start again.",
+            "You are subscribed again. Reply STOP to unsubscribe, HELP for help."
+        ]
+    );
 
     // YES confirms a pending SMS opt-in.
     let mut row = subscriber::Entity::find_by_id(ada.parse::<uuid::Uuid>().unwrap())

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::config::SmsProviderConfig;
 use crate::delivery::sms::{StatusReport, record_status, twilio_signature};
-use crate::inbound_sms::{Inbound, receive};
+use crate::inbound_sms::{Inbound, Replies, receive};
 use crate::tokens::same_secret;
 use crate::web::AppState;
 use crate::web::error::ApiError;
@@ -107,7 +107,9 @@ async fn inbound(State(state): State<AppState>, request: Request) -> Result<Resp
         from: from.to_owned(),
         body: field(&fields, "Body").unwrap_or_default().to_owned(),
     };
-    let received = receive(&state.db, state.clock.now(), &message, &state.config.sms_help_text).await?;
+    let translations = state.catalog.templates().translations();
+    let replies = Replies { help: &state.config.sms_help_text, translations: &translations };
+    let received = receive(&state.db, state.clock.now(), &message, &replies).await?;
     tracing::info!(subscriber = ?received.subscriber, keyword = ?received.keyword, "inbound SMS");
     Ok(([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response())
 }
