@@ -11,6 +11,7 @@ pub mod export;
 pub mod goals;
 pub mod import;
 pub mod lists;
+pub mod machines;
 pub mod records;
 pub mod subscribers;
 

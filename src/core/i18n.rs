@@ -61,7 +61,7 @@ fn parse(text: &str) -> Result<BTreeMap<String, String>, (usize, String)> {
 }
 
 /// The 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (u64, u64) {
+pub(crate) fn line_column(text: &str, offset: usize) -> (u64, u64) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

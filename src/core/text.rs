@@ -60,6 +60,13 @@ pub fn html_to_text_with<'a>(html: &str, original: impl Fn(&str) -> Option<&'a s
             }
             out.push_str(")");
         }
+        // A link hidden from readers (the tracking trap) is not text either.
+        if !closing && is(&["a"]) && tag.contains("aria-hidden=\"true\"") {
+            let after = &rest[start + end + 1..];
+            let at = after.to_ascii_lowercase().find("</a");
+            rest = at.and_then(|i| after[i..].find('>').map(|j| &after[i + j + 1..])).unwrap_or_default();
+            continue;
+        }
         if !closing && is(&["a"]) {
             pending_href = tag.split("href=\"").nth(1).and_then(|h| h.split('"').next());
         }

@@ -12,6 +12,10 @@ use crate::core::sms_text::sms_segments;
 use crate::core::values::{OutboxChannel, OutboxStatus};
 use crate::store::entities::{outbox, outbox_body};
 
+/// The last path segment of a message's hidden link (`…/t/c/{token}/h`), where a link's index
+/// stands otherwise.
+pub const TRAP: &str = "h";
+
 /// How long tracking links keep working.
 pub const TRACKING_DAYS: i64 = 365;
 
@@ -105,6 +109,21 @@ impl Tracking {
             },
             None => out.push_str(&pixel),
         }
+        // The hidden link, first in the body: no reader sees or reaches it (not shown, not in the
+        // accessibility tree, not focusable, left out of the plain text), so whatever follows it
+        // is a machine following every link, and the clicks right after it are the same
+        // machine's.
+        let trap = format!(
+            "<a href=\"{click}/{TRAP}\" aria-hidden=\"true\" tabindex=\"-1\" \
+             style=\"display:none;font-size:0;line-height:0;max-height:0;overflow:hidden;mso-hide:all\">&#8203;</a>"
+        );
+        // Before the first link, the input was copied as it is: the body's start is where it was.
+        let body_start = match find_href(&lower, 0) {
+            Some(first) => lower[..first.value_start].find("<body"),
+            None => lower.find("<body"),
+        }
+        .and_then(|at| lower[at..].find('>').map(|end| at + end + 1));
+        out.insert_str(body_start.unwrap_or(0), &trap);
         (out, links)
     }
 }

@@ -224,12 +224,13 @@ pub async fn first_engagement(
     day: NaiveDate,
 ) -> Result<()> {
     use crate::store::entities::{event, subscriber};
+    // A person's first: opens and clicks by machines (kept as events too) do not count.
     let before = event::Entity::find()
         .filter(event::Column::SubscriberId.eq(subscriber_id))
         .filter(event::Column::Kind.eq(kind))
-        .one(txn)
+        .all(txn)
         .await?;
-    if before.is_some() {
+    if before.iter().any(|e| crate::audience::engagement::by_person(&e.data)) {
         return Ok(());
     }
     let Some(person) = subscriber::Entity::find_by_id(subscriber_id).one(txn).await? else { return Ok(()) };

@@ -37,6 +37,12 @@ pub mod measure {
     pub const OPENED: &str = "opened";
     /// Messages with a link followed (first time each).
     pub const CLICKED: &str = "clicked";
+    /// Messages whose pixel a machine loaded (a privacy proxy, a scanner), first time each;
+    /// `opened` counts people only.
+    pub const OPENED_BY_MACHINE: &str = "opened_by_machine";
+    /// Messages with a link a machine followed (a link scanner), first time each; `clicked`
+    /// counts people only.
+    pub const CLICKED_BY_MACHINE: &str = "clicked_by_machine";
     /// Subscribers who withdrew consent for the channel after this step's message was the last
     /// one they got on it (for a broadcast, also those who left its list that way).
     pub const UNSUBSCRIBED: &str = "unsubscribed";

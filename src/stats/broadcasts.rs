@@ -33,10 +33,16 @@ pub struct Figures {
     pub failed: i64,
     pub bounced: i64,
     pub complained: i64,
+    /// Messages a person opened, and in which a person followed a link.
     pub opened: i64,
     pub clicked: i64,
+    /// Every click by a person.
     pub clicks: i64,
     pub unsubscribed: i64,
+    /// Messages whose pixel only a machine loaded first (a privacy proxy, a scanner), and in which
+    /// a machine followed a link: beside the people's figures, in none of the rates.
+    pub opened_by_machine: i64,
+    pub clicked_by_machine: i64,
 }
 
 /// Shares, rounded to four decimals; `null` when there is nothing to divide by.
@@ -96,6 +102,8 @@ impl Figures {
             measure::CLICKED => self.clicked += n,
             measure::CLICKS => self.clicks += n,
             measure::UNSUBSCRIBED => self.unsubscribed += n,
+            measure::OPENED_BY_MACHINE => self.opened_by_machine += n,
+            measure::CLICKED_BY_MACHINE => self.clicked_by_machine += n,
             _ => {}
         }
         // Reported after it was accepted: no longer counted as delivered.

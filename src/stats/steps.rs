@@ -40,8 +40,12 @@ pub struct StepStats {
     pub sent: i64,
     pub delivered: i64,
     pub failed: i64,
+    /// Opened and clicked by people.
     pub opened: i64,
     pub clicked: i64,
+    /// Opened and clicked by machines (privacy proxies, link scanners): beside, in no rate.
+    pub opened_by_machine: i64,
+    pub clicked_by_machine: i64,
     /// Withdrew consent after this step's message.
     pub unsubscribed: i64,
     /// opened / delivered and clicked / delivered.
@@ -161,6 +165,8 @@ pub async fn workflow(db: &Db, id: &str, steps: &[(String, Option<String>)], day
             measure::OPENED => s.opened += n,
             measure::CLICKED => s.clicked += n,
             measure::UNSUBSCRIBED => s.unsubscribed += n,
+            measure::OPENED_BY_MACHINE => s.opened_by_machine += n,
+            measure::CLICKED_BY_MACHINE => s.clicked_by_machine += n,
             _ => {}
         }
         touched.insert(step, s);

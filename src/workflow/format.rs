@@ -275,8 +275,8 @@ pub const CONDITION_KEYS: &[&str] = &[
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Condition {
-    Opened(Spanned<String>),
-    Clicked(Spanned<String>),
+    Opened(Spanned<crate::workflow::model::Engaged>),
+    Clicked(Spanned<crate::workflow::model::Engaged>),
     Tag(Spanned<String>),
     List(Spanned<String>),
     Has(Spanned<String>),

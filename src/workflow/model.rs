@@ -91,11 +91,42 @@ pub enum WaitUntil {
     Cron(String),
 }
 
+/// `opened:`/`clicked:`: an email step of the workflow, and whether machines' opens and clicks
+/// (privacy proxies, link scanners) count too. Written as the step's id alone, or as
+/// `{ step: ID, include_machine: true }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "EngagedForm")]
+pub struct Engaged {
+    pub step: String,
+    pub include_machine: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EngagedForm {
+    Step(String),
+    #[serde(rename_all = "snake_case")]
+    Full {
+        step: String,
+        #[serde(default)]
+        include_machine: bool,
+    },
+}
+
+impl From<EngagedForm> for Engaged {
+    fn from(form: EngagedForm) -> Self {
+        match form {
+            EngagedForm::Step(step) => Self { step, include_machine: false },
+            EngagedForm::Full { step, include_machine } => Self { step, include_machine },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Condition {
-    Opened(String),
-    Clicked(String),
+    Opened(Engaged),
+    Clicked(Engaged),
     Tag(String),
     List(String),
     Has(Channel),

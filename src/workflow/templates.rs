@@ -33,6 +33,10 @@ pub struct TemplateChecker {
     translations: Arc<Translations>,
     /// The locale files that did not parse.
     locale_problems: Vec<Problem>,
+    /// How machines are told from people (`machines.toml` over the shipped file).
+    machines: Arc<crate::audience::machines::Machines>,
+    /// The folder's `machines.toml` when it did not parse.
+    machines_problem: Option<Problem>,
     /// Each language's words as a template value, made once (a message's context takes a
     /// reference to it rather than a copy of a hundred texts).
     words: BTreeMap<String, tera::Value>,
@@ -89,6 +93,9 @@ impl TemplateChecker {
             .into_iter()
             .map(|p| Problem::At { file: p.file, line: p.line, column: p.column, message: p.message })
             .collect();
+        let (machines, machines_problem) = crate::audience::machines::Machines::load(dir);
+        let machines_problem =
+            machines_problem.map(|p| Problem::At { file: p.file, line: p.line, column: p.column, message: p.message });
         let words = translations
             .languages()
             .into_iter()
@@ -101,8 +108,20 @@ impl TemplateChecker {
             names,
             translations: Arc::new(translations),
             locale_problems,
+            machines: Arc::new(machines),
+            machines_problem,
             words,
         }
+    }
+
+    /// How machines are told from people.
+    pub fn machines(&self) -> Arc<crate::audience::machines::Machines> {
+        self.machines.clone()
+    }
+
+    /// The folder's `machines.toml`, when it did not parse (the shipped file is used).
+    pub fn machines_problem(&self) -> Option<&Problem> {
+        self.machines_problem.as_ref()
     }
 
     /// The words of `lang` as a template value (`t`), English for a language there are none for.
@@ -261,6 +280,7 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
             }
             collect(root, &path, out);
         } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.') && n != "README.md")
+            && !(dir == root && path.file_name().is_some_and(|n| n == crate::audience::machines::FILE))
             && let Ok(relative) = path.strip_prefix(root)
         {
             let name = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");

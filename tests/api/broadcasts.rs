@@ -353,7 +353,9 @@ async fn every_message_names_the_business_set_once() {
 
 /// Sent on one day, read the next: the report counts opens and clicks once per message, every
 /// click per link, an unsubscribe through the list's one-click link and a bounce reported later
-/// (not twice when reported twice), with rates and day by day.
+/// (not twice when reported twice), with rates and day by day. Machines' opens and clicks (Apple
+/// Mail Privacy Protection's pixel load, a scanner following the hidden link) are counted beside
+/// and in no rate.
 async fn a_broadcast_reports_what_became_of_its_messages_per_link_and_day(app: TestApp) {
     app.create_list("news").await;
     for who in ["ada", "bob", "cy", "dee"] {
@@ -371,7 +373,7 @@ async fn a_broadcast_reports_what_became_of_its_messages_per_link_and_day(app: T
     let of = |email: &str| messages.iter().find(|m| m.recipient == email).unwrap().id;
     let links = |html: &str, prefix: &str| -> Vec<String> {
         html.split(['"', '\'', '(', ')'])
-            .filter(|part| part.starts_with(prefix))
+            .filter(|part| part.starts_with(prefix) && !part.ends_with("/h"))
             .map(|url| url.trim_start_matches("http://127.0.0.1:8080").to_owned())
             .collect()
     };
@@ -391,6 +393,17 @@ async fn a_broadcast_reports_what_became_of_its_messages_per_link_and_day(app: T
     visit(ada_links[0].clone()).await;
     let bob = crate::helpers::bodies(&app, of("bob@example.com")).await.0.unwrap();
     visit(links(&bob, "http://127.0.0.1:8080/t/c/")[1].clone()).await;
+    // Cy's pixel loaded by Apple's privacy proxy (a bare `Mozilla/5.0`), twice; and a scanner
+    // following her message's hidden link, then its first link: machines, all of it.
+    let cy = crate::helpers::bodies(&app, of("cy@example.com")).await.0.unwrap();
+    let cy_pixel = app.url(&links(&cy, "http://127.0.0.1:8080/t/o/")[0]);
+    for _ in 0..2 {
+        assert_eq!(client.get(&cy_pixel).header("user-agent", "Mozilla/5.0").send().await.unwrap().status(), 200);
+    }
+    let trap = cy.split('"').find(|p| p.starts_with("http://127.0.0.1:8080/t/c/") && p.ends_with("/h")).unwrap();
+    let followed = client.get(trap.replace("http://127.0.0.1:8080", &app.base)).send().await.unwrap();
+    assert_eq!(followed.headers()["location"], "http://127.0.0.1:8080/", "the hidden link leads to the front page");
+    visit(links(&cy, "http://127.0.0.1:8080/t/c/")[0].clone()).await;
 
     let raw = std::fs::read_to_string(app.data_dir.join("mail").join(format!("{}.eml", of("cy@example.com")))).unwrap();
     let header = raw.lines().find(|l| l.starts_with("List-Unsubscribe:")).unwrap();
@@ -422,7 +435,7 @@ async fn a_broadcast_reports_what_became_of_its_messages_per_link_and_day(app: T
     assert_eq!(
         report["totals"],
         json!({"sent": 4, "delivered": 3, "failed": 0, "bounced": 1, "complained": 0, "opened": 2,
-               "clicked": 2, "clicks": 3, "unsubscribed": 1}),
+               "clicked": 2, "clicks": 3, "unsubscribed": 1, "opened_by_machine": 1, "clicked_by_machine": 1}),
         "{report}"
     );
     assert_eq!(

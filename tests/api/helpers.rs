@@ -87,8 +87,11 @@ pub struct TestApp {
 /// closes an idle one (`header_timeout`, 10 s): reusing one the server is closing at that very
 /// moment fails the request, which under a loaded machine made tests flaky.
 pub fn client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder().pool_idle_timeout(std::time::Duration::from_secs(3))
+    reqwest::Client::builder().pool_idle_timeout(std::time::Duration::from_secs(3)).user_agent(BROWSER)
 }
+
+/// The tests' user agent: a person's browser (opens and clicks by it count as a person's).
+pub const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0";
 
 impl TestApp {
     /// A fresh app, or `None` for PostgreSQL when no test database is configured.

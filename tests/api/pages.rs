@@ -727,10 +727,7 @@ async fn the_funnel_counts_views_signups_and_confirmations_by_page_source_and_da
         .unwrap()
         .unwrap();
     let html = crate::helpers::bodies(&app, sent.id).await.0.unwrap();
-    let link = |marker: &str| {
-        let start = html.find(marker).unwrap();
-        html[start..].split(['"', '\'', '<', ' ']).next().unwrap().to_owned()
-    };
+    let link = |marker: &str| crate::stats::link(&html, marker);
     let (pixel, click) = (link("/t/o/"), link("/t/c/"));
     for _ in 0..2 {
         assert_eq!(browser().get(app.url(&pixel)).send().await.unwrap().status(), StatusCode::OK);

@@ -22,6 +22,7 @@ fn figures_context(f: &Figures, rates: &Rates) -> Value {
         "sent": f.sent, "delivered": f.delivered, "failed": f.failed, "bounced": f.bounced,
         "complained": f.complained, "opened": f.opened, "clicked": f.clicked, "clicks": f.clicks,
         "unsubscribed": f.unsubscribed,
+        "opened_by_machine": f.opened_by_machine, "clicked_by_machine": f.clicked_by_machine,
         "delivery_rate": percent(rates.delivery_rate), "bounce_rate": percent(rates.bounce_rate),
         "open_rate": percent(rates.open_rate), "click_rate": percent(rates.click_rate),
         "click_to_open_rate": percent(rates.click_to_open_rate),

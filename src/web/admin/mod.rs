@@ -611,6 +611,7 @@ async fn workflow(State(state): State<AppState>, Path(id): Path<String>, Query(q
             "step": s.step, "kind": s.kind, "entered": s.entered, "completed": s.completed, "skipped": s.skipped,
             "skipped_by_reason": s.skipped_by_reason, "exited": s.exited, "waiting_now": s.waiting_now,
             "sent": s.sent, "delivered": s.delivered, "failed": s.failed, "opened": s.opened, "clicked": s.clicked,
+            "opened_by_machine": s.opened_by_machine, "clicked_by_machine": s.clicked_by_machine,
             "unsubscribed": s.unsubscribed, "open_rate": percent(s.open_rate), "click_rate": percent(s.click_rate),
             "message": s.sent > 0 || s.delivered > 0 || matches!(s.kind.as_deref(), Some("email" | "sms" | "webhook")),
             "went_on": s.completed + s.skipped,

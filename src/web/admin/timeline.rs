@@ -146,6 +146,15 @@ impl Names {
             "consent_granted" => by(format!("Gave consent for {}", channel_name(&s("channel")))),
             "consent_revoked" => by(format!("Withdrew consent for {}", channel_name(&s("channel")))),
             "erased" => by("Personal data erased".to_owned()),
+            "email_opened" | "email_clicked" if s("verdict") == "machine" => {
+                let what = self.message(data, "email");
+                let done = match (kind, data.get("trap") == Some(&Value::Bool(true))) {
+                    ("email_opened", _) => format!("loaded the open pixel of {what}"),
+                    (_, true) => format!("followed the hidden link of {what}"),
+                    _ => format!("followed {} in {what}", s("url")),
+                };
+                format!("A machine, not a person, {done}: {}", s("reason"))
+            }
             "email_opened" => format!("Opened {}", self.message(data, "email")),
             "email_clicked" => format!("Clicked {} in {}", s("url"), self.message(data, "email")),
             "email_sent" | "sms_sent" => format!("Sent {}", self.message(data, &kind[..kind.len() - 5])),

@@ -234,6 +234,8 @@ pub async fn workflow(
         "failed",
         "opened",
         "clicked",
+        "opened_by_machine",
+        "clicked_by_machine",
         "unsubscribed",
         "waiting_now",
         "skipped_by_reason",
@@ -251,6 +253,8 @@ pub async fn workflow(
                 s.failed,
                 s.opened,
                 s.clicked,
+                s.opened_by_machine,
+                s.clicked_by_machine,
                 s.unsubscribed,
                 s.waiting_now,
             ]

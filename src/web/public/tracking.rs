@@ -2,16 +2,22 @@
 //!
 //! The token is signed and names one message; the index picks one of the links recorded for
 //! that message when it was written, so a click link can lead nowhere else (no open redirect).
+//! Index `h` is the message's hidden link, which no reader sees: it leads to the site's front
+//! page, and whatever follows it is a machine. Each request is judged person or machine on its
+//! method, user agent, address and timing (see [`crate::audience::machines`]).
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::audience::engagement::{Click, record_click, record_open};
+use crate::audience::engagement::{Click, Link, record_click, record_open};
+use crate::audience::machines::Fetch;
 use crate::core::links::{Purpose, Signer};
+use crate::outbox::compose::TRAP;
 use crate::web::AppState;
+use crate::web::extract::ClientAddress;
 
 /// A transparent 1×1 GIF.
 const PIXEL: &[u8] = &[
@@ -32,12 +38,31 @@ fn not_found() -> Response {
     (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, "no-store")], "This link is not valid.\n").into_response()
 }
 
+/// What a request shows of who made it.
+fn fetch(method: &Method, headers: &HeaderMap, address: ClientAddress) -> Fetch {
+    Fetch {
+        head: method == Method::HEAD,
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(512).collect()),
+        ip: address.0,
+        ..Fetch::default()
+    }
+}
+
 /// Always the pixel (a mail client shows nothing either way); the open is recorded when the
 /// token is good. A failure to record is logged, never shown.
-async fn open(State(state): State<AppState>, Path(token): Path<String>) -> Response {
+async fn open(
+    State(state): State<AppState>,
+    method: Method,
+    address: ClientAddress,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
     let now = state.clock.now();
+    let machines = state.catalog.templates().machines();
     if let Ok(id) = signer(&state).verify(Purpose::Track, &token, now)
-        && let Err(e) = record_open(&state.db, id, now).await
+        && let Err(e) = record_open(&state.db, id, fetch(&method, &headers, address), &machines, now).await
     {
         tracing::error!(error = %e, "could not record an open");
     }
@@ -45,12 +70,20 @@ async fn open(State(state): State<AppState>, Path(token): Path<String>) -> Respo
         .into_response()
 }
 
-async fn click(State(state): State<AppState>, Path((token, index)): Path<(String, String)>) -> Response {
+async fn click(
+    State(state): State<AppState>,
+    method: Method,
+    address: ClientAddress,
+    headers: HeaderMap,
+    Path((token, index)): Path<(String, String)>,
+) -> Response {
     let now = state.clock.now();
-    let (Ok(id), Ok(index)) = (signer(&state).verify(Purpose::Track, &token, now), index.parse::<usize>()) else {
+    let link = if index == TRAP { Some(Link::Trap) } else { index.parse::<usize>().ok().map(Link::At) };
+    let (Ok(id), Some(link)) = (signer(&state).verify(Purpose::Track, &token, now), link) else {
         return not_found();
     };
-    match record_click(&state.db, id, index, now).await {
+    let machines = state.catalog.templates().machines();
+    match record_click(&state.db, id, link, fetch(&method, &headers, address), &machines, now).await {
         Ok(Click::To(url)) => (
             StatusCode::FOUND,
             [
@@ -58,6 +91,11 @@ async fn click(State(state): State<AppState>, Path((token, index)): Path<(String
                 (header::CACHE_CONTROL, "no-store".to_owned()),
                 (header::REFERRER_POLICY, "no-referrer".to_owned()),
             ],
+        )
+            .into_response(),
+        Ok(Click::Trap) => (
+            StatusCode::FOUND,
+            [(header::LOCATION, state.config.base_url.to_string()), (header::CACHE_CONTROL, "no-store".to_owned())],
         )
             .into_response(),
         Ok(Click::Unknown) => not_found(),

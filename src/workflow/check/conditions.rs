@@ -38,7 +38,7 @@ impl<'a> Checker<'a> {
     pub(super) fn condition(&mut self, spanned: &Spanned<format::Condition>, anywhere: bool) -> Condition {
         match &spanned.value {
             format::Condition::Opened(step) | format::Condition::Clicked(step) => {
-                let name = step.value.trim().to_owned();
+                let name = step.value.step.trim().to_owned();
                 let known = if anywhere { &self.all_emails } else { &self.emails_so_far };
                 if !known.contains(&name) {
                     let candidates: Vec<&str> = known.iter().map(String::as_str).collect();
@@ -48,9 +48,11 @@ impl<'a> Checker<'a> {
                         if anywhere { "an email step of this workflow" } else { "an email step above this one" };
                     self.report(at(step), format!("'{name}' is not {place}{hint}"));
                 }
+                let engaged =
+                    crate::workflow::model::Engaged { step: name, include_machine: step.value.include_machine };
                 match &spanned.value {
-                    format::Condition::Opened(_) => Condition::Opened(name),
-                    _ => Condition::Clicked(name),
+                    format::Condition::Opened(_) => Condition::Opened(engaged),
+                    _ => Condition::Clicked(engaged),
                 }
             }
             format::Condition::Tag(tag) => Condition::Tag(self.tag(tag)),

@@ -137,6 +137,12 @@ pub fn check_dir(dir: &Path, context: &Context<'_>) -> Folder {
             folder.diagnostics.push(Diagnostic { file: file.clone(), line: *line, column: *column, message });
         }
     }
+    if let Some(crate::workflow::templates::Problem::At { file, line, column, message }) =
+        context.templates.machines_problem()
+    {
+        let message = format!("{message} (the shipped machines.toml is used instead)");
+        folder.diagnostics.push(Diagnostic { file: file.clone(), line: *line, column: *column, message });
+    }
     // Likewise a page template or the email layout that does not parse: the shipped one is used.
     for problem in context.templates.shared_problems() {
         if let crate::workflow::templates::Problem::At { file, line, column, message } = problem {

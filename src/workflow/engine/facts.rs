@@ -52,7 +52,7 @@ impl Engine {
                     }
                     query.one(conn).await?.is_some()
                 }
-                Condition::Opened(step) | Condition::Clicked(step) => {
+                Condition::Opened(wanted_step) | Condition::Clicked(wanted_step) => {
                     let wanted =
                         if matches!(condition, Condition::Opened(_)) { "email_opened" } else { "email_clicked" };
                     let found = event::Entity::find()
@@ -60,9 +60,11 @@ impl Engine {
                         .filter(event::Column::Kind.eq(wanted))
                         .all(conn)
                         .await?;
+                    // People's opens and clicks only, unless the condition counts machines'.
                     found.iter().any(|e| {
-                        e.data.get("step").and_then(Value::as_str) == Some(step)
+                        e.data.get("step").and_then(Value::as_str) == Some(wanted_step.step.as_str())
                             && e.data.get("workflow").and_then(Value::as_str) == Some(workflow_id)
+                            && (wanted_step.include_machine || crate::audience::engagement::by_person(&e.data))
                     })
                 }
                 Condition::All(items) => {
@@ -135,11 +137,15 @@ pub(super) fn loosely_equal(actual: &Value, expected: &Value) -> bool {
         }
 }
 
+fn machines_too(engaged: &crate::workflow::model::Engaged) -> &'static str {
+    if engaged.include_machine { " (machines too)" } else { "" }
+}
+
 /// A condition in words, for the timeline.
 pub fn describe(condition: &Condition) -> String {
     match condition {
-        Condition::Opened(s) => format!("opened '{s}'"),
-        Condition::Clicked(s) => format!("clicked in '{s}'"),
+        Condition::Opened(e) => format!("opened '{}'{}", e.step, machines_too(e)),
+        Condition::Clicked(e) => format!("clicked in '{}'{}", e.step, machines_too(e)),
         Condition::Tag(t) => format!("tag '{t}'"),
         Condition::List(l) => format!("member of '{l}'"),
         Condition::Has(Channel::Email) => "has an email address".into(),
