@@ -15,7 +15,91 @@ on_both_databases!(
     an_open_is_recorded_once_and_feeds_the_opened_branch,
     tracking_can_be_turned_off_per_workflow_and_per_step,
     a_broadcast_click_leads_where_its_dictionary_says,
+    a_privacy_proxy_open_is_a_machines_and_counts_only_where_a_workflow_says_so,
+    a_link_scanner_on_arrival_is_a_machine_and_the_reader_after_it_a_person,
 );
+
+/// Apple Mail Privacy Protection loads the pixel on arrival: the open is kept with its verdict
+/// and reason, but `opened:` is about people, unless the condition says `include_machine`.
+async fn a_privacy_proxy_open_is_a_machines_and_counts_only_where_a_workflow_says_so(app: TestApp) {
+    const TWO_TESTS: &str = "name: Guide\ntrigger: { subscribed: guide-leads }\nsteps:\n  - id: deliver\n    email: { subject: Your guide, template: emails/guide.html }\n  - id: pause\n    wait: 1d\n  - id: people\n    if: { opened: deliver }\n    then:\n      - id: read\n        tag: read\n  - id: anyone\n    if: { opened: { step: deliver, include_machine: true } }\n    then:\n      - id: fetched\n        tag: fetched\n";
+    app.create_list("guide-leads").await;
+    app.install_workflow("guide", TWO_TESTS).await;
+    let ada = app
+        .create_subscriber(json!({"email": "ada@example.com", "lists": ["guide-leads"], "consent": {"email": true}}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.tick().await;
+    app.email.send_due().await.unwrap();
+    let message = outbox::Entity::find().one(app.db.conn()).await.unwrap().unwrap();
+    let html = crate::helpers::bodies(&app, message.id).await.0.unwrap();
+    let pixel = local_path(&links_to(&html, "http://127.0.0.1:8080/t/o/")[0]);
+    app.clock.advance(chrono::Duration::seconds(2));
+    for _ in 0..2 {
+        let answer = no_redirects().get(app.url(&pixel)).header("user-agent", "Mozilla/5.0").send().await.unwrap();
+        assert_eq!(answer.headers()["content-type"], "image/gif", "a pixel all the same");
+    }
+    let opened: Vec<_> = timeline(&app, &ada).await.into_iter().filter(|e| e["kind"] == "email_opened").collect();
+    assert_eq!(opened.len(), 1, "the first machine open only: {opened:?}");
+    assert_eq!(opened[0]["data"]["verdict"], "machine");
+    assert_eq!(opened[0]["data"]["reason"], "privacy proxy: Apple Mail Privacy Protection");
+    let stored = outbox::Entity::find_by_id(message.id).one(app.db.conn()).await.unwrap().unwrap();
+    assert_eq!(stored.opened_at, None, "not opened by a person");
+    app.advance(chrono::Duration::days(1)).await;
+    let person = expect_json(app.get(&format!("/api/v1/subscribers/{ada}")).await, StatusCode::OK).await;
+    assert_eq!(person["tags"], json!(["fetched"]), "opened: is people's; include_machine counts the proxy");
+    let stats = expect_json(app.get("/api/v1/stats/workflows/guide").await, StatusCode::OK).await;
+    let deliver = stats["steps"].as_array().unwrap().iter().find(|s| s["step"] == "deliver").unwrap().clone();
+    assert_eq!((deliver["opened"].as_i64(), deliver["opened_by_machine"].as_i64()), (Some(0), Some(1)));
+    assert_eq!(deliver["open_rate"], 0.0, "rates are people's");
+}
+
+/// A gateway follows the link three seconds after the message was sent (Safe Links, from
+/// Microsoft's network): a machine. Ada clicks an hour later: a person, and the branch is taken.
+async fn a_link_scanner_on_arrival_is_a_machine_and_the_reader_after_it_a_person(app: TestApp) {
+    let (ada, _) = guide_for_ada(&app, "clicked").await;
+    app.email.send_due().await.unwrap();
+    let message = outbox::Entity::find().one(app.db.conn()).await.unwrap().unwrap();
+    let html = crate::helpers::bodies(&app, message.id).await.0.unwrap();
+    let click = local_path(&links_to(&html, "http://127.0.0.1:8080/t/c/")[0]);
+    let client = no_redirects();
+    app.clock.advance(chrono::Duration::seconds(3));
+    let scanned = client.get(app.url(&click)).send().await.unwrap();
+    assert_eq!(scanned.status(), StatusCode::FOUND, "a scanner is answered as anyone");
+    let head = client.head(app.url(&click)).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::FOUND);
+    let verdicts = |events: Vec<serde_json::Value>| -> Vec<(String, String)> {
+        events
+            .into_iter()
+            .filter(|e| e["kind"] == "email_clicked")
+            .map(|e| {
+                (
+                    e["data"]["verdict"].as_str().unwrap().to_owned(),
+                    e["data"]["reason"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        verdicts(timeline(&app, &ada).await),
+        [
+            ("machine".to_owned(), "followed 3 s after the message was sent".to_owned()),
+            ("machine".to_owned(), "a HEAD request, which checks a link without reading it".to_owned()),
+        ]
+    );
+    assert_eq!(outbox::Entity::find_by_id(message.id).one(app.db.conn()).await.unwrap().unwrap().clicked_at, None);
+    app.clock.advance(chrono::Duration::hours(1));
+    assert_eq!(client.get(app.url(&click)).send().await.unwrap().status(), StatusCode::FOUND);
+    assert_eq!(verdicts(timeline(&app, &ada).await).last().unwrap().0, "human");
+    app.advance(chrono::Duration::days(1)).await;
+    let person = expect_json(app.get(&format!("/api/v1/subscribers/{ada}")).await, StatusCode::OK).await;
+    assert_eq!(person["tags"], json!(["engaged"]), "her click, not the scanner's, took the clicked: branch");
+    let stats = expect_json(app.get("/api/v1/stats/workflows/guide").await, StatusCode::OK).await;
+    let deliver = stats["steps"].as_array().unwrap().iter().find(|s| s["step"] == "deliver").unwrap().clone();
+    assert_eq!((deliver["clicked"].as_i64(), deliver["clicked_by_machine"].as_i64()), (Some(1), Some(1)));
+}
 
 const FOLLOW_UP: &str = "name: Guide\ntrigger: { subscribed: guide-leads }\nsteps:\n  - id: deliver\n    email: { subject: Your guide, template: emails/guide.html }\n  - id: pause\n    wait: 1d\n  - id: check\n    if: { CONDITION: deliver }\n    then:\n      - id: yes\n        tag: engaged\n    else:\n      - id: no\n        tag: cold\n";
 
