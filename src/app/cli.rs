@@ -236,8 +236,25 @@ async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<ExitCode> {
         tracing::warn!("{hint}");
         println!("  to do: {hint}");
     }
+    let bounces = match service.bounce_receiver() {
+        Some((listen, receiver)) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("OWNLIST_BOUNCE_SMTP_LISTEN: cannot listen on {listen}"))?;
+            println!(
+                "  bounce receiver: smtp://{} (return path {})",
+                listener.local_addr()?,
+                receiver.return_path.example()
+            );
+            Some(tokio::spawn(receiver.serve(listener)))
+        }
+        None => None,
+    };
     let workers = Workers::start(&service);
     service.serve(listener, shutdown_signal()).await?;
+    if let Some(bounces) = bounces {
+        bounces.abort();
+    }
     workers.stop().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use rand::RngCore;
 use tokio::net::TcpListener;
 
+use crate::audience::bounces::mail::ReturnPath;
 use crate::config::{Config, redact};
 use crate::core::clock::SharedClock;
 use crate::delivery::email::{EmailSender, Letterhead, Relay, Transport};
@@ -110,6 +111,7 @@ impl App {
                 None => None,
             },
             unsubscribe_mailto: self.config.unsubscribe_mailto.clone(),
+            return_path: self.config.return_path_address().map(|a| ReturnPath::new(&a, &secret)),
         };
         let transport = if self.config.smtp_relays.is_empty() {
             Transport::File(self.config.data_dir.join("mail"))
@@ -141,6 +143,23 @@ impl App {
         let signup_limit = Arc::new(crate::pages::guard::RateLimit::new(self.config.signups_per_ip));
         let login_limit = Arc::new(crate::pages::guard::RateLimit::new(crate::web::admin::FAILED_LOGINS_PER_HOUR));
         Ok(Service { app: self, engine, webhooks, email, sms, signup_limit, login_limit })
+    }
+}
+
+impl Service {
+    /// The bounce receiver, when `bounce_smtp_listen` is set: its address and what it needs.
+    pub fn bounce_receiver(&self) -> Option<(std::net::SocketAddr, crate::delivery::bounce_smtp::BounceReceiver)> {
+        let config = &self.app.config;
+        let listen = config.bounce_smtp_listen?;
+        let address = config.return_path_address()?;
+        let secret = config.secret.clone().unwrap_or_default();
+        let receiver = crate::delivery::bounce_smtp::BounceReceiver {
+            db: self.app.db.clone(),
+            clock: self.app.clock.clone(),
+            return_path: ReturnPath::new(&address, &secret),
+            host: address.domain().to_owned(),
+        };
+        Some((listen, receiver))
     }
 }
 

@@ -58,11 +58,7 @@ fn about(message: &outbox::Model, verdict: &Verdict) -> Value {
     data
 }
 
-/// Whether an `email_opened`/`email_clicked` event is a person's (events recorded before
-/// verdicts existed count as people's).
-pub fn by_person(data: &Value) -> bool {
-    data.get("verdict").and_then(Value::as_str) != Some("machine")
-}
+pub use crate::rollups::by_person;
 
 /// What the message's earlier opens and clicks say about a new fetch.
 #[derive(Debug, Default)]

@@ -5,6 +5,7 @@
 //! the HTTP layer and the CLI are two front ends over the same functions.
 
 pub mod archive;
+pub mod bounces;
 pub mod engagement;
 pub mod events;
 pub mod export;

@@ -94,6 +94,18 @@ pub struct Config {
     /// The shared secret a bounce processor sends to `POST /webhooks/bounces` (as a bearer
     /// token); without it that endpoint is off.
     pub bounce_secret: Option<String>,
+    /// The return path every message's envelope sender is made from (VERP).
+    pub bounce_address: Option<lettre::Address>,
+    /// Where the bounce receiver listens.
+    pub bounce_smtp_listen: Option<SocketAddr>,
+    /// The SNS topics the SES webhook takes notifications of.
+    pub ses_topic_arns: Vec<String>,
+    /// SNS signing certificates on disk, used instead of fetching them.
+    pub ses_certificates_dir: Option<PathBuf>,
+    /// SendGrid's event webhook verification key (base64 DER).
+    pub sendgrid_webhook_key: Option<String>,
+    /// Mailgun's webhook signing key.
+    pub mailgun_signing_key: Option<String>,
     /// DKIM signing: `(domain, selector, key file)`, all three or none.
     pub dkim: Option<Dkim>,
     /// A mailbox offered in `List-Unsubscribe` beside the one-click link (`mailto:`).
@@ -140,6 +152,15 @@ const DEFAULT_MAX_IMPORT_BYTES: u64 = 1024 * 1024 * 1024;
 const DEFAULT_LOG: &str = "info,sea_orm_migration=warn,sqlx=warn";
 
 impl Config {
+    /// The return path messages go out from: `bounce_address`, else (with a bounce receiver)
+    /// `bounces@` the sender's domain.
+    pub fn return_path_address(&self) -> Option<lettre::Address> {
+        self.bounce_address.clone().or_else(|| {
+            self.bounce_smtp_listen?;
+            lettre::Address::new("bounces", self.email_from.email.domain()).ok()
+        })
+    }
+
     /// What loading the workflow folder needs from the configuration.
     pub fn load_settings(&self) -> crate::workflow::loader::LoadSettings {
         crate::workflow::loader::LoadSettings {
@@ -423,6 +444,55 @@ impl Config {
                 .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
                 .ok_or_else(|| ConfigError::new(name("trust_proxy"), format!("'{value}' is not true or false")))?,
         };
+        let bounce_smtp_listen = match raw.bounce_smtp_listen.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(
+                    name("bounce_smtp_listen"),
+                    format!("'{text}' is not an address and port such as 0.0.0.0:25"),
+                )
+            })?),
+        };
+        let bounce_address = match raw.bounce_address.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(text) => Some(text.parse::<lettre::Address>().map_err(|e| {
+                ConfigError::new(
+                    name("bounce_address"),
+                    format!("'{text}' is not an address like bounces@mail.example.com: {e}"),
+                )
+            })?),
+            None => None,
+        };
+        if let Some(address) = &bounce_address
+            && address.user().contains('+')
+        {
+            return Err(ConfigError::new(name("bounce_address"), "must not contain '+' (each message adds its own)"));
+        }
+        let ses_topic_arns: Vec<String> = match raw.ses_topic_arns {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => {
+                items.iter().filter_map(|v| v.as_str()).map(|s| s.trim().to_owned()).collect()
+            }
+            Some(other) => other.as_str().unwrap_or_default().split(',').map(|s| s.trim().to_owned()).collect(),
+        }
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect();
+        if let Some(bad) = ses_topic_arns.iter().find(|arn| !arn.starts_with("arn:aws") || arn.split(':').count() != 6)
+        {
+            return Err(ConfigError::new(
+                name("ses_topic_arns"),
+                format!("'{bad}' is not a topic ARN such as arn:aws:sns:eu-west-1:123456789012:ses-bounces"),
+            ));
+        }
+        if let Some(key) = &raw.sendgrid_webhook_key {
+            use base64::Engine;
+            if base64::engine::general_purpose::STANDARD.decode(key.trim()).map_or(true, |k| k.len() < 64) {
+                return Err(ConfigError::new(
+                    name("sendgrid_webhook_key"),
+                    "must be the base64 verification key SendGrid shows",
+                ));
+            }
+        }
         let unsubscribe_mailto = match raw.unsubscribe_mailto {
             None => None,
             Some(text) => Some(text.parse::<lettre::Address>().map_err(|e| {
@@ -476,6 +546,12 @@ impl Config {
             claim_lease,
             admin_session_ttl,
             bounce_secret: raw.bounce_secret,
+            bounce_address,
+            bounce_smtp_listen,
+            ses_topic_arns,
+            ses_certificates_dir: raw.ses_certificates_dir.map(PathBuf::from),
+            sendgrid_webhook_key: raw.sendgrid_webhook_key,
+            mailgun_signing_key: raw.mailgun_signing_key,
             dkim,
             unsubscribe_mailto,
         })

@@ -133,7 +133,19 @@ settings! {
     unsubscribe_mailto: Text, default "none",
         "a mailbox offered in `List-Unsubscribe` after the one-click link, for mail clients without one-click; the subject carries the subscriber's signed token, so whoever reads the mailbox (or a script) unsubscribes them with `POST /u/{token}`";
     bounce_secret: Text, default "none (the bounce webhook is off)",
-        "shared secret (≥ 16 characters) a bounce processor sends as `Authorization: Bearer …` to `POST /webhooks/bounces`";
+        "shared secret (≥ 16 characters) a bounce processor sends as `Authorization: Bearer …` to `POST /webhooks/bounces`, and Postmark as the password of the webhook URL's basic authentication (`https://any:SECRET@…/webhooks/bounces/postmark`)";
+    bounce_address: Text, default "none; `bounces@` the sender's domain when `bounce_smtp_listen` is set",
+        "the envelope sender (return path) of email: each message goes out from `LOCAL+ID-MAC@DOMAIN`, so the bounce mail that comes back names its message exactly (VERP); point the domain's MX at the bounce receiver";
+    bounce_smtp_listen: Text, default "none (no bounce receiver)",
+        "where the bounce receiver listens for SMTP (`0.0.0.0:25`): it takes delivery status notifications (RFC 3464) and abuse reports (RFC 5965) sent to the return paths, and nothing else";
+    ses_topic_arns: Value, default "none (the SES webhook is off)",
+        "the SNS topics whose notifications `POST /webhooks/bounces/ses` takes (comma-separated, an array in the file): Amazon SES bounce and complaint notifications, their signature checked against the certificate SNS names, fetched only from an `sns.REGION.amazonaws.com` HTTPS address; the subscription is confirmed by itself";
+    ses_certificates_dir: Text, default "none (fetched from SNS)",
+        "a folder of SNS signing certificates (PEM, each named as the last part of its `SigningCertURL`) used instead of fetching them: for a machine without outgoing HTTPS, or to pin them";
+    sendgrid_webhook_key: Text, default "none (the SendGrid webhook is off)",
+        "the verification key of SendGrid's signed event webhook (base64, as SendGrid shows it), for `POST /webhooks/bounces/sendgrid`";
+    mailgun_signing_key: Text, default "none (the Mailgun webhook is off)",
+        "Mailgun's HTTP webhook signing key, for `POST /webhooks/bounces/mailgun`";
     dkim_domain: Text, default "none (unsigned)",
         "DKIM signing, with `dkim_selector` and `dkim_key_file` (all three or none): RSA as PKCS#1 PEM (`openssl genrsa -traditional 2048`; publish `v=DKIM1; k=rsa; p=…` at `SELECTOR._domainkey.DOMAIN`) signs rsa-sha256; Ed25519 as PKCS#8 PEM (`openssl genpkey -algorithm ed25519`; publish `k=ed25519; p=` the base64 of the raw 32-byte public key) or the base64 of its 32 private bytes signs ed25519-sha256. The signature (relaxed/relaxed) covers From, To, Subject, Date, Message-ID, List-Unsubscribe and List-Unsubscribe-Post";
     dkim_selector: Text, default "none", "the DKIM selector (see `dkim_domain`)";

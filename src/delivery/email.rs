@@ -48,6 +48,8 @@ pub struct Letterhead {
     pub dkim: Option<Arc<DkimConfig>>,
     /// A mailbox that takes unsubscribe requests by email, offered beside the HTTPS link.
     pub unsubscribe_mailto: Option<lettre::Address>,
+    /// Each message's own envelope sender, so its bounce names it (VERP); else the sender.
+    pub return_path: Option<crate::audience::bounces::mail::ReturnPath>,
 }
 
 impl std::fmt::Debug for Letterhead {
@@ -127,13 +129,23 @@ impl Letterhead {
         body: &Bodies,
         now: DateTime<Utc>,
     ) -> Result<(Envelope, Vec<u8>), Reason> {
-        if self.dkim.is_none()
-            && let Some(written) = self.written(message, body, now)?
-        {
-            return Ok(written);
+        let written = if self.dkim.is_none() { self.written(message, body, now)? } else { None };
+        let (envelope, bytes) = match written {
+            Some(written) => written,
+            None => {
+                let built = self.build(message, body, now)?;
+                (built.envelope().clone(), built.formatted())
+            }
+        };
+        match &self.return_path {
+            Some(path) => {
+                let sender = path.address(message.id)?;
+                let envelope = Envelope::new(Some(sender), envelope.to().to_vec())
+                    .map_err(|e| format!("cannot build the envelope: {e}"))?;
+                Ok((envelope, bytes))
+            }
+            None => Ok((envelope, bytes)),
         }
-        let built = self.build(message, body, now)?;
-        Ok((built.envelope().clone(), built.formatted()))
     }
 
     /// `List-Unsubscribe`: the one-click HTTPS link first (RFC 8058 clients use it); a mailto
@@ -699,6 +711,7 @@ mod tests {
             signer: Signer::new("a-secret-of-some-length-for-tests"),
             dkim: None,
             unsubscribe_mailto: mailto.map(|m| m.parse().unwrap()),
+            return_path: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! each wait up to a quarter longer, spread by message) until the message is older than the
 //! retry age (48 hours by default); a permanent failure fails the message at once.
 
+pub mod bounce_smtp;
 mod breaker;
 mod claim;
 mod record;

@@ -122,21 +122,28 @@ impl WebhookSender {
 
     /// A sender that may also reach the loopback, link-local or private networks in `allowed`.
     pub fn allowing(db: Db, clock: SharedClock, secrets: Secrets, allowed: Vec<ipnet::IpNet>) -> Self {
-        // reqwest is built without a crypto provider of its own: make sure ring is installed
-        // (a no-op when the binary already did), or building the client would panic.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let allowed = Arc::new(allowed);
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver { allowed: allowed.clone() }))
-            .user_agent(concat!("ownlist/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+        let client = guarded_client(allowed.clone());
         Worker::with(db, clock, Webhooks { client, secrets, allowed })
     }
+}
+
+/// An HTTP client for requests a message or a webhook names: no redirects, no proxy, 10 s at
+/// most, and no loopback, link-local or private address unless in `allowed` (checked on every
+/// address a name resolves to).
+pub fn guarded_client(allowed: Arc<Vec<ipnet::IpNet>>) -> reqwest::Client {
+    // reqwest is built without a crypto provider of its own: make sure ring is installed (a
+    // no-op when the binary already did), or building the client would panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver { allowed }))
+        .user_agent(concat!("ownlist/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
 }
 
 impl Carrier for Webhooks {

@@ -438,6 +438,11 @@ mod tests {
         assert_eq!(clicked("https://elsewhere.example/t/c/TOKEN/0"), None, "not this instance's");
         // A link after the body's end: the pixel still goes before it.
         let (odd, _) = t.rewrite("<body>x</body><a href=\"https://shop.example/c\">c</a>", id, now);
-        assert!(odd.starts_with("<body>x<div style=") && odd.contains("</div></body><a href="), "{odd}");
+        let trap = format!("<a href=\"{click}/h\" aria-hidden=\"true\" tabindex=\"-1\"");
+        assert!(odd.starts_with(&format!("<body>{trap}")), "the hidden link first in the body: {odd}");
+        assert!(odd.contains("</a>x<div style=") && odd.contains("</div></body><a href="), "{odd}");
+        assert_eq!(out.matches(&trap).count(), 1, "{out}");
+        let text = crate::core::text::html_to_text(&out);
+        assert!(!text.contains("/h"), "no reader sees the hidden link, in the plain text neither: {text}");
     }
 }

@@ -230,7 +230,7 @@ pub async fn first_engagement(
         .filter(event::Column::Kind.eq(kind))
         .all(txn)
         .await?;
-    if before.iter().any(|e| crate::audience::engagement::by_person(&e.data)) {
+    if before.iter().any(|e| super::by_person(&e.data)) {
         return Ok(());
     }
     let Some(person) = subscriber::Entity::find_by_id(subscriber_id).one(txn).await? else { return Ok(()) };

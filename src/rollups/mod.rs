@@ -20,3 +20,9 @@ use chrono::NaiveDate;
 pub fn day_key(day: NaiveDate) -> String {
     day.format("%Y-%m-%d").to_string()
 }
+
+/// Whether an `email_opened`/`email_clicked` event (its data) is a person's, not a machine's
+/// (events recorded before verdicts existed count as people's).
+pub fn by_person(data: &serde_json::Value) -> bool {
+    data.get("verdict").and_then(serde_json::Value::as_str) != Some("machine")
+}

@@ -240,6 +240,7 @@ fn sender_through(app: &TestApp, urls: &[String]) -> Arc<EmailSender> {
         signer: Signer::new("a-test-secret-of-at-least-thirty-two-characters"),
         dkim: None,
         unsubscribe_mailto: Some("leave@shop.example".parse().unwrap()),
+        return_path: None,
     };
     let relays = urls.iter().map(|url| Relay::from_url(url).unwrap()).collect();
     Arc::new(EmailSender::new(app.db.clone(), app.clock.clone(), letterhead, Transport::Smtp(relays)))

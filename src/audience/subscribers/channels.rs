@@ -7,7 +7,9 @@ use crate::store::Db;
 use crate::store::entities::subscriber;
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
-use sea_orm::{ActiveModelTrait, DatabaseTransaction, EntityTrait, IntoActiveModel};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -160,8 +162,13 @@ pub enum Bounce {
     Complaint,
 }
 
+/// Temporary failures (soft bounces) within [`SOFT_BOUNCE_DAYS`] that make an address bounced.
+pub const SOFT_BOUNCES_TO_BOUNCE: u64 = 5;
+pub const SOFT_BOUNCE_DAYS: i64 = 30;
+
 /// Applies a bounce or complaint reported for a subscriber's email address. Applying the same
-/// report twice changes nothing more (a soft bounce is noted again).
+/// hard bounce or complaint twice changes nothing more; a soft bounce is noted each time, and
+/// the [`SOFT_BOUNCES_TO_BOUNCE`]th within [`SOFT_BOUNCE_DAYS`] makes the address bounced.
 pub async fn apply_bounce(
     txn: &DatabaseTransaction,
     now: DateTime<Utc>,
@@ -178,6 +185,21 @@ pub async fn apply_bounce(
         Bounce::Soft => {
             let data = json!({"channel": Channel::Email, "reason": reason});
             records::event(id, kind::SOFT_BOUNCE, data, now).insert(txn).await?;
+            // Temporary failures that keep coming mean the address does not work: enough of
+            // them in a while make it bounced, as a hard bounce would.
+            let since = now - chrono::Duration::days(SOFT_BOUNCE_DAYS);
+            let recent = crate::store::entities::event::Entity::find()
+                .filter(crate::store::entities::event::Column::SubscriberId.eq(id))
+                .filter(crate::store::entities::event::Column::Kind.eq(kind::SOFT_BOUNCE))
+                .filter(crate::store::entities::event::Column::CreatedAt.gte(since))
+                .count(txn)
+                .await?;
+            if recent >= SOFT_BOUNCES_TO_BOUNCE {
+                let why = format!("{recent} temporary failures in {SOFT_BOUNCE_DAYS} days, the last: {reason}");
+                if mark_bounced(txn, id, Channel::Email, &why, now).await? {
+                    crate::rollups::steps::bounced(txn, id, Channel::Email, now.date_naive()).await?;
+                }
+            }
         }
         Bounce::Complaint => {
             let source = if reason.is_empty() { "complaint".to_owned() } else { format!("complaint: {reason}") };
