@@ -29,6 +29,7 @@ mod lists;
 mod migrations;
 mod operations;
 mod pages;
+mod providers;
 mod sms;
 mod stats;
 mod subscribers;

@@ -22,6 +22,8 @@ pub struct SmtpSink {
     pub starts: Arc<Mutex<Vec<std::time::Instant>>>,
     /// MAIL FROM commands that arrived with their RCPT already behind them (pipelined).
     pub pipelined: Arc<AtomicUsize>,
+    /// The envelope sender of every MAIL FROM seen.
+    pub envelope_senders: Arc<Mutex<Vec<String>>>,
 }
 
 impl SmtpSink {
@@ -39,11 +41,14 @@ impl SmtpSink {
         let (mails, started) = (mail_commands.clone(), starts.clone());
         let pipelined = Arc::new(AtomicUsize::new(0));
         let ahead = pipelined.clone();
+        let envelope_senders = Arc::new(Mutex::new(Vec::new()));
+        let seen_senders = envelope_senders.clone();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let (taken, refusing) = (taken.clone(), refusing.clone());
                 let (open, most) = (open.clone(), most.clone());
                 let (mails, started, ahead) = (mails.clone(), started.clone(), ahead.clone());
+                let seen_senders = seen_senders.clone();
                 tokio::spawn(async move {
                     let (read, mut write) = socket.into_split();
                     let mut lines = BufReader::new(read).lines();
@@ -56,6 +61,8 @@ impl SmtpSink {
                             "EHLO" => "250-sink\r\n250 PIPELINING".to_owned(),
                             "HELO" => "250 sink".to_owned(),
                             "MAIL" => {
+                                let sender = line.split(['<', '>']).nth(1).unwrap_or_default().to_owned();
+                                seen_senders.lock().unwrap().push(sender);
                                 if lines.get_ref().buffer().starts_with(b"RCPT") {
                                     ahead.fetch_add(1, Ordering::SeqCst);
                                 }
@@ -125,7 +132,12 @@ impl SmtpSink {
                 });
             }
         });
-        Self { address, messages, refusal, most_at_once, mail_commands, starts, pipelined }
+        Self { address, messages, refusal, most_at_once, mail_commands, starts, pipelined, envelope_senders }
+    }
+
+    /// The envelope sender of every MAIL FROM seen, in order.
+    pub fn senders(&self) -> Vec<String> {
+        self.envelope_senders.lock().unwrap().clone()
     }
 
     pub fn url(&self) -> String {
