@@ -167,6 +167,48 @@ fn with_no_configuration_it_serves_sqlite_and_says_how_to_get_a_token() {
     }
 }
 
+/// `bounce_smtp_listen` starts the bounce receiver beside the HTTP server: it greets, takes mail
+/// for the return paths only, and relays nothing.
+#[test]
+fn serve_starts_the_bounce_receiver_when_asked() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Process(
+        ownlist(dir.path())
+            .env("OWNLIST_LISTEN", "127.0.0.1:0")
+            .env("OWNLIST_BOUNCE_SMTP_LISTEN", "127.0.0.1:0")
+            .env("OWNLIST_BOUNCE_ADDRESS", "bounces@shop.example")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = (0..30)
+        .map_while(|_| lines.next().and_then(Result::ok))
+        .find(|l| l.contains("bounce receiver"))
+        .expect("serve says where the bounce receiver listens");
+    assert!(line.contains("bounces+…@shop.example"), "{line}");
+    let address = line.split("smtp://").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let mut smtp = std::net::TcpStream::connect(&address).unwrap();
+    smtp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = |command: &str| {
+        if !command.is_empty() {
+            smtp.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+        }
+        let mut buffer = [0u8; 512];
+        let n = smtp.read(&mut buffer).unwrap();
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
+    };
+    assert!(answer("").starts_with("220 shop.example"));
+    assert!(answer("EHLO mx.example.org").starts_with("250-shop.example"));
+    assert!(answer("MAIL FROM:<>").starts_with("250"));
+    assert!(answer("RCPT TO:<ada@example.org>").starts_with("550"), "no relaying");
+    assert!(answer("RCPT TO:<bounces@shop.example>").starts_with("250"));
+    assert!(answer("QUIT").starts_with("221"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// A minimal HTTP/1.1 request with a JSON body and the CLI tests' admin token.
 fn http_request(address: &str, method: &str, path: &str, body: &str) -> String {
     use std::io::{Read, Write};
