@@ -6,6 +6,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/dns.rs"]
+mod dns;
 #[path = "support/process.rs"]
 mod process;
 #[path = "support/small_disk.rs"]
@@ -207,6 +209,125 @@ fn serve_starts_the_bounce_receiver_when_asked() {
     assert!(answer("QUIT").starts_with("221"));
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// `ownlist doctor` against a DNS server on loopback holding one domain set up right and one set
+/// up wrong, and an SMTP relay that greets: each record is judged, each failure with its fix.
+#[test]
+fn doctor_reports_a_zones_good_and_broken_records() {
+    use dns::Record::{A, Mx, Ptr, Txt};
+    if !tools::openssl("doctor_reports_a_zones_good_and_broken_records") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let public_key = |name: &str| {
+        let key = dir.path().join(format!("{name}.pem"));
+        assert!(
+            Command::new("openssl")
+                .args(["genrsa", "-traditional", "-out"])
+                .arg(&key)
+                .arg("2048")
+                .output()
+                .unwrap()
+                .status
+                .success()
+        );
+        let public = Command::new("openssl").args(["rsa", "-pubout", "-in"]).arg(&key).output().unwrap();
+        let text = text(&public.stdout);
+        (key, text.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
+    };
+    let (good_key, good_public) = public_key("good");
+    let (broken_key, _) = public_key("broken");
+    let (_, other_public) = public_key("other");
+
+    // A relay that greets, says hello and goodbye.
+    let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_address = relay.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in relay.incoming().flatten() {
+            use std::io::Write;
+            let mut writer = stream.try_clone().unwrap();
+            let _ = writer.write_all(b"220 relay.good.example ESMTP\r\n");
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let reply: &[u8] = if line.to_ascii_uppercase().starts_with("EHLO") {
+                    b"250-relay.good.example\r\n250 8BITMIME\r\n"
+                } else if line.to_ascii_uppercase().starts_with("QUIT") {
+                    let _ = writer.write_all(b"221 bye\r\n");
+                    break;
+                } else {
+                    b"250 OK\r\n"
+                };
+                let _ = writer.write_all(reply);
+            }
+        }
+    });
+    // The relay is on this machine: its mail leaves from the machine's own address.
+    let own = {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.connect("8.8.8.8:53").unwrap();
+        socket.local_addr().unwrap().ip()
+    };
+    let std::net::IpAddr::V4(v4) = own else { panic!("{own} is not IPv4") };
+    let reverse = v4.octets().iter().rev().map(u8::to_string).collect::<Vec<_>>().join(".") + ".in-addr.arpa";
+    let resolver = dns::serve(vec![
+        ("good.example", Txt(format!("v=spf1 ip4:{own} -all"))),
+        ("good.example", Mx(10, "mx.good.example".into())),
+        ("mx.good.example", A("127.0.0.1".parse().unwrap())),
+        ("sel._domainkey.good.example", Txt(format!("v=DKIM1; k=rsa; p={good_public}"))),
+        ("_dmarc.good.example", Txt("v=DMARC1; p=none; rua=mailto:dmarc@good.example".into())),
+        ("relay.good.example", A(own)),
+        (reverse.as_str(), Ptr("relay.good.example".into())),
+        ("broken.example", Txt("v=spf1 ip4:198.51.100.7 -all".into())),
+        ("sel._domainkey.broken.example", Txt(format!("v=DKIM1; k=rsa; p={other_public}"))),
+    ]);
+    assert!(run(ownlist(dir.path()).arg("migrate")).status.success());
+    let doctor = |domain: &str, key: &Path| {
+        let out = run(ownlist(dir.path())
+            .args(["doctor", "--resolver", &resolver.to_string()])
+            .env("OWNLIST_EMAIL_FROM", format!("Shop <news@{domain}>"))
+            .env("OWNLIST_SMTP_URL", format!("smtp://{relay_address}"))
+            .env("OWNLIST_DKIM_DOMAIN", domain)
+            .env("OWNLIST_DKIM_SELECTOR", "sel")
+            .env("OWNLIST_DKIM_KEY_FILE", key));
+        (out.status.code(), text(&out.stdout))
+    };
+
+    let (code, good) = doctor("good.example", &good_key);
+    for line in [
+        "ok    database sqlite://",
+        &format!("ok    relay {relay_address}: connects"),
+        &format!("ok    relay 127.0.0.1 is on this machine: its mail leaves from {own}"),
+        &format!("ok    SPF: good.example lets the relays send (v=spf1 ip4:{own} -all)"),
+        "ok    DKIM: sel._domainkey.good.example publishes the configured rsa key",
+        "ok    DMARC: v=DMARC1; p=none; rua=mailto:dmarc@good.example; DKIM aligned with good.example",
+        "ok    MX: good.example → mx.good.example",
+        &format!("ok    reverse DNS: {own} → relay.good.example → {own}"),
+        "ok    Gmail, Yahoo and Outlook bulk-sender rule: SPF passes for the sending domain",
+        "ok    Gmail, Yahoo and Outlook bulk-sender rule: DKIM signs every message",
+        "ok    Gmail, Yahoo and Outlook bulk-sender rule: the From domain aligns with SPF or DKIM",
+        "FAIL  base_url http://127.0.0.1:8080/ is not HTTPS",
+    ] {
+        assert!(good.contains(line), "{line:?} not in:\n{good}");
+    }
+    let failed: Vec<&str> = good.lines().filter(|l| l.trim_start().starts_with("FAIL")).collect();
+    assert_eq!(failed.len(), 2, "only base_url and the HTTPS rule: {failed:?}");
+    assert_eq!(code, Some(1), "a failed check fails the command");
+
+    let (code, broken) = doctor("broken.example", &broken_key);
+    for line in [
+        &format!("FAIL  SPF: broken.example does not cover the relay address(es) {own}"),
+        &format!("fix: add ip4:{own} (or include: your relay's SPF) to \"v=spf1 ip4:198.51.100.7 -all\""),
+        "FAIL  DKIM: the key at sel._domainkey.broken.example is not the configured one",
+        "FAIL  DMARC: no record at _dmarc.broken.example",
+        "fix: publish a TXT record at _dmarc.broken.example: \"v=DMARC1; p=none;",
+        "warn  MX: broken.example has no MX record",
+        "FAIL  Gmail, Yahoo and Outlook bulk-sender rule not met: SPF passes for the sending domain",
+        "FAIL  Gmail, Yahoo and Outlook bulk-sender rule not met: DKIM signs every message",
+        &format!("ok    reverse DNS: {own} → relay.good.example → {own}"),
+    ] {
+        assert!(broken.contains(line), "{line:?} not in:\n{broken}");
+    }
+    assert_eq!(code, Some(1));
 }
 
 /// A minimal HTTP/1.1 request with a JSON body and the CLI tests' admin token.

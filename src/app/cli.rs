@@ -70,6 +70,14 @@ enum Command {
         /// The new file (it must not exist yet).
         file: PathBuf,
     },
+    /// Check this deployment: the database, each SMTP relay (nothing is sent), the sending
+    /// domain's SPF, DKIM, DMARC, MX and reverse DNS, base_url over HTTPS, the bulk-sender rules
+    /// of Gmail, Yahoo and Outlook, the SMS providers' credentials. Exits 1 when a check fails.
+    Doctor {
+        /// The DNS server to ask (`IP:PORT`), instead of the system's resolver.
+        #[arg(long, value_name = "IP:PORT")]
+        resolver: Option<std::net::SocketAddr>,
+    },
     /// Print a shell completion script: `ownlist completions bash > /etc/bash_completion.d/ownlist`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -195,6 +203,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Export { out, .. } => export_file(App::open(config, clock).await?, out).await,
         Command::Backup { file } => backup(config, clock, &file).await,
         Command::Completions { .. } => Ok(ExitCode::SUCCESS),
+        Command::Doctor { resolver } => {
+            let healthy = crate::app::doctor::run(&config, resolver).await?;
+            Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
         Command::Workflows(WorkflowCommand::Check { dir }) => check_workflows(&config, dir).await,
         Command::Workflows(WorkflowCommand::Plan { dir }) => plan_workflows(config, dir).await,
         Command::Workflows(WorkflowCommand::Simulate { file, subscriber, events, opens, clicks, start, days }) => {

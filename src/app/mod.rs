@@ -18,6 +18,7 @@ use crate::delivery::webhook::WebhookSender;
 use crate::web::{self, AppState};
 
 pub mod cli;
+pub mod doctor;
 use crate::core::links::Signer;
 use crate::store::Db;
 use crate::workflow::engine::Engine;

@@ -430,6 +430,21 @@ impl Relay {
         })
     }
 
+    /// Connects as for sending (TLS as configured, EHLO, AUTH with its credentials) and quits:
+    /// nothing is sent.
+    pub async fn probe(&self) -> Result<(), String> {
+        self.pool.probe().await.map_err(|failure| match failure {
+            Failure::Permanent { text, .. } | Failure::Transient(text) => text,
+            Failure::Untried => "no answer".to_owned(),
+        })
+    }
+
+    /// Its host, and whether the connection to it is encrypted (TLS or required STARTTLS).
+    pub fn host_and_encryption(&self) -> (String, bool) {
+        let endpoint = self.pool.endpoint();
+        (endpoint.host.clone(), matches!(endpoint.security, Security::Tls | Security::StartTlsRequired))
+    }
+
     /// Whether `url` names a relay `from_url` accepts (nothing is started or contacted).
     pub fn check_url(url: &str) -> Result<(), Reason> {
         Self::parse(url).map(|_| ())

@@ -252,6 +252,18 @@ impl Pool {
         opened
     }
 
+    /// Where and how it connects.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Opens a connection as for sending (TLS, EHLO, AUTH) and closes it.
+    pub async fn probe(&self) -> Result<(), Failure> {
+        let mut connection = self.connect().await?;
+        let _ = connection.smtp.quit().await;
+        Ok(())
+    }
+
     async fn connect(&self) -> Result<Connection, Failure> {
         let Endpoint { host, port, security, credentials, hello } = &self.endpoint;
         let Timeouts { connect, greeting, .. } = self.timeouts;

@@ -130,6 +130,11 @@ impl Db {
         Migrator::up(&self.conn, None).await
     }
 
+    /// The names of the migrations not applied yet (nothing is changed).
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, DbErr> {
+        Ok(Migrator::get_pending_migrations_read_only(&self.conn).await?.iter().map(|m| m.name().to_owned()).collect())
+    }
+
     /// Starts a transaction that will write. On SQLite it takes the write lock up front, so two
     /// writers never deadlock upgrading from a read lock.
     pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {

@@ -436,7 +436,7 @@ Diagnostic-Code: smtp; 550 5.1.1 <{recipient}>: Recipient address rejected: User
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     let sent = tokio::task::spawn_blocking({
-        let (send, dsn) = (send.clone(), dsn.clone());
+        let dsn = dsn.clone();
         move || {
             (
                 // Addresses the receiver does not take mail for, and a bounce that proves nothing.

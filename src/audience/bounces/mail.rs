@@ -173,7 +173,7 @@ fn delivery_status(text: &str) -> Option<BounceMail> {
         };
         let action = field(block, "action").unwrap_or_default().to_ascii_lowercase();
         let status = field(block, "status").unwrap_or_default();
-        let diagnostic = field(block, "diagnostic-code").map(|d| address_of_diagnostic(d)).unwrap_or_default();
+        let diagnostic = field(block, "diagnostic-code").map(address_of_diagnostic).unwrap_or_default();
         let line = if diagnostic.is_empty() { format!("status {status}") } else { diagnostic };
         match (action.as_str(), status.chars().next()) {
             ("failed", _) | (_, Some('5')) => {
