@@ -123,7 +123,8 @@ impl App {
         tracing::info!(?transport, "email transport");
         let email = EmailSender::new(background.clone(), self.clock.clone(), letterhead, transport)
             .with_bell(bell.clone())
-            .with_max_age(max_age);
+            .with_max_age(max_age)
+            .with_policy(self.config.send_policy(false));
         let email = Arc::new(if shared { email.with_leases(instance.clone(), lease) } else { email });
         let sms_transport = if self.config.sms_providers.is_empty() {
             SmsTransport::File(self.config.data_dir.join("sms"))
@@ -139,7 +140,10 @@ impl App {
             default_zone: self.config.timezone,
             base_url: self.config.base_url.clone(),
         };
-        let sms = SmsSender::new(background.clone(), self.clock.clone(), setup).with_bell(bell).with_max_age(max_age);
+        let sms = SmsSender::new(background.clone(), self.clock.clone(), setup)
+            .with_bell(bell)
+            .with_max_age(max_age)
+            .with_policy(self.config.send_policy(true));
         let sms = Arc::new(if shared { sms.with_leases(instance, lease) } else { sms });
         let signup_limit = Arc::new(crate::pages::guard::RateLimit::new(self.config.signups_per_ip));
         let login_limit = Arc::new(crate::pages::guard::RateLimit::new(crate::web::admin::FAILED_LOGINS_PER_HOUR));

@@ -64,6 +64,13 @@ pub struct Config {
     pub sms_help_text: String,
     /// The most segments an SMS body may take (`workflows check` refuses longer ones).
     pub sms_max_segments: u32,
+    /// The send policy's caps (none: no cap) and calendar.
+    pub email_per_day: Option<u32>,
+    pub email_per_week: Option<u32>,
+    pub sms_per_day: Option<u32>,
+    pub sms_per_week: Option<u32>,
+    pub send_days: [bool; 7],
+    pub holidays: Vec<crate::delivery::policy::Holiday>,
     /// How long a message failing for a temporary reason is retried before it is given up.
     pub retry_max_age: chrono::Duration,
     /// How long a double opt-in confirmation link works (default 7 days).
@@ -154,6 +161,19 @@ const DEFAULT_LOG: &str = "info,sea_orm_migration=warn,sqlx=warn";
 impl Config {
     /// The return path messages go out from: `bounce_address`, else (with a bounce receiver)
     /// `bounces@` the sender's domain.
+    /// The send policy of a channel (email, or SMS).
+    pub fn send_policy(&self, sms: bool) -> crate::delivery::policy::SendPolicy {
+        let (per_day, per_week) =
+            if sms { (self.sms_per_day, self.sms_per_week) } else { (self.email_per_day, self.email_per_week) };
+        crate::delivery::policy::SendPolicy {
+            per_day,
+            per_week,
+            days: self.send_days,
+            holidays: self.holidays.clone(),
+            default_zone: self.timezone,
+        }
+    }
+
     pub fn return_path_address(&self) -> Option<lettre::Address> {
         self.bounce_address.clone().or_else(|| {
             self.bounce_smtp_listen?;
@@ -365,6 +385,36 @@ impl Config {
             };
         let sms_max_segments =
             whole("sms_max_segments", raw.sms_max_segments, DEFAULT_MAX_SEGMENTS, 1..=10, "a number from 1 to 10")?;
+        let cap = |key: &str, value: Option<toml::Value>| -> Result<Option<u32>, ConfigError> {
+            let n = whole(key, value, 0, 0..=10_000, "a whole number (0: no cap)")?;
+            Ok((n > 0).then_some(n))
+        };
+        let (email_per_day, email_per_week) =
+            (cap("email_per_day", raw.email_per_day)?, cap("email_per_week", raw.email_per_week)?);
+        let (sms_per_day, sms_per_week) =
+            (cap("sms_per_day", raw.sms_per_day)?, cap("sms_per_week", raw.sms_per_week)?);
+        let send_days = match raw.send_days.as_deref() {
+            None => [true; 7],
+            Some(text) => crate::delivery::policy::parse_days(text)
+                .map_err(|problem| ConfigError::new(name("send_days"), problem))?,
+        };
+        let holidays = match raw.holidays {
+            None => Vec::new(),
+            Some(value) => {
+                let items: Vec<String> = match &value {
+                    toml::Value::Array(items) => {
+                        items.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect()
+                    }
+                    other => other.as_str().unwrap_or_default().split(',').map(str::to_owned).collect(),
+                };
+                items
+                    .iter()
+                    .filter(|i| !i.trim().is_empty())
+                    .map(|i| crate::delivery::policy::Holiday::parse(i))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|problem| ConfigError::new(name("holidays"), problem))?
+            }
+        };
         let retry_max_age = match raw.retry_max_age {
             None => chrono::Duration::hours(crate::delivery::DEFAULT_MAX_AGE_HOURS),
             Some(text) => crate::core::timing::Span::parse(&text, false)
@@ -545,6 +595,12 @@ impl Config {
             metrics_token: raw.metrics_token,
             claim_lease,
             admin_session_ttl,
+            email_per_day,
+            email_per_week,
+            sms_per_day,
+            sms_per_week,
+            send_days,
+            holidays,
             bounce_secret: raw.bounce_secret,
             bounce_address,
             bounce_smtp_listen,

@@ -166,6 +166,15 @@ settings! {
         "the answer to a text saying HELP (put your business name and contact here)";
     sms_max_segments: Value, default "`3`",
         "the most segments an SMS text may take; `workflows check` refuses a longer one";
+    email_per_day: Value, default "none (no cap)",
+        "the most marketing emails (workflow steps and broadcasts together) one subscriber gets in a rolling day; one more waits in the outbox until the oldest leaves the day, and the timeline says so. Confirmations and replies are never capped; `0` means no cap";
+    email_per_week: Value, default "none (no cap)", "likewise, in a rolling week (e.g. `email_per_day = 1`, `email_per_week = 3`)";
+    sms_per_day: Value, default "none (no cap)", "the most marketing texts one subscriber gets in a rolling day (as `email_per_day`)";
+    sms_per_week: Value, default "none (no cap)", "likewise, in a rolling week";
+    send_days: Text, default "`mon-sun`",
+        "the days marketing (email and SMS) goes out, in the subscriber's time zone (`mon-fri`, `mon,wed,fri`); what falls due on another day waits for the next open one";
+    holidays: Value, default "none",
+        "days no marketing goes out, in the subscriber's time zone: `MM-DD` every year, `YYYY-MM-DD` once (comma-separated, an array in the file)";
     retry_max_age: Text, default "`48h`",
         "how long a message failing for a temporary reason (4xx, network, HTTP 429/5xx) keeps being retried (backoff 1 min doubling to 1 h); then it fails";
     confirm_link_ttl: Text, default "`7d`",

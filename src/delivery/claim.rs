@@ -22,7 +22,14 @@ impl<S: Carrier + 'static> Worker<S> {
             dictionaries: Dictionaries::default(),
             unrecorded: std::sync::Mutex::new(Vec::new()),
             recoveries_seen: std::sync::atomic::AtomicU64::new(0),
+            policy: super::policy::SendPolicy::default(),
         }
+    }
+
+    /// Holds marketing messages by this send policy (caps, sending days, holidays).
+    pub fn with_policy(mut self, policy: super::policy::SendPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Claims messages with leases (several instances on one PostgreSQL database): a batch is

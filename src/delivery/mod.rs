@@ -19,6 +19,7 @@ use crate::core::values::OutboxChannel;
 
 pub mod email;
 pub mod mime;
+pub mod policy;
 pub mod sms;
 pub mod smtp;
 pub mod webhook;
@@ -148,6 +149,9 @@ pub enum Answer {
     /// Not now: it may not be sent before this time (an SMS outside the hours it may arrive).
     /// Not an attempt: nothing is counted or written to the timeline.
     Hold(DateTime<Utc>),
+    /// Held by the send policy until this time, for this reason: not an attempt, but the
+    /// timeline says why (`{channel}_held`).
+    Held(DateTime<Utc>, String),
     /// A temporary failure: try again later.
     Retry(String),
     /// A permanent failure: give up.
@@ -289,6 +293,8 @@ pub struct Worker<S> {
     unrecorded: std::sync::Mutex<Vec<Attempted>>,
     /// The sender's recoveries already acted on.
     recoveries_seen: std::sync::atomic::AtomicU64,
+    /// What holds marketing messages back (frequency caps, the sending calendar).
+    policy: policy::SendPolicy,
 }
 
 /// How long a claimed message stays reserved for the process that claimed it, by default.

@@ -161,6 +161,14 @@ pub(super) fn outcome<S: Carrier>(
             active.due_at = Set(*until);
             return (active, None, None);
         }
+        Answer::Held(until, why) => {
+            active.due_at = Set(*until);
+            let data = json!({"message": id, "workflow": workflow, "step": step, "broadcast": message.broadcast_id,
+                "reason": why, "until": until});
+            let event =
+                (!subscriber.is_nil()).then(|| records::event(subscriber, &format!("{}_held", S::CHANNEL), data, now));
+            return (active, event, None);
+        }
         Answer::Delivered(detail) => {
             if let Some(reference) = detail.get("provider_ref").and_then(Value::as_str) {
                 active.provider_ref = Set(Some(reference.to_owned()));

@@ -67,8 +67,13 @@ impl<S: Carrier + 'static> Worker<S> {
                 let (worker, tx) = (self.clone(), tx.clone());
                 tokio::spawn(async move {
                     let mut tries = Vec::new();
+                    let now = worker.clock.now();
                     let answer = match &body {
-                        Some(body) => worker.sender.attempt(&message, body, worker.clock.now(), &mut tries).await,
+                        Some(body) => match worker.policy.hold(&worker.db, &message, now).await {
+                            Ok(Some((until, why))) => Answer::Held(until, why),
+                            Ok(None) => worker.sender.attempt(&message, body, now, &mut tries).await,
+                            Err(e) => Answer::Retry(format!("cannot read what the send policy counts: {e}")),
+                        },
                         None => Answer::Fail("the message's body is missing".into()),
                     };
                     drop(slot);

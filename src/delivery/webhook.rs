@@ -211,7 +211,7 @@ impl Carrier for Webhooks {
         };
         let outcome = match &answer {
             Answer::Delivered(_) => Outcome::Sent,
-            Answer::Retry(_) | Answer::Hold(_) => Outcome::Retried,
+            Answer::Retry(_) | Answer::Hold(_) | Answer::Held(..) => Outcome::Retried,
             Answer::Fail(_) | Answer::Bounce(_) => Outcome::Failed,
         };
         tries.push(super::tried(Self::CHANNEL, "webhook", outcome, started.elapsed()));

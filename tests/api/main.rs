@@ -29,6 +29,7 @@ mod lists;
 mod migrations;
 mod operations;
 mod pages;
+mod policy;
 mod providers;
 mod sms;
 mod stats;

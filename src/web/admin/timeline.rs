@@ -169,6 +169,10 @@ impl Names {
                 format!("Will try {what} again: {error}")
             }
             "sms_delivered" => format!("Received {}", self.message(data, "sms")),
+            "email_held" | "sms_held" => {
+                let what = self.message(data, if kind.starts_with("sms") { "sms" } else { "email" });
+                format!("Holds {what}: {}", s("reason"))
+            }
             "sms_received" => format!("Replied by text message: “{}”", s("body")),
             "goal_reached" if !s("page").is_empty() => {
                 format!("Reached the goal of page “{}”: did “{}”", s("page"), s("event"))

@@ -1,0 +1,123 @@
+//! The send policy: frequency caps and the sending calendar hold marketing (workflow steps and
+//! broadcasts alike) in the outbox, say why in the timeline, and let it go when they allow.
+
+use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use serde_json::json;
+
+use crate::helpers::{Backend, TestApp, expect_json, timeline, with_each_backend};
+use ownlist::core::clock::Clock;
+use ownlist::store::entities::outbox;
+
+with_each_backend!(
+    a_capped_subscriber_gets_the_second_message_the_next_day,
+    marketing_waits_out_the_days_it_may_not_go,
+);
+
+async fn broadcast(app: &TestApp, subject: &str) {
+    let body = json!({"list": "news", "subject": subject, "html": "<p>Hello</p>"});
+    expect_json(app.post("/api/v1/broadcasts", &body).await, StatusCode::CREATED).await;
+    app.tick().await;
+}
+
+async fn messages(app: &TestApp, email: &str) -> Vec<outbox::Model> {
+    outbox::Entity::find()
+        .filter(outbox::Column::Recipient.eq(email))
+        .order_by_asc(outbox::Column::CreatedAt)
+        .all(app.db.conn())
+        .await
+        .unwrap()
+}
+
+/// At most one marketing email a day: Ada's second broadcast (and a workflow's email) wait until
+/// a day after the first went; Bob, who got nothing yet, is not held.
+async fn a_capped_subscriber_gets_the_second_message_the_next_day(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |c| {
+        c.email_per_day = Some(1);
+        c.email_per_week = Some(3);
+    })
+    .await
+    else {
+        return;
+    };
+    app.create_list("news").await;
+    let ada = app
+        .create_subscriber(json!({"email": "ada@example.com", "lists": ["news"], "consent": {"email": true}}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    broadcast(&app, "First").await;
+    assert_eq!(app.email.send_due().await.unwrap(), 1);
+    let first_sent = messages(&app, "ada@example.com").await[0].sent_at.unwrap();
+
+    app.clock.advance(chrono::Duration::hours(2));
+    app.create_subscriber(json!({"email": "bob@example.com", "lists": ["news"], "consent": {"email": true}})).await;
+    broadcast(&app, "Second").await;
+    app.email.send_due().await.unwrap();
+    let ada_messages = messages(&app, "ada@example.com").await;
+    let second = &ada_messages[1];
+    assert_eq!(second.status.as_str(), "queued", "held, not dropped");
+    assert_eq!(second.due_at, first_sent + chrono::Duration::days(1), "until the first leaves the day");
+    assert_eq!(second.attempts, 0, "a hold is no attempt");
+    let bob = messages(&app, "bob@example.com").await;
+    assert_eq!(bob[0].status.as_str(), "sent", "Bob got nothing before: not held");
+    let held: Vec<_> = timeline(&app, &ada).await.into_iter().filter(|e| e["kind"] == "email_held").collect();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        held[0]["data"]["reason"],
+        format!(
+            "at most 1 marketing email a day: held until {}",
+            (first_sent + chrono::Duration::days(1)).format("%Y-%m-%d %H:%M UTC")
+        )
+    );
+
+    // Later the same day: still held. The next day: it goes.
+    app.clock.advance(chrono::Duration::hours(12));
+    app.email.send_due().await.unwrap();
+    assert_eq!(messages(&app, "ada@example.com").await[1].status.as_str(), "queued");
+    app.clock.set(first_sent + chrono::Duration::days(1));
+    assert_eq!(app.email.send_due().await.unwrap(), 1);
+    let ada_messages = messages(&app, "ada@example.com").await;
+    assert_eq!(ada_messages[1].status.as_str(), "sent");
+    assert_eq!(ada_messages[1].sent_at, Some(app.clock.now()));
+    assert_eq!(ada_messages[1].subject.as_deref(), Some("Second"));
+}
+
+/// Monday to Friday, and not on Christmas: a broadcast due on a Saturday (in the subscriber's
+/// zone) waits for Monday; one due on Christmas for the next working day.
+async fn marketing_waits_out_the_days_it_may_not_go(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |c| {
+        c.send_days = ownlist::delivery::policy::parse_days("mon-fri").unwrap();
+        c.holidays = vec![ownlist::delivery::policy::Holiday::parse("12-25").unwrap()];
+    })
+    .await
+    else {
+        return;
+    };
+    app.create_list("news").await;
+    let ada = app
+        .create_subscriber(json!({"email": "ada@example.com", "lists": ["news"], "consent": {"email": true},
+            "timezone": "Europe/Rome"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Saturday 7 March 2026, 10:00 in Rome.
+    app.clock.set(chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 3, 7, 9, 0, 0).unwrap());
+    broadcast(&app, "Weekend sale").await;
+    app.email.send_due().await.unwrap();
+    let held = &messages(&app, "ada@example.com").await[0];
+    assert_eq!(held.status.as_str(), "queued");
+    assert_eq!(
+        held.due_at,
+        chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 3, 8, 23, 0, 0).unwrap(),
+        "Monday 00:00 in Rome"
+    );
+    let reason =
+        timeline(&app, &ada).await.into_iter().find(|e| e["kind"] == "email_held").unwrap()["data"]["reason"].clone();
+    assert_eq!(reason, "no marketing on Saturdays: held until 2026-03-09");
+    app.clock.set(held.due_at);
+    assert_eq!(app.email.send_due().await.unwrap(), 1);
+    assert_eq!(messages(&app, "ada@example.com").await[0].status.as_str(), "sent", "Monday, it goes");
+}
