@@ -71,6 +71,8 @@ pub struct Config {
     pub sms_per_week: Option<u32>,
     pub send_days: [bool; 7],
     pub holidays: Vec<crate::delivery::policy::Holiday>,
+    /// The sunset rule's span.
+    pub sunset_after: Option<chrono::Duration>,
     /// How long a message failing for a temporary reason is retried before it is given up.
     pub retry_max_age: chrono::Duration,
     /// How long a double opt-in confirmation link works (default 7 days).
@@ -171,6 +173,7 @@ impl Config {
             days: self.send_days,
             holidays: self.holidays.clone(),
             default_zone: self.timezone,
+            sunset_after: if sms { None } else { self.sunset_after },
         }
     }
 
@@ -415,6 +418,21 @@ impl Config {
                     .map_err(|problem| ConfigError::new(name("holidays"), problem))?
             }
         };
+        let sunset_after = match raw.sunset_after.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(text) => Some(
+                crate::core::timing::Span::parse(text, false)
+                    .map(crate::core::timing::Span::as_chrono)
+                    .ok()
+                    .filter(|span| *span >= chrono::Duration::days(7))
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            name("sunset_after"),
+                            format!("'{text}' is not a span of at least 7 days such as 180d"),
+                        )
+                    })?,
+            ),
+        };
         let retry_max_age = match raw.retry_max_age {
             None => chrono::Duration::hours(crate::delivery::DEFAULT_MAX_AGE_HOURS),
             Some(text) => crate::core::timing::Span::parse(&text, false)
@@ -601,6 +619,7 @@ impl Config {
             sms_per_week,
             send_days,
             holidays,
+            sunset_after,
             bounce_secret: raw.bounce_secret,
             bounce_address,
             bounce_smtp_listen,

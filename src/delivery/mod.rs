@@ -152,6 +152,9 @@ pub enum Answer {
     /// Held by the send policy until this time, for this reason: not an attempt, but the
     /// timeline says why (`{channel}_held`).
     Held(DateTime<Utc>, String),
+    /// Not to be sent, by the send policy (the sunset rule): cancelled, and the timeline says
+    /// why (`{channel}_cancelled`).
+    Stopped(String),
     /// A temporary failure: try again later.
     Retry(String),
     /// A permanent failure: give up.

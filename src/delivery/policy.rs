@@ -3,7 +3,9 @@
 //! `sms_per_day`, `sms_per_week`) and a sending calendar (`send_days`, `holidays`, in the
 //! subscriber's time zone), shared by workflow steps and broadcasts. Confirmations, replies and
 //! test sends are never held. A held message waits in the outbox until it may go, and its
-//! timeline says why; it is never dropped.
+//! timeline says why; it is never dropped. And a sunset rule (`sunset_after`): marketing email
+//! to someone who has had it for that long without a person's open or click is not sent (the
+//! message is cancelled, and the timeline says why).
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -53,11 +55,30 @@ pub struct SendPolicy {
     pub holidays: Vec<Holiday>,
     /// The time zone of subscribers without one.
     pub default_zone: chrono_tz::Tz,
+    /// Email only: no more marketing to someone with no open or click by a person this long.
+    pub sunset_after: Option<Duration>,
+}
+
+/// What the policy says of a marketing message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Go,
+    /// Not before this time, for this reason.
+    Hold(DateTime<Utc>, String),
+    /// Not at all, for this reason (the sunset rule).
+    Stop(String),
 }
 
 impl Default for SendPolicy {
     fn default() -> Self {
-        Self { per_day: None, per_week: None, days: [true; 7], holidays: Vec::new(), default_zone: chrono_tz::UTC }
+        Self {
+            per_day: None,
+            per_week: None,
+            days: [true; 7],
+            holidays: Vec::new(),
+            default_zone: chrono_tz::UTC,
+            sunset_after: None,
+        }
     }
 }
 
@@ -95,23 +116,44 @@ pub fn parse_days(text: &str) -> std::result::Result<[bool; 7], String> {
 impl SendPolicy {
     /// Whether it ever holds anything.
     pub fn holds_anything(&self) -> bool {
-        self.per_day.is_some() || self.per_week.is_some() || self.days.contains(&false) || !self.holidays.is_empty()
+        self.per_day.is_some()
+            || self.per_week.is_some()
+            || self.days.contains(&false)
+            || !self.holidays.is_empty()
+            || self.sunset_after.is_some()
     }
 
     fn calendar(&self) -> bool {
         self.days.contains(&false) || !self.holidays.is_empty()
     }
 
+    /// Whether marketing `message` may go now, must wait, or must not go.
+    pub async fn judge(&self, db: &Db, message: &outbox::Model, now: DateTime<Utc>) -> Result<Verdict> {
+        if !message.is_marketing() || !self.holds_anything() {
+            return Ok(Verdict::Go);
+        }
+        if let Some(span) = self.sunset_after
+            && message.channel == OutboxChannel::Email
+            && unengaged(db, message, now, span).await?
+        {
+            return Ok(Verdict::Stop(format!(
+                "no open or click by a person in {} days: no more marketing email (sunset_after)",
+                span.num_days()
+            )));
+        }
+        Ok(match self.hold(db, message, now).await? {
+            Some((until, why)) => Verdict::Hold(until, why),
+            None => Verdict::Go,
+        })
+    }
+
     /// Until when marketing `message` must wait, and why; `None` when it may go now.
-    pub async fn hold(
+    async fn hold(
         &self,
         db: &Db,
         message: &outbox::Model,
         now: DateTime<Utc>,
     ) -> Result<Option<(DateTime<Utc>, String)>> {
-        if !message.is_marketing() || !self.holds_anything() {
-            return Ok(None);
-        }
         if self.calendar() {
             let zone = match subscriber::Entity::find_by_id(message.subscriber_id).one(db.conn()).await? {
                 Some(person) => person.timezone.and_then(|z| z.parse().ok()).unwrap_or(self.default_zone),
@@ -210,6 +252,38 @@ impl SendPolicy {
     }
 }
 
+/// Whether the subscriber has had marketing email for at least `span` with no open or click by a
+/// person within it.
+async fn unengaged(db: &Db, message: &outbox::Model, now: DateTime<Utc>, span: Duration) -> Result<bool> {
+    use crate::store::entities::event;
+    let since = now - span;
+    let long_enough = outbox::Entity::find()
+        .filter(outbox::Column::SubscriberId.eq(message.subscriber_id))
+        .filter(outbox::Column::Channel.eq(OutboxChannel::Email))
+        .filter(outbox::Column::Status.eq(OutboxStatus::Sent))
+        .filter(outbox::Column::SentAt.lte(since))
+        .filter(
+            sea_orm::Condition::any()
+                .add(outbox::Column::WorkflowId.is_not_null())
+                .add(outbox::Column::BroadcastId.is_not_null()),
+        )
+        .one(db.conn())
+        .await?
+        .is_some();
+    if !long_enough {
+        return Ok(false);
+    }
+    let engaged = event::Entity::find()
+        .filter(event::Column::SubscriberId.eq(message.subscriber_id))
+        .filter(event::Column::Kind.is_in(["email_opened", "email_clicked"]))
+        .filter(event::Column::CreatedAt.gte(since))
+        .all(db.conn())
+        .await?
+        .iter()
+        .any(|e| crate::rollups::by_person(&e.data));
+    Ok(!engaged)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,7 +293,11 @@ mod tests {
         assert_eq!(parse_days("mon-fri").unwrap(), [true, true, true, true, true, false, false]);
         assert_eq!(parse_days("fri-mon").unwrap(), [true, false, false, false, true, true, true]);
         assert_eq!(parse_days("sat,sun").unwrap(), [false, false, false, false, false, true, true]);
-        assert!(parse_days("mon-frydays").is_ok(), "a day's name may be spelt out");
+        assert_eq!(
+            parse_days("monday-friday").unwrap(),
+            parse_days("mon-fri").unwrap(),
+            "a day's name may be spelt out"
+        );
         assert!(parse_days("weekdays").unwrap_err().contains("'weekdays' is not a day"));
         assert!(parse_days("").is_err());
         assert_eq!(Holiday::parse("12-25").unwrap(), Holiday::Yearly { month: 12, day: 25 });
@@ -236,10 +314,10 @@ mod tests {
             ..SendPolicy::default()
         };
         let rome: chrono_tz::Tz = "Europe/Rome".parse().unwrap();
-        // Thursday 24 December 2026, 23:30 in Rome: Friday is Christmas, then the weekend.
-        let thursday_night = Utc.with_ymd_and_hms(2026, 12, 24, 22, 30, 0).unwrap();
-        assert_eq!(policy.closed(thursday_night - Duration::hours(2), rome), None, "Thursday is open");
-        let (until, why) = policy.closed(thursday_night, rome).unwrap();
+        // 23:30 UTC on Thursday 24 December 2026 is already Christmas in Rome; then the weekend.
+        let christmas_in_rome = Utc.with_ymd_and_hms(2026, 12, 24, 23, 30, 0).unwrap();
+        assert_eq!(policy.closed(christmas_in_rome - Duration::hours(1), rome), None, "23:30 on Thursday is open");
+        let (until, why) = policy.closed(christmas_in_rome, rome).unwrap();
         assert_eq!(until, Utc.with_ymd_and_hms(2026, 12, 27, 23, 0, 0).unwrap(), "Monday 00:00 in Rome");
         assert_eq!(why, "a holiday (12-25): held until 2026-12-28");
         let saturday = Utc.with_ymd_and_hms(2026, 12, 26, 12, 0, 0).unwrap();

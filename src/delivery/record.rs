@@ -169,6 +169,15 @@ pub(super) fn outcome<S: Carrier>(
                 (!subscriber.is_nil()).then(|| records::event(subscriber, &format!("{}_held", S::CHANNEL), data, now));
             return (active, event, None);
         }
+        Answer::Stopped(why) => {
+            active.status = Set(OutboxStatus::Cancelled);
+            active.last_error = Set(Some(why.clone()));
+            let data = json!({"message": id, "workflow": workflow, "step": step, "broadcast": message.broadcast_id,
+                "reason": why});
+            let event = (!subscriber.is_nil())
+                .then(|| records::event(subscriber, &format!("{}_cancelled", S::CHANNEL), data, now));
+            return (active, event, None);
+        }
         Answer::Delivered(detail) => {
             if let Some(reference) = detail.get("provider_ref").and_then(Value::as_str) {
                 active.provider_ref = Set(Some(reference.to_owned()));

@@ -69,9 +69,10 @@ impl<S: Carrier + 'static> Worker<S> {
                     let mut tries = Vec::new();
                     let now = worker.clock.now();
                     let answer = match &body {
-                        Some(body) => match worker.policy.hold(&worker.db, &message, now).await {
-                            Ok(Some((until, why))) => Answer::Held(until, why),
-                            Ok(None) => worker.sender.attempt(&message, body, now, &mut tries).await,
+                        Some(body) => match worker.policy.judge(&worker.db, &message, now).await {
+                            Ok(policy::Verdict::Hold(until, why)) => Answer::Held(until, why),
+                            Ok(policy::Verdict::Stop(why)) => Answer::Stopped(why),
+                            Ok(policy::Verdict::Go) => worker.sender.attempt(&message, body, now, &mut tries).await,
                             Err(e) => Answer::Retry(format!("cannot read what the send policy counts: {e}")),
                         },
                         None => Answer::Fail("the message's body is missing".into()),

@@ -12,7 +12,45 @@ use ownlist::store::entities::outbox;
 with_each_backend!(
     a_capped_subscriber_gets_the_second_message_the_next_day,
     marketing_waits_out_the_days_it_may_not_go,
+    the_unengaged_get_no_more_marketing_after_the_sunset,
 );
+
+/// `sunset_after = 30d`: a month after their first marketing email, Ada (never opened) and Cy
+/// (only Apple's privacy proxy loaded the pixel) get no more; Bob, who opened it himself three
+/// weeks in, does. The cancelled messages say why in the timeline.
+async fn the_unengaged_get_no_more_marketing_after_the_sunset(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |c| c.sunset_after = Some(chrono::Duration::days(30))).await else {
+        return;
+    };
+    app.create_list("news").await;
+    let mut ids = Vec::new();
+    for email in ["ada@example.com", "bob@example.com", "cy@example.com"] {
+        let created =
+            app.create_subscriber(json!({"email": email, "lists": ["news"], "consent": {"email": true}})).await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    broadcast(&app, "First").await;
+    assert_eq!(app.email.send_due().await.unwrap(), 3);
+    app.clock.advance(chrono::Duration::days(21));
+    let client = crate::helpers::client_builder().build().unwrap();
+    for (email, agent) in [("bob@example.com", crate::helpers::BROWSER), ("cy@example.com", "Mozilla/5.0")] {
+        let html = crate::helpers::bodies(&app, messages(&app, email).await[0].id).await.0.unwrap();
+        let pixel = crate::stats::link(&html, "/t/o/");
+        client.get(app.url(&pixel)).header("user-agent", agent).send().await.unwrap();
+    }
+    app.clock.advance(chrono::Duration::days(10));
+    broadcast(&app, "Second").await;
+    app.email.send_due().await.unwrap();
+    let status = |m: &outbox::Model| m.status.as_str().to_owned();
+    assert_eq!(status(&messages(&app, "ada@example.com").await[1]), "cancelled");
+    assert_eq!(status(&messages(&app, "bob@example.com").await[1]), "sent", "he opened it himself");
+    assert_eq!(status(&messages(&app, "cy@example.com").await[1]), "cancelled", "a proxy's open is no person's");
+    let why = timeline(&app, &ids[0]).await.into_iter().find(|e| e["kind"] == "email_cancelled").unwrap();
+    assert_eq!(
+        why["data"]["reason"],
+        "no open or click by a person in 30 days: no more marketing email (sunset_after)"
+    );
+}
 
 async fn broadcast(app: &TestApp, subject: &str) {
     let body = json!({"list": "news", "subject": subject, "html": "<p>Hello</p>"});

@@ -169,6 +169,10 @@ impl Names {
                 format!("Will try {what} again: {error}")
             }
             "sms_delivered" => format!("Received {}", self.message(data, "sms")),
+            "email_cancelled" | "sms_cancelled" => {
+                let what = self.message(data, if kind.starts_with("sms") { "sms" } else { "email" });
+                format!("Did not send {what}: {}", s("reason"))
+            }
             "email_held" | "sms_held" => {
                 let what = self.message(data, if kind.starts_with("sms") { "sms" } else { "email" });
                 format!("Holds {what}: {}", s("reason"))
