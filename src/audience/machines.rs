@@ -10,7 +10,7 @@
 //! can keep them current without a new release.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
@@ -158,13 +158,7 @@ impl Default for Machines {
 }
 
 /// A problem in a machines file, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileProblem {
-    pub file: PathBuf,
-    pub line: u64,
-    pub column: u64,
-    pub message: String,
-}
+pub use crate::core::i18n::FileProblem;
 
 impl Machines {
     /// The shipped file.

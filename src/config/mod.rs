@@ -404,12 +404,7 @@ impl Config {
         let holidays = match raw.holidays {
             None => Vec::new(),
             Some(value) => {
-                let items: Vec<String> = match &value {
-                    toml::Value::Array(items) => {
-                        items.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect()
-                    }
-                    other => other.as_str().unwrap_or_default().split(',').map(str::to_owned).collect(),
-                };
+                let items = list_items(&value);
                 items
                     .iter()
                     .filter(|i| !i.trim().is_empty())
@@ -476,12 +471,7 @@ impl Config {
         let webhook_allow = match raw.webhook_allow {
             None => Vec::new(),
             Some(value) => {
-                let items: Vec<String> = match &value {
-                    toml::Value::Array(items) => {
-                        items.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect()
-                    }
-                    other => other.as_str().unwrap_or_default().split(',').map(str::to_owned).collect(),
-                };
+                let items = list_items(&value);
                 let mut networks = Vec::new();
                 for item in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
                     let network = item
@@ -535,16 +525,15 @@ impl Config {
         {
             return Err(ConfigError::new(name("bounce_address"), "must not contain '+' (each message adds its own)"));
         }
-        let ses_topic_arns: Vec<String> = match raw.ses_topic_arns {
-            None => Vec::new(),
-            Some(toml::Value::Array(items)) => {
-                items.iter().filter_map(|v| v.as_str()).map(|s| s.trim().to_owned()).collect()
-            }
-            Some(other) => other.as_str().unwrap_or_default().split(',').map(|s| s.trim().to_owned()).collect(),
-        }
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect();
+        let ses_topic_arns: Vec<String> = raw
+            .ses_topic_arns
+            .as_ref()
+            .map(list_items)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
         if let Some(bad) = ses_topic_arns.iter().find(|arn| !arn.starts_with("arn:aws") || arn.split(':').count() != 6)
         {
             return Err(ConfigError::new(
@@ -704,6 +693,14 @@ fn setting_name(key: &str, file: Option<&Path>) -> String {
 
 /// `BUSINESS_NAME <noreply@HOST>`, HOST from `base_url` (`localhost` for an address or a
 /// name without a dot).
+/// A list setting's items: a TOML array in the file, comma-separated text in the environment.
+fn list_items(value: &toml::Value) -> Vec<String> {
+    match value {
+        toml::Value::Array(items) => items.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect(),
+        other => other.as_str().unwrap_or_default().split(',').map(str::to_owned).collect(),
+    }
+}
+
 fn default_email_from(base_url: &url::Url, business_name: &str) -> Result<lettre::message::Mailbox, Reason> {
     let domain = match base_url.host() {
         Some(url::Host::Domain(domain)) if domain.contains('.') => domain,

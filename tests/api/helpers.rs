@@ -189,6 +189,12 @@ impl TestApp {
         expect_json(self.post("/api/v1/subscribers", &body).await, StatusCode::CREATED).await
     }
 
+    /// A subscriber with email consent on `list`; returns their id.
+    pub async fn join(&self, email: &str, list: &str) -> String {
+        let body = serde_json::json!({"email": email, "lists": [list], "consent": {"email": true}});
+        self.create_subscriber(body).await["id"].as_str().unwrap_or_default().to_owned()
+    }
+
     /// Writes a workflow file and reloads; panics with the problems when it is refused.
     pub async fn install_workflow(&self, id: &str, yaml: &str) -> Value {
         std::fs::write(self.workflows_dir.join(format!("{id}.yaml")), yaml).unwrap();

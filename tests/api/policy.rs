@@ -25,9 +25,7 @@ async fn the_unengaged_get_no_more_marketing_after_the_sunset(backend: Backend) 
     app.create_list("news").await;
     let mut ids = Vec::new();
     for email in ["ada@example.com", "bob@example.com", "cy@example.com"] {
-        let created =
-            app.create_subscriber(json!({"email": email, "lists": ["news"], "consent": {"email": true}})).await;
-        ids.push(created["id"].as_str().unwrap().to_owned());
+        ids.push(app.join(email, "news").await);
     }
     broadcast(&app, "First").await;
     assert_eq!(app.email.send_due().await.unwrap(), 3);
@@ -79,18 +77,13 @@ async fn a_capped_subscriber_gets_the_second_message_the_next_day(backend: Backe
         return;
     };
     app.create_list("news").await;
-    let ada = app
-        .create_subscriber(json!({"email": "ada@example.com", "lists": ["news"], "consent": {"email": true}}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ada = app.join("ada@example.com", "news").await;
     broadcast(&app, "First").await;
     assert_eq!(app.email.send_due().await.unwrap(), 1);
     let first_sent = messages(&app, "ada@example.com").await[0].sent_at.unwrap();
 
     app.clock.advance(chrono::Duration::hours(2));
-    app.create_subscriber(json!({"email": "bob@example.com", "lists": ["news"], "consent": {"email": true}})).await;
+    app.join("bob@example.com", "news").await;
     broadcast(&app, "Second").await;
     app.email.send_due().await.unwrap();
     let ada_messages = messages(&app, "ada@example.com").await;

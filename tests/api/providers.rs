@@ -377,9 +377,7 @@ async fn a_dsn_sent_to_a_messages_return_path_bounces_its_address(backend: Backe
     app.create_list("news").await;
     let mut ids = Vec::new();
     for email in ["ada@example.org", "bob@example.org"] {
-        let created =
-            app.create_subscriber(json!({"email": email, "lists": ["news"], "consent": {"email": true}})).await;
-        ids.push(created["id"].as_str().unwrap().to_owned());
+        ids.push(app.join(email, "news").await);
     }
     let body = json!({"list": "news", "subject": "News", "html": "<p>Hello</p>"});
     expect_json(app.post("/api/v1/broadcasts", &body).await, StatusCode::CREATED).await;

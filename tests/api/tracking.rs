@@ -23,15 +23,7 @@ on_both_databases!(
 /// and reason, but `opened:` is about people, unless the condition says `include_machine`.
 async fn a_privacy_proxy_open_is_a_machines_and_counts_only_where_a_workflow_says_so(app: TestApp) {
     const TWO_TESTS: &str = "name: Guide\ntrigger: { subscribed: guide-leads }\nsteps:\n  - id: deliver\n    email: { subject: Your guide, template: emails/guide.html }\n  - id: pause\n    wait: 1d\n  - id: people\n    if: { opened: deliver }\n    then:\n      - id: read\n        tag: read\n  - id: anyone\n    if: { opened: { step: deliver, include_machine: true } }\n    then:\n      - id: fetched\n        tag: fetched\n";
-    app.create_list("guide-leads").await;
-    app.install_workflow("guide", TWO_TESTS).await;
-    let ada = app
-        .create_subscriber(json!({"email": "ada@example.com", "lists": ["guide-leads"], "consent": {"email": true}}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.tick().await;
+    let (ada, _) = ada_in_workflow(&app, TWO_TESTS).await;
     app.email.send_due().await.unwrap();
     let message = outbox::Entity::find().one(app.db.conn()).await.unwrap().unwrap();
     let html = crate::helpers::bodies(&app, message.id).await.0.unwrap();
@@ -105,8 +97,14 @@ const FOLLOW_UP: &str = "name: Guide\ntrigger: { subscribed: guide-leads }\nstep
 
 /// Ada joins, the guide is queued; returns her id and the queued message.
 async fn guide_for_ada(app: &TestApp, condition: &str) -> (String, outbox::Model) {
+    ada_in_workflow(app, &FOLLOW_UP.replace("CONDITION", condition)).await
+}
+
+/// Ada joins the list that starts `workflow` (installed as `guide`); returns her id and the first
+/// message queued.
+async fn ada_in_workflow(app: &TestApp, workflow: &str) -> (String, outbox::Model) {
     app.create_list("guide-leads").await;
-    app.install_workflow("guide", &FOLLOW_UP.replace("CONDITION", condition)).await;
+    app.install_workflow("guide", workflow).await;
     let ada = app
         .create_subscriber(json!({"email": "ada@example.com", "lists": ["guide-leads"], "consent": {"email": true}}))
         .await["id"]
@@ -269,12 +267,7 @@ async fn tracking_can_be_turned_off_for_everything() {
 /// stored against: a click still leads where that message's link did, and nowhere else.
 async fn a_broadcast_click_leads_where_its_dictionary_says(app: TestApp) {
     app.create_list("news").await;
-    let ada = app
-        .create_subscriber(json!({"email": "ada@example.com", "lists": ["news"], "consent": {"email": true}}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ada = app.join("ada@example.com", "news").await;
     let html = "<p>Hi {{ subscriber.email }}: <a href=\"https://shop.example/a\">a</a> <a href=\"https://shop.example/b\">b</a></p>";
     let body = json!({"list": "news", "subject": "News", "html": html});
     expect_json(app.post("/api/v1/broadcasts", &body).await, StatusCode::CREATED).await;
