@@ -95,6 +95,8 @@ pub mod trigger {
     pub const EVENT: &str = "event";
     /// Profile, attributes or consent changed: only re-checks workflow goals.
     pub const CHANGED: &str = "changed";
+    /// The sunset rule reached them: the engine asks once whether they still want email.
+    pub const SUNSET: &str = "sunset";
 }
 
 /// Queues something that may start workflows; written in the same transaction as what happened,

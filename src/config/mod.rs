@@ -73,6 +73,8 @@ pub struct Config {
     pub holidays: Vec<crate::delivery::policy::Holiday>,
     /// The sunset rule's span.
     pub sunset_after: Option<chrono::Duration>,
+    /// Whether the sunset rule asks once before it stops.
+    pub sunset_asks: bool,
     /// How long a message failing for a temporary reason is retried before it is given up.
     pub retry_max_age: chrono::Duration,
     /// How long a double opt-in confirmation link works (default 7 days).
@@ -174,6 +176,7 @@ impl Config {
             holidays: self.holidays.clone(),
             default_zone: self.timezone,
             sunset_after: if sms { None } else { self.sunset_after },
+            sunset_asks: self.sunset_asks && self.tracking,
         }
     }
 
@@ -428,6 +431,11 @@ impl Config {
                     })?,
             ),
         };
+        let sunset_asks = match raw.sunset.as_deref().map(str::trim) {
+            None | Some("ask") => true,
+            Some("stop") => false,
+            Some(other) => return Err(ConfigError::new(name("sunset"), format!("'{other}' is not ask or stop"))),
+        };
         let retry_max_age = match raw.retry_max_age {
             None => chrono::Duration::hours(crate::delivery::DEFAULT_MAX_AGE_HOURS),
             Some(text) => crate::core::timing::Span::parse(&text, false)
@@ -609,6 +617,7 @@ impl Config {
             send_days,
             holidays,
             sunset_after,
+            sunset_asks,
             bounce_secret: raw.bounce_secret,
             bounce_address,
             bounce_smtp_listen,

@@ -177,6 +177,8 @@ settings! {
         "days no marketing goes out, in the subscriber's time zone: `MM-DD` every year, `YYYY-MM-DD` once (comma-separated, an array in the file)";
     sunset_after: Text, default "none",
         "the sunset rule: marketing email to someone who has had it for this long (`180d`) with no open or click by a person in that time is not sent (cancelled; the timeline says why). Opens by privacy proxies and clicks by link scanners do not count as engagement";
+    sunset: Text, default "`ask`",
+        "what the sunset rule does: `ask` sends them, once, a short email asking whether they still want email (following its link resumes it; without an answer no more marketing email goes), `stop` stops at once";
     retry_max_age: Text, default "`48h`",
         "how long a message failing for a temporary reason (4xx, network, HTTP 429/5xx) keeps being retried (backoff 1 min doubling to 1 h); then it fails";
     confirm_link_ttl: Text, default "`7d`",

@@ -155,6 +155,10 @@ pub enum Answer {
     /// Not to be sent, by the send policy (the sunset rule): cancelled, and the timeline says
     /// why (`{channel}_cancelled`).
     Stopped(String),
+    /// Not to be sent, and the subscriber is to be asked once whether they still want email
+    /// (the sunset rule's `ask`): cancelled, `sunset_asked` in the timeline, and a `sunset`
+    /// trigger for the engine, which writes the question.
+    Asked(String),
     /// A temporary failure: try again later.
     Retry(String),
     /// A permanent failure: give up.

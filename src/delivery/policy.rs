@@ -57,6 +57,8 @@ pub struct SendPolicy {
     pub default_zone: chrono_tz::Tz,
     /// Email only: no more marketing to someone with no open or click by a person this long.
     pub sunset_after: Option<Duration>,
+    /// Before stopping, ask them once whether they still want email (`sunset = "ask"`).
+    pub sunset_asks: bool,
 }
 
 /// What the policy says of a marketing message.
@@ -67,6 +69,8 @@ pub enum Verdict {
     Hold(DateTime<Utc>, String),
     /// Not at all, for this reason (the sunset rule).
     Stop(String),
+    /// Not at all, and they are to be asked once whether they still want email.
+    Ask(String),
 }
 
 impl Default for SendPolicy {
@@ -78,6 +82,7 @@ impl Default for SendPolicy {
             holidays: Vec::new(),
             default_zone: chrono_tz::UTC,
             sunset_after: None,
+            sunset_asks: false,
         }
     }
 }
@@ -134,12 +139,21 @@ impl SendPolicy {
         }
         if let Some(span) = self.sunset_after
             && message.channel == OutboxChannel::Email
-            && unengaged(db, message, now, span).await?
+            && let Some(asked) = unengaged(db, message, now, span).await?
         {
-            return Ok(Verdict::Stop(format!(
-                "no open or click by a person in {} days: no more marketing email (sunset_after)",
-                span.num_days()
-            )));
+            let days = span.num_days();
+            return Ok(match asked {
+                Some(at) if self.sunset_asks => Verdict::Stop(format!(
+                    "no open or click by a person in {days} days, nor an answer when asked on {}: no more marketing email (sunset_after)",
+                    at.date_naive()
+                )),
+                None if self.sunset_asks => Verdict::Ask(format!(
+                    "no open or click by a person in {days} days: asked whether they still want email (sunset_after)"
+                )),
+                _ => Verdict::Stop(format!(
+                    "no open or click by a person in {days} days: no more marketing email (sunset_after)"
+                )),
+            });
         }
         Ok(match self.hold(db, message, now).await? {
             Some((until, why)) => Verdict::Hold(until, why),
@@ -252,9 +266,15 @@ impl SendPolicy {
     }
 }
 
-/// Whether the subscriber has had marketing email for at least `span` with no open or click by a
-/// person within it.
-async fn unengaged(db: &Db, message: &outbox::Model, now: DateTime<Utc>, span: Duration) -> Result<bool> {
+/// When the subscriber has had marketing email for at least `span` with no open or click by a
+/// person within it: `Some`, with when they were asked whether they still want it (after their
+/// last open or click), if they were. `None` when they are engaged (or new).
+async fn unengaged(
+    db: &Db,
+    message: &outbox::Model,
+    now: DateTime<Utc>,
+    span: Duration,
+) -> Result<Option<Option<DateTime<Utc>>>> {
     use crate::store::entities::event;
     let since = now - span;
     let long_enough = outbox::Entity::find()
@@ -271,18 +291,33 @@ async fn unengaged(db: &Db, message: &outbox::Model, now: DateTime<Utc>, span: D
         .await?
         .is_some();
     if !long_enough {
-        return Ok(false);
+        return Ok(None);
     }
-    let engaged = event::Entity::find()
+    let events = event::Entity::find()
         .filter(event::Column::SubscriberId.eq(message.subscriber_id))
-        .filter(event::Column::Kind.is_in(["email_opened", "email_clicked"]))
-        .filter(event::Column::CreatedAt.gte(since))
+        .filter(event::Column::Kind.is_in(["email_opened", "email_clicked", SUNSET_ASKED]))
+        .order_by_asc(event::Column::CreatedAt)
         .all(db.conn())
-        .await?
+        .await?;
+    let last_engaged = events
         .iter()
-        .any(|e| crate::rollups::by_person(&e.data));
-    Ok(!engaged)
+        .filter(|e| e.kind != SUNSET_ASKED && crate::rollups::by_person(&e.data))
+        .map(|e| e.created_at)
+        .next_back();
+    if last_engaged.is_some_and(|at| at >= since) {
+        return Ok(None);
+    }
+    let asked = events
+        .iter()
+        .filter(|e| e.kind == SUNSET_ASKED && last_engaged.is_none_or(|engaged| e.created_at > engaged))
+        .map(|e| e.created_at)
+        .next_back();
+    Ok(Some(asked))
 }
+
+/// The timeline entry of a subscriber the sunset rule reached, asked whether they still want
+/// email.
+pub const SUNSET_ASKED: &str = "sunset_asked";
 
 #[cfg(test)]
 mod tests {

@@ -106,6 +106,18 @@ impl<S: Carrier + 'static> Worker<S> {
                 mark_bounced(&txn, subscriber, channel, &reason, now).await?;
             }
         }
+        // The sunset rule's question is the engine's to write (delivery renders nothing).
+        let mut asked: Vec<uuid::Uuid> = answers
+            .iter()
+            .filter(|(m, answer, _)| matches!(answer, Answer::Asked(_)) && !m.subscriber_id.is_nil())
+            .map(|(m, _, _)| m.subscriber_id)
+            .collect();
+        asked.sort_unstable();
+        asked.dedup();
+        for subscriber in asked {
+            use sea_orm::ActiveModelTrait;
+            records::trigger(subscriber, records::trigger::SUNSET, "", json!({}), now).insert(&txn).await?;
+        }
         steps.flush(&txn).await?;
         let wrote = started.elapsed();
         txn.commit().await?;
@@ -167,6 +179,15 @@ pub(super) fn outcome<S: Carrier>(
                 "reason": why, "until": until});
             let event =
                 (!subscriber.is_nil()).then(|| records::event(subscriber, &format!("{}_held", S::CHANNEL), data, now));
+            return (active, event, None);
+        }
+        Answer::Asked(why) => {
+            active.status = Set(OutboxStatus::Cancelled);
+            active.last_error = Set(Some(why.clone()));
+            let data = json!({"message": id, "workflow": workflow, "step": step, "broadcast": message.broadcast_id,
+                "reason": why});
+            let event =
+                (!subscriber.is_nil()).then(|| records::event(subscriber, super::policy::SUNSET_ASKED, data, now));
             return (active, event, None);
         }
         Answer::Stopped(why) => {

@@ -72,6 +72,7 @@ impl<S: Carrier + 'static> Worker<S> {
                         Some(body) => match worker.policy.judge(&worker.db, &message, now).await {
                             Ok(policy::Verdict::Hold(until, why)) => Answer::Held(until, why),
                             Ok(policy::Verdict::Stop(why)) => Answer::Stopped(why),
+                            Ok(policy::Verdict::Ask(why)) => Answer::Asked(why),
                             Ok(policy::Verdict::Go) => worker.sender.attempt(&message, body, now, &mut tries).await,
                             Err(e) => Answer::Retry(format!("cannot read what the send policy counts: {e}")),
                         },

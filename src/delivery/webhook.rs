@@ -212,7 +212,7 @@ impl Carrier for Webhooks {
         let outcome = match &answer {
             Answer::Delivered(_) => Outcome::Sent,
             Answer::Retry(_) | Answer::Hold(_) | Answer::Held(..) => Outcome::Retried,
-            Answer::Fail(_) | Answer::Bounce(_) | Answer::Stopped(_) => Outcome::Failed,
+            Answer::Fail(_) | Answer::Bounce(_) | Answer::Stopped(_) | Answer::Asked(_) => Outcome::Failed,
         };
         tries.push(super::tried(Self::CHANNEL, "webhook", outcome, started.elapsed()));
         answer

@@ -12,13 +12,16 @@ use ownlist::store::entities::outbox;
 with_each_backend!(
     a_capped_subscriber_gets_the_second_message_the_next_day,
     marketing_waits_out_the_days_it_may_not_go,
-    the_unengaged_get_no_more_marketing_after_the_sunset,
+    the_unengaged_are_asked_once_then_get_no_more_marketing,
+    with_sunset_stop_the_unengaged_are_not_asked,
 );
 
-/// `sunset_after = 30d`: a month after their first marketing email, Ada (never opened) and Cy
-/// (only Apple's privacy proxy loaded the pixel) get no more; Bob, who opened it himself three
-/// weeks in, does. The cancelled messages say why in the timeline.
-async fn the_unengaged_get_no_more_marketing_after_the_sunset(backend: Backend) {
+/// `sunset_after = 30d` (asking first, the default): a month after their first marketing email,
+/// Ada (never opened) and Cy (only Apple's privacy proxy loaded the pixel) are asked, once,
+/// whether they still want email, and get no marketing meanwhile; Bob, who opened it himself
+/// three weeks in, gets it. Ada follows the question's link: her marketing resumes; Cy, who never
+/// answers, gets no more, and is not asked again.
+async fn the_unengaged_are_asked_once_then_get_no_more_marketing(backend: Backend) {
     let Some(app) = TestApp::spawn_with(backend, |c| c.sunset_after = Some(chrono::Duration::days(30))).await else {
         return;
     };
@@ -30,7 +33,7 @@ async fn the_unengaged_get_no_more_marketing_after_the_sunset(backend: Backend) 
     broadcast(&app, "First").await;
     assert_eq!(app.email.send_due().await.unwrap(), 3);
     app.clock.advance(chrono::Duration::days(21));
-    let client = crate::helpers::client_builder().build().unwrap();
+    let client = crate::helpers::client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     for (email, agent) in [("bob@example.com", crate::helpers::BROWSER), ("cy@example.com", "Mozilla/5.0")] {
         let html = crate::helpers::bodies(&app, messages(&app, email).await[0].id).await.0.unwrap();
         let pixel = crate::stats::link(&html, "/t/o/");
@@ -43,7 +46,71 @@ async fn the_unengaged_get_no_more_marketing_after_the_sunset(backend: Backend) 
     assert_eq!(status(&messages(&app, "ada@example.com").await[1]), "cancelled");
     assert_eq!(status(&messages(&app, "bob@example.com").await[1]), "sent", "he opened it himself");
     assert_eq!(status(&messages(&app, "cy@example.com").await[1]), "cancelled", "a proxy's open is no person's");
-    let why = timeline(&app, &ids[0]).await.into_iter().find(|e| e["kind"] == "email_cancelled").unwrap();
+    let asked = timeline(&app, &ids[0]).await.into_iter().find(|e| e["kind"] == "sunset_asked").unwrap();
+    assert_eq!(
+        asked["data"]["reason"],
+        "no open or click by a person in 30 days: asked whether they still want email (sunset_after)"
+    );
+
+    // The question goes out (it is no marketing: nothing holds it), in the email layout.
+    app.tick().await;
+    app.clock.advance(chrono::Duration::minutes(5));
+    app.email.send_due().await.unwrap();
+    let question = messages(&app, "ada@example.com").await.into_iter().find(|m| m.broadcast_id.is_none()).unwrap();
+    assert_eq!(question.subject.as_deref(), Some("Do you still want our emails?"));
+    assert_eq!(status(&question), "sent");
+
+    // Another broadcast: still nothing for either, and no second question.
+    broadcast(&app, "Third").await;
+    app.email.send_due().await.unwrap();
+    app.tick().await;
+    for email in ["ada@example.com", "cy@example.com"] {
+        let all = messages(&app, email).await;
+        assert_eq!(all.iter().filter(|m| m.broadcast_id.is_none()).count(), 1, "asked once: {email}");
+        assert_eq!(status(all.iter().rev().find(|m| m.subject.as_deref() == Some("Third")).unwrap()), "cancelled");
+    }
+    let reason = timeline(&app, &ids[2]).await.into_iter().rev().find(|e| e["kind"] == "email_cancelled").unwrap();
+    assert!(reason["data"]["reason"].as_str().unwrap().contains("nor an answer when asked on"), "{reason}");
+
+    // Ada says yes, an hour after the question came: her marketing resumes.
+    app.clock.advance(chrono::Duration::hours(1));
+    let html = crate::helpers::bodies(&app, question.id).await.0.unwrap();
+    assert!(html.contains("Yes, keep them coming"), "{html}");
+    let yes = crate::stats::link(&html, "/t/c/");
+    let answer = client.get(app.url(&yes)).send().await.unwrap();
+    assert_eq!(answer.headers()["location"], "http://127.0.0.1:8080/kept");
+    let kept = client.get(app.url("/kept")).send().await.unwrap();
+    assert_eq!(kept.status(), StatusCode::OK);
+    assert!(kept.text().await.unwrap().contains("You will keep getting our emails."));
+    broadcast(&app, "Fourth").await;
+    app.email.send_due().await.unwrap();
+    let fourth = |all: Vec<outbox::Model>| all.into_iter().find(|m| m.subject.as_deref() == Some("Fourth")).unwrap();
+    assert_eq!(status(&fourth(messages(&app, "ada@example.com").await)), "sent", "she answered");
+    assert_eq!(status(&fourth(messages(&app, "cy@example.com").await)), "cancelled", "no answer, no more");
+}
+
+/// `sunset = "stop"`: no question, the marketing simply stops.
+async fn with_sunset_stop_the_unengaged_are_not_asked(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |c| {
+        c.sunset_after = Some(chrono::Duration::days(30));
+        c.sunset_asks = false;
+    })
+    .await
+    else {
+        return;
+    };
+    app.create_list("news").await;
+    let ada = app.join("ada@example.com", "news").await;
+    broadcast(&app, "First").await;
+    app.email.send_due().await.unwrap();
+    app.clock.advance(chrono::Duration::days(31));
+    broadcast(&app, "Second").await;
+    app.email.send_due().await.unwrap();
+    app.tick().await;
+    let all = messages(&app, "ada@example.com").await;
+    assert_eq!(all.len(), 2, "no question");
+    assert_eq!(all[1].status.as_str(), "cancelled");
+    let why = timeline(&app, &ada).await.into_iter().find(|e| e["kind"] == "email_cancelled").unwrap();
     assert_eq!(
         why["data"]["reason"],
         "no open or click by a person in 30 days: no more marketing email (sunset_after)"

@@ -41,6 +41,7 @@ pub fn routes() -> Router<AppState> {
         .route("/c/{token}", get(confirm))
         .route("/favicon.svg", get(favicon))
         .route("/robots.txt", get(robots))
+        .route("/kept", get(kept))
         .route("/favicon.ico", get(|| async { axum::response::Redirect::permanent("/favicon.svg") }))
 }
 
@@ -50,6 +51,13 @@ async fn robots() -> Response {
     let body = "User-agent: *\nDisallow: /admin\nDisallow: /api/\nDisallow: /c/\nDisallow: /u/\nDisallow: /preferences/\nDisallow: /t/\nAllow: /p/\n";
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=86400")], body)
         .into_response()
+}
+
+/// Where the sunset rule's "Yes, keep them coming" leads (through a tracked link, whose click is
+/// what counts): a thank-you in the visitor's language.
+async fn kept(State(face): State<Face>, headers: HeaderMap) -> Response {
+    let lang = face.language(&[], &headers);
+    face.notice(&lang, StatusCode::OK, "still_kept_title", "still_kept_text")
 }
 
 /// Every page's icon when no logo is set.

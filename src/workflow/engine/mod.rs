@@ -28,6 +28,7 @@ mod loops;
 mod message;
 mod schedules;
 mod step;
+mod sunset;
 mod triggers;
 
 use crate::core::error::Result;

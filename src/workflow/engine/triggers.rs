@@ -33,6 +33,10 @@ impl Engine {
         let touched: Vec<Uuid> = batch.iter().map(|t| t.subscriber_id).collect::<HashSet<_>>().into_iter().collect();
         self.check_goals(&txn, touched, now, &mut tally).await?;
         for t in &batch {
+            if t.kind == trigger::SUNSET {
+                self.ask_still_interested(&txn, t.subscriber_id, now).await?;
+                continue;
+            }
             if t.kind == trigger::EVENT {
                 self.wake(&txn, t, now).await?;
                 self.page_goal(&txn, t, now).await?;
