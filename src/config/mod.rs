@@ -70,6 +70,7 @@ pub struct Config {
     pub sms_per_day: Option<u32>,
     pub sms_per_week: Option<u32>,
     pub send_days: [bool; 7],
+    pub email_hours: Option<crate::delivery::sms::SendingHours>,
     pub holidays: Vec<crate::delivery::policy::Holiday>,
     /// The sunset rule's span.
     pub sunset_after: Option<chrono::Duration>,
@@ -177,6 +178,7 @@ impl Config {
             default_zone: self.timezone,
             sunset_after: if sms { None } else { self.sunset_after },
             sunset_asks: self.sunset_asks && self.tracking,
+            hours: if sms { None } else { self.email_hours },
         }
     }
 
@@ -399,6 +401,13 @@ impl Config {
             (cap("email_per_day", raw.email_per_day)?, cap("email_per_week", raw.email_per_week)?);
         let (sms_per_day, sms_per_week) =
             (cap("sms_per_day", raw.sms_per_day)?, cap("sms_per_week", raw.sms_per_week)?);
+        let email_hours = match raw.email_hours.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(text) => Some(
+                crate::delivery::sms::SendingHours::parse(text)
+                    .map_err(|problem| ConfigError::new(name("email_hours"), problem))?,
+            ),
+        };
         let send_days = match raw.send_days.as_deref() {
             None => [true; 7],
             Some(text) => crate::delivery::policy::parse_days(text)
@@ -615,6 +624,7 @@ impl Config {
             sms_per_day,
             sms_per_week,
             send_days,
+            email_hours,
             holidays,
             sunset_after,
             sunset_asks,

@@ -171,6 +171,8 @@ settings! {
     email_per_week: Value, default "none (no cap)", "likewise, in a rolling week (e.g. `email_per_day = 1`, `email_per_week = 3`)";
     sms_per_day: Value, default "none (no cap)", "the most marketing texts one subscriber gets in a rolling day (as `email_per_day`)";
     sms_per_week: Value, default "none (no cap)", "likewise, in a rolling week";
+    email_hours: Text, default "none (any hour)",
+        "when marketing email may arrive, in the subscriber's time zone (`08:00-20:00`); one due outside waits for the next opening (text messages keep to `sms_hours`)";
     send_days: Text, default "`mon-sun`",
         "the days marketing (email and SMS) goes out, in the subscriber's time zone (`mon-fri`, `mon,wed,fri`); what falls due on another day waits for the next open one";
     holidays: Value, default "none",

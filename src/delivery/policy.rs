@@ -59,6 +59,9 @@ pub struct SendPolicy {
     pub sunset_after: Option<Duration>,
     /// Before stopping, ask them once whether they still want email (`sunset = "ask"`).
     pub sunset_asks: bool,
+    /// Email only: the hours of the day marketing may arrive (`email_hours`; SMS keeps to
+    /// `sms_hours` in its sender).
+    pub hours: Option<super::sms::SendingHours>,
 }
 
 /// What the policy says of a marketing message.
@@ -83,6 +86,7 @@ impl Default for SendPolicy {
             default_zone: chrono_tz::UTC,
             sunset_after: None,
             sunset_asks: false,
+            hours: None,
         }
     }
 }
@@ -126,10 +130,11 @@ impl SendPolicy {
             || self.days.contains(&false)
             || !self.holidays.is_empty()
             || self.sunset_after.is_some()
+            || self.hours.is_some()
     }
 
     fn calendar(&self) -> bool {
-        self.days.contains(&false) || !self.holidays.is_empty()
+        self.days.contains(&false) || !self.holidays.is_empty() || self.hours.is_some()
     }
 
     /// Whether marketing `message` may go now, must wait, or must not go.
@@ -175,6 +180,17 @@ impl SendPolicy {
             };
             if let Some(held) = self.closed(now, zone) {
                 return Ok(Some(held));
+            }
+            if let Some(hours) = self.hours
+                && let Some(opens) = hours.opens_at(now, zone)
+            {
+                let why = format!(
+                    "outside the hours marketing email may arrive ({}-{} where they are): held until {}",
+                    hours.start.format("%H:%M"),
+                    hours.end.format("%H:%M"),
+                    opens.format("%Y-%m-%d %H:%M UTC")
+                );
+                return Ok(Some((opens, why)));
             }
         }
         self.capped(db, message, now).await

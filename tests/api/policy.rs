@@ -182,12 +182,13 @@ async fn a_capped_subscriber_gets_the_second_message_the_next_day(backend: Backe
     assert_eq!(ada_messages[1].subject.as_deref(), Some("Second"));
 }
 
-/// Monday to Friday, and not on Christmas: a broadcast due on a Saturday (in the subscriber's
-/// zone) waits for Monday; one due on Christmas for the next working day.
+/// Monday to Friday, 09:00 to 18:00, and not on Christmas: a broadcast due on a Saturday (in the
+/// subscriber's zone) waits for Monday; once Monday begins, for 09:00 there.
 async fn marketing_waits_out_the_days_it_may_not_go(backend: Backend) {
     let Some(app) = TestApp::spawn_with(backend, |c| {
         c.send_days = ownlist::delivery::policy::parse_days("mon-fri").unwrap();
         c.holidays = vec![ownlist::delivery::policy::Holiday::parse("12-25").unwrap()];
+        c.email_hours = Some(ownlist::delivery::sms::SendingHours::parse("09:00-18:00").unwrap());
     })
     .await
     else {
@@ -216,6 +217,20 @@ async fn marketing_waits_out_the_days_it_may_not_go(backend: Backend) {
         timeline(&app, &ada).await.into_iter().find(|e| e["kind"] == "email_held").unwrap()["data"]["reason"].clone();
     assert_eq!(reason, "no marketing on Saturdays: held until 2026-03-09");
     app.clock.set(held.due_at);
+    app.email.send_due().await.unwrap();
+    let held = &messages(&app, "ada@example.com").await[0];
+    assert_eq!(held.status.as_str(), "queued", "midnight is outside the hours");
+    assert_eq!(
+        held.due_at,
+        chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 3, 9, 8, 0, 0).unwrap(),
+        "09:00 in Rome"
+    );
+    let reasons: Vec<_> = timeline(&app, &ada).await.into_iter().filter(|e| e["kind"] == "email_held").collect();
+    assert_eq!(
+        reasons[1]["data"]["reason"],
+        "outside the hours marketing email may arrive (09:00-18:00 where they are): held until 2026-03-09 08:00 UTC"
+    );
+    app.clock.set(held.due_at);
     assert_eq!(app.email.send_due().await.unwrap(), 1);
-    assert_eq!(messages(&app, "ada@example.com").await[0].status.as_str(), "sent", "Monday, it goes");
+    assert_eq!(messages(&app, "ada@example.com").await[0].status.as_str(), "sent", "Monday at nine, it goes");
 }
