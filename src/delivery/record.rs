@@ -181,22 +181,16 @@ pub(super) fn outcome<S: Carrier>(
                 (!subscriber.is_nil()).then(|| records::event(subscriber, &format!("{}_held", S::CHANNEL), data, now));
             return (active, event, None);
         }
-        Answer::Asked(why) => {
+        Answer::Asked(why) | Answer::Stopped(why) => {
             active.status = Set(OutboxStatus::Cancelled);
             active.last_error = Set(Some(why.clone()));
             let data = json!({"message": id, "workflow": workflow, "step": step, "broadcast": message.broadcast_id,
                 "reason": why});
-            let event =
-                (!subscriber.is_nil()).then(|| records::event(subscriber, super::policy::SUNSET_ASKED, data, now));
-            return (active, event, None);
-        }
-        Answer::Stopped(why) => {
-            active.status = Set(OutboxStatus::Cancelled);
-            active.last_error = Set(Some(why.clone()));
-            let data = json!({"message": id, "workflow": workflow, "step": step, "broadcast": message.broadcast_id,
-                "reason": why});
-            let event = (!subscriber.is_nil())
-                .then(|| records::event(subscriber, &format!("{}_cancelled", S::CHANNEL), data, now));
+            let kind = match answer {
+                Answer::Asked(_) => super::policy::SUNSET_ASKED.to_owned(),
+                _ => format!("{}_cancelled", S::CHANNEL),
+            };
+            let event = (!subscriber.is_nil()).then(|| records::event(subscriber, &kind, data, now));
             return (active, event, None);
         }
         Answer::Delivered(detail) => {
