@@ -267,7 +267,7 @@ fn tag<'a>(record: &'a str, name: &str) -> Option<&'a str> {
 /// Runs every check; prints the checklist; true when nothing failed.
 pub async fn run(config: &Config, resolver: Option<SocketAddr>) -> anyhow::Result<bool> {
     let mut list = List::default();
-    database(config, &mut list).await;
+    let db = database(config, &mut list).await;
     let relays = relays(config, &mut list).await;
     let dns = Dns::new(resolver).map_err(anyhow::Error::msg)?;
     let domain = config.email_from.email.domain().to_ascii_lowercase();
@@ -289,7 +289,10 @@ pub async fn run(config: &Config, resolver: Option<SocketAddr>) -> anyhow::Resul
     }
     let rules = dns_checks(config, &dns, &domain, &ips, &mut list).await;
     let https = base_url(config, &mut list).await;
-    let complaints = complaint_rate(config).await;
+    let complaints = match &db {
+        Some(db) => complaint_rate(db).await,
+        None => None,
+    };
     bulk_rules(&relays, rules, https, complaints, &mut list);
     sms(config, &mut list).await;
 
@@ -319,24 +322,30 @@ pub async fn run(config: &Config, resolver: Option<SocketAddr>) -> anyhow::Resul
     Ok(fail == 0)
 }
 
-async fn database(config: &Config, list: &mut List) {
+/// Checks the database and its schema; the connection, for the checks that read it.
+async fn database(config: &Config, list: &mut List) -> Option<crate::store::Db> {
     let shown = crate::config::redact(&config.database_url);
-    match crate::store::Db::connect(&config.database_url).await {
-        Err(e) => list.fail(
-            format!("database {shown}: {e}"),
-            "check database_url (OWNLIST_DATABASE_URL) and that the server runs",
+    let db = match crate::store::Db::connect(&config.database_url).await {
+        Err(e) => {
+            list.fail(
+                format!("database {shown}: {e}"),
+                "check database_url (OWNLIST_DATABASE_URL) and that the server runs",
+            );
+            return None;
+        }
+        Ok(db) => db,
+    };
+    match db.pending_migrations().await {
+        Ok(pending) if pending.is_empty() => list.ok(format!("database {shown}: reachable, schema up to date")),
+        Ok(pending) => list.fail(
+            format!("database {shown}: {} migration(s) pending: {}", pending.len(), pending.join(", ")),
+            "run `ownlist migrate` (serve does it at start)",
         ),
-        Ok(db) => match db.pending_migrations().await {
-            Ok(pending) if pending.is_empty() => list.ok(format!("database {shown}: reachable, schema up to date")),
-            Ok(pending) => list.fail(
-                format!("database {shown}: {} migration(s) pending: {}", pending.len(), pending.join(", ")),
-                "run `ownlist migrate` (serve does it at start)",
-            ),
-            Err(e) => {
-                list.fail(format!("database {shown}: cannot read its schema: {e}"), "check the database user's rights")
-            }
-        },
+        Err(e) => {
+            list.fail(format!("database {shown}: cannot read its schema: {e}"), "check the database user's rights")
+        }
     }
+    Some(db)
 }
 
 /// Each relay probed; returns each one's host and whether it is encrypted.
@@ -563,10 +572,9 @@ async fn base_url(config: &Config, list: &mut List) -> bool {
 
 /// Spam complaints (consent withdrawn by a complaint) per email delivered over the last 30
 /// days, when any was delivered.
-async fn complaint_rate(config: &Config) -> Option<f64> {
+async fn complaint_rate(db: &crate::store::Db) -> Option<f64> {
     use crate::store::entities::{consent, delivery_day};
     use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
-    let db = crate::store::Db::connect(&config.database_url).await.ok()?;
     let since = chrono::Utc::now() - chrono::Duration::days(30);
     let complained = consent::Entity::find()
         .filter(consent::Column::Method.eq(crate::core::values::ConsentMethod::Complaint.as_str()))
