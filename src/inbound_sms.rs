@@ -257,7 +257,7 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, replies: &R
                 .col_expr(outbox::Column::UpdatedAt, Expr::value(now))
                 .filter(outbox::Column::SubscriberId.eq(id))
                 .filter(outbox::Column::Channel.eq(OutboxChannel::Sms))
-                .filter(outbox::Column::Status.eq(OutboxStatus::Queued))
+                .filter(outbox::Column::Status.is_in([OutboxStatus::Queued, OutboxStatus::Standby]))
                 .filter(
                     sea_orm::Condition::any()
                         .add(outbox::Column::WorkflowId.is_not_null())

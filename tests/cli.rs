@@ -811,3 +811,83 @@ fn one_process_per_sqlite_file_json_logs_readiness_and_an_online_backup() {
     third.kill().unwrap();
     third.wait().unwrap();
 }
+
+/// The outage playbook's restore (docs/operations.md): a backup taken while serving, put on a
+/// "new machine" (a fresh folder) with the instance's secret, serves the same audience, accepts
+/// the same API tokens, and the drill there counts who can be reached.
+#[test]
+fn a_backup_restored_on_a_new_machine_serves_the_same_audience_and_drills() {
+    let old = tempfile::tempdir().unwrap();
+    let serve = |dir: &Path| {
+        let mut process = Process(
+            ownlist(dir)
+                .env("OWNLIST_LISTEN", "127.0.0.1:0")
+                .env("OWNLIST_ADMIN_TOKEN", "cli-admin-token-0123456789")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
+        let line = lines.next().unwrap().unwrap();
+        let address = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
+        // Its standard output stays open: it goes on printing there.
+        (process, address, lines)
+    };
+    let (mut first, address, _out) = serve(old.path());
+    assert!(
+        http_request(&address, "POST", "/api/v1/lists", r#"{"slug":"news","name":"News"}"#).starts_with("HTTP/1.1 201")
+    );
+    for body in [
+        r#"{"email":"ada@example.com","lists":["news"],"consent":{"email":true}}"#,
+        r#"{"email":"bob@example.com","phone":"+14155552671","lists":["news"],"consent":{"email":true,"sms":true}}"#,
+    ] {
+        let created = http_request(&address, "POST", "/api/v1/subscribers", body);
+        assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    }
+    let token = run(ownlist(old.path()).args(["tokens", "create", "ops"]));
+    let token = text(&token.stdout).trim().to_owned();
+    let backup = run(ownlist(old.path()).args(["backup", "snapshot.db"]));
+    assert!(backup.status.success(), "{}", text(&backup.stderr));
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // The new machine: the copy in place of data/ownlist.db, with the same data/secret.
+    let new = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(new.path().join("data")).unwrap();
+    std::fs::copy(old.path().join("snapshot.db"), new.path().join("data/ownlist.db")).unwrap();
+    std::fs::copy(old.path().join("data/secret"), new.path().join("data/secret")).unwrap();
+    drop(old);
+    let (mut second, address, _out2) = serve(new.path());
+    let listed = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            stream,
+            "GET /api/v1/subscribers HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    assert!(listed.starts_with("HTTP/1.1 200"), "the token made on the old machine works: {listed}");
+    assert!(listed.contains("ada@example.com") && listed.contains("bob@example.com"), "{listed}");
+    let reach = http_request(&address, "GET", "/api/v1/reachability?without=sms", "");
+    assert!(reach.starts_with("HTTP/1.1 200") && reach.contains("\"lost_channels\":[\"sms\"]"), "{reach}");
+    second.kill().unwrap();
+    second.wait().unwrap();
+
+    let drill = run(ownlist(new.path()).args(["drill", "--without", "email"]));
+    assert!(drill.status.success(), "{}", text(&drill.stderr));
+    let said = text(&drill.stdout);
+    assert!(said.contains("Drill: without email (down: email)"), "{said}");
+    // Ada has email only; Bob keeps his phone.
+    let all = said.lines().find(|l| l.starts_with("all ")).unwrap();
+    let figures: Vec<&str> = all.split_whitespace().skip(1).take(5).collect();
+    assert_eq!(figures, ["2", "1", "1", "1", "0"], "{said}");
+    assert!(said.contains("weakest point: email (losing it alone cuts off 1 (50.0%))"), "{said}");
+    let unknown = run(ownlist(new.path()).args(["drill", "--without", "fax"]));
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown.stderr).contains("'fax' is not a channel (email, sms)"), "{}", text(&unknown.stderr));
+}

@@ -78,6 +78,17 @@ enum Command {
         #[arg(long, value_name = "IP:PORT")]
         resolver: Option<std::net::SocketAddr>,
     },
+    /// Rehearse an outage: who could still be reached, with consent, without a channel (`email`,
+    /// `sms`), a relay or provider (by name), or the platform people came from (`source:NAME`),
+    /// per list and per source, and how long one message to all of them would take.
+    Drill {
+        /// What goes dark; repeat it or separate with commas (nothing: today's reach).
+        #[arg(long, value_name = "WHAT")]
+        without: Vec<String>,
+        /// Print the report as JSON (as `GET /api/v1/reachability` answers).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script: `ownlist completions bash > /etc/bash_completion.d/ownlist`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -203,6 +214,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Export { out, .. } => export_file(App::open(config, clock).await?, out).await,
         Command::Backup { file } => backup(config, clock, &file).await,
         Command::Completions { .. } => Ok(ExitCode::SUCCESS),
+        Command::Drill { without, json } => drill(App::open(config, clock).await?, &without, json).await,
         Command::Doctor { resolver } => {
             let healthy = crate::app::doctor::run(&config, resolver).await?;
             Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
@@ -371,6 +383,28 @@ async fn backup(config: Config, clock: SharedClock, file: &Path) -> anyhow::Resu
         .with_context(|| format!("cannot write the backup to {}", file.display()))?;
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     println!("backup written to {} ({size} bytes in {:.1} s)", file.display(), started.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn drill(app: App, without: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    use crate::audience::reach;
+    let providers = app.config.reach_providers();
+    let asked = match reach::Without::parse(without.iter().map(String::as_str), &providers) {
+        Ok(asked) => asked,
+        Err(crate::core::error::Error::Invalid(errors)) => {
+            for e in errors {
+                eprintln!("ownlist drill: --without: {}", e.message);
+            }
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let report = reach::report(&app.db, &providers, &asked, app.clock.now()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", reach::text(&report));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -124,6 +124,7 @@ impl App {
         let email = EmailSender::new(background.clone(), self.clock.clone(), letterhead, transport)
             .with_bell(bell.clone())
             .with_max_age(max_age)
+            .with_fallback_after(self.config.fallback_after)
             .with_policy(self.config.send_policy(false));
         let email = Arc::new(if shared { email.with_leases(instance.clone(), lease) } else { email });
         let sms_transport = if self.config.sms_providers.is_empty() {
@@ -143,6 +144,7 @@ impl App {
         let sms = SmsSender::new(background.clone(), self.clock.clone(), setup)
             .with_bell(bell)
             .with_max_age(max_age)
+            .with_fallback_after(self.config.fallback_after)
             .with_policy(self.config.send_policy(true));
         let sms = Arc::new(if shared { sms.with_leases(instance, lease) } else { sms });
         let signup_limit = Arc::new(crate::pages::guard::RateLimit::new(self.config.signups_per_ip));

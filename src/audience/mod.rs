@@ -13,6 +13,7 @@ pub mod goals;
 pub mod import;
 pub mod lists;
 pub mod machines;
+pub mod reach;
 pub mod records;
 pub mod subscribers;
 

@@ -79,6 +79,8 @@ pub struct Config {
     /// How long a message failing for a temporary reason is retried before it is given up.
     pub retry_max_age: chrono::Duration,
     /// How long a double opt-in confirmation link works (default 7 days).
+    /// `reach: first`: how long a message failing for now waits before the next channel is tried.
+    pub fallback_after: chrono::Duration,
     pub confirm_link_ttl: chrono::Duration,
     /// At most one confirmation message per address in this long (default 24 hours).
     pub confirm_every: chrono::Duration,
@@ -164,8 +166,20 @@ const DEFAULT_MAX_IMPORT_BYTES: u64 = 1024 * 1024 * 1024;
 const DEFAULT_LOG: &str = "info,sea_orm_migration=warn,sqlx=warn";
 
 impl Config {
-    /// The return path messages go out from: `bounce_address`, else (with a bounce receiver)
-    /// `bounces@` the sender's domain.
+    /// Each channel's relays and providers by the names the delivery statistics use (SMTP relays
+    /// as `host:port`, SMS providers as `twilio:host` or `http:host`), for reachability drills.
+    pub fn reach_providers(&self) -> crate::audience::reach::Providers {
+        use crate::core::values::Channel;
+        let relays = self
+            .smtp_relays
+            .iter()
+            .filter_map(|url| crate::delivery::email::Relay::from_url(url).ok())
+            .map(|relay| (Channel::Email, relay.name));
+        let providers =
+            self.sms_providers.iter().filter_map(|p| p.build().ok()).map(|provider| (Channel::Sms, provider.name));
+        crate::audience::reach::Providers(relays.chain(providers).collect())
+    }
+
     /// The send policy of a channel (email, or SMS).
     pub fn send_policy(&self, sms: bool) -> crate::delivery::policy::SendPolicy {
         let (per_day, per_week) =
@@ -463,6 +477,12 @@ impl Config {
                 .filter(|d| *d >= least)
                 .ok_or_else(|| ConfigError::new(name(key), format!("'{text}' is not a duration like 30s, 24h or 7d"))),
         };
+        let fallback_after = span(
+            "fallback_after",
+            raw.fallback_after,
+            chrono::Duration::minutes(crate::audience::reach::fallback::DEFAULT_FALLBACK_AFTER_MINUTES),
+            chrono::Duration::seconds(1),
+        )?;
         let confirm_link_ttl =
             span("confirm_link_ttl", raw.confirm_link_ttl, chrono::Duration::days(7), chrono::Duration::minutes(1))?;
         let confirm_every =
@@ -609,6 +629,7 @@ impl Config {
             sms_max_segments,
             retry_max_age,
             confirm_link_ttl,
+            fallback_after,
             confirm_every,
             form_min_fill,
             signups_per_ip,

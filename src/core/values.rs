@@ -340,9 +340,16 @@ impl From<Channel> for OutboxChannel {
 }
 
 word_enum!(
-    /// Where an outbox message is: waiting (or being retried), accepted, given up, or withdrawn
-    /// before it was sent (a broadcast cancelled, an SMS `STOP`).
-    OutboxStatus { Queued = "queued", Sent = "sent", Failed = "failed", Cancelled = "cancelled" }
+    /// Where an outbox message is: waiting (or being retried), accepted, given up, withdrawn
+    /// before it was sent (a broadcast cancelled, an SMS `STOP`), or kept back to go only if the
+    /// message before it on another channel fails for good (`reach: first`).
+    OutboxStatus {
+        Queued = "queued",
+        Sent = "sent",
+        Failed = "failed",
+        Cancelled = "cancelled",
+        Standby = "standby",
+    }
 );
 
 word_enum!(

@@ -18,6 +18,7 @@ impl<S: Carrier + 'static> Worker<S> {
             sender,
             bell: Doorbell::new(),
             max_age: chrono::Duration::hours(DEFAULT_MAX_AGE_HOURS),
+            fallback_after: chrono::Duration::minutes(crate::audience::reach::fallback::DEFAULT_FALLBACK_AFTER_MINUTES),
             leases: None,
             dictionaries: Dictionaries::default(),
             unrecorded: std::sync::Mutex::new(Vec::new()),
@@ -46,6 +47,12 @@ impl<S: Carrier + 'static> Worker<S> {
     /// Gives up on a message that still fails for a temporary reason once it is this old.
     pub fn with_max_age(mut self, max_age: chrono::Duration) -> Self {
         self.max_age = max_age;
+        self
+    }
+
+    /// `reach: first`: how long a message failing for now waits before its fallback goes instead.
+    pub fn with_fallback_after(mut self, after: chrono::Duration) -> Self {
+        self.fallback_after = after;
         self
     }
 

@@ -757,6 +757,7 @@ mod tests {
             clicked_at: None,
             lease_until: None,
             lease_owner: None,
+            fallback_id: None,
         }
     }
 

@@ -290,6 +290,9 @@ pub struct Worker<S> {
     bell: Doorbell,
     /// A message still failing for a temporary reason once this old is given up.
     max_age: chrono::Duration,
+    /// `reach: first`: a message failing for now is tried again once after this long; failing
+    /// then, its fallback goes instead.
+    fallback_after: chrono::Duration,
     /// Several instances (PostgreSQL): this process's id and how long its claims last.
     leases: Option<(String, chrono::Duration)>,
     dictionaries: Dictionaries,

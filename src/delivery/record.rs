@@ -58,12 +58,21 @@ impl<S: Carrier + 'static> Worker<S> {
         let mut updates = Vec::with_capacity(answers.len());
         let mut events = Vec::with_capacity(answers.len());
         let mut bounces = Vec::new();
+        let mut fallbacks = Vec::new();
         let mut attempts = crate::rollups::delivery::Attempts::default();
         let mut steps = crate::rollups::steps::Tally::default();
         let day = now.date_naive();
         for (message, answer, tries) in answers {
             attempts.add(S::CHANNEL, tries);
-            let (update, event, bounce) = outcome::<S>(message, answer, now, self.max_age);
+            let (update, event, bounce) = outcome::<S>(message, answer, now, (self.max_age, self.fallback_after));
+            // `reach: first`: a message failed for good hands over to the next channel.
+            if let (Some(_), sea_orm::ActiveValue::Set(OutboxStatus::Failed)) = (message.fallback_id, &update.status) {
+                let why = match &update.last_error {
+                    sea_orm::ActiveValue::Set(Some(error)) => error.clone(),
+                    _ => "it failed".to_owned(),
+                };
+                fallbacks.push((message, why));
+            }
             let ended = match &update.status {
                 sea_orm::ActiveValue::Set(OutboxStatus::Sent) => Some(measure::DELIVERED),
                 sea_orm::ActiveValue::Set(OutboxStatus::Failed) => Some(measure::FAILED),
@@ -105,6 +114,9 @@ impl<S: Carrier + 'static> Worker<S> {
             for (subscriber, reason) in bounces {
                 mark_bounced(&txn, subscriber, channel, &reason, now).await?;
             }
+        }
+        for (message, why) in fallbacks {
+            crate::audience::reach::fallback::fall_through(&txn, message, &why, now).await?;
         }
         // The sunset rule's question is the engine's to write (delivery renders nothing).
         let mut asked: Vec<uuid::Uuid> = answers
@@ -148,7 +160,7 @@ pub(super) fn outcome<S: Carrier>(
     message: &outbox::Model,
     answer: &Answer,
     now: DateTime<Utc>,
-    max_age: chrono::Duration,
+    (max_age, fallback_after): (chrono::Duration, chrono::Duration),
 ) -> (outbox::ActiveModel, Option<crate::store::entities::event::ActiveModel>, Option<(uuid::Uuid, String)>) {
     let (subscriber, id) = (message.subscriber_id, message.id);
     let (step, workflow) = (message.step_id.clone(), message.workflow_id.clone());
@@ -201,6 +213,19 @@ pub(super) fn outcome<S: Carrier>(
             active.sent_at = Set(Some(now));
             active.last_error = Set(None);
             ("sent", detail.clone())
+        }
+        // `reach: first`: failing for now, it is tried once more after `fallback_after`, and
+        // failing then, the next channel goes instead (see `record_all`).
+        Answer::Retry(error) if message.fallback_id.is_some() && message.attempts == 0 => {
+            active.due_at = Set(now + fallback_after);
+            active.last_error = Set(Some(error.clone()));
+            ("retrying", json!({"error": error, "next_attempt": now + fallback_after, "then": "the next channel"}))
+        }
+        Answer::Retry(error) if message.fallback_id.is_some() => {
+            let error = format!("still failing after {attempts} attempts: {error}");
+            active.status = Set(OutboxStatus::Failed);
+            active.last_error = Set(Some(error.clone()));
+            ("failed", json!({"error": error, "gave_up": true}))
         }
         Answer::Retry(error) if age < max_age => {
             let wait = backoff(id, attempts);

@@ -417,7 +417,7 @@ pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -
                 report.status,
                 report.error_code.map(|c| format!(" (error {c})")).unwrap_or_default()
             );
-            let mut active = message.into_active_model();
+            let mut active = message.clone().into_active_model();
             active.status = Set(OutboxStatus::Failed);
             active.last_error = Set(Some(reason.clone()));
             active.updated_at = Set(now);
@@ -425,6 +425,8 @@ pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -
             if unreachable {
                 mark_bounced(&txn, subscriber, Channel::Sms, &reason, now).await?;
             }
+            // `reach: first`: the next channel goes instead (a no-op when the bounce did it).
+            crate::audience::reach::fallback::fall_through(&txn, &message, &reason, now).await?;
             records::event(subscriber, "sms_failed", about, now).insert(&txn).await?;
         }
         _ => {}

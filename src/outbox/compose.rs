@@ -269,6 +269,7 @@ fn row(message: NewMessage<'_>, now: DateTime<Utc>) -> (outbox::ActiveModel, out
         clicked_at: Set(None),
         lease_until: Set(None),
         lease_owner: Set(None),
+        fallback_id: Set(None),
     };
     (message, body)
 }

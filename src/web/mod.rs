@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::broadcasts::routes())
         .merge(api::audit::routes())
         .merge(api::stats::routes())
+        .merge(api::reach::routes())
         .merge(api::tokens::routes())
         // Layers wrap what is above them: authentication runs first, then the audit log, then
         // the role check (so a refusal is logged), all before a body is read.

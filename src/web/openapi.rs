@@ -17,6 +17,7 @@ use super::AppState;
         super::api::stats::funnel,
         super::api::stats::workflow,
         super::api::stats::delivery,
+        super::api::reach::reachability,
         super::api::lists::create,
         super::api::lists::all,
         super::api::lists::one,

@@ -103,7 +103,7 @@ fn no_redirects() -> reqwest::Client {
 }
 
 /// Logs in with `token` and returns the session cookie (`name=value`).
-async fn log_in(app: &TestApp, token: &str) -> String {
+pub(crate) async fn log_in(app: &TestApp, token: &str) -> String {
     let request = no_redirects().post(app.url("/admin/login"));
     let response = form(request, &[("token", token), ("next", "/admin/workflows")]).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
@@ -114,7 +114,7 @@ async fn log_in(app: &TestApp, token: &str) -> String {
     cookie.split(';').next().unwrap().to_owned()
 }
 
-async fn get_with(app: &TestApp, path: &str, cookie: &str) -> reqwest::Response {
+pub(crate) async fn get_with(app: &TestApp, path: &str, cookie: &str) -> reqwest::Response {
     no_redirects().get(app.url(path)).header("cookie", cookie).send().await.unwrap()
 }
 

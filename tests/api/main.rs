@@ -31,6 +31,7 @@ mod operations;
 mod pages;
 mod policy;
 mod providers;
+mod reach;
 mod sms;
 mod stats;
 mod subscribers;

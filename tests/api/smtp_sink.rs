@@ -24,6 +24,8 @@ pub struct SmtpSink {
     pub pipelined: Arc<AtomicUsize>,
     /// The envelope sender of every MAIL FROM seen.
     pub envelope_senders: Arc<Mutex<Vec<String>>>,
+    /// Recipients refused at RCPT TO, with the line each is answered.
+    pub refused_recipients: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl SmtpSink {
@@ -43,12 +45,15 @@ impl SmtpSink {
         let ahead = pipelined.clone();
         let envelope_senders = Arc::new(Mutex::new(Vec::new()));
         let seen_senders = envelope_senders.clone();
+        let refused_recipients: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
+        let refused = refused_recipients.clone();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let (taken, refusing) = (taken.clone(), refusing.clone());
                 let (open, most) = (open.clone(), most.clone());
                 let (mails, started, ahead) = (mails.clone(), started.clone(), ahead.clone());
                 let seen_senders = seen_senders.clone();
+                let refused = refused.clone();
                 tokio::spawn(async move {
                     let (read, mut write) = socket.into_split();
                     let mut lines = BufReader::new(read).lines();
@@ -79,8 +84,15 @@ impl SmtpSink {
                             }
                             "RCPT" if !in_mail => "503 5.5.1 Error: need MAIL command".into(),
                             "RCPT" => {
-                                has_rcpt = true;
-                                "250 OK".into()
+                                let to = line.split(['<', '>']).nth(1).unwrap_or_default().to_ascii_lowercase();
+                                let refusal = refused.lock().unwrap().iter().find(|(a, _)| *a == to).cloned();
+                                match refusal {
+                                    Some((_, reply)) => reply,
+                                    None => {
+                                        has_rcpt = true;
+                                        "250 OK".into()
+                                    }
+                                }
                             }
                             "RSET" => {
                                 if in_mail {
@@ -132,7 +144,22 @@ impl SmtpSink {
                 });
             }
         });
-        Self { address, messages, refusal, most_at_once, mail_commands, starts, pipelined, envelope_senders }
+        Self {
+            address,
+            messages,
+            refusal,
+            most_at_once,
+            mail_commands,
+            starts,
+            pipelined,
+            envelope_senders,
+            refused_recipients,
+        }
+    }
+
+    /// Answers RCPT TO this address with `reply` (such as `550 5.1.1 no such user`).
+    pub fn refuse_recipient(&self, address: &str, reply: &str) {
+        self.refused_recipients.lock().unwrap().push((address.to_ascii_lowercase(), reply.to_owned()));
     }
 
     /// The envelope sender of every MAIL FROM seen, in order.

@@ -46,6 +46,8 @@ pub async fn mark_bounced(
     model.updated_at = Set(now);
     model.update(txn).await?;
     records::event(id, kind::BOUNCED, json!({"channel": channel, "reason": reason}), now).insert(txn).await?;
+    // `reach: first`: what went to this address recently goes on the next channel instead.
+    crate::audience::reach::fallback::bounced(txn, id, channel, reason, now).await?;
     Ok(true)
 }
 

@@ -28,6 +28,9 @@ pub struct Model {
     pub queued_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// `all`: a message on every channel listed that reaches the person; `first`: one message,
+    /// on the first of them that does, the next ones kept back in case it fails for good.
+    pub reach: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

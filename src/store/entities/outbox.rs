@@ -40,6 +40,9 @@ pub struct Model {
     /// claimed; once the lease has ended, another may take it over.
     pub lease_until: Option<DateTimeUtc>,
     pub lease_owner: Option<String>,
+    /// `reach: first`: the message kept back (`standby`) to send instead should this one fail
+    /// for good (see [`crate::audience::reach::fallback`]).
+    pub fallback_id: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -111,6 +114,7 @@ impl Model {
             clicked_at: columns.take()?,
             lease_until: columns.take()?,
             lease_owner: columns.take()?,
+            fallback_id: columns.take()?,
         })
     }
 }

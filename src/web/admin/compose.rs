@@ -44,6 +44,8 @@ pub(super) struct ComposeForm {
     text: String,
     email: Option<String>,
     sms: Option<String>,
+    /// One message each, on the first channel that works (`reach: first`).
+    reach_first: Option<String>,
     #[serde(default)]
     sms_text: String,
     tracking: Option<String>,
@@ -106,6 +108,7 @@ impl ComposeForm {
             html: some(&self.html).filter(|_| email && inline),
             text: some(&self.text).filter(|_| email && inline),
             sms_text: some(&self.sms_text).filter(|_| sms),
+            reach: Some(if self.reach_first.is_some() { "first" } else { "all" }.to_owned()),
             send_at,
             tracking: Some(self.tracking.is_some()),
         })

@@ -532,8 +532,15 @@ async fn overview(State(state): State<AppState>, Query(query): Query<RangeQuery>
             }
         }
     }
-    let context =
-        json!({"title": "Overview", "section": "overview", "range": range_context(&days, problem), "funnel": funnel});
+    let (multi, weakest, people) =
+        crate::audience::reach::overview(&state.db, &state.config.reach_providers()).await.map_err(failed)?;
+    let reach = json!({
+        "people": people,
+        "multi_channel": percent(multi),
+        "weakest": weakest.map(|w| json!({"lose": w.lose, "unreachable": w.unreachable, "share": percent(w.share)})),
+    });
+    let context = json!({"title": "Overview", "section": "overview", "range": range_context(&days, problem),
+                         "funnel": funnel, "reach": reach});
     Ok(render("overview.html", StatusCode::OK, context))
 }
 

@@ -177,6 +177,33 @@ impl Names {
                 let what = self.message(data, if kind.starts_with("sms") { "sms" } else { "email" });
                 format!("Holds {what}: {}", s("reason"))
             }
+            "reach_chosen" => {
+                let list = |key: &str| match data.get(key) {
+                    Some(Value::Array(all)) => all
+                        .iter()
+                        .map(|c| match (c.get("channel").and_then(Value::as_str), c.get("reason")) {
+                            (Some(channel), Some(Value::String(why))) => format!("{} ({why})", channel_name(channel)),
+                            _ => channel_name(c.as_str().unwrap_or_default()).to_owned(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    _ => String::new(),
+                };
+                let mut text = format!("To be reached once, first by {}", channel_name(&s("channel")));
+                if !list("passed_over").is_empty() {
+                    text.push_str(&format!("; passed over: {}", list("passed_over")));
+                }
+                if !list("then").is_empty() {
+                    text.push_str(&format!("; should it fail for good: {}", list("then")));
+                }
+                text
+            }
+            "reach_fallback" => format!(
+                "Sent by {} instead, since the {} failed for good: {}",
+                channel_name(&s("to")),
+                channel_name(&s("from")),
+                s("reason")
+            ),
             "sms_received" => format!("Replied by text message: “{}”", s("body")),
             "goal_reached" if !s("page").is_empty() => {
                 format!("Reached the goal of page “{}”: did “{}”", s("page"), s("event"))

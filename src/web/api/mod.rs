@@ -4,6 +4,7 @@
 pub(crate) mod audit;
 pub(crate) mod broadcasts;
 pub(crate) mod lists;
+pub(crate) mod reach;
 pub(crate) mod stats;
 pub(crate) mod subscribers;
 pub(crate) mod tokens;

@@ -23,12 +23,13 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{Engine, Facts, MessageBody, reachable, render, subscriber_json};
-use crate::audience::lists;
+use crate::audience::reach::fallback;
+use crate::audience::{lists, records};
 use crate::core::error::{Error, FieldError, Reason, Result};
 use crate::core::values::{Channel, MembershipStatus, OutboxChannel, OutboxStatus, normalize_tag};
 use crate::outbox::compose::{self, Draft, NewMessage};
 use crate::store::entities::{
-    broadcast, membership, outbox, outbox_body, outbox_dictionary, subscriber, subscriber_tag,
+    broadcast, event, membership, outbox, outbox_body, outbox_dictionary, subscriber, subscriber_tag,
 };
 use crate::workflow::model::Condition;
 use crate::workflow::templates::TemplateChecker;
@@ -70,6 +71,11 @@ pub struct NewBroadcast {
     pub text: Option<String>,
     /// The SMS text (a tera template); required for sms.
     pub sms_text: Option<String>,
+    /// `all` (default): a message on every channel listed that reaches the person. `first`:
+    /// one message each, on the first channel listed that reaches them (an address, consent,
+    /// not bounced); should it fail for good (a hard bounce, an unreachable number, a permanent
+    /// refusal, or still failing after `fallback_after`), the next channel that reaches them.
+    pub reach: Option<String>,
     /// When to send; default now.
     pub send_at: Option<DateTime<Utc>>,
     /// Open and click tracking (default: the global `tracking` setting).
@@ -101,6 +107,14 @@ pub struct ChannelProgress {
     pub sent: u64,
     pub failed: u64,
     pub cancelled: u64,
+    /// `reach: first`: kept back, to go only if the message on the channel before fails for good
+    /// (left out when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub standby: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A broadcast and how far it has got.
@@ -112,6 +126,8 @@ pub struct BroadcastView {
     #[schema(value_type = Option<Object>)]
     pub condition: Option<Value>,
     pub channels: Vec<String>,
+    /// `all`, or `first` (one message per person, on the first channel that works).
+    pub reach: String,
     pub subject: Option<String>,
     pub template: Option<String>,
     pub tracking: bool,
@@ -175,6 +191,14 @@ impl Engine {
                 }
             }
         }
+        let reach = match input.reach.as_deref().map(str::trim) {
+            None | Some("" | "all") => "all",
+            Some("first") => "first",
+            Some(other) => {
+                errors.push(FieldError::new("reach", format!("'{other}' is not all or first")));
+                "all"
+            }
+        };
         if channels.is_empty() && input.channels.is_some() {
             errors.push(FieldError::new("channels", "name at least one of email, sms"));
         }
@@ -243,6 +267,7 @@ impl Engine {
             queued_at: None,
             created_at: now,
             updated_at: now,
+            reach: reach.to_owned(),
         };
         if errors.is_empty() {
             // A trial render for a sample subscriber: a template that cannot render (an unknown
@@ -405,7 +430,7 @@ impl Engine {
                 .col_expr(outbox::Column::Status, Expr::value(OutboxStatus::Cancelled))
                 .col_expr(outbox::Column::UpdatedAt, Expr::value(now))
                 .filter(outbox::Column::BroadcastId.eq(id))
-                .filter(outbox::Column::Status.eq(OutboxStatus::Queued))
+                .filter(outbox::Column::Status.is_in([OutboxStatus::Queued, OutboxStatus::Standby]))
                 .exec(&txn)
                 .await?;
         }
@@ -436,6 +461,7 @@ impl Engine {
                 OutboxStatus::Sent => entry.sent += n,
                 OutboxStatus::Failed => entry.failed += n,
                 OutboxStatus::Cancelled => entry.cancelled += n,
+                OutboxStatus::Standby => entry.standby += n,
             }
         }
         let waiting = progress.values().any(|p| p.queued > 0);
@@ -450,6 +476,7 @@ impl Engine {
             tag: row.tag,
             condition: row.condition,
             channels,
+            reach: row.reach,
             subject: row.subject,
             template: row.template,
             tracking: row.track,
@@ -563,13 +590,13 @@ impl Engine {
                     (made, is_new)
                 }
             };
-            let (rows, unrenderable) =
+            let (rows, events, unrenderable) =
                 render_batch(&templates, &links, &batch, &people, &channels, dictionary.as_deref(), now);
-            (compose::prepare(backend, rows), unrenderable, dictionary, made)
+            (compose::prepare(backend, rows), events, unrenderable, dictionary, made)
         })
         .await
         .map_err(|e| crate::core::error::Error::Other(anyhow::anyhow!("rendering a broadcast batch failed: {e}")))?;
-        let (rows, unrenderable, dictionary, made) = rendered;
+        let (rows, events, unrenderable, dictionary, made) = rendered;
         Ok(Batch {
             dictionary,
             new_dictionary: made,
@@ -578,6 +605,7 @@ impl Engine {
             finished: (ids.len() as u64) < FAN_OUT_BATCH,
             members: ids.len() as u64,
             rows,
+            events,
             skipped: skipped + unrenderable,
             now,
         })
@@ -600,6 +628,9 @@ impl Engine {
             outbox_dictionary::Model::clone(dictionary).into_active_model().insert(&txn).await?;
         }
         let written = compose::write(&txn, batch.rows).await?.len() as i64;
+        if !batch.events.is_empty() {
+            event::Entity::insert_many(batch.events).exec(&txn).await?;
+        }
         let mut active = current.clone().into_active_model();
         active.cursor = Set(batch.cursor_after);
         active.queued = Set(current.queued + written);
@@ -629,6 +660,8 @@ struct Batch {
     members: u64,
     /// Its messages, as the statements that write them.
     rows: compose::Prepared,
+    /// `reach: first`: the channel chosen for each person, and why, for their timelines.
+    events: Vec<event::ActiveModel>,
     /// Member and channel pairs not sent to.
     skipped: i64,
     /// When it was rendered: its messages' creation time.
@@ -766,18 +799,28 @@ fn render_batch(
     channels: &[Channel],
     dictionary: Option<&outbox_dictionary::Model>,
     now: DateTime<Utc>,
-) -> (Vec<(outbox::ActiveModel, outbox_body::ActiveModel)>, i64) {
+) -> (Vec<(outbox::ActiveModel, outbox_body::ActiveModel)>, Vec<event::ActiveModel>, i64) {
     let tracking =
         b.track.then(|| compose::Tracking { signer: links.signer.clone(), base_url: links.base_url.clone() });
-    let (mut rows, mut skipped) = (Vec::new(), 0i64);
+    let first = b.reach == "first";
+    let (mut rows, mut events, mut skipped) = (Vec::new(), Vec::new(), 0i64);
     for s in people {
         let context = broadcast_context(links, b, subscriber_json(s), s.id, now);
+        let mut mine: Vec<(outbox::ActiveModel, outbox_body::ActiveModel)> = Vec::new();
+        let mut passed_over = Vec::new();
         for channel in channels {
-            let (Ok(address), Ok(rendered)) =
-                (reachable(s, *channel), render_broadcast(templates, b, *channel, &context))
-            else {
-                skipped += 1;
-                continue;
+            let rendered = reachable(s, *channel)
+                .and_then(|address| render_broadcast(templates, b, *channel, &context).map(|r| (address, r)));
+            let (address, rendered) = match rendered {
+                Ok(found) => found,
+                Err(why) => {
+                    if first {
+                        passed_over.push(json!({"channel": channel, "reason": why.to_string()}));
+                    } else {
+                        skipped += 1;
+                    }
+                    continue;
+                }
             };
             let draft = Draft {
                 channel: (*channel).into(),
@@ -791,10 +834,36 @@ fn render_batch(
             let message = NewMessage::new(key, s.id, draft).tracked(tracking.as_ref()).compressed_with(dictionary);
             let (mut row, body) = message.rows(now);
             row.broadcast_id = Set(Some(b.id));
-            rows.push((row, body));
+            mine.push((row, body));
         }
+        if first {
+            match mine.first() {
+                Some((chosen, _)) => {
+                    let chosen = chosen.channel.clone().take();
+                    let then: Vec<_> = mine.iter().skip(1).filter_map(|(m, _)| m.channel.clone().take()).collect();
+                    let data = json!({"broadcast": b.id, "channel": chosen, "passed_over": passed_over,
+                                      "then": then});
+                    events.push(records::event(s.id, fallback::REACH_CHOSEN, data, now));
+                }
+                None => skipped += 1,
+            }
+            chain(&mut mine);
+        }
+        rows.extend(mine);
     }
-    (rows, skipped)
+    (rows, events, skipped)
+}
+
+/// `reach: first`: a person's messages in the order of their channels, the first queued, each
+/// of the others kept back (`standby`) behind the one before it.
+fn chain(messages: &mut [(outbox::ActiveModel, outbox_body::ActiveModel)]) {
+    let ids: Vec<Option<Uuid>> = messages.iter().map(|(m, _)| m.id.clone().take()).collect();
+    for (i, (message, _)) in messages.iter_mut().enumerate() {
+        if i > 0 {
+            message.status = Set(OutboxStatus::Standby);
+        }
+        message.fallback_id = Set(ids.get(i + 1).copied().flatten());
+    }
 }
 
 /// Why a condition cannot filter a broadcast, if it cannot.

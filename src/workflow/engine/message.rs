@@ -4,7 +4,7 @@ use super::*;
 use crate::core::error::{Reason, Result, reason};
 use crate::core::links::{Purpose, Signer};
 use crate::core::timing::{window_opens_at, zone};
-use crate::core::values::{Channel, ChannelState, SubscriberStatus, stored};
+use crate::core::values::Channel;
 use crate::outbox::compose::{self, Draft, NewMessage, Tracking};
 use crate::rollups::steps::measure;
 use crate::store::entities::subscriber;
@@ -244,24 +244,7 @@ pub(super) fn first_line(error: &tera::Error) -> String {
     error.to_string().lines().next().unwrap_or("template error").to_owned()
 }
 
-/// The address to send a subscriber on `channel`, or why nothing may be sent there.
-pub(super) fn reachable(s: &subscriber::Model, channel: Channel) -> std::result::Result<String, Reason> {
-    let (address, state) = match channel {
-        Channel::Email => (s.email.clone(), stored(&s.email_state, ChannelState::None)),
-        Channel::Sms => (s.phone.clone(), stored(&s.sms_state, ChannelState::None)),
-    };
-    let status = stored(&s.status, SubscriberStatus::Active);
-    match (address, state, status) {
-        (None, _, _) => {
-            Err(reason!("they have no {}", if channel == Channel::Email { "email address" } else { "phone number" }))
-        }
-        (_, _, SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced | SubscriberStatus::Complained) => {
-            Err(reason!("they are {status}"))
-        }
-        (Some(address), ChannelState::Subscribed, _) => Ok(address),
-        (_, other, _) => Err(reason!("{channel} is {other}, not subscribed")),
-    }
-}
+pub(super) use crate::audience::reach::fallback::reachable;
 
 /// What a message's templates see: the subscriber, what the message belongs to (`workflow` or
 /// `broadcast`), and the subscriber's signed unsubscribe and preferences links (a year).
