@@ -28,6 +28,7 @@ pub fn subscriber_row(
         status: Set("active".into()),
         email_state: Set("subscribed".into()),
         sms_state: Set("none".into()),
+        whatsapp_state: Set("none".into()),
         source: Set(source.map(str::to_owned)),
         medium: Set(source.map(|_| "social".to_owned())),
         campaign: Set(None),

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::audience::records::{self, ConsentOrigin, kind};
 use crate::audience::subscribers::change_channel;
 use crate::core::error::Result;
-use crate::core::values::{Channel, ChannelState, ConsentMethod};
+use crate::core::values::{Channel, ChannelState, ConsentMethod, stored};
 use crate::core::values::{OutboxChannel, OutboxStatus};
 use crate::outbox::compose::{self, Draft, NewMessage};
 use crate::store::Db;
@@ -198,7 +198,7 @@ pub struct Replies<'a> {
     pub translations: &'a crate::core::i18n::Translations,
 }
 
-/// An SMS a subscriber sent.
+/// A text message a subscriber sent, by SMS or on WhatsApp.
 #[derive(Debug, Clone)]
 pub struct Inbound {
     /// The provider's id for it (Twilio's `MessageSid`).
@@ -206,6 +206,8 @@ pub struct Inbound {
     /// The sender's number, E.164.
     pub from: String,
     pub body: String,
+    /// `Sms`, or `Whatsapp` (a `whatsapp:` sender): what its keywords act on and where the reply goes.
+    pub channel: Channel,
 }
 
 /// What came of an inbound message.
@@ -217,10 +219,14 @@ pub struct Received {
     pub reply: Option<String>,
 }
 
-/// The keys of the confirmations' words (`templates/locales/*.toml`).
-pub const STOPPED: &str = "sms_stopped";
-pub const STARTED: &str = "sms_started";
-pub const CONFIRMED: &str = "sms_confirmed";
+/// The keys of the confirmations' words (`templates/locales/*.toml`), after the channel's name
+/// (`sms_stopped`, `whatsapp_stopped`).
+pub const STOPPED: &str = "stopped";
+pub const STARTED: &str = "started";
+pub const CONFIRMED: &str = "confirmed";
+
+/// The timeline entry of a WhatsApp message a subscriber sent.
+pub const WHATSAPP_RECEIVED: &str = "whatsapp_received";
 
 /// Applies an inbound SMS.
 pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, replies: &Replies<'_>) -> Result<Received> {
@@ -235,11 +241,13 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, replies: &R
     if outbox::Entity::find().filter(outbox::Column::IdempotencyKey.eq(&key)).one(&txn).await?.is_some() {
         return Ok(Received { subscriber: Some(id), keyword, reply: None }); // Delivered twice: done already.
     }
+    let channel = inbound.channel;
     let data = json!({"body": inbound.body, "keyword": keyword.map(Keyword::as_str), "provider_ref": inbound.id});
-    records::event(id, kind::SMS_RECEIVED, data, now).insert(&txn).await?;
+    let received = if channel == Channel::Whatsapp { WHATSAPP_RECEIVED } else { kind::SMS_RECEIVED };
+    records::event(id, received, data, now).insert(&txn).await?;
     let origin = ConsentOrigin {
         method: ConsentMethod::SmsKeyword,
-        source: Some(format!("sms: {}", inbound.body.trim())),
+        source: Some(format!("{channel}: {}", inbound.body.trim())),
         ip: None,
         user_agent: None,
     };
@@ -247,16 +255,17 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, replies: &R
     // The language of a request made in words other than English, else the subscriber's.
     let asked_in = stop_language(&inbound.body).filter(|lang| *lang != "en" && keyword == Some(Keyword::Stop));
     let lang = replies.translations.choose(&[asked_in, person.locale.as_deref()], None);
-    let word = |key: &str| replies.translations.word(&lang, key);
+    let word = |key: &str| replies.translations.word(&lang, &format!("{channel}_{key}"));
+    let state = stored(person.state_of(channel), ChannelState::None);
     let reply = match keyword {
         Some(Keyword::Stop) => {
-            let changed = change_channel(&txn, now, person, Channel::Sms, ChannelState::Unsubscribed, &origin).await?;
+            let changed = change_channel(&txn, now, person, channel, ChannelState::Unsubscribed, &origin).await?;
             // No marketing after STOP, not even what was already waiting.
             outbox::Entity::update_many()
                 .col_expr(outbox::Column::Status, Expr::value(OutboxStatus::Cancelled))
                 .col_expr(outbox::Column::UpdatedAt, Expr::value(now))
                 .filter(outbox::Column::SubscriberId.eq(id))
-                .filter(outbox::Column::Channel.eq(OutboxChannel::Sms))
+                .filter(outbox::Column::Channel.eq(OutboxChannel::from(channel)))
                 .filter(outbox::Column::Status.is_in([OutboxStatus::Queued, OutboxStatus::Standby]))
                 .filter(
                     sea_orm::Condition::any()
@@ -268,17 +277,16 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, replies: &R
             changed.then(|| word(STOPPED))
         }
         Some(Keyword::Start) => {
-            let unsubscribed = person.sms_state == ChannelState::Unsubscribed.as_str();
-            let changed = unsubscribed
-                && change_channel(&txn, now, person, Channel::Sms, ChannelState::Subscribed, &origin).await?;
+            let changed = state == ChannelState::Unsubscribed
+                && change_channel(&txn, now, person, channel, ChannelState::Subscribed, &origin).await?;
             changed.then(|| word(STARTED))
         }
         Some(Keyword::Yes) => {
-            let pending = person.sms_state == ChannelState::Pending.as_str();
-            // A landing page's SMS double opt-in: confirms its list too (and starts its workflows).
-            let changed = pending
-                && (crate::pages::signup::confirm_by_sms(&txn, now, id, &origin).await?
-                    || change_channel(&txn, now, person, Channel::Sms, ChannelState::Subscribed, &origin).await?);
+            // A landing page's double opt-in by text or WhatsApp: confirms its list too (and
+            // starts its workflows).
+            let changed = state == ChannelState::Pending
+                && (crate::pages::signup::confirm_by_reply(&txn, now, id, channel, &origin).await?
+                    || change_channel(&txn, now, person, channel, ChannelState::Subscribed, &origin).await?);
             changed.then(|| word(CONFIRMED))
         }
         Some(Keyword::Help) => Some(replies.help.to_owned()),
@@ -286,7 +294,7 @@ pub async fn receive(db: &Db, now: DateTime<Utc>, inbound: &Inbound, replies: &R
     };
     if let Some(text) = &reply {
         let draft = Draft {
-            channel: OutboxChannel::Sms,
+            channel: channel.into(),
             recipient: phone,
             subject: None,
             html: None,

@@ -889,5 +889,9 @@ fn a_backup_restored_on_a_new_machine_serves_the_same_audience_and_drills() {
     assert!(said.contains("weakest point: email (losing it alone cuts off 1 (50.0%))"), "{said}");
     let unknown = run(ownlist(new.path()).args(["drill", "--without", "fax"]));
     assert_eq!(unknown.status.code(), Some(2));
-    assert!(text(&unknown.stderr).contains("'fax' is not a channel (email, sms)"), "{}", text(&unknown.stderr));
+    assert!(
+        text(&unknown.stderr).contains("'fax' is not a channel (email, sms, whatsapp)"),
+        "{}",
+        text(&unknown.stderr)
+    );
 }

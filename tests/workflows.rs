@@ -496,7 +496,7 @@ fn landing_pages_are_checked_where_they_are_written() {
     assert_page_problem(
         &PAGE.replace("channels: [email, sms]", "channels: [email, fax]"),
         "workflows/test.yaml:7:",
-        "not email or sms",
+        "not email, sms or whatsapp",
     );
     assert_page_problem(
         &PAGE.replace("fields: [email, first_name, phone]", "fields: [email]"),

@@ -19,7 +19,7 @@ mod m20261201_000010_packed_bodies;
 mod m20261202_000011_body_dictionaries;
 mod m20261207_000012_declared_pages;
 mod m20261207_000013_token_roles;
-mod m20261207_000014_reach_first;
+mod m20261207_000014_outage_readiness;
 
 pub struct Migrator;
 
@@ -40,7 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000011_body_dictionaries::Migration),
             Box::new(m20261207_000012_declared_pages::Migration),
             Box::new(m20261207_000013_token_roles::Migration),
-            Box::new(m20261207_000014_reach_first::Migration),
+            Box::new(m20261207_000014_outage_readiness::Migration),
         ]
     }
 }

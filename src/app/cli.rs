@@ -298,6 +298,7 @@ impl Workers {
             tokio::spawn(service.webhooks.clone().run(stopped.clone())),
             tokio::spawn(service.email.clone().run(stopped.clone())),
             tokio::spawn(service.sms.clone().run(stopped.clone())),
+            tokio::spawn(service.whatsapp.clone().run(stopped.clone())),
             tokio::spawn(watch_workflows(service.clone(), stopped)),
         ];
         Self { stop, tasks }

@@ -13,7 +13,7 @@ use crate::audience::bounces::mail::ReturnPath;
 use crate::config::{Config, redact};
 use crate::core::clock::SharedClock;
 use crate::delivery::email::{EmailSender, Letterhead, Relay, Transport};
-use crate::delivery::sms::{SmsSender, SmsSetup, SmsTransport};
+use crate::delivery::sms::{SmsSender, SmsSetup, SmsTransport, WhatsAppSender};
 use crate::delivery::webhook::WebhookSender;
 use crate::web::{self, AppState};
 
@@ -141,15 +141,36 @@ impl App {
             default_zone: self.config.timezone,
             base_url: self.config.base_url.clone(),
         };
+        let whatsapp_bell = bell.clone();
         let sms = SmsSender::new(background.clone(), self.clock.clone(), setup)
             .with_bell(bell)
             .with_max_age(max_age)
             .with_fallback_after(self.config.fallback_after)
             .with_policy(self.config.send_policy(true));
-        let sms = Arc::new(if shared { sms.with_leases(instance, lease) } else { sms });
+        let sms = Arc::new(if shared { sms.with_leases(instance.clone(), lease) } else { sms });
+        let whatsapp_transport = if self.config.whatsapp_providers.is_empty() {
+            SmsTransport::File(self.config.data_dir.join("whatsapp"))
+        } else {
+            let providers =
+                self.config.whatsapp_providers.iter().map(|p| p.build().map(Arc::new)).collect::<Result<Vec<_>, _>>();
+            SmsTransport::Providers(providers.map_err(|problem| anyhow::anyhow!("whatsapp_providers: {problem}"))?)
+        };
+        tracing::info!(transport = ?whatsapp_transport, "WhatsApp transport");
+        let setup = SmsSetup {
+            transport: whatsapp_transport,
+            hours: self.config.whatsapp_hours,
+            default_zone: self.config.timezone,
+            base_url: self.config.base_url.clone(),
+        };
+        let whatsapp = WhatsAppSender::new(background.clone(), self.clock.clone(), setup)
+            .with_bell(whatsapp_bell)
+            .with_max_age(max_age)
+            .with_fallback_after(self.config.fallback_after)
+            .with_policy(self.config.send_policy(true));
+        let whatsapp = Arc::new(if shared { whatsapp.with_leases(instance, lease) } else { whatsapp });
         let signup_limit = Arc::new(crate::pages::guard::RateLimit::new(self.config.signups_per_ip));
         let login_limit = Arc::new(crate::pages::guard::RateLimit::new(crate::web::admin::FAILED_LOGINS_PER_HOUR));
-        Ok(Service { app: self, engine, webhooks, email, sms, signup_limit, login_limit })
+        Ok(Service { app: self, engine, webhooks, email, sms, whatsapp, signup_limit, login_limit })
     }
 }
 
@@ -178,6 +199,7 @@ pub struct Service {
     pub webhooks: Arc<WebhookSender>,
     pub email: Arc<EmailSender>,
     pub sms: Arc<SmsSender>,
+    pub whatsapp: Arc<WhatsAppSender>,
     /// Landing-page signups per client address, shared by every router this service makes.
     pub signup_limit: Arc<crate::pages::guard::RateLimit>,
     /// Failed dashboard logins per client address, likewise.

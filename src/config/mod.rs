@@ -58,6 +58,11 @@ pub struct Config {
     pub sms_providers: Vec<SmsProviderConfig>,
     /// The hours marketing SMS may arrive, in the subscriber's zone.
     pub sms_hours: crate::delivery::sms::SendingHours,
+    /// WhatsApp providers in order of preference (Twilio-compatible or generic HTTP, as SMS's);
+    /// none: WhatsApp messages are written to files under `data_dir/whatsapp`.
+    pub whatsapp_providers: Vec<SmsProviderConfig>,
+    /// The hours marketing WhatsApp messages may arrive, in the subscriber's zone.
+    pub whatsapp_hours: crate::delivery::sms::SendingHours,
     /// The zone of subscribers without one of their own.
     pub timezone: chrono_tz::Tz,
     /// The answer to an SMS `HELP`.
@@ -166,20 +171,6 @@ const DEFAULT_MAX_IMPORT_BYTES: u64 = 1024 * 1024 * 1024;
 const DEFAULT_LOG: &str = "info,sea_orm_migration=warn,sqlx=warn";
 
 impl Config {
-    /// Each channel's relays and providers by the names the delivery statistics use (SMTP relays
-    /// as `host:port`, SMS providers as `twilio:host` or `http:host`), for reachability drills.
-    pub fn reach_providers(&self) -> crate::audience::reach::Providers {
-        use crate::core::values::Channel;
-        let relays = self
-            .smtp_relays
-            .iter()
-            .filter_map(|url| crate::delivery::email::Relay::from_url(url).ok())
-            .map(|relay| (Channel::Email, relay.name));
-        let providers =
-            self.sms_providers.iter().filter_map(|p| p.build().ok()).map(|provider| (Channel::Sms, provider.name));
-        crate::audience::reach::Providers(relays.chain(providers).collect())
-    }
-
     /// The send policy of a channel (email, or SMS).
     pub fn send_policy(&self, sms: bool) -> crate::delivery::policy::SendPolicy {
         let (per_day, per_week) =
@@ -349,17 +340,19 @@ impl Config {
             }
         };
         let mut sms_providers = Vec::new();
-        match (raw.twilio_account_sid, raw.twilio_auth_token, raw.sms_from.clone()) {
+        match (raw.twilio_account_sid.clone(), raw.twilio_auth_token.clone(), raw.sms_from.clone()) {
             (None, None, _) => {}
+            // Twilio for WhatsApp only.
+            (Some(_), Some(_), None) if raw.whatsapp_from.is_some() => {}
             (Some(account_sid), Some(auth_token), Some(from)) => {
-                let base = raw.twilio_base_url.unwrap_or_else(|| "https://api.twilio.com/".into());
+                let base = raw.twilio_base_url.clone().unwrap_or_else(|| "https://api.twilio.com/".into());
                 let base_url = http_url(&base).map_err(|p| ConfigError::new(name("twilio_base_url"), p))?;
                 sms_providers.push(SmsProviderConfig::Twilio { base_url, account_sid, auth_token, from });
             }
             _ => {
                 return Err(ConfigError::new(
                     name("twilio_account_sid"),
-                    "Twilio needs twilio_account_sid, twilio_auth_token and sms_from",
+                    "Twilio needs twilio_account_sid, twilio_auth_token and sms_from (or whatsapp_from)",
                 ));
             }
         }
@@ -379,12 +372,36 @@ impl Config {
         for provider in &sms_providers {
             provider.build().map_err(|p| ConfigError::new(name("sms_providers"), p))?;
         }
-        let sms_hours = match raw.sms_hours {
-            None => crate::delivery::sms::SendingHours::default(),
-            Some(text) => {
-                crate::delivery::sms::SendingHours::parse(&text).map_err(|p| ConfigError::new(name("sms_hours"), p))?
+        let mut whatsapp_providers = Vec::new();
+        if let (Some(account_sid), Some(auth_token), Some(from)) =
+            (raw.twilio_account_sid.clone(), raw.twilio_auth_token.clone(), raw.whatsapp_from.clone())
+        {
+            let base = raw.twilio_base_url.clone().unwrap_or_else(|| "https://api.twilio.com/".into());
+            let base_url = http_url(&base).map_err(|p| ConfigError::new(name("twilio_base_url"), p))?;
+            whatsapp_providers.push(SmsProviderConfig::Twilio { base_url, account_sid, auth_token, from });
+        }
+        if let Some(value) = raw.whatsapp_providers {
+            let toml::Value::Array(items) = value else {
+                return Err(ConfigError::new(
+                    name("whatsapp_providers"),
+                    "must be a list of [[whatsapp_providers]] tables in ownlist.toml",
+                ));
+            };
+            for (i, item) in items.into_iter().enumerate() {
+                let provider = sms::provider(&item, raw.whatsapp_from.as_deref())
+                    .map_err(|p| ConfigError::new(format!("{} [{i}]", name("whatsapp_providers")), p))?;
+                whatsapp_providers.push(provider);
             }
+        }
+        for provider in &whatsapp_providers {
+            provider.build().map_err(|p| ConfigError::new(name("whatsapp_providers"), p))?;
+        }
+        let hours = |key: &str, text: Option<String>| match text {
+            None => Ok(crate::delivery::sms::SendingHours::default()),
+            Some(text) => crate::delivery::sms::SendingHours::parse(&text).map_err(|p| ConfigError::new(name(key), p)),
         };
+        let sms_hours = hours("sms_hours", raw.sms_hours)?;
+        let whatsapp_hours = hours("whatsapp_hours", raw.whatsapp_hours)?;
         let timezone = match raw.timezone {
             None => chrono_tz::Tz::UTC,
             Some(text) => text.parse().map_err(|_| {
@@ -624,6 +641,8 @@ impl Config {
             tracking,
             sms_providers,
             sms_hours,
+            whatsapp_providers,
+            whatsapp_hours,
             timezone,
             sms_help_text: raw.sms_help_text.unwrap_or_else(|| DEFAULT_HELP.into()),
             sms_max_segments,

@@ -63,3 +63,24 @@ pub(super) fn provider(item: &toml::Value, default_from: Option<&str>) -> Result
         Ok(SmsProviderConfig::Http { url: http_url(&required("url")?)?, token: text("token"), from })
     }
 }
+
+impl super::Config {
+    /// Each channel's relays and providers by the names the delivery statistics use (SMTP relays
+    /// as `host:port`, SMS providers as `twilio:host` or `http:host`), for reachability drills.
+    pub fn reach_providers(&self) -> crate::audience::reach::Providers {
+        use crate::core::values::Channel;
+        let relays = self
+            .smtp_relays
+            .iter()
+            .filter_map(|url| crate::delivery::email::Relay::from_url(url).ok())
+            .map(|relay| (Channel::Email, relay.name));
+        let providers =
+            self.sms_providers.iter().filter_map(|p| p.build().ok()).map(|provider| (Channel::Sms, provider.name));
+        let whatsapp = self
+            .whatsapp_providers
+            .iter()
+            .filter_map(|p| p.build().ok())
+            .map(|provider| (Channel::Whatsapp, provider.name));
+        crate::audience::reach::Providers(relays.chain(providers).chain(whatsapp).collect())
+    }
+}

@@ -162,6 +162,12 @@ settings! {
     sms_hours: Text, default "`08:00-20:00`",
         "when marketing SMS (workflow steps, broadcasts) may arrive, in the subscriber's time zone; one due outside waits for the next opening";
     timezone: Text, default "`UTC`", "the time zone of subscribers without one (for `sms_hours`)";
+    whatsapp_from: Text, default "none",
+        "the WhatsApp sender (a number, E.164, approved for WhatsApp; or a Messaging Service SID `MG…`): with `twilio_account_sid` and `twilio_auth_token` it makes a Twilio WhatsApp provider; the default `from` of `[[whatsapp_providers]]`";
+    whatsapp_providers: Tables, default "none",
+        "more WhatsApp providers in order of preference, as `[[sms_providers]]` (`type = \"twilio\"` or `\"http\"`), see \"WhatsApp\" below. Without any provider, WhatsApp messages are written to `data/whatsapp/{id}.json`";
+    whatsapp_hours: Text, default "`08:00-20:00`",
+        "when marketing WhatsApp messages may arrive, in the subscriber's time zone; one due outside waits for the next opening";
     sms_help_text: Text, default "`Reply STOP to stop, START to start again.`",
         "the answer to a text saying HELP (put your business name and contact here)";
     sms_max_segments: Value, default "`3`",
@@ -222,7 +228,10 @@ pub(super) fn apply_env(raw: &mut RawSettings, env: &BTreeMap<String, String>) -
         }
         let key = key.to_lowercase();
         if SETTINGS.iter().any(|s| s.key == key && s.form == Form::Tables) {
-            return Err(ConfigError::new(name, "several SMS providers are set as [[sms_providers]] in ownlist.toml"));
+            return Err(ConfigError::new(
+                name,
+                format!("providers are set as [[{key}]] tables in ownlist.toml, not in the environment"),
+            ));
         }
         if !raw.set_from_env(&key, value.clone()) {
             let hint = closest(&key, &keys())

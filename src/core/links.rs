@@ -19,6 +19,8 @@ pub enum Purpose {
     Track,
     /// A landing page's form: when it was served, so a submission can be timed.
     Form,
+    /// The page that asks for a second channel.
+    AddChannel,
 }
 
 impl Purpose {
@@ -29,6 +31,7 @@ impl Purpose {
             Purpose::Confirm => b"confirm",
             Purpose::Track => b"track",
             Purpose::Form => b"form",
+            Purpose::AddChannel => b"add-channel",
         }
     }
 }

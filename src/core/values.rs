@@ -311,12 +311,12 @@ macro_rules! word_enum {
 
 word_enum!(
     /// A way to reach a subscriber.
-    Channel { Email = "email", Sms = "sms" }
+    Channel { Email = "email", Sms = "sms", Whatsapp = "whatsapp" }
 );
 
 word_enum!(
     /// What carries an outbox message: a subscriber's channel, or a workflow's webhook.
-    OutboxChannel { Email = "email", Sms = "sms", Webhook = "webhook" }
+    OutboxChannel { Email = "email", Sms = "sms", Whatsapp = "whatsapp", Webhook = "webhook" }
 );
 
 impl OutboxChannel {
@@ -325,6 +325,7 @@ impl OutboxChannel {
         match self {
             OutboxChannel::Email => Some(Channel::Email),
             OutboxChannel::Sms => Some(Channel::Sms),
+            OutboxChannel::Whatsapp => Some(Channel::Whatsapp),
             OutboxChannel::Webhook => None,
         }
     }
@@ -335,6 +336,7 @@ impl From<Channel> for OutboxChannel {
         match channel {
             Channel::Email => OutboxChannel::Email,
             Channel::Sms => OutboxChannel::Sms,
+            Channel::Whatsapp => OutboxChannel::Whatsapp,
         }
     }
 }

@@ -35,8 +35,10 @@ use crate::core::values::{OutboxChannel, OutboxStatus};
 use crate::store::Db;
 use crate::store::entities::{outbox, subscriber};
 
-/// Twilio error codes that say the number cannot receive SMS at all (a hard bounce).
-const UNREACHABLE_NUMBER_CODES: &[i64] = &[21211, 21214, 21217, 21407, 21421, 21612, 21614, 30003, 30005, 30006];
+/// Twilio error codes that say the number cannot receive SMS at all (a hard bounce), or (630xx)
+/// has no WhatsApp account.
+const UNREACHABLE_NUMBER_CODES: &[i64] =
+    &[21211, 21214, 21217, 21407, 21421, 21612, 21614, 30003, 30005, 30006, 63003, 63024];
 const DEFAULT_COOLDOWN_SECONDS: i64 = 20;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -140,8 +142,10 @@ impl Default for SendingHours {
     }
 }
 
-/// Sends SMS messages from the outbox.
+/// Sends SMS (or WhatsApp) messages from the outbox.
 pub struct Texter {
+    /// `Sms`, or `Whatsapp`: the same providers' API with `whatsapp:` addresses.
+    channel: OutboxChannel,
     db: Db,
     client: reqwest::Client,
     transport: SmsTransport,
@@ -160,6 +164,42 @@ impl std::fmt::Debug for Texter {
 
 /// The SMS worker.
 pub type SmsSender = Worker<Texter>;
+
+/// WhatsApp through Twilio-compatible providers: as SMS, to `whatsapp:` addresses, in an
+/// approved template when the message names one (Twilio's `ContentSid`, the text as its
+/// variable `1`), with delivery reports and STOP as for SMS.
+pub struct WhatsApp(Texter);
+
+/// The WhatsApp worker.
+pub type WhatsAppSender = Worker<WhatsApp>;
+
+impl WhatsAppSender {
+    pub fn new(db: Db, clock: SharedClock, setup: SmsSetup) -> Self {
+        Worker::with(db.clone(), clock, WhatsApp(Texter::new(db, OutboxChannel::Whatsapp, setup)))
+    }
+}
+
+impl Carrier for WhatsApp {
+    const CHANNEL: OutboxChannel = OutboxChannel::Whatsapp;
+
+    fn paused_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.0.paused_until(now)
+    }
+
+    fn recoveries(&self) -> u64 {
+        self.0.recoveries()
+    }
+
+    async fn attempt(
+        &self,
+        message: &outbox::Model,
+        body: &super::Body,
+        now: DateTime<Utc>,
+        tries: &mut Vec<Try>,
+    ) -> Answer {
+        self.0.attempt(message, body, now, tries).await
+    }
+}
 
 /// What the SMS worker is given.
 #[derive(Debug)]
@@ -191,6 +231,12 @@ async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Option<V
 
 impl SmsSender {
     pub fn new(db: Db, clock: SharedClock, setup: SmsSetup) -> Self {
+        Worker::with(db.clone(), clock, Texter::new(db, OutboxChannel::Sms, setup))
+    }
+}
+
+impl Texter {
+    fn new(db: Db, channel: OutboxChannel, setup: SmsSetup) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
@@ -199,15 +245,15 @@ impl SmsSender {
             .build()
             .unwrap_or_default();
         let status_callback = setup.base_url.join("webhooks/sms/status").map(|u| u.to_string()).unwrap_or_default();
-        let texter = Texter {
-            db: db.clone(),
+        Texter {
+            channel,
+            db,
             client,
             transport: setup.transport,
             hours: setup.hours,
             default_zone: setup.default_zone,
             status_callback,
-        };
-        Worker::with(db, clock, texter)
+        }
     }
 }
 
@@ -247,9 +293,13 @@ impl Carrier for Texter {
         }
         match &self.transport {
             SmsTransport::File(dir) => {
-                let record = json!({
+                let mut record = json!({
                     "id": message.id, "to": message.recipient, "body": body.text(), "segments": message.segments,
                 });
+                if self.channel == OutboxChannel::Whatsapp {
+                    record["channel"] = json!("whatsapp");
+                    record["template"] = json!(message.subject);
+                }
                 super::to_file(dir, message.id, "json", record.to_string().as_bytes(), tries).await
             }
             SmsTransport::Providers(providers) => self.send_through(providers, message, body.text(), now, tries).await,
@@ -291,7 +341,7 @@ impl Texter {
                 Reply::Refused { .. } => Outcome::Failed,
                 Reply::Failing(_) => Outcome::Retried,
             };
-            tries.push(super::tried(Self::CHANNEL, &provider.name, outcome, started.elapsed()));
+            tries.push(super::tried(self.channel, &provider.name, outcome, started.elapsed()));
             match reply {
                 Reply::Took(detail) => {
                     provider.breaker.worked(&provider.name);
@@ -308,19 +358,35 @@ impl Texter {
                 }
             }
         }
-        skipped.answer(failures, "no SMS provider is configured")
+        skipped.answer(failures, "no provider is configured for this channel")
     }
 
     async fn send_one(&self, provider: &Provider, message: &outbox::Model, text: &str) -> Reply {
         let request = match &provider.kind {
             Kind::Twilio { messages_url, account_sid, auth_token, from } => {
-                let sender = if from.starts_with("MG") { "MessagingServiceSid" } else { "From" };
-                let form = url::form_urlencoded::Serializer::new(String::new())
-                    .append_pair("To", &message.recipient)
-                    .append_pair(sender, from)
-                    .append_pair("Body", text)
-                    .append_pair("StatusCallback", &self.status_callback)
-                    .finish();
+                let whatsapp = self.channel == OutboxChannel::Whatsapp;
+                let address = |number: &str| {
+                    if whatsapp && !number.starts_with("whatsapp:") {
+                        format!("whatsapp:{number}")
+                    } else {
+                        number.to_owned()
+                    }
+                };
+                let (sender, from) = if from.starts_with("MG") {
+                    ("MessagingServiceSid", from.clone())
+                } else {
+                    ("From", address(from))
+                };
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("To", &address(&message.recipient)).append_pair(sender, &from);
+                match message.subject.as_deref().filter(|_| whatsapp) {
+                    // An approved template, the text as its variable.
+                    Some(template) => form
+                        .append_pair("ContentSid", template)
+                        .append_pair("ContentVariables", &json!({"1": text}).to_string()),
+                    None => form.append_pair("Body", text),
+                };
+                let form = form.append_pair("StatusCallback", &self.status_callback).finish();
                 self.client
                     .post(messages_url.clone())
                     .basic_auth(account_sid, Some(auth_token))
@@ -328,10 +394,14 @@ impl Texter {
                     .body(form)
             }
             Kind::Http { url, token, from } => {
-                let body = json!({
+                let mut body = json!({
                     "id": message.id, "to": message.recipient, "from": from, "body": text,
                     "status_callback": self.status_callback,
                 });
+                if self.channel == OutboxChannel::Whatsapp {
+                    body["channel"] = json!("whatsapp");
+                    body["template"] = json!(message.subject);
+                }
                 let request =
                     self.client.post(url.clone()).json(&body).header("idempotency-key", message.id.to_string());
                 match token {
@@ -393,14 +463,21 @@ pub struct StatusReport {
 /// marks the channel bounced. Returns false for a message ownlist does not know.
 pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -> crate::core::error::Result<bool> {
     let txn = db.begin_write().await?;
-    let found = outbox::Entity::find()
-        .filter(outbox::Column::ProviderRef.eq(&report.provider_ref))
-        // A literal, not a parameter: it is what lets the partial index on SMS messages' provider
-        // references serve the lookup (migration m9).
-        .filter(sea_orm::sea_query::Expr::cust("channel = 'sms'"))
-        .one(&txn)
-        .await?;
+    let mut found = None;
+    // A literal, not a parameter: it is what lets the partial indexes on SMS and WhatsApp
+    // messages' provider references serve the lookup (migrations m9, m14).
+    for channel in ["channel = 'sms'", "channel = 'whatsapp'"] {
+        found = outbox::Entity::find()
+            .filter(outbox::Column::ProviderRef.eq(&report.provider_ref))
+            .filter(sea_orm::sea_query::Expr::cust(channel))
+            .one(&txn)
+            .await?;
+        if found.is_some() {
+            break;
+        }
+    }
     let Some(message) = found else { return Ok(false) };
+    let channel = message.channel.subscriber_channel().unwrap_or(Channel::Sms);
     let about = json!({
         "message": message.id, "workflow": message.workflow_id, "step": message.step_id,
         "broadcast": message.broadcast_id, "status": report.status, "error_code": report.error_code,
@@ -408,7 +485,8 @@ pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -
     let subscriber = message.subscriber_id;
     match report.status.as_str() {
         "delivered" => {
-            records::event(subscriber, kind::SMS_DELIVERED, about, now).insert(&txn).await?;
+            let delivered = if channel == Channel::Whatsapp { "whatsapp_delivered" } else { kind::SMS_DELIVERED };
+            records::event(subscriber, delivered, about, now).insert(&txn).await?;
         }
         "undelivered" | "failed" if message.status != OutboxStatus::Failed => {
             let unreachable = unreachable_number(report.error_code, report.error.as_deref());
@@ -423,11 +501,11 @@ pub async fn record_status(db: &Db, now: DateTime<Utc>, report: &StatusReport) -
             active.updated_at = Set(now);
             active.update(&txn).await?;
             if unreachable {
-                mark_bounced(&txn, subscriber, Channel::Sms, &reason, now).await?;
+                mark_bounced(&txn, subscriber, channel, &reason, now).await?;
             }
             // `reach: first`: the next channel goes instead (a no-op when the bounce did it).
             crate::audience::reach::fallback::fall_through(&txn, &message, &reason, now).await?;
-            records::event(subscriber, "sms_failed", about, now).insert(&txn).await?;
+            records::event(subscriber, &format!("{channel}_failed"), about, now).insert(&txn).await?;
         }
         _ => {}
     }

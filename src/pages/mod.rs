@@ -8,6 +8,7 @@
 //! - [`signup`]: a submission written (or refused) in one transaction; confirmations,
 //! - [`guard`]: the form token, the honeypot, the per-IP rate limit.
 
+pub mod add_channel;
 pub mod attribution;
 pub mod guard;
 pub mod preferences;

@@ -94,11 +94,9 @@ pub async fn choices(db: &Db, id: Uuid) -> Result<Option<Choices>> {
         .collect();
     lists.sort_by(|a, b| a.name.cmp(&b.name));
     let mut channels = Vec::new();
-    for (channel, address, state) in [
-        (Channel::Email, person.email.clone(), person.email_state.clone()),
-        (Channel::Sms, person.phone.clone(), person.sms_state.clone()),
-    ] {
-        let state = stored(&state, ChannelState::None);
+    for channel in Channel::ALL.iter().copied() {
+        let (address, state) = (person.address_of(channel).map(str::to_owned), person.state_of(channel));
+        let state = stored(state, ChannelState::None);
         if let Some(address) = address
             && state != ChannelState::None
         {
@@ -205,12 +203,9 @@ pub async fn save(
         }
         changed += 1;
     }
-    for channel in [Channel::Email, Channel::Sms] {
+    for channel in Channel::ALL.iter().copied() {
         let Some(person) = subscriber::Entity::find_by_id(id).one(&txn).await? else { break };
-        let state = match channel {
-            Channel::Email => stored(&person.email_state, ChannelState::None),
-            Channel::Sms => stored(&person.sms_state, ChannelState::None),
-        };
+        let state = stored(person.state_of(channel), ChannelState::None);
         let on = matches!(state, ChannelState::Subscribed | ChannelState::Pending);
         let wanted = channels_on.contains(&channel);
         // Off: a subscribed channel, or a pending one (its request withdrawn). Back on: only one

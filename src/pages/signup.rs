@@ -168,7 +168,10 @@ pub fn validate(page: &Page, input: Submission) -> std::result::Result<Valid, BT
     if consents.contains(&Channel::Email) && profile.email.is_none() && !errors.contains_key("email") {
         errors.insert("email".into(), Invalid::NeedEmail);
     }
-    if consents.contains(&Channel::Sms) && profile.phone.is_none() && !errors.contains_key("phone") {
+    if (consents.contains(&Channel::Sms) || consents.contains(&Channel::Whatsapp))
+        && profile.phone.is_none()
+        && !errors.contains_key("phone")
+    {
         errors.insert("phone".into(), Invalid::NeedPhone);
     }
     if profile.email.is_none() && profile.phone.is_none() && errors.is_empty() {
@@ -255,16 +258,14 @@ pub async fn submit(
         if owner.is_some_and(|o| existing.as_ref().is_none_or(|e| e.id != o.id)) {
             phone = None;
             consents.remove(&Channel::Sms);
+            consents.remove(&Channel::Whatsapp);
         }
     }
     let member = match &existing {
         Some(s) => membership::Entity::find_by_id((s.id, list.id)).one(&txn).await?,
         None => None,
     };
-    let state_of = |s: &subscriber::Model, channel: Channel| match channel {
-        Channel::Email => stored(&s.email_state, ChannelState::None),
-        Channel::Sms => stored(&s.sms_state, ChannelState::None),
-    };
+    let state_of = |s: &subscriber::Model, channel: Channel| stored(s.state_of(channel), ChannelState::None);
     let confirmed_member = member.as_ref().is_some_and(|m| m.status == MembershipStatus::Confirmed.as_str());
     if let Some(s) = &existing
         && confirmed_member
@@ -288,11 +289,10 @@ pub async fn submit(
     let (id, changing): (Uuid, Vec<Channel>) = match existing.clone() {
         None => {
             let id = Uuid::now_v7();
-            let email_state = if consents.contains(&Channel::Email) { granted } else { ChannelState::None };
-            let sms_state = if consents.contains(&Channel::Sms) { granted } else { ChannelState::None };
+            let state = |c: Channel| if consents.contains(&c) { granted } else { ChannelState::None };
             let mut profile = profile.clone();
             profile.phone = phone.clone();
-            let row = new_subscriber_row(id, &profile, SubscriberStatus::Active, email_state, sms_state, now, now);
+            let row = new_subscriber_row(id, &profile, SubscriberStatus::Active, state, now, now);
             subscriber::Entity::insert(row).exec_without_returning(&txn).await?;
             (id, consents.iter().copied().collect())
         }
@@ -338,10 +338,7 @@ pub async fn submit(
                 model.click_id = Set(a.click_id.clone());
             }
             for channel in &changing {
-                match channel {
-                    Channel::Email => model.email_state = Set(granted.as_str().to_owned()),
-                    Channel::Sms => model.sms_state = Set(granted.as_str().to_owned()),
-                }
+                model.set_state(*channel, granted);
             }
             if !page.double_opt_in && !changing.is_empty() {
                 model.status = Set(SubscriberStatus::Active.as_str().to_owned());
@@ -434,7 +431,8 @@ pub async fn submit(
                 expires_at: now + settings.confirm_ttl,
                 confirmed_at: None,
             };
-            let draft = confirmation_message(settings, templates, page, person, &confirmation, &valid.lang, now)?;
+            let about = About { slug: &page.slug, title: &page.title, list: Some(&page.list) };
+            let draft = confirmation_message(settings, templates, &about, person, &confirmation, &valid.lang, now)?;
             let key = format!("confirm:{}", confirmation.id);
             let row = NewMessage::new(key, id, draft).rows(now);
             confirmation.into_active_model().insert(&txn).await?;
@@ -453,11 +451,19 @@ fn confirm_url(settings: &Settings, confirmation: Uuid, now: DateTime<Utc>) -> S
     settings.signer.url(&settings.base_url, "c", Purpose::Confirm, confirmation, now + Duration::days(3650))
 }
 
+/// What a confirmation is about: a landing page's signup (its list), or a channel added.
+pub(crate) struct About<'a> {
+    pub slug: &'a str,
+    pub title: &'a str,
+    /// The list, for `List-Id`.
+    pub list: Option<&'a str>,
+}
+
 /// The confirmation email (a link) or text (reply YES), rendered from `templates/confirm/`.
-fn confirmation_message(
+pub(crate) fn confirmation_message(
     settings: &Settings,
     templates: &TemplateChecker,
-    page: &Page,
+    page: &About<'_>,
     person: &subscriber::Model,
     confirmation: &signup_confirmation::Model,
     lang: &str,
@@ -492,16 +498,17 @@ fn confirmation_message(
                 subject: Some(
                     words
                         .get("confirm_subject")
-                        .map_or_else(|| page.title.clone(), |w| w.replace("{title}", &page.title)),
+                        .map_or_else(|| page.title.to_owned(), |w| w.replace("{title}", page.title)),
                 ),
                 html: Some(html),
                 text: text.trim().to_owned(),
                 // A confirmation is about the page's list: mail clients and filters see which.
-                list_slug: Some(page.list.clone()),
+                list_slug: page.list.map(str::to_owned),
             }
         }
-        Channel::Sms => Draft {
-            channel: OutboxChannel::Sms,
+        // A text message, or the same words on WhatsApp.
+        Channel::Sms | Channel::Whatsapp => Draft {
+            channel: channel.into(),
             recipient: person.phone.clone().unwrap_or_default(),
             subject: None,
             html: None,
@@ -556,17 +563,19 @@ pub async fn confirm_link(
     Ok(Confirmed::Now(page))
 }
 
-/// Confirms the pending SMS signups of a subscriber who replied YES; returns whether there was
-/// one (otherwise YES only confirms a pending SMS consent, as before pages existed).
-pub async fn confirm_by_sms(
+/// Confirms the pending signups on `channel` (SMS or WhatsApp) of a subscriber who replied YES
+/// there; returns whether there was one (otherwise YES only confirms a pending consent of that
+/// channel, as before pages existed).
+pub async fn confirm_by_reply(
     txn: &DatabaseTransaction,
     now: DateTime<Utc>,
     subscriber_id: Uuid,
+    channel: Channel,
     origin: &ConsentOrigin,
 ) -> Result<bool> {
     let rows = signup_confirmation::Entity::find()
         .filter(signup_confirmation::Column::SubscriberId.eq(subscriber_id))
-        .filter(signup_confirmation::Column::Channel.eq(Channel::Sms.as_str()))
+        .filter(signup_confirmation::Column::Channel.eq(channel.as_str()))
         .filter(signup_confirmation::Column::ConfirmedAt.is_null())
         .filter(signup_confirmation::Column::ExpiresAt.gt(now))
         .all(txn)
@@ -604,10 +613,7 @@ async fn confirm(
             person.medium.as_deref(),
             person.campaign.as_deref(),
         );
-        let state = match channel {
-            Channel::Email => stored(&person.email_state, ChannelState::None),
-            Channel::Sms => stored(&person.sms_state, ChannelState::None),
-        };
+        let state = stored(person.state_of(channel), ChannelState::None);
         if state == ChannelState::Pending {
             let wording = ConsentWording {
                 text: row.consent_text.clone(),

@@ -76,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(public::unsubscribe::routes())
         .merge(public::pages::routes())
         .merge(public::preferences::routes())
+        .merge(public::add_channel::routes())
         .merge(public::tracking::routes())
         .merge(public::bounces::routes())
         .merge(public::sms::routes())

@@ -76,6 +76,7 @@ pub struct TestApp {
     pub engine: std::sync::Arc<ownlist::workflow::engine::Engine>,
     pub email: std::sync::Arc<ownlist::delivery::email::EmailSender>,
     pub sms: std::sync::Arc<ownlist::delivery::sms::SmsSender>,
+    pub whatsapp: std::sync::Arc<ownlist::delivery::sms::WhatsAppSender>,
     pub workflows_dir: std::path::PathBuf,
     pub data_dir: std::path::PathBuf,
     server: tokio::task::JoinHandle<()>,
@@ -129,6 +130,7 @@ impl TestApp {
         let engine = app.engine.clone();
         let email = app.email.clone();
         let sms = app.sms.clone();
+        let whatsapp = app.whatsapp.clone();
         let server = tokio::spawn(async move {
             app.serve(listener, std::future::pending()).await.unwrap();
         });
@@ -142,6 +144,7 @@ impl TestApp {
             engine,
             email,
             sms,
+            whatsapp,
             workflows_dir,
             data_dir,
             server,

@@ -38,3 +38,4 @@ mod subscribers;
 mod tracking;
 mod transfer;
 mod webhooks;
+mod whatsapp;

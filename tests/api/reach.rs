@@ -107,7 +107,7 @@ async fn the_drill_matches_a_hand_count(backend: Backend) {
     };
     let today = drill(&app, "").await;
     assert_eq!(figures(&today["total"]), [6, 5, 1, 4, 1], "{today:#}");
-    assert_eq!(today["total"]["reached_on"], json!({"email": 2, "sms": 3}));
+    assert_eq!(today["total"]["reached_on"], json!({"email": 2, "sms": 3, "whatsapp": 0}));
     assert_eq!(today["rates"]["email"], json!({"per_second": 1.1, "messages": 10}));
     assert_eq!(today["rates"]["sms"], json!({"per_second": 0.6, "messages": 10}));
     // Three SMS at 0.6/s outlast two emails at 1.1/s (channels send side by side).
@@ -126,7 +126,7 @@ async fn the_drill_matches_a_hand_count(backend: Backend) {
     let no_sms = drill(&app, "sms").await;
     assert_eq!(no_sms["lost_channels"], json!(["sms"]));
     assert_eq!(figures(&no_sms["total"]), [6, 2, 4, 2, 0]);
-    assert_eq!(no_sms["total"]["reached_on"], json!({"email": 2, "sms": 0}));
+    assert_eq!(no_sms["total"]["reached_on"], json!({"email": 2, "sms": 0, "whatsapp": 0}));
     assert_eq!(no_sms["total"]["outage_message_seconds"], json!(1.8));
     assert_eq!(figures(&group(&no_sms, "lists", "shop")), [4, 2, 2, 2, 0]);
     assert_eq!(figures(&group(&no_sms, "lists", "vip")), [2, 1, 1, 1, 0]);

@@ -47,7 +47,7 @@ async fn a_subscriber_is_created_with_lists_tags_and_proven_consent(app: TestApp
     assert_eq!(created["timezone"], "Europe/Rome");
     assert_eq!(created["attributes"], json!({"plan": "pro", "visits": 3}));
     assert_eq!(created["status"], "active");
-    assert_eq!(created["channels"], json!({"email": "subscribed", "sms": "subscribed"}));
+    assert_eq!(created["channels"], json!({"email": "subscribed", "sms": "subscribed", "whatsapp": "none"}));
     assert_eq!(created["attribution"]["source"], "instagram");
     assert_eq!(created["tags"], json!(["early", "vip"]));
     assert_eq!(created["lists"][0]["list"], "guide-leads");
@@ -323,12 +323,12 @@ async fn withdrawing_consent_and_unsubscribing_take_effect_at_once(app: TestApp)
         .await;
     let path = format!("/api/v1/subscribers/{}", created["id"].as_str().unwrap());
     let after = expect_json(app.patch(&path, &json!({"consent": {"sms": false}})).await, StatusCode::OK).await;
-    assert_eq!(after["channels"], json!({"email": "subscribed", "sms": "unsubscribed"}));
+    assert_eq!(after["channels"], json!({"email": "subscribed", "sms": "unsubscribed", "whatsapp": "none"}));
     assert_eq!(after["status"], "active");
 
     let after = expect_json(app.patch(&path, &json!({"status": "unsubscribed"})).await, StatusCode::OK).await;
     assert_eq!(after["status"], "unsubscribed");
-    assert_eq!(after["channels"], json!({"email": "unsubscribed", "sms": "unsubscribed"}));
+    assert_eq!(after["channels"], json!({"email": "unsubscribed", "sms": "unsubscribed", "whatsapp": "none"}));
     assert_eq!(after["lists"][0]["status"], "unsubscribed");
     assert!(after["lists"][0]["unsubscribed_at"].is_string());
 

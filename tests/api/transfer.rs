@@ -61,7 +61,7 @@ async fn an_import_upserts_good_rows_and_reports_bad_ones_by_line_and_column(app
     let quoted = expect_json(app.get("/api/v1/subscribers?q=comma").await, StatusCode::OK).await;
     assert_eq!(quoted["data"][0]["first_name"], "Comma, \"Quoted\" Person");
     let phone_only = expect_json(app.get("/api/v1/subscribers?q=%2B4420").await, StatusCode::OK).await;
-    assert_eq!(phone_only["data"][0]["channels"], json!({"email": "none", "sms": "subscribed"}));
+    assert_eq!(phone_only["data"][0]["channels"], json!({"email": "none", "sms": "subscribed", "whatsapp": "none"}));
 
     let data = expect_json(
         app.get(&format!("/api/v1/subscribers/{}/export", ada["id"].as_str().unwrap())).await,

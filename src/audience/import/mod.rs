@@ -2,6 +2,7 @@
 //!
 //! Columns: `email`, `phone`, `first_name`, `last_name`, `tags` (separated by `;` or `,`), and
 //! the export's own columns (`id`, `timezone`, `locale`, `status`, `email_state`, `sms_state`,
+//! `whatsapp_state` (a phone number alone is no consent to WhatsApp),
 //! `lists`, `attributes`, attribution, `created_at`); any other column becomes an attribute.
 //!
 //! Guarantees: a bad row is reported (line and column) and never stops the good ones; a row is
@@ -92,6 +93,7 @@ enum Known {
     Status,
     EmailState,
     SmsState,
+    WhatsappState,
     Lists,
     Tags,
     Attributes,
@@ -127,6 +129,8 @@ struct Row {
     status: Option<SubscriberStatus>,
     email_state: Option<ChannelState>,
     sms_state: Option<ChannelState>,
+    /// Only from the column: a phone number is no consent to WhatsApp.
+    whatsapp_state: Option<ChannelState>,
     lists: Vec<(String, MembershipStatus)>,
     tags: BTreeSet<String>,
     created_at: Option<DateTime<Utc>>,
@@ -257,6 +261,7 @@ struct NewSubscriber {
     status: SubscriberStatus,
     email_state: ChannelState,
     sms_state: ChannelState,
+    whatsapp_state: ChannelState,
     created_at: Option<DateTime<Utc>>,
 }
 

@@ -52,6 +52,10 @@ pub(super) async fn plan_batch(
                     status: row.status.unwrap_or(SubscriberStatus::Active),
                     email_state: row.email_state.unwrap_or(default_state(row.profile.email.is_some())),
                     sms_state: row.sms_state.unwrap_or(default_state(row.profile.phone.is_some())),
+                    whatsapp_state: row
+                        .whatsapp_state
+                        .filter(|_| row.profile.phone.is_some())
+                        .unwrap_or(ChannelState::None),
                     created_at: row.created_at,
                 });
                 plan.index(
@@ -72,6 +76,7 @@ pub(super) fn channel_state_field(channel: Channel) -> &'static str {
     match channel {
         Channel::Email => "email_state",
         Channel::Sms => "sms_state",
+        Channel::Whatsapp => "whatsapp_state",
     }
 }
 
@@ -191,6 +196,9 @@ impl Plan {
         if pending.sms_state == ChannelState::None && phone.is_some() {
             pending.sms_state = row.sms_state.unwrap_or(ChannelState::Subscribed);
         }
+        if pending.whatsapp_state == ChannelState::None && phone.is_some() {
+            pending.whatsapp_state = row.whatsapp_state.unwrap_or(ChannelState::None);
+        }
         let id = pending.id;
         self.index(
             Target::Pending(index),
@@ -247,12 +255,20 @@ impl Plan {
                 fields.push("attributes");
             }
         }
-        for (field, has_address, state, wanted) in [
-            ("email_state", model.email.is_some(), &mut model.email_state, row.email_state),
-            ("sms_state", model.phone.is_some(), &mut model.sms_state, row.sms_state),
+        // An address is taken as consented to email and SMS; WhatsApp only when its column says so.
+        for (field, has_address, state, wanted, default) in [
+            ("email_state", model.email.is_some(), &mut model.email_state, row.email_state, ChannelState::Subscribed),
+            ("sms_state", model.phone.is_some(), &mut model.sms_state, row.sms_state, ChannelState::Subscribed),
+            (
+                "whatsapp_state",
+                model.phone.is_some(),
+                &mut model.whatsapp_state,
+                row.whatsapp_state,
+                ChannelState::None,
+            ),
         ] {
             if has_address && *state == ChannelState::None.as_str() {
-                let next = wanted.unwrap_or(ChannelState::Subscribed);
+                let next = wanted.unwrap_or(default);
                 if next != ChannelState::None {
                     *state = next.as_str().to_owned();
                     *dirty = true;

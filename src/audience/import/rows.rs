@@ -23,6 +23,7 @@ impl Known {
             "status" => Self::Status,
             "email_state" => Self::EmailState,
             "sms_state" => Self::SmsState,
+            "whatsapp_state" => Self::WhatsappState,
             "lists" => Self::Lists,
             "tags" => Self::Tags,
             "attributes" => Self::Attributes,
@@ -140,6 +141,7 @@ pub(super) fn parse_row(
     let status = cell(Known::Status).and_then(|t| c.check("status", t.parse()));
     let email_state = cell(Known::EmailState).and_then(|t| c.check("email_state", t.parse()));
     let sms_state = cell(Known::SmsState).and_then(|t| c.check("sms_state", t.parse()));
+    let whatsapp_state = cell(Known::WhatsappState).and_then(|t| c.check("whatsapp_state", t.parse()));
     let created_at = cell(Known::CreatedAt).and_then(|t| {
         c.check(
             "created_at",
@@ -166,7 +168,7 @@ pub(super) fn parse_row(
     if !c.errors.is_empty() {
         return Err(c.errors.into_iter().map(|e| (e.field, e.message)).collect());
     }
-    Ok(Row { line, id, profile, status, email_state, sms_state, lists, tags, created_at })
+    Ok(Row { line, id, profile, status, email_state, sms_state, whatsapp_state, lists, tags, created_at })
 }
 
 /// Reads, parses and validates rows, sending valid ones on in batches.

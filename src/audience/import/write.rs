@@ -156,8 +156,13 @@ pub(super) fn render_writes(plan: &mut Plan, context: &Context, backend: DbBacke
     let mut writes = Writes::default();
     for n in &plan.new {
         let created_at = n.created_at.unwrap_or(now);
-        subscribers.push(new_subscriber_row(n.id, &n.profile, n.status, n.email_state, n.sms_state, created_at, now));
-        for (channel, state) in [(Channel::Email, n.email_state), (Channel::Sms, n.sms_state)] {
+        let state = |channel: Channel| match channel {
+            Channel::Email => n.email_state,
+            Channel::Sms => n.sms_state,
+            Channel::Whatsapp => n.whatsapp_state,
+        };
+        subscribers.push(new_subscriber_row(n.id, &n.profile, n.status, state, created_at, now));
+        for (channel, state) in Channel::ALL.iter().map(|c| (*c, state(*c))) {
             if state == ChannelState::Subscribed {
                 consents.push(records::consent(n.id, channel, true, &origin, &wording, now));
             }
@@ -173,7 +178,7 @@ pub(super) fn render_writes(plan: &mut Plan, context: &Context, backend: DbBacke
         active.updated_at = Set(now);
         writes.updates.push(active);
         events.push(records::event(model.id, kind::UPDATED, json!({"by": by, "fields": fields, "via": "import"}), now));
-        for (channel, state) in [(Channel::Email, &model.email_state), (Channel::Sms, &model.sms_state)] {
+        for (channel, state) in Channel::ALL.iter().map(|c| (*c, model.state_of(*c))) {
             if fields.contains(&channel_state_field(channel)) && state == ChannelState::Subscribed.as_str() {
                 consents.push(records::consent(model.id, channel, true, &origin, &wording, now));
             }

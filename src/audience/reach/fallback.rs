@@ -36,10 +36,7 @@ pub const DEFAULT_FALLBACK_AFTER_MINUTES: i64 = 10;
 
 /// The address a channel reaches a subscriber at, if it may carry marketing to them now, or why not.
 pub fn reachable(s: &subscriber::Model, channel: Channel) -> std::result::Result<String, Reason> {
-    let (address, state) = match channel {
-        Channel::Email => (s.email.clone(), stored(&s.email_state, ChannelState::None)),
-        Channel::Sms => (s.phone.clone(), stored(&s.sms_state, ChannelState::None)),
-    };
+    let (address, state) = (s.address_of(channel).map(str::to_owned), stored(s.state_of(channel), ChannelState::None));
     let status = stored(&s.status, SubscriberStatus::Active);
     match (address, state, status) {
         (None, _, _) => {

@@ -218,6 +218,7 @@ fn set_sql() -> String {
             let (address, state) = match c {
                 Channel::Email => ("email", "email_state"),
                 Channel::Sms => ("phone", "sms_state"),
+                Channel::Whatsapp => ("phone", "whatsapp_state"),
             };
             format!("(CASE WHEN s.{address} IS NOT NULL AND s.{state} = 'subscribed' THEN {} ELSE 0 END)", bit(*c))
         })

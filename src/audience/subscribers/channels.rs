@@ -26,20 +26,12 @@ pub async fn mark_bounced(
     now: DateTime<Utc>,
 ) -> Result<bool> {
     let Some(current) = subscriber::Entity::find_by_id(id).one(txn).await? else { return Ok(false) };
-    let (state, other) = match channel {
-        Channel::Email => (&current.email_state, &current.sms_state),
-        Channel::Sms => (&current.sms_state, &current.email_state),
-    };
-    if stored(state, ChannelState::None) == ChannelState::Bounced {
+    if stored(current.state_of(channel), ChannelState::None) == ChannelState::Bounced {
         return Ok(false);
     }
-    let other_reaches = matches!(stored(other, ChannelState::None), ChannelState::Subscribed | ChannelState::Pending);
+    let other_reaches = another_is_live(&current, channel);
     let mut model = current.into_active_model();
-    let bounced = Set(ChannelState::Bounced.as_str().to_owned());
-    match channel {
-        Channel::Email => model.email_state = bounced,
-        Channel::Sms => model.sms_state = bounced,
-    }
+    model.set_state(channel, ChannelState::Bounced);
     if !other_reaches {
         model.status = Set(SubscriberStatus::Bounced.as_str().to_owned());
     }
@@ -98,10 +90,8 @@ pub async fn change_channel_with(
 ) -> Result<bool> {
     let live =
         |state: &str| matches!(stored(state, ChannelState::None), ChannelState::Subscribed | ChannelState::Pending);
-    let (state, other) = match channel {
-        Channel::Email => (current.email_state.clone(), current.sms_state.clone()),
-        Channel::Sms => (current.sms_state.clone(), current.email_state.clone()),
-    };
+    let state = current.state_of(channel).to_owned();
+    let others_live = another_is_live(&current, channel);
     let granting = to == ChannelState::Subscribed;
     let allowed = if granting {
         matches!(stored(&state, ChannelState::None), ChannelState::Pending | ChannelState::Unsubscribed)
@@ -117,13 +107,10 @@ pub async fn change_channel_with(
     }
     let status = stored(&current.status, SubscriberStatus::Active);
     let mut model = current.into_active_model();
-    match channel {
-        Channel::Email => model.email_state = Set(to.as_str().to_owned()),
-        Channel::Sms => model.sms_state = Set(to.as_str().to_owned()),
-    }
+    model.set_state(channel, to);
     if granting && status == SubscriberStatus::Unsubscribed {
         model.status = Set(SubscriberStatus::Active.as_str().to_owned());
-    } else if !granting && !live(&other) {
+    } else if !granting && !others_live {
         let status =
             if to == ChannelState::Complained { SubscriberStatus::Complained } else { SubscriberStatus::Unsubscribed };
         model.status = Set(status.as_str().to_owned());
@@ -142,6 +129,13 @@ pub async fn change_channel_with(
     records::event(id, kind, data, now).insert(txn).await?;
     records::trigger(id, trigger::CHANGED, "", json!({}), now).insert(txn).await?;
     Ok(true)
+}
+
+/// Whether a channel other than `channel` may still reach them (subscribed, or pending).
+fn another_is_live(current: &subscriber::Model, channel: Channel) -> bool {
+    Channel::ALL.iter().filter(|c| **c != channel).any(|c| {
+        matches!(stored(current.state_of(*c), ChannelState::None), ChannelState::Subscribed | ChannelState::Pending)
+    })
 }
 
 /// Counts a withdrawn channel for `/metrics`, by the page and source of the subscriber's first

@@ -18,8 +18,7 @@ pub fn new_subscriber_row(
     id: Uuid,
     profile: &Profile,
     status: SubscriberStatus,
-    email_state: ChannelState,
-    sms_state: ChannelState,
+    state: impl Fn(Channel) -> ChannelState,
     created_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> subscriber::ActiveModel {
@@ -34,8 +33,9 @@ pub fn new_subscriber_row(
         locale: Set(profile.locale.clone()),
         attributes: Set(Value::Object(profile.attributes.clone())),
         status: Set(status.as_str().to_owned()),
-        email_state: Set(email_state.as_str().to_owned()),
-        sms_state: Set(sms_state.as_str().to_owned()),
+        email_state: Set(state(Channel::Email).as_str().to_owned()),
+        sms_state: Set(state(Channel::Sms).as_str().to_owned()),
+        whatsapp_state: Set(state(Channel::Whatsapp).as_str().to_owned()),
         source: Set(profile.attribution.source.clone()),
         medium: Set(profile.attribution.medium.clone()),
         campaign: Set(profile.attribution.campaign.clone()),
@@ -46,6 +46,14 @@ pub fn new_subscriber_row(
         click_id: Set(profile.attribution.click_id.clone()),
         created_at: Set(created_at),
         updated_at: Set(now),
+    }
+}
+
+/// Whether the profile has the address a channel needs.
+pub fn profile_has(profile: &Profile, channel: Channel) -> bool {
+    match channel {
+        Channel::Email => profile.email.is_some(),
+        Channel::Sms | Channel::Whatsapp => profile.phone.is_some(),
     }
 }
 
@@ -79,9 +87,13 @@ pub async fn create(db: &Db, now: DateTime<Utc>, actor: &Actor, input: NewSubscr
     let joined = lists::resolve(&txn, &valid.lists, "lists").await?;
     let id = Uuid::now_v7();
     let profile = &valid.profile;
-    let email_state = initial_state(profile.email.is_some(), valid.consent.email);
-    let sms_state = initial_state(profile.phone.is_some(), valid.consent.sms);
-    let row = new_subscriber_row(id, profile, SubscriberStatus::Active, email_state, sms_state, now, now);
+    let consented = |channel: Channel| match channel {
+        Channel::Email => valid.consent.email,
+        Channel::Sms => valid.consent.sms,
+        Channel::Whatsapp => valid.consent.whatsapp,
+    };
+    let state = |channel: Channel| initial_state(profile_has(profile, channel), consented(channel));
+    let row = new_subscriber_row(id, profile, SubscriberStatus::Active, state, now, now);
     if let Err(e) = subscriber::Entity::insert(row).exec_without_returning(&txn).await {
         drop(txn);
         if is_unique_violation(&e) {
@@ -96,19 +108,17 @@ pub async fn create(db: &Db, now: DateTime<Utc>, actor: &Actor, input: NewSubscr
         .exec_without_returning(&txn)
         .await?;
     let origin = ConsentOrigin { method: ConsentMethod::Api, source: Some(actor.label()), ip: None, user_agent: None };
-    let mut consents = Vec::new();
-    if email_state == ChannelState::Subscribed {
-        consents.push(records::consent(id, Channel::Email, true, &origin, &valid.wording, now));
-    }
-    if sms_state == ChannelState::Subscribed {
-        consents.push(records::consent(id, Channel::Sms, true, &origin, &valid.wording, now));
-    }
+    let consents: Vec<_> = Channel::ALL
+        .iter()
+        .filter(|c| state(**c) == ChannelState::Subscribed)
+        .map(|c| records::consent(id, *c, true, &origin, &valid.wording, now))
+        .collect();
     consent::Entity::insert_many(consents).exec_without_returning(&txn).await?;
     let data = json!({
         "by": actor.label(),
         "lists": valid.lists,
         "tags": valid.tags,
-        "channels": {"email": email_state, "sms": sms_state},
+        "channels": Channel::ALL.iter().map(|c| (c.as_str(), state(*c))).collect::<std::collections::BTreeMap<_, _>>(),
     });
     records::event(id, kind::SUBSCRIBED, data, now).insert(&txn).await?;
     let triggers = joined

@@ -104,6 +104,9 @@ pub(super) fn validate_new(input: NewSubscriber) -> Result<ValidNew> {
     if input.consent.sms && input.phone.is_none() {
         c.errors.push(FieldError::new("consent.sms", "SMS consent needs a phone number"));
     }
+    if input.consent.whatsapp && input.phone.is_none() {
+        c.errors.push(FieldError::new("consent.whatsapp", "WhatsApp consent needs a phone number"));
+    }
     c.attributes("attributes", &input.attributes);
     c.check("attributes", attributes_size_ok(&input.attributes));
     let profile = Profile {

@@ -75,6 +75,9 @@ pub struct ConsentInput {
     pub email: bool,
     #[serde(default)]
     pub sms: bool,
+    /// WhatsApp messages to the phone number: a consent of its own, never implied by SMS.
+    #[serde(default)]
+    pub whatsapp: bool,
     /// The exact consent text the person agreed to (stored verbatim with its hash).
     pub text: Option<String>,
     pub version: Option<String>,
@@ -157,6 +160,7 @@ pub struct SubscriberPatch {
 pub struct ConsentPatch {
     pub email: Option<bool>,
     pub sms: Option<bool>,
+    pub whatsapp: Option<bool>,
     pub text: Option<String>,
     pub version: Option<String>,
 }
@@ -165,6 +169,7 @@ pub struct ConsentPatch {
 pub struct ChannelStates {
     pub email: ChannelState,
     pub sms: ChannelState,
+    pub whatsapp: ChannelState,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -113,6 +113,7 @@ pub(super) fn view(m: subscriber::Model, lists: Vec<MembershipView>, tags: Vec<S
         channels: ChannelStates {
             email: stored(&m.email_state, ChannelState::None),
             sms: stored(&m.sms_state, ChannelState::None),
+            whatsapp: stored(&m.whatsapp_state, ChannelState::None),
         },
         attribution: Attribution {
             source: m.source,

@@ -86,6 +86,7 @@ pub async fn update(
             model.phone = Set(text);
             if phone.is_none() {
                 model.sms_state = Set(ChannelState::None.as_str().to_owned());
+                model.whatsapp_state = Set(ChannelState::None.as_str().to_owned());
             }
             changed.push("phone");
         }
@@ -124,6 +125,7 @@ pub async fn update(
     let origin = ConsentOrigin { method: ConsentMethod::Api, source: Some(actor.label()), ip: None, user_agent: None };
     let mut email_state = stored(&current.email_state, ChannelState::None);
     let mut sms_state = stored(&current.sms_state, ChannelState::None);
+    let mut whatsapp_state = stored(&current.whatsapp_state, ChannelState::None);
     let mut status = stored(&current.status, SubscriberStatus::Active);
     // Channels withdrawn here, for the step statistics ("unsubscribed after this step").
     let mut withdrawn = Vec::new();
@@ -132,6 +134,7 @@ pub async fn update(
         for (channel, wanted, has_address, state) in [
             (Channel::Email, consent.email, new_email.is_some(), &mut email_state),
             (Channel::Sms, consent.sms, new_phone.is_some(), &mut sms_state),
+            (Channel::Whatsapp, consent.whatsapp, new_phone.is_some(), &mut whatsapp_state),
         ] {
             let Some(granted) = wanted else { continue };
             if granted && !has_address {
@@ -153,8 +156,9 @@ pub async fn update(
             }
         }
         // Reachable on some channel means active; withdrawing the last channel means unsubscribed.
-        let reachable =
-            [email_state, sms_state].iter().any(|s| matches!(s, ChannelState::Subscribed | ChannelState::Pending));
+        let reachable = [email_state, sms_state, whatsapp_state]
+            .iter()
+            .any(|s| matches!(s, ChannelState::Subscribed | ChannelState::Pending));
         if reachable {
             status = SubscriberStatus::Active;
         } else if revoked {
@@ -165,7 +169,11 @@ pub async fn update(
     if patch.status == Some(SubscriberStatus::Unsubscribed) && status != SubscriberStatus::Unsubscribed {
         unsubscribe_all = true;
         status = SubscriberStatus::Unsubscribed;
-        for (channel, state) in [(Channel::Email, &mut email_state), (Channel::Sms, &mut sms_state)] {
+        for (channel, state) in [
+            (Channel::Email, &mut email_state),
+            (Channel::Sms, &mut sms_state),
+            (Channel::Whatsapp, &mut whatsapp_state),
+        ] {
             if matches!(state, ChannelState::Subscribed | ChannelState::Pending) {
                 count_unsubscribe(&current, channel, origin.method);
                 withdrawn.push(channel);
@@ -180,6 +188,9 @@ pub async fn update(
     }
     if sms_state.as_str() != current.sms_state {
         model.sms_state = Set(sms_state.as_str().to_owned());
+    }
+    if whatsapp_state.as_str() != current.whatsapp_state {
+        model.whatsapp_state = Set(whatsapp_state.as_str().to_owned());
     }
     if status.as_str() != current.status {
         model.status = Set(status.as_str().to_owned());

@@ -17,6 +17,8 @@ pub struct Model {
     pub html: Option<String>,
     pub text: Option<String>,
     pub sms_text: Option<String>,
+    /// WhatsApp: the approved template (its name or Content SID) the text goes in.
+    pub whatsapp_template: Option<String>,
     pub track: bool,
     /// `scheduled` (before send_at), `queueing` (fan-out under way), `queued` (every message is in
     /// the outbox), or `cancelled`.

@@ -20,6 +20,8 @@ pub struct Model {
     pub status: String,
     pub email_state: String,
     pub sms_state: String,
+    /// WhatsApp, to `phone`: consent of its own.
+    pub whatsapp_state: String,
     pub source: Option<String>,
     pub medium: Option<String>,
     pub campaign: Option<String>,
@@ -38,3 +40,39 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+impl Model {
+    /// The stored state of a channel's consent (`subscribed`, `pending`, …).
+    pub fn state_of(&self, channel: crate::core::values::Channel) -> &str {
+        use crate::core::values::Channel;
+        match channel {
+            Channel::Email => &self.email_state,
+            Channel::Sms => &self.sms_state,
+            Channel::Whatsapp => &self.whatsapp_state,
+        }
+    }
+
+    /// The address a channel reaches them at: the email address, or the phone number (SMS and
+    /// WhatsApp).
+    pub fn address_of(&self, channel: crate::core::values::Channel) -> Option<&str> {
+        use crate::core::values::Channel;
+        match channel {
+            Channel::Email => self.email.as_deref(),
+            Channel::Sms | Channel::Whatsapp => self.phone.as_deref(),
+        }
+    }
+}
+
+impl ActiveModel {
+    /// Sets a channel's consent state.
+    pub fn set_state(&mut self, channel: crate::core::values::Channel, state: crate::core::values::ChannelState) {
+        use crate::core::values::Channel;
+        use sea_orm::ActiveValue::Set;
+        let value = Set(state.as_str().to_owned());
+        match channel {
+            Channel::Email => self.email_state = value,
+            Channel::Sms => self.sms_state = value,
+            Channel::Whatsapp => self.whatsapp_state = value,
+        }
+    }
+}

@@ -108,6 +108,7 @@ impl ComposeForm {
             html: some(&self.html).filter(|_| email && inline),
             text: some(&self.text).filter(|_| email && inline),
             sms_text: some(&self.sms_text).filter(|_| sms),
+            whatsapp_template: None,
             reach: Some(if self.reach_first.is_some() { "first" } else { "all" }.to_owned()),
             send_at,
             tracking: Some(self.tracking.is_some()),

@@ -117,7 +117,7 @@ async fn list_page(state: &AppState, filters: Filters, status: StatusCode, added
     let lists: Vec<Value> = lists.iter().map(|l| json!({"slug": l.slug, "name": l.name})).collect();
     let blank = || {
         json!({"email": "", "phone": "", "first_name": "", "last_name": "", "list": filters.list, "email_consent": true,
-               "sms_consent": false, "consent_text": ""})
+               "sms_consent": false, "whatsapp_consent": false, "consent_text": ""})
     };
     let (add_problem, add) = added.unwrap_or_else(|| (String::new(), blank()));
     let context = json!({
@@ -150,6 +150,7 @@ pub(super) struct AddForm {
     list: String,
     email_consent: Option<String>,
     sms_consent: Option<String>,
+    whatsapp_consent: Option<String>,
     /// How they agreed: the words, or where (kept as the consent text).
     #[serde(default)]
     consent_text: String,
@@ -172,6 +173,7 @@ pub(super) async fn add(
         consent: ConsentInput {
             email: form.email_consent.is_some(),
             sms: form.sms_consent.is_some(),
+            whatsapp: form.whatsapp_consent.is_some(),
             text: some(&form.consent_text),
             version: None,
         },
@@ -182,7 +184,8 @@ pub(super) async fn add(
         Err(e) => {
             let shown = json!({"email": form.email, "phone": form.phone, "first_name": form.first_name,
                 "last_name": form.last_name, "list": form.list, "email_consent": form.email_consent.is_some(),
-                "sms_consent": form.sms_consent.is_some(), "consent_text": form.consent_text});
+                "sms_consent": form.sms_consent.is_some(), "whatsapp_consent": form.whatsapp_consent.is_some(),
+                "consent_text": form.consent_text});
             let added = Some((problem(e).map_err(failed)?, shown));
             list_page(&state, Filters::default(), StatusCode::UNPROCESSABLE_ENTITY, added).await
         }

@@ -30,6 +30,7 @@ const SHIPPED: &[(&str, &str)] = &[
     ("pages/unsubscribe.html", include_str!("../../../templates/pages/unsubscribe.html")),
     ("pages/unsubscribed.html", include_str!("../../../templates/pages/unsubscribed.html")),
     ("pages/preferences.html", include_str!("../../../templates/pages/preferences.html")),
+    ("pages/add-channel.html", include_str!("../../../templates/pages/add-channel.html")),
 ];
 
 /// The shipped page templates, parsed once: the fallback of every page.

@@ -1,6 +1,7 @@
 //! What the public reaches without a token: landing pages, confirmation, preference and
 //! unsubscribe links, tracking, provider webhooks (bounces, SMS), health and metrics.
 
+pub(crate) mod add_channel;
 pub(crate) mod bounces;
 pub(crate) mod face;
 pub(crate) mod health;

@@ -68,7 +68,7 @@ async fn favicon(State(face): State<Face>) -> Response {
 /// The largest form or JSON body a page takes.
 const MAX_BODY: usize = 64 * 1024;
 
-fn settings(state: &AppState) -> Settings {
+pub(super) fn settings(state: &AppState) -> Settings {
     Settings {
         signer: state.signer.clone(),
         base_url: state.config.base_url.clone(),
@@ -154,6 +154,7 @@ fn context(state: &AppState, page: &Page, words: &Words, form: &Form<'_>) -> ter
             let key = match c {
                 Channel::Email => "consent_email",
                 Channel::Sms => "consent_sms",
+                Channel::Whatsapp => "consent_whatsapp",
             };
             let label = words.get(key).cloned().unwrap_or_default();
             json!({"channel": c, "name": format!("consent_{}", c.as_str()), "label": label, "checked": form.ticked.contains(c)})

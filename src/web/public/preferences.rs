@@ -34,7 +34,7 @@ fn masked(channel: Channel, address: &str) -> String {
             Some((local, domain)) => format!("{}•••@{domain}", local.chars().next().unwrap_or('•')),
             None => "•••".into(),
         },
-        Channel::Sms => {
+        Channel::Sms | Channel::Whatsapp => {
             let chars: Vec<char> = address.chars().collect();
             let keep = chars.len().saturating_sub(4);
             let head: String = chars.iter().take(2.min(keep)).collect();

@@ -1,4 +1,5 @@
-//! SMS webhooks: texts from subscribers, and delivery reports from providers.
+//! SMS and WhatsApp webhooks: texts from subscribers, and delivery reports from providers (a
+//! WhatsApp message comes from a `whatsapp:` sender; its keywords act on WhatsApp consent).
 //!
 //! - `POST /webhooks/sms/twilio`: Twilio's inbound-message webhook (form fields `MessageSid`,
 //!   `From`, `Body`, …), answered with empty TwiML (replies go through the outbox).
@@ -37,12 +38,13 @@ fn forbidden(detail: &str) -> ApiError {
 /// The largest body a provider's webhook may send (Twilio's are a few hundred bytes).
 pub const MAX_WEBHOOK_BYTES: usize = 64 * 1024;
 
-/// The configured Twilio auth tokens (none: the Twilio webhooks are off).
+/// The configured Twilio auth tokens, SMS's and WhatsApp's (none: the Twilio webhooks are off).
 fn twilio_tokens(state: &AppState) -> Vec<&str> {
     state
         .config
         .sms_providers
         .iter()
+        .chain(&state.config.whatsapp_providers)
         .filter_map(|p| match p {
             SmsProviderConfig::Twilio { auth_token, .. } => Some(auth_token.as_str()),
             SmsProviderConfig::Http { .. } => None,
@@ -102,15 +104,21 @@ async fn inbound(State(state): State<AppState>, request: Request) -> Result<Resp
             "MessageSid and From are required",
         ));
     };
+    // Twilio writes a WhatsApp sender as `whatsapp:+14155552671`.
+    let (channel, from) = match from.strip_prefix("whatsapp:") {
+        Some(number) => (crate::core::values::Channel::Whatsapp, number),
+        None => (crate::core::values::Channel::Sms, from),
+    };
     let message = Inbound {
         id: id.to_owned(),
         from: from.to_owned(),
         body: field(&fields, "Body").unwrap_or_default().to_owned(),
+        channel,
     };
     let translations = state.catalog.templates().translations();
     let replies = Replies { help: &state.config.sms_help_text, translations: &translations };
     let received = receive(&state.db, state.clock.now(), &message, &replies).await?;
-    tracing::info!(subscriber = ?received.subscriber, keyword = ?received.keyword, "inbound SMS");
+    tracing::info!(subscriber = ?received.subscriber, keyword = ?received.keyword, %channel, "inbound message");
     Ok(([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response())
 }
 
@@ -130,7 +138,7 @@ async fn status(State(state): State<AppState>, request: Request) -> Result<Respo
     // Who is calling is checked from the headers, before the body is read.
     if json {
         let bearer = crate::web::auth::bearer(&headers).unwrap_or_default();
-        let known = state.config.sms_providers.iter().any(|p| match p {
+        let known = state.config.sms_providers.iter().chain(&state.config.whatsapp_providers).any(|p| match p {
             SmsProviderConfig::Http { token: Some(token), .. } => same_secret(token, bearer),
             _ => false,
         });

@@ -60,8 +60,9 @@ impl<'a> Checker<'a> {
             format::Condition::Has(what) => match what.value.trim() {
                 "email" => Condition::Has(Channel::Email),
                 "phone" => Condition::Has(Channel::Sms),
+                "whatsapp" => Condition::Has(Channel::Whatsapp),
                 other => {
-                    self.report(at(what), format!("has: '{other}' must be email or phone"));
+                    self.report(at(what), format!("has: '{other}' must be email, phone or whatsapp"));
                     Condition::Has(Channel::Email)
                 }
             },

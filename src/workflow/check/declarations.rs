@@ -81,7 +81,9 @@ impl<'a> Checker<'a> {
                                     channels.push(channel);
                                 }
                             }
-                            Err(_) => self.report(at(name), format!("'{}' is not email or sms", name.value.trim())),
+                            Err(_) => {
+                                self.report(at(name), format!("'{}' is not email, sms or whatsapp", name.value.trim()))
+                            }
                         }
                     }
                 }

@@ -22,17 +22,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Engine, Facts, MessageBody, reachable, render, subscriber_json};
-use crate::audience::reach::fallback;
-use crate::audience::{lists, records};
-use crate::core::error::{Error, FieldError, Reason, Result};
+use super::broadcast_render::{
+    broadcast_context, render_batch, render_broadcast, sample_dictionary, sample_subscriber,
+};
+use super::{Engine, Facts, reachable, subscriber_json};
+use crate::audience::lists;
+use crate::core::error::{Error, FieldError, Result};
 use crate::core::values::{Channel, MembershipStatus, OutboxChannel, OutboxStatus, normalize_tag};
 use crate::outbox::compose::{self, Draft, NewMessage};
-use crate::store::entities::{
-    broadcast, event, membership, outbox, outbox_body, outbox_dictionary, subscriber, subscriber_tag,
-};
+use crate::store::entities::{broadcast, event, membership, outbox, outbox_dictionary, subscriber, subscriber_tag};
 use crate::workflow::model::Condition;
-use crate::workflow::templates::TemplateChecker;
 
 /// Subscribers turned into messages per transaction. Larger batches write a broadcast faster
 /// but hold the write lock longer, holding up the recording of what was sent; with a batch's
@@ -58,7 +57,8 @@ pub struct NewBroadcast {
     /// `opened`/`clicked` belong to workflows and are refused here.
     #[schema(value_type = Option<Object>)]
     pub condition: Option<Condition>,
-    /// `email`, `sms` or both; default `["email"]`.
+    /// `email`, `sms`, `whatsapp`, in order (the order `reach: first` tries them); default
+    /// `["email"]`. WhatsApp is never the only channel that matters: list an owned one too.
     #[schema(schema_with = crate::core::values::schema::channels_or_null)]
     pub channels: Option<Vec<String>>,
     /// The email subject (a tera template); required for email.
@@ -69,8 +69,13 @@ pub struct NewBroadcast {
     pub html: Option<String>,
     /// The plain-text part for inline HTML; derived from the HTML when absent.
     pub text: Option<String>,
-    /// The SMS text (a tera template); required for sms.
+    /// The SMS text (a tera template); required for sms and whatsapp (WhatsApp messages carry
+    /// the same text).
     pub sms_text: Option<String>,
+    /// WhatsApp: the approved message template the provider needs for a message that opens a
+    /// conversation (Twilio's Content SID, `HX…`); the text goes as its variable `{{1}}`.
+    /// Without it the text goes as is (inside a conversation the person opened).
+    pub whatsapp_template: Option<String>,
     /// `all` (default): a message on every channel listed that reaches the person. `first`:
     /// one message each, on the first channel listed that reaches them (an address, consent,
     /// not bounced); should it fail for good (a hard bounce, an unreachable number, a permanent
@@ -186,9 +191,8 @@ impl Engine {
             match name.parse::<Channel>() {
                 Ok(channel) if !channels.contains(&channel) => channels.push(channel),
                 Ok(_) => errors.push(FieldError::new(format!("channels[{i}]"), format!("'{name}' is listed twice"))),
-                Err(_) => {
-                    errors.push(FieldError::new(format!("channels[{i}]"), format!("'{name}' is not email or sms")))
-                }
+                Err(_) => errors
+                    .push(FieldError::new(format!("channels[{i}]"), format!("'{name}' is not email, sms or whatsapp"))),
             }
         }
         let reach = match input.reach.as_deref().map(str::trim) {
@@ -200,10 +204,12 @@ impl Engine {
             }
         };
         if channels.is_empty() && input.channels.is_some() {
-            errors.push(FieldError::new("channels", "name at least one of email, sms"));
+            errors.push(FieldError::new("channels", "name at least one of email, sms, whatsapp"));
         }
         let email = channels.contains(&Channel::Email);
-        let sms = channels.contains(&Channel::Sms);
+        // The text of a text message and of a WhatsApp message alike.
+        let sms = channels.contains(&Channel::Sms) || channels.contains(&Channel::Whatsapp);
+        let whatsapp = channels.contains(&Channel::Whatsapp);
         if email {
             match (&input.subject, &input.template, &input.html) {
                 (None, _, _) => errors.push(FieldError::new("subject", "is required for email")),
@@ -228,8 +234,19 @@ impl Engine {
             }
         }
         match (&input.sms_text, sms) {
-            (None, true) => errors.push(FieldError::new("sms_text", "is required for sms")),
-            (Some(_), false) => errors.push(FieldError::new("sms_text", "is for sms, which is not among the channels")),
+            (None, true) => errors.push(FieldError::new("sms_text", "is required for sms and whatsapp")),
+            (Some(_), false) => errors
+                .push(FieldError::new("sms_text", "is for sms and whatsapp, neither of which is among the channels")),
+            _ => {}
+        }
+        let whatsapp_template = input.whatsapp_template.as_deref().map(str::trim).filter(|t| !t.is_empty());
+        match (whatsapp_template, whatsapp) {
+            (Some(_), false) => {
+                errors.push(FieldError::new("whatsapp_template", "is for whatsapp, which is not among the channels"))
+            }
+            (Some(t), true) if t.len() > 200 || t.chars().any(|c| c.is_control() || c.is_whitespace()) => {
+                errors.push(FieldError::new("whatsapp_template", "is a template's name or id, such as HX0123abcd…"))
+            }
             _ => {}
         }
         let templates = self.templates();
@@ -258,6 +275,7 @@ impl Engine {
             html: input.html,
             text: input.text,
             sms_text: input.sms_text,
+            whatsapp_template: whatsapp_template.map(str::to_owned),
             track: input.tracking.unwrap_or(self.tracking.is_some()),
             status: "scheduled".into(),
             cursor: None,
@@ -276,7 +294,7 @@ impl Engine {
             let context = broadcast_context(links, &row, sample_subscriber(), Uuid::nil(), now);
             for channel in &channels {
                 let field = match (channel, &row.template) {
-                    (Channel::Sms, _) => "sms_text",
+                    (Channel::Sms | Channel::Whatsapp, _) => "sms_text",
                     (Channel::Email, Some(_)) => "template",
                     (Channel::Email, None) => "html",
                 };
@@ -699,171 +717,6 @@ async fn member_ids(
         members = members.filter(membership::Column::SubscriberId.in_subquery(tagged));
     }
     Ok(members.into_tuple().all(conn).await?)
-}
-
-/// The subscriber a broadcast is rendered for when it is checked and for its dictionary: no one's
-/// data.
-fn sample_subscriber() -> Value {
-    json!({
-        "id": Uuid::nil(), "email": "sample@example.com", "phone": "+15555550100",
-        "first_name": "Sample", "last_name": "Subscriber", "timezone": null, "locale": null, "attributes": {},
-    })
-}
-
-/// The dictionary a broadcast's email bodies are stored against (see
-/// [`outbox_body::Dictionary`]): its HTML rendered for the sample subscriber, links tracked as
-/// in its messages. It has the broadcast's id, and holds no subscriber's data. `None` when the
-/// broadcast sends no HTML email.
-fn sample_dictionary(
-    templates: &TemplateChecker,
-    links: &super::message::Stationery,
-    b: &broadcast::Model,
-    channels: &[Channel],
-    now: DateTime<Utc>,
-) -> Option<outbox_dictionary::Model> {
-    if !channels.contains(&Channel::Email) {
-        return None;
-    }
-    let context = broadcast_context(links, b, sample_subscriber(), Uuid::nil(), now);
-    let rendered = render_broadcast(templates, b, Channel::Email, &context).ok()?;
-    let tracking =
-        b.track.then(|| compose::Tracking { signer: links.signer.clone(), base_url: links.base_url.clone() });
-    let draft = Draft {
-        channel: OutboxChannel::Email,
-        recipient: String::new(),
-        subject: rendered.subject,
-        html: rendered.html,
-        text: rendered.text,
-        list_slug: None,
-    };
-    compose::dictionary(b.id, &draft, tracking.as_ref(), now)
-}
-
-/// What a broadcast's templates see for one subscriber.
-fn broadcast_context(
-    links: &super::message::Stationery,
-    b: &broadcast::Model,
-    subscriber: Value,
-    id: Uuid,
-    now: DateTime<Utc>,
-) -> Value {
-    let about = ("broadcast", json!({"id": b.id, "list": b.list_slug}));
-    super::message_context(links, subscriber, id, about, now)
-}
-
-/// The subject, HTML and text of a broadcast on one channel, for one context.
-fn render_broadcast(
-    templates: &TemplateChecker,
-    b: &broadcast::Model,
-    channel: Channel,
-    context: &Value,
-) -> std::result::Result<super::Rendered, Reason> {
-    match channel {
-        Channel::Sms => {
-            let text = b.sms_text.as_deref().unwrap_or_default();
-            render(templates, context, None, &MessageBody::Inline(text))
-        }
-        Channel::Email => match (&b.template, &b.html) {
-            (Some(name), _) => render(templates, context, b.subject.as_ref(), &MessageBody::Template(name))
-                .and_then(|rendered| super::message::dress(templates, context, rendered)),
-            (None, html) => {
-                let tera_context = tera::Context::from_serialize(context).map_err(|e| e.to_string())?;
-                let mut rendered = render(
-                    templates,
-                    context,
-                    b.subject.as_ref(),
-                    &MessageBody::Inline(b.text.as_deref().unwrap_or_default()),
-                )?;
-                let html = templates
-                    .tera()
-                    .render_str(html.as_deref().unwrap_or_default(), &tera_context, true)
-                    .map_err(|e| super::first_line(&e))?;
-                if b.text.is_none() {
-                    // Derived from the HTML when sent (as for a template without a text part).
-                    rendered.text = String::new();
-                }
-                rendered.html = Some(html);
-                super::message::dress(templates, context, rendered)
-            }
-        },
-    }
-}
-
-/// The outbox rows of a batch of a broadcast (rendering is CPU work: run on the blocking pool),
-/// and how many member and channel pairs were skipped (no consent or address, unrenderable).
-fn render_batch(
-    templates: &TemplateChecker,
-    links: &super::message::Stationery,
-    b: &broadcast::Model,
-    people: &[subscriber::Model],
-    channels: &[Channel],
-    dictionary: Option<&outbox_dictionary::Model>,
-    now: DateTime<Utc>,
-) -> (Vec<(outbox::ActiveModel, outbox_body::ActiveModel)>, Vec<event::ActiveModel>, i64) {
-    let tracking =
-        b.track.then(|| compose::Tracking { signer: links.signer.clone(), base_url: links.base_url.clone() });
-    let first = b.reach == "first";
-    let (mut rows, mut events, mut skipped) = (Vec::new(), Vec::new(), 0i64);
-    for s in people {
-        let context = broadcast_context(links, b, subscriber_json(s), s.id, now);
-        let mut mine: Vec<(outbox::ActiveModel, outbox_body::ActiveModel)> = Vec::new();
-        let mut passed_over = Vec::new();
-        for channel in channels {
-            let rendered = reachable(s, *channel)
-                .and_then(|address| render_broadcast(templates, b, *channel, &context).map(|r| (address, r)));
-            let (address, rendered) = match rendered {
-                Ok(found) => found,
-                Err(why) => {
-                    if first {
-                        passed_over.push(json!({"channel": channel, "reason": why.to_string()}));
-                    } else {
-                        skipped += 1;
-                    }
-                    continue;
-                }
-            };
-            let draft = Draft {
-                channel: (*channel).into(),
-                recipient: address,
-                subject: rendered.subject,
-                html: rendered.html,
-                text: rendered.text,
-                list_slug: Some(b.list_slug.clone()),
-            };
-            let key = format!("broadcast:{}:{}:{channel}", b.id, s.id);
-            let message = NewMessage::new(key, s.id, draft).tracked(tracking.as_ref()).compressed_with(dictionary);
-            let (mut row, body) = message.rows(now);
-            row.broadcast_id = Set(Some(b.id));
-            mine.push((row, body));
-        }
-        if first {
-            match mine.first() {
-                Some((chosen, _)) => {
-                    let chosen = chosen.channel.clone().take();
-                    let then: Vec<_> = mine.iter().skip(1).filter_map(|(m, _)| m.channel.clone().take()).collect();
-                    let data = json!({"broadcast": b.id, "channel": chosen, "passed_over": passed_over,
-                                      "then": then});
-                    events.push(records::event(s.id, fallback::REACH_CHOSEN, data, now));
-                }
-                None => skipped += 1,
-            }
-            chain(&mut mine);
-        }
-        rows.extend(mine);
-    }
-    (rows, events, skipped)
-}
-
-/// `reach: first`: a person's messages in the order of their channels, the first queued, each
-/// of the others kept back (`standby`) behind the one before it.
-fn chain(messages: &mut [(outbox::ActiveModel, outbox_body::ActiveModel)]) {
-    let ids: Vec<Option<Uuid>> = messages.iter().map(|(m, _)| m.id.clone().take()).collect();
-    for (i, (message, _)) in messages.iter_mut().enumerate() {
-        if i > 0 {
-            message.status = Set(OutboxStatus::Standby);
-        }
-        message.fallback_id = Set(ids.get(i + 1).copied().flatten());
-    }
 }
 
 /// Why a condition cannot filter a broadcast, if it cannot.

@@ -30,6 +30,11 @@ impl Engine {
                 Condition::List(slug) => facts.lists(conn).await?.contains(slug),
                 Condition::Has(Channel::Email) => facts.subscriber(conn).await?.email.is_some(),
                 Condition::Has(Channel::Sms) => facts.subscriber(conn).await?.phone.is_some(),
+                // A phone number is no WhatsApp account: consent to it says there is one.
+                Condition::Has(Channel::Whatsapp) => {
+                    let s = facts.subscriber(conn).await?;
+                    s.phone.is_some() && s.whatsapp_state == crate::core::values::ChannelState::Subscribed.as_str()
+                }
                 Condition::Source(v) => matches_text(facts.subscriber(conn).await?.source.as_deref(), v),
                 Condition::Medium(v) => matches_text(facts.subscriber(conn).await?.medium.as_deref(), v),
                 Condition::Campaign(v) => matches_text(facts.subscriber(conn).await?.campaign.as_deref(), v),
@@ -150,6 +155,7 @@ pub fn describe(condition: &Condition) -> String {
         Condition::List(l) => format!("member of '{l}'"),
         Condition::Has(Channel::Email) => "has an email address".into(),
         Condition::Has(Channel::Sms) => "has a phone number".into(),
+        Condition::Has(Channel::Whatsapp) => "takes WhatsApp messages".into(),
         Condition::Attribute { name, test } => match test {
             AttributeTest::Equals(v) => format!("attribute {name} = {v}"),
             AttributeTest::In(vs) => format!("attribute {name} in {}", Value::Array(vs.clone())),

@@ -56,7 +56,7 @@ impl Engine {
         let templates = self.templates();
         let rendered = render(&templates, &context, subject, &body).and_then(|rendered| match channel {
             Channel::Email => dress(&templates, &context, rendered),
-            Channel::Sms => Ok(rendered),
+            Channel::Sms | Channel::Whatsapp => Ok(rendered),
         });
         let rendered = match rendered {
             Ok(rendered) => rendered,
@@ -247,7 +247,8 @@ pub(super) fn first_line(error: &tera::Error) -> String {
 pub(super) use crate::audience::reach::fallback::reachable;
 
 /// What a message's templates see: the subscriber, what the message belongs to (`workflow` or
-/// `broadcast`), and the subscriber's signed unsubscribe and preferences links (a year).
+/// `broadcast`), and the subscriber's signed unsubscribe, preferences and add-a-channel links
+/// (a year).
 pub(super) fn message_context(
     stationery: &Stationery,
     subscriber: Value,
@@ -263,6 +264,7 @@ pub(super) fn message_context(
         "business": stationery.business,
         "unsubscribe_url": link("u", Purpose::Unsubscribe),
         "preferences_url": link("preferences", Purpose::Preferences),
+        "add_channel_url": link("add", Purpose::AddChannel),
     })
 }
 

@@ -22,6 +22,7 @@ use crate::outbox::compose::Tracking;
 
 mod advance;
 mod broadcast;
+mod broadcast_render;
 mod dates;
 mod facts;
 mod loops;
