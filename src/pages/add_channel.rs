@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::audience::records;
 use crate::core::error::Result;
-use crate::core::values::{Channel, ChannelState, EmailAddress, PhoneNumber, SubscriberStatus, stored};
+use crate::core::values::{Channel, ChannelState, EmailAddress, PhoneNumber};
 use crate::outbox::compose::{self, NewMessage};
 use crate::store::Db;
 use crate::store::entities::{signup_confirmation, subscriber, suppression};
@@ -27,33 +27,11 @@ use super::signup::{About, Settings, confirmation_message};
 
 /// The confirmations of channels added here carry this in place of a landing page's slug (and
 /// no list).
-pub const PAGE: &str = "add-channel";
+pub const PAGE: &str = crate::audience::reach::grow::ADD_CHANNEL_PAGE;
 /// The timeline entry of a channel asked for on the page (pending its confirmation).
 pub const CHANNEL_REQUESTED: &str = "channel_requested";
 
-/// What the page asks a subscriber for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ask {
-    /// A mobile number: they are reached by email only.
-    Phone,
-    /// An email address: they are reached by phone only.
-    Email,
-}
-
-/// What to ask `person` for: the kind of address they lack, when the channel they have is live
-/// (a subscriber who withdrew everything is asked nothing).
-pub fn ask(person: &subscriber::Model) -> Option<Ask> {
-    let live = |c: Channel| matches!(stored(person.state_of(c), ChannelState::None), ChannelState::Subscribed);
-    if stored(&person.status, SubscriberStatus::Active) != SubscriberStatus::Active {
-        return None;
-    }
-    let has_phone_channel = live(Channel::Sms) || live(Channel::Whatsapp);
-    match (live(Channel::Email), has_phone_channel) {
-        (true, false) => Some(Ask::Phone),
-        (false, true) => Some(Ask::Email),
-        _ => None,
-    }
-}
+pub use crate::audience::reach::grow::{Ask, ask};
 
 /// What the person typed and ticked.
 #[derive(Debug, Clone, Default)]

@@ -614,7 +614,17 @@ async fn confirm(
             person.campaign.as_deref(),
         );
         let state = stored(person.state_of(channel), ChannelState::None);
+        // On exactly one other channel: confirming this one makes them multi-channel.
+        let others = Channel::ALL
+            .iter()
+            .filter(|c| **c != channel && stored(person.state_of(**c), ChannelState::None) == ChannelState::Subscribed)
+            .count();
+        let first_page = crate::rollups::funnel::first_touch_page(person.landing_page.as_deref());
         if state == ChannelState::Pending {
+            if let (1, Some(first_page)) = (others, &first_page) {
+                let second = crate::rollups::funnel::Count::SecondChannel;
+                crate::rollups::funnel::bump(txn, now.date_naive(), first_page, &from, second).await?;
+            }
             let wording = ConsentWording {
                 text: row.consent_text.clone(),
                 version: Some(row.page_version.clone()),

@@ -25,6 +25,8 @@ pub enum Count {
     Clicked,
     /// A subscriber's first goal reached.
     Goal,
+    /// A subscriber on one channel confirmed a second.
+    SecondChannel,
 }
 
 impl Count {
@@ -37,6 +39,7 @@ impl Count {
             Count::Opened => Column::Opened,
             Count::Clicked => Column::Clicked,
             Count::Goal => Column::Goals,
+            Count::SecondChannel => Column::SecondChannel,
         }
     }
 }
@@ -195,6 +198,7 @@ pub async fn bump(
         opened: Set(i64::from(what == Count::Opened)),
         clicked: Set(i64::from(what == Count::Clicked)),
         goals: Set(i64::from(what == Count::Goal)),
+        second_channel: Set(i64::from(what == Count::SecondChannel)),
     };
     funnel_day::Entity::insert(row)
         .on_conflict(

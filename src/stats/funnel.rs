@@ -42,6 +42,9 @@ pub struct Counts {
     pub clicked: i64,
     pub goals: i64,
     pub bot_views: i64,
+    /// Subscribers reachable on one channel who confirmed a second (not a stage: it can come at
+    /// any point after confirming).
+    pub second_channel: i64,
 }
 
 impl Counts {
@@ -53,6 +56,7 @@ impl Counts {
         self.clicked += other.clicked;
         self.goals += other.goals;
         self.bot_views += other.bot_views;
+        self.second_channel += other.second_channel;
     }
 
     /// The stages in order, with their names.
@@ -96,10 +100,10 @@ pub struct Funnel {
     pub by_campaign: Vec<Keyed>,
 }
 
-type Sums = (i64, i64, i64, i64, i64, i64, i64);
+type Sums = (i64, i64, i64, i64, i64, i64, i64, i64);
 
-fn counts((views, signups, confirmed, opened, clicked, goals, bot_views): Sums) -> Counts {
-    Counts { views, signups, confirmed, opened, clicked, goals, bot_views }
+fn counts((views, signups, confirmed, opened, clicked, goals, bot_views, second_channel): Sums) -> Counts {
+    Counts { views, signups, confirmed, opened, clicked, goals, bot_views, second_channel }
 }
 
 /// The rollups a filter selects, with the sums of every count (after the columns a caller adds).
@@ -136,6 +140,7 @@ fn with_sums(query: sea_orm::Select<funnel_day::Entity>) -> sea_orm::Select<funn
         Column::Clicked,
         Column::Goals,
         Column::BotViews,
+        Column::SecondChannel,
     ]
     .into_iter()
     .fold(query, |q, column| q.expr(sum(column)))
@@ -144,8 +149,8 @@ fn with_sums(query: sea_orm::Select<funnel_day::Entity>) -> sea_orm::Select<funn
 /// Sums the rollups a filter selects, in the database, in two small answers however many rows a
 /// year of traffic left: per day, and per page, source, medium and campaign.
 pub async fn funnel(db: &Db, filter: &Filter) -> Result<Funnel> {
-    type DayRow = (String, i64, i64, i64, i64, i64, i64, i64);
-    type KeyRow = (String, String, String, String, i64, i64, i64, i64, i64, i64, i64);
+    type DayRow = (String, i64, i64, i64, i64, i64, i64, i64, i64);
+    type KeyRow = (String, String, String, String, i64, i64, i64, i64, i64, i64, i64, i64);
     let days: Vec<DayRow> = with_sums(selected(filter).column(Column::Day))
         .group_by(Column::Day)
         .order_by_asc(Column::Day)
@@ -162,12 +167,12 @@ pub async fn funnel(db: &Db, filter: &Filter) -> Result<Funnel> {
         .all(db.conn())
         .await?;
     let by_day: Vec<(String, Counts)> =
-        days.into_iter().map(|(day, a, b, c, d, e, f, g)| (day, counts((a, b, c, d, e, f, g)))).collect();
+        days.into_iter().map(|(day, a, b, c, d, e, f, g, h)| (day, counts((a, b, c, d, e, f, g, h)))).collect();
     type ByKey = std::collections::HashMap<String, Counts>;
     let (mut by_page, mut by_source, mut by_medium, mut by_campaign) =
         (ByKey::new(), ByKey::new(), ByKey::new(), ByKey::new());
-    for (page, source, medium, campaign, a, b, c, d, e, f, g) in keyed_rows {
-        let sums = counts((a, b, c, d, e, f, g));
+    for (page, source, medium, campaign, a, b, c, d, e, f, g, h) in keyed_rows {
+        let sums = counts((a, b, c, d, e, f, g, h));
         by_page.entry(page).or_default().add(&sums);
         by_source.entry(source).or_default().add(&sums);
         by_medium.entry(medium).or_default().add(&sums);

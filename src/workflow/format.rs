@@ -186,6 +186,7 @@ pub const STEP_KEYS: &[&str] = &[
     "leave",
     "webhook",
     "exit",
+    "ask_channel",
 ];
 
 /// One step: an `id` and exactly one action key (`then`/`else` go with `if`, `on_timeout` with
@@ -212,6 +213,9 @@ pub struct Step {
     pub leave: Option<Spanned<String>>,
     pub webhook: Option<Spanned<WebhookStep>>,
     pub exit: Option<Spanned<String>>,
+    /// `sms` (or `phone`, `whatsapp`): ask those reached by email only for a mobile number;
+    /// `email`: ask those reached by phone only for an email address.
+    pub ask_channel: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

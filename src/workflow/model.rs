@@ -60,19 +60,40 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
-    Email { subject: String, template: String, tracking: Option<bool> },
-    Sms { body: SmsBody },
+    Email {
+        subject: String,
+        template: String,
+        tracking: Option<bool>,
+    },
+    Sms {
+        body: SmsBody,
+    },
     Wait(Span),
     WaitUntil(WaitUntil),
-    WaitFor { event: String, timeout: Span, on_timeout: Vec<Step> },
-    If { condition: Condition, then: Vec<Step>, otherwise: Vec<Step> },
+    WaitFor {
+        event: String,
+        timeout: Span,
+        on_timeout: Vec<Step>,
+    },
+    If {
+        condition: Condition,
+        then: Vec<Step>,
+        otherwise: Vec<Step>,
+    },
     Tag(String),
     Untag(String),
     Set(BTreeMap<String, serde_json::Value>),
     Join(String),
     Leave(String),
-    Webhook { url: String, secret_env: String, body: BTreeMap<String, serde_json::Value> },
+    Webhook {
+        url: String,
+        secret_env: String,
+        body: BTreeMap<String, serde_json::Value>,
+    },
     Exit(String),
+    /// Asks for the channel named (`Sms`: a mobile number, `Email`: an email address) those who
+    /// lack it, by a message on the channel they have, linking the add-channel page.
+    AskChannel(Channel),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -72,7 +72,8 @@ impl Needs {
             | Action::Sms { .. }
             | Action::WaitUntil(_)
             | Action::Set(_)
-            | Action::Webhook { .. } => Needs { subscriber: true, ..none },
+            | Action::Webhook { .. }
+            | Action::AskChannel(_) => Needs { subscriber: true, ..none },
             Action::Tag(_) | Action::Untag(_) => Needs { tags: true, ..none },
             Action::Join(_) | Action::Leave(_) => Needs { lists: true, ..none },
             Action::If { condition, .. } => Needs::of_condition(condition),

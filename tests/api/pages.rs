@@ -766,7 +766,7 @@ async fn the_funnel_counts_views_signups_and_confirmations_by_page_source_and_da
     assert_eq!(
         all["by_day"],
         json!([{"key": "2026-03-02", "views": 3, "signups": 1, "confirmed": 1, "opened": 1,
-        "clicked": 1, "goals": 1, "bot_views": 2, "conversion": 0.3333}])
+        "clicked": 1, "goals": 1, "bot_views": 2, "second_channel": 0, "conversion": 0.3333}])
     );
     let by_page: Vec<(&str, i64)> = all["by_page"]
         .as_array()
@@ -808,7 +808,7 @@ async fn the_funnel_counts_views_signups_and_confirmations_by_page_source_and_da
     let csv = app.get("/api/v1/stats/funnel?by=source&source=instagram&format=csv").await;
     assert_eq!(
         csv.text().await.unwrap(),
-        "source,views,signups,confirmed,opened,clicked,goal_reached,bot_views,conversion\ninstagram,2,1,1,1,1,1,1,0.5\n"
+        "source,views,signups,confirmed,opened,clicked,goal_reached,bot_views,second_channel,conversion\ninstagram,2,1,1,1,1,1,1,0,0.5\n"
     );
     let bad = app.get("/api/v1/stats/funnel?by=week").await;
     expect_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;

@@ -16,6 +16,7 @@ with_each_backend!(
     whatsapp_messages_reach_a_twilio_compatible_provider_at_whatsapp_addresses,
     a_whatsapp_stop_withdraws_whatsapp_alone_and_a_yes_confirms_a_pages_whatsapp_signup,
     the_add_channel_page_takes_a_number_and_starts_its_confirmation,
+    an_ask_channel_step_asks_only_those_who_lack_the_channel,
 );
 
 const AUTH_TOKEN: &str = "twilio-auth-token-for-whatsapp";
@@ -189,6 +190,24 @@ async fn a_whatsapp_stop_withdraws_whatsapp_alone_and_a_yes_confirms_a_pages_wha
         (v["channels"]["whatsapp"].as_str(), v["lists"][0]["status"].as_str()),
         (Some("subscribed"), Some("confirmed"))
     );
+
+    // She adds email through the add-channel page a message links: the funnel of the page she
+    // came through counts her as become multi-channel, and the drill as grown.
+    let body = json!({"list": "guide-leads", "channels": ["whatsapp"], "sms_text": "Email too? {{ add_channel_url }}"});
+    expect_json(app.post("/api/v1/broadcasts", &body).await, StatusCode::CREATED).await;
+    app.tick().await;
+    app.whatsapp.send_due().await.unwrap();
+    let link = fake.requests().pop().unwrap().field("Body").unwrap();
+    let path = link_path(&link, "/add/");
+    let (status, _) = form_post(&app, &path, &[("address", "grace@example.com"), ("channel", "email")]).await;
+    assert_eq!(status, StatusCode::OK);
+    let confirmation = crate::pages::confirmations(&app, grace.id).await;
+    let confirm = crate::pages::confirm_path(&app, confirmation.last().unwrap()).await;
+    assert_eq!(crate::pages::browser().get(app.url(&confirm)).send().await.unwrap().status(), StatusCode::OK);
+    let funnel = expect_json(app.get("/api/v1/stats/funnel").await, StatusCode::OK).await;
+    assert_eq!(funnel["totals"]["second_channel"], 1, "{funnel}");
+    let reach = expect_json(app.get("/api/v1/reachability").await, StatusCode::OK).await;
+    assert_eq!(reach["added_channel_30_days"], 1);
 }
 
 /// The path of a link in a message's HTML (`http://127.0.0.1:8080/add/…` → `/add/…`).
@@ -288,4 +307,54 @@ async fn the_add_channel_page_takes_a_number_and_starts_its_confirmation(backend
 
     let forged = crate::pages::browser().get(app.url("/add/not-a-token")).send().await.unwrap();
     assert_eq!(forged.status(), StatusCode::NOT_FOUND);
+}
+
+/// `ask_channel: sms` emails those reached by email only a link to add their mobile number;
+/// `ask_channel: email` texts those reached by phone only a link to add their email address;
+/// everyone else passes both steps, and the timeline says why.
+async fn an_ask_channel_step_asks_only_those_who_lack_the_channel(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    app.create_list("news").await;
+    let grow = "name: Grow\ntrigger: { subscribed: news }\nsteps:\n  - id: ask-phone\n    ask_channel: sms\n  - id: ask-email\n    ask_channel: email\n";
+    app.install_workflow("grow", grow).await;
+    let ada = app.join("ada@example.com", "news").await;
+    let bob = app
+        .create_subscriber(json!({"phone": "+14155552672", "lists": ["news"], "consent": {"sms": true}}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cy = app
+        .create_subscriber(json!({"email": "cy@example.com", "phone": "+14155552673", "lists": ["news"],
+            "consent": {"sms": true, "email": true}}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.tick().await;
+    let channels = |messages: Vec<outbox::Model>| -> Vec<String> {
+        messages.iter().map(|m| m.channel.as_str().to_owned()).collect()
+    };
+    assert_eq!(channels(messages_of(&app, &ada).await), ["email"]);
+    assert_eq!(channels(messages_of(&app, &bob).await), ["sms"]);
+    assert!(messages_of(&app, &cy).await.is_empty(), "two channels already: nothing to ask");
+    let to_ada = &messages_of(&app, &ada).await[0];
+    assert_eq!(to_ada.subject.as_deref(), Some("Can we also reach you by text?"));
+    let (_, text) = crate::helpers::bodies(&app, to_ada.id).await;
+    assert!(text.contains("http://127.0.0.1:8080/add/"), "{text}");
+    let (_, text) = crate::helpers::bodies(&app, messages_of(&app, &bob).await[0].id).await;
+    assert!(text.starts_with("Add your email address too") && text.contains("/add/"), "{text}");
+    let stats = expect_json(app.get("/api/v1/stats/workflows/grow").await, StatusCode::OK).await;
+    let step = |id: &str| stats["steps"].as_array().unwrap().iter().find(|s| s["step"] == id).unwrap().clone();
+    assert_eq!(
+        (step("ask-phone")["kind"].as_str(), step("ask-phone")["sent"].as_i64()),
+        (Some("ask_channel"), Some(1))
+    );
+    assert_eq!(step("ask-phone")["skipped"], 2);
+    assert_eq!(step("ask-email")["sent"], 1);
+    let skipped = crate::helpers::timeline(&app, &cy).await;
+    assert!(
+        skipped.iter().any(|e| e["data"]["reason"].as_str().is_some_and(|r| r.contains("nothing to ask"))),
+        "{skipped:?}"
+    );
 }

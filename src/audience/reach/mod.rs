@@ -16,6 +16,7 @@
 //!   which that channel delivered broadcasts in the last 30 days (channels send side by side).
 
 pub mod fallback;
+pub mod grow;
 
 use std::collections::BTreeMap;
 
@@ -208,6 +209,8 @@ pub struct Reachability {
     pub weakest: Option<Weakness>,
     /// Share of active subscribers reachable on two or more channels (nothing taken away).
     pub multi_channel_share: Option<f64>,
+    /// People who confirmed a second channel through the add-channel page in the last 30 days.
+    pub added_channel_30_days: u64,
 }
 
 /// The SQL that gives each subscriber's set of channels that can carry marketing now.
@@ -347,6 +350,7 @@ pub async fn report(db: &Db, providers: &Providers, without: &Without, now: Date
         shown.push(group(crate::rollups::funnel::OTHER, &rest));
     }
     let multi = everyone.0.iter().filter(|(set, _)| set.count_ones() >= 2).map(|(_, n)| n).sum::<u64>();
+    let added = added_channels(db, now - chrono::Duration::days(30)).await?;
     Ok(Reachability {
         without: without.words(),
         lost_channels: lost_channels.iter().map(|c| c.as_str().to_owned()).collect(),
@@ -356,7 +360,24 @@ pub async fn report(db: &Db, providers: &Providers, without: &Without, now: Date
         weakest: weakest(&everyone, providers),
         multi_channel_share: share(multi as i64, everyone.people() as i64),
         rates,
+        added_channel_30_days: added,
     })
+}
+
+/// How many people confirmed a channel asked for on the add-channel page since `since`.
+async fn added_channels(db: &Db, since: DateTime<Utc>) -> Result<u64> {
+    use crate::store::entities::signup_confirmation::{Column, Entity};
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+    let count: Option<i64> = Entity::find()
+        .select_only()
+        .column_as(Expr::cust("COUNT(DISTINCT subscriber_id)"), "n")
+        .filter(Column::Page.eq(grow::ADD_CHANNEL_PAGE))
+        .filter(Column::ConfirmedAt.gte(since))
+        .into_tuple()
+        .one(db.conn())
+        .await?;
+    Ok(count.unwrap_or(0).max(0) as u64)
 }
 
 /// The share of active subscribers reachable on two or more channels, and the worst single
@@ -426,6 +447,8 @@ pub fn text(report: &Reachability) -> String {
     if let Some(share) = report.multi_channel_share {
         let _ = writeln!(out, "on two or more channels today: {:.1}% of active subscribers", share * 100.0);
     }
+    let _ =
+        writeln!(out, "added a second channel on the add-channel page, last 30 days: {}", report.added_channel_30_days);
     match &report.weakest {
         Some(w) => {
             let share = w.share.map(|s| format!(" ({:.1}%)", s * 100.0)).unwrap_or_default();

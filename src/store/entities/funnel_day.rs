@@ -32,6 +32,9 @@ pub struct Model {
     /// Subscribers who reached a goal for the first time that day (a workflow's `exit_when`, or
     /// the event named as their landing page's `goal`).
     pub goals: i64,
+    /// Subscribers reachable on one channel who confirmed a second that day (a number after
+    /// email, an email address after texts): they became multi-channel.
+    pub second_channel: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

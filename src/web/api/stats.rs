@@ -135,12 +135,15 @@ fn number(value: Option<f64>) -> String {
     value.map(|v| v.to_string()).unwrap_or_default()
 }
 
-const COUNT_COLUMNS: [&str; 8] =
-    ["views", "signups", "confirmed", "opened", "clicked", "goal_reached", "bot_views", "conversion"];
+const COUNT_COLUMNS: [&str; 9] =
+    ["views", "signups", "confirmed", "opened", "clicked", "goal_reached", "bot_views", "second_channel", "conversion"];
 
 fn counts_row(key: &str, c: &Counts, conversion: Option<f64>) -> Vec<String> {
     let mut row = vec![key.to_owned()];
-    row.extend([c.views, c.signups, c.confirmed, c.opened, c.clicked, c.goals, c.bot_views].map(|n| n.to_string()));
+    row.extend(
+        [c.views, c.signups, c.confirmed, c.opened, c.clicked, c.goals, c.bot_views, c.second_channel]
+            .map(|n| n.to_string()),
+    );
     row.push(number(conversion));
     row
 }

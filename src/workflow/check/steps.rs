@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::core::timing::{Span, parse_clock, parse_weekday, translate_cron};
-use crate::core::values::{validate_attribute_key, validate_timezone};
+use crate::core::values::{Channel, validate_attribute_key, validate_timezone};
 use crate::workflow::format::{self};
 use crate::workflow::model::{Action, Condition, SendWindow, SmsBody, Step, Trigger, WaitUntil};
 use serde_saphyr::Spanned;
@@ -125,6 +125,7 @@ impl<'a> Checker<'a> {
             ("leave", s.leave.is_some()),
             ("webhook", s.webhook.is_some()),
             ("exit", s.exit.is_some()),
+            ("ask_channel", s.ask_channel.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, present)| present.then_some(name))
@@ -132,7 +133,7 @@ impl<'a> Checker<'a> {
         match actions.len() {
             1 => {}
             0 => {
-                self.report(at(spanned), format!("step '{id}' does nothing: give it one action (email, sms, wait, wait_until, wait_for, if, tag, untag, set, join, leave, webhook or exit)"));
+                self.report(at(spanned), format!("step '{id}' does nothing: give it one action (email, sms, wait, wait_until, wait_for, if, tag, untag, set, join, leave, webhook, ask_channel or exit)"));
                 return None;
             }
             _ => {
@@ -204,6 +205,16 @@ impl<'a> Checker<'a> {
         }
         if let Some(wait) = &s.wait {
             return self.duration(wait).map(Action::Wait);
+        }
+        if let Some(what) = &s.ask_channel {
+            return match what.value.trim() {
+                "sms" | "phone" | "whatsapp" => Some(Action::AskChannel(Channel::Sms)),
+                "email" => Some(Action::AskChannel(Channel::Email)),
+                other => {
+                    self.report(at(what), format!("ask_channel: '{other}' is not sms (a mobile number) or email"));
+                    None
+                }
+            };
         }
         if let Some(until) = &s.wait_until {
             let u = &until.value;

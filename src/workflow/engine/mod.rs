@@ -21,6 +21,7 @@ use crate::core::clock::SharedClock;
 use crate::outbox::compose::Tracking;
 
 mod advance;
+mod ask;
 mod broadcast;
 mod broadcast_render;
 mod dates;
