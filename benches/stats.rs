@@ -209,6 +209,7 @@ async fn seed_rollups(db: &ownlist::store::Db, first_day: NaiveDate) -> anyhow::
                         opened: Set(views / 20),
                         clicked: Set(views / 40),
                         goals: Set(views / 80),
+                        second_channel: Set(views / 200),
                     });
                 }
             }
