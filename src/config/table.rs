@@ -190,7 +190,7 @@ settings! {
     retry_max_age: Text, default "`48h`",
         "how long a message failing for a temporary reason (4xx, network, HTTP 429/5xx) keeps being retried (backoff 1 min doubling to 1 h); then it fails";
     fallback_after: Text, default "`10m`",
-        "`reach: first` (a broadcast's or a step's): a message failing for now (its relays or providers down, say) is tried once more after this long, and failing again it goes on the next channel instead";
+        "`reach: first` (a broadcast's, or a `message:` step's): a message failing for now (its relays or providers down, say) is tried once more after this long, and failing again it goes on the next channel instead";
     confirm_link_ttl: Text, default "`7d`",
         "how long a double opt-in confirmation link works; after that it answers 410 and points to the page to sign up again";
     confirm_every: Text, default "`24h`",

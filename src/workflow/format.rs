@@ -187,6 +187,7 @@ pub const STEP_KEYS: &[&str] = &[
     "webhook",
     "exit",
     "ask_channel",
+    "message",
 ];
 
 /// One step: an `id` and exactly one action key (`then`/`else` go with `if`, `on_timeout` with
@@ -216,6 +217,26 @@ pub struct Step {
     /// `sms` (or `phone`, `whatsapp`): ask those reached by email only for a mobile number;
     /// `email`: ask those reached by phone only for an email address.
     pub ask_channel: Option<Spanned<String>>,
+    /// One message on several channels in order: `reach: first` (the default) sends it on the
+    /// first that reaches the person, `all` on every one.
+    pub message: Option<Spanned<MessageStep>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageStep {
+    /// `email`, `sms`, `whatsapp`, in the order they are tried.
+    pub channels: Spanned<Vec<Spanned<String>>>,
+    /// `first` (the default) or `all`.
+    pub reach: Option<Spanned<String>>,
+    /// The email's subject and template (with email among the channels).
+    pub subject: Option<Spanned<String>>,
+    pub template: Option<Spanned<String>>,
+    /// The text of the text message and the WhatsApp message.
+    pub text: Option<Spanned<String>>,
+    /// WhatsApp: an approved template's id (Twilio's Content SID), the text as its variable.
+    pub whatsapp_template: Option<Spanned<String>>,
+    pub tracking: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

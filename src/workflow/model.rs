@@ -94,6 +94,22 @@ pub enum Action {
     /// Asks for the channel named (`Sms`: a mobile number, `Email`: an email address) those who
     /// lack it, by a message on the channel they have, linking the add-channel page.
     AskChannel(Channel),
+    /// One message on several channels in order (`message:`).
+    Message(MessageAction),
+}
+
+/// A `message:` step: the same message on several channels, in order; with `reach_first` each
+/// person gets it once, on the first channel that reaches them (the next only if it fails for
+/// good), else on every one that does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageAction {
+    pub channels: Vec<Channel>,
+    pub reach_first: bool,
+    pub subject: Option<String>,
+    pub template: Option<String>,
+    pub text: Option<String>,
+    pub whatsapp_template: Option<String>,
+    pub tracking: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

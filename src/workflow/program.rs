@@ -73,7 +73,8 @@ impl Needs {
             | Action::WaitUntil(_)
             | Action::Set(_)
             | Action::Webhook { .. }
-            | Action::AskChannel(_) => Needs { subscriber: true, ..none },
+            | Action::AskChannel(_)
+            | Action::Message(_) => Needs { subscriber: true, ..none },
             Action::Tag(_) | Action::Untag(_) => Needs { tags: true, ..none },
             Action::Join(_) | Action::Leave(_) => Needs { lists: true, ..none },
             Action::If { condition, .. } => Needs::of_condition(condition),

@@ -18,6 +18,7 @@ with_each_backend!(
     the_drill_matches_a_hand_count,
     reach_first_sends_each_person_one_message_on_the_first_channel_that_works,
     reach_first_moves_on_when_a_channel_stays_down_past_fallback_after,
+    a_message_step_reaches_each_person_once_on_the_first_channel_that_works,
 );
 
 /// Seeds people with every mix of channels, then checks each figure against a count by hand.
@@ -175,8 +176,8 @@ async fn sent_to(app: &TestApp, id: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Ada (email), Cy (phone), Bob, Gus (`gone@`) and Lea (`late@`) with both, on `news`.
 async fn people(app: &TestApp) -> [String; 5] {
-    app.create_list("news").await;
     let both = json!({"email": true, "sms": true});
     let seeds = [
         json!({"email": "ada@example.com", "consent": {"email": true}, "lists": ["news"]}),
@@ -210,6 +211,7 @@ async fn reach_first_sends_each_person_one_message_on_the_first_channel_that_wor
     relay.refuse_recipient("gone@example.com", "550 5.1.1 <gone@example.com>: no such user");
     let url = relay.url();
     let Some(app) = TestApp::spawn_with(backend, |c| c.smtp_relays = vec![url]).await else { return };
+    app.create_list("news").await;
     let [ada, cy, bob, gus, lea] = people(&app).await;
     let created = reach_first(&app).await;
     let standby = || ("sms".to_owned(), "standby".to_owned());
@@ -268,6 +270,7 @@ async fn reach_first_moves_on_when_a_channel_stays_down_past_fallback_after(back
     relay.refuse(Some("451 4.3.0 try again later"));
     let url = relay.url();
     let Some(app) = TestApp::spawn_with(backend, |c| c.smtp_relays = vec![url]).await else { return };
+    app.create_list("news").await;
     let [ada, _cy, bob, gus, lea] = people(&app).await;
     reach_first(&app).await;
     app.email.send_due().await.unwrap();
@@ -297,4 +300,34 @@ async fn reach_first_moves_on_when_a_channel_stays_down_past_fallback_after(back
         );
     }
     assert_eq!(app.sms.send_due().await.unwrap(), 4, "Cy's, and Bob's, Gus's and Lea's instead of their emails");
+}
+
+/// A workflow's `message:` step with `channels: [email, sms]` (reach first, the default): Ada
+/// (email only) gets the email, Cy (phone only) the text, Bob (both) the email with the text kept
+/// back, and Gus, whose address the relay refuses, the text instead; the step counts one message
+/// per person.
+async fn a_message_step_reaches_each_person_once_on_the_first_channel_that_works(backend: Backend) {
+    let relay = SmtpSink::start().await;
+    relay.refuse_recipient("gone@example.com", "550 5.1.1 <gone@example.com>: no such user");
+    let url = relay.url();
+    let Some(app) = TestApp::spawn_with(backend, |c| c.smtp_relays = vec![url]).await else { return };
+    let workflow = "name: Notice\ntrigger: { subscribed: news }\nsteps:\n  - id: notice\n    message:\n      channels: [email, sms]\n      subject: We are open\n      template: emails/ask.html\n      text: \"Hi {{ subscriber.first_name | default(value='there') }}, we are open.\"\n";
+    app.create_list("news").await;
+    app.install_workflow("notice", workflow).await;
+    let [ada, cy, bob, gus, _lea] = people(&app).await;
+    app.tick().await;
+    let queued = |c: &str| (c.to_owned(), "queued".to_owned());
+    assert_eq!(sent_to(&app, &ada).await, [queued("email")]);
+    assert_eq!(sent_to(&app, &cy).await, [queued("sms")]);
+    assert_eq!(sent_to(&app, &bob).await, [queued("email"), ("sms".to_owned(), "standby".to_owned())]);
+    app.email.send_due().await.unwrap();
+    assert_eq!(sent_to(&app, &gus).await, [("email".to_owned(), "failed".to_owned()), queued("sms")]);
+    assert_eq!(app.sms.send_due().await.unwrap(), 2, "Cy's and Gus's");
+    let on = |c: &str| (c.to_owned(), "sent".to_owned());
+    assert_eq!(sent_to(&app, &cy).await, [on("sms")]);
+    assert_eq!(sent_to(&app, &gus).await, [("email".to_owned(), "failed".to_owned()), on("sms")]);
+    assert_eq!(sent_to(&app, &bob).await, [on("email"), ("sms".to_owned(), "standby".to_owned())]);
+    let stats = expect_json(app.get("/api/v1/stats/workflows/notice").await, StatusCode::OK).await;
+    assert_eq!(stats["steps"][0]["kind"], "message");
+    assert_eq!(stats["steps"][0]["sent"], 5, "one per person: Ada, Cy, Bob, Gus and Lea");
 }

@@ -44,6 +44,10 @@ pub(super) struct ComposeForm {
     text: String,
     email: Option<String>,
     sms: Option<String>,
+    whatsapp: Option<String>,
+    /// The approved WhatsApp template (its id), if the provider needs one.
+    #[serde(default)]
+    whatsapp_template: String,
     /// One message each, on the first channel that works (`reach: first`).
     reach_first: Option<String>,
     #[serde(default)]
@@ -94,6 +98,10 @@ impl ComposeForm {
         if sms {
             channels.push("sms".to_owned());
         }
+        let whatsapp = self.whatsapp.is_some();
+        if whatsapp {
+            channels.push("whatsapp".to_owned());
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -107,8 +115,8 @@ impl ComposeForm {
             template: some(&self.template).filter(|_| email && !inline),
             html: some(&self.html).filter(|_| email && inline),
             text: some(&self.text).filter(|_| email && inline),
-            sms_text: some(&self.sms_text).filter(|_| sms),
-            whatsapp_template: None,
+            sms_text: some(&self.sms_text).filter(|_| sms || whatsapp),
+            whatsapp_template: some(&self.whatsapp_template).filter(|_| whatsapp),
             reach: Some(if self.reach_first.is_some() { "first" } else { "all" }.to_owned()),
             send_at,
             tracking: Some(self.tracking.is_some()),

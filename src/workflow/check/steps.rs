@@ -126,6 +126,7 @@ impl<'a> Checker<'a> {
             ("webhook", s.webhook.is_some()),
             ("exit", s.exit.is_some()),
             ("ask_channel", s.ask_channel.is_some()),
+            ("message", s.message.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, present)| present.then_some(name))
@@ -133,7 +134,7 @@ impl<'a> Checker<'a> {
         match actions.len() {
             1 => {}
             0 => {
-                self.report(at(spanned), format!("step '{id}' does nothing: give it one action (email, sms, wait, wait_until, wait_for, if, tag, untag, set, join, leave, webhook, ask_channel or exit)"));
+                self.report(at(spanned), format!("step '{id}' does nothing: give it one action (email, sms, wait, wait_until, wait_for, if, tag, untag, set, join, leave, webhook, ask_channel, message or exit)"));
                 return None;
             }
             _ => {
@@ -205,6 +206,9 @@ impl<'a> Checker<'a> {
         }
         if let Some(wait) = &s.wait {
             return self.duration(wait).map(Action::Wait);
+        }
+        if let Some(message) = &s.message {
+            return self.message_step(message);
         }
         if let Some(what) = &s.ask_channel {
             return match what.value.trim() {
@@ -333,6 +337,87 @@ impl<'a> Checker<'a> {
     }
 
     /// An SMS (rendered for a sample subscriber) over the segment limit is refused.
+    /// A `message:` step: its channels (each once), and what each needs (a subject and template
+    /// for email, a text for SMS and WhatsApp).
+    fn message_step(&mut self, spanned: &Spanned<format::MessageStep>) -> Option<Action> {
+        let m = &spanned.value;
+        let mut channels = Vec::new();
+        for name in &m.channels.value {
+            match name.value.trim().parse::<Channel>() {
+                Ok(channel) if channels.contains(&channel) => {
+                    self.report(at(name), format!("'{channel}' is listed twice"));
+                }
+                Ok(channel) => channels.push(channel),
+                Err(_) => self.report(at(name), format!("'{}' is not email, sms or whatsapp", name.value.trim())),
+            }
+        }
+        if m.channels.value.is_empty() {
+            self.report(at(&m.channels), "name at least one channel: email, sms, whatsapp");
+        }
+        let reach_first = match m.reach.as_ref().map(|r| r.value.trim()) {
+            None | Some("first") => true,
+            Some("all") => false,
+            Some(other) => {
+                if let Some(reach) = &m.reach {
+                    self.report(at(reach), format!("reach: '{other}' is not first or all"));
+                }
+                true
+            }
+        };
+        let email = channels.contains(&Channel::Email);
+        let texts = channels.contains(&Channel::Sms) || channels.contains(&Channel::Whatsapp);
+        let (mut subject, mut template, mut text) = (None, None, None);
+        match (&m.subject, &m.template, email) {
+            (Some(s), Some(t), true) => {
+                let value = s.value.trim().to_owned();
+                if value.is_empty() || value.chars().count() > 200 {
+                    self.report(at(s), "a subject has 1 to 200 characters");
+                }
+                for problem in self.context.templates.check_inline(&value) {
+                    self.report(at(s), format!("subject: {problem}"));
+                }
+                subject = Some(value);
+                template = Some(self.template(t));
+            }
+            (_, _, true) => self.report(at(spanned), "email needs a subject and a template"),
+            (Some(s), _, false) => self.report(at(s), "subject is for email, which is not among the channels"),
+            (None, Some(t), false) => self.report(at(t), "template is for email, which is not among the channels"),
+            (None, None, false) => {}
+        }
+        match (&m.text, texts) {
+            (Some(t), true) => {
+                let problems = self.context.templates.check_inline(&t.value);
+                for problem in &problems {
+                    self.report(at(t), format!("text: {problem}"));
+                }
+                let rendered = self.context.templates.tera().render_str(&t.value, &sample_context(), false);
+                if let (true, Ok(rendered)) = (problems.is_empty(), rendered) {
+                    self.check_segments(at(t), rendered.trim());
+                }
+                text = Some(t.value.clone());
+            }
+            (None, true) => self.report(at(spanned), "sms and whatsapp need a text"),
+            (Some(t), false) => {
+                self.report(at(t), "text is for sms and whatsapp, neither of which is among the channels")
+            }
+            (None, false) => {}
+        }
+        if let Some(t) = &m.whatsapp_template
+            && !channels.contains(&Channel::Whatsapp)
+        {
+            self.report(at(t), "whatsapp_template is for whatsapp, which is not among the channels");
+        }
+        Some(Action::Message(crate::workflow::model::MessageAction {
+            channels,
+            reach_first,
+            subject,
+            template,
+            text,
+            whatsapp_template: m.whatsapp_template.as_ref().map(|t| t.value.trim().to_owned()),
+            tracking: m.tracking,
+        }))
+    }
+
     pub(super) fn check_segments(&mut self, place: At, text: &str) {
         let segments = crate::core::sms_text::sms_segments(text);
         let limit = self.context.sms_max_segments;

@@ -8,11 +8,12 @@ use sea_orm::ActiveValue::Set;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::reach_step::chain;
 use super::{MessageBody, reachable, render, subscriber_json};
 use crate::audience::reach::fallback;
 use crate::audience::records;
 use crate::core::error::Reason;
-use crate::core::values::{Channel, OutboxChannel, OutboxStatus};
+use crate::core::values::{Channel, OutboxChannel};
 use crate::outbox::compose::{self, Draft, NewMessage};
 use crate::store::entities::{broadcast, event, outbox, outbox_body, outbox_dictionary, subscriber};
 use crate::workflow::templates::TemplateChecker;
@@ -176,16 +177,4 @@ pub(super) fn render_batch(
         rows.extend(mine);
     }
     (rows, events, skipped)
-}
-
-/// `reach: first`: a person's messages in the order of their channels, the first queued, each
-/// of the others kept back (`standby`) behind the one before it.
-fn chain(messages: &mut [(outbox::ActiveModel, outbox_body::ActiveModel)]) {
-    let ids: Vec<Option<Uuid>> = messages.iter().map(|(m, _)| m.id.clone().take()).collect();
-    for (i, (message, _)) in messages.iter_mut().enumerate() {
-        if i > 0 {
-            message.status = Set(OutboxStatus::Standby);
-        }
-        message.fallback_id = Set(ids.get(i + 1).copied().flatten());
-    }
 }

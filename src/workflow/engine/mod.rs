@@ -28,6 +28,7 @@ mod dates;
 mod facts;
 mod loops;
 mod message;
+mod reach_step;
 mod schedules;
 mod step;
 mod sunset;

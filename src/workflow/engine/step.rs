@@ -95,6 +95,7 @@ impl Engine {
                 };
                 self.message(txn, run, node, facts, Channel::Sms, None, body).await?
             }
+            Action::Message(message) => self.message_step(txn, run, node, facts, message).await?,
             Action::AskChannel(wanted) => self.ask_channel(txn, run, node, facts, *wanted).await?,
             Action::Tag(tag) => {
                 // The batch holds the write lock and every change to these facts, so a tag not in
