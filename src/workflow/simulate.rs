@@ -311,6 +311,28 @@ fn describe_event(kind: &str, data: &Value, messages: &[outbox::Model], tz: chro
             format!("{} {}{subject}", s("channel"), s("step"))
         }
         "step_skipped" => format!("skipped {}: {}", s("step"), s("reason")),
+        "reach_chosen" => {
+            let passed: Vec<String> = data["passed_over"]
+                .as_array()
+                .map(|all| {
+                    all.iter()
+                        .map(|p| {
+                            format!("{} ({})", p["channel"].as_str().unwrap_or(""), p["reason"].as_str().unwrap_or(""))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let then: Vec<&str> =
+                data["then"].as_array().map(|all| all.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let mut text = format!("{}: reached first on {}", s("step"), s("channel"));
+            if !passed.is_empty() {
+                text.push_str(&format!(", passing over {}", passed.join(", ")));
+            }
+            if !then.is_empty() {
+                text.push_str(&format!("; should it fail for good: {}", then.join(", ")));
+            }
+            text
+        }
         "branch_taken" => format!("{}: {} branch, because {}", s("step"), s("branch"), s("because")),
         "waiting" => {
             let why = data.get("reason").and_then(Value::as_str).map(|r| format!(" ({r})")).unwrap_or_default();

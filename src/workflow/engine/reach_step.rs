@@ -127,11 +127,14 @@ impl Engine {
             );
         }
         let first = rows.first().and_then(|(m, _)| m.id.clone().take());
+        let channels: Vec<_> =
+            rows.iter().filter_map(|(m, _)| Some((m.id.clone().take()?, m.channel.clone().take()?))).collect();
         let written = compose::insert(txn, rows).await?;
         for id in &written {
             let queued = !message.reach_first || Some(*id) == first;
             if queued {
-                run.note(decision::MESSAGE_QUEUED, json!({"step": step.id, "message": id}));
+                let channel = channels.iter().find(|(i, _)| i == id).map(|(_, c)| *c);
+                run.note(decision::MESSAGE_QUEUED, json!({"step": step.id, "channel": channel, "message": id}));
                 run.count(&step.id, measure::SENT, String::new());
             }
         }
