@@ -35,6 +35,24 @@ pub struct App {
 }
 
 impl App {
+    /// What an SMS or WhatsApp worker is given: its providers (none: files under
+    /// `data_dir/{channel}`), its hours, the default zone and the status callback's base.
+    fn text_setup(
+        &self,
+        providers: &[crate::config::SmsProviderConfig],
+        channel: &str,
+        hours: crate::delivery::sms::SendingHours,
+    ) -> anyhow::Result<SmsSetup> {
+        let transport = if providers.is_empty() {
+            SmsTransport::File(self.config.data_dir.join(channel))
+        } else {
+            let built = providers.iter().map(|p| p.build().map(Arc::new)).collect::<Result<Vec<_>, _>>();
+            SmsTransport::Providers(built.map_err(|problem| anyhow::anyhow!("{channel}_providers: {problem}"))?)
+        };
+        tracing::info!(?transport, channel, "text transport");
+        Ok(SmsSetup { transport, hours, default_zone: self.config.timezone, base_url: self.config.base_url.clone() })
+    }
+
     /// Connects to the database and brings its schema up to date.
     pub async fn open(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
         let db = Db::connect(&config.database_url)
@@ -80,7 +98,12 @@ impl App {
             self.config.base_url.clone(),
         );
         let bell = crate::outbox::Doorbell::new();
-        let engine = engine.with_bell(bell.clone()).with_business(&self.config.business);
+        // What the delivery workers learn of each channel, read by the engine for `reach: first`.
+        let health = crate::core::health::SharedHealth::default();
+        let engine = engine
+            .with_bell(bell.clone())
+            .with_business(&self.config.business)
+            .with_health(health.clone(), self.config.fallback_after);
         // Several instances share a PostgreSQL database: one runs the engine at a time, and
         // delivery workers claim messages with leases. (SQLite serves one process.)
         let instance = uuid::Uuid::now_v7().to_string();
@@ -125,47 +148,24 @@ impl App {
             .with_bell(bell.clone())
             .with_max_age(max_age)
             .with_fallback_after(self.config.fallback_after)
+            .with_health(health.clone())
             .with_policy(self.config.send_policy(false));
         let email = Arc::new(if shared { email.with_leases(instance.clone(), lease) } else { email });
-        let sms_transport = if self.config.sms_providers.is_empty() {
-            SmsTransport::File(self.config.data_dir.join("sms"))
-        } else {
-            let providers =
-                self.config.sms_providers.iter().map(|p| p.build().map(Arc::new)).collect::<Result<Vec<_>, _>>();
-            SmsTransport::Providers(providers.map_err(|problem| anyhow::anyhow!("sms_providers: {problem}"))?)
-        };
-        tracing::info!(transport = ?sms_transport, "SMS transport");
-        let setup = SmsSetup {
-            transport: sms_transport,
-            hours: self.config.sms_hours,
-            default_zone: self.config.timezone,
-            base_url: self.config.base_url.clone(),
-        };
+        let setup = self.text_setup(&self.config.sms_providers, "sms", self.config.sms_hours)?;
         let whatsapp_bell = bell.clone();
         let sms = SmsSender::new(background.clone(), self.clock.clone(), setup)
             .with_bell(bell)
             .with_max_age(max_age)
             .with_fallback_after(self.config.fallback_after)
+            .with_health(health.clone())
             .with_policy(self.config.send_policy(true));
         let sms = Arc::new(if shared { sms.with_leases(instance.clone(), lease) } else { sms });
-        let whatsapp_transport = if self.config.whatsapp_providers.is_empty() {
-            SmsTransport::File(self.config.data_dir.join("whatsapp"))
-        } else {
-            let providers =
-                self.config.whatsapp_providers.iter().map(|p| p.build().map(Arc::new)).collect::<Result<Vec<_>, _>>();
-            SmsTransport::Providers(providers.map_err(|problem| anyhow::anyhow!("whatsapp_providers: {problem}"))?)
-        };
-        tracing::info!(transport = ?whatsapp_transport, "WhatsApp transport");
-        let setup = SmsSetup {
-            transport: whatsapp_transport,
-            hours: self.config.whatsapp_hours,
-            default_zone: self.config.timezone,
-            base_url: self.config.base_url.clone(),
-        };
+        let setup = self.text_setup(&self.config.whatsapp_providers, "whatsapp", self.config.whatsapp_hours)?;
         let whatsapp = WhatsAppSender::new(background.clone(), self.clock.clone(), setup)
             .with_bell(whatsapp_bell)
             .with_max_age(max_age)
             .with_fallback_after(self.config.fallback_after)
+            .with_health(health)
             .with_policy(self.config.send_policy(true));
         let whatsapp = Arc::new(if shared { whatsapp.with_leases(instance, lease) } else { whatsapp });
         let signup_limit = Arc::new(crate::pages::guard::RateLimit::new(self.config.signups_per_ip));

@@ -4,6 +4,7 @@
 pub mod brand;
 pub mod clock;
 pub mod error;
+pub mod health;
 pub mod hmac;
 pub mod i18n;
 pub mod links;

@@ -19,6 +19,7 @@ impl<S: Carrier + 'static> Worker<S> {
             bell: Doorbell::new(),
             max_age: chrono::Duration::hours(DEFAULT_MAX_AGE_HOURS),
             fallback_after: chrono::Duration::minutes(crate::audience::reach::fallback::DEFAULT_FALLBACK_AFTER_MINUTES),
+            health: None,
             leases: None,
             dictionaries: Dictionaries::default(),
             unrecorded: std::sync::Mutex::new(Vec::new()),
@@ -53,6 +54,13 @@ impl<S: Carrier + 'static> Worker<S> {
     /// `reach: first`: how long a message failing for now waits before its fallback goes instead.
     pub fn with_fallback_after(mut self, after: chrono::Duration) -> Self {
         self.fallback_after = after;
+        self
+    }
+
+    /// Says here whether its channel works: failing from a message failing for now, working
+    /// again once one gets through (or is answered for good).
+    pub fn with_health(mut self, health: crate::core::health::SharedHealth) -> Self {
+        self.health = Some(health);
         self
     }
 

@@ -293,6 +293,8 @@ pub struct Worker<S> {
     /// `reach: first`: a message failing for now is tried again once after this long; failing
     /// then, its fallback goes instead.
     fallback_after: chrono::Duration,
+    /// Where this worker says whether its channel works (read by the engine for `reach: first`).
+    health: Option<crate::core::health::SharedHealth>,
     /// Several instances (PostgreSQL): this process's id and how long its claims last.
     leases: Option<(String, chrono::Duration)>,
     dictionaries: Dictionaries,

@@ -133,6 +133,14 @@ impl<S: Carrier + 'static> Worker<S> {
         steps.flush(&txn).await?;
         let wrote = started.elapsed();
         txn.commit().await?;
+        if let Some(health) = &self.health {
+            let answered = |a: &Answer| matches!(a, Answer::Delivered(_) | Answer::Fail(_) | Answer::Bounce(_));
+            if answers.iter().any(|(_, a, _)| answered(a)) {
+                health.worked(S::CHANNEL.as_str());
+            } else if answers.iter().any(|(_, a, _)| matches!(a, Answer::Retry(_))) {
+                health.failed(S::CHANNEL.as_str(), now);
+            }
+        }
         tracing::debug!(channel = S::CHANNEL.as_str(), answers = answers.len(), ?locked, ?wrote, took = ?started.elapsed(), "answers recorded");
         Ok(())
     }

@@ -23,7 +23,7 @@ use crate::store::Db;
 use crate::store::entities::{signup_confirmation, subscriber, suppression};
 use crate::workflow::templates::TemplateChecker;
 
-use super::signup::{About, Settings, confirmation_message};
+use super::signup::{About, Settings, asked_lately, confirmation_message};
 
 /// The confirmations of channels added here carry this in place of a landing page's slug (and
 /// no list).
@@ -110,15 +110,10 @@ pub async fn request(
     model.updated_at = Set(now);
     let person = model.update(&txn).await?;
     for channel in &channels {
-        let recent = signup_confirmation::Entity::find()
-            .filter(signup_confirmation::Column::SubscriberId.eq(id))
-            .filter(signup_confirmation::Column::Channel.eq(channel.as_str()))
-            .filter(signup_confirmation::Column::CreatedAt.gt(now - settings.confirm_every))
-            .one(&txn)
-            .await?;
-        let data = json!({"channel": channel, "via": PAGE, "throttled": recent.is_some()});
+        let throttled = asked_lately(&txn, id, *channel, now - settings.confirm_every).await?;
+        let data = json!({"channel": channel, "via": PAGE, "throttled": throttled});
         records::event(id, CHANNEL_REQUESTED, data, now).insert(&txn).await?;
-        if recent.is_some() {
+        if throttled {
             continue;
         }
         let confirmation = signup_confirmation::Model {

@@ -408,13 +408,7 @@ pub async fn submit(
         let mut sent = 0;
         let mut throttled = false;
         for channel in pending {
-            let recent = signup_confirmation::Entity::find()
-                .filter(signup_confirmation::Column::SubscriberId.eq(id))
-                .filter(signup_confirmation::Column::Channel.eq(channel.as_str()))
-                .filter(signup_confirmation::Column::CreatedAt.gt(now - settings.confirm_every))
-                .one(&txn)
-                .await?;
-            if recent.is_some() {
+            if asked_lately(&txn, id, channel, now - settings.confirm_every).await? {
                 throttled = true;
                 continue;
             }
@@ -443,6 +437,23 @@ pub async fn submit(
     }
     txn.commit().await?;
     Ok(outcome)
+}
+
+/// Whether a confirmation went to this subscriber on `channel` after `since` (`confirm_every`:
+/// one confirmation per address and channel in that long, against subscription bombing).
+pub(crate) async fn asked_lately(
+    txn: &DatabaseTransaction,
+    id: Uuid,
+    channel: Channel,
+    since: DateTime<Utc>,
+) -> Result<bool> {
+    let recent = signup_confirmation::Entity::find()
+        .filter(signup_confirmation::Column::SubscriberId.eq(id))
+        .filter(signup_confirmation::Column::Channel.eq(channel.as_str()))
+        .filter(signup_confirmation::Column::CreatedAt.gt(since))
+        .one(txn)
+        .await?;
+    Ok(recent.is_some())
 }
 
 /// The confirmation URL in the email: the token names the confirmation row (its expiry is checked

@@ -19,6 +19,7 @@ with_each_backend!(
     reach_first_sends_each_person_one_message_on_the_first_channel_that_works,
     reach_first_moves_on_when_a_channel_stays_down_past_fallback_after,
     a_message_step_reaches_each_person_once_on_the_first_channel_that_works,
+    reach_first_tries_a_channel_down_past_fallback_after_last,
 );
 
 /// Seeds people with every mix of channels, then checks each figure against a count by hand.
@@ -330,4 +331,28 @@ async fn a_message_step_reaches_each_person_once_on_the_first_channel_that_works
     let stats = expect_json(app.get("/api/v1/stats/workflows/notice").await, StatusCode::OK).await;
     assert_eq!(stats["steps"][0]["kind"], "message");
     assert_eq!(stats["steps"][0]["sent"], 5, "one per person: Ada, Cy, Bob, Gus and Lea");
+}
+
+/// The relay has refused every email for 11 minutes (past `fallback_after`): a new `reach: first`
+/// broadcast on `[email, sms]` tries SMS first for those who have a phone (their email kept back
+/// behind it), and says why in the timeline; Ada, with email only, still gets hers queued.
+async fn reach_first_tries_a_channel_down_past_fallback_after_last(backend: Backend) {
+    let relay = SmtpSink::start().await;
+    relay.refuse(Some("451 4.3.0 try again later"));
+    let url = relay.url();
+    let Some(app) = TestApp::spawn_with(backend, |c| c.smtp_relays = vec![url]).await else { return };
+    app.create_list("news").await;
+    let [ada, _cy, bob, _gus, _lea] = people(&app).await;
+    reach_first(&app).await;
+    app.email.send_due().await.unwrap();
+    app.clock.advance(chrono::Duration::minutes(11));
+    reach_first(&app).await;
+    let second: Vec<(String, String)> = sent_to(&app, &bob).await.split_off(2);
+    assert_eq!(second, [("sms".to_owned(), "queued".to_owned()), ("email".to_owned(), "standby".to_owned())]);
+    let chosen: Vec<Value> =
+        crate::helpers::timeline(&app, &bob).await.into_iter().filter(|e| e["kind"] == "reach_chosen").collect();
+    let last = chosen.iter().find(|e| e["data"]["channel"] == "sms").expect("the second broadcast chose SMS");
+    assert_eq!(last["data"]["tried_last"][0]["channel"], "email");
+    assert!(last["data"]["tried_last"][0]["reason"].as_str().unwrap().contains("failing for 11 min"), "{last}");
+    assert_eq!(sent_to(&app, &ada).await.last().unwrap(), &("email".to_owned(), "queued".to_owned()));
 }

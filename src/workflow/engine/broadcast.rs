@@ -598,6 +598,12 @@ impl Engine {
             people = kept;
         }
         let (templates, links, batch) = (self.templates(), self.stationery.clone(), b.clone());
+        // `reach: first`: a channel failing for longer than `fallback_after` is tried last.
+        let (ordered, tried_last) = if b.reach == "first" {
+            super::order_for_reach(&channels, &self.channels_down(now))
+        } else {
+            (channels.clone(), Vec::new())
+        };
         let backend = self.db.backend();
         let rendered = tokio::task::spawn_blocking(move || {
             let (dictionary, made) = match dictionary {
@@ -609,7 +615,7 @@ impl Engine {
                 }
             };
             let (rows, events, unrenderable) =
-                render_batch(&templates, &links, &batch, &people, &channels, dictionary.as_deref(), now);
+                render_batch(&templates, &links, &batch, &people, (&ordered, &tried_last), dictionary.as_deref(), now);
             (compose::prepare(backend, rows), events, unrenderable, dictionary, made)
         })
         .await

@@ -114,14 +114,15 @@ pub(super) fn render_broadcast(
     }
 }
 
-/// The outbox rows of a batch of a broadcast (rendering is CPU work: run on the blocking pool),
-/// and how many member and channel pairs were skipped (no consent or address, unrenderable).
+/// The outbox rows of a batch of a broadcast (rendering is CPU work: run on the blocking pool), on
+/// `channels` in order (with `reach: first`, those down put last, `tried_last` saying why), and how
+/// many member and channel pairs were skipped (no consent or address, unrenderable).
 pub(super) fn render_batch(
     templates: &TemplateChecker,
     links: &super::message::Stationery,
     b: &broadcast::Model,
     people: &[subscriber::Model],
-    channels: &[Channel],
+    (channels, tried_last): (&[Channel], &[Value]),
     dictionary: Option<&outbox_dictionary::Model>,
     now: DateTime<Utc>,
 ) -> (Vec<(outbox::ActiveModel, outbox_body::ActiveModel)>, Vec<event::ActiveModel>, i64) {
@@ -167,7 +168,7 @@ pub(super) fn render_batch(
                     let chosen = chosen.channel.clone().take();
                     let then: Vec<_> = mine.iter().skip(1).filter_map(|(m, _)| m.channel.clone().take()).collect();
                     let data = json!({"broadcast": b.id, "channel": chosen, "passed_over": passed_over,
-                                      "then": then});
+                                      "then": then, "tried_last": tried_last});
                     events.push(records::event(s.id, fallback::REACH_CHOSEN, data, now));
                 }
                 None => skipped += 1,

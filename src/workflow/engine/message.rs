@@ -39,19 +39,10 @@ impl Engine {
                 return Ok(Flow::Goto(node.next.clone()));
             }
         };
-        let workflow = &run.program.workflow;
-        if let Some(window) = &workflow.send_window {
-            let tz = zone(s.timezone.as_deref(), workflow.timezone.as_deref());
-            if let Some(opens) = window_opens_at(now, tz, &window.days, window.start, window.end) {
-                // Held, not left: when the window opens the step goes on (it is not entered again).
-                run.row.wait_started_at.get_or_insert(run.logical);
-                run.note(
-                    decision::WAITING,
-                    json!({"step": step.id, "until": opens, "reason": "outside the send window"}),
-                );
-                return Ok(Flow::WaitUntil(opens));
-            }
+        if let Some(held) = held_by_window(run, step, s) {
+            return Ok(held);
         }
+        let workflow = &run.program.workflow;
         let context = self.render_context(workflow, s, now);
         let templates = self.templates();
         let rendered = render(&templates, &context, subject, &body).and_then(|rendered| match channel {
@@ -238,6 +229,22 @@ pub(super) fn dress(
         rendered.text = render(LAYOUT_TEXT, &layout)?.trim().to_owned();
     }
     Ok(rendered)
+}
+
+/// Holds a message step outside the workflow's send window, in the subscriber's zone: held, not
+/// left, so when the window opens the step goes on (it is not entered again).
+pub(super) fn held_by_window(
+    run: &mut Run<'_>,
+    step: &crate::workflow::model::Step,
+    s: &subscriber::Model,
+) -> Option<Flow> {
+    let workflow = &run.program.workflow;
+    let window = workflow.send_window.as_ref()?;
+    let tz = zone(s.timezone.as_deref(), workflow.timezone.as_deref());
+    let opens = window_opens_at(run.now, tz, &window.days, window.start, window.end)?;
+    run.row.wait_started_at.get_or_insert(run.logical);
+    run.note(decision::WAITING, json!({"step": step.id, "until": opens, "reason": "outside the send window"}));
+    Some(Flow::WaitUntil(opens))
 }
 
 pub(super) fn first_line(error: &tera::Error) -> String {

@@ -103,6 +103,26 @@ pub struct Engine {
     /// Several instances on one database (PostgreSQL): this process's id, under which it holds
     /// the `engine` lease while it runs the engine (one instance at a time does).
     leadership: Option<(String, chrono::Duration)>,
+    /// What the delivery workers of this process know of each channel, and how long one may
+    /// have been failing before `reach: first` tries it last (`fallback_after`).
+    health: (crate::core::health::SharedHealth, chrono::Duration),
+}
+
+/// `reach: first`: the channels in the order to try them, those down (`down`, with why) last,
+/// and those put last with why.
+pub(super) fn order_for_reach(
+    channels: &[crate::core::values::Channel],
+    down: &[(crate::core::values::Channel, String)],
+) -> (Vec<crate::core::values::Channel>, Vec<Value>) {
+    let is_down = |c: &crate::core::values::Channel| down.iter().any(|(d, _)| d == c);
+    let ordered =
+        channels.iter().filter(|c| !is_down(c)).chain(channels.iter().filter(|c| is_down(c))).copied().collect();
+    let last = down
+        .iter()
+        .filter(|(c, _)| channels.contains(c))
+        .map(|(c, why)| json!({"channel": c, "reason": why}))
+        .collect();
+    (ordered, last)
 }
 
 /// How long the engine lease lasts unless renewed (every round of a tick renews it), at most.
@@ -181,7 +201,31 @@ impl Engine {
             backlog_cursor: std::sync::Mutex::new(None),
             bell: crate::outbox::Doorbell::new(),
             leadership: None,
+            health: (
+                Default::default(),
+                chrono::Duration::minutes(crate::audience::reach::fallback::DEFAULT_FALLBACK_AFTER_MINUTES),
+            ),
         }
+    }
+
+    /// Reads the channels' health from the delivery workers that share `health`: with
+    /// `reach: first`, a channel failing for longer than `fallback_after` is tried last.
+    pub fn with_health(mut self, health: crate::core::health::SharedHealth, fallback_after: chrono::Duration) -> Self {
+        self.health = (health, fallback_after);
+        self
+    }
+
+    /// The channels failing for longer than `fallback_after` now, each with why: tried last.
+    pub(super) fn channels_down(&self, now: DateTime<Utc>) -> Vec<(crate::core::values::Channel, String)> {
+        use crate::core::values::{Channel, OutboxChannel};
+        let (health, after) = &self.health;
+        Channel::ALL
+            .iter()
+            .filter_map(|c| {
+                let down = health.down_for(OutboxChannel::from(*c).as_str(), now).filter(|d| d > after)?;
+                Some((*c, format!("its relays or providers have been failing for {} min", down.num_minutes())))
+            })
+            .collect()
     }
 
     /// Runs the engine only while this process holds the `engine` lease (several instances on

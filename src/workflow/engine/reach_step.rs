@@ -8,11 +8,10 @@ use sea_orm::ActiveValue::Set;
 use sea_orm::DatabaseTransaction;
 use serde_json::json;
 
-use super::message::{dress, reachable};
+use super::message::{dress, held_by_window, reachable};
 use super::*;
 use crate::audience::reach::fallback;
 use crate::core::error::Result;
-use crate::core::timing::{window_opens_at, zone};
 use crate::core::values::{Channel, OutboxStatus};
 use crate::outbox::compose::{self, Draft, NewMessage};
 use crate::rollups::steps::measure;
@@ -31,18 +30,10 @@ impl Engine {
         let step = &node.step;
         let now = run.now;
         let s = facts.subscriber(txn).await?.clone();
-        let workflow = &run.program.workflow;
-        if let Some(window) = &workflow.send_window {
-            let tz = zone(s.timezone.as_deref(), workflow.timezone.as_deref());
-            if let Some(opens) = window_opens_at(now, tz, &window.days, window.start, window.end) {
-                run.row.wait_started_at.get_or_insert(run.logical);
-                run.note(
-                    decision::WAITING,
-                    json!({"step": step.id, "until": opens, "reason": "outside the send window"}),
-                );
-                return Ok(Flow::WaitUntil(opens));
-            }
+        if let Some(held) = held_by_window(run, step, &s) {
+            return Ok(held);
         }
+        let workflow = &run.program.workflow;
         let context = self.render_context(workflow, &s, now);
         let templates = self.templates();
         let list_slug = match &workflow.trigger {
@@ -51,7 +42,13 @@ impl Engine {
         };
         let mut drafts = Vec::new();
         let mut passed_over = Vec::new();
-        for channel in &message.channels {
+        // `reach: first`: a channel failing for longer than `fallback_after` is tried last.
+        let (ordered, tried_last) = if message.reach_first {
+            super::order_for_reach(&message.channels, &self.channels_down(now))
+        } else {
+            (message.channels.clone(), Vec::new())
+        };
+        for channel in &ordered {
             let address = match reachable(&s, *channel) {
                 Ok(address) => address,
                 Err(why) => {
@@ -123,7 +120,8 @@ impl Engine {
             let chosen: Vec<_> = rows.iter().filter_map(|(m, _)| m.channel.clone().take()).collect();
             run.note(
                 fallback::REACH_CHOSEN,
-                json!({"step": step.id, "channel": chosen.first(), "passed_over": passed_over, "then": &chosen[1..]}),
+                json!({"step": step.id, "channel": chosen.first(), "passed_over": passed_over, "then": &chosen[1..],
+                       "tried_last": tried_last}),
             );
         }
         let first = rows.first().and_then(|(m, _)| m.id.clone().take());
