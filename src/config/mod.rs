@@ -356,22 +356,11 @@ impl Config {
                 ));
             }
         }
-        if let Some(value) = raw.sms_providers {
-            let toml::Value::Array(items) = value else {
-                return Err(ConfigError::new(
-                    name("sms_providers"),
-                    "must be a list of [[sms_providers]] tables in ownlist.toml",
-                ));
-            };
-            for (i, item) in items.into_iter().enumerate() {
-                let provider = sms::provider(&item, raw.sms_from.as_deref())
-                    .map_err(|p| ConfigError::new(format!("{} [{i}]", name("sms_providers")), p))?;
-                sms_providers.push(provider);
-            }
-        }
         for provider in &sms_providers {
-            provider.build().map_err(|p| ConfigError::new(name("sms_providers"), p))?;
+            provider.build().map_err(|p| ConfigError::new(name("twilio_base_url"), p))?;
         }
+        let setting = name("sms_providers");
+        sms_providers.extend(sms::tables((&setting, "sms_providers"), raw.sms_providers, raw.sms_from.as_deref())?);
         let mut whatsapp_providers = Vec::new();
         if let (Some(account_sid), Some(auth_token), Some(from)) =
             (raw.twilio_account_sid.clone(), raw.twilio_auth_token.clone(), raw.whatsapp_from.clone())
@@ -380,22 +369,13 @@ impl Config {
             let base_url = http_url(&base).map_err(|p| ConfigError::new(name("twilio_base_url"), p))?;
             whatsapp_providers.push(SmsProviderConfig::Twilio { base_url, account_sid, auth_token, from });
         }
-        if let Some(value) = raw.whatsapp_providers {
-            let toml::Value::Array(items) = value else {
-                return Err(ConfigError::new(
-                    name("whatsapp_providers"),
-                    "must be a list of [[whatsapp_providers]] tables in ownlist.toml",
-                ));
-            };
-            for (i, item) in items.into_iter().enumerate() {
-                let provider = sms::provider(&item, raw.whatsapp_from.as_deref())
-                    .map_err(|p| ConfigError::new(format!("{} [{i}]", name("whatsapp_providers")), p))?;
-                whatsapp_providers.push(provider);
-            }
-        }
         for provider in &whatsapp_providers {
-            provider.build().map_err(|p| ConfigError::new(name("whatsapp_providers"), p))?;
+            provider.build().map_err(|p| ConfigError::new(name("twilio_base_url"), p))?;
         }
+        let setting = name("whatsapp_providers");
+        let tables =
+            sms::tables((&setting, "whatsapp_providers"), raw.whatsapp_providers, raw.whatsapp_from.as_deref());
+        whatsapp_providers.extend(tables?);
         let hours = |key: &str, text: Option<String>| match text {
             None => Ok(crate::delivery::sms::SendingHours::default()),
             Some(text) => crate::delivery::sms::SendingHours::parse(&text).map_err(|p| ConfigError::new(name(key), p)),

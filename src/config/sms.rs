@@ -35,6 +35,27 @@ impl SmsProviderConfig {
     }
 }
 
+/// The `[[sms_providers]]` (or `[[whatsapp_providers]]`) tables, `setting` naming them in errors,
+/// each checked whole (it builds) and taking `default_from` when it has no `from`.
+pub(super) fn tables(
+    (setting, key): (&str, &str),
+    value: Option<toml::Value>,
+    default_from: Option<&str>,
+) -> Result<Vec<SmsProviderConfig>, super::ConfigError> {
+    let Some(value) = value else { return Ok(Vec::new()) };
+    let toml::Value::Array(items) = value else {
+        return Err(super::ConfigError::new(setting, format!("must be a list of [[{key}]] tables in ownlist.toml")));
+    };
+    let mut providers = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let provider =
+            provider(&item, default_from).map_err(|p| super::ConfigError::new(format!("{setting} [{i}]"), p))?;
+        provider.build().map_err(|p| super::ConfigError::new(setting, p))?;
+        providers.push(provider);
+    }
+    Ok(providers)
+}
+
 /// One `[[sms_providers]]` table: `type = "twilio"` (base_url, account_sid, auth_token, from) or
 /// `type = "http"` (url, token, from); `from` defaults to `sms_from`.
 pub(super) fn provider(item: &toml::Value, default_from: Option<&str>) -> Result<SmsProviderConfig, Reason> {
